@@ -1,0 +1,90 @@
+//! The capability set a guest gets: systemd-nspawn's list, plus
+//! CAP_NET_ADMIN when the guest has its own network namespace.
+
+use std::collections::HashSet;
+
+use caps::{CapSet, Capability};
+
+use crate::error::{Error, Result};
+
+/// The capabilities systemd-nspawn retains for its payload.
+pub const DEFAULT: &[Capability] = &[
+    Capability::CAP_AUDIT_CONTROL,
+    Capability::CAP_AUDIT_WRITE,
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_IPC_OWNER,
+    Capability::CAP_KILL,
+    Capability::CAP_LEASE,
+    Capability::CAP_LINUX_IMMUTABLE,
+    Capability::CAP_MKNOD,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_NET_BROADCAST,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_SETUID,
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_BOOT,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SYS_NICE,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_SYS_RESOURCE,
+    Capability::CAP_SYS_TTY_CONFIG,
+];
+
+/// The set for a guest with these properties.
+pub fn guest_set(private_network: bool) -> HashSet<Capability> {
+    let mut set: HashSet<Capability> = DEFAULT.iter().copied().collect();
+    if private_network {
+        set.insert(Capability::CAP_NET_ADMIN);
+    }
+    set
+}
+
+/// Bitmask form, as /proc/PID/status prints CapBnd.
+pub fn mask(set: &HashSet<Capability>) -> u64 {
+    set.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// Restrict the calling thread to `keep` in every set; the bounding set
+/// makes it stick across exec. Capabilities we do not hold ourselves (a
+/// host whose root lacks some) cannot be passed on and are left out.
+pub(crate) fn restrict_to(keep: &HashSet<Capability>) -> Result<()> {
+    let held = caps::read(None, CapSet::Permitted).unwrap_or_default();
+    let keep: HashSet<Capability> = keep.intersection(&held).copied().collect();
+    let keep = &keep;
+    let err = |what: &'static str| move |e: caps::errors::CapsError| Error::Syscall {
+        syscall: what,
+        source: std::io::Error::other(e.to_string()),
+    };
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(err("prctl(PR_CAPBSET_DROP)"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(err("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"))?;
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, keep).map_err(err("capset"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(guest_set(false).len(), 26);
+        assert!(guest_set(true).contains(&Capability::CAP_NET_ADMIN));
+        assert!(!guest_set(false).contains(&Capability::CAP_SYS_MODULE));
+        // CAP_SYS_ADMIN is bit 21, CAP_MKNOD bit 27.
+        assert_ne!(mask(&guest_set(false)) & (1 << 21), 0);
+        assert_ne!(mask(&guest_set(false)) & (1 << 27), 0);
+    }
+}

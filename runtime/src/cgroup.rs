@@ -1,0 +1,248 @@
+//! The guest's cgroup on the host's cgroup v2 hierarchy.
+//!
+//! The guest always sees a pure cgroup v2 tree (its own subtree, through a
+//! cgroup namespace), also on hybrid hosts whose v2 hierarchy sits at
+//! /sys/fs/cgroup/unified. Layout, as systemd-nspawn's:
+//! - standalone: `/machine.slice/machine-NAME.scope/payload`
+//! - `--keep-unit`: `<our cgroup>/payload`, and we move to `<our cgroup>/supervisor`.
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::identity::MachineName;
+
+/// Where the guest's cgroups live, as paths on the host.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CgroupLayout {
+    /// The cgroup v2 mount point on the host.
+    pub mount: PathBuf,
+    /// The unit-like cgroup that holds `payload` (and `supervisor`).
+    pub base: PathBuf,
+    /// Directories we created and remove on exit, innermost last.
+    pub created: Vec<PathBuf>,
+    pub keep_unit: bool,
+}
+
+/// The host's cgroup v2 mount point.
+pub fn v2_mount() -> Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("reading", "/proc/self/mountinfo", e))?;
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(unescape(mount_point)))
+        })
+        .ok_or(Error::NoCgroup2)
+}
+
+/// Our own cgroup v2 path, relative to the hierarchy root.
+pub fn own_v2_cgroup() -> Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| Error::io("reading", "/proc/self/cgroup", e))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(PathBuf::from)
+        .ok_or(Error::NoCgroup2)
+}
+
+/// mountinfo escapes spaces and friends as octal.
+pub(crate) fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn rel(p: &Path) -> &Path {
+    p.strip_prefix("/").unwrap_or(p)
+}
+
+impl CgroupLayout {
+    /// Decide the layout for a machine (nothing is created yet).
+    pub fn plan(name: &MachineName, keep_unit: bool) -> Result<Self> {
+        let mount = v2_mount()?;
+        let base = if keep_unit {
+            let own = own_v2_cgroup()?;
+            let own = if own.ends_with("supervisor") { own.parent().unwrap_or(&own).to_path_buf() } else { own };
+            mount.join(rel(&own))
+        } else {
+            mount.join("machine.slice").join(format!("machine-{name}.scope"))
+        };
+        Ok(CgroupLayout { mount, base, created: Vec::new(), keep_unit })
+    }
+
+    pub fn payload(&self) -> PathBuf {
+        self.base.join("payload")
+    }
+
+    pub fn supervisor(&self) -> PathBuf {
+        self.base.join("supervisor")
+    }
+
+    /// The payload path as the guest's cgroup namespace hides it (for display).
+    pub fn payload_relative(&self) -> PathBuf {
+        Path::new("/").join(self.payload().strip_prefix(&self.mount).unwrap_or(Path::new("")))
+    }
+
+    /// Create the directories; with `--keep-unit` move ourselves to `supervisor`.
+    pub fn create(&mut self) -> Result<()> {
+        let mut to_make = Vec::new();
+        if !self.keep_unit {
+            let mut dir = self.base.clone();
+            while dir != self.mount && !dir.exists() {
+                to_make.push(dir.clone());
+                if !dir.pop() {
+                    break;
+                }
+            }
+            to_make.reverse();
+        } else {
+            to_make.push(self.supervisor());
+        }
+        to_make.push(self.payload());
+        for dir in to_make {
+            match fs::create_dir(&dir) {
+                Ok(()) => self.created.push(dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir == self.supervisor() => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // A payload left over from a killed run: empty it and reuse it.
+                    if dir == self.payload() {
+                        remove_tree(&dir)?;
+                        fs::create_dir(&dir).map_err(|e| Error::Cgroup { step: "creating", path: dir.clone(), source: e })?;
+                        self.created.push(dir);
+                    }
+                }
+                Err(e) => return Err(Error::Cgroup { step: "creating", path: dir, source: e }),
+            }
+        }
+        if self.keep_unit {
+            let procs = self.supervisor().join("cgroup.procs");
+            fs::write(&procs, "0").map_err(|e| Error::Cgroup { step: "moving the launcher into", path: procs, source: e })?;
+        }
+        Ok(())
+    }
+
+    pub fn open_payload(&self) -> Result<OwnedFd> {
+        let p = self.payload();
+        fs::File::open(&p)
+            .map(OwnedFd::from)
+            .map_err(|e| Error::Cgroup { step: "opening", path: p, source: e })
+    }
+
+    /// Kill what is left in the payload, wait for it to empty, and remove
+    /// every directory we created (the guest's own sub-cgroups included).
+    pub fn destroy(&self) -> Result<()> {
+        let payload = self.payload();
+        if payload.exists() {
+            remove_tree(&payload)?;
+        }
+        for dir in self.created.iter().rev().filter(|d| **d != payload) {
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Shared parents such as machine.slice may hold other machines.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && *dir != self.base => {}
+                Err(e) => return Err(Error::Cgroup { step: "removing", path: dir.clone(), source: e }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kill every process below `dir`, wait until it is empty, then remove it
+/// and its sub-cgroups bottom-up.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    kill_all(dir);
+    wait_empty(dir, Duration::from_secs(10))?;
+    remove_dirs(dir)
+}
+
+fn kill_all(dir: &Path) {
+    // cgroup.kill (Linux 5.14) kills the whole subtree atomically.
+    if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+        if let Ok(pid) = pid.parse() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn wait_empty(dir: &Path, timeout: Duration) -> Result<()> {
+    let events = dir.join("cgroup.events");
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let text = match fs::read_to_string(&events) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::Cgroup { step: "reading", path: events, source: e }),
+        };
+        if text.lines().any(|l| l == "populated 0") {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::Cgroup {
+                step: "waiting for processes to leave",
+                path: dir.to_path_buf(),
+                source: io::Error::from_raw_os_error(libc::EBUSY),
+            });
+        }
+        kill_all(dir);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn remove_dirs(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Cgroup { step: "listing", path: dir.to_path_buf(), source: e }),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_dirs(&entry.path())?;
+        }
+    }
+    // A just-emptied cgroup can report EBUSY for a moment.
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(Error::Cgroup { step: "removing", path: dir.to_path_buf(), source: e }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/x\"), r"/x\");
+    }
+}

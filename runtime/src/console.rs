@@ -1,0 +1,134 @@
+//! The launcher's side of the console: copy the guest's pty to our stdout,
+//! our stdin to the pty (interactive), keep the terminal raw meanwhile, and
+//! watch for the ^]^]^] escape.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::termios::{self, SetArg, Termios};
+
+use crate::spec::ConsoleMode;
+use crate::sys;
+
+const ESCAPE: u8 = 0x1d; // ^]
+const ESCAPE_COUNT: usize = 3;
+const ESCAPE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Puts our terminal in raw mode for as long as it lives.
+pub struct RawTerminal {
+    saved: Termios,
+}
+
+impl RawTerminal {
+    pub fn enter() -> Option<Self> {
+        let stdin = sys::stdio(0);
+        if !sys::isatty(stdin) {
+            return None;
+        }
+        let saved = termios::tcgetattr(stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(sys::stdio(0), SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+/// The pty master plus what we do with its traffic.
+pub struct Console {
+    pub master: OwnedFd,
+    /// A peer we hold open so the master never sees a hangup while the
+    /// guest has the console closed (systemd opens it only to write).
+    _peer: OwnedFd,
+    mode: ConsoleMode,
+    escapes: Vec<Instant>,
+}
+
+/// What the relay wants the launcher to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    /// The user typed ^] three times within a second.
+    Kill,
+}
+
+impl Console {
+    pub fn new(master: OwnedFd, mode: ConsoleMode) -> std::io::Result<Self> {
+        let peer = sys::pty_peer(master.as_fd())?;
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+        let c = Console { master, _peer: peer, mode, escapes: Vec::new() };
+        c.sync_size();
+        Ok(c)
+    }
+
+    pub fn reads_stdin(&self) -> bool {
+        self.mode == ConsoleMode::Interactive
+    }
+
+    /// Copy our terminal's size to the pty.
+    pub fn sync_size(&self) {
+        for fd in [0, 1] {
+            if let Ok(ws) = sys::get_winsize(sys::stdio(fd)) {
+                let _ = sys::set_winsize(self.master.as_fd(), &ws);
+                return;
+            }
+        }
+    }
+
+    /// Move everything the guest wrote to our stdout (or nowhere, passive).
+    pub fn drain_output(&self) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match nix::unistd::read(&self.master, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if self.mode != ConsoleMode::Passive {
+                        write_all(sys::stdio(1), &buf[..n]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forward what is available on our stdin.
+    pub fn forward_input(&mut self) -> Action {
+        let mut buf = [0u8; 4096];
+        let n = match nix::unistd::read(sys::stdio(0), &mut buf) {
+            Ok(n) if n > 0 => n,
+            _ => return Action::Continue,
+        };
+        let now = Instant::now();
+        for &b in &buf[..n] {
+            if b == ESCAPE {
+                self.escapes.retain(|t| now.duration_since(*t) < ESCAPE_WINDOW);
+                self.escapes.push(now);
+                if self.escapes.len() >= ESCAPE_COUNT {
+                    return Action::Kill;
+                }
+            } else {
+                self.escapes.clear();
+            }
+        }
+        write_all(self.master.as_fd(), &buf[..n]);
+        Action::Continue
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+                let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(100u16));
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The library's error type: one variant per step that can fail, carrying
+//! the path or syscall involved and, where there is one, the remedy.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("nixspawn must run as root (it creates namespaces and mounts); run it with sudo")]
+    NotRoot,
+
+    #[error("directory {path}: {reason}")]
+    BadTree { path: PathBuf, reason: String },
+
+    #[error("directory {path} is in use by another container (lock held); stop it first or use --ephemeral")]
+    TreeBusy { path: PathBuf },
+
+    #[error(
+        "{path} has no os-release (neither etc/os-release nor usr/lib/os-release); --boot needs one to treat the tree as an OS"
+    )]
+    NoOsRelease { path: PathBuf },
+
+    #[error("no init found in {path} (looked for {candidates}); is systemd installed in the tree?")]
+    NoInit { path: PathBuf, candidates: String },
+
+    #[error("invalid machine name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidValue { what: &'static str, value: String, reason: String },
+
+    #[error("a container named {name} is already running (state in {path})")]
+    NameInUse { name: String, path: PathBuf },
+
+    #[error("no container named {name} is running")]
+    NoSuchContainer { name: String },
+
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one with: mount -t cgroup2 none /sys/fs/cgroup/unified"
+    )]
+    NoCgroup2,
+
+    #[error("mounting {what} on {target}: {source}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cgroup {step} {path}: {source}")]
+    Cgroup {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{syscall} failed: {source}")]
+    Syscall {
+        syscall: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("container setup failed: {step}: {message}")]
+    Child { step: String, message: String },
+
+    #[error("talking to the container process: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { what, path: path.into(), source }
+    }
+
+    pub(crate) fn syscall(syscall: &'static str, source: impl Into<io::Error>) -> Self {
+        Error::Syscall { syscall, source: source.into() }
+    }
+}

@@ -1,0 +1,32 @@
+//! nixspawn's runtime: a container spec in, a running (and finally
+//! cleaned-up) container out. No command line and no printing here; the
+//! binaries in `src/` do that.
+
+pub mod capabilities;
+pub mod cgroup;
+mod channel;
+mod child;
+pub mod console;
+pub mod container;
+mod devfs;
+pub mod enter;
+pub mod environment;
+pub mod error;
+pub mod identity;
+mod janitor;
+pub mod mounts;
+pub mod notify;
+mod procfs;
+mod rootfs;
+pub mod runhost;
+pub mod signals;
+pub mod spec;
+pub mod state;
+pub mod sys;
+mod sysfs;
+
+pub use child::INIT_CANDIDATES;
+pub use container::{Event, Observer, Outcome, run};
+pub use error::{Error, Result};
+pub use identity::{MachineName, Uuid};
+pub use spec::{ConsoleMode, Payload, Spec};

@@ -1,0 +1,260 @@
+//! Mount helpers for assembling the guest root, and the user's own mounts
+//! (`--bind`, `--bind-ro`, `--tmpfs`) with systemd-nspawn's syntax.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+
+use crate::error::{Error, Result};
+
+/// Mount a filesystem of `fstype` on `target`.
+pub(crate) fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    mount(Some(fstype), target, Some(fstype), flags, data).map_err(|e| Error::Mount {
+        what: format!("{fstype}{}", data.map(|d| format!(" ({d})")).unwrap_or_default()),
+        target: target.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Bind `src` onto `dst`, optionally recursive and/or read-only.
+pub(crate) fn bind(src: &Path, dst: &Path, recursive: bool, read_only: bool) -> Result<()> {
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(src), dst, None::<&str>, flags, None::<&str>).map_err(|e| Error::Mount {
+        what: format!("bind of {}", src.display()),
+        target: dst.to_path_buf(),
+        source: e.into(),
+    })?;
+    if read_only {
+        remount(dst, MsFlags::MS_RDONLY)?;
+    }
+    Ok(())
+}
+
+/// Change the per-mount flags of the bind mount at `target`, keeping the
+/// nosuid/nodev/noexec it already had.
+pub(crate) fn remount(target: &Path, extra: MsFlags) -> Result<()> {
+    let kept = nix::sys::statvfs::statvfs(target)
+        .map(|s| {
+            use nix::sys::statvfs::FsFlags;
+            let f = s.flags();
+            let mut m = MsFlags::empty();
+            for (fs, ms) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            ] {
+                if f.contains(fs) {
+                    m |= ms;
+                }
+            }
+            m
+        })
+        .unwrap_or(MsFlags::empty());
+    mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | kept | extra, None::<&str>)
+        .map_err(|e| Error::Mount { what: "remount".into(), target: target.to_path_buf(), source: e.into() })
+}
+
+/// Set the propagation of `target` (and below, with MS_REC).
+pub(crate) fn propagation(target: &Path, flags: MsFlags) -> Result<()> {
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|e| Error::Mount {
+        what: format!("propagation {flags:?}"),
+        target: target.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Create a directory (and parents) if missing.
+pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new().recursive(true).mode(mode).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::io("creating directory", path, e)),
+    }
+}
+
+/// Create an empty regular file (and its parents) if missing, to bind onto.
+pub(crate) fn ensure_file(path: &Path, mode: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent, 0o755)?;
+    }
+    match fs::OpenOptions::new().write(true).create(true).truncate(false).mode(mode).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating file", path, e)),
+    }
+}
+
+/// Write a small file with an exact mode.
+pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io("creating file", path, e))?;
+    f.write_all(content).map_err(|e| Error::io("writing", path, e))?;
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+/// `root` joined with an absolute guest path (which must not climb out).
+pub(crate) fn in_root(root: &Path, guest_path: &Path) -> PathBuf {
+    let mut out = root.to_path_buf();
+    for c in guest_path.components() {
+        if let Component::Normal(n) = c {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// One of the user's extra mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomMount {
+    Bind { source: PathBuf, target: PathBuf, read_only: bool, recursive: bool },
+    Tmpfs { target: PathBuf, options: String },
+}
+
+fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidValue { what, value: value.to_owned(), reason: reason.into() }
+}
+
+/// Split on unescaped ':' (systemd allows "\:" inside paths).
+fn split_colons(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => parts.last_mut().expect("non-empty").push(n),
+                None => parts.last_mut().expect("non-empty").push('\\'),
+            },
+            ':' => parts.push(String::new()),
+            c => parts.last_mut().expect("non-empty").push(c),
+        }
+    }
+    parts
+}
+
+fn absolute_path(what: &'static str, value: &str, p: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(invalid(what, value, format!("{p:?} is not an absolute path")));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(what, value, format!("{p:?} contains '..'")));
+    }
+    Ok(path)
+}
+
+impl CustomMount {
+    /// `SRC[:DST[:OPTIONS]]` as for `--bind`/`--bind-ro`.
+    pub fn parse_bind(value: &str, read_only: bool) -> Result<Self> {
+        let what = if read_only { "--bind-ro" } else { "--bind" };
+        let parts = split_colons(value);
+        if parts.len() > 3 {
+            return Err(invalid(what, value, "expected SOURCE[:DESTINATION[:OPTIONS]]"));
+        }
+        let source = absolute_path(what, value, &parts[0])?;
+        let target = match parts.get(1) {
+            Some(d) if !d.is_empty() => absolute_path(what, value, d)?,
+            _ => source.clone(),
+        };
+        let mut recursive = true;
+        if let Some(opts) = parts.get(2) {
+            for opt in opts.split(',').filter(|o| !o.is_empty()) {
+                match opt {
+                    "rbind" => recursive = true,
+                    "norbind" => recursive = false,
+                    "noidmap" => {}
+                    "idmap" | "rootidmap" | "owneridmap" => {
+                        return Err(invalid(
+                            what,
+                            value,
+                            format!("the {opt} option needs user namespaces, which nixspawn does not implement yet"),
+                        ));
+                    }
+                    other => return Err(invalid(what, value, format!("unknown option {other:?} (known: rbind, norbind, noidmap)"))),
+                }
+            }
+        }
+        Ok(CustomMount::Bind { source, target, read_only, recursive })
+    }
+
+    /// `PATH[:OPTIONS]` as for `--tmpfs`.
+    pub fn parse_tmpfs(value: &str) -> Result<Self> {
+        let (path, options) = match value.split_once(':') {
+            Some((p, o)) => (p, o.to_owned()),
+            None => (value, "mode=0755".to_owned()),
+        };
+        let target = absolute_path("--tmpfs", value, path)?;
+        if options.contains(['\n', '\0']) {
+            return Err(invalid("--tmpfs", value, "options must be a single line"));
+        }
+        Ok(CustomMount::Tmpfs { target, options })
+    }
+
+    /// Mount it below the assembled (not yet pivoted) root.
+    pub(crate) fn apply(&self, root: &Path) -> Result<()> {
+        match self {
+            CustomMount::Bind { source, target, read_only, recursive } => {
+                let meta = fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
+                let dst = in_root(root, target);
+                if meta.is_dir() {
+                    ensure_dir(&dst, 0o755)?;
+                } else {
+                    ensure_file(&dst, 0o644)?;
+                }
+                bind(source, &dst, *recursive, *read_only)
+            }
+            CustomMount::Tmpfs { target, options } => {
+                let dst = in_root(root, target);
+                ensure_dir(&dst, 0o755)?;
+                mount_fs("tmpfs", &dst, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_specs() {
+        assert_eq!(
+            CustomMount::parse_bind("/a", false).unwrap(),
+            CustomMount::Bind { source: "/a".into(), target: "/a".into(), read_only: false, recursive: true }
+        );
+        assert_eq!(
+            CustomMount::parse_bind("/a\\:b:/c:norbind", true).unwrap(),
+            CustomMount::Bind { source: "/a:b".into(), target: "/c".into(), read_only: true, recursive: false }
+        );
+        assert!(CustomMount::parse_bind("rel", false).is_err());
+        assert!(CustomMount::parse_bind("/a:/b/../c", false).is_err());
+        assert!(CustomMount::parse_bind("/a:/b:bogus", false).is_err());
+        assert!(CustomMount::parse_bind("/a:/b:idmap", false).unwrap_err().to_string().contains("user namespaces"));
+        assert!(CustomMount::parse_bind("/a:/b:c:d", false).is_err());
+    }
+
+    #[test]
+    fn tmpfs_specs() {
+        assert_eq!(
+            CustomMount::parse_tmpfs("/x").unwrap(),
+            CustomMount::Tmpfs { target: "/x".into(), options: "mode=0755".into() }
+        );
+        assert!(CustomMount::parse_tmpfs("x").is_err());
+    }
+
+    #[test]
+    fn root_join_stays_inside() {
+        assert_eq!(in_root(Path::new("/r"), Path::new("/a/../../b")), PathBuf::from("/r/a/b"));
+    }
+}

@@ -1,0 +1,46 @@
+//! /proc for the guest: its own procfs, with the kernel knobs read-only and
+//! the host-revealing files masked, as systemd-nspawn sets it up.
+
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use crate::error::Result;
+use crate::mounts::{bind, ensure_dir, mount_fs};
+use crate::runhost::{host_dir, inaccessible_file};
+
+/// Overmounted with a mode-0 file: they leak host kernel state.
+const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
+/// Bound read-only onto themselves.
+const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"];
+
+pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
+    let proc = root.join("proc");
+    ensure_dir(&proc, 0o555)?;
+    mount_fs("proc", &proc, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
+
+    let sys = proc.join("sys");
+    bind(&sys, &sys, true, true)?;
+    if private_network {
+        // The guest owns its network namespace, so it may tune it.
+        let net = sys.join("net");
+        bind(&net, &net, true, false)?;
+    }
+    // Our own boot id, so the guest's journal has its own boots.
+    let boot_id = sys.join("kernel/random/boot_id");
+    bind(&host_dir(root).join("proc-sys-kernel-random-boot-id"), &boot_id, false, true)?;
+    let mask = inaccessible_file(root);
+    for name in MASKED {
+        let p = proc.join(name);
+        if p.exists() {
+            bind(&mask, &p, false, true)?;
+        }
+    }
+    for name in READ_ONLY {
+        let p = proc.join(name);
+        if p.exists() {
+            bind(&p, &p, true, true)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The guest's root: the tree bound (or overlaid, for `--ephemeral`) onto
+//! a private mount point, and later pivoted into.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, umount2};
+
+use crate::error::{Error, Result};
+use crate::mounts::{bind, ensure_dir, mount_fs, propagation};
+
+/// Detach our mount namespace from the host's: nothing we mount propagates
+/// back out.
+pub(crate) fn isolate_from_host() -> Result<()> {
+    propagation(Path::new("/"), MsFlags::MS_SLAVE | MsFlags::MS_REC)
+}
+
+/// Put the guest root on `mount_point` and return the path of the root.
+///
+/// For `--ephemeral` the tree is the lower layer of an overlay whose upper
+/// layer is a fresh tmpfs: nothing is copied (the cost does not depend on
+/// the tree's size) and the tree is never written.
+pub(crate) fn assemble(tree: &Path, mount_point: &Path, ephemeral: bool) -> Result<PathBuf> {
+    ensure_dir(mount_point, 0o700)?;
+    let root = if ephemeral {
+        mount_fs("tmpfs", mount_point, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700"))?;
+        let (upper, work, merged) = (mount_point.join("upper"), mount_point.join("work"), mount_point.join("merged"));
+        for d in [&upper, &work, &merged] {
+            ensure_dir(d, 0o755)?;
+        }
+        // The upper root must carry the tree root's mode/owner, or the
+        // guest's / would look like the tmpfs directory.
+        copy_root_attributes(tree, &upper)?;
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            escape_overlay(tree),
+            escape_overlay(&upper),
+            escape_overlay(&work)
+        );
+        nix::mount::mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(
+            |e| Error::Mount { what: format!("overlay of {}", tree.display()), target: merged.clone(), source: e.into() },
+        )?;
+        merged
+    } else {
+        bind(tree, mount_point, true, false)?;
+        mount_point.to_path_buf()
+    };
+    propagation(&root, MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
+    Ok(root)
+}
+
+fn copy_root_attributes(tree: &Path, upper: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(tree).map_err(|e| Error::io("stat", tree, e))?;
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(|e| Error::io("chmod", upper, e))?;
+    std::os::unix::fs::chown(upper, Some(meta.uid()), Some(meta.gid())).map_err(|e| Error::io("chown", upper, e))
+}
+
+/// overlayfs takes ',' and ':' as separators and '\' as escape in its options.
+fn escape_overlay(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Make `root` the process's `/`, drop the host's tree, and turn on shared
+/// propagation inside (systemd requires shared mounts at start).
+pub(crate) fn switch_root(root: &Path) -> Result<()> {
+    nix::unistd::chdir(root).map_err(|e| Error::io("chdir", root, e.into()))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| Error::syscall("pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::syscall("umount2(old root)", e))?;
+    nix::unistd::chdir("/").map_err(|e| Error::io("chdir", "/", e.into()))?;
+    propagation(Path::new("/"), MsFlags::MS_SHARED | MsFlags::MS_REC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_escaping() {
+        assert_eq!(escape_overlay(Path::new("/a,b:c\\d")), "/a\\,b\\:c\\\\d");
+    }
+}

@@ -1,0 +1,66 @@
+//! What a container is to be: everything the launcher decided from its
+//! command line, in one plain value the runtime consumes.
+
+use std::path::PathBuf;
+
+use crate::identity::{MachineName, Uuid};
+use crate::mounts::CustomMount;
+
+/// How the container's console (stdin/stdout/stderr and /dev/console) is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsoleMode {
+    /// A pty as /dev/console, connected both ways to our terminal.
+    Interactive,
+    /// A pty as /dev/console; its output is copied to our stdout, no input.
+    ReadOnly,
+    /// A pty as /dev/console that is connected to nothing.
+    Passive,
+    /// No pty: our stdin/stdout/stderr are handed to the payload as they are.
+    Pipe,
+}
+
+impl ConsoleMode {
+    pub fn has_pty(self) -> bool {
+        self != ConsoleMode::Pipe
+    }
+}
+
+/// What runs as PID 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// `--boot`: the tree's init, with these extra arguments.
+    Boot { args: Vec<String> },
+    /// A command (argv[0] looked up in the guest's PATH).
+    Command { argv: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The OS tree on the host.
+    pub directory: PathBuf,
+    /// Run on a throw-away overlay of the tree (tmpfs upper layer).
+    pub ephemeral: bool,
+    pub machine: MachineName,
+    pub hostname: String,
+    pub uuid: Uuid,
+    pub payload: Payload,
+    /// `-E NAME=VALUE`, applied last.
+    pub environment: Vec<(String, String)>,
+    pub console: ConsoleMode,
+    pub private_network: bool,
+    /// Signal sent to PID 1 to ask it to stop; None means SIGKILL at once.
+    pub kill_signal: Option<i32>,
+    /// Wait for the guest's READY=1 before reporting readiness upwards.
+    pub notify_ready: bool,
+    /// Run in the calling unit's cgroup (payload/supervisor split).
+    pub keep_unit: bool,
+    pub mounts: Vec<CustomMount>,
+    pub working_directory: Option<PathBuf>,
+}
+
+impl Spec {
+    pub fn is_boot(&self) -> bool {
+        matches!(self.payload, Payload::Boot { .. })
+    }
+}

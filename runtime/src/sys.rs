@@ -1,0 +1,292 @@
+//! Thin wrappers over the syscalls that `nix` does not cover (clone3,
+//! pidfds, the fd-based mount API, pty peers, close_range). Every `unsafe`
+//! block of the crate lives here; everything returned is an owned fd.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = check(ret)?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor to us and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// clone3 flag (Linux 5.7); libc's constant has the wrong width.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Which side of a fork/clone the caller is on.
+pub enum Forked {
+    Parent { pid: libc::pid_t, pidfd: Option<OwnedFd> },
+    Child,
+}
+
+/// clone3(2) with a pidfd and, optionally, straight into a cgroup.
+///
+/// The caller must be single-threaded: the child runs ordinary Rust code
+/// until it execs.
+pub fn clone3(flags: u64, exit_signal: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = libc::clone_args {
+        flags: flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: exit_signal as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    if let Some(cg) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
+    // SAFETY: args is a valid clone_args of the size we pass; with a zero
+    // stack the child continues on a copy of our stack like fork(2).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    match check(ret)? {
+        0 => Ok(Forked::Child),
+        pid => {
+            // SAFETY: CLONE_PIDFD made the kernel store a fresh descriptor here.
+            let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+            Ok(Forked::Parent { pid: pid as libc::pid_t, pidfd })
+        }
+    }
+}
+
+/// Plain fork(2), for helpers that need no namespaces.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: callers are single-threaded, so the child can run any code.
+    let ret = unsafe { libc::fork() };
+    match check(ret.into())? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent { pid: pid as libc::pid_t, pidfd: None }),
+    }
+}
+
+/// Leave immediately without running destructors or atexit handlers (for
+/// forked children that must not flush their parent's buffers).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+}
+
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo is allowed and means "as kill(2) would send it".
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// How a waited-for process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// waitid(P_PIDFD, WEXITED); retries on EINTR.
+pub fn pidfd_wait(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<ExitKind>> {
+    loop {
+        // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: info is a valid out pointer; P_PIDFD takes the fd as id.
+        let ret = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo (or left it zeroed for WNOHANG).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => ExitKind::Exited(status),
+            _ => ExitKind::Signaled(status),
+        }));
+    }
+}
+
+/// setns(2) with a pidfd and several namespace flags at once (Linux 5.8+).
+pub fn setns_pidfd(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall with an fd we borrow for its duration.
+    check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) }.into()).map(drop)
+}
+
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::unshare(flags) }.into()).map(drop)
+}
+
+/// open_tree(2): a detached copy of the mount at `path` (OPEN_TREE_CLONE).
+pub fn open_tree(dirfd: Option<BorrowedFd<'_>>, path: &CStr, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    let dirfd = dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    // SAFETY: path is NUL-terminated and lives across the call.
+    owned(unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) })
+}
+
+/// move_mount(2) of a detached mount fd onto a path.
+pub fn move_mount_fd(from: BorrowedFd<'_>, to_dirfd: Option<BorrowedFd<'_>>, to: &CStr) -> io::Result<()> {
+    let to_dirfd = to_dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    let empty = c"";
+    // SAFETY: both paths are NUL-terminated and live across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to_dirfd,
+            to.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Mark every descriptor from `first` upwards close-on-exec.
+pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only sets flags.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    check(ret).map(drop)
+}
+
+/// Close every descriptor from `first` upwards. Only for freshly forked
+/// helpers, whose descriptors are all inherited copies owned by nobody in
+/// this process image.
+pub fn close_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY: see above; no OwnedFd in the calling image refers to these.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+    check(ret).map(drop)
+}
+
+/// Open the peer (slave) side of a pty master without a path lookup.
+pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags as its integer argument.
+    owned(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) }.into())
+}
+
+/// Number N of /dev/pts/N for a pty master.
+pub fn pty_number(master: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) }.into())?;
+    Ok(n)
+}
+
+pub fn pty_unlock(master: BorrowedFd<'_>) -> io::Result<()> {
+    let mut unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) }.into()).map(drop)
+}
+
+/// Make `tty` the controlling terminal of the calling session leader.
+pub fn set_controlling_tty(tty: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer "steal" flag.
+    check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0) }.into()).map(drop)
+}
+
+pub fn get_winsize(tty: BorrowedFd<'_>) -> io::Result<libc::winsize> {
+    // SAFETY: winsize is plain data.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize.
+    check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) }.into())?;
+    Ok(ws)
+}
+
+pub fn set_winsize(tty: BorrowedFd<'_>, ws: &libc::winsize) -> io::Result<()> {
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) }.into()).map(drop)
+}
+
+/// Duplicate `fd` onto the standard descriptor `target` (0, 1 or 2),
+/// which stays open across exec.
+pub fn dup_onto_stdio(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 onto a standard descriptor; the old 0/1/2 (if any) is
+    // replaced atomically and is not owned by any OwnedFd in this process.
+    check(unsafe { libc::dup2(fd.as_raw_fd(), target) }.into()).map(drop)
+}
+
+/// Bring a network interface up through the classic ioctl (used for `lo`
+/// in a private network namespace).
+pub fn interface_up(sock: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: ifreq is plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills ifr_flags of a valid ifreq.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) }.into())?;
+    // SAFETY: the union member ifr_flags was just written by the kernel.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }.into()).map(drop)
+}
+
+/// The current thread's real uid (never fails).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Borrow a standard descriptor that the process image owns for its whole life.
+pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
+    debug_assert!((0..=2).contains(&fd));
+    // SAFETY: 0, 1 and 2 are never closed by this program.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// True when the descriptor refers to a terminal.
+pub fn isatty(fd: impl AsFd) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd.as_fd().as_raw_fd()) == 1 }
+}
+
+/// Take ownership of a descriptor that arrived in an SCM_RIGHTS message.
+pub fn adopt_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed this descriptor in our table while
+    // receiving the message; nothing else refers to it yet.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Close one inherited descriptor in a freshly forked helper (one that no
+/// OwnedFd of the helper's image will ever drop, since it exits via _exit).
+pub fn close_inherited(fd: RawFd) {
+    // SAFETY: see above; closing an unused or invalid number is harmless.
+    unsafe { libc::close(fd) };
+}

@@ -1,0 +1,66 @@
+//! nixspawn: boot an OS tree in a container, with systemd-nspawn's command line.
+
+use std::process::ExitCode;
+
+use nixspawn_cli::launcher_args;
+use nixspawn_runtime::{Event, Outcome, Spec, signals};
+
+fn report(spec: &Spec, quiet: bool) -> impl FnMut(Event<'_>) + '_ {
+    move |event| {
+        if quiet {
+            return;
+        }
+        match event {
+            Event::Started { .. } => {}
+            Event::Ready | Event::Status(_) => {}
+            Event::Stopping => eprintln!("Container {} is being stopped.", spec.machine),
+            Event::Rebooting => eprintln!("Container {} is being rebooted.", spec.machine),
+            Event::EscapeKill => eprintln!("\r\nKilling container {}.", spec.machine),
+        }
+    }
+}
+
+fn describe(spec: &Spec, outcome: Outcome) -> String {
+    let m = &spec.machine;
+    match outcome {
+        Outcome::Exited(0) | Outcome::PoweredOff => format!("Container {m} exited successfully."),
+        Outcome::Exited(n) => format!("Container {m} failed with error code {n}."),
+        Outcome::Rebooted => format!("Container {m} is being rebooted (exit status 133 for the unit to restart it)."),
+        Outcome::Killed(s) => format!("Container {m} terminated by signal {}.", signals::name(s)),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let run = || -> anyhow::Result<(Spec, bool, Outcome)> {
+        let args = launcher_args::parse(&argv)?;
+        let (spec, opts) = launcher_args::to_spec(args)?;
+        if opts.debug {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_max_level(tracing::Level::DEBUG)
+                .with_target(false)
+                .init();
+        }
+        if !opts.quiet {
+            eprintln!("Spawning container {} on {}.", spec.machine, spec.directory.display());
+            if spec.console == nixspawn_runtime::ConsoleMode::Interactive {
+                eprintln!("Press ^] three times within 1s to kill container.");
+            }
+        }
+        let outcome = nixspawn_runtime::run(&spec, &mut report(&spec, opts.quiet))?;
+        Ok((spec, opts.quiet, outcome))
+    };
+    match run() {
+        Ok((spec, quiet, outcome)) => {
+            if !quiet {
+                eprintln!("{}", describe(&spec, outcome));
+            }
+            ExitCode::from(outcome.exit_code().clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("nixspawn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! `nixspawn`'s command line: systemd-nspawn's spelling and meaning for
+//! every option implemented; every other nspawn option is refused by name.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use nixspawn_runtime::mounts::CustomMount;
+use nixspawn_runtime::{ConsoleMode, MachineName, Payload, Spec, Uuid, environment, signals, sys};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nixspawn",
+    version,
+    about = "Boot a systemd OS tree or a NixOS system in a container (systemd-nspawn compatible)",
+    trailing_var_arg = true
+)]
+pub struct Args {
+    /// Root directory of the container's OS tree
+    #[arg(short = 'D', long = "directory", value_name = "PATH")]
+    pub directory: Option<PathBuf>,
+
+    /// Boot the tree's init (systemd) as PID 1; extra arguments go to init
+    #[arg(short = 'b', long)]
+    pub boot: bool,
+
+    /// Machine name (default: the directory's name)
+    #[arg(short = 'M', long = "machine", value_name = "NAME")]
+    pub machine: Option<String>,
+
+    /// Run on a throw-away overlay of the tree; the tree is not modified
+    #[arg(short = 'x', long)]
+    pub ephemeral: bool,
+
+    /// The container's UUID (default: the tree's machine-id, else random)
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+
+    /// Host name inside the container (default: the machine name)
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// Set an environment variable for PID 1
+    #[arg(short = 'E', long = "setenv", value_name = "NAME=VALUE")]
+    pub setenv: Vec<String>,
+
+    /// interactive, read-only, passive, pipe or autopipe
+    #[arg(long, value_name = "MODE")]
+    pub console: Option<String>,
+
+    /// Same as --console=pipe
+    #[arg(short = 'P', long)]
+    pub pipe: bool,
+
+    /// Do not print informational messages
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Give the container its own network namespace (only lo)
+    #[arg(long)]
+    pub private_network: bool,
+
+    /// Signal that asks PID 1 to stop (default SIGRTMIN+3 with --boot)
+    #[arg(long, value_name = "SIGNAL")]
+    pub kill_signal: Option<String>,
+
+    /// Report readiness only when the guest sends READY=1 (yes|no)
+    #[arg(long, value_name = "BOOL")]
+    pub notify_ready: Option<String>,
+
+    /// Run in the calling service's cgroup instead of a scope of our own
+    #[arg(long)]
+    pub keep_unit: bool,
+
+    /// Register with systemd-machined: yes, no or auto
+    #[arg(long, value_name = "MODE")]
+    pub register: Option<String>,
+
+    /// Bind-mount a host path: SRC[:DST[:OPTIONS]]
+    #[arg(long, value_name = "SPEC")]
+    pub bind: Vec<String>,
+
+    /// Bind-mount a host path read-only: SRC[:DST[:OPTIONS]]
+    #[arg(long = "bind-ro", value_name = "SPEC")]
+    pub bind_ro: Vec<String>,
+
+    /// Mount a tmpfs: PATH[:OPTIONS]
+    #[arg(long, value_name = "SPEC")]
+    pub tmpfs: Vec<String>,
+
+    /// Working directory of PID 1 inside the container
+    #[arg(long, value_name = "PATH")]
+    pub chdir: Option<PathBuf>,
+
+    /// User namespacing (only "no" is implemented so far)
+    #[arg(long, value_name = "MODE")]
+    pub private_users: Option<String>,
+
+    /// Journal linking (only "no" and "auto" are implemented so far)
+    #[arg(long, value_name = "MODE")]
+    pub link_journal: Option<String>,
+
+    /// Settings files (only "no" is implemented so far)
+    #[arg(long, value_name = "MODE")]
+    pub settings: Option<String>,
+
+    /// Trace and time every setup step on stderr
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Command (or, with --boot, init arguments)
+    #[arg(allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// systemd-nspawn options nixspawn does not implement (yet). They are
+/// refused by name rather than reported as unknown.
+pub const UNIMPLEMENTED: &[&str] = &[
+    "-U", "-n", "-p", "-i", "-a", "-u", "-S", "-L", "-Z",
+    "--template", "--image", "--image-policy", "--mstack", "--oci-bundle", "--read-only", "--volatile",
+    "--root-hash", "--root-hash-sig", "--verity-data", "--pivot-root", "--as-pid2", "--user", "--uid",
+    "--private-users-ownership", "--private-users-delegate", "--network-interface", "--network-macvlan",
+    "--network-ipvlan", "--network-veth", "--network-veth-extra", "--network-bridge", "--network-zone",
+    "--network-namespace-path", "--port", "--capability", "--drop-capability", "--ambient-capability",
+    "--no-new-privileges", "--system-call-filter", "--restrict-address-families", "--rlimit",
+    "--oom-score-adjust", "--cpu-affinity", "--personality", "--resolv-conf", "--timezone", "--overlay",
+    "--overlay-ro", "--inaccessible", "--bind-user", "--bind-user-shell", "--set-credential",
+    "--load-credential", "--slice", "--property", "--selinux-context", "--selinux-apifs-context",
+    "--suppress-sync", "--forward-journal", "--kill-signal-delay", "--background", "--no-ask-password",
+    "--no-pager", "--toplevel", "--shared-store", "--closure-file", "--nix-daemon",
+];
+
+/// Parse argv, turning clap's "unknown argument" for an nspawn option we
+/// lack into a message that says so.
+pub fn parse(argv: &[String]) -> Result<Args> {
+    match Args::try_parse_from(argv) {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            if e.kind() == clap::error::ErrorKind::UnknownArgument {
+                if let Some(clap::error::ContextValue::String(arg)) = e.get(clap::error::ContextKind::InvalidArg) {
+                    let name = arg.split('=').next().unwrap_or(arg);
+                    if UNIMPLEMENTED.contains(&name) {
+                        bail!("the systemd-nspawn option {name} is not implemented by nixspawn yet");
+                    }
+                }
+            }
+            e.exit()
+        }
+    }
+}
+
+fn parse_bool(what: &str, v: &str) -> Result<bool> {
+    match v {
+        "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
+        "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
+        _ => bail!("invalid {what} value {v:?}: expected yes or no"),
+    }
+}
+
+fn default_console() -> ConsoleMode {
+    if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) { ConsoleMode::Interactive } else { ConsoleMode::ReadOnly }
+}
+
+fn console_mode(args: &Args) -> Result<ConsoleMode> {
+    if args.pipe {
+        return Ok(ConsoleMode::Pipe);
+    }
+    Ok(match args.console.as_deref() {
+        None => default_console(),
+        Some("interactive") => ConsoleMode::Interactive,
+        Some("read-only") => ConsoleMode::ReadOnly,
+        Some("passive") => ConsoleMode::Passive,
+        Some("pipe") => ConsoleMode::Pipe,
+        Some("autopipe") => {
+            if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) { ConsoleMode::Interactive } else { ConsoleMode::Pipe }
+        }
+        Some(other) => bail!("invalid --console mode {other:?}: expected interactive, read-only, passive, pipe or autopipe"),
+    })
+}
+
+/// The tree's /etc/machine-id, if it holds a valid id.
+fn tree_machine_id(dir: &Path) -> Option<Uuid> {
+    let text = std::fs::read_to_string(dir.join("etc/machine-id")).ok()?;
+    Uuid::parse(text.trim()).ok()
+}
+
+/// What the launcher does besides building the spec.
+pub struct Options {
+    pub quiet: bool,
+    pub debug: bool,
+}
+
+pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
+    if let Some(mode) = args.private_users.as_deref() {
+        if parse_bool("--private-users", mode).ok() != Some(false) {
+            bail!("--private-users={mode}: user namespaces are not implemented by nixspawn yet (only --private-users=no)");
+        }
+    }
+    if let Some(mode) = args.link_journal.as_deref() {
+        if !matches!(mode, "no" | "auto") {
+            bail!("--link-journal={mode} is not implemented by nixspawn yet (only no and auto)");
+        }
+    }
+    if let Some(mode) = args.settings.as_deref() {
+        if parse_bool("--settings", mode).ok() != Some(false) {
+            bail!("--settings={mode}: .nspawn settings files are not implemented by nixspawn yet (only --settings=no)");
+        }
+    }
+    match args.register.as_deref() {
+        None | Some("auto") => {}
+        Some(v) if parse_bool("--register", v).ok() == Some(false) => {}
+        Some(v) => bail!(
+            "--register={v}: registration with systemd-machined is not implemented by nixspawn yet; use --register=no"
+        ),
+    }
+
+    let directory = match (&args.directory, &args.machine) {
+        (Some(d), _) => d.clone(),
+        (None, Some(m)) => PathBuf::from("/var/lib/machines").join(m),
+        (None, None) => std::env::current_dir().context("no -D given and the current directory is unusable")?,
+    };
+    let directory = std::fs::canonicalize(&directory)
+        .with_context(|| format!("directory {}: cannot be resolved", directory.display()))?;
+    let machine = match &args.machine {
+        Some(m) => MachineName::new(m)?,
+        None => MachineName::from_directory_name(
+            directory.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("cannot name a container after /"))?,
+        )?,
+    };
+    let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
+    if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
+        bail!("invalid --hostname {hostname:?}: a host name is 1-64 characters without '/' or spaces");
+    }
+    let uuid = match &args.uuid {
+        Some(u) => Uuid::parse(u)?,
+        None => match tree_machine_id(&directory) {
+            Some(id) => id,
+            None => Uuid::random()?,
+        },
+    };
+    let payload = if args.boot {
+        Payload::Boot { args: args.command.clone() }
+    } else if args.command.is_empty() {
+        // systemd-nspawn runs a shell when given nothing to run.
+        Payload::Command { argv: vec!["/bin/sh".into()] }
+    } else {
+        Payload::Command { argv: args.command.clone() }
+    };
+    let kill_signal = match &args.kill_signal {
+        Some(s) => Some(signals::parse(s)?),
+        None if args.boot => Some(signals::rtmin() + 3),
+        None => None,
+    };
+    let notify_ready = match &args.notify_ready {
+        Some(v) => parse_bool("--notify-ready", v)?,
+        None => false,
+    };
+    let mut mounts = Vec::new();
+    for b in &args.bind {
+        mounts.push(CustomMount::parse_bind(b, false)?);
+    }
+    for b in &args.bind_ro {
+        mounts.push(CustomMount::parse_bind(b, true)?);
+    }
+    for t in &args.tmpfs {
+        mounts.push(CustomMount::parse_tmpfs(t)?);
+    }
+    let environment = args.setenv.iter().map(|s| environment::parse_assignment(s)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(c) = &args.chdir {
+        if !c.is_absolute() {
+            bail!("invalid --chdir {}: must be an absolute path", c.display());
+        }
+    }
+    let spec = Spec {
+        directory,
+        ephemeral: args.ephemeral,
+        machine,
+        hostname,
+        uuid,
+        payload,
+        environment,
+        console: console_mode(&args)?,
+        private_network: args.private_network,
+        kill_signal,
+        notify_ready,
+        keep_unit: args.keep_unit,
+        mounts,
+        working_directory: args.chdir.clone(),
+    };
+    Ok((spec, Options { quiet: args.quiet, debug: args.debug }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        std::iter::once("nixspawn").chain(s.split_whitespace()).map(String::from).collect()
+    }
+
+    #[test]
+    fn command_after_options_is_kept_whole() {
+        let a = parse(&argv("-D /tmp -q /bin/sh -c -x")).unwrap();
+        assert_eq!(a.command, ["/bin/sh", "-c", "-x"]);
+        assert!(a.quiet);
+        assert!(!a.ephemeral);
+    }
+
+    #[test]
+    fn nspawn_spellings() {
+        let a = parse(&argv("--directory=/tmp --machine=m1 -b --kill-signal=SIGRTMIN+3 --notify-ready=yes --keep-unit --bind-ro=/nix/store -E A=b"))
+            .unwrap();
+        assert!(a.boot && a.keep_unit);
+        assert_eq!(a.machine.as_deref(), Some("m1"));
+        assert_eq!(a.bind_ro, ["/nix/store"]);
+    }
+
+    #[test]
+    fn unimplemented_options_are_named() {
+        let err = parse(&argv("-D /tmp --network-veth -b")).unwrap_err().to_string();
+        assert!(err.contains("--network-veth") && err.contains("not implemented"), "{err}");
+        let err = parse(&argv("-D /tmp --capability=all -b")).unwrap_err().to_string();
+        assert!(err.contains("--capability"), "{err}");
+    }
+
+    #[test]
+    fn spec_defaults() {
+        let (spec, _) = to_spec(parse(&argv("-D / -M root-test -b")).unwrap()).unwrap();
+        assert_eq!(spec.kill_signal, Some(signals::rtmin() + 3));
+        assert_eq!(spec.hostname, "root-test");
+        let (spec, _) = to_spec(parse(&argv("-D / -M t /bin/true")).unwrap()).unwrap();
+        assert_eq!(spec.kill_signal, None);
+        assert!(to_spec(parse(&argv("-D / -M t --register=yes")).unwrap()).is_err());
+        assert!(to_spec(parse(&argv("-D / -M t --private-users=pick")).unwrap()).is_err());
+        assert!(to_spec(parse(&argv("-D / -M t --console=bogus")).unwrap()).is_err());
+        assert!(to_spec(parse(&argv("-D / -M bad/name")).unwrap()).is_err());
+    }
+}

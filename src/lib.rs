@@ -1,0 +1,4 @@
+//! Command-line front ends shared by the `nixspawn` and `nixspawnctl`
+//! binaries: argument parsing and the translation into a runtime spec.
+
+pub mod launcher_args;
