@@ -1,1 +1,158 @@
-fn main(){}
+//! nixspawnctl: list, inspect, enter and stop containers started by
+//! nixspawn on this host (no machined needed; state in /run/nixspawn).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use nixspawn_runtime::state::{self, State};
+use nixspawn_runtime::{MachineName, enter, signals, sys};
+
+#[derive(Debug, Parser)]
+#[command(name = "nixspawnctl", version, about = "Manage containers started by nixspawn")]
+struct Cli {
+    /// Print machine-readable JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List running containers
+    List,
+    /// Show one container's state
+    Status { name: String },
+    /// Run a command inside a container (all its namespaces and its cgroup)
+    Exec {
+        name: String,
+        /// Set an environment variable for the command
+        #[arg(short = 'E', long = "setenv", value_name = "NAME=VALUE")]
+        setenv: Vec<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Ask the guest to power off (SIGRTMIN+4 to its PID 1, as machinectl does)
+    Poweroff { name: String },
+    /// Ask the guest to reboot (SIGINT to its PID 1, as machinectl does)
+    Reboot { name: String },
+    /// Stop the container as SIGTERM to its launcher does, and wait for it to end
+    Stop {
+        name: String,
+        /// Seconds to wait before giving up
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
+    /// Wait until the guest has reported READY=1
+    WaitReady {
+        name: String,
+        /// Seconds to wait before giving up
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+fn name(s: &str) -> Result<MachineName> {
+    Ok(MachineName::new(s)?)
+}
+
+fn signal_leader(st: &State, sig: i32) -> Result<()> {
+    let leader = st.leader.context("the container has no running payload")?;
+    let pidfd = sys::pidfd_open(leader).with_context(|| format!("opening PID {leader}"))?;
+    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), sig)
+        .with_context(|| format!("sending {} to PID {leader}", signals::name(sig)))
+}
+
+fn wait_until(timeout: u64, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut pause = Duration::from_millis(1);
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout}s waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn print_status(st: &State) {
+    let since = st.started_usec / 1_000_000;
+    println!("{} ({})", st.name, st.uuid);
+    println!("     State: {}{}", st.phase, if st.ready { ", ready" } else { "" });
+    if let Some(s) = &st.status {
+        println!("    Status: {s}");
+    }
+    println!("     Since: {since} (seconds since the epoch)");
+    if let Some(l) = st.leader {
+        let comm = std::fs::read_to_string(format!("/proc/{l}/comm")).unwrap_or_default();
+        println!("    Leader: {l} ({})", comm.trim());
+    }
+    println!("Supervisor: {}", st.supervisor);
+    println!("      Root: {}{}", st.directory.display(), if st.ephemeral { " (ephemeral)" } else { "" });
+    println!("    Cgroup: {}", st.cgroup.display());
+    if let Some(sig) = st.kill_signal {
+        println!("KillSignal: {}", signals::name(sig));
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::List => {
+            let all = state::list()?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!("{:<24} {:>8} {:<10} ROOT", "MACHINE", "LEADER", "STATE");
+                for st in &all {
+                    let phase = if st.ready && st.phase == "running" { "ready" } else { st.phase.as_str() };
+                    let leader = st.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{:<24} {:>8} {:<10} {}", st.name.as_str(), leader, phase, st.directory.display());
+                }
+                println!("\n{} machines listed.", all.len());
+            }
+        }
+        Command::Status { name: n } => {
+            let st = state::load(&name(&n)?)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+        }
+        Command::Exec { name: n, setenv, command } => {
+            let st = state::load(&name(&n)?)?;
+            let env = setenv
+                .iter()
+                .map(|s| nixspawn_runtime::environment::parse_assignment(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(enter::exec(&st, &command, &env)?);
+        }
+        Command::Poweroff { name: n } => signal_leader(&state::load(&name(&n)?)?, signals::rtmin() + 4)?,
+        Command::Reboot { name: n } => signal_leader(&state::load(&name(&n)?)?, libc::SIGINT)?,
+        Command::Stop { name: n, timeout } => {
+            let n = name(&n)?;
+            let st = state::load(&n)?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.supervisor), nix::sys::signal::Signal::SIGTERM)
+                .with_context(|| format!("signalling the launcher (PID {})", st.supervisor))?;
+            wait_until(timeout, &format!("{n} to stop"), || Ok(state::load(&n).is_err()))?;
+        }
+        Command::WaitReady { name: n, timeout } => {
+            let n = name(&n)?;
+            wait_until(timeout, &format!("{n} to report READY=1"), || Ok(state::load(&n).is_ok_and(|s| s.ready)))?;
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("nixspawnctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
