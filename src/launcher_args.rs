@@ -109,7 +109,7 @@ pub struct Args {
     pub debug: bool,
 
     /// Command (or, with --boot, init arguments)
-    #[arg(allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -321,6 +321,8 @@ mod tests {
         assert!(err.contains("--network-veth") && err.contains("not implemented"), "{err}");
         let err = parse(&argv("-D /tmp --capability=all -b")).unwrap_err().to_string();
         assert!(err.contains("--capability"), "{err}");
+        let err = parse(&argv("-D /tmp --network-veth /bin/true")).unwrap_err().to_string();
+        assert!(err.contains("--network-veth"), "an option before the command is never the command: {err}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ impl Outcome {
 /// What happens during a run, for the caller to report.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// Checks passed and resources are claimed; the guest is about to start.
+    Spawning,
     Started { leader: i32 },
     Ready,
     Status(&'a str),
@@ -76,6 +78,11 @@ pub fn validate_tree(spec: &Spec) -> Result<()> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::BadTree { path: dir.clone(), reason: e.to_string() })?;
     if !meta.is_dir() {
         return Err(Error::BadTree { path: dir.clone(), reason: "not a directory".into() });
+    }
+    for m in &spec.mounts {
+        if let crate::mounts::CustomMount::Bind { source, .. } = m {
+            std::fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
+        }
     }
     match &spec.payload {
         Payload::Boot { .. } if crate::environment::tree_os_release(dir).is_none() => {
@@ -145,6 +152,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let lock = state_dir.lock_fd().map_err(|e| Error::io("duplicating", state_dir.path().join("lock"), e))?;
     let janitor = Janitor::spawn(state_dir.path().to_path_buf(), cgroups.clone(), lock)?;
     let session = Session { cgroups, state_dir, janitor: Some(janitor) };
+    observer.event(Event::Spawning);
 
     let result = supervise(spec, &session, observer);
     let cleanup = session.finish();

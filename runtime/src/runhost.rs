@@ -84,6 +84,6 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
 /// The guest may read /run/host but not change it.
 pub(crate) fn seal(root: &Path) -> Result<()> {
     let host = host_dir(root);
-    bind_mount(&host, &host, false, false)?;
+    bind_mount(&host, &host, true, false)?;
     remount(&host, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
 }

@@ -11,6 +11,12 @@ fn report(spec: &Spec, quiet: bool) -> impl FnMut(Event<'_>) + '_ {
             return;
         }
         match event {
+            Event::Spawning => {
+                eprintln!("Spawning container {} on {}.", spec.machine, spec.directory.display());
+                if spec.console == nixspawn_runtime::ConsoleMode::Interactive {
+                    eprintln!("Press ^] three times within 1s to kill container.");
+                }
+            }
             Event::Started { .. } => {}
             Event::Ready | Event::Status(_) => {}
             Event::Stopping => eprintln!("Container {} is being stopped.", spec.machine),
@@ -41,12 +47,6 @@ fn main() -> ExitCode {
                 .with_max_level(tracing::Level::DEBUG)
                 .with_target(false)
                 .init();
-        }
-        if !opts.quiet {
-            eprintln!("Spawning container {} on {}.", spec.machine, spec.directory.display());
-            if spec.console == nixspawn_runtime::ConsoleMode::Interactive {
-                eprintln!("Press ^] three times within 1s to kill container.");
-            }
         }
         let outcome = nixspawn_runtime::run(&spec, &mut report(&spec, opts.quiet))?;
         Ok((spec, opts.quiet, outcome))
