@@ -116,18 +116,73 @@ pub struct Args {
 /// systemd-nspawn options nixspawn does not implement (yet). They are
 /// refused by name rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
-    "-U", "-n", "-p", "-i", "-a", "-u", "-S", "-L", "-Z",
-    "--template", "--image", "--image-policy", "--mstack", "--oci-bundle", "--read-only", "--volatile",
-    "--root-hash", "--root-hash-sig", "--verity-data", "--pivot-root", "--as-pid2", "--user", "--uid",
-    "--private-users-ownership", "--private-users-delegate", "--network-interface", "--network-macvlan",
-    "--network-ipvlan", "--network-veth", "--network-veth-extra", "--network-bridge", "--network-zone",
-    "--network-namespace-path", "--port", "--capability", "--drop-capability", "--ambient-capability",
-    "--no-new-privileges", "--system-call-filter", "--restrict-address-families", "--rlimit",
-    "--oom-score-adjust", "--cpu-affinity", "--personality", "--resolv-conf", "--timezone", "--overlay",
-    "--overlay-ro", "--inaccessible", "--bind-user", "--bind-user-shell", "--set-credential",
-    "--load-credential", "--slice", "--property", "--selinux-context", "--selinux-apifs-context",
-    "--suppress-sync", "--forward-journal", "--kill-signal-delay", "--background", "--no-ask-password",
-    "--no-pager", "--toplevel", "--shared-store", "--closure-file", "--nix-daemon",
+    "-U",
+    "-n",
+    "-p",
+    "-i",
+    "-a",
+    "-u",
+    "-S",
+    "-L",
+    "-Z",
+    "--template",
+    "--image",
+    "--image-policy",
+    "--mstack",
+    "--oci-bundle",
+    "--read-only",
+    "--volatile",
+    "--root-hash",
+    "--root-hash-sig",
+    "--verity-data",
+    "--pivot-root",
+    "--as-pid2",
+    "--user",
+    "--uid",
+    "--private-users-ownership",
+    "--private-users-delegate",
+    "--network-interface",
+    "--network-macvlan",
+    "--network-ipvlan",
+    "--network-veth",
+    "--network-veth-extra",
+    "--network-bridge",
+    "--network-zone",
+    "--network-namespace-path",
+    "--port",
+    "--capability",
+    "--drop-capability",
+    "--ambient-capability",
+    "--no-new-privileges",
+    "--system-call-filter",
+    "--restrict-address-families",
+    "--rlimit",
+    "--oom-score-adjust",
+    "--cpu-affinity",
+    "--personality",
+    "--resolv-conf",
+    "--timezone",
+    "--overlay",
+    "--overlay-ro",
+    "--inaccessible",
+    "--bind-user",
+    "--bind-user-shell",
+    "--set-credential",
+    "--load-credential",
+    "--slice",
+    "--property",
+    "--selinux-context",
+    "--selinux-apifs-context",
+    "--suppress-sync",
+    "--forward-journal",
+    "--kill-signal-delay",
+    "--background",
+    "--no-ask-password",
+    "--no-pager",
+    "--toplevel",
+    "--shared-store",
+    "--closure-file",
+    "--nix-daemon",
 ];
 
 /// Parse argv, turning clap's "unknown argument" for an nspawn option we
@@ -136,12 +191,13 @@ pub fn parse(argv: &[String]) -> Result<Args> {
     match Args::try_parse_from(argv) {
         Ok(a) => Ok(a),
         Err(e) => {
-            if e.kind() == clap::error::ErrorKind::UnknownArgument {
-                if let Some(clap::error::ContextValue::String(arg)) = e.get(clap::error::ContextKind::InvalidArg) {
-                    let name = arg.split('=').next().unwrap_or(arg);
-                    if UNIMPLEMENTED.contains(&name) {
-                        bail!("the systemd-nspawn option {name} is not implemented by nixspawn yet");
-                    }
+            if e.kind() == clap::error::ErrorKind::UnknownArgument
+                && let Some(clap::error::ContextValue::String(arg)) =
+                    e.get(clap::error::ContextKind::InvalidArg)
+            {
+                let name = arg.split('=').next().unwrap_or(arg);
+                if UNIMPLEMENTED.contains(&name) {
+                    bail!("the systemd-nspawn option {name} is not implemented by nixspawn yet");
                 }
             }
             e.exit()
@@ -158,7 +214,11 @@ fn parse_bool(what: &str, v: &str) -> Result<bool> {
 }
 
 fn default_console() -> ConsoleMode {
-    if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) { ConsoleMode::Interactive } else { ConsoleMode::ReadOnly }
+    if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) {
+        ConsoleMode::Interactive
+    } else {
+        ConsoleMode::ReadOnly
+    }
 }
 
 fn console_mode(args: &Args) -> Result<ConsoleMode> {
@@ -172,9 +232,15 @@ fn console_mode(args: &Args) -> Result<ConsoleMode> {
         Some("passive") => ConsoleMode::Passive,
         Some("pipe") => ConsoleMode::Pipe,
         Some("autopipe") => {
-            if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) { ConsoleMode::Interactive } else { ConsoleMode::Pipe }
+            if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) {
+                ConsoleMode::Interactive
+            } else {
+                ConsoleMode::Pipe
+            }
         }
-        Some(other) => bail!("invalid --console mode {other:?}: expected interactive, read-only, passive, pipe or autopipe"),
+        Some(other) => bail!(
+            "invalid --console mode {other:?}: expected interactive, read-only, passive, pipe or autopipe"
+        ),
     })
 }
 
@@ -191,20 +257,24 @@ pub struct Options {
 }
 
 pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
-    if let Some(mode) = args.private_users.as_deref() {
-        if parse_bool("--private-users", mode).ok() != Some(false) {
-            bail!("--private-users={mode}: user namespaces are not implemented by nixspawn yet (only --private-users=no)");
-        }
+    if let Some(mode) = args.private_users.as_deref()
+        && parse_bool("--private-users", mode).ok() != Some(false)
+    {
+        bail!(
+            "--private-users={mode}: user namespaces are not implemented by nixspawn yet (only --private-users=no)"
+        );
     }
-    if let Some(mode) = args.link_journal.as_deref() {
-        if !matches!(mode, "no" | "auto") {
-            bail!("--link-journal={mode} is not implemented by nixspawn yet (only no and auto)");
-        }
+    if let Some(mode) = args.link_journal.as_deref()
+        && !matches!(mode, "no" | "auto")
+    {
+        bail!("--link-journal={mode} is not implemented by nixspawn yet (only no and auto)");
     }
-    if let Some(mode) = args.settings.as_deref() {
-        if parse_bool("--settings", mode).ok() != Some(false) {
-            bail!("--settings={mode}: .nspawn settings files are not implemented by nixspawn yet (only --settings=no)");
-        }
+    if let Some(mode) = args.settings.as_deref()
+        && parse_bool("--settings", mode).ok() != Some(false)
+    {
+        bail!(
+            "--settings={mode}: .nspawn settings files are not implemented by nixspawn yet (only --settings=no)"
+        );
     }
     match args.register.as_deref() {
         None | Some("auto") => {}
@@ -217,19 +287,26 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
     let directory = match (&args.directory, &args.machine) {
         (Some(d), _) => d.clone(),
         (None, Some(m)) => PathBuf::from("/var/lib/machines").join(m),
-        (None, None) => std::env::current_dir().context("no -D given and the current directory is unusable")?,
+        (None, None) => {
+            std::env::current_dir().context("no -D given and the current directory is unusable")?
+        }
     };
     let directory = std::fs::canonicalize(&directory)
         .with_context(|| format!("directory {}: cannot be resolved", directory.display()))?;
     let machine = match &args.machine {
         Some(m) => MachineName::new(m)?,
         None => MachineName::from_directory_name(
-            directory.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("cannot name a container after /"))?,
+            directory
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow!("cannot name a container after /"))?,
         )?,
     };
     let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
-        bail!("invalid --hostname {hostname:?}: a host name is 1-64 characters without '/' or spaces");
+        bail!(
+            "invalid --hostname {hostname:?}: a host name is 1-64 characters without '/' or spaces"
+        );
     }
     let uuid = match &args.uuid {
         Some(u) => Uuid::parse(u)?,
@@ -239,12 +316,18 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
         },
     };
     let payload = if args.boot {
-        Payload::Boot { args: args.command.clone() }
+        Payload::Boot {
+            args: args.command.clone(),
+        }
     } else if args.command.is_empty() {
         // systemd-nspawn runs a shell when given nothing to run.
-        Payload::Command { argv: vec!["/bin/sh".into()] }
+        Payload::Command {
+            argv: vec!["/bin/sh".into()],
+        }
     } else {
-        Payload::Command { argv: args.command.clone() }
+        Payload::Command {
+            argv: args.command.clone(),
+        }
     };
     let kill_signal = match &args.kill_signal {
         Some(s) => Some(signals::parse(s)?),
@@ -265,11 +348,15 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
     for t in &args.tmpfs {
         mounts.push(CustomMount::parse_tmpfs(t)?);
     }
-    let environment = args.setenv.iter().map(|s| environment::parse_assignment(s)).collect::<Result<Vec<_>, _>>()?;
-    if let Some(c) = &args.chdir {
-        if !c.is_absolute() {
-            bail!("invalid --chdir {}: must be an absolute path", c.display());
-        }
+    let environment = args
+        .setenv
+        .iter()
+        .map(|s| environment::parse_assignment(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(c) = &args.chdir
+        && !c.is_absolute()
+    {
+        bail!("invalid --chdir {}: must be an absolute path", c.display());
     }
     let spec = Spec {
         directory,
@@ -287,7 +374,13 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
         mounts,
         working_directory: args.chdir.clone(),
     };
-    Ok((spec, Options { quiet: args.quiet, debug: args.debug }))
+    Ok((
+        spec,
+        Options {
+            quiet: args.quiet,
+            debug: args.debug,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -295,7 +388,10 @@ mod tests {
     use super::*;
 
     fn argv(s: &str) -> Vec<String> {
-        std::iter::once("nixspawn").chain(s.split_whitespace()).map(String::from).collect()
+        std::iter::once("nixspawn")
+            .chain(s.split_whitespace())
+            .map(String::from)
+            .collect()
     }
 
     #[test]
@@ -317,12 +413,24 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_named() {
-        let err = parse(&argv("-D /tmp --network-veth -b")).unwrap_err().to_string();
-        assert!(err.contains("--network-veth") && err.contains("not implemented"), "{err}");
-        let err = parse(&argv("-D /tmp --capability=all -b")).unwrap_err().to_string();
+        let err = parse(&argv("-D /tmp --network-veth -b"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--network-veth") && err.contains("not implemented"),
+            "{err}"
+        );
+        let err = parse(&argv("-D /tmp --capability=all -b"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--capability"), "{err}");
-        let err = parse(&argv("-D /tmp --network-veth /bin/true")).unwrap_err().to_string();
-        assert!(err.contains("--network-veth"), "an option before the command is never the command: {err}");
+        let err = parse(&argv("-D /tmp --network-veth /bin/true"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--network-veth"),
+            "an option before the command is never the command: {err}"
+        );
     }
 
     #[test]

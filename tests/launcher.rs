@@ -16,21 +16,59 @@ fn dir(t: &tempfile::TempDir) -> &str {
 #[test]
 fn command_exit_status_and_pipe_stdio() {
     let tree = busybox_tree();
-    let (code, out, err) = run_nixspawn(&["-q", "-D", dir(&tree), "--console=pipe", "/bin/sh", "-c", "cat; exit 5"], "through stdin\n");
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-q",
+            "-D",
+            dir(&tree),
+            "--console=pipe",
+            "/bin/sh",
+            "-c",
+            "cat; exit 5",
+        ],
+        "through stdin\n",
+    );
     assert_eq!(code, 5, "{err}");
     assert_eq!(out, "through stdin\n");
-    let (code, out, _) = run_nixspawn(&["-q", "-D", dir(&tree), "--pipe", "/bin/sh", "-c", "test -t 1 && echo tty || echo notty"], "");
-    assert_eq!((code, out.as_str()), (0, "notty\n"), "pipe mode hands our stdout over as it is");
+    let (code, out, _) = run_nixspawn(
+        &[
+            "-q",
+            "-D",
+            dir(&tree),
+            "--pipe",
+            "/bin/sh",
+            "-c",
+            "test -t 1 && echo tty || echo notty",
+        ],
+        "",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "notty\n"),
+        "pipe mode hands our stdout over as it is"
+    );
 }
 
 #[test]
 fn read_only_console_is_a_pty() {
     let tree = busybox_tree();
     // Not a terminal here, so the default console mode is read-only.
-    let (code, out, err) = run_nixspawn(&["-D", dir(&tree), "/bin/sh", "-c", "test -t 0 && test -t 1 && echo on-a-pty; ls -l /dev/console"], "");
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-D",
+            dir(&tree),
+            "/bin/sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo on-a-pty; ls -l /dev/console",
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("on-a-pty"), "{out}");
-    assert!(err.contains("Spawning container") && err.contains("exited successfully"), "informational lines: {err}");
+    assert!(
+        err.contains("Spawning container") && err.contains("exited successfully"),
+        "informational lines: {err}"
+    );
     let (_, _, err) = run_nixspawn(&["-q", "-D", dir(&tree), "/bin/true"], "");
     assert!(err.is_empty(), "-q prints nothing: {err}");
 }
@@ -39,24 +77,67 @@ fn read_only_console_is_a_pty() {
 fn options_reach_the_payload() {
     let tree = busybox_tree();
     let (code, out, err) = run_nixspawn(
-        &["-q", "-D", dir(&tree), "--pipe", "-M", &unique_name("opts"), "--hostname=h1", "-E", "FOO=bar baz", "--chdir=/etc",
-          "--uuid=0123456789abcdef0123456789abcdef", "/bin/sh", "-c", "hostname; echo $FOO; pwd; echo $container_uuid; echo $$; echo $container"],
+        &[
+            "-q",
+            "-D",
+            dir(&tree),
+            "--pipe",
+            "-M",
+            &unique_name("opts"),
+            "--hostname=h1",
+            "-E",
+            "FOO=bar baz",
+            "--chdir=/etc",
+            "--uuid=0123456789abcdef0123456789abcdef",
+            "/bin/sh",
+            "-c",
+            "hostname; echo $FOO; pwd; echo $container_uuid; echo $$; echo $container",
+        ],
         "",
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "h1\nbar baz\n/etc\n01234567-89ab-cdef-0123-456789abcdef\n1\nsystemd-nspawn\n");
+    assert_eq!(
+        out,
+        "h1\nbar baz\n/etc\n01234567-89ab-cdef-0123-456789abcdef\n1\nsystemd-nspawn\n"
+    );
 }
 
 #[test]
 fn private_network_has_only_loopback_and_net_admin() {
     let tree = busybox_tree();
-    let script = "ls /sys/class/net; cat /sys/class/net/lo/operstate; grep CapBnd /proc/self/status";
-    let (code, out, err) = run_nixspawn(&["-q", "-D", dir(&tree), "--pipe", "--private-network", "/bin/sh", "-c", script], "");
+    let script =
+        "ls /sys/class/net; cat /sys/class/net/lo/operstate; grep CapBnd /proc/self/status";
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-q",
+            "-D",
+            dir(&tree),
+            "--pipe",
+            "--private-network",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{err}");
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("lo"), "{out}");
-    assert_eq!(lines.next(), Some("unknown"), "lo is up (operstate of lo reads unknown): {out}");
-    let bnd = u64::from_str_radix(out.lines().last().unwrap().split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(
+        lines.next(),
+        Some("unknown"),
+        "lo is up (operstate of lo reads unknown): {out}"
+    );
+    let bnd = u64::from_str_radix(
+        out.lines()
+            .last()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap(),
+        16,
+    )
+    .unwrap();
     assert_ne!(bnd & (1 << 12), 0, "CAP_NET_ADMIN with a private network");
 }
 
@@ -64,16 +145,45 @@ fn private_network_has_only_loopback_and_net_admin() {
 fn ephemeral_never_touches_the_tree_and_plain_runs_do() {
     let tree = busybox_tree();
     let (code, out, err) = run_nixspawn(
-        &["-q", "-x", "-D", dir(&tree), "--pipe", "/bin/sh", "-c", "echo x > /etc/written; rm /usr/bin/true; grep ' / ' /proc/self/mountinfo"],
+        &[
+            "-q",
+            "-x",
+            "-D",
+            dir(&tree),
+            "--pipe",
+            "/bin/sh",
+            "-c",
+            "echo x > /etc/written; rm /usr/bin/true; grep ' / ' /proc/self/mountinfo",
+        ],
         "",
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(" - overlay "), "the root is an overlay: {out}");
-    assert!(!tree.path().join("etc/written").exists(), "ephemeral write reached the tree");
-    assert!(tree.path().join("usr/bin/true").is_symlink(), "ephemeral delete reached the tree");
-    let (code, _, err) = run_nixspawn(&["-q", "-D", dir(&tree), "--pipe", "/bin/sh", "-c", "echo y > /etc/written"], "");
+    assert!(
+        !tree.path().join("etc/written").exists(),
+        "ephemeral write reached the tree"
+    );
+    assert!(
+        tree.path().join("usr/bin/true").is_symlink(),
+        "ephemeral delete reached the tree"
+    );
+    let (code, _, err) = run_nixspawn(
+        &[
+            "-q",
+            "-D",
+            dir(&tree),
+            "--pipe",
+            "/bin/sh",
+            "-c",
+            "echo y > /etc/written",
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read_to_string(tree.path().join("etc/written")).unwrap(), "y\n");
+    assert_eq!(
+        std::fs::read_to_string(tree.path().join("etc/written")).unwrap(),
+        "y\n"
+    );
 }
 
 #[test]
@@ -81,17 +191,35 @@ fn sigterm_kills_a_command_payload_and_cleans_up() {
     let tree = busybox_tree();
     let name = unique_name("term");
     let mut guest = Guest::start(tree.path(), &name, &["--pipe", "/bin/sleep", "1000"]);
-    wait_for("the container to start", Duration::from_secs(10), || ctl(&["status", &name]).status.success());
+    wait_for("the container to start", Duration::from_secs(10), || {
+        ctl(&["status", &name]).status.success()
+    });
     let leader = leader_of(&name);
-    let (code, out) = guest.exec(&["/bin/sh", "-c", "echo $$; cat /proc/1/cmdline | tr '\\0' ' '"]);
+    let (code, out) = guest.exec(&[
+        "/bin/sh",
+        "-c",
+        "echo $$; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
     assert_eq!(code, 0);
-    assert!(out.contains("/bin/sleep 1000"), "exec sees the guest's PID 1: {out}");
+    assert!(
+        out.contains("/bin/sleep 1000"),
+        "exec sees the guest's PID 1: {out}"
+    );
     let listed = String::from_utf8_lossy(&ctl(&["list"]).stdout).into_owned();
     assert!(listed.contains(&name), "{listed}");
     guest.signal(nix::sys::signal::Signal::SIGTERM);
     // No kill signal without --boot: the payload is SIGKILLed, a failure.
-    assert_eq!(guest.wait_exit(Duration::from_secs(10)), 1, "{}", guest.console());
-    assert!(guest.console().contains("terminated by signal SIGKILL"), "{}", guest.console());
+    assert_eq!(
+        guest.wait_exit(Duration::from_secs(10)),
+        1,
+        "{}",
+        guest.console()
+    );
+    assert!(
+        guest.console().contains("terminated by signal SIGKILL"),
+        "{}",
+        guest.console()
+    );
     assert_cleaned_up(&name, Some(leader));
 }
 
@@ -101,10 +229,20 @@ fn kill_signal_and_stop_via_nixspawnctl() {
     let name = unique_name("stop");
     // PID 1 exits 3 when it receives SIGUSR1.
     let script = "trap 'exit 3' USR1; while :; do sleep 0.05; done";
-    let mut guest = Guest::start(tree.path(), &name, &["--pipe", "--kill-signal=SIGUSR1", "/bin/sh", "-c", script]);
-    wait_for("the container to start", Duration::from_secs(10), || ctl(&["status", &name]).status.success());
+    let mut guest = Guest::start(
+        tree.path(),
+        &name,
+        &["--pipe", "--kill-signal=SIGUSR1", "/bin/sh", "-c", script],
+    );
+    wait_for("the container to start", Duration::from_secs(10), || {
+        ctl(&["status", &name]).status.success()
+    });
     let out = ctl(&["stop", &name, "--timeout", "10"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(guest.wait_exit(Duration::from_secs(10)), 3);
     assert_cleaned_up(&name, None);
 }
@@ -115,15 +253,28 @@ fn notify_messages_are_forwarded_upwards() {
     let sockdir = tempfile::tempdir().unwrap();
     let sock_path = sockdir.path().join("notify");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let out = std::process::Command::new(NIXSPAWN)
         .env("NOTIFY_SOCKET", &sock_path)
-        .args(["-q", "-x", "--pipe", "--notify-ready=yes", "-M", &unique_name("notify"), "-D"])
+        .args([
+            "-q",
+            "-x",
+            "--pipe",
+            "--notify-ready=yes",
+            "-M",
+            &unique_name("notify"),
+            "-D",
+        ])
         .arg(&tree)
         .args(["/bin/systemd-notify", "--ready", "--status=all set"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = sock.recv(&mut buf) {
@@ -132,10 +283,22 @@ fn notify_messages_are_forwarded_upwards() {
             break;
         }
     }
-    assert!(got[0].starts_with("STATUS=Container started.\nX_NSPAWN_LEADER_PID="), "{got:?}");
-    let status = got.iter().position(|m| m == "STATUS=Container running: all set").expect("STATUS forwarded");
-    let ready = got.iter().position(|m| m == "READY=1").expect("READY=1 forwarded");
-    assert!(status < ready || got.len() == 2, "with --notify-ready=yes READY=1 follows the guest's own: {got:?}");
+    assert!(
+        got[0].starts_with("STATUS=Container started.\nX_NSPAWN_LEADER_PID="),
+        "{got:?}"
+    );
+    let status = got
+        .iter()
+        .position(|m| m == "STATUS=Container running: all set")
+        .expect("STATUS forwarded");
+    let ready = got
+        .iter()
+        .position(|m| m == "READY=1")
+        .expect("READY=1 forwarded");
+    assert!(
+        status < ready || got.len() == 2,
+        "with --notify-ready=yes READY=1 follows the guest's own: {got:?}"
+    );
 }
 
 #[test]
@@ -143,15 +306,36 @@ fn bad_input_is_refused_clearly_and_leaves_nothing() {
     let tree = busybox_tree();
     let d = dir(&tree);
     let cases: &[(&[&str], &str)] = &[
-        (&["-D", "/nonexistent/tree", "/bin/true"], "/nonexistent/tree"),
+        (
+            &["-D", "/nonexistent/tree", "/bin/true"],
+            "/nonexistent/tree",
+        ),
         (&["-D", d, "-b"], "os-release"),
-        (&["-D", d, "--network-veth", "/bin/true"], "--network-veth is not implemented"),
-        (&["-D", d, "-M", "bad/name", "/bin/true"], "invalid machine name"),
-        (&["-D", d, "--bind=relative", "/bin/true"], "not an absolute path"),
-        (&["-D", d, "--kill-signal=SIGFOO", "/bin/true"], "unknown signal name"),
+        (
+            &["-D", d, "--network-veth", "/bin/true"],
+            "--network-veth is not implemented",
+        ),
+        (
+            &["-D", d, "-M", "bad/name", "/bin/true"],
+            "invalid machine name",
+        ),
+        (
+            &["-D", d, "--bind=relative", "/bin/true"],
+            "not an absolute path",
+        ),
+        (
+            &["-D", d, "--kill-signal=SIGFOO", "/bin/true"],
+            "unknown signal name",
+        ),
         (&["-D", d, "--register=yes", "/bin/true"], "machined"),
-        (&["-D", d, "--pipe", "no-such-command"], "not found in the guest's PATH"),
-        (&["-D", d, "--bind=/nonexistent-source:/x", "/bin/true"], "/nonexistent-source"),
+        (
+            &["-D", d, "--pipe", "no-such-command"],
+            "not found in the guest's PATH",
+        ),
+        (
+            &["-D", d, "--bind=/nonexistent-source:/x", "/bin/true"],
+            "/nonexistent-source",
+        ),
         (&["-D", "/etc/hostname", "/bin/true"], "not a directory"),
     ];
     for (args, needle) in cases {
@@ -163,7 +347,10 @@ fn bad_input_is_refused_clearly_and_leaves_nothing() {
         full.extend_from_slice(args);
         let (code, _, err) = run_nixspawn(&full, "");
         assert_eq!(code, 1, "{args:?} should fail: {err}");
-        assert!(err.contains(needle), "{args:?}: error {err:?} does not mention {needle:?}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: error {err:?} does not mention {needle:?}"
+        );
         let errors = err.lines().filter(|l| l.starts_with("nixspawn:")).count();
         assert_eq!(errors, 1, "{args:?}: one clear error line, got {err:?}");
         assert!(!err.contains("exited successfully"), "{err}");
@@ -181,13 +368,28 @@ fn a_running_name_or_tree_cannot_be_taken_twice() {
     let tree = busybox_tree();
     let name = unique_name("twice");
     let _guest = Guest::start(tree.path(), &name, &["--pipe", "/bin/sleep", "1000"]);
-    wait_for("the container to start", Duration::from_secs(10), || ctl(&["status", &name]).status.success());
+    wait_for("the container to start", Duration::from_secs(10), || {
+        ctl(&["status", &name]).status.success()
+    });
     let other = busybox_tree();
     let (code, _, err) = run_nixspawn(&["-q", "-M", &name, "-D", dir(&other), "/bin/true"], "");
     assert_eq!(code, 1);
     assert!(err.contains("already running"), "{err}");
-    let (code, _, err) = run_nixspawn(&["-q", "-M", &unique_name("twice2"), "-D", dir(&tree), "/bin/true"], "");
+    let (code, _, err) = run_nixspawn(
+        &[
+            "-q",
+            "-M",
+            &unique_name("twice2"),
+            "-D",
+            dir(&tree),
+            "/bin/true",
+        ],
+        "",
+    );
     assert_eq!(code, 1);
     assert!(err.contains("in use by another container"), "{err}");
-    assert!(Path::new("/run/nixspawn").join(&name).exists(), "the refused launch left the running one alone");
+    assert!(
+        Path::new("/run/nixspawn").join(&name).exists(),
+        "the refused launch left the running one alone"
+    );
 }

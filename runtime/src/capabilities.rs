@@ -58,9 +58,11 @@ pub(crate) fn restrict_to(keep: &HashSet<Capability>) -> Result<()> {
     let held = caps::read(None, CapSet::Permitted).unwrap_or_default();
     let keep: HashSet<Capability> = keep.intersection(&held).copied().collect();
     let keep = &keep;
-    let err = |what: &'static str| move |e: caps::errors::CapsError| Error::Syscall {
-        syscall: what,
-        source: std::io::Error::other(e.to_string()),
+    let err = |what: &'static str| {
+        move |e: caps::errors::CapsError| Error::Syscall {
+            syscall: what,
+            source: std::io::Error::other(e.to_string()),
+        }
     };
     for cap in caps::all() {
         if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {

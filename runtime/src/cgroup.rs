@@ -25,6 +25,9 @@ pub struct CgroupLayout {
     /// Directories we created and remove on exit, innermost last.
     pub created: Vec<PathBuf>,
     pub keep_unit: bool,
+    /// Whether we move ourselves to `supervisor` (not when we run in the
+    /// hierarchy's root, which may hold processes and belongs to no unit).
+    pub use_supervisor: bool,
 }
 
 /// The host's cgroup v2 mount point.
@@ -42,7 +45,8 @@ pub fn v2_mount() -> Result<PathBuf> {
 
 /// Our own cgroup v2 path, relative to the hierarchy root.
 pub fn own_v2_cgroup() -> Result<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| Error::io("reading", "/proc/self/cgroup", e))?;
+    let text = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| Error::io("reading", "/proc/self/cgroup", e))?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(PathBuf::from)
@@ -55,7 +59,12 @@ pub(crate) fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -75,14 +84,27 @@ impl CgroupLayout {
     /// Decide the layout for a machine (nothing is created yet).
     pub fn plan(name: &MachineName, keep_unit: bool) -> Result<Self> {
         let mount = v2_mount()?;
+        let own = own_v2_cgroup()?;
+        let use_supervisor = keep_unit && own != Path::new("/");
         let base = if keep_unit {
-            let own = own_v2_cgroup()?;
-            let own = if own.ends_with("supervisor") { own.parent().unwrap_or(&own).to_path_buf() } else { own };
+            let own = if own.ends_with("supervisor") {
+                own.parent().unwrap_or(&own).to_path_buf()
+            } else {
+                own
+            };
             mount.join(rel(&own))
         } else {
-            mount.join("machine.slice").join(format!("machine-{name}.scope"))
+            mount
+                .join("machine.slice")
+                .join(format!("machine-{name}.scope"))
         };
-        Ok(CgroupLayout { mount, base, created: Vec::new(), keep_unit })
+        Ok(CgroupLayout {
+            mount,
+            base,
+            created: Vec::new(),
+            keep_unit,
+            use_supervisor,
+        })
     }
 
     pub fn payload(&self) -> PathBuf {
@@ -95,7 +117,11 @@ impl CgroupLayout {
 
     /// The payload path as the guest's cgroup namespace hides it (for display).
     pub fn payload_relative(&self) -> PathBuf {
-        Path::new("/").join(self.payload().strip_prefix(&self.mount).unwrap_or(Path::new("")))
+        Path::new("/").join(
+            self.payload()
+                .strip_prefix(&self.mount)
+                .unwrap_or(Path::new("")),
+        )
     }
 
     /// Create the directories; with `--keep-unit` move ourselves to `supervisor`.
@@ -110,7 +136,7 @@ impl CgroupLayout {
                 }
             }
             to_make.reverse();
-        } else {
+        } else if self.use_supervisor {
             to_make.push(self.supervisor());
         }
         to_make.push(self.payload());
@@ -122,16 +148,30 @@ impl CgroupLayout {
                     // A payload left over from a killed run: empty it and reuse it.
                     if dir == self.payload() {
                         remove_tree(&dir)?;
-                        fs::create_dir(&dir).map_err(|e| Error::Cgroup { step: "creating", path: dir.clone(), source: e })?;
+                        fs::create_dir(&dir).map_err(|e| Error::Cgroup {
+                            step: "creating",
+                            path: dir.clone(),
+                            source: e,
+                        })?;
                         self.created.push(dir);
                     }
                 }
-                Err(e) => return Err(Error::Cgroup { step: "creating", path: dir, source: e }),
+                Err(e) => {
+                    return Err(Error::Cgroup {
+                        step: "creating",
+                        path: dir,
+                        source: e,
+                    });
+                }
             }
         }
-        if self.keep_unit {
+        if self.use_supervisor {
             let procs = self.supervisor().join("cgroup.procs");
-            fs::write(&procs, "0").map_err(|e| Error::Cgroup { step: "moving the launcher into", path: procs, source: e })?;
+            fs::write(&procs, "0").map_err(|e| Error::Cgroup {
+                step: "moving the launcher into",
+                path: procs,
+                source: e,
+            })?;
         }
         Ok(())
     }
@@ -140,7 +180,11 @@ impl CgroupLayout {
         let p = self.payload();
         fs::File::open(&p)
             .map(OwnedFd::from)
-            .map_err(|e| Error::Cgroup { step: "opening", path: p, source: e })
+            .map_err(|e| Error::Cgroup {
+                step: "opening",
+                path: p,
+                source: e,
+            })
     }
 
     /// Kill what is left in the payload, wait for it to empty, and remove
@@ -156,7 +200,13 @@ impl CgroupLayout {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // Shared parents such as machine.slice may hold other machines.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && *dir != self.base => {}
-                Err(e) => return Err(Error::Cgroup { step: "removing", path: dir.clone(), source: e }),
+                Err(e) => {
+                    return Err(Error::Cgroup {
+                        step: "removing",
+                        path: dir.clone(),
+                        source: e,
+                    });
+                }
             }
         }
         Ok(())
@@ -176,9 +226,15 @@ fn kill_all(dir: &Path) {
     if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
         return;
     }
-    for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+    for pid in fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+    {
         if let Ok(pid) = pid.parse() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -191,7 +247,13 @@ fn wait_empty(dir: &Path, timeout: Duration) -> Result<()> {
         let text = match fs::read_to_string(&events) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::Cgroup { step: "reading", path: events, source: e }),
+            Err(e) => {
+                return Err(Error::Cgroup {
+                    step: "reading",
+                    path: events,
+                    source: e,
+                });
+            }
         };
         if text.lines().any(|l| l == "populated 0") {
             return Ok(());
@@ -213,7 +275,13 @@ fn remove_dirs(dir: &Path) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::Cgroup { step: "listing", path: dir.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(Error::Cgroup {
+                step: "listing",
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
     };
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -230,7 +298,13 @@ fn remove_dirs(dir: &Path) -> Result<()> {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(Error::Cgroup { step: "removing", path: dir.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(Error::Cgroup {
+                    step: "removing",
+                    path: dir.to_path_buf(),
+                    source: e,
+                });
+            }
         }
     }
 }

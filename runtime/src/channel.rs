@@ -6,7 +6,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg, socketpair, AddressFamily, SockFlag, SockType,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
 };
 
 use crate::error::{Error, Result};
@@ -29,8 +30,13 @@ pub struct Channel {
 /// A connected pair: (launcher end, container end). Both are close-on-exec,
 /// so the container end closing (EOF) means the payload was exec'd.
 pub fn pair() -> Result<(Channel, Channel)> {
-    let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| Error::syscall("socketpair", e))?;
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::syscall("socketpair", e))?;
     Ok((Channel { sock: a }, Channel { sock: b }))
 }
 
@@ -40,8 +46,14 @@ impl Channel {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&raw)];
         let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
-        sendmsg::<()>(self.sock.as_raw_fd(), &[IoSlice::new(&data)], cmsgs, MsgFlags::empty(), None)
-            .map_err(|e| Error::Protocol(format!("sending {msg:?}: {e}")))?;
+        sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[IoSlice::new(&data)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| Error::Protocol(format!("sending {msg:?}: {e}")))?;
         Ok(())
     }
 
@@ -52,7 +64,12 @@ impl Channel {
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let (len, fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            match recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
                 Ok(m) => {
                     let mut fds = Vec::new();
                     for c in m.cmsgs().map_err(|e| Error::Protocol(e.to_string()))? {
@@ -71,8 +88,9 @@ impl Channel {
         if len == 0 {
             return Ok(None);
         }
-        let msg = serde_json::from_slice(&buf[..len])
-            .map_err(|e| Error::Protocol(format!("malformed message from the container process: {e}")))?;
+        let msg = serde_json::from_slice(&buf[..len]).map_err(|e| {
+            Error::Protocol(format!("malformed message from the container process: {e}"))
+        })?;
         Ok(Some((msg, fds)))
     }
 }

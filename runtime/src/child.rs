@@ -14,7 +14,11 @@ use crate::spec::{ConsoleMode, Payload, Spec};
 use crate::{capabilities, devfs, environment, procfs, rootfs, runhost, sys, sysfs};
 
 /// Where systemd-nspawn looks for an init with --boot.
-pub const INIT_CANDIDATES: &[&str] = &["/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init"];
+pub const INIT_CANDIDATES: &[&str] = &[
+    "/usr/lib/systemd/systemd",
+    "/lib/systemd/systemd",
+    "/sbin/init",
+];
 
 pub(crate) struct Plan<'a> {
     pub spec: &'a Spec,
@@ -25,11 +29,16 @@ pub(crate) struct Plan<'a> {
 /// Run the setup and exec the payload; report failure and exit otherwise.
 pub(crate) fn run(plan: &Plan<'_>, channel: Channel) -> ! {
     // A panic here must not unwind into the launcher's copied stack frames.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup_and_exec(plan, &channel)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        setup_and_exec(plan, &channel)
+    }));
     let (step, message) = match result {
         Ok(Err((step, e))) => (step, e.to_string()),
         Ok(Ok(never)) => match never {},
-        Err(_) => ("setup".to_owned(), "the container process panicked".to_owned()),
+        Err(_) => (
+            "setup".to_owned(),
+            "the container process panicked".to_owned(),
+        ),
     };
     let _ = channel.send(&ToParent::Failed { step, message }, &[]);
     sys::exit_now(1)
@@ -46,20 +55,34 @@ fn step<T>(name: &str, r: Result<T>) -> StepResult<T> {
 fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     let spec = plan.spec;
     step("die with the launcher", die_with_parent(channel))?;
-    step("unshare the cgroup namespace", sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e)))?;
+    step(
+        "unshare the cgroup namespace",
+        sys::unshare(libc::CLONE_NEWCGROUP)
+            .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e)),
+    )?;
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
 
     step("isolate mounts from the host", rootfs::isolate_from_host())?;
-    let root = step("assemble the root", rootfs::assemble(&spec.directory, &plan.mount_point, spec.ephemeral))?;
+    let root = step(
+        "assemble the root",
+        rootfs::assemble(&spec.directory, &plan.mount_point, spec.ephemeral),
+    )?;
     if spec.private_network {
         step("bring up lo", loopback_up())?;
     }
     step("mount /run and /tmp", runhost::mount_run_and_tmp(&root))?;
     let notify = step("populate /run/host", runhost::populate(&root, &spec.uuid))?;
-    step("mount /proc", procfs::mount_proc(&root, spec.private_network))?;
+    step(
+        "mount /proc",
+        procfs::mount_proc(&root, spec.private_network),
+    )?;
     step("mount /sys", sysfs::mount_sys(&root))?;
     step("mount /dev", devfs::mount_dev(&root))?;
-    let console = if spec.console.has_pty() { Some(step("create the console", devfs::make_console(&root))?) } else { None };
+    let console = if spec.console.has_pty() {
+        Some(step("create the console", devfs::make_console(&root))?)
+    } else {
+        None
+    };
     for m in &spec.mounts {
         step("apply custom mounts", m.apply(&root))?;
     }
@@ -73,31 +96,75 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     if let Some((master, _)) = &console {
         handles.push(master.as_fd());
     }
-    step("hand over the console", channel.send(&ToParent::Handles { console: console.is_some() }, &handles))?;
+    step(
+        "hand over the console",
+        channel.send(
+            &ToParent::Handles {
+                console: console.is_some(),
+            },
+            &handles,
+        ),
+    )?;
     drop(notify);
 
     step("switch root", rootfs::switch_root(&root))?;
-    step("attach the console", attach_stdio(console.map(|(_, peer)| peer), spec.console))?;
-    let cwd = spec.working_directory.clone().unwrap_or_else(|| PathBuf::from("/"));
-    step("chdir", nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into())))?;
+    step(
+        "attach the console",
+        attach_stdio(console.map(|(_, peer)| peer), spec.console),
+    )?;
+    let cwd = spec
+        .working_directory
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/"));
+    step(
+        "chdir",
+        nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into())),
+    )?;
     let env = environment::for_pid1(spec, plan.term.as_deref());
     let (path, argv) = step("find the payload", resolve_payload(spec, &env))?;
-    step("drop capabilities", capabilities::restrict_to(&capabilities::guest_set(spec.private_network)))?;
-    step("close descriptors", sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e)))?;
+    step(
+        "drop capabilities",
+        capabilities::restrict_to(&capabilities::guest_set(spec.private_network)),
+    )?;
+    step(
+        "close descriptors",
+        sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e)),
+    )?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    step("unblock signals", sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(|e| Error::syscall("sigprocmask", e)))?;
+    step(
+        "unblock signals",
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(|e| Error::syscall("sigprocmask", e)),
+    )?;
 
-    let env: Vec<CString> = env.iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect();
+    let env: Vec<CString> = env
+        .iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
     let err = nix::unistd::execve(&path, &argv, &env).unwrap_err();
-    Err(("exec the payload".to_owned(), Error::io("execve", PathBuf::from(path.to_string_lossy().into_owned()), err.into())))
+    Err((
+        "exec the payload".to_owned(),
+        Error::io(
+            "execve",
+            PathBuf::from(path.to_string_lossy().into_owned()),
+            err.into(),
+        ),
+    ))
 }
 
 /// PDEATHSIG, then make sure the launcher did not die before it was set.
 fn die_with_parent(channel: &Channel) -> Result<()> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|e| Error::syscall("prctl(PR_SET_PDEATHSIG)", e))?;
-    let mut fds = [nix::poll::PollFd::new(channel.as_fd(), nix::poll::PollFlags::empty())];
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| Error::syscall("prctl(PR_SET_PDEATHSIG)", e))?;
+    let mut fds = [nix::poll::PollFd::new(
+        channel.as_fd(),
+        nix::poll::PollFlags::empty(),
+    )];
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
-    if fds[0].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP)) {
+    if fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
+    {
         sys::exit_now(1);
     }
     Ok(())
@@ -105,8 +172,13 @@ fn die_with_parent(channel: &Channel) -> Result<()> {
 
 fn loopback_up() -> Result<()> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| Error::syscall("socket(AF_INET)", e))?;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::syscall("socket(AF_INET)", e))?;
     sys::interface_up(sock.as_fd(), c"lo").map_err(|e| Error::syscall("ioctl(SIOCSIFFLAGS, lo)", e))
 }
 
@@ -130,14 +202,21 @@ fn executable(p: &Path) -> bool {
 /// The path to exec and its argv, resolved inside the (pivoted) guest.
 fn resolve_payload(spec: &Spec, env: &[(String, String)]) -> Result<(CString, Vec<CString>)> {
     let cstr = |s: &str| {
-        CString::new(s).map_err(|_| Error::InvalidValue { what: "argument", value: s.to_owned(), reason: "contains a NUL byte".into() })
+        CString::new(s).map_err(|_| Error::InvalidValue {
+            what: "argument",
+            value: s.to_owned(),
+            reason: "contains a NUL byte".into(),
+        })
     };
     match &spec.payload {
         Payload::Boot { args } => {
-            let init = INIT_CANDIDATES.iter().find(|c| executable(Path::new(c))).ok_or_else(|| Error::NoInit {
-                path: spec.directory.clone(),
-                candidates: INIT_CANDIDATES.join(", "),
-            })?;
+            let init = INIT_CANDIDATES
+                .iter()
+                .find(|c| executable(Path::new(c)))
+                .ok_or_else(|| Error::NoInit {
+                    path: spec.directory.clone(),
+                    candidates: INIT_CANDIDATES.join(", "),
+                })?;
             let mut argv = vec![cstr(init)?];
             for a in args {
                 argv.push(cstr(a)?);
@@ -149,14 +228,20 @@ fn resolve_payload(spec: &Spec, env: &[(String, String)]) -> Result<(CString, Ve
             let path = if first.contains('/') {
                 PathBuf::from(first)
             } else {
-                let search = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(environment::DEFAULT_PATH);
+                let search = env
+                    .iter()
+                    .find(|(k, _)| k == "PATH")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or(environment::DEFAULT_PATH);
                 search
                     .split(':')
                     .map(|d| Path::new(d).join(first))
                     .find(|p| executable(p))
                     .ok_or_else(|| Error::BadTree {
                         path: spec.directory.clone(),
-                        reason: format!("command {first:?} not found in the guest's PATH ({search})"),
+                        reason: format!(
+                            "command {first:?} not found in the guest's PATH ({search})"
+                        ),
                     })?
             };
             let path = cstr(&path.to_string_lossy())?;

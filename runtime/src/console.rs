@@ -60,8 +60,16 @@ pub enum Action {
 impl Console {
     pub fn new(master: OwnedFd, mode: ConsoleMode) -> std::io::Result<Self> {
         let peer = sys::pty_peer(master.as_fd())?;
-        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
-        let c = Console { master, _peer: peer, mode, escapes: Vec::new() };
+        nix::fcntl::fcntl(
+            &master,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        let c = Console {
+            master,
+            _peer: peer,
+            mode,
+            escapes: Vec::new(),
+        };
         c.sync_size();
         Ok(c)
     }
@@ -105,7 +113,8 @@ impl Console {
         let now = Instant::now();
         for &b in &buf[..n] {
             if b == ESCAPE {
-                self.escapes.retain(|t| now.duration_since(*t) < ESCAPE_WINDOW);
+                self.escapes
+                    .retain(|t| now.duration_since(*t) < ESCAPE_WINDOW);
                 self.escapes.push(now);
                 if self.escapes.len() >= ESCAPE_COUNT {
                     return Action::Kill;

@@ -20,14 +20,24 @@ const OPTIONAL_NODES: &[&str] = &["fuse", "net/tun"];
 pub(crate) fn mount_dev(root: &Path) -> Result<()> {
     let dev = root.join("dev");
     ensure_dir(&dev, 0o755)?;
-    mount_fs("tmpfs", &dev, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=0755,size=4m"))?;
+    mount_fs(
+        "tmpfs",
+        &dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=0755,size=4m"),
+    )?;
 
     for name in NODES {
         copy_node(name, &dev)?;
     }
     for name in OPTIONAL_NODES {
         let host = Path::new("/dev").join(name);
-        if std::fs::OpenOptions::new().read(true).write(true).open(&host).is_ok() {
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&host)
+            .is_ok()
+        {
             copy_node(name, &dev)?;
         }
     }
@@ -44,27 +54,50 @@ pub(crate) fn mount_dev(root: &Path) -> Result<()> {
 
     let pts = dev.join("pts");
     ensure_dir(&pts, 0o755)?;
-    mount_fs("devpts", &pts, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))?;
+    mount_fs(
+        "devpts",
+        &pts,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
     let shm = dev.join("shm");
     ensure_dir(&shm, 0o1777)?;
-    mount_fs("tmpfs", &shm, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME, Some("mode=01777"))?;
+    mount_fs(
+        "tmpfs",
+        &shm,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        Some("mode=01777"),
+    )?;
     let mqueue = dev.join("mqueue");
     ensure_dir(&mqueue, 0o755)?;
-    mount_fs("mqueue", &mqueue, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)
+    mount_fs(
+        "mqueue",
+        &mqueue,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
 }
 
 fn copy_node(name: &str, dev: &Path) -> Result<()> {
     let host = Path::new("/dev").join(name);
     let meta = std::fs::metadata(&host).map_err(|e| Error::io("stat", &host, e))?;
     if !meta.file_type().is_char_device() {
-        return Err(Error::BadTree { path: host, reason: "is not a character device on the host".into() });
+        return Err(Error::BadTree {
+            path: host,
+            reason: "is not a character device on the host".into(),
+        });
     }
     let dst = dev.join(name);
     if let Some(parent) = dst.parent() {
         ensure_dir(parent, 0o755)?;
     }
-    mknod(&dst, SFlag::S_IFCHR, Mode::from_bits_truncate(meta.mode() & 0o777), meta.rdev())
-        .map_err(|e| Error::io("mknod", &dst, e.into()))
+    mknod(
+        &dst,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(meta.mode() & 0o777),
+        meta.rdev(),
+    )
+    .map_err(|e| Error::io("mknod", &dst, e.into()))
 }
 
 /// The console: a pty of the guest's own devpts, its peer bound onto
@@ -80,7 +113,8 @@ pub(crate) fn make_console(root: &Path) -> Result<(OwnedFd, OwnedFd)> {
         .into();
     sys::pty_unlock(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCSPTLCK)", e))?;
     let n = sys::pty_number(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTN)", e))?;
-    let peer = sys::pty_peer(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTPEER)", e))?;
+    let peer =
+        sys::pty_peer(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTPEER)", e))?;
     let console = root.join("dev/console");
     ensure_file(&console, 0o600)?;
     bind(&root.join(format!("dev/pts/{n}")), &console, false, false)?;

@@ -17,7 +17,10 @@ use crate::sys::{self, ExitKind, Forked};
 fn leader_cgroup(leader: i32) -> Result<PathBuf> {
     let p = format!("/proc/{leader}/cgroup");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or(Error::NoCgroup2)?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or(Error::NoCgroup2)?;
     Ok(crate::cgroup::v2_mount()?.join(rel.trim_start_matches('/')))
 }
 
@@ -36,16 +39,26 @@ fn leader_path(leader: i32) -> String {
 /// Run `argv` in the container and return its exit status (128+N if it
 /// was killed by signal N). This process joins the container's namespaces.
 pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> Result<i32> {
-    let leader = state.leader.ok_or_else(|| Error::NoSuchContainer { name: state.name.to_string() })?;
+    let leader = state.leader.ok_or_else(|| Error::NoSuchContainer {
+        name: state.name.to_string(),
+    })?;
     if argv.is_empty() {
-        return Err(Error::InvalidValue { what: "command", value: String::new(), reason: "no command given".into() });
+        return Err(Error::InvalidValue {
+            what: "command",
+            value: String::new(),
+            reason: "no command given".into(),
+        });
     }
     let pidfd = sys::pidfd_open(leader).map_err(|e| Error::syscall("pidfd_open", e))?;
     let cgroup = leader_cgroup(leader)?;
     let path = leader_path(leader);
 
     let procs = cgroup.join("cgroup.procs");
-    std::fs::write(&procs, "0").map_err(|e| Error::Cgroup { step: "joining", path: procs, source: e })?;
+    std::fs::write(&procs, "0").map_err(|e| Error::Cgroup {
+        step: "joining",
+        path: procs,
+        source: e,
+    })?;
     let flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
@@ -61,15 +74,27 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
         ("HOME".into(), "/root".into()),
         ("USER".into(), "root".into()),
         ("LOGNAME".into(), "root".into()),
-        ("TERM".into(), std::env::var("TERM").unwrap_or_else(|_| "vt220".into())),
+        (
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "vt220".into()),
+        ),
     ];
     for (k, v) in extra_env {
         env.retain(|(key, _)| key != k);
         env.push((k.clone(), v.clone()));
     }
-    let to_c = |s: &str| CString::new(s).map_err(|_| Error::InvalidValue { what: "argument", value: s.into(), reason: "contains a NUL byte".into() });
+    let to_c = |s: &str| {
+        CString::new(s).map_err(|_| Error::InvalidValue {
+            what: "argument",
+            value: s.into(),
+            reason: "contains a NUL byte".into(),
+        })
+    };
     let c_argv = argv.iter().map(|a| to_c(a)).collect::<Result<Vec<_>>>()?;
-    let c_env = env.iter().map(|(k, v)| to_c(&format!("{k}={v}"))).collect::<Result<Vec<_>>>()?;
+    let c_env = env
+        .iter()
+        .map(|(k, v)| to_c(&format!("{k}={v}")))
+        .collect::<Result<Vec<_>>>()?;
     let program = resolve(&argv[0], &path);
 
     match sys::clone3(0, libc::SIGCHLD, None).map_err(|e| Error::syscall("clone3", e))? {
@@ -81,7 +106,10 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
                 Ok(p) => nix::unistd::execve(&p, &c_argv, &c_env).unwrap_err(),
                 Err(_) => nix::errno::Errno::EINVAL,
             };
-            let _ = nix::unistd::write(sys::stdio(2), format!("nixspawnctl: executing {}: {err}\n", argv[0]).as_bytes());
+            let _ = nix::unistd::write(
+                sys::stdio(2),
+                format!("nixspawnctl: executing {}: {err}\n", argv[0]).as_bytes(),
+            );
             sys::exit_now(127)
         }
         Forked::Parent { pidfd, .. } => {
@@ -90,8 +118,12 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
             let mut mask = nix::sys::signal::SigSet::empty();
             mask.add(nix::sys::signal::Signal::SIGINT);
             mask.add(nix::sys::signal::Signal::SIGTERM);
-            let sfd = nix::sys::signalfd::SignalFd::with_flags(&mask, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK)
-                .map_err(|e| Error::syscall("signalfd", e))?;
+            let sfd = nix::sys::signalfd::SignalFd::with_flags(
+                &mask,
+                nix::sys::signalfd::SfdFlags::SFD_CLOEXEC
+                    | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+            )
+            .map_err(|e| Error::syscall("signalfd", e))?;
             let _ = mask.thread_block();
             loop {
                 let mut fds = [
@@ -105,7 +137,9 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
                         let _ = sys::pidfd_send_signal(pidfd.as_fd(), info.ssi_signo as i32);
                     }
                 }
-                match sys::pidfd_wait(pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))? {
+                match sys::pidfd_wait(pidfd.as_fd(), true)
+                    .map_err(|e| Error::syscall("waitid", e))?
+                {
                     Some(ExitKind::Exited(n)) => return Ok(n),
                     Some(ExitKind::Signaled(s)) => return Ok(128 + s),
                     None => {}

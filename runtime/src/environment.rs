@@ -27,7 +27,9 @@ pub fn parse_os_release(text: &str) -> Vec<(String, String)> {
 
 fn unquote(v: &str) -> String {
     let v = v.trim();
-    let inner = if v.len() >= 2 && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\''))) {
+    let inner = if v.len() >= 2
+        && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+    {
         &v[1..v.len() - 1]
     } else {
         v
@@ -72,7 +74,12 @@ pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
     if !spec.is_boot() {
         set("LANG", "C.UTF-8".to_owned());
     }
-    for (key, var) in [("ID", "id"), ("VERSION_ID", "version_id"), ("BUILD_ID", "build_id"), ("VARIANT_ID", "variant_id")] {
+    for (key, var) in [
+        ("ID", "id"),
+        ("VERSION_ID", "version_id"),
+        ("BUILD_ID", "build_id"),
+        ("VARIANT_ID", "variant_id"),
+    ] {
         if let Some((_, v)) = host_os_release().into_iter().find(|(k, _)| k == key) {
             set(&format!("container_host_{var}"), v);
         }
@@ -85,10 +92,21 @@ pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
 
 /// Validate a `-E NAME=VALUE` assignment.
 pub fn parse_assignment(s: &str) -> crate::Result<(String, String)> {
-    let bad = |reason: &str| crate::Error::InvalidValue { what: "--setenv", value: s.to_owned(), reason: reason.to_owned() };
-    let (k, v) = s.split_once('=').ok_or_else(|| bad("expected NAME=VALUE"))?;
-    if k.is_empty() || k.as_bytes()[0].is_ascii_digit() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(bad("the name must be letters, digits and '_', not starting with a digit"));
+    let bad = |reason: &str| crate::Error::InvalidValue {
+        what: "--setenv",
+        value: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=VALUE"))?;
+    if k.is_empty()
+        || k.as_bytes()[0].is_ascii_digit()
+        || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(bad(
+            "the name must be letters, digits and '_', not starting with a digit",
+        ));
     }
     if v.contains('\0') {
         return Err(bad("the value contains a NUL byte"));
@@ -98,7 +116,10 @@ pub fn parse_assignment(s: &str) -> crate::Result<(String, String)> {
 
 /// Does the tree look like an OS (systemd's os-release test)?
 pub fn tree_os_release(root: &Path) -> Option<std::path::PathBuf> {
-    ["etc/os-release", "usr/lib/os-release"].iter().map(|p| root.join(p)).find(|p| p.exists() || p.is_symlink())
+    ["etc/os-release", "usr/lib/os-release"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.exists() || p.is_symlink())
 }
 
 #[cfg(test)]
@@ -107,7 +128,9 @@ mod tests {
 
     #[test]
     fn os_release() {
-        let parsed = parse_os_release("# c\nID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME='Debian \\\"x\\\"'\nbad line\n");
+        let parsed = parse_os_release(
+            "# c\nID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME='Debian \\\"x\\\"'\nbad line\n",
+        );
         assert_eq!(parsed[0], ("ID".into(), "debian".into()));
         assert_eq!(parsed[1], ("VERSION_ID".into(), "12".into()));
         assert_eq!(parsed[2], ("PRETTY_NAME".into(), "Debian \"x\"".into()));
@@ -116,7 +139,10 @@ mod tests {
 
     #[test]
     fn assignments() {
-        assert_eq!(parse_assignment("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(
+            parse_assignment("A=b=c").unwrap(),
+            ("A".into(), "b=c".into())
+        );
         assert!(parse_assignment("=x").is_err());
         assert!(parse_assignment("1A=x").is_err());
         assert!(parse_assignment("A-B=x").is_err());

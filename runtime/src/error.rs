@@ -12,7 +12,9 @@ pub enum Error {
     #[error("directory {path}: {reason}")]
     BadTree { path: PathBuf, reason: String },
 
-    #[error("directory {path} is in use by another container (lock held); stop it first or use --ephemeral")]
+    #[error(
+        "directory {path} is in use by another container (lock held); stop it first or use --ephemeral"
+    )]
     TreeBusy { path: PathBuf },
 
     #[error(
@@ -27,7 +29,11 @@ pub enum Error {
     InvalidName { name: String, reason: &'static str },
 
     #[error("invalid {what} {value:?}: {reason}")]
-    InvalidValue { what: &'static str, value: String, reason: String },
+    InvalidValue {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
 
     #[error("a container named {name} is already running (state in {path})")]
     NameInUse { name: String, path: PathBuf },
@@ -82,10 +88,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { what, path: path.into(), source }
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn syscall(syscall: &'static str, source: impl Into<io::Error>) -> Self {
-        Error::Syscall { syscall, source: source.into() }
+        Error::Syscall {
+            syscall,
+            source: source.into(),
+        }
     }
 }

@@ -13,14 +13,22 @@ pub struct MachineName(String);
 
 impl MachineName {
     pub fn new(name: &str) -> Result<Self> {
-        let bad = |reason| Err(Error::InvalidName { name: name.to_owned(), reason });
+        let bad = |reason| {
+            Err(Error::InvalidName {
+                name: name.to_owned(),
+                reason,
+            })
+        };
         if name.is_empty() {
             return bad("it is empty");
         }
         if name.len() > 64 {
             return bad("it is longer than 64 characters");
         }
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
             return bad("only letters, digits, '-', '_' and '.' are allowed");
         }
         if name.starts_with(['.', '-']) || name.ends_with(['.', '-']) || name.contains("..") {
@@ -38,7 +46,11 @@ impl MachineName {
             .take(64)
             .collect();
         let trimmed = cleaned.trim_matches(['.', '-']);
-        MachineName::new(if trimmed.is_empty() { "container" } else { trimmed })
+        MachineName::new(if trimmed.is_empty() {
+            "container"
+        } else {
+            trimmed
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -99,7 +111,11 @@ impl Uuid {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
         }
         if b == [0; 16] {
-            return Err(Error::InvalidValue { what: "UUID", value: s.to_owned(), reason: "it is all zeros".into() });
+            return Err(Error::InvalidValue {
+                what: "UUID",
+                value: s.to_owned(),
+                reason: "it is all zeros".into(),
+            });
         }
         Ok(Uuid(b))
     }
@@ -113,7 +129,15 @@ impl Uuid {
 impl fmt::Display for Uuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.simple();
-        write!(f, "{}-{}-{}-{}-{}", &s[..8], &s[8..12], &s[12..16], &s[16..20], &s[20..])
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &s[..8],
+            &s[8..12],
+            &s[12..16],
+            &s[16..20],
+            &s[20..]
+        )
     }
 }
 
@@ -125,11 +149,28 @@ mod tests {
     fn names() {
         assert!(MachineName::new("debian-bookworm").is_ok());
         assert!(MachineName::new("a.b_c").is_ok());
-        for bad in ["", "a/b", "..", "-x", "x.", "a..b", "with space", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "-x",
+            "x.",
+            "a..b",
+            "with space",
+            &"x".repeat(65),
+        ] {
             assert!(MachineName::new(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(MachineName::from_directory_name("debian sid!").unwrap().as_str(), "debiansid");
-        assert_eq!(MachineName::from_directory_name("...").unwrap().as_str(), "container");
+        assert_eq!(
+            MachineName::from_directory_name("debian sid!")
+                .unwrap()
+                .as_str(),
+            "debiansid"
+        );
+        assert_eq!(
+            MachineName::from_directory_name("...").unwrap().as_str(),
+            "container"
+        );
     }
 
     #[test]

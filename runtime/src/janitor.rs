@@ -21,7 +21,8 @@ impl Janitor {
     /// Fork the janitor. It keeps a copy of `lock` so the container's name
     /// stays claimed until the cleanup is complete.
     pub fn spawn(state_dir: PathBuf, cgroups: CgroupLayout, lock: OwnedFd) -> Result<Self> {
-        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::syscall("pipe2", e))?;
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::syscall("pipe2", e))?;
         match sys::fork().map_err(|e| Error::syscall("fork", e))? {
             Forked::Parent { .. } => {
                 drop(rx);
@@ -48,7 +49,11 @@ fn watch(rx: OwnedFd, lock: OwnedFd, state_dir: &std::path::Path, cgroups: &Cgro
     let keep = [rx.as_raw_fd(), lock.as_raw_fd()];
     let highest = keep.iter().copied().max().unwrap_or(2);
     let _ = close_others(&keep, highest);
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         use std::os::fd::AsFd;
         for fd in 0..=2 {
             let _ = sys::dup_onto_stdio(null.as_fd(), fd);

@@ -22,6 +22,7 @@ pub mod runhost;
 pub mod signals;
 pub mod spec;
 pub mod state;
+mod supervise;
 pub mod sys;
 mod sysfs;
 

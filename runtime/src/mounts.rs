@@ -11,9 +11,17 @@ use nix::mount::{MsFlags, mount};
 use crate::error::{Error, Result};
 
 /// Mount a filesystem of `fstype` on `target`.
-pub(crate) fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: Option<&str>) -> Result<()> {
+pub(crate) fn mount_fs(
+    fstype: &str,
+    target: &Path,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     mount(Some(fstype), target, Some(fstype), flags, data).map_err(|e| Error::Mount {
-        what: format!("{fstype}{}", data.map(|d| format!(" ({d})")).unwrap_or_default()),
+        what: format!(
+            "{fstype}{}",
+            data.map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
         target: target.to_path_buf(),
         source: e.into(),
     })
@@ -56,8 +64,18 @@ pub(crate) fn remount(target: &Path, extra: MsFlags) -> Result<()> {
             m
         })
         .unwrap_or(MsFlags::empty());
-    mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | kept | extra, None::<&str>)
-        .map_err(|e| Error::Mount { what: "remount".into(), target: target.to_path_buf(), source: e.into() })
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | kept | extra,
+        None::<&str>,
+    )
+    .map_err(|e| Error::Mount {
+        what: "remount".into(),
+        target: target.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 /// Set the propagation of `target` (and below, with MS_REC).
@@ -71,7 +89,11 @@ pub(crate) fn propagation(target: &Path, flags: MsFlags) -> Result<()> {
 
 /// Create a directory (and parents) if missing.
 pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
-    match fs::DirBuilder::new().recursive(true).mode(mode).create(path) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+    {
         Ok(()) => Ok(()),
         Err(e) => Err(Error::io("creating directory", path, e)),
     }
@@ -82,7 +104,13 @@ pub(crate) fn ensure_file(path: &Path, mode: u32) -> Result<()> {
     if let Some(parent) = path.parent() {
         ensure_dir(parent, 0o755)?;
     }
-    match fs::OpenOptions::new().write(true).create(true).truncate(false).mode(mode).open(path) {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io("creating file", path, e)),
@@ -99,7 +127,8 @@ pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(path)
         .map_err(|e| Error::io("creating file", path, e))?;
-    f.write_all(content).map_err(|e| Error::io("writing", path, e))?;
+    f.write_all(content)
+        .map_err(|e| Error::io("writing", path, e))?;
     fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(|e| Error::io("chmod", path, e))
 }
@@ -118,12 +147,24 @@ pub(crate) fn in_root(root: &Path, guest_path: &Path) -> PathBuf {
 /// One of the user's extra mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomMount {
-    Bind { source: PathBuf, target: PathBuf, read_only: bool, recursive: bool },
-    Tmpfs { target: PathBuf, options: String },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+        recursive: bool,
+    },
+    Tmpfs {
+        target: PathBuf,
+        options: String,
+    },
 }
 
 fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidValue { what, value: value.to_owned(), reason: reason.into() }
+    Error::InvalidValue {
+        what,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// Split on unescaped ':' (systemd allows "\:" inside paths).
@@ -146,7 +187,11 @@ fn split_colons(s: &str) -> Vec<String> {
 fn absolute_path(what: &'static str, value: &str, p: &str) -> Result<PathBuf> {
     let path = PathBuf::from(p);
     if !path.is_absolute() {
-        return Err(invalid(what, value, format!("{p:?} is not an absolute path")));
+        return Err(invalid(
+            what,
+            value,
+            format!("{p:?} is not an absolute path"),
+        ));
     }
     if path.components().any(|c| c == Component::ParentDir) {
         return Err(invalid(what, value, format!("{p:?} contains '..'")));
@@ -160,7 +205,11 @@ impl CustomMount {
         let what = if read_only { "--bind-ro" } else { "--bind" };
         let parts = split_colons(value);
         if parts.len() > 3 {
-            return Err(invalid(what, value, "expected SOURCE[:DESTINATION[:OPTIONS]]"));
+            return Err(invalid(
+                what,
+                value,
+                "expected SOURCE[:DESTINATION[:OPTIONS]]",
+            ));
         }
         let source = absolute_path(what, value, &parts[0])?;
         let target = match parts.get(1) {
@@ -178,14 +227,27 @@ impl CustomMount {
                         return Err(invalid(
                             what,
                             value,
-                            format!("the {opt} option needs user namespaces, which nixspawn does not implement yet"),
+                            format!(
+                                "the {opt} option needs user namespaces, which nixspawn does not implement yet"
+                            ),
                         ));
                     }
-                    other => return Err(invalid(what, value, format!("unknown option {other:?} (known: rbind, norbind, noidmap)"))),
+                    other => {
+                        return Err(invalid(
+                            what,
+                            value,
+                            format!("unknown option {other:?} (known: rbind, norbind, noidmap)"),
+                        ));
+                    }
                 }
             }
         }
-        Ok(CustomMount::Bind { source, target, read_only, recursive })
+        Ok(CustomMount::Bind {
+            source,
+            target,
+            read_only,
+            recursive,
+        })
     }
 
     /// `PATH[:OPTIONS]` as for `--tmpfs`.
@@ -204,7 +266,12 @@ impl CustomMount {
     /// Mount it below the assembled (not yet pivoted) root.
     pub(crate) fn apply(&self, root: &Path) -> Result<()> {
         match self {
-            CustomMount::Bind { source, target, read_only, recursive } => {
+            CustomMount::Bind {
+                source,
+                target,
+                read_only,
+                recursive,
+            } => {
                 let meta = fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
                 let dst = in_root(root, target);
                 if meta.is_dir() {
@@ -217,7 +284,12 @@ impl CustomMount {
             CustomMount::Tmpfs { target, options } => {
                 let dst = in_root(root, target);
                 ensure_dir(&dst, 0o755)?;
-                mount_fs("tmpfs", &dst, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options))
+                mount_fs(
+                    "tmpfs",
+                    &dst,
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(options),
+                )
             }
         }
     }
@@ -231,16 +303,31 @@ mod tests {
     fn bind_specs() {
         assert_eq!(
             CustomMount::parse_bind("/a", false).unwrap(),
-            CustomMount::Bind { source: "/a".into(), target: "/a".into(), read_only: false, recursive: true }
+            CustomMount::Bind {
+                source: "/a".into(),
+                target: "/a".into(),
+                read_only: false,
+                recursive: true
+            }
         );
         assert_eq!(
             CustomMount::parse_bind("/a\\:b:/c:norbind", true).unwrap(),
-            CustomMount::Bind { source: "/a:b".into(), target: "/c".into(), read_only: true, recursive: false }
+            CustomMount::Bind {
+                source: "/a:b".into(),
+                target: "/c".into(),
+                read_only: true,
+                recursive: false
+            }
         );
         assert!(CustomMount::parse_bind("rel", false).is_err());
         assert!(CustomMount::parse_bind("/a:/b/../c", false).is_err());
         assert!(CustomMount::parse_bind("/a:/b:bogus", false).is_err());
-        assert!(CustomMount::parse_bind("/a:/b:idmap", false).unwrap_err().to_string().contains("user namespaces"));
+        assert!(
+            CustomMount::parse_bind("/a:/b:idmap", false)
+                .unwrap_err()
+                .to_string()
+                .contains("user namespaces")
+        );
         assert!(CustomMount::parse_bind("/a:/b:c:d", false).is_err());
     }
 
@@ -248,13 +335,19 @@ mod tests {
     fn tmpfs_specs() {
         assert_eq!(
             CustomMount::parse_tmpfs("/x").unwrap(),
-            CustomMount::Tmpfs { target: "/x".into(), options: "mode=0755".into() }
+            CustomMount::Tmpfs {
+                target: "/x".into(),
+                options: "mode=0755".into()
+            }
         );
         assert!(CustomMount::parse_tmpfs("x").is_err());
     }
 
     #[test]
     fn root_join_stays_inside() {
-        assert_eq!(in_root(Path::new("/r"), Path::new("/a/../../b")), PathBuf::from("/r/a/b"));
+        assert_eq!(
+            in_root(Path::new("/r"), Path::new("/a/../../b")),
+            PathBuf::from("/r/a/b")
+        );
     }
 }

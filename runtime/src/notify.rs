@@ -20,7 +20,9 @@ pub struct Message {
 pub fn parse(data: &[u8]) -> Message {
     let mut m = Message::default();
     for line in String::from_utf8_lossy(data).lines() {
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         match k {
             "READY" => m.ready |= v == "1",
             "STOPPING" => m.stopping |= v == "1",
@@ -40,14 +42,22 @@ pub fn receive(sock: BorrowedFd<'_>) -> Option<(Option<i32>, Vec<u8>)> {
     let mut buf = vec![0u8; 8192];
     let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 8]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC).ok()?;
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+    )
+    .ok()?;
     let mut pid = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
                 ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
                 // Descriptors (FDSTORE=1) are not kept; adopting closes them.
-                ControlMessageOwned::ScmRights(fds) => fds.into_iter().for_each(|fd| drop(crate::sys::adopt_received_fd(fd))),
+                ControlMessageOwned::ScmRights(fds) => fds
+                    .into_iter()
+                    .for_each(|fd| drop(crate::sys::adopt_received_fd(fd))),
                 _ => {}
             }
         }
@@ -59,8 +69,12 @@ pub fn receive(sock: BorrowedFd<'_>) -> Option<(Option<i32>, Vec<u8>)> {
 /// Send a message to the service manager that started us ($NOTIFY_SOCKET),
 /// if any. Failures are ignored, as sd_notify callers do.
 pub fn notify_manager(text: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
     if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;

@@ -17,7 +17,12 @@ const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"
 pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
     let proc = root.join("proc");
     ensure_dir(&proc, 0o555)?;
-    mount_fs("proc", &proc, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
+    mount_fs(
+        "proc",
+        &proc,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
 
     let sys = proc.join("sys");
     bind(&sys, &sys, true, true)?;
@@ -28,7 +33,12 @@ pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
     }
     // Our own boot id, so the guest's journal has its own boots.
     let boot_id = sys.join("kernel/random/boot_id");
-    bind(&host_dir(root).join("proc-sys-kernel-random-boot-id"), &boot_id, false, true)?;
+    bind(
+        &host_dir(root).join("proc-sys-kernel-random-boot-id"),
+        &boot_id,
+        false,
+        true,
+    )?;
     let mask = inaccessible_file(root);
     for name in MASKED {
         let p = proc.join(name);

@@ -22,8 +22,17 @@ pub(crate) fn isolate_from_host() -> Result<()> {
 pub(crate) fn assemble(tree: &Path, mount_point: &Path, ephemeral: bool) -> Result<PathBuf> {
     ensure_dir(mount_point, 0o700)?;
     let root = if ephemeral {
-        mount_fs("tmpfs", mount_point, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700"))?;
-        let (upper, work, merged) = (mount_point.join("upper"), mount_point.join("work"), mount_point.join("merged"));
+        mount_fs(
+            "tmpfs",
+            mount_point,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0700"),
+        )?;
+        let (upper, work, merged) = (
+            mount_point.join("upper"),
+            mount_point.join("work"),
+            mount_point.join("merged"),
+        );
         for d in [&upper, &work, &merged] {
             ensure_dir(d, 0o755)?;
         }
@@ -36,9 +45,18 @@ pub(crate) fn assemble(tree: &Path, mount_point: &Path, ephemeral: bool) -> Resu
             escape_overlay(&upper),
             escape_overlay(&work)
         );
-        nix::mount::mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(
-            |e| Error::Mount { what: format!("overlay of {}", tree.display()), target: merged.clone(), source: e.into() },
-        )?;
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| Error::Mount {
+            what: format!("overlay of {}", tree.display()),
+            target: merged.clone(),
+            source: e.into(),
+        })?;
         merged
     } else {
         bind(tree, mount_point, true, false)?;
@@ -53,7 +71,8 @@ fn copy_root_attributes(tree: &Path, upper: &Path) -> Result<()> {
     let meta = std::fs::metadata(tree).map_err(|e| Error::io("stat", tree, e))?;
     std::fs::set_permissions(upper, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(|e| Error::io("chmod", upper, e))?;
-    std::os::unix::fs::chown(upper, Some(meta.uid()), Some(meta.gid())).map_err(|e| Error::io("chown", upper, e))
+    std::os::unix::fs::chown(upper, Some(meta.uid()), Some(meta.gid()))
+        .map_err(|e| Error::io("chown", upper, e))
 }
 
 /// overlayfs takes ',' and ':' as separators and '\' as escape in its options.

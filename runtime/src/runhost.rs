@@ -20,10 +20,20 @@ pub const CONTAINER_MANAGER: &str = "systemd-nspawn";
 pub(crate) fn mount_run_and_tmp(root: &Path) -> Result<()> {
     let run = root.join("run");
     ensure_dir(&run, 0o755)?;
-    mount_fs("tmpfs", &run, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME, Some("mode=0755,size=20%"))?;
+    mount_fs(
+        "tmpfs",
+        &run,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        Some("mode=0755,size=20%"),
+    )?;
     let tmp = root.join("tmp");
     ensure_dir(&tmp, 0o1777)?;
-    mount_fs("tmpfs", &tmp, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME, Some("mode=01777"))
+    mount_fs(
+        "tmpfs",
+        &tmp,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        Some("mode=01777"),
+    )
 }
 
 pub(crate) fn host_dir(root: &Path) -> PathBuf {
@@ -55,27 +65,51 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
     }
     let dir = inacc.join("dir");
     ensure_dir(&dir, 0)?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0))
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o000))
         .map_err(|e| Error::io("chmod", &dir, e))?;
 
     let os_release = host.join("os-release");
     ensure_file(&os_release, 0o444)?;
-    let host_release = ["/etc/os-release", "/usr/lib/os-release"].into_iter().find(|p| Path::new(p).exists());
+    let host_release = ["/etc/os-release", "/usr/lib/os-release"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
     if let Some(src) = host_release {
         bind_mount(Path::new(src), &os_release, false, true)?;
     }
-    write_file(&host.join("container-manager"), format!("{CONTAINER_MANAGER}\n").as_bytes(), 0o444)?;
-    write_file(&host.join("container-uuid"), format!("{uuid}\n").as_bytes(), 0o444)?;
+    write_file(
+        &host.join("container-manager"),
+        format!("{CONTAINER_MANAGER}\n").as_bytes(),
+        0o444,
+    )?;
+    write_file(
+        &host.join("container-uuid"),
+        format!("{uuid}\n").as_bytes(),
+        0o444,
+    )?;
     let boot_id = Uuid::random()?;
-    write_file(&host.join("proc-sys-kernel-random-boot-id"), format!("{boot_id}\n").as_bytes(), 0o444)?;
+    write_file(
+        &host.join("proc-sys-kernel-random-boot-id"),
+        format!("{boot_id}\n").as_bytes(),
+        0o444,
+    )?;
 
     let notify_path = host.join("notify");
-    let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
-        .map_err(|e| Error::syscall("socket(AF_UNIX, SOCK_DGRAM)", e))?;
-    let addr = UnixAddr::new(&notify_path).map_err(|e| Error::io("notify socket address", &notify_path, e.into()))?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr).map_err(|e| Error::io("binding", &notify_path, e.into()))?;
-    std::fs::set_permissions(&notify_path, std::os::unix::fs::PermissionsExt::from_mode(0o200))
-        .map_err(|e| Error::io("chmod", &notify_path, e))?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| Error::syscall("socket(AF_UNIX, SOCK_DGRAM)", e))?;
+    let addr = UnixAddr::new(&notify_path)
+        .map_err(|e| Error::io("notify socket address", &notify_path, e.into()))?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr)
+        .map_err(|e| Error::io("binding", &notify_path, e.into()))?;
+    std::fs::set_permissions(
+        &notify_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o200),
+    )
+    .map_err(|e| Error::io("chmod", &notify_path, e))?;
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
         .map_err(|e| Error::syscall("setsockopt(SO_PASSCRED)", e))?;
     Ok(sock)
@@ -85,5 +119,8 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
 pub(crate) fn seal(root: &Path) -> Result<()> {
     let host = host_dir(root);
     bind_mount(&host, &host, true, false)?;
-    remount(&host, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
+    remount(
+        &host,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )
 }

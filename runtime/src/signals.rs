@@ -20,26 +20,54 @@ pub fn rtmin() -> i32 {
 }
 
 pub fn parse(s: &str) -> Result<i32> {
-    let bad = |reason: &str| Error::InvalidValue { what: "signal", value: s.to_owned(), reason: reason.to_owned() };
+    let bad = |reason: &str| Error::InvalidValue {
+        what: "signal",
+        value: s.to_owned(),
+        reason: reason.to_owned(),
+    };
     if let Ok(n) = s.parse::<i32>() {
-        return if (1..=libc::SIGRTMAX()).contains(&n) { Ok(n) } else { Err(bad("out of range")) };
+        return if (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad("out of range"))
+        };
     }
     let name = s.strip_prefix("SIG").unwrap_or(s);
     if let Some((_, n)) = NAMES.iter().find(|(k, _)| *k == name) {
         return Ok(*n);
     }
     let rt = |base: i32, off: &str, sign: i32| -> Result<i32> {
-        let off: i32 = if off.is_empty() { 0 } else { off.parse().map_err(|_| bad("bad real-time offset"))? };
+        let off: i32 = if off.is_empty() {
+            0
+        } else {
+            off.parse().map_err(|_| bad("bad real-time offset"))?
+        };
         let n = base + sign * off;
-        if (rtmin()..=libc::SIGRTMAX()).contains(&n) { Ok(n) } else { Err(bad("real-time signal out of range")) }
+        if (rtmin()..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad("real-time signal out of range"))
+        }
     };
     if let Some(rest) = name.strip_prefix("RTMIN") {
-        return rt(rtmin(), rest.strip_prefix('+').unwrap_or(if rest.is_empty() { "" } else { "x" }), 1);
+        return rt(
+            rtmin(),
+            rest.strip_prefix('+')
+                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
+            1,
+        );
     }
     if let Some(rest) = name.strip_prefix("RTMAX") {
-        return rt(libc::SIGRTMAX(), rest.strip_prefix('-').unwrap_or(if rest.is_empty() { "" } else { "x" }), 1 - 2);
+        return rt(
+            libc::SIGRTMAX(),
+            rest.strip_prefix('-')
+                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
+            1 - 2,
+        );
     }
-    Err(bad("unknown signal name (try SIGTERM, SIGRTMIN+3 or a number)"))
+    Err(bad(
+        "unknown signal name (try SIGTERM, SIGRTMIN+3 or a number)",
+    ))
 }
 
 pub fn name(sig: i32) -> String {

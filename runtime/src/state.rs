@@ -71,14 +71,21 @@ impl StateDir {
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if is_live(&path) {
-                        return Err(Error::NameInUse { name: name.to_string(), path });
+                        return Err(Error::NameInUse {
+                            name: name.to_string(),
+                            path,
+                        });
                     }
-                    fs::remove_dir_all(&path).map_err(|e| Error::io("removing stale state", &path, e))?;
+                    fs::remove_dir_all(&path)
+                        .map_err(|e| Error::io("removing stale state", &path, e))?;
                 }
                 Err(e) => return Err(Error::io("creating", &path, e)),
             }
         }
-        Err(Error::NameInUse { name: name.to_string(), path })
+        Err(Error::NameInUse {
+            name: name.to_string(),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -106,7 +113,8 @@ impl StateDir {
             .mode(0o644)
             .open(&tmp)
             .map_err(|e| Error::io("writing", &tmp, e))?;
-        f.write_all(&data).map_err(|e| Error::io("writing", &tmp, e))?;
+        f.write_all(&data)
+            .map_err(|e| Error::io("writing", &tmp, e))?;
         fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming", &dst, e))
     }
 
@@ -139,7 +147,9 @@ fn open_lock(dir: &Path) -> Result<File> {
 
 /// True while some launcher (or its janitor) holds the directory's lock.
 fn is_live(dir: &Path) -> bool {
-    let Ok(f) = File::open(dir.join("lock")) else { return false };
+    let Ok(f) = File::open(dir.join("lock")) else {
+        return false;
+    };
     match Flock::lock(f, FlockArg::LockSharedNonblock) {
         Ok(_released_on_drop) => false,
         Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
@@ -150,7 +160,9 @@ fn is_live(dir: &Path) -> bool {
 pub fn load(name: &MachineName) -> Result<State> {
     let dir = StateDir::path_for(name);
     if !is_live(&dir) {
-        return Err(Error::NoSuchContainer { name: name.to_string() });
+        return Err(Error::NoSuchContainer {
+            name: name.to_string(),
+        });
     }
     let p = dir.join("state.json");
     let data = fs::read(&p).map_err(|e| Error::io("reading", &p, e))?;

@@ -26,7 +26,10 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Which side of a fork/clone the caller is on.
 pub enum Forked {
-    Parent { pid: libc::pid_t, pidfd: Option<OwnedFd> },
+    Parent {
+        pid: libc::pid_t,
+        pidfd: Option<OwnedFd>,
+    },
     Child,
 }
 
@@ -34,7 +37,11 @@ pub enum Forked {
 ///
 /// The caller must be single-threaded: the child runs ordinary Rust code
 /// until it execs.
-pub fn clone3(flags: u64, exit_signal: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+pub fn clone3(
+    flags: u64,
+    exit_signal: libc::c_int,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> io::Result<Forked> {
     let mut pidfd: libc::c_int = -1;
     let mut args = libc::clone_args {
         flags: flags | libc::CLONE_PIDFD as u64,
@@ -67,7 +74,10 @@ pub fn clone3(flags: u64, exit_signal: libc::c_int, cgroup: Option<BorrowedFd<'_
         pid => {
             // SAFETY: CLONE_PIDFD made the kernel store a fresh descriptor here.
             let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
-            Ok(Forked::Parent { pid: pid as libc::pid_t, pidfd })
+            Ok(Forked::Parent {
+                pid: pid as libc::pid_t,
+                pidfd,
+            })
         }
     }
 }
@@ -78,7 +88,10 @@ pub fn fork() -> io::Result<Forked> {
     let ret = unsafe { libc::fork() };
     match check(ret.into())? {
         0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent { pid: pid as libc::pid_t, pidfd: None }),
+        pid => Ok(Forked::Parent {
+            pid: pid as libc::pid_t,
+            pidfd: None,
+        }),
     }
 }
 
@@ -122,7 +135,14 @@ pub fn pidfd_wait(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
         // SAFETY: info is a valid out pointer; P_PIDFD takes the fd as id.
-        let ret = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        };
         if ret < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -154,14 +174,22 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
 }
 
 /// open_tree(2): a detached copy of the mount at `path` (OPEN_TREE_CLONE).
-pub fn open_tree(dirfd: Option<BorrowedFd<'_>>, path: &CStr, flags: libc::c_uint) -> io::Result<OwnedFd> {
+pub fn open_tree(
+    dirfd: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<OwnedFd> {
     let dirfd = dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
     // SAFETY: path is NUL-terminated and lives across the call.
     owned(unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) })
 }
 
 /// move_mount(2) of a detached mount fd onto a path.
-pub fn move_mount_fd(from: BorrowedFd<'_>, to_dirfd: Option<BorrowedFd<'_>>, to: &CStr) -> io::Result<()> {
+pub fn move_mount_fd(
+    from: BorrowedFd<'_>,
+    to_dirfd: Option<BorrowedFd<'_>>,
+    to: &CStr,
+) -> io::Result<()> {
     let to_dirfd = to_dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
     let empty = c"";
     // SAFETY: both paths are NUL-terminated and live across the call.
@@ -181,7 +209,14 @@ pub fn move_mount_fd(from: BorrowedFd<'_>, to_dirfd: Option<BorrowedFd<'_>>, to:
 /// Mark every descriptor from `first` upwards close-on-exec.
 pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only sets flags.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     check(ret).map(drop)
 }
 
@@ -212,7 +247,8 @@ pub fn pty_number(master: BorrowedFd<'_>) -> io::Result<u32> {
 pub fn pty_unlock(master: BorrowedFd<'_>) -> io::Result<()> {
     let mut unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int.
-    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) }.into()).map(drop)
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) }.into())
+        .map(drop)
 }
 
 /// Make `tty` the controlling terminal of the calling session leader.
@@ -231,7 +267,17 @@ pub fn get_winsize(tty: BorrowedFd<'_>) -> io::Result<libc::winsize> {
 
 pub fn set_winsize(tty: BorrowedFd<'_>, ws: &libc::winsize) -> io::Result<()> {
     // SAFETY: TIOCSWINSZ reads one winsize.
-    check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) }.into()).map(drop)
+    check(
+        unsafe {
+            libc::ioctl(
+                tty.as_raw_fd(),
+                libc::TIOCSWINSZ,
+                ws as *const libc::winsize,
+            )
+        }
+        .into(),
+    )
+    .map(drop)
 }
 
 /// Duplicate `fd` onto the standard descriptor `target` (0, 1 or 2),

@@ -19,6 +19,11 @@ pub(crate) fn mount_sys(root: &Path) -> Result<()> {
     let cgroup = sys.join("fs/cgroup");
     let rw = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // Older kernels refuse memory_recursiveprot; the plain mount is fine.
-    mount_fs("cgroup2", &cgroup, rw, Some("nsdelegate,memory_recursiveprot"))
-        .or_else(|_| mount_fs("cgroup2", &cgroup, rw, None))
+    mount_fs(
+        "cgroup2",
+        &cgroup,
+        rw,
+        Some("nsdelegate,memory_recursiveprot"),
+    )
+    .or_else(|_| mount_fs("cgroup2", &cgroup, rw, None))
 }

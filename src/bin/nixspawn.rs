@@ -12,7 +12,11 @@ fn report(spec: &Spec, quiet: bool) -> impl FnMut(Event<'_>) + '_ {
         }
         match event {
             Event::Spawning => {
-                eprintln!("Spawning container {} on {}.", spec.machine, spec.directory.display());
+                eprintln!(
+                    "Spawning container {} on {}.",
+                    spec.machine,
+                    spec.directory.display()
+                );
                 if spec.console == nixspawn_runtime::ConsoleMode::Interactive {
                     eprintln!("Press ^] three times within 1s to kill container.");
                 }
@@ -31,7 +35,9 @@ fn describe(spec: &Spec, outcome: Outcome) -> String {
     match outcome {
         Outcome::Exited(0) | Outcome::PoweredOff => format!("Container {m} exited successfully."),
         Outcome::Exited(n) => format!("Container {m} failed with error code {n}."),
-        Outcome::Rebooted => format!("Container {m} is being rebooted (exit status 133 for the unit to restart it)."),
+        Outcome::Rebooted => {
+            format!("Container {m} is being rebooted (exit status 133 for the unit to restart it).")
+        }
         Outcome::Killed(s) => format!("Container {m} terminated by signal {}.", signals::name(s)),
     }
 }

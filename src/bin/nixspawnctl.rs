@@ -10,7 +10,11 @@ use nixspawn_runtime::state::{self, State};
 use nixspawn_runtime::{MachineName, enter, signals, sys};
 
 #[derive(Debug, Parser)]
-#[command(name = "nixspawnctl", version, about = "Manage containers started by nixspawn")]
+#[command(
+    name = "nixspawnctl",
+    version,
+    about = "Manage containers started by nixspawn"
+)]
 struct Cli {
     /// Print machine-readable JSON
     #[arg(long, global = true)]
@@ -81,7 +85,11 @@ fn wait_until(timeout: u64, what: &str, mut done: impl FnMut() -> Result<bool>) 
 fn print_status(st: &State) {
     let since = st.started_usec / 1_000_000;
     println!("{} ({})", st.name, st.uuid);
-    println!("     State: {}{}", st.phase, if st.ready { ", ready" } else { "" });
+    println!(
+        "     State: {}{}",
+        st.phase,
+        if st.ready { ", ready" } else { "" }
+    );
     if let Some(s) = &st.status {
         println!("    Status: {s}");
     }
@@ -91,7 +99,11 @@ fn print_status(st: &State) {
         println!("    Leader: {l} ({})", comm.trim());
     }
     println!("Supervisor: {}", st.supervisor);
-    println!("      Root: {}{}", st.directory.display(), if st.ephemeral { " (ephemeral)" } else { "" });
+    println!(
+        "      Root: {}{}",
+        st.directory.display(),
+        if st.ephemeral { " (ephemeral)" } else { "" }
+    );
     println!("    Cgroup: {}", st.cgroup.display());
     if let Some(sig) = st.kill_signal {
         println!("KillSignal: {}", signals::name(sig));
@@ -107,9 +119,22 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 println!("{:<24} {:>8} {:<10} ROOT", "MACHINE", "LEADER", "STATE");
                 for st in &all {
-                    let phase = if st.ready && st.phase == "running" { "ready" } else { st.phase.as_str() };
-                    let leader = st.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
-                    println!("{:<24} {:>8} {:<10} {}", st.name.as_str(), leader, phase, st.directory.display());
+                    let phase = if st.ready && st.phase == "running" {
+                        "ready"
+                    } else {
+                        st.phase.as_str()
+                    };
+                    let leader = st
+                        .leader
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<24} {:>8} {:<10} {}",
+                        st.name.as_str(),
+                        leader,
+                        phase,
+                        st.directory.display()
+                    );
                 }
                 println!("\n{} machines listed.", all.len());
             }
@@ -122,7 +147,11 @@ fn run(cli: Cli) -> Result<i32> {
                 print_status(&st);
             }
         }
-        Command::Exec { name: n, setenv, command } => {
+        Command::Exec {
+            name: n,
+            setenv,
+            command,
+        } => {
             let st = state::load(&name(&n)?)?;
             let env = setenv
                 .iter()
@@ -130,18 +159,27 @@ fn run(cli: Cli) -> Result<i32> {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(enter::exec(&st, &command, &env)?);
         }
-        Command::Poweroff { name: n } => signal_leader(&state::load(&name(&n)?)?, signals::rtmin() + 4)?,
+        Command::Poweroff { name: n } => {
+            signal_leader(&state::load(&name(&n)?)?, signals::rtmin() + 4)?
+        }
         Command::Reboot { name: n } => signal_leader(&state::load(&name(&n)?)?, libc::SIGINT)?,
         Command::Stop { name: n, timeout } => {
             let n = name(&n)?;
             let st = state::load(&n)?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.supervisor), nix::sys::signal::Signal::SIGTERM)
-                .with_context(|| format!("signalling the launcher (PID {})", st.supervisor))?;
-            wait_until(timeout, &format!("{n} to stop"), || Ok(state::load(&n).is_err()))?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(st.supervisor),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .with_context(|| format!("signalling the launcher (PID {})", st.supervisor))?;
+            wait_until(timeout, &format!("{n} to stop"), || {
+                Ok(state::load(&n).is_err())
+            })?;
         }
         Command::WaitReady { name: n, timeout } => {
             let n = name(&n)?;
-            wait_until(timeout, &format!("{n} to report READY=1"), || Ok(state::load(&n).is_ok_and(|s| s.ready)))?;
+            wait_until(timeout, &format!("{n} to report READY=1"), || {
+                Ok(state::load(&n).is_ok_and(|s| s.ready))
+            })?;
         }
     }
     Ok(0)

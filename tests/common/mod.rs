@@ -22,7 +22,9 @@ pub fn require_root() {
 /// A cached Debian fixture tree ("bookworm" or "sid").
 pub fn tree(suite: &str) -> PathBuf {
     require_root();
-    let cache = std::env::var_os("NIXSPAWN_FIXTURES").map(PathBuf::from).unwrap_or("/var/cache/nixspawn/fixtures".into());
+    let cache = std::env::var_os("NIXSPAWN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or("/var/cache/nixspawn/fixtures".into());
     let tree = cache.join(format!("debian-{suite}"));
     assert!(
         tree.join(".nixspawn-fixture").exists(),
@@ -35,7 +37,11 @@ pub fn tree(suite: &str) -> PathBuf {
 /// A machine name unique to this test process and call.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Host mount table lines, minus the fields that change on their own.
@@ -69,13 +75,20 @@ pub fn host_cgroups() -> Vec<PathBuf> {
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 pub fn ctl(args: &[&str]) -> Output {
-    Command::new(NIXSPAWNCTL).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(NIXSPAWNCTL)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// A launcher running a guest; killed and waited for on drop, so a failed
@@ -98,8 +111,18 @@ impl Guest {
         let log = logdir.path().join("console.log");
         let out = std::fs::File::create(&log).unwrap();
         cmd.arg("-M").arg(name).arg("-D").arg(tree).args(args);
-        let child = cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
-        Guest { name: name.to_owned(), child: Some(child), log, _logdir: logdir }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Guest {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+            _logdir: logdir,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -113,14 +136,25 @@ impl Guest {
     /// Wait for READY=1 from the guest's PID 1.
     pub fn wait_ready(&mut self) {
         for _ in 0..60 {
-            if ctl(&["wait-ready", &self.name, "--timeout", "1"]).status.success() {
+            if ctl(&["wait-ready", &self.name, "--timeout", "1"])
+                .status
+                .success()
+            {
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{}: the launcher exited ({st}) before READY=1\n--- console ---\n{}", self.name, self.console());
+                panic!(
+                    "{}: the launcher exited ({st}) before READY=1\n--- console ---\n{}",
+                    self.name,
+                    self.console()
+                );
             }
         }
-        panic!("{} never became ready\n--- console ---\n{}", self.name, self.console());
+        panic!(
+            "{} never became ready\n--- console ---\n{}",
+            self.name,
+            self.console()
+        );
     }
 
     /// Run a command in the guest; returns (exit code, stdout).
@@ -128,13 +162,20 @@ impl Guest {
         let mut args = vec!["exec", self.name.as_str(), "--"];
         args.extend_from_slice(argv);
         let out = ctl(&args);
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// Run a command that must succeed; returns its stdout.
     pub fn sh(&self, script: &str) -> String {
         let (code, out) = self.exec(&["/bin/sh", "-c", script]);
-        assert_eq!(code, 0, "`{script}` failed in {} with output: {out}", self.name);
+        assert_eq!(
+            code, 0,
+            "`{script}` failed in {} with output: {out}",
+            self.name
+        );
         out
     }
 
@@ -152,7 +193,11 @@ impl Guest {
                 return st.code().unwrap_or(-1);
             }
             if Instant::now() > deadline {
-                panic!("{} did not exit within {timeout:?}\n--- console ---\n{}", self.name, self.console());
+                panic!(
+                    "{} did not exit within {timeout:?}\n--- console ---\n{}",
+                    self.name,
+                    self.console()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -178,21 +223,38 @@ impl Drop for Guest {
 /// directory, its cgroups, any host mount of its, and the guest's PID 1.
 pub fn assert_cleaned_up(name: &str, leader: Option<i32>) {
     let state = Path::new("/run/nixspawn").join(name);
-    assert!(!state.exists(), "state directory {} was left behind", state.display());
+    assert!(
+        !state.exists(),
+        "state directory {} was left behind",
+        state.display()
+    );
     let scope = format!("machine-{name}.scope");
-    let left: Vec<_> = host_cgroups().into_iter().filter(|c| c.to_string_lossy().contains(&scope)).collect();
+    let left: Vec<_> = host_cgroups()
+        .into_iter()
+        .filter(|c| c.to_string_lossy().contains(&scope))
+        .collect();
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
-    let left: Vec<_> = host_mounts().into_iter().filter(|m| m.contains(&format!("/run/nixspawn/{name}"))).collect();
+    let left: Vec<_> = host_mounts()
+        .into_iter()
+        .filter(|m| m.contains(&format!("/run/nixspawn/{name}")))
+        .collect();
     assert!(left.is_empty(), "host mounts left behind: {left:?}");
     if let Some(pid) = leader {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the guest's PID 1 ({pid}) is still alive");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the guest's PID 1 ({pid}) is still alive"
+        );
     }
 }
 
 /// The guest's PID 1 as the host sees it, from nixspawnctl status --json.
 pub fn leader_of(name: &str) -> i32 {
     let out = ctl(&["status", name, "--json"]);
-    assert!(out.status.success(), "status {name}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["leader"].as_i64().expect("leader in status") as i32
 }
@@ -201,13 +263,23 @@ pub fn leader_of(name: &str) -> i32 {
 /// enough for command-mode tests, and writable without touching fixtures.
 pub fn busybox_tree() -> tempfile::TempDir {
     require_root();
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists());
-    let busybox = busybox.expect("busybox is missing: apt-get install busybox-static (integration/test.sh installs it)");
-    let dir = tempfile::Builder::new().prefix("nixspawn-bb-").tempdir().unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let busybox = busybox.expect(
+        "busybox is missing: apt-get install busybox-static (integration/test.sh installs it)",
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("nixspawn-bb-")
+        .tempdir()
+        .unwrap();
     let bin = dir.path().join("usr/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    for applet in ["sh", "cat", "echo", "ls", "test", "hostname", "grep", "tr", "sleep", "touch", "stat", "wc", "mount", "id", "pwd", "env", "true"] {
+    for applet in [
+        "sh", "cat", "echo", "ls", "test", "hostname", "grep", "tr", "sleep", "touch", "stat",
+        "wc", "mount", "id", "pwd", "env", "true",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     std::os::unix::fs::symlink("usr/bin", dir.path().join("bin")).unwrap();
@@ -225,7 +297,12 @@ pub fn run_nixspawn(args: &[&str], stdin: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),

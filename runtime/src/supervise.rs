@@ -1,0 +1,313 @@
+//! One run of the payload: start the container process, take its handles,
+//! then watch it — console, notify socket, stop signals — until it ends.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signalfd::SignalFd;
+
+use crate::cgroup::CgroupLayout;
+use crate::channel::{self, Channel, ToParent};
+use crate::child;
+use crate::console::{Action, Console};
+use crate::container::{Event, Observer, Outcome};
+use crate::error::{Error, Result};
+use crate::notify;
+use crate::spec::{ConsoleMode, Spec};
+use crate::state::{State, StateDir};
+use crate::sys::{self, ExitKind, Forked};
+
+/// Start the payload and supervise it until it ends.
+pub(crate) fn run_payload(
+    spec: &Spec,
+    cgroups: &CgroupLayout,
+    state_dir: &StateDir,
+    signals: &SignalFd,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
+    let (leader, pidfd, channel) = start(spec, cgroups, state_dir)?;
+    let (notify_sock, console) = match receive_handles(spec, &channel) {
+        Ok(h) => h,
+        Err(e) => {
+            // The container process failed before exec: reap it, report why.
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::pidfd_wait(pidfd.as_fd(), false);
+            return Err(e);
+        }
+    };
+    let state = State {
+        name: spec.machine.clone(),
+        uuid: spec.uuid.to_string(),
+        directory: spec.directory.clone(),
+        ephemeral: spec.ephemeral,
+        boot: spec.is_boot(),
+        leader: Some(leader),
+        supervisor: std::process::id() as i32,
+        cgroup: cgroups.payload(),
+        kill_signal: spec.kill_signal,
+        console: spec.console,
+        private_network: spec.private_network,
+        started_usec: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0),
+        ready: false,
+        status: None,
+        phase: "running".into(),
+    };
+    state_dir.write(&state)?;
+    observer.event(Event::Started { leader });
+    notify::notify_manager(&format!(
+        "STATUS=Container started.\nX_NSPAWN_LEADER_PID={leader}"
+    ));
+    if !spec.notify_ready {
+        notify::notify_manager("READY=1");
+    }
+    let mut watch = Watch {
+        spec,
+        state_dir,
+        observer,
+        leader,
+        pidfd,
+        notify_sock,
+        console,
+        state,
+        stop_requests: 0,
+        handlers_ready: false,
+        resend_kill_signal: false,
+    };
+    watch.run(signals)
+}
+
+/// clone3 the container process into new namespaces and the payload cgroup.
+fn start(
+    spec: &Spec,
+    cgroups: &CgroupLayout,
+    state_dir: &StateDir,
+) -> Result<(i32, OwnedFd, Channel)> {
+    let (ours, theirs) = channel::pair()?;
+    let payload_cgroup = cgroups.open_payload()?;
+    let mut flags =
+        (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    if spec.private_network {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
+    let term = std::env::var("TERM")
+        .ok()
+        .filter(|_| spec.console == ConsoleMode::Interactive);
+    let plan = child::Plan {
+        spec,
+        mount_point: state_dir.mount_point(),
+        term,
+    };
+    std::fs::create_dir_all(&plan.mount_point)
+        .map_err(|e| Error::io("creating", &plan.mount_point, e))?;
+    match sys::clone3(flags, libc::SIGCHLD, Some(payload_cgroup.as_fd()))
+        .map_err(|e| Error::syscall("clone3", e))?
+    {
+        Forked::Child => {
+            drop(ours);
+            child::run(&plan, theirs)
+        }
+        Forked::Parent { pid, pidfd } => {
+            let pidfd = pidfd.ok_or_else(|| Error::Protocol("clone3 returned no pidfd".into()))?;
+            Ok((pid, pidfd, ours))
+        }
+    }
+}
+
+/// The notify socket and console arrive, then end-of-file once the
+/// payload has been exec'd.
+fn receive_handles(spec: &Spec, channel: &Channel) -> Result<(OwnedFd, Option<Console>)> {
+    let mut handles = None;
+    loop {
+        match channel.recv()? {
+            Some((ToParent::Handles { console }, mut fds)) => {
+                if fds.len() != 1 + usize::from(console) {
+                    return Err(Error::Protocol(
+                        "handles message without its descriptors".into(),
+                    ));
+                }
+                let master = console.then(|| fds.remove(1));
+                let console = master
+                    .map(|m| Console::new(m, spec.console))
+                    .transpose()
+                    .map_err(|e| Error::syscall("opening the console peer", e))?;
+                handles = Some((fds.remove(0), console));
+            }
+            Some((ToParent::Failed { step, message }, _)) => {
+                return Err(Error::Child { step, message });
+            }
+            None => {
+                return handles.ok_or_else(|| {
+                    Error::Protocol(
+                        "the container process ended during setup without a word".into(),
+                    )
+                });
+            }
+        }
+    }
+}
+
+struct Watch<'a> {
+    spec: &'a Spec,
+    state_dir: &'a StateDir,
+    observer: &'a mut dyn Observer,
+    leader: i32,
+    pidfd: OwnedFd,
+    notify_sock: OwnedFd,
+    console: Option<Console>,
+    state: State,
+    stop_requests: u32,
+    /// PID 1 said X_SYSTEMD_SIGNALS_LEVEL=2: its signal handlers are in place.
+    handlers_ready: bool,
+    /// A stop arrived before the handlers were: send the kill signal again.
+    resend_kill_signal: bool,
+}
+
+impl Watch<'_> {
+    fn run(&mut self, signals: &SignalFd) -> Result<Outcome> {
+        loop {
+            let reads_stdin = self.console.as_ref().is_some_and(|c| c.reads_stdin());
+            let mut fds = vec![
+                PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.notify_sock.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Some(c) = &self.console {
+                fds.push(PollFd::new(c.master.as_fd(), PollFlags::POLLIN));
+            }
+            if reads_stdin {
+                fds.push(PollFd::new(sys::stdio(0), PollFlags::POLLIN));
+            }
+            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(Error::syscall("poll", e)),
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+
+            if ready.get(3) == Some(&true) {
+                self.console_output();
+            }
+            if ready.get(4) == Some(&true) {
+                self.console_input();
+            }
+            if ready[2] {
+                self.notify_messages();
+            }
+            if ready[1] {
+                self.signals(signals);
+            }
+            if ready[0]
+                && let Some(outcome) = self.reap()?
+            {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    fn console_output(&self) {
+        if let Some(c) = &self.console {
+            c.drain_output();
+        }
+    }
+
+    fn console_input(&mut self) {
+        let Some(c) = &mut self.console else { return };
+        if c.forward_input() == Action::Kill {
+            self.observer.event(Event::EscapeKill);
+            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
+
+    fn notify_messages(&mut self) {
+        while let Some((sender, data)) = notify::receive(self.notify_sock.as_fd()) {
+            // Only the payload's PID 1 speaks for the container.
+            if sender != Some(self.leader) {
+                continue;
+            }
+            let msg = notify::parse(&data);
+            if msg.signals_ready {
+                self.handlers_ready = true;
+                if std::mem::take(&mut self.resend_kill_signal) {
+                    self.send_kill_signal();
+                }
+            }
+            if let Some(status) = &msg.status {
+                self.observer.event(Event::Status(status));
+                notify::notify_manager(&format!("STATUS=Container running: {status}"));
+                self.state.status = Some(status.clone());
+            }
+            let newly_ready = msg.ready && !self.state.ready;
+            if newly_ready {
+                self.state.ready = true;
+                self.observer.event(Event::Ready);
+                if self.spec.notify_ready {
+                    notify::notify_manager("READY=1");
+                }
+            }
+            if newly_ready || msg.status.is_some() {
+                let _ = self.state_dir.write(&self.state);
+            }
+        }
+    }
+
+    fn signals(&mut self, signals: &SignalFd) {
+        while let Ok(Some(info)) = signals.read_signal() {
+            match info.ssi_signo as i32 {
+                libc::SIGTERM | libc::SIGINT | libc::SIGHUP => self.request_stop(),
+                libc::SIGWINCH => {
+                    if let Some(c) = &self.console {
+                        c.sync_size();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The first request sends the kill signal (SIGKILL if there is none),
+    /// any further one SIGKILL.
+    fn request_stop(&mut self) {
+        self.stop_requests += 1;
+        if self.stop_requests > 1 || self.spec.kill_signal.is_none() {
+            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        } else {
+            // A signal sent before systemd installed its handlers is lost.
+            self.resend_kill_signal = self.spec.is_boot() && !self.handlers_ready;
+            self.send_kill_signal();
+        }
+        if self.stop_requests == 1 {
+            self.observer.event(Event::Stopping);
+            notify::notify_manager("STOPPING=1");
+            self.state.phase = "stopping".into();
+            let _ = self.state_dir.write(&self.state);
+        }
+    }
+
+    fn send_kill_signal(&self) {
+        if let Some(sig) = self.spec.kill_signal {
+            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sig);
+        }
+    }
+
+    fn reap(&mut self) -> Result<Option<Outcome>> {
+        let Some(exit) =
+            sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?
+        else {
+            return Ok(None);
+        };
+        self.console_output();
+        Ok(Some(match exit {
+            ExitKind::Exited(n) => Outcome::Exited(n),
+            ExitKind::Signaled(libc::SIGINT) => Outcome::PoweredOff,
+            ExitKind::Signaled(libc::SIGHUP) => Outcome::Rebooted,
+            ExitKind::Signaled(s) => Outcome::Killed(s),
+        }))
+    }
+}
