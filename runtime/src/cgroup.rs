@@ -187,6 +187,17 @@ impl CgroupLayout {
             })
     }
 
+    /// An empty payload cgroup for the next boot of the guest.
+    pub fn reset_payload(&self) -> Result<()> {
+        let payload = self.payload();
+        remove_tree(&payload)?;
+        fs::create_dir(&payload).map_err(|e| Error::Cgroup {
+            step: "re-creating",
+            path: payload,
+            source: e,
+        })
+    }
+
     /// Kill what is left in the payload, wait for it to empty, and remove
     /// every directory we created (the guest's own sub-cgroups included).
     pub fn destroy(&self) -> Result<()> {

@@ -48,94 +48,92 @@ enum Never {}
 
 type StepResult<T> = std::result::Result<T, (String, Error)>;
 
-fn step<T>(name: &str, r: Result<T>) -> StepResult<T> {
+/// Run one named setup step, timed for `--debug`.
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> StepResult<T> {
+    let start = std::time::Instant::now();
+    let r = f();
+    tracing::debug!(target: "nixspawn::child", "{name}: {} µs{}", start.elapsed().as_micros(), if r.is_err() { " (failed)" } else { "" });
     r.map_err(|e| (name.to_owned(), e))
 }
 
 fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     let spec = plan.spec;
-    step("die with the launcher", die_with_parent(channel))?;
-    step(
-        "unshare the cgroup namespace",
+    step("die with the launcher", || die_with_parent(channel))?;
+    step("unshare the cgroup namespace", || {
         sys::unshare(libc::CLONE_NEWCGROUP)
-            .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e)),
-    )?;
+            .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e))
+    })?;
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
 
-    step("isolate mounts from the host", rootfs::isolate_from_host())?;
-    let root = step(
-        "assemble the root",
-        rootfs::assemble(&spec.directory, &plan.mount_point, spec.ephemeral),
-    )?;
+    step("isolate mounts from the host", || {
+        rootfs::isolate_from_host()
+    })?;
+    let root = step("assemble the root", || {
+        rootfs::assemble(&spec.directory, &plan.mount_point, spec.ephemeral)
+    })?;
     if spec.private_network {
-        step("bring up lo", loopback_up())?;
+        step("bring up lo", loopback_up)?;
     }
-    step("mount /run and /tmp", runhost::mount_run_and_tmp(&root))?;
-    let notify = step("populate /run/host", runhost::populate(&root, &spec.uuid))?;
-    step(
-        "mount /proc",
-        procfs::mount_proc(&root, spec.private_network),
-    )?;
-    step("mount /sys", sysfs::mount_sys(&root))?;
-    step("mount /dev", devfs::mount_dev(&root))?;
+    step("mount /run and /tmp", || runhost::mount_run_and_tmp(&root))?;
+    let notify = step("populate /run/host", || {
+        runhost::populate(&root, &spec.uuid)
+    })?;
+    step("mount /proc", || {
+        procfs::mount_proc(&root, spec.private_network)
+    })?;
+    step("mount /sys", || sysfs::mount_sys(&root))?;
+    step("mount /dev", || devfs::mount_dev(&root))?;
     let console = if spec.console.has_pty() {
-        Some(step("create the console", devfs::make_console(&root))?)
+        Some(step("create the console", || devfs::make_console(&root))?)
     } else {
         None
     };
     for m in &spec.mounts {
-        step("apply custom mounts", m.apply(&root))?;
+        step("apply custom mounts", || m.apply(&root))?;
     }
-    step("seal /run/host", runhost::seal(&root))?;
-    step(
-        "set the hostname",
-        nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e)),
-    )?;
+    step("seal /run/host", || runhost::seal(&root))?;
+    step("set the hostname", || {
+        nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e))
+    })?;
 
     let mut handles: Vec<BorrowedFd<'_>> = vec![notify.as_fd()];
     if let Some((master, _)) = &console {
         handles.push(master.as_fd());
     }
-    step(
-        "hand over the console",
+    step("hand over the console", || {
         channel.send(
             &ToParent::Handles {
                 console: console.is_some(),
             },
             &handles,
-        ),
-    )?;
+        )
+    })?;
     drop(notify);
 
-    step("switch root", rootfs::switch_root(&root))?;
-    step(
-        "attach the console",
-        attach_stdio(console.map(|(_, peer)| peer), spec.console),
-    )?;
+    step("switch root", || rootfs::switch_root(&root))?;
+    step("attach the console", || {
+        attach_stdio(console.map(|(_, peer)| peer), spec.console)
+    })?;
     let cwd = spec
         .working_directory
         .clone()
         .unwrap_or_else(|| PathBuf::from("/"));
-    step(
-        "chdir",
-        nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into())),
-    )?;
+    step("chdir", || {
+        nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into()))
+    })?;
     let env = environment::for_pid1(spec, plan.term.as_deref());
-    let (path, argv) = step("find the payload", resolve_payload(spec, &env))?;
-    step(
-        "drop capabilities",
-        capabilities::restrict_to(&capabilities::guest_set(spec.private_network)),
-    )?;
-    step(
-        "close descriptors",
-        sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e)),
-    )?;
+    let (path, argv) = step("find the payload", || resolve_payload(spec, &env))?;
+    step("drop capabilities", || {
+        capabilities::restrict_to(&capabilities::guest_set(spec.private_network))
+    })?;
+    step("close descriptors", || {
+        sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e))
+    })?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    step(
-        "unblock signals",
+    step("unblock signals", || {
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-            .map_err(|e| Error::syscall("sigprocmask", e)),
-    )?;
+            .map_err(|e| Error::syscall("sigprocmask", e))
+    })?;
 
     let env: Vec<CString> = env
         .iter()

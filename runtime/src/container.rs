@@ -118,16 +118,18 @@ fn lock_tree(spec: &Spec) -> Result<Flock<File>> {
     })
 }
 
-/// Everything held for the container's life; dropped in order on exit.
+/// Everything claimed for the container's life. Dropping it releases it
+/// all (the container process never drops it: it execs or `_exit`s).
 struct Session {
-    cgroups: CgroupLayout,
     state_dir: StateDir,
+    cgroups: Option<CgroupLayout>,
     janitor: Option<Janitor>,
 }
 
 impl Session {
-    fn finish(mut self) -> Result<()> {
-        let cg = self.cgroups.destroy();
+    /// Remove the cgroups and state, then let the janitor go; idempotent.
+    fn finish(&mut self) -> Result<()> {
+        let cg = self.cgroups.take().map_or(Ok(()), |c| c.destroy());
         let st = self.state_dir.remove();
         if let Some(j) = self.janitor.take() {
             j.dismiss();
@@ -136,45 +138,61 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Run a container to the end and say how it ended.
 pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     if !sys::is_root() {
         return Err(Error::NotRoot);
     }
+    let t0 = std::time::Instant::now();
     validate_tree(spec)?;
     let _tree_lock = lock_tree(spec)?;
-    let state_dir = StateDir::claim(&spec.machine)?;
-    let mut cgroups = match CgroupLayout::plan(&spec.machine, spec.keep_unit) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = state_dir.remove();
-            return Err(e);
-        }
+    let mut session = Session {
+        state_dir: StateDir::claim(&spec.machine)?,
+        cgroups: None,
+        janitor: None,
     };
-    if let Err(e) = cgroups.create() {
-        let _ = cgroups.destroy();
-        let _ = state_dir.remove();
-        return Err(e);
-    }
-    let lock = state_dir
+    let mut cgroups = CgroupLayout::plan(&spec.machine, spec.keep_unit)?;
+    let created = cgroups.create();
+    let cgroups = session.cgroups.insert(cgroups);
+    created?;
+    let lock = session
+        .state_dir
         .lock_fd()
-        .map_err(|e| Error::io("duplicating", state_dir.path().join("lock"), e))?;
-    let janitor = Janitor::spawn(state_dir.path().to_path_buf(), cgroups.clone(), lock)?;
-    let session = Session {
-        cgroups,
-        state_dir,
-        janitor: Some(janitor),
-    };
+        .map_err(|e| Error::io("duplicating", session.state_dir.path().join("lock"), e))?;
+    session.janitor = Some(Janitor::spawn(
+        session.state_dir.path().to_path_buf(),
+        cgroups.clone(),
+        lock,
+    )?);
+    tracing::debug!(
+        "claimed name, tree, cgroup {} and janitor: {} µs",
+        cgroups.payload().display(),
+        t0.elapsed().as_micros()
+    );
     observer.event(Event::Spawning);
 
-    let result = supervise(spec, &session, observer);
+    let result = supervise(spec, cgroups, &session.state_dir, observer);
+    let t1 = std::time::Instant::now();
     let cleanup = session.finish();
+    tracing::debug!("cleanup: {} µs", t1.elapsed().as_micros());
     let outcome = result?;
     cleanup?;
     Ok(outcome)
 }
 
-fn supervise(spec: &Spec, session: &Session, observer: &mut dyn Observer) -> Result<Outcome> {
+/// Run the payload, again after each reboot unless `--keep-unit`.
+fn supervise(
+    spec: &Spec,
+    cgroups: &CgroupLayout,
+    state_dir: &StateDir,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -195,24 +213,10 @@ fn supervise(spec: &Spec, session: &Session, observer: &mut dyn Observer) -> Res
         .flatten();
 
     let result = loop {
-        match supervise::run_payload(
-            spec,
-            &session.cgroups,
-            &session.state_dir,
-            &signals,
-            observer,
-        ) {
+        match supervise::run_payload(spec, cgroups, state_dir, &signals, observer) {
             Ok(Outcome::Rebooted) if !spec.keep_unit => {
                 observer.event(Event::Rebooting);
-                if let Err(e) =
-                    crate::cgroup::remove_tree(&session.cgroups.payload()).and_then(|()| {
-                        std::fs::create_dir(session.cgroups.payload()).map_err(|e| Error::Cgroup {
-                            step: "re-creating",
-                            path: session.cgroups.payload(),
-                            source: e,
-                        })
-                    })
-                {
+                if let Err(e) = cgroups.reset_payload() {
                     break Err(e);
                 }
             }

@@ -26,7 +26,9 @@ pub(crate) fn run_payload(
     signals: &SignalFd,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
+    let t0 = std::time::Instant::now();
     let (leader, pidfd, channel) = start(spec, cgroups, state_dir)?;
+    tracing::debug!("clone3: PID {leader}, {} µs", t0.elapsed().as_micros());
     let (notify_sock, console) = match receive_handles(spec, &channel) {
         Ok(h) => h,
         Err(e) => {
@@ -56,6 +58,10 @@ pub(crate) fn run_payload(
         status: None,
         phase: "running".into(),
     };
+    tracing::debug!(
+        "payload exec'd: {} µs after clone3",
+        t0.elapsed().as_micros()
+    );
     state_dir.write(&state)?;
     observer.event(Event::Started { leader });
     notify::notify_manager(&format!(
@@ -245,6 +251,7 @@ impl Watch<'_> {
             }
             let newly_ready = msg.ready && !self.state.ready;
             if newly_ready {
+                tracing::debug!("guest sent READY=1");
                 self.state.ready = true;
                 self.observer.event(Event::Ready);
                 if self.spec.notify_ready {
