@@ -298,6 +298,30 @@ fn sigkill_of_launcher_leaves_nothing(suite: &str) {
     );
 }
 
+/// machinectl's verbs, through nixspawnctl: poweroff (SIGRTMIN+4) ends
+/// the launcher with 0; reboot (SIGINT) boots the guest again.
+fn nixspawnctl_poweroff_and_reboot(suite: &str) {
+    let tree = tree(suite);
+    let name = unique_name(&format!("ctl-{suite}"));
+    let mut guest = Guest::start(&tree, &name, &["-x", "-b"]);
+    guest.wait_ready();
+    let first = leader_of(&name);
+    assert!(ctl(&["reboot", &name]).status.success());
+    wait_for("the guest to come back", BOOT_TIMEOUT, || {
+        ctl(&["status", &name, "--json"]).status.success() && leader_of(&name) != first
+    });
+    guest.wait_ready();
+    let second = leader_of(&name);
+    assert!(ctl(&["poweroff", &name]).status.success());
+    assert_eq!(guest.wait_exit(BOOT_TIMEOUT), 0, "{}", guest.console());
+    assert!(
+        guest.console().contains("Powering off"),
+        "the guest powered off:\n{}",
+        guest.console()
+    );
+    assert_cleaned_up(&name, Some(second));
+}
+
 macro_rules! per_suite {
     ($($test:ident),*) => {
         mod bookworm { $( #[test] fn $test() { super::$test("bookworm") } )* }
@@ -310,5 +334,6 @@ per_suite!(
     guest_view_matches_the_container_interface,
     exit_status_is_passed_through,
     reboot_restarts_or_exits_133,
-    sigkill_of_launcher_leaves_nothing
+    sigkill_of_launcher_leaves_nothing,
+    nixspawnctl_poweroff_and_reboot
 );
