@@ -128,19 +128,8 @@ fn guest_view_matches_the_container_interface(suite: &str) {
     );
 
     // Capabilities: nspawn's 26 (minus any the host itself lacks).
-    let status = guest.sh("grep CapBnd /proc/1/status");
-    let bnd = u64::from_str_radix(status.split_whitespace().nth(1).unwrap(), 16).unwrap();
-    let host = std::fs::read_to_string("/proc/self/status").unwrap();
-    let host_bnd = u64::from_str_radix(
-        host.lines()
-            .find(|l| l.starts_with("CapBnd"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap(),
-        16,
-    )
-    .unwrap();
+    let bnd = cap_bnd(&guest.sh("cat /proc/1/status"));
+    let host_bnd = cap_bnd(&std::fs::read_to_string("/proc/self/status").unwrap());
     let expected =
         nixspawn_runtime::capabilities::mask(&nixspawn_runtime::capabilities::guest_set(false))
             & host_bnd;

@@ -128,16 +128,7 @@ fn private_network_has_only_loopback_and_net_admin() {
         Some("unknown"),
         "lo is up (operstate of lo reads unknown): {out}"
     );
-    let bnd = u64::from_str_radix(
-        out.lines()
-            .last()
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap(),
-        16,
-    )
-    .unwrap();
+    let bnd = cap_bnd(&out);
     assert_ne!(bnd & (1 << 12), 0, "CAP_NET_ADMIN with a private network");
 }
 

@@ -9,7 +9,7 @@ use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag, mknod};
 
 use crate::error::{Error, Result};
-use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs};
+use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs_on_dir};
 use crate::sys;
 
 /// Nodes every container gets.
@@ -19,10 +19,10 @@ const OPTIONAL_NODES: &[&str] = &["fuse", "net/tun"];
 
 pub(crate) fn mount_dev(root: &Path) -> Result<()> {
     let dev = root.join("dev");
-    ensure_dir(&dev, 0o755)?;
-    mount_fs(
+    mount_fs_on_dir(
         "tmpfs",
         &dev,
+        0o755,
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=0755,size=4m"),
     )?;
@@ -53,26 +53,26 @@ pub(crate) fn mount_dev(root: &Path) -> Result<()> {
     }
 
     let pts = dev.join("pts");
-    ensure_dir(&pts, 0o755)?;
-    mount_fs(
+    mount_fs_on_dir(
         "devpts",
         &pts,
+        0o755,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     let shm = dev.join("shm");
-    ensure_dir(&shm, 0o1777)?;
-    mount_fs(
+    mount_fs_on_dir(
         "tmpfs",
         &shm,
+        0o1777,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=01777"),
     )?;
     let mqueue = dev.join("mqueue");
-    ensure_dir(&mqueue, 0o755)?;
-    mount_fs(
+    mount_fs_on_dir(
         "mqueue",
         &mqueue,
+        0o755,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )

@@ -27,6 +27,18 @@ pub(crate) fn mount_fs(
     })
 }
 
+/// Create `target` (with `mode`) if missing and mount a fresh `fstype` on it.
+pub(crate) fn mount_fs_on_dir(
+    fstype: &str,
+    target: &Path,
+    mode: u32,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    ensure_dir(target, mode)?;
+    mount_fs(fstype, target, flags, data)
+}
+
 /// Bind `src` onto `dst`, optionally recursive and/or read-only.
 pub(crate) fn bind(src: &Path, dst: &Path, recursive: bool, read_only: bool) -> Result<()> {
     let mut flags = MsFlags::MS_BIND;
@@ -283,10 +295,10 @@ impl CustomMount {
             }
             CustomMount::Tmpfs { target, options } => {
                 let dst = in_root(root, target);
-                ensure_dir(&dst, 0o755)?;
-                mount_fs(
+                mount_fs_on_dir(
                     "tmpfs",
                     &dst,
+                    0o755,
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     Some(options),
                 )

@@ -6,7 +6,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::mounts::{bind, ensure_dir, mount_fs};
+use crate::mounts::{bind, mount_fs_on_dir};
 use crate::runhost::{host_dir, inaccessible_file};
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
@@ -16,10 +16,10 @@ const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"
 
 pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
     let proc = root.join("proc");
-    ensure_dir(&proc, 0o555)?;
-    mount_fs(
+    mount_fs_on_dir(
         "proc",
         &proc,
+        0o555,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;

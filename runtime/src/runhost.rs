@@ -10,7 +10,9 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 
 use crate::error::{Error, Result};
 use crate::identity::Uuid;
-use crate::mounts::{bind as bind_mount, ensure_dir, ensure_file, mount_fs, remount, write_file};
+use crate::mounts::{
+    bind as bind_mount, ensure_dir, ensure_file, mount_fs_on_dir, remount, write_file,
+};
 
 /// The value of `$container` and /run/host/container-manager. Guests
 /// condition units on it (ConditionVirtualization=), so we announce the
@@ -19,18 +21,18 @@ pub const CONTAINER_MANAGER: &str = "systemd-nspawn";
 
 pub(crate) fn mount_run_and_tmp(root: &Path) -> Result<()> {
     let run = root.join("run");
-    ensure_dir(&run, 0o755)?;
-    mount_fs(
+    mount_fs_on_dir(
         "tmpfs",
         &run,
+        0o755,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=0755,size=20%"),
     )?;
     let tmp = root.join("tmp");
-    ensure_dir(&tmp, 0o1777)?;
-    mount_fs(
+    mount_fs_on_dir(
         "tmpfs",
         &tmp,
+        0o1777,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=01777"),
     )

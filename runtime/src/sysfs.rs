@@ -9,13 +9,12 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::mounts::{ensure_dir, mount_fs};
+use crate::mounts::{mount_fs, mount_fs_on_dir};
 
 pub(crate) fn mount_sys(root: &Path) -> Result<()> {
     let sys = root.join("sys");
-    ensure_dir(&sys, 0o555)?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs("sysfs", &sys, ro, None)?;
+    mount_fs_on_dir("sysfs", &sys, 0o555, ro, None)?;
     let cgroup = sys.join("fs/cgroup");
     let rw = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // Older kernels refuse memory_recursiveprot; the plain mount is fine.

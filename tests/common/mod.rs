@@ -310,3 +310,13 @@ pub fn run_nixspawn(args: &[&str], stdin: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The CapBnd mask from /proc/PID/status text.
+pub fn cap_bnd(status: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .expect("a CapBnd line");
+    u64::from_str_radix(line.split_whitespace().nth(1).expect("a CapBnd value"), 16)
+        .expect("hex CapBnd")
+}
