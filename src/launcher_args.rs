@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
+use nixspawn_runtime::closure::{self, ClosureSource};
 use nixspawn_runtime::mounts::CustomMount;
-use nixspawn_runtime::{ConsoleMode, MachineName, Payload, Spec, Uuid, environment, signals, sys};
+use nixspawn_runtime::{
+    ConsoleMode, MachineName, Payload, Spec, StoreSpec, Uuid, environment, signals, sys,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,6 +106,22 @@ pub struct Args {
     /// Settings files (only "no" is implemented so far)
     #[arg(long, value_name = "MODE")]
     pub settings: Option<String>,
+
+    /// Boot this NixOS system toplevel: its init is PID 1, its closure the store
+    #[arg(long, value_name = "STOREPATH")]
+    pub toplevel: Option<PathBuf>,
+
+    /// With --toplevel: take the closure from a closureInfo store-paths file
+    #[arg(long, value_name = "FILE")]
+    pub closure_file: Option<PathBuf>,
+
+    /// With --toplevel: bind the whole host /nix/store instead of the closure
+    #[arg(long)]
+    pub shared_store: bool,
+
+    /// With --toplevel: pass the host's nix-daemon socket and database in
+    #[arg(long)]
+    pub nix_daemon: bool,
 
     /// Trace and time every setup step on stderr
     #[arg(long)]
@@ -250,6 +269,55 @@ fn tree_machine_id(dir: &Path) -> Option<Uuid> {
     Uuid::parse(text.trim()).ok()
 }
 
+/// A toplevel's name without its hash (`nixos-system-web-24.11`).
+fn toplevel_name(toplevel: &Path) -> &str {
+    let name = toplevel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("nixos");
+    name.get(33..).unwrap_or(name)
+}
+
+/// `--toplevel` and its companions, with the closure resolved now: a bad
+/// toplevel or an undeterminable closure fails before anything is set up.
+fn store_spec(args: &Args) -> Result<Option<StoreSpec>> {
+    let Some(toplevel) = &args.toplevel else {
+        for (set, flag) in [
+            (args.shared_store, "--shared-store"),
+            (args.closure_file.is_some(), "--closure-file"),
+            (args.nix_daemon, "--nix-daemon"),
+        ] {
+            if set {
+                bail!("{flag} only makes sense with --toplevel=STOREPATH");
+            }
+        }
+        return Ok(None);
+    };
+    if args.boot {
+        bail!("--toplevel runs the toplevel's init as PID 1; drop --boot");
+    }
+    if args.shared_store && args.closure_file.is_some() {
+        bail!(
+            "--shared-store and --closure-file contradict each other: the shared store is the whole host store"
+        );
+    }
+    let toplevel = closure::resolve_toplevel(toplevel)?;
+    let closure = if args.shared_store {
+        None
+    } else {
+        let source = args
+            .closure_file
+            .clone()
+            .map_or(ClosureSource::Database, ClosureSource::File);
+        Some(closure::compute(&toplevel, &source)?)
+    };
+    Ok(Some(StoreSpec {
+        toplevel,
+        closure,
+        nix_daemon: args.nix_daemon,
+    }))
+}
+
 /// What the launcher does besides building the spec.
 pub struct Options {
     pub quiet: bool,
@@ -284,23 +352,33 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
         ),
     }
 
-    let directory = match (&args.directory, &args.machine) {
-        (Some(d), _) => d.clone(),
-        (None, Some(m)) => PathBuf::from("/var/lib/machines").join(m),
-        (None, None) => {
-            std::env::current_dir().context("no -D given and the current directory is unusable")?
-        }
+    let store = store_spec(&args)?;
+    let directory = match (&args.directory, &args.machine, &store) {
+        (Some(d), _, _) => Some(d.clone()),
+        // A toplevel without -D boots on an empty tmpfs root.
+        (None, _, Some(_)) => None,
+        (None, Some(m), None) => Some(PathBuf::from("/var/lib/machines").join(m)),
+        (None, None, None) => Some(
+            std::env::current_dir().context("no -D given and the current directory is unusable")?,
+        ),
     };
-    let directory = std::fs::canonicalize(&directory)
-        .with_context(|| format!("directory {}: cannot be resolved", directory.display()))?;
-    let machine = match &args.machine {
-        Some(m) => MachineName::new(m)?,
-        None => MachineName::from_directory_name(
-            directory
-                .file_name()
+    let directory = directory
+        .map(|d| {
+            std::fs::canonicalize(&d)
+                .with_context(|| format!("directory {}: cannot be resolved", d.display()))
+        })
+        .transpose()?;
+    let machine = match (&args.machine, &directory, &store) {
+        (Some(m), _, _) => MachineName::new(m)?,
+        (None, Some(dir), _) => MachineName::from_directory_name(
+            dir.file_name()
                 .and_then(|n| n.to_str())
                 .ok_or_else(|| anyhow!("cannot name a container after /"))?,
         )?,
+        (None, None, Some(store)) => {
+            MachineName::from_directory_name(toplevel_name(&store.toplevel))?
+        }
+        (None, None, None) => unreachable!("without a toplevel there is always a directory"),
     };
     let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
@@ -310,12 +388,16 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
     }
     let uuid = match &args.uuid {
         Some(u) => Uuid::parse(u)?,
-        None => match tree_machine_id(&directory) {
+        None => match directory.as_deref().and_then(tree_machine_id) {
             Some(id) => id,
             None => Uuid::random()?,
         },
     };
-    let payload = if args.boot {
+    let payload = if let Some(store) = &store {
+        let mut argv = vec![store.toplevel.join("init").to_string_lossy().into_owned()];
+        argv.extend(args.command.iter().cloned());
+        Payload::Command { argv }
+    } else if args.boot {
         Payload::Boot {
             args: args.command.clone(),
         }
@@ -331,7 +413,7 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
     };
     let kill_signal = match &args.kill_signal {
         Some(s) => Some(signals::parse(s)?),
-        None if args.boot => Some(signals::rtmin() + 3),
+        None if args.boot || store.is_some() => Some(signals::rtmin() + 3),
         None => None,
     };
     let notify_ready = match &args.notify_ready {
@@ -360,6 +442,7 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
     }
     let spec = Spec {
         directory,
+        store,
         ephemeral: args.ephemeral,
         machine,
         hostname,

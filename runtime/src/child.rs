@@ -11,7 +11,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use crate::channel::{Channel, ToParent};
 use crate::error::{Error, Result};
 use crate::spec::{ConsoleMode, Payload, Spec};
-use crate::{capabilities, devfs, environment, procfs, rootfs, runhost, sys, sysfs};
+use crate::{capabilities, devfs, environment, procfs, rootfs, runhost, store, sys, sysfs};
 
 /// Where systemd-nspawn looks for an init with --boot.
 pub const INIT_CANDIDATES: &[&str] = &[
@@ -23,6 +23,8 @@ pub const INIT_CANDIDATES: &[&str] = &[
 pub(crate) struct Plan<'a> {
     pub spec: &'a Spec,
     pub mount_point: PathBuf,
+    /// An empty directory outside the root for assembling the store.
+    pub store_staging: PathBuf,
     pub term: Option<String>,
 }
 
@@ -69,7 +71,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         rootfs::isolate_from_host()
     })?;
     let root = step("assemble the root", || {
-        rootfs::assemble(&spec.directory, &plan.mount_point, spec.ephemeral)
+        rootfs::assemble(spec.directory.as_deref(), &plan.mount_point, spec.ephemeral)
     })?;
     if spec.private_network {
         step("bring up lo", loopback_up)?;
@@ -88,8 +90,24 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     } else {
         None
     };
+    if let Some(store) = &spec.store {
+        step("mount the store", || {
+            store::mount_store(&root, &plan.store_staging, store)
+        })?;
+    }
     for m in &spec.mounts {
         step("apply custom mounts", || m.apply(&root))?;
+    }
+    if let Some(store) = &spec.store {
+        step("seal the store", || store::seal_store(&root, store))?;
+        step("link the system profile", || {
+            store::link_profile(&root, &store.toplevel)
+        })?;
+        if store.nix_daemon {
+            step("pass the nix-daemon socket", || {
+                store::pass_nix_daemon(&root)
+            })?;
+        }
     }
     step("seal /run/host", || runhost::seal(&root))?;
     step("set the hostname", || {
@@ -212,7 +230,7 @@ fn resolve_payload(spec: &Spec, env: &[(String, String)]) -> Result<(CString, Ve
                 .iter()
                 .find(|c| executable(Path::new(c)))
                 .ok_or_else(|| Error::NoInit {
-                    path: spec.directory.clone(),
+                    root: spec.root_description(),
                     candidates: INIT_CANDIDATES.join(", "),
                 })?;
             let mut argv = vec![cstr(init)?];
@@ -235,11 +253,9 @@ fn resolve_payload(spec: &Spec, env: &[(String, String)]) -> Result<(CString, Ve
                     .split(':')
                     .map(|d| Path::new(d).join(first))
                     .find(|p| executable(p))
-                    .ok_or_else(|| Error::BadTree {
-                        path: spec.directory.clone(),
-                        reason: format!(
-                            "command {first:?} not found in the guest's PATH ({search})"
-                        ),
+                    .ok_or_else(|| Error::CommandNotFound {
+                        command: first.clone(),
+                        search_path: search.to_owned(),
                     })?
             };
             let path = cstr(&path.to_string_lossy())?;

@@ -71,7 +71,16 @@ impl<F: FnMut(Event<'_>)> Observer for F {
 
 /// Check the tree before anything is created for it.
 pub fn validate_tree(spec: &Spec) -> Result<()> {
-    let dir = &spec.directory;
+    for m in &spec.mounts {
+        if let crate::mounts::CustomMount::Bind { source, .. } = m {
+            std::fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
+        }
+    }
+    // No directory: an empty tmpfs root. With a toplevel the directory is
+    // the guest's state and may well be empty.
+    let Some(dir) = &spec.directory else {
+        return Ok(());
+    };
     let meta = std::fs::metadata(dir).map_err(|e| Error::BadTree {
         path: dir.clone(),
         reason: e.to_string(),
@@ -82,10 +91,8 @@ pub fn validate_tree(spec: &Spec) -> Result<()> {
             reason: "not a directory".into(),
         });
     }
-    for m in &spec.mounts {
-        if let crate::mounts::CustomMount::Bind { source, .. } = m {
-            std::fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
-        }
+    if spec.store.is_some() {
+        return Ok(());
     }
     match &spec.payload {
         Payload::Boot { .. } if crate::environment::tree_os_release(dir).is_none() => {
@@ -106,16 +113,19 @@ pub fn validate_tree(spec: &Spec) -> Result<()> {
 
 /// Hold the tree: exclusively for a normal run, shared for `--ephemeral`
 /// (any number of ephemeral guests may share a tree nobody writes to).
-fn lock_tree(spec: &Spec) -> Result<Flock<File>> {
-    let f = File::open(&spec.directory).map_err(|e| Error::io("opening", &spec.directory, e))?;
+fn lock_tree(spec: &Spec) -> Result<Option<Flock<File>>> {
+    let Some(dir) = &spec.directory else {
+        return Ok(None);
+    };
+    let f = File::open(dir).map_err(|e| Error::io("opening", dir, e))?;
     let how = if spec.ephemeral {
         FlockArg::LockSharedNonblock
     } else {
         FlockArg::LockExclusiveNonblock
     };
-    Flock::lock(f, how).map_err(|_| Error::TreeBusy {
-        path: spec.directory.clone(),
-    })
+    Flock::lock(f, how)
+        .map(Some)
+        .map_err(|_| Error::TreeBusy { path: dir.clone() })
 }
 
 /// Everything claimed for the container's life. Dropping it releases it

@@ -84,6 +84,9 @@ pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
             set(&format!("container_host_{var}"), v);
         }
     }
+    if spec.store.as_ref().is_some_and(|s| s.nix_daemon) {
+        set("NIX_REMOTE", "daemon".to_owned());
+    }
     for (k, v) in &spec.environment {
         set(k, v.clone());
     }

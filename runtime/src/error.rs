@@ -22,8 +22,20 @@ pub enum Error {
     )]
     NoOsRelease { path: PathBuf },
 
-    #[error("no init found in {path} (looked for {candidates}); is systemd installed in the tree?")]
-    NoInit { path: PathBuf, candidates: String },
+    #[error("no init found in {root} (looked for {candidates}); is systemd installed in the tree?")]
+    NoInit { root: String, candidates: String },
+
+    #[error("command {command:?} not found in the guest's PATH ({search_path})")]
+    CommandNotFound {
+        command: String,
+        search_path: String,
+    },
+
+    #[error("toplevel {path}: {reason}")]
+    Toplevel { path: PathBuf, reason: String },
+
+    #[error("closure of {toplevel}: {reason}")]
+    Closure { toplevel: PathBuf, reason: String },
 
     #[error("invalid machine name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },

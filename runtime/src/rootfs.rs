@@ -19,9 +19,30 @@ pub(crate) fn isolate_from_host() -> Result<()> {
 /// For `--ephemeral` the tree is the lower layer of an overlay whose upper
 /// layer is a fresh tmpfs: nothing is copied (the cost does not depend on
 /// the tree's size) and the tree is never written.
-pub(crate) fn assemble(tree: &Path, mount_point: &Path, ephemeral: bool) -> Result<PathBuf> {
+pub(crate) fn assemble(
+    tree: Option<&Path>,
+    mount_point: &Path,
+    ephemeral: bool,
+) -> Result<PathBuf> {
     ensure_dir(mount_point, 0o700)?;
-    let root = if ephemeral {
+    let root = if let Some(tree) = tree {
+        tree_root(tree, mount_point, ephemeral)?
+    } else {
+        // A guest from nothing but the store: an empty, writable root.
+        mount_fs(
+            "tmpfs",
+            mount_point,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )?;
+        mount_point.to_path_buf()
+    };
+    propagation(&root, MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
+    Ok(root)
+}
+
+fn tree_root(tree: &Path, mount_point: &Path, ephemeral: bool) -> Result<PathBuf> {
+    Ok(if ephemeral {
         mount_fs(
             "tmpfs",
             mount_point,
@@ -61,9 +82,7 @@ pub(crate) fn assemble(tree: &Path, mount_point: &Path, ephemeral: bool) -> Resu
     } else {
         bind(tree, mount_point, true, false)?;
         mount_point.to_path_buf()
-    };
-    propagation(&root, MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
-    Ok(root)
+    })
 }
 
 fn copy_root_attributes(tree: &Path, upper: &Path) -> Result<()> {

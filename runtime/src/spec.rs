@@ -1,6 +1,7 @@
 //! What a container is to be: everything the launcher decided from its
 //! command line, in one plain value the runtime consumes.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::identity::{MachineName, Uuid};
@@ -35,12 +36,27 @@ pub enum Payload {
     Command { argv: Vec<String> },
 }
 
+/// A NixOS system toplevel and the /nix/store the guest gets.
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    /// `$toplevel/init` is PID 1; /nix/var/nix/profiles/system points here.
+    pub toplevel: PathBuf,
+    /// Exactly these /nix/store entries (closure-only), or None for the
+    /// whole host store (`--shared-store`).
+    pub closure: Option<Vec<OsString>>,
+    /// Pass the host's nix-daemon socket (and read-only database) in.
+    pub nix_daemon: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Spec {
-    /// The OS tree on the host.
-    pub directory: PathBuf,
+    /// The OS tree (or, with a toplevel, the state directory) on the host;
+    /// None means an empty tmpfs root.
+    pub directory: Option<PathBuf>,
     /// Run on a throw-away overlay of the tree (tmpfs upper layer).
     pub ephemeral: bool,
+    /// Boot a NixOS toplevel from the store.
+    pub store: Option<StoreSpec>,
     pub machine: MachineName,
     pub hostname: String,
     pub uuid: Uuid,
@@ -62,5 +78,13 @@ pub struct Spec {
 impl Spec {
     pub fn is_boot(&self) -> bool {
         matches!(self.payload, Payload::Boot { .. })
+    }
+
+    /// What the root is, for messages: the directory or "an empty tmpfs".
+    pub fn root_description(&self) -> String {
+        match &self.directory {
+            Some(d) => d.display().to_string(),
+            None => "an empty tmpfs".to_owned(),
+        }
     }
 }

@@ -24,7 +24,12 @@ pub const STATE_ROOT: &str = "/run/nixspawn";
 pub struct State {
     pub name: MachineName,
     pub uuid: String,
-    pub directory: PathBuf,
+    /// The tree or state directory; None for an empty tmpfs root.
+    pub directory: Option<PathBuf>,
+    /// The NixOS toplevel the guest booted from, if any.
+    pub toplevel: Option<PathBuf>,
+    /// The guest's /nix/store holds only the closure (not the host store).
+    pub closure_only: bool,
     pub ephemeral: bool,
     pub boot: bool,
     /// PID 1 of the guest, as the host sees it.
@@ -44,6 +49,15 @@ pub struct State {
     pub status: Option<String>,
     /// "running", "stopping" or "restarting".
     pub phase: String,
+}
+
+impl State {
+    /// The tree or state directory, or what stands for it.
+    pub fn root_description(&self) -> String {
+        self.directory
+            .as_ref()
+            .map_or_else(|| "(empty tmpfs)".to_owned(), |d| d.display().to_string())
+    }
 }
 
 /// The claimed state directory of one container.

@@ -42,6 +42,8 @@ pub(crate) fn run_payload(
         name: spec.machine.clone(),
         uuid: spec.uuid.to_string(),
         directory: spec.directory.clone(),
+        toplevel: spec.store.as_ref().map(|s| s.toplevel.clone()),
+        closure_only: spec.store.as_ref().is_some_and(|s| s.closure.is_some()),
         ephemeral: spec.ephemeral,
         boot: spec.is_boot(),
         leader: Some(leader),
@@ -105,6 +107,7 @@ fn start(
     let plan = child::Plan {
         spec,
         mount_point: state_dir.mount_point(),
+        store_staging: state_dir.path().join("store"),
         term,
     };
     std::fs::create_dir_all(&plan.mount_point)
@@ -285,8 +288,9 @@ impl Watch<'_> {
         if self.stop_requests > 1 || self.spec.kill_signal.is_none() {
             let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
         } else {
-            // A signal sent before systemd installed its handlers is lost.
-            self.resend_kill_signal = self.spec.is_boot() && !self.handlers_ready;
+            // A signal sent before systemd installed its handlers is lost;
+            // if PID 1 turns out to be systemd, it will say when to resend.
+            self.resend_kill_signal = !self.handlers_ready;
             self.send_kill_signal();
         }
         if self.stop_requests == 1 {

@@ -15,7 +15,7 @@ fn report(spec: &Spec, quiet: bool) -> impl FnMut(Event<'_>) + '_ {
                 eprintln!(
                     "Spawning container {} on {}.",
                     spec.machine,
-                    spec.directory.display()
+                    spec.root_description()
                 );
                 if spec.console == nixspawn_runtime::ConsoleMode::Interactive {
                     eprintln!("Press ^] three times within 1s to kill container.");

@@ -101,9 +101,26 @@ fn print_status(st: &State) {
     println!("Supervisor: {}", st.supervisor);
     println!(
         "      Root: {}{}",
-        st.directory.display(),
+        st.root_description(),
         if st.ephemeral { " (ephemeral)" } else { "" }
     );
+    if let Some(t) = &st.toplevel {
+        println!("  Toplevel: {} (booted)", t.display());
+        if let Some(l) = st.leader
+            && let Ok(now) =
+                std::fs::read_link(format!("/proc/{l}/root/nix/var/nix/profiles/system"))
+        {
+            println!("   Profile: {}", now.display());
+        }
+        println!(
+            "     Store: {}",
+            if st.closure_only {
+                "closure only"
+            } else {
+                "shared with the host"
+            }
+        );
+    }
     println!("    Cgroup: {}", st.cgroup.display());
     if let Some(sig) = st.kill_signal {
         println!("KillSignal: {}", signals::name(sig));
@@ -133,7 +150,7 @@ fn run(cli: Cli) -> Result<i32> {
                         st.name.as_str(),
                         leader,
                         phase,
-                        st.directory.display()
+                        st.root_description()
                     );
                 }
                 println!("\n{} machines listed.", all.len());

@@ -1,0 +1,165 @@
+//! A NixOS toplevel and its closure: the store paths the guest's
+//! /nix/store holds when the store is closure-only.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+pub const STORE: &str = "/nix/store";
+
+/// Where the closure comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClosureSource {
+    /// The host's Nix database (what `nix-store --query --requisites` reads).
+    Database,
+    /// A closureInfo `store-paths` file: one store path per line.
+    File(PathBuf),
+}
+
+fn toplevel_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Toplevel {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The entry name of a direct child of /nix/store (`HASH-name`), if `path`
+/// is one.
+pub fn store_entry(path: &Path) -> Option<OsString> {
+    let rest = path.strip_prefix(STORE).ok()?;
+    let mut parts = rest.components();
+    let first = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let name = first.as_os_str();
+    // A store path name starts with a 32-character base-32 hash and a dash.
+    let bytes = name.as_bytes();
+    let valid = bytes.len() > 33
+        && bytes[32] == b'-'
+        && bytes[..32]
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !bytes.contains(&b'/');
+    valid.then(|| name.to_os_string())
+}
+
+/// Resolve and check a toplevel: a store path (a `result` symlink to one is
+/// fine) with an executable `init`.
+pub fn resolve_toplevel(path: &Path) -> Result<PathBuf> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| toplevel_error(path, e.to_string()))?;
+    if store_entry(&resolved).is_none() {
+        return Err(toplevel_error(
+            path,
+            format!(
+                "{} is not a path in {STORE} (expected {STORE}/HASH-name)",
+                resolved.display()
+            ),
+        ));
+    }
+    let init = resolved.join("init");
+    if !nix::unistd::access(&init, nix::unistd::AccessFlags::X_OK).is_ok_and(|()| init.is_file()) {
+        return Err(toplevel_error(
+            path,
+            format!(
+                "{} has no executable init; is it a NixOS system toplevel?",
+                resolved.display()
+            ),
+        ));
+    }
+    Ok(resolved)
+}
+
+/// The closure of `toplevel` as store entry names, sorted.
+pub fn compute(toplevel: &Path, source: &ClosureSource) -> Result<Vec<OsString>> {
+    let paths = match source {
+        ClosureSource::Database => query_database(toplevel)?,
+        ClosureSource::File(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Error::io("reading the closure file", file, e))?;
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        }
+    };
+    let mut names = BTreeSet::new();
+    for p in &paths {
+        let name = store_entry(p).ok_or_else(|| Error::Closure {
+            toplevel: toplevel.to_path_buf(),
+            reason: format!("{} is not a store path", p.display()),
+        })?;
+        if std::fs::symlink_metadata(p).is_err() {
+            return Err(Error::Closure {
+                toplevel: toplevel.to_path_buf(),
+                reason: format!("{} is in the closure but missing from {STORE}", p.display()),
+            });
+        }
+        names.insert(name);
+    }
+    let own = store_entry(toplevel).expect("resolved toplevels are store entries");
+    if !names.contains(&own) {
+        return Err(Error::Closure {
+            toplevel: toplevel.to_path_buf(),
+            reason: "the closure does not contain the toplevel itself (wrong closure file?)".into(),
+        });
+    }
+    Ok(names.into_iter().collect())
+}
+
+fn query_database(toplevel: &Path) -> Result<Vec<PathBuf>> {
+    let out = std::process::Command::new("nix-store")
+        .arg("--query")
+        .arg("--requisites")
+        .arg(toplevel)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::Closure {
+            toplevel: toplevel.to_path_buf(),
+            reason: format!(
+                "cannot run nix-store ({e}); install Nix (Debian: apt-get install nix-bin) or pass --closure-file"
+            ),
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Closure {
+            toplevel: toplevel.to_path_buf(),
+            reason: format!(
+                "nix-store --query --requisites failed: {} (is the path registered in the Nix database? else pass --closure-file)",
+                stderr.trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_entries() {
+        let ok = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12";
+        assert_eq!(
+            store_entry(Path::new(ok)).unwrap(),
+            "0123456789abcdfghijklmnpqrsvwxyz-hello-2.12"
+        );
+        for bad in [
+            "/nix/store",
+            "/nix/store/short-name",
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello/bin",
+            "/tmp/0123456789abcdfghijklmnpqrsvwxyz-hello",
+            "/nix/store/0123456789ABCDFGHIJKLMNPQRSVWXYZ-upper",
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyzXhello",
+        ] {
+            assert!(store_entry(Path::new(bad)).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The guest's /nix/store: exactly the toplevel's closure, each path a
+//! read-only bind of the host's, on a read-only tmpfs (nothing else of the
+//! host store is visible or reachable) — or the whole store with
+//! `--shared-store`. Plus the system profile and, on request, the host's
+//! nix-daemon socket.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use crate::closure::STORE;
+use crate::error::{Error, Result};
+use crate::mounts::{bind, ensure_dir, ensure_file, in_root, mount_fs_on_dir};
+use crate::spec::StoreSpec;
+
+/// Mount the store below `root`. `staging` is an empty directory outside
+/// the root, used while the store is assembled.
+pub(crate) fn mount_store(root: &Path, staging: &Path, store: &StoreSpec) -> Result<()> {
+    let target = in_root(root, Path::new(STORE));
+    let Some(closure) = &store.closure else {
+        ensure_dir(&target, 0o755)?;
+        return bind(Path::new(STORE), &target, true, true);
+    };
+    // One read-only view of the host store; binds taken from a read-only
+    // mount are read-only themselves, so each path costs one mount(2).
+    ensure_dir(staging, 0o700)?;
+    bind(Path::new(STORE), staging, false, true)?;
+    mount_fs_on_dir(
+        "tmpfs",
+        &target,
+        0o755,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    for name in closure {
+        add_path(staging, &target, name.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Make `name` (a store entry) appear in `store_dir`, from `source_store`.
+pub(crate) fn add_path(
+    source_store: &Path,
+    store_dir: &Path,
+    name: &std::ffi::OsStr,
+) -> Result<()> {
+    let src = source_store.join(name);
+    let dst = store_dir.join(name);
+    let meta = fs::symlink_metadata(&src)
+        .map_err(|e| Error::io("store path", Path::new(STORE).join(name), e))?;
+    if meta.file_type().is_symlink() {
+        // A symlink store path is its target; a link to a link is the same.
+        let target = fs::read_link(&src).map_err(|e| Error::io("readlink", &src, e))?;
+        return match std::os::unix::fs::symlink(&target, &dst) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                Err(Error::io("symlink", &dst, e))
+            }
+            _ => Ok(()),
+        };
+    }
+    if meta.is_dir() {
+        ensure_dir(&dst, 0o555)?;
+    } else {
+        ensure_file(&dst, 0o444)?;
+    }
+    nix::mount::mount(
+        Some(&src),
+        &dst,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| Error::Mount {
+        what: format!("store path {}", Path::new(STORE).join(name).display()),
+        target: dst.clone(),
+        source: e.into(),
+    })
+}
+
+/// After the user's own mounts (a `--bind-ro` of an extra store path needs
+/// a mount point): the closure-only store's directory becomes read-only.
+pub(crate) fn seal_store(root: &Path, store: &StoreSpec) -> Result<()> {
+    if store.closure.is_none() {
+        return Ok(());
+    }
+    let target = in_root(root, Path::new(STORE));
+    remount_store_dir(&target, true)
+}
+
+/// Flip the closure-only store's tmpfs between read-only and writable.
+pub(crate) fn remount_store_dir(target: &Path, read_only: bool) -> Result<()> {
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|e| {
+        Error::Mount {
+            what: format!(
+                "the store tmpfs ({})",
+                if read_only { "read-only" } else { "writable" }
+            ),
+            target: target.to_path_buf(),
+            source: e.into(),
+        }
+    })
+}
+
+/// /nix/var/nix/profiles/system → the toplevel (replaced atomically).
+pub(crate) fn link_profile(root: &Path, toplevel: &Path) -> Result<()> {
+    let profiles = in_root(root, Path::new("/nix/var/nix/profiles"));
+    ensure_dir(&profiles, 0o755)?;
+    let tmp = profiles.join(".system.nixspawn-tmp");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(toplevel, &tmp).map_err(|e| Error::io("symlink", &tmp, e))?;
+    let dst = profiles.join("system");
+    fs::rename(&tmp, &dst).map_err(|e| Error::io("replacing", &dst, e))
+}
+
+/// The host's Nix database (read-only) and daemon socket directory, so Nix
+/// in the guest talks to the host's daemon (NIX_REMOTE=daemon).
+pub(crate) fn pass_nix_daemon(root: &Path) -> Result<()> {
+    for (host, read_only) in [
+        ("/nix/var/nix/db", true),
+        ("/nix/var/nix/daemon-socket", false),
+    ] {
+        let host = Path::new(host);
+        if !host.is_dir() {
+            return Err(Error::io(
+                "--nix-daemon needs",
+                host,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "missing; is Nix installed and nix-daemon set up on the host?",
+                ),
+            ));
+        }
+        let dst = in_root(root, host);
+        ensure_dir(&dst, 0o755)?;
+        bind(host, &dst, false, read_only)?;
+    }
+    Ok(())
+}
