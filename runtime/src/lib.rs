@@ -27,6 +27,7 @@ mod store;
 mod supervise;
 pub mod sys;
 mod sysfs;
+pub mod update;
 
 pub use child::INIT_CANDIDATES;
 pub use container::{Event, Observer, Outcome, run};

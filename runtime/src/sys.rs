@@ -336,3 +336,49 @@ pub fn close_inherited(fd: RawFd) {
     // SAFETY: see above; closing an unused or invalid number is harmless.
     unsafe { libc::close(fd) };
 }
+
+/// struct mount_attr (linux/mount.h), MOUNT_ATTR_SIZE_VER0.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+
+/// mount_setattr(2) on a mount fd (AT_EMPTY_PATH), optionally recursive.
+pub fn mount_setattr(
+    mount: BorrowedFd<'_>,
+    recursive: bool,
+    set: u64,
+    clear: u64,
+) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    let empty = c"";
+    // SAFETY: attr is a valid mount_attr of the size we pass; the path is
+    // an empty NUL-terminated string, as AT_EMPTY_PATH requires.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            empty.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// A detached copy (OPEN_TREE_CLONE) of the mount at `path`, close-on-exec.
+pub fn clone_mount(path: &CStr) -> io::Result<OwnedFd> {
+    open_tree(None, path, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)
+}

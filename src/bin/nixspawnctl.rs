@@ -1,13 +1,15 @@
 //! nixspawnctl: list, inspect, enter and stop containers started by
 //! nixspawn on this host (no machined needed; state in /run/nixspawn).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use nixspawn_runtime::closure::ClosureSource;
 use nixspawn_runtime::state::{self, State};
-use nixspawn_runtime::{MachineName, enter, signals, sys};
+use nixspawn_runtime::{MachineName, enter, signals, sys, update};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +50,21 @@ enum Command {
         /// Seconds to wait before giving up
         #[arg(long, default_value_t = 90)]
         timeout: u64,
+    },
+    /// Give a running NixOS guest a new toplevel: mount the store paths it
+    /// lacks (closure-only store), repoint its system profile, and run the new
+    /// switch-to-configuration. No restart.
+    Update {
+        name: String,
+        /// The new system toplevel
+        #[arg(long, value_name = "STOREPATH")]
+        toplevel: PathBuf,
+        /// switch, test, boot or dry-activate
+        #[arg(long, default_value = "switch")]
+        action: String,
+        /// Take the closure from a closureInfo store-paths file instead of the Nix database
+        #[arg(long, value_name = "FILE")]
+        closure_file: Option<PathBuf>,
     },
     /// Wait until the guest has reported READY=1
     WaitReady {
@@ -191,6 +208,40 @@ fn run(cli: Cli) -> Result<i32> {
             wait_until(timeout, &format!("{n} to stop"), || {
                 Ok(state::load(&n).is_err())
             })?;
+        }
+        Command::Update {
+            name: n,
+            toplevel,
+            action,
+            closure_file,
+        } => {
+            if !matches!(action.as_str(), "switch" | "test" | "boot" | "dry-activate") {
+                bail!("invalid --action {action:?}: expected switch, test, boot or dry-activate");
+            }
+            let st = state::load(&name(&n)?)?;
+            if st.toplevel.is_none() {
+                bail!("{n} was not started with --toplevel; there is no NixOS system to update");
+            }
+            let source = closure_file.map_or(ClosureSource::Database, ClosureSource::File);
+            let done = update::update(&st, &toplevel, &source, &action)?;
+            if cli.json {
+                let added: Vec<String> = done
+                    .added
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "added": added, "switch_status": done.switch_status })
+                );
+            } else {
+                eprintln!(
+                    "{n}: {} store paths added; switch-to-configuration {action} exited {}",
+                    done.added.len(),
+                    done.switch_status
+                );
+            }
+            return Ok(done.switch_status);
         }
         Command::WaitReady { name: n, timeout } => {
             let n = name(&n)?;
