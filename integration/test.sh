@@ -14,6 +14,7 @@ integration/setup-host.sh
 echo "test.sh: fixture trees (built once, then cached)" >&2
 integration/fixtures/debian-tree.sh bookworm >/dev/null
 integration/fixtures/debian-tree.sh sid >/dev/null
+integration/nixos/build.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -107,10 +107,16 @@ impl Guest {
     }
 
     pub fn start_with(mut cmd: Command, tree: &Path, name: &str, args: &[&str]) -> Guest {
+        cmd.arg("-D").arg(tree);
+        Self::launch(cmd, name, args)
+    }
+
+    /// Start `CMD -M NAME ARGS...` (the caller says where the root is).
+    pub fn launch(mut cmd: Command, name: &str, args: &[&str]) -> Guest {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("console.log");
         let out = std::fs::File::create(&log).unwrap();
-        cmd.arg("-M").arg(name).arg("-D").arg(tree).args(args);
+        cmd.arg("-M").arg(name).args(args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -319,4 +325,50 @@ pub fn cap_bnd(status: &str) -> u64 {
         .expect("a CapBnd line");
     u64::from_str_radix(line.split_whitespace().nth(1).expect("a CapBnd value"), 16)
         .expect("hex CapBnd")
+}
+
+/// Store paths of the NixOS-shaped fixtures (integration/nixos/build.sh).
+pub struct NixosFixtures {
+    pub tiny: String,
+    pub tiny2: String,
+    pub systemd: String,
+    pub decoys: Vec<String>,
+}
+
+pub fn nixos() -> NixosFixtures {
+    require_root();
+    let cache = std::env::var_os("NIXSPAWN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or("/var/cache/nixspawn/fixtures".into());
+    let env = std::fs::read_to_string(cache.join("nixos.env"))
+        .expect("NixOS fixtures are missing: build them with integration/nixos/build.sh (integration/test.sh does)");
+    let get = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing from nixos.env"))
+            .to_owned()
+    };
+    NixosFixtures {
+        tiny: get("NIXOS_TINY"),
+        tiny2: get("NIXOS_TINY2"),
+        systemd: get("NIXOS_SYSTEMD"),
+        decoys: vec![get("NIXOS_DECOYA"), get("NIXOS_DECOYB")],
+    }
+}
+
+/// The closure of a store path as entry names, from the Nix database.
+pub fn closure_names(path: &str) -> std::collections::BTreeSet<String> {
+    let out = Command::new("nix-store")
+        .args(["--query", "--requisites", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nix-store -qR {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("/nix/store/").to_owned())
+        .collect()
 }
