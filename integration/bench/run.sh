@@ -13,8 +13,10 @@ cargo build --release --quiet
 nixspawn=$PWD/target/release/nixspawn
 bookworm=$(integration/fixtures/debian-tree.sh bookworm)
 sid=$(integration/fixtures/debian-tree.sh sid)
+# shellcheck disable=SC1090
+. "$(integration/nixos/build.sh)"
 work=$(mktemp -d /tmp/nixspawn-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"; integration/nixos/synthetic-closure.py remove' EXIT
 
 # Boot-to-poweroff: the guest powers itself off once multi-user.target is
 # reached. The unit comes in through a read-only bind of a copy of the
@@ -61,4 +63,38 @@ hf ephemeral-nix -w 5 -r $((runs * 5)) \
 	-n "nixspawn" "$nixspawn $common -D $bookworm /bin/true" \
 	-n "nixspawn -x" "$nixspawn $common -x -D $bookworm /bin/true"
 
-python3 integration/bench/report.py "$work"/{boot-bookworm,boot-sid,true,ephemeral,ephemeral-nix}.json
+echo "benchmark: closure-only store with 0, 1000 and 10000 extra paths" >&2
+for n in 0 1000 10000; do
+	integration/nixos/synthetic-closure.py create "$n" "$NIXOS_TINY" "$work/closure-$n"
+done
+hf closure -w 3 -r $((runs * 2)) \
+	-n "0 extra paths" "$nixspawn -q --pipe --toplevel=$NIXOS_TINY --closure-file=$work/closure-0 exit" \
+	-n "1000 extra paths" "$nixspawn -q --pipe --toplevel=$NIXOS_TINY --closure-file=$work/closure-1000 exit" \
+	-n "10000 extra paths" "$nixspawn -q --pipe --toplevel=$NIXOS_TINY --closure-file=$work/closure-10000 exit"
+hf closure-db -w 3 -r $((runs * 2)) \
+	-n "closure from the Nix database" "$nixspawn -q --pipe --toplevel=$NIXOS_TINY exit" \
+	-n "closure from a store-paths file" "$nixspawn -q --pipe --toplevel=$NIXOS_TINY --closure-file=$work/closure-0 exit"
+
+echo "benchmark: boot-to-poweroff of the systemd toplevel" >&2
+# The poweroff unit goes into the toplevel's /etc (a store path) through a
+# read-only bind over its systemd/system directory.
+sys_etc=$(nix-store --query --requisites "$NIXOS_SYSTEMD" | grep -- '-debian-sid-etc$')
+cp -a "$sys_etc/systemd/system" "$work/nixos-system"
+chmod -R u+w "$work/nixos-system"
+cp "$work/system-sid/poweroff-after-boot.service" "$work/nixos-system/"
+mkdir -p "$work/nixos-system/multi-user.target.wants"
+ln -sf ../poweroff-after-boot.service "$work/nixos-system/multi-user.target.wants/"
+poweroff_bind="--bind-ro=$work/nixos-system:$sys_etc/systemd/system"
+# nixos-container's way, runnable by both: a state directory with an empty
+# usr/ and os-release, the whole store bound, the toplevel's init as command.
+state=$work/nixos-state
+mkdir -p "$state/usr" "$state/etc"
+: >"$state/etc/os-release"
+container_argv="$common -D $state --bind-ro=/nix/store $poweroff_bind --kill-signal=SIGRTMIN+3 $NIXOS_SYSTEMD/init"
+hf nixos-boot -w 2 -r "$runs" \
+	-n "nixspawn --toplevel (closure-only, empty root)" "$nixspawn $common --toplevel=$NIXOS_SYSTEMD $poweroff_bind" \
+	-n "nixspawn --toplevel --shared-store" "$nixspawn $common --toplevel=$NIXOS_SYSTEMD --shared-store $poweroff_bind" \
+	-n "nixspawn, nixos-container argv" "$nixspawn $container_argv" \
+	-n "systemd-nspawn, nixos-container argv" "systemd-nspawn $container_argv"
+
+python3 integration/bench/report.py "$work"/{boot-bookworm,boot-sid,true,ephemeral,ephemeral-nix,closure,closure-db,nixos-boot}.json

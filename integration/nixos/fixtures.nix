@@ -74,7 +74,7 @@ let
   '';
 
   # Stage 2 of a NixOS boot in a container, reduced to its contract: refuse
-  # to run outside a container, lay out / from store paths (usr, /etc as
+  # to run outside a container, lay out / from store paths (/usr, /etc as
   # links to /etc/static), point /run/current-system at the toplevel, and
   # exec systemd (here one imported from Debian sid).
   systemdToplevel = build "nixos-system-systemd" (''
@@ -86,7 +86,10 @@ let
       echo "stage-2: \\\$container is not set; this system is built for a container" >&2
       exit 1
     fi
-    \$bb ln -sfn ${sidUsr} /usr
+    # /usr may be a directory (nixos-container and systemd-nspawn want one):
+    # bind the imported one over it rather than replace it.
+    \$bb mkdir -p /usr
+    \$bb mount --bind ${sidUsr} /usr
     for d in bin sbin lib lib64; do \$bb ln -sfn usr/\$d /\$d; done
     \$bb mkdir -p /etc /var/log /var/lib /var/tmp /root /home
     \$bb ln -sfn ${sidEtc} /etc/static
