@@ -227,9 +227,23 @@ impl CgroupLayout {
 /// Kill every process below `dir`, wait until it is empty, then remove it
 /// and its sub-cgroups bottom-up.
 pub fn remove_tree(dir: &Path) -> Result<()> {
+    // After a normal exit the guest's PID namespace is gone and the cgroup
+    // already empty: then there is nothing to kill or wait for.
+    if !is_populated(dir)? {
+        return remove_dirs(dir);
+    }
     kill_all(dir);
     wait_empty(dir, Duration::from_secs(10))?;
     remove_dirs(dir)
+}
+
+fn is_populated(dir: &Path) -> Result<bool> {
+    let events = dir.join("cgroup.events");
+    match fs::read_to_string(&events) {
+        Ok(text) => Ok(!text.lines().any(|l| l == "populated 0")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Cgroup { step: "reading", path: events, source: e }),
+    }
 }
 
 fn kill_all(dir: &Path) {
@@ -251,22 +265,10 @@ fn kill_all(dir: &Path) {
 }
 
 fn wait_empty(dir: &Path, timeout: Duration) -> Result<()> {
-    let events = dir.join("cgroup.events");
     let start = Instant::now();
     let mut pause = Duration::from_micros(50);
     loop {
-        let text = match fs::read_to_string(&events) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(Error::Cgroup {
-                    step: "reading",
-                    path: events,
-                    source: e,
-                });
-            }
-        };
-        if text.lines().any(|l| l == "populated 0") {
+        if !is_populated(dir)? {
             return Ok(());
         }
         if start.elapsed() > timeout {

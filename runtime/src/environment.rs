@@ -74,14 +74,15 @@ pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
     if !spec.is_boot() {
         set("LANG", "C.UTF-8".to_owned());
     }
+    let host = host_os_release();
     for (key, var) in [
         ("ID", "id"),
         ("VERSION_ID", "version_id"),
         ("BUILD_ID", "build_id"),
         ("VARIANT_ID", "variant_id"),
     ] {
-        if let Some((_, v)) = host_os_release().into_iter().find(|(k, _)| k == key) {
-            set(&format!("container_host_{var}"), v);
+        if let Some((_, v)) = host.iter().find(|(k, _)| k == key) {
+            set(&format!("container_host_{var}"), v.clone());
         }
     }
     if spec.store.as_ref().is_some_and(|s| s.nix_daemon) {
