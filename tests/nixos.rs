@@ -364,3 +364,43 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn nix_daemon_passes_socket_and_read_only_database() {
+    let fx = nixos();
+    let name = unique_name("nixd");
+    let mut guest = Guest::launch(
+        std::process::Command::new(NIXSPAWN),
+        &name,
+        &["--pipe", "--toplevel", &fx.tiny, "--nix-daemon"],
+    );
+    wait_for("the guest to start", Duration::from_secs(10), || {
+        ctl(&["status", &name]).status.success()
+    });
+    let bb = format!("{}/bin/busybox", busybox_store_path(&fx.tiny));
+    let (code, out) = guest.exec(&[&bb, "sh", "-c", "grep -E ' /nix/var/nix/(db|daemon-socket) ' /proc/self/mountinfo; tr '\\0' '\\n' < /proc/1/environ"]);
+    assert_eq!(code, 0, "{out}");
+    let db = out
+        .lines()
+        .find(|l| l.contains(" /nix/var/nix/db "))
+        .expect("the database is mounted");
+    assert!(
+        db.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"),
+        "the database is read-only: {db}"
+    );
+    let sock = out
+        .lines()
+        .find(|l| l.contains(" /nix/var/nix/daemon-socket "))
+        .expect("the socket directory is mounted");
+    assert!(
+        sock.split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "rw"),
+        "the socket directory is usable: {sock}"
+    );
+    assert!(out.lines().any(|l| l == "NIX_REMOTE=daemon"), "{out}");
+    guest.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
+}

@@ -242,7 +242,11 @@ fn is_populated(dir: &Path) -> Result<bool> {
     match fs::read_to_string(&events) {
         Ok(text) => Ok(!text.lines().any(|l| l == "populated 0")),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::Cgroup { step: "reading", path: events, source: e }),
+        Err(e) => Err(Error::Cgroup {
+            step: "reading",
+            path: events,
+            source: e,
+        }),
     }
 }
 
