@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use nixspawn_runtime::closure::{self, ClosureSource};
+use nixspawn_runtime::credentials;
 use nixspawn_runtime::mounts::CustomMount;
 use nixspawn_runtime::{
     ConsoleMode, MachineName, Payload, Spec, StoreSpec, Uuid, environment, signals, sys,
@@ -107,6 +108,14 @@ pub struct Args {
     #[arg(long, value_name = "MODE")]
     pub settings: Option<String>,
 
+    /// Pass a credential: ID:VALUE (C escapes such as \n and \x00 allowed)
+    #[arg(long = "set-credential", value_name = "ID:VALUE")]
+    pub set_credential: Vec<String>,
+
+    /// Pass a credential read now from a file, socket or directory: ID:PATH
+    #[arg(long = "load-credential", value_name = "ID:PATH")]
+    pub load_credential: Vec<String>,
+
     /// Boot this NixOS system toplevel: its init is PID 1, its closure the store
     #[arg(long, value_name = "STOREPATH")]
     pub toplevel: Option<PathBuf>,
@@ -186,8 +195,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--inaccessible",
     "--bind-user",
     "--bind-user-shell",
-    "--set-credential",
-    "--load-credential",
     "--slice",
     "--property",
     "--selinux-context",
@@ -440,7 +447,17 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
     {
         bail!("invalid --chdir {}: must be an absolute path", c.display());
     }
+    // Read now, in the privileged launcher; the guest never sees the paths.
+    let mut credentials = Vec::new();
+    for c in &args.set_credential {
+        credentials.push(credentials::parse_set(c)?);
+    }
+    for c in &args.load_credential {
+        credentials.extend(credentials::load(c)?);
+    }
+    credentials::check_all(&credentials)?;
     let spec = Spec {
+        credentials,
         directory,
         store,
         ephemeral: args.ephemeral,

@@ -68,6 +68,18 @@ fn guest_view_matches_the_container_interface(suite: &str) {
             Some((f[4], (f[5], f[sep + 1])))
         })
         .collect();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .collect();
+    let total = points.len();
+    points.sort_unstable();
+    points.dedup();
+    assert_eq!(
+        points.len(),
+        total,
+        "a mount point is stacked (shadowed copies):\n{mountinfo}"
+    );
     let opts = |p: &str| {
         mounts
             .get(p)

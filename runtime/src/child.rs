@@ -11,7 +11,9 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use crate::channel::{Channel, ToParent};
 use crate::error::{Error, Result};
 use crate::spec::{ConsoleMode, Payload, Spec};
-use crate::{capabilities, devfs, environment, procfs, rootfs, runhost, store, sys, sysfs};
+use crate::{
+    capabilities, credentials, devfs, environment, procfs, rootfs, runhost, store, sys, sysfs,
+};
 
 /// Where systemd-nspawn looks for an init with --boot.
 pub const INIT_CANDIDATES: &[&str] = &[
@@ -108,6 +110,11 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
                 store::pass_nix_daemon(&root)
             })?;
         }
+    }
+    if !spec.credentials.is_empty() {
+        step("install credentials", || {
+            credentials::install(&root, &spec.credentials)
+        })?;
     }
     step("seal /run/host", || runhost::seal(&root))?;
     step("set the hostname", || {

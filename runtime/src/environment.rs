@@ -85,6 +85,12 @@ pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
             set(&format!("container_host_{var}"), v.clone());
         }
     }
+    if !spec.credentials.is_empty() {
+        set(
+            "CREDENTIALS_DIRECTORY",
+            crate::credentials::GUEST_DIR.to_owned(),
+        );
+    }
     if spec.store.as_ref().is_some_and(|s| s.nix_daemon) {
         set("NIX_REMOTE", "daemon".to_owned());
     }

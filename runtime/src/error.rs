@@ -37,6 +37,9 @@ pub enum Error {
     #[error("closure of {toplevel}: {reason}")]
     Closure { toplevel: PathBuf, reason: String },
 
+    #[error("credential {id}: {reason}")]
+    Credential { id: String, reason: String },
+
     #[error("invalid machine name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
 

@@ -9,6 +9,7 @@ mod child;
 pub mod closure;
 pub mod console;
 pub mod container;
+pub mod credentials;
 mod devfs;
 pub mod enter;
 pub mod environment;

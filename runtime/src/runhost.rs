@@ -52,6 +52,9 @@ pub(crate) fn inaccessible_file(root: &Path) -> PathBuf {
 pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
     let host = host_dir(root);
     ensure_dir(&host, 0o755)?;
+    // A mount point of its own from the start, so sealing it later is a
+    // remount rather than a bind that would copy what is mounted below.
+    bind_mount(&host, &host, false, false)?;
     let inacc = host.join("inaccessible");
     ensure_dir(&inacc, 0o755)?;
     let nodes: [(&str, SFlag, u64); 5] = [
@@ -120,7 +123,6 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
 /// The guest may read /run/host but not change it.
 pub(crate) fn seal(root: &Path) -> Result<()> {
     let host = host_dir(root);
-    bind_mount(&host, &host, true, false)?;
     remount(
         &host,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,

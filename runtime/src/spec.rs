@@ -72,6 +72,8 @@ pub struct Spec {
     /// Run in the calling unit's cgroup (payload/supervisor split).
     pub keep_unit: bool,
     pub mounts: Vec<CustomMount>,
+    /// systemd credentials for /run/host/credentials.
+    pub credentials: Vec<crate::credentials::Credential>,
     pub working_directory: Option<PathBuf>,
 }
 
