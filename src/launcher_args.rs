@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use nixspawn_runtime::closure::{self, ClosureSource};
-use nixspawn_runtime::credentials;
 use nixspawn_runtime::mounts::CustomMount;
 use nixspawn_runtime::{
     ConsoleMode, MachineName, Payload, Spec, StoreSpec, Uuid, environment, signals, sys,
 };
+use nixspawn_runtime::{capabilities, credentials, seccomp};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,6 +108,26 @@ pub struct Args {
     #[arg(long, value_name = "MODE")]
     pub settings: Option<String>,
 
+    /// Keep these capabilities too (CAP_NAME[,CAP_NAME...] or "all")
+    #[arg(long, value_name = "CAPS")]
+    pub capability: Vec<String>,
+
+    /// Take these capabilities away (CAP_NAME[,CAP_NAME...])
+    #[arg(long = "drop-capability", value_name = "CAPS")]
+    pub drop_capability: Vec<String>,
+
+    /// Set no_new_privs for the payload (yes|no; default no: setuid programs work)
+    #[arg(long = "no-new-privileges", value_name = "BOOL")]
+    pub no_new_privileges: Option<String>,
+
+    /// Add system calls or @groups to the filter; with a leading ~, remove them
+    #[arg(
+        long = "system-call-filter",
+        value_name = "LIST",
+        allow_hyphen_values = true
+    )]
+    pub system_call_filter: Vec<String>,
+
     /// Pass a credential: ID:VALUE (C escapes such as \n and \x00 allowed)
     #[arg(long = "set-credential", value_name = "ID:VALUE")]
     pub set_credential: Vec<String>,
@@ -178,11 +198,7 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--network-zone",
     "--network-namespace-path",
     "--port",
-    "--capability",
-    "--drop-capability",
     "--ambient-capability",
-    "--no-new-privileges",
-    "--system-call-filter",
     "--restrict-address-families",
     "--rlimit",
     "--oom-score-adjust",
@@ -456,7 +472,31 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
         credentials.extend(credentials::load(c)?);
     }
     credentials::check_all(&credentials)?;
+    let mut added_capabilities = std::collections::HashSet::new();
+    for c in &args.capability {
+        added_capabilities.extend(capabilities::parse_list("--capability", c)?);
+    }
+    let mut dropped_capabilities = std::collections::HashSet::new();
+    for c in &args.drop_capability {
+        dropped_capabilities.extend(capabilities::parse_list("--drop-capability", c)?);
+    }
+    let mut syscall_filter = seccomp::Adjustments::default();
+    for f in &args.system_call_filter {
+        syscall_filter.add_option(f)?;
+    }
+    let no_new_privileges = match &args.no_new_privileges {
+        Some(v) => parse_bool("--no-new-privileges", v)?,
+        None => false,
+    };
+    // As systemd-nspawn: SYSTEMD_SECCOMP=0 turns the filter off.
+    let seccomp = std::env::var("SYSTEMD_SECCOMP")
+        .map_or(true, |v| parse_bool("SYSTEMD_SECCOMP", &v).unwrap_or(true));
     let spec = Spec {
+        added_capabilities,
+        dropped_capabilities,
+        syscall_filter,
+        seccomp,
+        no_new_privileges,
         credentials,
         directory,
         store,
@@ -520,10 +560,10 @@ mod tests {
             err.contains("--network-veth") && err.contains("not implemented"),
             "{err}"
         );
-        let err = parse(&argv("-D /tmp --capability=all -b"))
+        let err = parse(&argv("-D /tmp --port=80 -b"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--capability"), "{err}");
+        assert!(err.contains("--port"), "{err}");
         let err = parse(&argv("-D /tmp --network-veth /bin/true"))
             .unwrap_err()
             .to_string();

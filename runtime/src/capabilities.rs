@@ -51,6 +51,44 @@ pub fn mask(set: &HashSet<Capability>) -> u64 {
     set.iter().fold(0, |m, c| m | c.bitmask())
 }
 
+/// The set of a bit mask.
+pub fn from_mask(mask: u64) -> HashSet<Capability> {
+    caps::all()
+        .into_iter()
+        .filter(|c| mask & c.bitmask() != 0)
+        .collect()
+}
+
+/// `CAP_NAME[,CAP_NAME...]` or `all`, as `--capability=` takes them.
+pub fn parse_list(what: &'static str, value: &str) -> Result<HashSet<Capability>> {
+    if value.trim() == "all" {
+        return Ok(caps::all());
+    }
+    let mut out = HashSet::new();
+    for name in value.split([',', ' ']).filter(|n| !n.is_empty()) {
+        let upper = name.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        let cap: Capability = full.parse().map_err(|_| Error::InvalidValue {
+            what,
+            value: value.to_owned(),
+            reason: format!("unknown capability {name:?}"),
+        })?;
+        out.insert(cap);
+    }
+    if out.is_empty() {
+        return Err(Error::InvalidValue {
+            what,
+            value: value.to_owned(),
+            reason: "no capability named".into(),
+        });
+    }
+    Ok(out)
+}
+
 /// Restrict the calling thread to `keep` in every set; the bounding set
 /// makes it stick across exec. Capabilities we do not hold ourselves (a
 /// host whose root lacks some) cannot be passed on and are left out.
@@ -88,5 +126,18 @@ mod tests {
         // CAP_SYS_ADMIN is bit 21, CAP_MKNOD bit 27.
         assert_ne!(mask(&guest_set(false)) & (1 << 21), 0);
         assert_ne!(mask(&guest_set(false)) & (1 << 27), 0);
+        assert_eq!(from_mask(mask(&guest_set(true))), guest_set(true));
+    }
+
+    #[test]
+    fn capability_lists() {
+        let set = parse_list("--capability", "CAP_SYS_TIME,cap_ipc_lock").unwrap();
+        assert!(set.contains(&Capability::CAP_SYS_TIME) && set.contains(&Capability::CAP_IPC_LOCK));
+        assert_eq!(
+            parse_list("--capability", "all").unwrap().len(),
+            caps::all().len()
+        );
+        assert!(parse_list("--capability", "CAP_NOPE").is_err());
+        assert!(parse_list("--capability", ",").is_err());
     }
 }

@@ -12,7 +12,8 @@ use crate::channel::{Channel, ToParent};
 use crate::error::{Error, Result};
 use crate::spec::{ConsoleMode, Payload, Spec};
 use crate::{
-    capabilities, credentials, devfs, environment, procfs, rootfs, runhost, store, sys, sysfs,
+    capabilities, credentials, devfs, environment, procfs, rootfs, runhost, seccomp, store, sys,
+    sysfs,
 };
 
 /// Where systemd-nspawn looks for an init with --boot.
@@ -148,9 +149,20 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     })?;
     let env = environment::for_pid1(spec, plan.term.as_deref());
     let (path, argv) = step("find the payload", || resolve_payload(spec, &env))?;
-    step("drop capabilities", || {
-        capabilities::restrict_to(&capabilities::guest_set(spec.private_network))
-    })?;
+    let caps = spec.capabilities();
+    if spec.seccomp {
+        // Before dropping capabilities: without no_new_privs, loading a
+        // filter needs CAP_SYS_ADMIN (which --drop-capability may take).
+        let prog = seccomp::program(&caps, &spec.syscall_filter);
+        step("install the seccomp filter", || seccomp::install(&prog))?;
+    }
+    step("drop capabilities", || capabilities::restrict_to(&caps))?;
+    if spec.no_new_privileges {
+        step("set no_new_privs", || {
+            nix::sys::prctl::set_no_new_privs()
+                .map_err(|e| Error::syscall("prctl(PR_SET_NO_NEW_PRIVS)", e))
+        })?;
+    }
     step("close descriptors", || {
         sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e))
     })?;

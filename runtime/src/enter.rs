@@ -100,7 +100,17 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
     match sys::clone3(0, libc::SIGCHLD, None).map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
             let _ = nix::unistd::chdir("/");
-            let _ = capabilities::restrict_to(&capabilities::guest_set(state.private_network));
+            // The payload's own restrictions: its seccomp filter and capabilities.
+            let caps = capabilities::from_mask(state.capabilities);
+            if let Some(adjust) = &state.syscall_filter
+                && crate::seccomp::install(&crate::seccomp::program(&caps, adjust)).is_err()
+            {
+                sys::exit_now(126);
+            }
+            let _ = capabilities::restrict_to(&caps);
+            if state.no_new_privileges {
+                let _ = nix::sys::prctl::set_no_new_privs();
+            }
             let _ = sys::cloexec_from(3);
             let err = match to_c(&program) {
                 Ok(p) => nix::unistd::execve(&p, &c_argv, &c_env).unwrap_err(),

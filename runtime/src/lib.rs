@@ -21,6 +21,7 @@ pub mod notify;
 mod procfs;
 mod rootfs;
 pub mod runhost;
+pub mod seccomp;
 pub mod signals;
 pub mod spec;
 pub mod state;

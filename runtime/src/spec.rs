@@ -72,6 +72,16 @@ pub struct Spec {
     /// Run in the calling unit's cgroup (payload/supervisor split).
     pub keep_unit: bool,
     pub mounts: Vec<CustomMount>,
+    /// Capabilities beyond nspawn's default set (`--capability`).
+    pub added_capabilities: std::collections::HashSet<caps::Capability>,
+    /// Capabilities taken away (`--drop-capability`).
+    pub dropped_capabilities: std::collections::HashSet<caps::Capability>,
+    /// `--system-call-filter` additions and removals.
+    pub syscall_filter: crate::seccomp::Adjustments,
+    /// Install the seccomp filter (SYSTEMD_SECCOMP=0 turns it off).
+    pub seccomp: bool,
+    /// Set no_new_privs for the payload (`--no-new-privileges=yes`).
+    pub no_new_privileges: bool,
     /// systemd credentials for /run/host/credentials.
     pub credentials: Vec<crate::credentials::Credential>,
     pub working_directory: Option<PathBuf>,
@@ -80,6 +90,15 @@ pub struct Spec {
 impl Spec {
     pub fn is_boot(&self) -> bool {
         matches!(self.payload, Payload::Boot { .. })
+    }
+
+    /// The payload's capability set: nspawn's default (with NET_ADMIN for a
+    /// private network), plus `--capability`, minus `--drop-capability`.
+    pub fn capabilities(&self) -> std::collections::HashSet<caps::Capability> {
+        let mut set = crate::capabilities::guest_set(self.private_network);
+        set.extend(self.added_capabilities.iter().copied());
+        set.retain(|c| !self.dropped_capabilities.contains(c));
+        set
     }
 
     /// What the root is, for messages: the directory or "an empty tmpfs".

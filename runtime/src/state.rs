@@ -41,6 +41,11 @@ pub struct State {
     pub kill_signal: Option<i32>,
     pub console: ConsoleMode,
     pub private_network: bool,
+    /// The payload's capabilities (bit mask, as /proc/PID/status shows them).
+    pub capabilities: u64,
+    /// The seccomp filter's adjustments; None when seccomp is off.
+    pub syscall_filter: Option<crate::seccomp::Adjustments>,
+    pub no_new_privileges: bool,
     /// Microseconds since the epoch when the current payload was started.
     pub started_usec: u64,
     /// The guest sent READY=1.

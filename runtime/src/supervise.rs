@@ -52,6 +52,9 @@ pub(crate) fn run_payload(
         kill_signal: spec.kill_signal,
         console: spec.console,
         private_network: spec.private_network,
+        capabilities: crate::capabilities::mask(&spec.capabilities()),
+        syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
+        no_new_privileges: spec.no_new_privileges,
         started_usec: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)

@@ -382,3 +382,24 @@ pub fn mount_setattr(
 pub fn clone_mount(path: &CStr) -> io::Result<OwnedFd> {
     open_tree(None, path, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)
 }
+
+/// Install a seccomp filter on the calling thread (no_new_privs untouched:
+/// the caller must hold CAP_SYS_ADMIN).
+pub fn seccomp_install(prog: &[crate::seccomp::bpf::Insn]) -> io::Result<()> {
+    let len = u16::try_from(prog.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: Insn is #[repr(C)] with sock_filter's layout; fprog points at
+    // `len` valid instructions that outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    check(ret).map(drop)
+}
