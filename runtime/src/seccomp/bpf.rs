@@ -3,15 +3,17 @@
 //! share one action — about a dozen instructions per syscall whatever the
 //! policy's size.
 
-use std::collections::BTreeMap;
-
 /// What happens to one syscall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Allow,
     Errno(u16),
-    /// socket(): EAFNOSUPPORT for (AF_NETLINK, *, NETLINK_AUDIT), else allowed.
-    SocketNoAudit,
+    /// socket(): EAFNOSUPPORT for (AF_NETLINK, *, NETLINK_AUDIT) — also when
+    /// socket() itself is denied, as nspawn's separate, later audit filter
+    /// decides then — and `otherwise` for every other socket.
+    SocketNoAudit {
+        otherwise: Option<u16>,
+    },
 }
 
 pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
@@ -35,8 +37,8 @@ const RET_ERRNO: u32 = 0x0005_0000;
 
 fn ret(action: Action) -> u32 {
     match action {
-        Action::Allow | Action::SocketNoAudit => RET_ALLOW,
-        Action::Errno(e) => RET_ERRNO | u32::from(e),
+        Action::Allow | Action::SocketNoAudit { otherwise: None } => RET_ALLOW,
+        Action::Errno(e) | Action::SocketNoAudit { otherwise: Some(e) } => RET_ERRNO | u32::from(e),
     }
 }
 
@@ -54,9 +56,10 @@ fn insn(code: u16, jt: u8, jf: u8, k: u32) -> Insn {
     Insn { code, jt, jf, k }
 }
 
-/// The actions for one ABI: explicit numbers, and what every other number gets.
+/// The actions for one ABI: explicit numbers (sorted, unique), and what
+/// every other number gets.
 pub struct Table {
-    pub actions: BTreeMap<u32, Action>,
+    pub actions: Vec<(u32, Action)>,
     pub default: Action,
 }
 
@@ -73,9 +76,13 @@ impl Table {
         }
         let mut out = Vec::new();
         push(&mut out, 0, self.default);
-        for (&nr, &action) in &self.actions {
+        for (i, &(nr, action)) in self.actions.iter().enumerate() {
             push(&mut out, nr, action);
-            if nr < u32::MAX && !self.actions.contains_key(&(nr + 1)) {
+            let next_is_adjacent = self
+                .actions
+                .get(i + 1)
+                .is_some_and(|&(next, _)| next == nr.wrapping_add(1));
+            if nr < u32::MAX && !next_is_adjacent {
                 push(&mut out, nr + 1, self.default);
             }
         }
@@ -103,7 +110,7 @@ impl Emitter {
     }
 
     fn leaf(&mut self, action: Action) {
-        if action == Action::SocketNoAudit {
+        if let Action::SocketNoAudit { .. } = action {
             // a0 == AF_NETLINK && a2 == NETLINK_AUDIT → EAFNOSUPPORT
             self.push(insn(LD_ABS_W, 0, 0, off_arg_low(0)));
             self.push(insn(JEQ_K, 0, 3, libc::AF_NETLINK as u32));
@@ -230,10 +237,17 @@ mod tests {
                 )
             })
             .collect();
-        big.push((41, Action::SocketNoAudit));
+        big[41] = (41, Action::SocketNoAudit { otherwise: None });
         let x86_64 = table(&big, enosys);
         let x32 = table(&[(X32_SYSCALL_BIT, Action::Allow)], enosys);
-        let i386 = table(&[(1, Action::Errno(1)), (2, Action::Allow)], enosys);
+        let i386 = table(
+            &[
+                (1, Action::Errno(1)),
+                (2, Action::Allow),
+                (3, Action::SocketNoAudit { otherwise: Some(1) }),
+            ],
+            enosys,
+        );
         let prog = program(&x86_64, &x32, &i386);
         assert!(prog.len() < 4096, "fits the kernel's limit: {}", prog.len());
         let run = |arch, nr| evaluate(&prog, arch, nr, [0; 6]);
@@ -273,5 +287,10 @@ mod tests {
             0,
         ];
         assert_eq!(evaluate(&prog, AUDIT_ARCH_X86_64, 41, route), RET_ALLOW);
+        assert_eq!(
+            evaluate(&prog, AUDIT_ARCH_I386, 3, audit),
+            RET_ERRNO | libc::EAFNOSUPPORT as u32
+        );
+        assert_eq!(evaluate(&prog, AUDIT_ARCH_I386, 3, route), RET_ERRNO | 1);
     }
 }

@@ -11,7 +11,7 @@ pub mod bpf;
 pub mod groups;
 mod syscalls;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use caps::Capability;
 
@@ -25,14 +25,18 @@ pub struct Adjustments {
     pub deny: Vec<String>,
 }
 
+/// The index of a syscall name in [`syscalls::NAMES`].
+fn name_index(name: &str) -> Option<usize> {
+    syscalls::NAMES.binary_search(&name).ok()
+}
+
 /// Is `name` a syscall (on some x86 ABI) or a group?
 pub fn is_known(name: &str) -> bool {
     if name.starts_with('@') {
-        return groups::group(name).is_some();
+        groups::group(name).is_some()
+    } else {
+        name_index(name).is_some()
     }
-    [syscalls::X86_64, syscalls::X32, syscalls::I386]
-        .iter()
-        .any(|t| t.binary_search_by(|(n, _)| n.cmp(&name)).is_ok())
 }
 
 impl Adjustments {
@@ -70,11 +74,21 @@ impl Adjustments {
     }
 }
 
+/// The allowed syscalls: one flag per entry of [`syscalls::NAMES`].
+pub struct Allowed(Vec<bool>);
+
+impl Allowed {
+    pub fn contains(&self, name: &str) -> bool {
+        name_index(name).is_some_and(|i| self.0[i])
+    }
+}
+
 /// Names allowed by nspawn's list under `caps`, with the user's additions,
 /// minus exact-name removals (a removed group name drops that group only
-/// where it is listed by name, as systemd does).
-pub fn allowed_names(caps: &HashSet<Capability>, adjust: &Adjustments) -> HashSet<&'static str> {
-    fn add(name: &str, deny: &[String], out: &mut HashSet<&'static str>) {
+/// where it is listed by name, as systemd does). Names no x86 ABI has
+/// (other architectures' calls in systemd's groups) are skipped.
+pub fn allowed_names(caps: &HashSet<Capability>, adjust: &Adjustments) -> Allowed {
+    fn add(name: &str, deny: &[String], out: &mut [bool]) {
         if deny.iter().any(|d| d == name) {
             return;
         }
@@ -82,11 +96,11 @@ pub fn allowed_names(caps: &HashSet<Capability>, adjust: &Adjustments) -> HashSe
             for m in members {
                 add(m, deny, out);
             }
-        } else if let Some(static_name) = static_name(name) {
-            out.insert(static_name);
+        } else if let Some(i) = name_index(name) {
+            out[i] = true;
         }
     }
-    let mut out = HashSet::new();
+    let mut out = vec![false; syscalls::NAMES.len()];
     for (cap, name) in groups::NSPAWN_ALLOW {
         if cap.is_none_or(|c| caps.contains(&c)) {
             add(name, &adjust.deny, &mut out);
@@ -95,32 +109,26 @@ pub fn allowed_names(caps: &HashSet<Capability>, adjust: &Adjustments) -> HashSe
     for name in &adjust.allow {
         add(name, &adjust.deny, &mut out);
     }
-    out
+    Allowed(out)
 }
 
-/// The 'static spelling of a syscall name, if any ABI has it.
-fn static_name(name: &str) -> Option<&'static str> {
-    [syscalls::X86_64, syscalls::X32, syscalls::I386]
+fn table(abi: &[(u16, u32)], allowed: &Allowed) -> Table {
+    let socket = name_index("socket");
+    let actions = abi
         .iter()
-        .find_map(|t| {
-            t.binary_search_by(|(n, _)| n.cmp(&name))
-                .ok()
-                .map(|i| t[i].0)
+        .map(|&(i, nr)| {
+            let i = usize::from(i);
+            let action = match (Some(i) == socket, allowed.0[i]) {
+                (true, true) => Action::SocketNoAudit { otherwise: None },
+                (true, false) => Action::SocketNoAudit {
+                    otherwise: Some(libc::EPERM as u16),
+                },
+                (false, true) => Action::Allow,
+                (false, false) => Action::Errno(libc::EPERM as u16),
+            };
+            (nr, action)
         })
-}
-
-fn table(abi: &[(&'static str, u32)], allowed: &HashSet<&'static str>) -> Table {
-    let mut actions = BTreeMap::new();
-    for &(name, nr) in abi {
-        let action = if !allowed.contains(name) {
-            Action::Errno(libc::EPERM as u16)
-        } else if name == "socket" {
-            Action::SocketNoAudit
-        } else {
-            Action::Allow
-        };
-        actions.insert(nr, action);
-    }
+        .collect();
     Table {
         actions,
         default: Action::Errno(libc::ENOSYS as u16),
@@ -149,10 +157,11 @@ mod tests {
     use super::bpf::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, RET_ALLOW, X32_SYSCALL_BIT, evaluate};
     use super::*;
 
-    fn nr(abi: &[(&str, u32)], name: &str) -> u32 {
+    fn nr(abi: &[(u16, u32)], name: &str) -> u32 {
+        let i = name_index(name).unwrap_or_else(|| panic!("{name}"));
         abi.iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("{name}"))
+            .find(|(n, _)| usize::from(*n) == i)
+            .unwrap_or_else(|| panic!("{name} on this ABI"))
             .1
     }
 
@@ -285,9 +294,29 @@ mod tests {
     }
 
     #[test]
-    fn tables_are_sorted_for_lookup() {
+    fn program_is_small_and_quick_to_build() {
+        let caps = crate::capabilities::guest_set(false);
+        let start = std::time::Instant::now();
+        let prog = program(&caps, &Adjustments::default());
+        let took = start.elapsed();
+        let again = std::time::Instant::now();
+        let _ = program(&caps, &Adjustments::default());
+        eprintln!(
+            "{} instructions, built in {took:?} (then {:?})",
+            prog.len(),
+            again.elapsed()
+        );
+        assert!(prog.len() < 1024, "{} instructions", prog.len());
+    }
+
+    #[test]
+    fn tables_are_sorted() {
+        assert!(syscalls::NAMES.windows(2).all(|w| w[0] < w[1]));
         for t in [syscalls::X86_64, syscalls::X32, syscalls::I386] {
-            assert!(t.windows(2).all(|w| w[0].0 < w[1].0));
+            assert!(
+                t.windows(2).all(|w| w[0].1 < w[1].1),
+                "sorted by number, unique"
+            );
         }
         for (_, members) in groups::GROUPS {
             for m in *members {
