@@ -17,7 +17,9 @@ use nixspawn_runtime::{capabilities, credentials, seccomp};
     name = "nixspawn",
     version,
     about = "Boot a systemd OS tree or a NixOS system in a container (systemd-nspawn compatible)",
-    trailing_var_arg = true
+    trailing_var_arg = true,
+    // getopt's rule, as nspawn's: an option given again overrides itself.
+    args_override_self = true
 )]
 pub struct Args {
     /// Root directory of the container's OS tree
@@ -540,6 +542,17 @@ mod tests {
         assert_eq!(a.command, ["/bin/sh", "-c", "-x"]);
         assert!(a.quiet);
         assert!(!a.ephemeral);
+    }
+
+    #[test]
+    fn repeated_options_behave_as_with_getopt() {
+        let a = parse(&argv(
+            "-q -q --machine=a --machine=b --bind=/x --bind=/y -D /tmp /bin/true",
+        ))
+        .unwrap();
+        assert!(a.quiet);
+        assert_eq!(a.machine.as_deref(), Some("b"), "the last value wins");
+        assert_eq!(a.bind, ["/x", "/y"], "list options accumulate");
     }
 
     #[test]

@@ -194,7 +194,7 @@ mod tests {
 
     fn table(pairs: &[(u32, Action)], default: Action) -> Table {
         Table {
-            actions: pairs.iter().copied().collect(),
+            actions: pairs.to_vec(),
             default,
         }
     }
