@@ -290,8 +290,9 @@ fn console_mode(args: &Args) -> Result<ConsoleMode> {
 
 /// The tree's /etc/machine-id, if it holds a valid id.
 fn tree_machine_id(dir: &Path) -> Option<Uuid> {
-    let text = std::fs::read_to_string(dir.join("etc/machine-id")).ok()?;
-    Uuid::parse(text.trim()).ok()
+    let text =
+        nixspawn_runtime::resolve::read_in_root(dir, Path::new("/etc/machine-id"), 64).ok()?;
+    Uuid::parse(String::from_utf8_lossy(&text).trim()).ok()
 }
 
 /// A toplevel's name without its hash (`nixos-system-web-24.11`).

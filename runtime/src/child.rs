@@ -87,9 +87,9 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         procfs::mount_proc(&root, spec.private_network)
     })?;
     step("mount /sys", || sysfs::mount_sys(&root))?;
-    step("mount /dev", || devfs::mount_dev(&root))?;
+    let dev = step("mount /dev", || devfs::mount_dev(&root))?;
     let console = if spec.console.has_pty() {
-        Some(step("create the console", || devfs::make_console(&root))?)
+        Some(step("create the console", || devfs::make_console(&dev))?)
     } else {
         None
     };

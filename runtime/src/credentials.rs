@@ -259,7 +259,7 @@ pub fn unescape(s: &str) -> std::result::Result<Vec<u8>, String> {
 /// In the container process: a ramfs at /run/host/credentials holding the
 /// credentials, 0400 files in a 0500 directory, then read-only.
 pub(crate) fn install(root: &Path, creds: &[Credential]) -> Result<()> {
-    let dir = host_dir(root).join("credentials");
+    let dir = host_dir(root)?.join("credentials");
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs_on_dir("ramfs", &dir, 0o700, flags, Some("mode=0700"))?;
     for c in creds {

@@ -3,13 +3,13 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag, mknod};
 
 use crate::error::{Error, Result};
-use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs_on_dir};
+use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs_in_root, mount_fs_on_dir};
 use crate::sys;
 
 /// Nodes every container gets.
@@ -17,13 +17,15 @@ const NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// Nodes a container gets only if the host lets us open them.
 const OPTIONAL_NODES: &[&str] = &["fuse", "net/tun"];
 
-pub(crate) fn mount_dev(root: &Path) -> Result<()> {
-    let dev = root.join("dev");
-    mount_fs_on_dir(
+/// Mount /dev and return where it is (the guest's /dev, resolved).
+pub(crate) fn mount_dev(root: &Path) -> Result<PathBuf> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    let dev = mount_fs_in_root(
+        root,
+        "/dev",
         "tmpfs",
-        &dev,
         0o755,
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        flags,
         Some("mode=0755,size=4m"),
     )?;
 
@@ -75,7 +77,8 @@ pub(crate) fn mount_dev(root: &Path) -> Result<()> {
         0o755,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
-    )
+    )?;
+    Ok(dev)
 }
 
 fn copy_node(name: &str, dev: &Path) -> Result<()> {
@@ -102,8 +105,8 @@ fn copy_node(name: &str, dev: &Path) -> Result<()> {
 
 /// The console: a pty of the guest's own devpts, its peer bound onto
 /// /dev/console. Returns (master, peer).
-pub(crate) fn make_console(root: &Path) -> Result<(OwnedFd, OwnedFd)> {
-    let ptmx = root.join("dev/pts/ptmx");
+pub(crate) fn make_console(dev: &Path) -> Result<(OwnedFd, OwnedFd)> {
+    let ptmx = dev.join("pts/ptmx");
     let master: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -115,8 +118,8 @@ pub(crate) fn make_console(root: &Path) -> Result<(OwnedFd, OwnedFd)> {
     let n = sys::pty_number(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTN)", e))?;
     let peer =
         sys::pty_peer(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTPEER)", e))?;
-    let console = root.join("dev/console");
+    let console = dev.join("console");
     ensure_file(&console, 0o600)?;
-    bind(&root.join(format!("dev/pts/{n}")), &console, false, false)?;
+    bind(&dev.join(format!("pts/{n}")), &console, false, false)?;
     Ok((master, peer))
 }

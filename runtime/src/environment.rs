@@ -126,10 +126,11 @@ pub fn parse_assignment(s: &str) -> crate::Result<(String, String)> {
 
 /// Does the tree look like an OS (systemd's os-release test)?
 pub fn tree_os_release(root: &Path) -> Option<std::path::PathBuf> {
-    ["etc/os-release", "usr/lib/os-release"]
+    ["/etc/os-release", "/usr/lib/os-release"]
         .iter()
-        .map(|p| root.join(p))
-        .find(|p| p.exists() || p.is_symlink())
+        .map(Path::new)
+        .find(|p| crate::resolve::exists_in_root(root, p))
+        .map(|p| root.join(p.strip_prefix("/").unwrap_or(p)))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod janitor;
 pub mod mounts;
 pub mod notify;
 mod procfs;
+pub mod resolve;
 mod rootfs;
 pub mod runhost;
 pub mod seccomp;

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{MsFlags, mount};
 
 use crate::error::{Error, Result};
+use crate::resolve::{self, Create};
 
 /// Mount a filesystem of `fstype` on `target`.
 pub(crate) fn mount_fs(
@@ -37,6 +38,26 @@ pub(crate) fn mount_fs_on_dir(
 ) -> Result<()> {
     ensure_dir(target, mode)?;
     mount_fs(fstype, target, flags, data)
+}
+
+/// Resolve `guest_path` inside `root` (creating the directory with `mode`
+/// if missing, never leaving the root), mount a fresh `fstype` there, and
+/// return the resolved path.
+pub(crate) fn mount_fs_in_root(
+    root: &Path,
+    guest_path: &str,
+    fstype: &str,
+    mode: u32,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<PathBuf> {
+    let target = crate::resolve::in_root(
+        root,
+        Path::new(guest_path),
+        crate::resolve::Create::Dir(mode),
+    )?;
+    mount_fs(fstype, &target, flags, data)?;
+    Ok(target)
 }
 
 /// Bind `src` onto `dst`, optionally recursive and/or read-only.
@@ -143,17 +164,6 @@ pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io("writing", path, e))?;
     fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(|e| Error::io("chmod", path, e))
-}
-
-/// `root` joined with an absolute guest path (which must not climb out).
-pub(crate) fn in_root(root: &Path, guest_path: &Path) -> PathBuf {
-    let mut out = root.to_path_buf();
-    for c in guest_path.components() {
-        if let Component::Normal(n) = c {
-            out.push(n);
-        }
-    }
-    out
 }
 
 /// One of the user's extra mounts.
@@ -285,20 +295,19 @@ impl CustomMount {
                 recursive,
             } => {
                 let meta = fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
-                let dst = in_root(root, target);
-                if meta.is_dir() {
-                    ensure_dir(&dst, 0o755)?;
+                let create = if meta.is_dir() {
+                    Create::Dir(0o755)
                 } else {
-                    ensure_file(&dst, 0o644)?;
-                }
+                    Create::File(0o644)
+                };
+                let dst = resolve::in_root(root, target, create)?;
                 bind(source, &dst, *recursive, *read_only)
             }
             CustomMount::Tmpfs { target, options } => {
-                let dst = in_root(root, target);
-                mount_fs_on_dir(
+                let dst = resolve::in_root(root, target, Create::Dir(0o755))?;
+                mount_fs(
                     "tmpfs",
                     &dst,
-                    0o755,
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     Some(options),
                 )
@@ -353,13 +362,5 @@ mod tests {
             }
         );
         assert!(CustomMount::parse_tmpfs("x").is_err());
-    }
-
-    #[test]
-    fn root_join_stays_inside() {
-        assert_eq!(
-            in_root(Path::new("/r"), Path::new("/a/../../b")),
-            PathBuf::from("/r/a/b")
-        );
     }
 }

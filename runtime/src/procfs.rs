@@ -6,7 +6,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::mounts::{bind, mount_fs_on_dir};
+use crate::mounts::{bind, mount_fs_in_root};
 use crate::runhost::{host_dir, inaccessible_file};
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
@@ -15,10 +15,10 @@ const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_l
 const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"];
 
 pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
-    let proc = root.join("proc");
-    mount_fs_on_dir(
+    let proc = mount_fs_in_root(
+        root,
+        "/proc",
         "proc",
-        &proc,
         0o555,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
@@ -34,12 +34,12 @@ pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
     // Our own boot id, so the guest's journal has its own boots.
     let boot_id = sys.join("kernel/random/boot_id");
     bind(
-        &host_dir(root).join("proc-sys-kernel-random-boot-id"),
+        &host_dir(root)?.join("proc-sys-kernel-random-boot-id"),
         &boot_id,
         false,
         true,
     )?;
-    let mask = inaccessible_file(root);
+    let mask = inaccessible_file(root)?;
     for name in MASKED {
         let p = proc.join(name);
         if p.exists() {

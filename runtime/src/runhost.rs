@@ -11,8 +11,9 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 use crate::error::{Error, Result};
 use crate::identity::Uuid;
 use crate::mounts::{
-    bind as bind_mount, ensure_dir, ensure_file, mount_fs_on_dir, remount, write_file,
+    bind as bind_mount, ensure_dir, ensure_file, mount_fs_in_root, remount, write_file,
 };
+use crate::resolve::{self, Create};
 
 /// The value of `$container` and /run/host/container-manager. Guests
 /// condition units on it (ConditionVirtualization=), so we announce the
@@ -20,38 +21,32 @@ use crate::mounts::{
 pub const CONTAINER_MANAGER: &str = "systemd-nspawn";
 
 pub(crate) fn mount_run_and_tmp(root: &Path) -> Result<()> {
-    let run = root.join("run");
-    mount_fs_on_dir(
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
+    mount_fs_in_root(
+        root,
+        "/run",
         "tmpfs",
-        &run,
         0o755,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        flags,
         Some("mode=0755,size=20%"),
     )?;
-    let tmp = root.join("tmp");
-    mount_fs_on_dir(
-        "tmpfs",
-        &tmp,
-        0o1777,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
-        Some("mode=01777"),
-    )
+    mount_fs_in_root(root, "/tmp", "tmpfs", 0o1777, flags, Some("mode=01777")).map(drop)
 }
 
-pub(crate) fn host_dir(root: &Path) -> PathBuf {
-    root.join("run/host")
+/// /run/host on the host side (inside our own /run tmpfs once mounted).
+pub(crate) fn host_dir(root: &Path) -> Result<PathBuf> {
+    resolve::in_root(root, Path::new("/run/host"), Create::Nothing)
 }
 
 /// Path of the mode-0 regular file used to mask /proc entries.
-pub(crate) fn inaccessible_file(root: &Path) -> PathBuf {
-    host_dir(root).join("inaccessible/reg")
+pub(crate) fn inaccessible_file(root: &Path) -> Result<PathBuf> {
+    Ok(host_dir(root)?.join("inaccessible/reg"))
 }
 
 /// Populate /run/host (everything but the final read-only remount).
 /// Returns the bound notify socket.
 pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
-    let host = host_dir(root);
-    ensure_dir(&host, 0o755)?;
+    let host = resolve::in_root(root, Path::new("/run/host"), Create::Dir(0o755))?;
     // A mount point of its own from the start, so sealing it later is a
     // remount rather than a bind that would copy what is mounted below.
     bind_mount(&host, &host, false, false)?;
@@ -122,7 +117,7 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
 
 /// The guest may read /run/host but not change it.
 pub(crate) fn seal(root: &Path) -> Result<()> {
-    let host = host_dir(root);
+    let host = host_dir(root)?;
     remount(
         &host,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,

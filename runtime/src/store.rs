@@ -12,15 +12,15 @@ use nix::mount::MsFlags;
 
 use crate::closure::STORE;
 use crate::error::{Error, Result};
-use crate::mounts::{bind, ensure_dir, ensure_file, in_root, mount_fs_on_dir};
+use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs_on_dir};
+use crate::resolve::{self, Create};
 use crate::spec::StoreSpec;
 
 /// Mount the store below `root`. `staging` is an empty directory outside
 /// the root, used while the store is assembled.
 pub(crate) fn mount_store(root: &Path, staging: &Path, store: &StoreSpec) -> Result<()> {
-    let target = in_root(root, Path::new(STORE));
+    let target = resolve::in_root(root, Path::new(STORE), Create::Dir(0o755))?;
     let Some(closure) = &store.closure else {
-        ensure_dir(&target, 0o755)?;
         return bind(Path::new(STORE), &target, true, true);
     };
     // One read-only view of the host store; binds taken from a read-only
@@ -85,7 +85,7 @@ pub(crate) fn seal_store(root: &Path, store: &StoreSpec) -> Result<()> {
     if store.closure.is_none() {
         return Ok(());
     }
-    let target = in_root(root, Path::new(STORE));
+    let target = resolve::in_root(root, Path::new(STORE), Create::Nothing)?;
     remount_store_dir(&target, true)
 }
 
@@ -107,15 +107,17 @@ pub(crate) fn remount_store_dir(target: &Path, read_only: bool) -> Result<()> {
     })
 }
 
-/// /nix/var/nix/profiles/system → the toplevel (replaced atomically).
+/// /nix/var/nix/profiles/system → the toplevel (replaced atomically),
+/// made relative to the resolved directory, so no path leaves the root.
 pub(crate) fn link_profile(root: &Path, toplevel: &Path) -> Result<()> {
-    let profiles = in_root(root, Path::new("/nix/var/nix/profiles"));
-    ensure_dir(&profiles, 0o755)?;
-    let tmp = profiles.join(".system.nixspawn-tmp");
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(toplevel, &tmp).map_err(|e| Error::io("symlink", &tmp, e))?;
-    let dst = profiles.join("system");
-    fs::rename(&tmp, &dst).map_err(|e| Error::io("replacing", &dst, e))
+    let guest_dir = Path::new("/nix/var/nix/profiles");
+    let dir = resolve::open_in(root, guest_dir, Create::Dir(0o755))?;
+    let (tmp, dst) = (c".system.nixspawn-tmp", c"system");
+    let _ = nix::unistd::unlinkat(&dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    nix::unistd::symlinkat(toplevel, &dir, tmp)
+        .map_err(|e| Error::io("symlink", guest_dir.join(".system.nixspawn-tmp"), e.into()))?;
+    nix::fcntl::renameat(&dir, tmp, &dir, dst)
+        .map_err(|e| Error::io("replacing", guest_dir.join("system"), e.into()))
 }
 
 /// The host's Nix database (read-only) and daemon socket directory, so Nix
@@ -136,8 +138,7 @@ pub(crate) fn pass_nix_daemon(root: &Path) -> Result<()> {
                 ),
             ));
         }
-        let dst = in_root(root, host);
-        ensure_dir(&dst, 0o755)?;
+        let dst = resolve::in_root(root, host, Create::Dir(0o755))?;
         bind(host, &dst, false, read_only)?;
     }
     Ok(())

@@ -9,12 +9,11 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::mounts::{mount_fs, mount_fs_on_dir};
+use crate::mounts::{mount_fs, mount_fs_in_root};
 
 pub(crate) fn mount_sys(root: &Path) -> Result<()> {
-    let sys = root.join("sys");
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs_on_dir("sysfs", &sys, 0o555, ro, None)?;
+    let sys = mount_fs_in_root(root, "/sys", "sysfs", 0o555, ro, None)?;
     let cgroup = sys.join("fs/cgroup");
     let rw = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // Older kernels refuse memory_recursiveprot; the plain mount is fine.
