@@ -12,6 +12,8 @@ use nixspawn_runtime::{
 };
 use nixspawn_runtime::{capabilities, credentials, seccomp};
 
+use crate::nspawn_settings;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nixspawn",
@@ -106,7 +108,7 @@ pub struct Args {
     #[arg(long, value_name = "MODE")]
     pub link_journal: Option<String>,
 
-    /// Settings files (only "no" is implemented so far)
+    /// .nspawn settings files: yes, no, override or trusted
     #[arg(long, value_name = "MODE")]
     pub settings: Option<String>,
 
@@ -249,7 +251,7 @@ pub fn parse(argv: &[String]) -> Result<Args> {
     }
 }
 
-fn parse_bool(what: &str, v: &str) -> Result<bool> {
+pub fn parse_bool(what: &str, v: &str) -> Result<bool> {
     match v {
         "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
         "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
@@ -350,34 +352,8 @@ pub struct Options {
     pub debug: bool,
 }
 
-pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
-    if let Some(mode) = args.private_users.as_deref()
-        && parse_bool("--private-users", mode).ok() != Some(false)
-    {
-        bail!(
-            "--private-users={mode}: user namespaces are not implemented by nixspawn yet (only --private-users=no)"
-        );
-    }
-    if let Some(mode) = args.link_journal.as_deref()
-        && !matches!(mode, "no" | "auto")
-    {
-        bail!("--link-journal={mode} is not implemented by nixspawn yet (only no and auto)");
-    }
-    if let Some(mode) = args.settings.as_deref()
-        && parse_bool("--settings", mode).ok() != Some(false)
-    {
-        bail!(
-            "--settings={mode}: .nspawn settings files are not implemented by nixspawn yet (only --settings=no)"
-        );
-    }
-    match args.register.as_deref() {
-        None | Some("auto") => {}
-        Some(v) if parse_bool("--register", v).ok() == Some(false) => {}
-        Some(v) => bail!(
-            "--register={v}: registration with systemd-machined is not implemented by nixspawn yet; use --register=no"
-        ),
-    }
-
+pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
+    let settings_mode = nspawn_settings::Mode::parse(args.settings.as_deref())?;
     let store = store_spec(&args)?;
     let directory = match (&args.directory, &args.machine, &store) {
         (Some(d), _, _) => Some(d.clone()),
@@ -406,6 +382,36 @@ pub fn to_spec(args: Args) -> Result<(Spec, Options)> {
         }
         (None, None, None) => unreachable!("without a toplevel there is always a directory"),
     };
+    if let Some((path, trusted)) =
+        nspawn_settings::find(machine.as_str(), directory.as_deref(), settings_mode)
+    {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let entries = nspawn_settings::parse(&text, &path)?;
+        for warning in nspawn_settings::apply(&entries, &path, trusted, settings_mode, &mut args)? {
+            eprintln!("nixspawn: {warning}");
+        }
+    }
+    if let Some(mode) = args.private_users.as_deref()
+        && parse_bool("--private-users", mode).ok() != Some(false)
+    {
+        bail!(
+            "--private-users={mode}: user namespaces are not implemented by nixspawn yet (only --private-users=no)"
+        );
+    }
+    if let Some(mode) = args.link_journal.as_deref()
+        && !matches!(mode, "no" | "auto")
+    {
+        bail!("--link-journal={mode} is not implemented by nixspawn yet (only no and auto)");
+    }
+    match args.register.as_deref() {
+        None | Some("auto") => {}
+        Some(v) if parse_bool("--register", v).ok() == Some(false) => {}
+        Some(v) => bail!(
+            "--register={v}: registration with systemd-machined is not implemented by nixspawn yet; use --register=no"
+        ),
+    }
+
     let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
         bail!(

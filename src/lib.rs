@@ -2,3 +2,4 @@
 //! binaries: argument parsing and the translation into a runtime spec.
 
 pub mod launcher_args;
+pub mod nspawn_settings;

@@ -55,6 +55,11 @@ hf true -w 5 -r $((runs * 5)) \
 	-n nixspawn "$nixspawn $common -D $bookworm /bin/true" \
 	-n systemd-nspawn "systemd-nspawn $common -D $bookworm /bin/true" \
 	-n bubblewrap "bwrap --bind $bookworm / --dev /dev --proc /proc --unshare-all --die-with-parent /bin/true"
+echo "benchmark: the seccomp filter's share of a launch" >&2
+# Both through env(1), so both pay for the same extra exec.
+hf seccomp -w 5 -r $((runs * 5)) \
+	-n "nixspawn with its seccomp filter" "env SYSTEMD_SECCOMP=1 $nixspawn $common -D $bookworm /bin/true" \
+	-n "nixspawn without (SYSTEMD_SECCOMP=0)" "env SYSTEMD_SECCOMP=0 $nixspawn $common -D $bookworm /bin/true"
 echo "benchmark: -x /bin/true (nspawn copies the tree on ext4: few runs)" >&2
 hf ephemeral -w 1 -r 5 \
 	-n "nixspawn -x" "$nixspawn $common -x -D $bookworm /bin/true" \
@@ -97,4 +102,4 @@ hf nixos-boot -w 2 -r "$runs" \
 	-n "nixspawn, nixos-container argv" "$nixspawn $container_argv" \
 	-n "systemd-nspawn, nixos-container argv" "systemd-nspawn $container_argv"
 
-python3 integration/bench/report.py "$work"/{boot-bookworm,boot-sid,true,ephemeral,ephemeral-nix,closure,closure-db,nixos-boot}.json
+python3 integration/bench/report.py "$work"/{boot-bookworm,boot-sid,true,seccomp,ephemeral,ephemeral-nix,closure,closure-db,nixos-boot}.json

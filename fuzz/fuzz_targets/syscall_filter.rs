@@ -1,0 +1,23 @@
+//! --system-call-filter values and the program they produce.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use nixspawn_runtime::seccomp::{self, Adjustments};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut adjust = Adjustments::default();
+    for part in s.split('\n').take(8) {
+        let _ = adjust.add_option(part);
+    }
+    for name in adjust.allow.iter().chain(&adjust.deny) {
+        assert!(seccomp::is_known(name));
+    }
+    let prog = seccomp::program(&nixspawn_runtime::capabilities::guest_set(false), &adjust);
+    assert!(
+        !prog.is_empty() && prog.len() < 4096,
+        "{} instructions",
+        prog.len()
+    );
+});
