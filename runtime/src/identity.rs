@@ -103,7 +103,8 @@ impl Uuid {
             reason: "expected 32 hexadecimal digits, optionally as 8-4-4-4-12".into(),
         };
         let dashed_ok = s.trim().len() == 32 || s.trim().len() == 36;
-        if hex.len() != 32 || !dashed_ok {
+        // All ASCII hex digits before any slicing: lengths are in bytes.
+        if hex.len() != 32 || !dashed_ok || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut b = [0u8; 16];
@@ -181,6 +182,9 @@ mod tests {
         assert!(Uuid::parse("xyz").is_err());
         assert!(Uuid::parse("00000000000000000000000000000000").is_err());
         assert!(Uuid::parse("0123456789abcdef0123456789abcdef0").is_err());
+        // Found by fuzzing: 32 bytes, but not 32 characters.
+        assert!(Uuid::parse("~\u{544}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}\u{2}~~z..").is_err());
+        assert!(Uuid::parse("0123456789abcdef0123456789abcdeé").is_err());
         let r = Uuid::random().unwrap();
         assert_eq!(r.0[6] >> 4, 4);
     }
