@@ -92,32 +92,24 @@ fn guest_receives_credentials(mut cmd_args: Vec<String>, name: &str) {
     assert_cleaned_up(name, None);
 }
 
+/// An ephemeral boot of a Debian fixture tree.
+fn debian_boot_args(suite: &str) -> Vec<String> {
+    vec![
+        "-x".into(),
+        "-b".into(),
+        "-D".into(),
+        tree(suite).display().to_string(),
+    ]
+}
+
 #[test]
 fn bookworm_guest_receives_credentials() {
-    let tree = tree("bookworm");
-    guest_receives_credentials(
-        vec![
-            "-x".into(),
-            "-b".into(),
-            "-D".into(),
-            tree.display().to_string(),
-        ],
-        &unique_name("cred-bookworm"),
-    );
+    guest_receives_credentials(debian_boot_args("bookworm"), &unique_name("cred-bookworm"));
 }
 
 #[test]
 fn sid_guest_receives_credentials() {
-    let tree = tree("sid");
-    guest_receives_credentials(
-        vec![
-            "-x".into(),
-            "-b".into(),
-            "-D".into(),
-            tree.display().to_string(),
-        ],
-        &unique_name("cred-sid"),
-    );
+    guest_receives_credentials(debian_boot_args("sid"), &unique_name("cred-sid"));
 }
 
 #[test]
