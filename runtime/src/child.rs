@@ -80,11 +80,11 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         step("bring up lo", loopback_up)?;
     }
     step("mount /run and /tmp", || runhost::mount_run_and_tmp(&root))?;
-    let notify = step("populate /run/host", || {
+    let (host, notify) = step("populate /run/host", || {
         runhost::populate(&root, &spec.uuid)
     })?;
     step("mount /proc", || {
-        procfs::mount_proc(&root, spec.private_network)
+        procfs::mount_proc(&root, &host, spec.private_network)
     })?;
     step("mount /sys", || sysfs::mount_sys(&root))?;
     let dev = step("mount /dev", || devfs::mount_dev(&root))?;
@@ -114,10 +114,10 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     }
     if !spec.credentials.is_empty() {
         step("install credentials", || {
-            credentials::install(&root, &spec.credentials)
+            credentials::install(&host, &spec.credentials)
         })?;
     }
-    step("seal /run/host", || runhost::seal(&root))?;
+    step("seal /run/host", || runhost::seal(&host))?;
     step("set the hostname", || {
         nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e))
     })?;

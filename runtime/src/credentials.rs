@@ -15,7 +15,6 @@ use nix::mount::MsFlags;
 
 use crate::error::{Error, Result};
 use crate::mounts::{mount_fs_on_dir, remount};
-use crate::runhost::host_dir;
 
 /// systemd's limits: one credential, and all of them together.
 pub const MAX_SIZE: usize = 1024 * 1024;
@@ -256,10 +255,11 @@ pub fn unescape(s: &str) -> std::result::Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// In the container process: a ramfs at /run/host/credentials holding the
+/// In the container process: a ramfs at /run/host/credentials (`host` is
+/// /run/host) holding the
 /// credentials, 0400 files in a 0500 directory, then read-only.
-pub(crate) fn install(root: &Path, creds: &[Credential]) -> Result<()> {
-    let dir = host_dir(root)?.join("credentials");
+pub(crate) fn install(host: &Path, creds: &[Credential]) -> Result<()> {
+    let dir = host.join("credentials");
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs_on_dir("ramfs", &dir, 0o700, flags, Some("mode=0700"))?;
     for c in creds {

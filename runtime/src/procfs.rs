@@ -7,14 +7,15 @@ use nix::mount::MsFlags;
 
 use crate::error::Result;
 use crate::mounts::{bind, mount_fs_in_root};
-use crate::runhost::{host_dir, inaccessible_file};
+use crate::runhost::inaccessible_file;
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
 const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
 /// Bound read-only onto themselves.
 const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"];
 
-pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
+/// Mount /proc; `host` is /run/host (its boot id and masking file).
+pub(crate) fn mount_proc(root: &Path, host: &Path, private_network: bool) -> Result<()> {
     let proc = mount_fs_in_root(
         root,
         "/proc",
@@ -34,12 +35,12 @@ pub(crate) fn mount_proc(root: &Path, private_network: bool) -> Result<()> {
     // Our own boot id, so the guest's journal has its own boots.
     let boot_id = sys.join("kernel/random/boot_id");
     bind(
-        &host_dir(root)?.join("proc-sys-kernel-random-boot-id"),
+        &host.join("proc-sys-kernel-random-boot-id"),
         &boot_id,
         false,
         true,
     )?;
-    let mask = inaccessible_file(root)?;
+    let mask = inaccessible_file(host);
     for name in MASKED {
         let p = proc.join(name);
         if p.exists() {

@@ -33,19 +33,10 @@ pub(crate) fn mount_run_and_tmp(root: &Path) -> Result<()> {
     mount_fs_in_root(root, "/tmp", "tmpfs", 0o1777, flags, Some("mode=01777")).map(drop)
 }
 
-/// /run/host on the host side (inside our own /run tmpfs once mounted).
-pub(crate) fn host_dir(root: &Path) -> Result<PathBuf> {
-    resolve::in_root(root, Path::new("/run/host"), Create::Nothing)
-}
-
-/// Path of the mode-0 regular file used to mask /proc entries.
-pub(crate) fn inaccessible_file(root: &Path) -> Result<PathBuf> {
-    Ok(host_dir(root)?.join("inaccessible/reg"))
-}
-
 /// Populate /run/host (everything but the final read-only remount).
-/// Returns the bound notify socket.
-pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
+/// Returns where it is (resolved once; later steps use this path) and the
+/// bound notify socket.
+pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<(PathBuf, OwnedFd)> {
     let host = resolve::in_root(root, Path::new("/run/host"), Create::Dir(0o755))?;
     // A mount point of its own from the start, so sealing it later is a
     // remount rather than a bind that would copy what is mounted below.
@@ -112,14 +103,18 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<OwnedFd> {
     .map_err(|e| Error::io("chmod", &notify_path, e))?;
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
         .map_err(|e| Error::syscall("setsockopt(SO_PASSCRED)", e))?;
-    Ok(sock)
+    Ok((host, sock))
+}
+
+/// The mode-0 regular file used to mask /proc entries.
+pub(crate) fn inaccessible_file(host: &Path) -> PathBuf {
+    host.join("inaccessible/reg")
 }
 
 /// The guest may read /run/host but not change it.
-pub(crate) fn seal(root: &Path) -> Result<()> {
-    let host = host_dir(root)?;
+pub(crate) fn seal(host: &Path) -> Result<()> {
     remount(
-        &host,
+        host,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )
 }
