@@ -1,7 +1,7 @@
 //! A NixOS toplevel and its closure: the store paths the guest's
 //! /nix/store holds when the store is closure-only.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -9,6 +9,24 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub const STORE: &str = "/nix/store";
+
+/// What a store path is, learnt once when the closure is checked, so the
+/// container process does not look at each path again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Directory,
+    File,
+    /// A symlink store path, with its target.
+    Symlink(PathBuf),
+}
+
+/// One path of a closure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `HASH-name`, the path's name in /nix/store.
+    pub name: OsString,
+    pub kind: EntryKind,
+}
 
 /// Where the closure comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +91,8 @@ pub fn resolve_toplevel(path: &Path) -> Result<PathBuf> {
     Ok(resolved)
 }
 
-/// The closure of `toplevel` as store entry names, sorted.
-pub fn compute(toplevel: &Path, source: &ClosureSource) -> Result<Vec<OsString>> {
+/// The closure of `toplevel`, sorted by name, each path checked to exist.
+pub fn compute(toplevel: &Path, source: &ClosureSource) -> Result<Vec<Entry>> {
     let paths = match source {
         ClosureSource::Database => query_database(toplevel)?,
         ClosureSource::File(file) => {
@@ -87,28 +105,37 @@ pub fn compute(toplevel: &Path, source: &ClosureSource) -> Result<Vec<OsString>>
                 .collect()
         }
     };
-    let mut names = BTreeSet::new();
+    let mut entries = BTreeMap::new();
     for p in &paths {
         let name = store_entry(p).ok_or_else(|| Error::Closure {
             toplevel: toplevel.to_path_buf(),
             reason: format!("{} is not a store path", p.display()),
         })?;
-        if std::fs::symlink_metadata(p).is_err() {
-            return Err(Error::Closure {
-                toplevel: toplevel.to_path_buf(),
-                reason: format!("{} is in the closure but missing from {STORE}", p.display()),
-            });
-        }
-        names.insert(name);
+        let missing = || Error::Closure {
+            toplevel: toplevel.to_path_buf(),
+            reason: format!("{} is in the closure but missing from {STORE}", p.display()),
+        };
+        let meta = std::fs::symlink_metadata(p).map_err(|_| missing())?;
+        let kind = if meta.file_type().is_symlink() {
+            EntryKind::Symlink(std::fs::read_link(p).map_err(|_| missing())?)
+        } else if meta.is_dir() {
+            EntryKind::Directory
+        } else {
+            EntryKind::File
+        };
+        entries.insert(name, kind);
     }
     let own = store_entry(toplevel).expect("resolved toplevels are store entries");
-    if !names.contains(&own) {
+    if !entries.contains_key(&own) {
         return Err(Error::Closure {
             toplevel: toplevel.to_path_buf(),
             reason: "the closure does not contain the toplevel itself (wrong closure file?)".into(),
         });
     }
-    Ok(names.into_iter().collect())
+    Ok(entries
+        .into_iter()
+        .map(|(name, kind)| Entry { name, kind })
+        .collect())
 }
 
 /// The Nix database, read directly (about 1 ms); `nix-store` (about 20 ms)

@@ -1,7 +1,6 @@
 //! What a container is to be: everything the launcher decided from its
 //! command line, in one plain value the runtime consumes.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::identity::{MachineName, Uuid};
@@ -43,7 +42,7 @@ pub struct StoreSpec {
     pub toplevel: PathBuf,
     /// Exactly these /nix/store entries (closure-only), or None for the
     /// whole host store (`--shared-store`).
-    pub closure: Option<Vec<OsString>>,
+    pub closure: Option<Vec<crate::closure::Entry>>,
     /// Pass the host's nix-daemon socket (and read-only database) in.
     pub nix_daemon: bool,
 }

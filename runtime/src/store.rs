@@ -4,13 +4,12 @@
 //! `--shared-store`. Plus the system profile and, on request, the host's
 //! nix-daemon socket.
 
-use std::fs;
 use std::io;
 use std::path::Path;
 
 use nix::mount::MsFlags;
 
-use crate::closure::STORE;
+use crate::closure::{Entry, EntryKind, STORE};
 use crate::error::{Error, Result};
 use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs_on_dir};
 use crate::resolve::{self, Create};
@@ -27,6 +26,9 @@ pub(crate) fn mount_store(root: &Path, staging: &Path, store: &StoreSpec) -> Res
     // mount are read-only themselves, so each path costs one mount(2).
     ensure_dir(staging, 0o700)?;
     bind(Path::new(STORE), staging, false, true)?;
+    // Private: binds taken from a slave would each join the host store's
+    // peer group as slaves, which makes every later mount operation pay.
+    crate::mounts::propagation(staging, MsFlags::MS_PRIVATE)?;
     mount_fs_on_dir(
         "tmpfs",
         &target,
@@ -34,37 +36,30 @@ pub(crate) fn mount_store(root: &Path, staging: &Path, store: &StoreSpec) -> Res
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )?;
-    for name in closure {
-        add_path(staging, &target, name.as_ref())?;
+    for entry in closure {
+        add_path(staging, &target, entry)?;
     }
     Ok(())
 }
 
-/// Make `name` (a store entry) appear in `store_dir`, from `source_store`.
-pub(crate) fn add_path(
-    source_store: &Path,
-    store_dir: &Path,
-    name: &std::ffi::OsStr,
-) -> Result<()> {
-    let src = source_store.join(name);
-    let dst = store_dir.join(name);
-    let meta = fs::symlink_metadata(&src)
-        .map_err(|e| Error::io("store path", Path::new(STORE).join(name), e))?;
-    if meta.file_type().is_symlink() {
+/// Make a closure entry appear in `store_dir`, bound from `source_store`
+/// (no look at the path: its kind was learnt when the closure was checked).
+pub(crate) fn add_path(source_store: &Path, store_dir: &Path, entry: &Entry) -> Result<()> {
+    let dst = store_dir.join(&entry.name);
+    match &entry.kind {
         // A symlink store path is its target; a link to a link is the same.
-        let target = fs::read_link(&src).map_err(|e| Error::io("readlink", &src, e))?;
-        return match std::os::unix::fs::symlink(&target, &dst) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                Err(Error::io("symlink", &dst, e))
-            }
-            _ => Ok(()),
-        };
+        EntryKind::Symlink(target) => {
+            return match std::os::unix::fs::symlink(target, &dst) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    Err(Error::io("symlink", &dst, e))
+                }
+                _ => Ok(()),
+            };
+        }
+        EntryKind::Directory => ensure_dir(&dst, 0o555)?,
+        EntryKind::File => ensure_file(&dst, 0o444)?,
     }
-    if meta.is_dir() {
-        ensure_dir(&dst, 0o555)?;
-    } else {
-        ensure_file(&dst, 0o444)?;
-    }
+    let src = source_store.join(&entry.name);
     nix::mount::mount(
         Some(&src),
         &dst,
@@ -73,7 +68,10 @@ pub(crate) fn add_path(
         None::<&str>,
     )
     .map_err(|e| Error::Mount {
-        what: format!("store path {}", Path::new(STORE).join(name).display()),
+        what: format!(
+            "store path {}",
+            Path::new(STORE).join(&entry.name).display()
+        ),
         target: dst.clone(),
         source: e.into(),
     })

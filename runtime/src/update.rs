@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::channel::{self, ToParent};
-use crate::closure::{self, ClosureSource, STORE};
+use crate::closure::{self, ClosureSource, Entry, EntryKind, STORE};
 use crate::enter;
 use crate::error::{Error, Result};
 use crate::state::State;
@@ -62,8 +62,8 @@ pub fn update(
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        for name in wanted.into_iter().filter(|n| !present.contains(n)) {
-            prepared.push(prepare(name)?);
+        for entry in wanted.into_iter().filter(|e| !present.contains(&e.name)) {
+            prepared.push(prepare(entry)?);
         }
     }
     let added = prepared
@@ -91,19 +91,19 @@ pub fn update(
 }
 
 /// A read-only detached copy of a host store path (or its link target).
-fn prepare(name: OsString) -> Result<Prepared> {
-    let host = Path::new(STORE).join(&name);
-    let meta = std::fs::symlink_metadata(&host).map_err(|e| Error::io("store path", &host, e))?;
-    if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(&host).map_err(|e| Error::io("readlink", &host, e))?;
-        return Ok(Prepared::Symlink(name, target));
-    }
+fn prepare(entry: Entry) -> Result<Prepared> {
+    let is_dir = match entry.kind {
+        EntryKind::Symlink(target) => return Ok(Prepared::Symlink(entry.name, target)),
+        EntryKind::Directory => true,
+        EntryKind::File => false,
+    };
+    let host = Path::new(STORE).join(&entry.name);
     let c = CString::new(host.as_os_str().as_bytes())
         .map_err(|_| Error::io("store path", &host, std::io::ErrorKind::InvalidInput.into()))?;
     let fd = sys::clone_mount(&c).map_err(|e| Error::io("open_tree", &host, e))?;
     sys::mount_setattr(fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, 0)
         .map_err(|e| Error::io("mount_setattr(read-only)", &host, e))?;
-    Ok(Prepared::Mount(name, fd, meta.is_dir()))
+    Ok(Prepared::Mount(entry.name, fd, is_dir))
 }
 
 /// Attach the prepared paths below the guest's /nix/store (we are in its
