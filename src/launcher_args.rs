@@ -10,7 +10,7 @@ use nixspawn_runtime::mounts::CustomMount;
 use nixspawn_runtime::{
     ConsoleMode, MachineName, Payload, Spec, StoreSpec, Uuid, environment, signals, sys,
 };
-use nixspawn_runtime::{capabilities, credentials, seccomp};
+use nixspawn_runtime::{capabilities, credentials, seccomp, userns};
 
 use crate::nspawn_settings;
 
@@ -100,9 +100,17 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub chdir: Option<PathBuf>,
 
-    /// User namespacing (only "no" is implemented so far)
+    /// User namespacing: no, yes, pick, identity or SHIFT[:RANGE]
     #[arg(long, value_name = "MODE")]
     pub private_users: Option<String>,
+
+    /// Same as --private-users=pick --private-users-ownership=auto
+    #[arg(short = 'U')]
+    pub pick_users: bool,
+
+    /// How the tree's ownership meets the user namespace: off, chown, map or auto
+    #[arg(long, value_name = "MODE")]
+    pub private_users_ownership: Option<String>,
 
     /// Journal linking (only "no" and "auto" are implemented so far)
     #[arg(long, value_name = "MODE")]
@@ -168,7 +176,6 @@ pub struct Args {
 /// systemd-nspawn options nixspawn does not implement (yet). They are
 /// refused by name rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
-    "-U",
     "-n",
     "-p",
     "-i",
@@ -191,7 +198,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--as-pid2",
     "--user",
     "--uid",
-    "--private-users-ownership",
     "--private-users-delegate",
     "--network-interface",
     "--network-macvlan",
@@ -392,13 +398,6 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
             eprintln!("nixspawn: {warning}");
         }
     }
-    if let Some(mode) = args.private_users.as_deref()
-        && parse_bool("--private-users", mode).ok() != Some(false)
-    {
-        bail!(
-            "--private-users={mode}: user namespaces are not implemented by nixspawn yet (only --private-users=no)"
-        );
-    }
     if let Some(mode) = args.link_journal.as_deref()
         && !matches!(mode, "no" | "auto")
     {
@@ -500,7 +499,20 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
     // As systemd-nspawn: SYSTEMD_SECCOMP=0 turns the filter off.
     let seccomp = std::env::var("SYSTEMD_SECCOMP")
         .map_or(true, |v| parse_bool("SYSTEMD_SECCOMP", &v).unwrap_or(true));
+    let private_users = match (&args.private_users, args.pick_users) {
+        (Some(v), _) => userns::parse_mode(v)?,
+        (None, true) => userns::Mode::Pick,
+        (None, false) => userns::Mode::No,
+    };
+    let ownership = match &args.private_users_ownership {
+        Some(v) => userns::parse_ownership(v)?,
+        // As nspawn: pick implies auto; otherwise the tree is taken as it is.
+        None if private_users == userns::Mode::Pick => userns::Ownership::Auto,
+        None => userns::Ownership::Off,
+    };
     let spec = Spec {
+        private_users,
+        ownership,
         added_capabilities,
         dropped_capabilities,
         syscall_filter,
@@ -601,7 +613,13 @@ mod tests {
         let (spec, _) = to_spec(parse(&argv("-D / -M t /bin/true")).unwrap()).unwrap();
         assert_eq!(spec.kill_signal, None);
         assert!(to_spec(parse(&argv("-D / -M t --register=yes")).unwrap()).is_err());
-        assert!(to_spec(parse(&argv("-D / -M t --private-users=pick")).unwrap()).is_err());
+        let (spec, _) = to_spec(parse(&argv("-D / -M t -U")).unwrap()).unwrap();
+        assert_eq!(spec.private_users, userns::Mode::Pick);
+        assert_eq!(spec.ownership, userns::Ownership::Auto, "-U implies ownership auto");
+        let (spec, _) = to_spec(parse(&argv("-D / -M t --private-users=131072")).unwrap()).unwrap();
+        assert_eq!(spec.ownership, userns::Ownership::Off);
+        assert!(to_spec(parse(&argv("-D / -M t --private-users=131073")).unwrap()).is_err());
+        assert!(to_spec(parse(&argv("-D / -M t --private-users-ownership=sideways")).unwrap()).is_err());
         assert!(to_spec(parse(&argv("-D / -M t --console=bogus")).unwrap()).is_err());
         assert!(to_spec(parse(&argv("-D / -M bad/name")).unwrap()).is_err());
     }

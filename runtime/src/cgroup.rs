@@ -176,6 +176,41 @@ impl CgroupLayout {
         Ok(())
     }
 
+    /// Hand the payload cgroup to the guest's root (the host id `shift`),
+    /// so its systemd can create and manage cgroups below it.
+    pub fn delegate_to(&self, shift: u32) -> Result<()> {
+        let payload = self.payload();
+        let id = (
+            Some(nix::unistd::Uid::from_raw(shift)),
+            Some(nix::unistd::Gid::from_raw(shift)),
+        );
+        for name in [
+            "",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "cgroup.threads",
+            "memory.oom.group",
+            "memory.reclaim",
+        ] {
+            let p = if name.is_empty() {
+                payload.clone()
+            } else {
+                payload.join(name)
+            };
+            match nix::unistd::chown(&p, id.0, id.1) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => {
+                    return Err(Error::Cgroup {
+                        step: "delegating",
+                        path: p,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn open_payload(&self) -> Result<OwnedFd> {
         let p = self.payload();
         fs::File::open(&p)

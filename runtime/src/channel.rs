@@ -12,13 +12,26 @@ use nix::sys::socket::{
 
 use crate::error::{Error, Result};
 
-/// Messages from the container process to the launcher.
+/// Messages from the container processes to the launcher.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum ToParent {
     /// The notify socket and, with a pty console, the pty master (as fds).
     Handles { console: bool },
+    /// With a user namespace: the guest's PID 1 was cloned (its pidfd comes
+    /// with this); it waits for [`ToChild::MapsWritten`].
+    Inner { pid: i32 },
+    /// With a user namespace: the console's pty master (as an fd), which
+    /// only the inner process can create.
+    Console,
     /// Setup failed at `step`; the process exits after sending this.
     Failed { step: String, message: String },
+}
+
+/// Messages from the launcher to the container process.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum ToChild {
+    /// The inner process's uid_map and gid_map are written.
+    MapsWritten,
 }
 
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -41,7 +54,11 @@ pub fn pair() -> Result<(Channel, Channel)> {
 }
 
 impl Channel {
-    pub fn send(&self, msg: &ToParent, fds: &[BorrowedFd<'_>]) -> Result<()> {
+    pub fn send<T: serde::Serialize + std::fmt::Debug>(
+        &self,
+        msg: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<()> {
         let data = serde_json::to_vec(msg).map_err(|e| Error::Protocol(e.to_string()))?;
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&raw)];
@@ -59,7 +76,7 @@ impl Channel {
 
     /// The next message with its descriptors, or None when the peer closed
     /// its end (for the container end: it exec'd its payload).
-    pub fn recv(&self) -> Result<Option<(ToParent, Vec<OwnedFd>)>> {
+    pub fn recv<T: serde::de::DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let (len, fds) = loop {

@@ -8,9 +8,13 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
-use crate::channel::{Channel, ToParent};
+use crate::channel::{Channel, ToChild, ToParent};
 use crate::error::{Error, Result};
+use crate::mounts::{MountContext, Owner};
+use crate::resolve::{self, Create};
 use crate::spec::{ConsoleMode, Payload, Spec};
+use crate::sys::Forked;
+use crate::userns::UidRange;
 use crate::{
     capabilities, credentials, devfs, environment, procfs, rootfs, runhost, seccomp, store, sys,
     sysfs,
@@ -23,12 +27,25 @@ pub const INIT_CANDIDATES: &[&str] = &[
     "/sbin/init",
 ];
 
+/// What the launcher prepared for a guest in a user namespace.
+pub(crate) struct UsernsPlan {
+    pub range: UidRange,
+    /// The user namespace mapping [0, range) onto the range, for idmapped
+    /// mounts (None with chown or off ownership).
+    pub mapping: Option<OwnedFd>,
+    /// A detached idmapped clone of the tree.
+    pub root: Option<OwnedFd>,
+    /// A detached read-only idmapped clone of the host store.
+    pub store: Option<OwnedFd>,
+}
+
 pub(crate) struct Plan<'a> {
     pub spec: &'a Spec,
     pub mount_point: PathBuf,
     /// An empty directory outside the root for assembling the store.
     pub store_staging: PathBuf,
     pub term: Option<String>,
+    pub userns: Option<&'a UsernsPlan>,
 }
 
 /// Run the setup and exec the payload; report failure and exit otherwise.
@@ -61,85 +78,300 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> StepResult<T> {
     r.map_err(|e| (name.to_owned(), e))
 }
 
+/// Where the guest's filesystem was assembled (paths resolved inside it).
+struct Assembled {
+    root: PathBuf,
+    host: PathBuf,
+    dev: PathBuf,
+    proc: PathBuf,
+    sys: PathBuf,
+}
+
+impl Assembled {
+    /// The same places as seen after pivoting into the root.
+    fn pivoted(&self) -> Assembled {
+        let inside = |p: &Path| Path::new("/").join(p.strip_prefix(&self.root).unwrap_or(p));
+        Assembled {
+            root: PathBuf::from("/"),
+            host: inside(&self.host),
+            dev: inside(&self.dev),
+            proc: inside(&self.proc),
+            sys: inside(&self.sys),
+        }
+    }
+}
+
+/// Everything that needs the host's privileges; with a user namespace this
+/// runs in the outer process, which then hands over to the inner one.
 fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     let spec = plan.spec;
+    let owner = Owner(plan.userns.map(|u| u.range.shift));
     step("die with the launcher", || die_with_parent(channel))?;
-    step("unshare the cgroup namespace", || {
-        sys::unshare(libc::CLONE_NEWCGROUP)
-            .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e))
-    })?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-
-    step("isolate mounts from the host", || {
-        rootfs::isolate_from_host()
-    })?;
-    let root = step("assemble the root", || {
-        rootfs::assemble(spec.directory.as_deref(), &plan.mount_point, spec.ephemeral)
-    })?;
-    if spec.private_network {
-        step("bring up lo", loopback_up)?;
-    }
-    step("mount /run and /tmp", || runhost::mount_run_and_tmp(&root))?;
-    let (host, notify) = step("populate /run/host", || {
-        runhost::populate(&root, &spec.uuid)
-    })?;
-    step("mount /proc", || {
-        procfs::mount_proc(&root, &host, spec.private_network)
-    })?;
-    step("mount /sys", || sysfs::mount_sys(&root))?;
-    let dev = step("mount /dev", || devfs::mount_dev(&root))?;
-    let console = if spec.console.has_pty() {
-        Some(step("create the console", || devfs::make_console(&dev))?)
-    } else {
-        None
-    };
-    if let Some(store) = &spec.store {
-        step("mount the store", || {
-            store::mount_store(&root, &plan.store_staging, store)
+    if plan.userns.is_none() {
+        step("unshare the cgroup namespace", || {
+            sys::unshare(libc::CLONE_NEWCGROUP)
+                .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e))
         })?;
     }
-    for m in &spec.mounts {
-        step("apply custom mounts", || m.apply(&root))?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+
+    step("isolate mounts from the host", rootfs::isolate_from_host)?;
+    let idmapped_root = plan.userns.and_then(|u| u.root.as_ref());
+    let root = step("assemble the root", || {
+        rootfs::assemble(
+            spec.directory.as_deref(),
+            &plan.mount_point,
+            spec.ephemeral,
+            owner,
+            idmapped_root,
+        )
+    })?;
+    if spec.private_network && plan.userns.is_none() {
+        step("bring up lo", loopback_up)?;
+    }
+    step("mount /run and /tmp", || {
+        runhost::mount_run_and_tmp(&root, owner)
+    })?;
+    let (host, notify) = step("populate /run/host", || {
+        runhost::populate(&root, &spec.uuid, owner)
+    })?;
+    let dev = step("mount /dev", || devfs::mount_dev(&root, owner))?;
+    let (proc, sys) = step("resolve /proc and /sys", || {
+        Ok((
+            resolve::in_root(&root, Path::new("/proc"), Create::Dir(0o555))?,
+            resolve::in_root(&root, Path::new("/sys"), Create::Dir(0o555))?,
+        ))
+    })?;
+    let at = Assembled {
+        root,
+        host,
+        dev,
+        proc,
+        sys,
+    };
+    let root = &at.root;
+    if plan.userns.is_none() {
+        step("mount /proc", || {
+            procfs::mount_proc(&at.proc, &at.host, spec.private_network)
+        })?;
+        step("mount /sys", || sysfs::mount_sys(&at.sys))?;
+        step("mount /dev/pts and /dev/mqueue", || {
+            devfs::mount_pts_and_mqueue(&at.dev)
+        })?;
+    } else {
+        step("pin /proc and /sys", || {
+            runhost::pin_api_filesystems(&at.host)
+        })?;
     }
     if let Some(store) = &spec.store {
-        step("seal the store", || store::seal_store(&root, store))?;
+        let idmapped_store = plan.userns.and_then(|u| u.store.as_ref());
+        step("mount the store", || {
+            store::mount_store(root, &plan.store_staging, store, owner, idmapped_store)
+        })?;
+    }
+    let ctx = MountContext {
+        owner,
+        mapping: plan
+            .userns
+            .and_then(|u| u.mapping.as_ref().map(|m| (u.range, m))),
+    };
+    for m in &spec.mounts {
+        step("apply custom mounts", || m.apply(root, &ctx))?;
+    }
+    if let Some(store) = &spec.store {
+        step("seal the store", || store::seal_store(root, store))?;
         step("link the system profile", || {
-            store::link_profile(&root, &store.toplevel)
+            store::link_profile(root, &store.toplevel)
         })?;
         if store.nix_daemon {
             step("pass the nix-daemon socket", || {
-                store::pass_nix_daemon(&root)
+                store::pass_nix_daemon(root)
             })?;
         }
     }
     if !spec.credentials.is_empty() {
         step("install credentials", || {
-            credentials::install(&host, &spec.credentials)
+            credentials::install(&at.host, &spec.credentials, owner)
         })?;
     }
-    step("seal /run/host", || runhost::seal(&host))?;
+    step("seal /run/host", || runhost::seal(&at.host))?;
+
+    let Some(userns) = plan.userns else {
+        step("set the hostname", || {
+            nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e))
+        })?;
+        let console = if spec.console.has_pty() {
+            Some(step("create the console", || devfs::make_console(&at.dev))?)
+        } else {
+            None
+        };
+        let mut handles: Vec<BorrowedFd<'_>> = vec![notify.as_fd()];
+        if let Some((master, _)) = &console {
+            handles.push(master.as_fd());
+        }
+        step("hand over the console", || {
+            channel.send(
+                &ToParent::Handles {
+                    console: console.is_some(),
+                },
+                &handles,
+            )
+        })?;
+        drop(notify);
+        step("switch root", || rootfs::switch_root(root))?;
+        return finish_and_exec(plan, console.map(|(_, peer)| peer));
+    };
+
+    // The guest's own namespaces, owned by its user namespace. We pivot
+    // first (in the guest's namespace the root would be locked to its
+    // parent), then clone PID 1 as the launcher's child (CLONE_PARENT), so
+    // the launcher can write its ID maps and wait for it. Once it has
+    // mounted its own /proc and /sys, the pins go and this process ends.
+    step("hand over the notify socket", || {
+        channel.send(&ToParent::Handles { console: false }, &[notify.as_fd()])
+    })?;
+    drop(notify);
+    step("switch root", || rootfs::switch_root(root))?;
+    let at = at.pivoted();
+    let (mounted_rx, mounted_tx) = step("pipe", || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::syscall("pipe2", e))
+    })?;
+    let (unpinned_rx, unpinned_tx) = step("pipe", || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::syscall("pipe2", e))
+    })?;
+    let mut flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC) as u64;
+    if spec.private_network {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
+    // With CLONE_PARENT the exit signal is inherited (SIGCHLD) and must be 0 here.
+    flags |= libc::CLONE_PARENT as u64;
+    match step("clone the guest's PID 1", || {
+        sys::clone3(flags, 0, None).map_err(|e| Error::syscall("clone3(CLONE_NEWUSER)", e))
+    })? {
+        Forked::Child => {
+            drop((mounted_rx, unpinned_tx));
+            inner(plan, channel, &at, userns, mounted_tx, unpinned_rx)
+        }
+        Forked::Parent { pid, pidfd } => {
+            drop((mounted_tx, unpinned_rx));
+            let pidfd = pidfd.ok_or_else(|| {
+                (
+                    "clone the guest's PID 1".to_owned(),
+                    Error::Protocol("no pidfd".into()),
+                )
+            })?;
+            step("hand over PID 1", || {
+                channel.send(&ToParent::Inner { pid }, &[pidfd.as_fd()])
+            })?;
+            // PID 1 failed (it reports to the launcher itself) if this ends early.
+            if nix::unistd::read(&mounted_rx, &mut [0u8; 1]) != Ok(1) {
+                sys::exit_now(0);
+            }
+            step("drop the /proc and /sys pins", || {
+                for pin in ["proc", "sys"] {
+                    let p = at.host.join(pin);
+                    nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+                        .map_err(|e| Error::io("unmounting", &p, e.into()))?;
+                }
+                Ok(())
+            })?;
+            let _ = nix::unistd::write(&unpinned_tx, b"u");
+            sys::exit_now(0)
+        }
+    }
+}
+
+/// PID 1 in the guest's user namespace: wait for the ID maps, become its
+/// root, mount what only it may (/proc, /sys, cgroup2, devpts, mqueue),
+/// create the console, pivot and exec.
+fn inner(
+    plan: &Plan<'_>,
+    channel: &Channel,
+    at: &Assembled,
+    userns: &UsernsPlan,
+    mounted: OwnedFd,
+    unpinned: OwnedFd,
+) -> StepResult<Never> {
+    let spec = plan.spec;
+    step("die with the launcher", || die_with_parent(channel))?;
+    step("wait for the ID maps", || {
+        match channel.recv::<ToChild>()? {
+            Some((ToChild::MapsWritten, _)) => Ok(()),
+            None => Err(Error::Protocol(
+                "the launcher went away before writing the ID maps".into(),
+            )),
+        }
+    })?;
+    step("become the guest's root", || {
+        let root_gid = nix::unistd::Gid::from_raw(0);
+        let root_uid = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setresgid(root_gid, root_gid, root_gid)
+            .map_err(|e| Error::syscall("setresgid", e))?;
+        nix::unistd::setresuid(root_uid, root_uid, root_uid)
+            .map_err(|e| Error::syscall("setresuid", e))?;
+        nix::unistd::setgroups(&[]).map_err(|e| Error::syscall("setgroups", e))
+    })?;
+    let _ = userns.range;
+    step("unshare the cgroup namespace", || {
+        sys::unshare(libc::CLONE_NEWCGROUP)
+            .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e))
+    })?;
+    if spec.private_network {
+        step("bring up lo", loopback_up)?;
+    }
+    // The pinned /proc and /sys are what allow these.
+    step("mount /proc", || {
+        procfs::mount_proc(&at.proc, &at.host, spec.private_network)
+    })?;
+    if spec.private_network {
+        step("mount /sys", || sysfs::mount_sys(&at.sys))?;
+    } else {
+        step("bind /sys", || {
+            sysfs::bind_host_sys(&at.sys, &at.host.join("sys"))
+        })?;
+    }
+    step("wait for the pins to go", || {
+        nix::unistd::write(&mounted, b"m").map_err(|e| Error::syscall("write", e))?;
+        match nix::unistd::read(&unpinned, &mut [0u8; 1]) {
+            Ok(1) => Ok(()),
+            _ => Err(Error::Protocol(
+                "the outer process ended before removing /run/host/{proc,sys}".into(),
+            )),
+        }
+    })?;
+    step("mount /dev/pts and /dev/mqueue", || {
+        devfs::mount_pts_and_mqueue(&at.dev)
+    })?;
     step("set the hostname", || {
         nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e))
     })?;
-
-    let mut handles: Vec<BorrowedFd<'_>> = vec![notify.as_fd()];
-    if let Some((master, _)) = &console {
-        handles.push(master.as_fd());
-    }
-    step("hand over the console", || {
-        channel.send(
-            &ToParent::Handles {
-                console: console.is_some(),
-            },
-            &handles,
+    let console = if spec.console.has_pty() {
+        let (master, peer) = step("create the console", || devfs::make_console(&at.dev))?;
+        step("hand over the console", || {
+            channel.send(&ToParent::Console, &[master.as_fd()])
+        })?;
+        Some(peer)
+    } else {
+        None
+    };
+    step("share mounts", || {
+        crate::mounts::propagation(
+            Path::new("/"),
+            nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC,
         )
     })?;
-    drop(notify);
+    finish_and_exec(plan, console)
+}
 
-    step("switch root", || rootfs::switch_root(&root))?;
-    step("attach the console", || {
-        attach_stdio(console.map(|(_, peer)| peer), spec.console)
-    })?;
+/// In the pivoted root: console, working directory, payload, seccomp,
+/// capabilities, and exec.
+fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Never> {
+    let spec = plan.spec;
+    step("attach the console", || attach_stdio(console, spec.console))?;
     let cwd = spec
         .working_directory
         .clone()
@@ -149,7 +381,11 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     })?;
     let env = environment::for_pid1(spec, plan.term.as_deref());
     let (path, argv) = step("find the payload", || resolve_payload(spec, &env))?;
-    let caps = spec.capabilities();
+    let mut caps = spec.capabilities();
+    if plan.userns.is_some() && !spec.private_network {
+        // As nspawn: the host's network namespace is not the guest's to bind low ports in.
+        caps.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
+    }
     if spec.seccomp {
         // Before dropping capabilities: without no_new_privs, loading a
         // filter needs CAP_SYS_ADMIN (which --drop-capability may take).
@@ -171,7 +407,6 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
             .map_err(|e| Error::syscall("sigprocmask", e))
     })?;
-
     let env: Vec<CString> = env
         .iter()
         .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())

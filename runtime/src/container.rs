@@ -16,6 +16,10 @@ use crate::spec::{Payload, Spec};
 use crate::state::StateDir;
 use crate::supervise;
 use crate::sys;
+use crate::userns::{self, Mode, Ownership, RangeLock, UidRange};
+use crate::{child, idmap};
+use std::os::fd::AsFd;
+use std::path::Path;
 
 /// How the guest ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,8 @@ impl Outcome {
 /// What happens during a run, for the caller to report.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// Something the user should know that is not an error.
+    Notice(&'a str),
     /// Checks passed and resources are claimed; the guest is about to start.
     Spawning,
     Started {
@@ -133,14 +139,18 @@ fn lock_tree(spec: &Spec) -> Result<Option<Flock<File>>> {
 struct Session {
     state_dir: StateDir,
     cgroups: Option<CgroupLayout>,
+    /// The UID range's lock, held for the guest's life.
+    range_lock: Option<RangeLock>,
     janitor: Option<Janitor>,
 }
 
 impl Session {
-    /// Remove the cgroups and state, then let the janitor go; idempotent.
+    /// Remove the cgroups and state, release the UID range, then let the
+    /// janitor go; idempotent.
     fn finish(&mut self) -> Result<()> {
         let cg = self.cgroups.take().map_or(Ok(()), |c| c.destroy());
         let st = self.state_dir.remove();
+        drop(self.range_lock.take());
         if let Some(j) = self.janitor.take() {
             j.dismiss();
         }
@@ -154,6 +164,118 @@ impl Drop for Session {
     }
 }
 
+/// Resolve `--private-users` and `--private-users-ownership`: the range
+/// (picked and locked, or checked free), the ownership (idmapped clones of
+/// the tree and store, or a one-time chown), and the payload cgroup handed
+/// to the guest's root so its systemd can manage it.
+fn prepare_userns(
+    spec: &Spec,
+    cgroups: &CgroupLayout,
+    observer: &mut dyn Observer,
+) -> Result<Option<(child::UsernsPlan, Option<RangeLock>)>> {
+    let busy = |range: UidRange| Error::InvalidValue {
+        what: "--private-users",
+        value: format!("{}:{}", range.shift, range.range),
+        reason: format!(
+            "the range overlaps one in use by another container (locks in {})",
+            userns::LOCK_DIR
+        ),
+    };
+    let locked = |range: UidRange| -> Result<(UidRange, Option<RangeLock>)> {
+        let lock = userns::lock(range)?.ok_or_else(|| busy(range))?;
+        Ok((range, Some(lock)))
+    };
+    let tree = spec.directory.as_deref();
+    let (range, lock) = match spec.private_users {
+        Mode::No => return Ok(None),
+        Mode::Identity => (
+            UidRange {
+                shift: 0,
+                range: userns::RANGE,
+            },
+            None,
+        ),
+        Mode::Fixed(range) => locked(range)?,
+        Mode::FromTree => {
+            let tree = tree.ok_or_else(|| Error::InvalidValue {
+                what: "--private-users",
+                value: "yes".into(),
+                reason: "takes the range from the tree's owner, and there is no tree (use pick)"
+                    .into(),
+            })?;
+            locked(UidRange {
+                shift: userns::tree_shift(tree)?,
+                range: userns::RANGE,
+            })?
+        }
+        Mode::Pick => {
+            let tree_shift = tree.and_then(|t| userns::tree_shift(t).ok());
+            let (range, lock) = userns::pick(spec.machine.as_str(), tree_shift)?;
+            (range, Some(lock))
+        }
+    };
+    let mut plan = child::UsernsPlan {
+        range,
+        mapping: None,
+        root: None,
+        store: None,
+    };
+    // Identity and pre-shifted trees need no ownership work.
+    let ownership = if range.shift == 0 || spec.private_users == Mode::FromTree {
+        Ownership::Off
+    } else {
+        spec.ownership
+    };
+    let map = |plan: &mut child::UsernsPlan| -> Result<()> {
+        let mapping = idmap::mapping_userns(range)?;
+        if let Some(tree) = tree {
+            plan.root = Some(idmap::idmapped_clone(tree, &mapping, true, false)?);
+        }
+        if spec.store.is_some() {
+            let shared = spec.store.as_ref().is_some_and(|s| s.closure.is_none());
+            plan.store = Some(idmap::idmapped_clone(
+                Path::new(crate::closure::STORE),
+                &mapping,
+                shared,
+                true,
+            )?);
+        }
+        plan.mapping = Some(mapping);
+        Ok(())
+    };
+    match ownership {
+        Ownership::Off => {}
+        Ownership::Map => map(&mut plan)?,
+        Ownership::Chown => chown(tree, range)?,
+        Ownership::Auto => match map(&mut plan) {
+            Ok(()) => {}
+            Err(Error::Idmap { path, source }) => {
+                observer.event(Event::Notice(&format!(
+                    "{} does not support idmapped mounts ({source}); shifting the tree's ownership with chown instead",
+                    path.display()
+                )));
+                plan = child::UsernsPlan {
+                    range,
+                    mapping: None,
+                    root: None,
+                    store: None,
+                };
+                chown(tree, range)?;
+            }
+            Err(e) => return Err(e),
+        },
+    }
+    cgroups.delegate_to(range.shift)?;
+    Ok(Some((plan, lock)))
+}
+
+fn chown(tree: Option<&Path>, range: UidRange) -> Result<()> {
+    if let Some(tree) = tree {
+        idmap::chown_tree(tree, range)?;
+    }
+    Ok(())
+}
+
 /// Run a container to the end and say how it ended.
 pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     if !sys::is_root() {
@@ -165,20 +287,37 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let mut session = Session {
         state_dir: StateDir::claim(&spec.machine)?,
         cgroups: None,
+        range_lock: None,
         janitor: None,
     };
     let mut cgroups = CgroupLayout::plan(&spec.machine, spec.keep_unit)?;
     let created = cgroups.create();
     let cgroups = session.cgroups.insert(cgroups);
     created?;
-    let lock = session
+    let (userns, range_lock) = match prepare_userns(spec, cgroups, observer)? {
+        Some((plan, lock)) => (Some(plan), lock),
+        None => (None, None),
+    };
+    session.range_lock = range_lock;
+    let dup = |f: &File, what: &Path| {
+        f.as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicating", what, e))
+    };
+    let state_lock = session
         .state_dir
         .lock_fd()
         .map_err(|e| Error::io("duplicating", session.state_dir.path().join("lock"), e))?;
+    let mut locks = vec![(state_lock, None)];
+    if let Some(range_lock) = &session.range_lock {
+        for (f, p) in range_lock.files().zip(range_lock.paths()) {
+            locks.push((dup(f, p)?, Some(p.to_path_buf())));
+        }
+    }
     session.janitor = Some(Janitor::spawn(
         session.state_dir.path().to_path_buf(),
         cgroups.clone(),
-        lock,
+        locks,
     )?);
     tracing::debug!(
         "claimed name, tree, cgroup {} and janitor: {} µs",
@@ -187,7 +326,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     );
     observer.event(Event::Spawning);
 
-    let result = supervise(spec, cgroups, &session.state_dir, observer);
+    let result = supervise(spec, cgroups, &session.state_dir, observer, userns.as_ref());
     let t1 = std::time::Instant::now();
     let cleanup = session.finish();
     tracing::debug!("cleanup: {} µs", t1.elapsed().as_micros());
@@ -202,6 +341,7 @@ fn supervise(
     cgroups: &CgroupLayout,
     state_dir: &StateDir,
     observer: &mut dyn Observer,
+    userns: Option<&child::UsernsPlan>,
 ) -> Result<Outcome> {
     let mut mask = SigSet::empty();
     for s in [
@@ -223,7 +363,7 @@ fn supervise(
         .flatten();
 
     let result = loop {
-        match supervise::run_payload(spec, cgroups, state_dir, &signals, observer) {
+        match supervise::run_payload(spec, cgroups, state_dir, &signals, observer, userns) {
             Ok(Outcome::Rebooted) if !spec.keep_unit => {
                 observer.event(Event::Rebooting);
                 if let Err(e) = cgroups.reset_payload() {

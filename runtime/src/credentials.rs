@@ -258,7 +258,11 @@ pub fn unescape(s: &str) -> std::result::Result<Vec<u8>, String> {
 /// In the container process: a ramfs at /run/host/credentials (`host` is
 /// /run/host) holding the
 /// credentials, 0400 files in a 0500 directory, then read-only.
-pub(crate) fn install(host: &Path, creds: &[Credential]) -> Result<()> {
+pub(crate) fn install(
+    host: &Path,
+    creds: &[Credential],
+    owner: crate::mounts::Owner,
+) -> Result<()> {
     let dir = host.join("credentials");
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs_on_dir("ramfs", &dir, 0o700, flags, Some("mode=0700"))?;
@@ -273,9 +277,11 @@ pub(crate) fn install(host: &Path, creds: &[Credential]) -> Result<()> {
             .map_err(|e| Error::io("creating credential file", &p, e))?;
         f.write_all(&c.value)
             .map_err(|e| Error::io("writing credential file", &p, e))?;
+        owner.chown(&p)?;
         f.set_permissions(std::fs::Permissions::from_mode(0o400))
             .map_err(|e| Error::io("chmod", &p, e))?;
     }
+    owner.chown(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
         .map_err(|e| Error::io("chmod", &dir, e))?;
     remount(&dir, MsFlags::MS_RDONLY | flags)?;

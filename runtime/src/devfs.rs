@@ -9,7 +9,9 @@ use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag, mknod};
 
 use crate::error::{Error, Result};
-use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs_in_root, mount_fs_on_dir};
+use crate::mounts::{
+    Owner, bind, ensure_dir, ensure_file, mount_fs, mount_fs_in_root, mount_fs_on_dir,
+};
 use crate::sys;
 
 /// Nodes every container gets.
@@ -17,8 +19,11 @@ const NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// Nodes a container gets only if the host lets us open them.
 const OPTIONAL_NODES: &[&str] = &["fuse", "net/tun"];
 
-/// Mount /dev and return where it is (the guest's /dev, resolved).
-pub(crate) fn mount_dev(root: &Path) -> Result<PathBuf> {
+/// Mount /dev with its nodes, links and /dev/shm, owned by `owner`, and
+/// return where it is (the guest's /dev, resolved). devpts and mqueue come
+/// from [`mount_pts_and_mqueue`]: under a user namespace only the guest's
+/// own process may mount them.
+pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<PathBuf> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
     let dev = mount_fs_in_root(
         root,
@@ -26,22 +31,25 @@ pub(crate) fn mount_dev(root: &Path) -> Result<PathBuf> {
         "tmpfs",
         0o755,
         flags,
-        Some("mode=0755,size=4m"),
+        Some(&owner.tmpfs("mode=0755,size=4m")),
     )?;
 
-    for name in NODES {
-        copy_node(name, &dev)?;
-    }
-    for name in OPTIONAL_NODES {
-        let host = Path::new("/dev").join(name);
-        if std::fs::OpenOptions::new()
+    let openable = |name: &str| {
+        std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&host)
+            .open(Path::new("/dev").join(name))
             .is_ok()
-        {
-            copy_node(name, &dev)?;
-        }
+    };
+    for name in NODES
+        .iter()
+        .chain(OPTIONAL_NODES.iter().filter(|n| openable(n)))
+    {
+        copy_node(name, &dev)?;
+        owner.chown(&dev.join(name))?;
+    }
+    if dev.join("net").exists() {
+        owner.chown(&dev.join("net"))?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -52,33 +60,41 @@ pub(crate) fn mount_dev(root: &Path) -> Result<PathBuf> {
     ] {
         let p = dev.join(link);
         std::os::unix::fs::symlink(target, &p).map_err(|e| Error::io("symlink", &p, e))?;
+        owner.chown(&p)?;
     }
-
-    let pts = dev.join("pts");
-    mount_fs_on_dir(
-        "devpts",
-        &pts,
-        0o755,
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )?;
     let shm = dev.join("shm");
+    let shm_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
     mount_fs_on_dir(
         "tmpfs",
         &shm,
         0o1777,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
-        Some("mode=01777"),
+        shm_flags,
+        Some(&owner.tmpfs("mode=01777")),
     )?;
-    let mqueue = dev.join("mqueue");
-    mount_fs_on_dir(
+    ensure_dir(&dev.join("pts"), 0o755)?;
+    owner.chown(&dev.join("pts"))?;
+    ensure_dir(&dev.join("mqueue"), 0o755)?;
+    owner.chown(&dev.join("mqueue"))?;
+    // The console's mount point: a file the pty's peer is bound onto.
+    ensure_file(&dev.join("console"), 0o600)?;
+    owner.chown(&dev.join("console"))?;
+    Ok(dev)
+}
+
+/// The guest's own devpts instance and POSIX message queue filesystem.
+pub(crate) fn mount_pts_and_mqueue(dev: &Path) -> Result<()> {
+    mount_fs(
+        "devpts",
+        &dev.join("pts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    mount_fs(
         "mqueue",
-        &mqueue,
-        0o755,
+        &dev.join("mqueue"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
-    )?;
-    Ok(dev)
+    )
 }
 
 fn copy_node(name: &str, dev: &Path) -> Result<()> {
@@ -119,7 +135,6 @@ pub(crate) fn make_console(dev: &Path) -> Result<(OwnedFd, OwnedFd)> {
     let peer =
         sys::pty_peer(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTPEER)", e))?;
     let console = dev.join("console");
-    ensure_file(&console, 0o600)?;
     bind(&dev.join(format!("pts/{n}")), &console, false, false)?;
     Ok((master, peer))
 }

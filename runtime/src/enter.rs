@@ -59,12 +59,15 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
         path: procs,
         source: e,
     })?;
-    let flags = libc::CLONE_NEWNS
+    let mut flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWCGROUP;
+    if state.uid_range.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
     sys::setns_pidfd(pidfd.as_fd(), flags).map_err(|e| Error::syscall("setns", e))?;
 
     let mut env: Vec<(String, String)> = vec![
@@ -99,6 +102,17 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
 
     match sys::clone3(0, libc::SIGCHLD, None).map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
+            if state.uid_range.is_some() {
+                // Host root has no id in the guest's namespace; its root does.
+                let (u, g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+                if nix::unistd::setresgid(g, g, g)
+                    .and_then(|()| nix::unistd::setresuid(u, u, u))
+                    .and_then(|()| nix::unistd::setgroups(&[]))
+                    .is_err()
+                {
+                    sys::exit_now(126);
+                }
+            }
             let _ = nix::unistd::chdir("/");
             // The payload's own restrictions: its seccomp filter and capabilities.
             let caps = capabilities::from_mask(state.capabilities);

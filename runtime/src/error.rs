@@ -37,6 +37,15 @@ pub enum Error {
     #[error("closure of {toplevel}: {reason}")]
     Closure { toplevel: PathBuf, reason: String },
 
+    #[error(
+        "{path}: the filesystem refuses idmapped mounts ({source}); use --private-users-ownership=chown (or auto)"
+    )]
+    Idmap {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("credential {id}: {reason}")]
     Credential { id: String, reason: String },
 

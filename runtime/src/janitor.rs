@@ -20,7 +20,14 @@ pub struct Janitor {
 impl Janitor {
     /// Fork the janitor. It keeps a copy of `lock` so the container's name
     /// stays claimed until the cleanup is complete.
-    pub fn spawn(state_dir: PathBuf, cgroups: CgroupLayout, lock: OwnedFd) -> Result<Self> {
+    ///
+    /// `locks` are the held lock files (the name's, a UID range's) with the
+    /// paths to remove once cleanup is done (None: leave the file).
+    pub fn spawn(
+        state_dir: PathBuf,
+        cgroups: CgroupLayout,
+        locks: Vec<(OwnedFd, Option<PathBuf>)>,
+    ) -> Result<Self> {
         let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::syscall("pipe2", e))?;
         match sys::fork().map_err(|e| Error::syscall("fork", e))? {
@@ -30,7 +37,7 @@ impl Janitor {
             }
             Forked::Child => {
                 drop(tx);
-                watch(rx, lock, &state_dir, &cgroups)
+                watch(rx, locks, &state_dir, &cgroups)
             }
         }
     }
@@ -41,12 +48,19 @@ impl Janitor {
     }
 }
 
-fn watch(rx: OwnedFd, lock: OwnedFd, state_dir: &std::path::Path, cgroups: &CgroupLayout) -> ! {
+fn watch(
+    rx: OwnedFd,
+    locks: Vec<(OwnedFd, Option<PathBuf>)>,
+    state_dir: &std::path::Path,
+    cgroups: &CgroupLayout,
+) -> ! {
     // Out of the launcher's session and process group, deaf to the signals
     // a terminal or a process-group kill sends, holding only what it needs.
     let _ = nix::unistd::setsid();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
-    let keep = [rx.as_raw_fd(), lock.as_raw_fd()];
+    let keep: Vec<i32> = std::iter::once(rx.as_raw_fd())
+        .chain(locks.iter().map(|(fd, _)| fd.as_raw_fd()))
+        .collect();
     let highest = keep.iter().copied().max().unwrap_or(2);
     let _ = close_others(&keep, highest);
     if let Ok(null) = std::fs::OpenOptions::new()
@@ -69,8 +83,12 @@ fn watch(rx: OwnedFd, lock: OwnedFd, state_dir: &std::path::Path, cgroups: &Cgro
     if n != Ok(1) {
         let _ = cgroups.destroy();
         let _ = crate::state::remove_state_dir(state_dir);
+        // Unlinked while still held, as systemd does with its lock files.
+        for path in locks.iter().filter_map(|(_, p)| p.as_ref()) {
+            let _ = std::fs::remove_file(path);
+        }
     }
-    drop(lock);
+    drop(locks);
     sys::exit_now(0)
 }
 

@@ -15,6 +15,7 @@ pub mod enter;
 pub mod environment;
 pub mod error;
 pub mod identity;
+pub mod idmap;
 mod janitor;
 pub mod mounts;
 pub mod notify;
@@ -31,6 +32,7 @@ mod supervise;
 pub mod sys;
 mod sysfs;
 pub mod update;
+pub mod userns;
 
 pub use child::INIT_CANDIDATES;
 pub use container::{Event, Observer, Outcome, run};

@@ -11,6 +11,34 @@ use nix::mount::{MsFlags, mount};
 use crate::error::{Error, Result};
 use crate::resolve::{self, Create};
 
+/// Who owns what the launcher creates for the guest: host root, or under a
+/// user namespace the guest's root (the host id its range starts at).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Owner(pub Option<u32>);
+
+impl Owner {
+    /// tmpfs options, with uid=/gid= of the guest's root if shifted.
+    pub fn tmpfs(&self, base: &str) -> String {
+        match self.0 {
+            Some(id) => format!("{base},uid={id},gid={id}"),
+            None => base.to_owned(),
+        }
+    }
+
+    /// Give `path` (not following a final symlink) to the guest's root.
+    pub fn chown(&self, path: &Path) -> Result<()> {
+        let Some(id) = self.0 else { return Ok(()) };
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(id)),
+            Some(nix::unistd::Gid::from_raw(id)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io("chown", path, e.into()))
+    }
+}
+
 /// Mount a filesystem of `fstype` on `target`.
 pub(crate) fn mount_fs(
     fstype: &str,
@@ -166,6 +194,24 @@ pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io("chmod", path, e))
 }
 
+/// How a bind's ownership appears under a user namespace (nspawn's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindIdmap {
+    /// `noidmap` (the default): host ids outside the guest's range show as nobody.
+    None,
+    /// `idmap`: ids [0, range) of the source appear as the guest's own.
+    Idmap,
+    /// `rootidmap`: the source's owner appears as the guest's root.
+    RootIdmap,
+}
+
+/// What the user's mounts need under a user namespace.
+pub(crate) struct MountContext<'a> {
+    pub owner: Owner,
+    /// The guest's range, and the user namespace mapping [0, range) onto it.
+    pub mapping: Option<(crate::userns::UidRange, &'a std::os::fd::OwnedFd)>,
+}
+
 /// One of the user's extra mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomMount {
@@ -174,6 +220,7 @@ pub enum CustomMount {
         target: PathBuf,
         read_only: bool,
         recursive: bool,
+        idmap: BindIdmap,
     },
     Tmpfs {
         target: PathBuf,
@@ -239,26 +286,29 @@ impl CustomMount {
             _ => source.clone(),
         };
         let mut recursive = true;
+        let mut idmap = BindIdmap::None;
         if let Some(opts) = parts.get(2) {
             for opt in opts.split(',').filter(|o| !o.is_empty()) {
                 match opt {
                     "rbind" => recursive = true,
                     "norbind" => recursive = false,
-                    "noidmap" => {}
-                    "idmap" | "rootidmap" | "owneridmap" => {
+                    "noidmap" => idmap = BindIdmap::None,
+                    "idmap" => idmap = BindIdmap::Idmap,
+                    "rootidmap" => idmap = BindIdmap::RootIdmap,
+                    "owneridmap" => {
                         return Err(invalid(
                             what,
                             value,
-                            format!(
-                                "the {opt} option needs user namespaces, which nixspawn does not implement yet"
-                            ),
+                            "the owneridmap option is not implemented by nixspawn yet",
                         ));
                     }
                     other => {
                         return Err(invalid(
                             what,
                             value,
-                            format!("unknown option {other:?} (known: rbind, norbind, noidmap)"),
+                            format!(
+                                "unknown option {other:?} (known: rbind, norbind, noidmap, idmap, rootidmap)"
+                            ),
                         ));
                     }
                 }
@@ -269,6 +319,7 @@ impl CustomMount {
             target,
             read_only,
             recursive,
+            idmap,
         })
     }
 
@@ -286,13 +337,14 @@ impl CustomMount {
     }
 
     /// Mount it below the assembled (not yet pivoted) root.
-    pub(crate) fn apply(&self, root: &Path) -> Result<()> {
+    pub(crate) fn apply(&self, root: &Path, ctx: &MountContext<'_>) -> Result<()> {
         match self {
             CustomMount::Bind {
                 source,
                 target,
                 read_only,
                 recursive,
+                idmap,
             } => {
                 let meta = fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
                 let create = if meta.is_dir() {
@@ -301,7 +353,30 @@ impl CustomMount {
                     Create::File(0o644)
                 };
                 let dst = resolve::in_root(root, target, create)?;
-                bind(source, &dst, *recursive, *read_only)
+                let userns = match (idmap, ctx.mapping) {
+                    (BindIdmap::None, _) => return bind(source, &dst, *recursive, *read_only),
+                    (_, None) => {
+                        return Err(Error::InvalidValue {
+                            what: "bind option",
+                            value: format!("{}:{}", source.display(), target.display()),
+                            reason: "idmap and rootidmap need a user namespace (--private-users)"
+                                .into(),
+                        });
+                    }
+                    (BindIdmap::Idmap, Some((_, mapping))) => {
+                        mapping.try_clone().map_err(|e| Error::syscall("dup", e))?
+                    }
+                    (BindIdmap::RootIdmap, Some((range, _))) => {
+                        use std::os::unix::fs::MetadataExt;
+                        crate::idmap::userns_with_map(&format!(
+                            "{} {} 1\n",
+                            meta.uid(),
+                            range.shift
+                        ))?
+                    }
+                };
+                let fd = crate::idmap::idmapped_clone(source, &userns, *recursive, *read_only)?;
+                crate::rootfs::attach(&fd, &dst)
             }
             CustomMount::Tmpfs { target, options } => {
                 let dst = resolve::in_root(root, target, Create::Dir(0o755))?;
@@ -309,7 +384,7 @@ impl CustomMount {
                     "tmpfs",
                     &dst,
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(options),
+                    Some(&ctx.owner.tmpfs(options)),
                 )
             }
         }
@@ -328,7 +403,8 @@ mod tests {
                 source: "/a".into(),
                 target: "/a".into(),
                 read_only: false,
-                recursive: true
+                recursive: true,
+                idmap: BindIdmap::None
             }
         );
         assert_eq!(
@@ -337,17 +413,25 @@ mod tests {
                 source: "/a:b".into(),
                 target: "/c".into(),
                 read_only: true,
-                recursive: false
+                recursive: false,
+                idmap: BindIdmap::None
             }
         );
         assert!(CustomMount::parse_bind("rel", false).is_err());
         assert!(CustomMount::parse_bind("/a:/b/../c", false).is_err());
         assert!(CustomMount::parse_bind("/a:/b:bogus", false).is_err());
+        assert!(matches!(
+            CustomMount::parse_bind("/a:/b:rootidmap", false).unwrap(),
+            CustomMount::Bind {
+                idmap: BindIdmap::RootIdmap,
+                ..
+            }
+        ));
         assert!(
-            CustomMount::parse_bind("/a:/b:idmap", false)
+            CustomMount::parse_bind("/a:/b:owneridmap", false)
                 .unwrap_err()
                 .to_string()
-                .contains("user namespaces")
+                .contains("not implemented")
         );
         assert!(CustomMount::parse_bind("/a:/b:c:d", false).is_err());
     }

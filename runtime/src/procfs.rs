@@ -6,7 +6,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::mounts::{bind, mount_fs_in_root};
+use crate::mounts::{bind, mount_fs};
 use crate::runhost::inaccessible_file;
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
@@ -14,16 +14,16 @@ const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_l
 /// Bound read-only onto themselves.
 const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"];
 
-/// Mount /proc; `host` is /run/host (its boot id and masking file).
-pub(crate) fn mount_proc(root: &Path, host: &Path, private_network: bool) -> Result<()> {
-    let proc = mount_fs_in_root(
-        root,
-        "/proc",
+/// Mount /proc on `proc` (the guest's /proc, resolved); `host` is
+/// /run/host (its boot id and masking file).
+pub(crate) fn mount_proc(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
+    mount_fs(
         "proc",
-        0o555,
+        proc,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    let proc = proc.to_path_buf();
 
     let sys = proc.join("sys");
     bind(&sys, &sys, true, true)?;

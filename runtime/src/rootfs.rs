@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, umount2};
 
 use crate::error::{Error, Result};
-use crate::mounts::{bind, ensure_dir, mount_fs, propagation};
+use crate::mounts::{Owner, bind, ensure_dir, mount_fs, propagation};
+use std::os::fd::OwnedFd;
 
 /// Detach our mount namespace from the host's: nothing we mount propagates
 /// back out.
@@ -16,72 +17,91 @@ pub(crate) fn isolate_from_host() -> Result<()> {
 
 /// Put the guest root on `mount_point` and return the path of the root.
 ///
-/// For `--ephemeral` the tree is the lower layer of an overlay whose upper
-/// layer is a fresh tmpfs: nothing is copied (the cost does not depend on
-/// the tree's size) and the tree is never written.
+/// The tree comes in bound as it is or, under a user namespace with mapped
+/// ownership, as `idmapped` (a detached idmapped clone the launcher made).
+/// For `--ephemeral` it is the lower layer of an overlay whose upper layer
+/// is a fresh tmpfs: nothing is copied (the cost does not depend on the
+/// tree's size) and the tree is never written. Without a tree the root is
+/// an empty tmpfs (a guest from nothing but the store).
 pub(crate) fn assemble(
     tree: Option<&Path>,
     mount_point: &Path,
     ephemeral: bool,
+    owner: Owner,
+    idmapped: Option<&OwnedFd>,
 ) -> Result<PathBuf> {
-    ensure_dir(mount_point, 0o700)?;
-    let root = if let Some(tree) = tree {
-        tree_root(tree, mount_point, ephemeral)?
-    } else {
-        // A guest from nothing but the store: an empty, writable root.
-        mount_fs(
-            "tmpfs",
-            mount_point,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        )?;
-        mount_point.to_path_buf()
+    // Traversable: under a user namespace the guest's PID 1 still has to
+    // reach the root by this path before it pivots (only our mount
+    // namespace has anything mounted here).
+    ensure_dir(mount_point, 0o755)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let root = match tree {
+        None => {
+            mount_fs("tmpfs", mount_point, flags, Some(&owner.tmpfs("mode=0755")))?;
+            mount_point.to_path_buf()
+        }
+        Some(tree) if ephemeral => {
+            mount_fs("tmpfs", mount_point, flags, Some("mode=0755"))?;
+            let (lower, upper, work, merged) = (
+                mount_point.join("lower"),
+                mount_point.join("upper"),
+                mount_point.join("work"),
+                mount_point.join("merged"),
+            );
+            for d in [&lower, &upper, &work, &merged] {
+                ensure_dir(d, 0o755)?;
+            }
+            let lower = match idmapped {
+                Some(fd) => {
+                    attach(fd, &lower)?;
+                    lower
+                }
+                None => tree.to_path_buf(),
+            };
+            // The upper root must carry the tree root's mode and owner (as
+            // the guest sees them), or its / would look like the tmpfs's.
+            copy_root_attributes(&lower, &upper)?;
+            owner.chown(&work)?;
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                escape_overlay(&lower),
+                escape_overlay(&upper),
+                escape_overlay(&work)
+            );
+            nix::mount::mount(
+                Some("overlay"),
+                &merged,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(data.as_str()),
+            )
+            .map_err(|e| Error::Mount {
+                what: format!("overlay of {}", tree.display()),
+                target: merged.clone(),
+                source: e.into(),
+            })?;
+            merged
+        }
+        Some(tree) => {
+            match idmapped {
+                Some(fd) => attach(fd, mount_point)?,
+                None => bind(tree, mount_point, true, false)?,
+            }
+            mount_point.to_path_buf()
+        }
     };
     propagation(&root, MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
     Ok(root)
 }
 
-fn tree_root(tree: &Path, mount_point: &Path, ephemeral: bool) -> Result<PathBuf> {
-    Ok(if ephemeral {
-        mount_fs(
-            "tmpfs",
-            mount_point,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0700"),
-        )?;
-        let (upper, work, merged) = (
-            mount_point.join("upper"),
-            mount_point.join("work"),
-            mount_point.join("merged"),
-        );
-        for d in [&upper, &work, &merged] {
-            ensure_dir(d, 0o755)?;
-        }
-        // The upper root must carry the tree root's mode/owner, or the
-        // guest's / would look like the tmpfs directory.
-        copy_root_attributes(tree, &upper)?;
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            escape_overlay(tree),
-            escape_overlay(&upper),
-            escape_overlay(&work)
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| Error::Mount {
-            what: format!("overlay of {}", tree.display()),
-            target: merged.clone(),
-            source: e.into(),
-        })?;
-        merged
-    } else {
-        bind(tree, mount_point, true, false)?;
-        mount_point.to_path_buf()
+/// move_mount a detached mount onto `target`.
+pub(crate) fn attach(fd: &OwnedFd, target: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()))
+        .map_err(|_| Error::io("path", target, std::io::ErrorKind::InvalidInput.into()))?;
+    crate::sys::move_mount_fd(std::os::fd::AsFd::as_fd(fd), None, &c).map_err(|e| Error::Mount {
+        what: "a prepared mount".into(),
+        target: target.to_path_buf(),
+        source: e,
     })
 }
 

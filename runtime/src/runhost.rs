@@ -11,7 +11,7 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 use crate::error::{Error, Result};
 use crate::identity::Uuid;
 use crate::mounts::{
-    bind as bind_mount, ensure_dir, ensure_file, mount_fs_in_root, remount, write_file,
+    Owner, bind as bind_mount, ensure_dir, ensure_file, mount_fs_in_root, remount, write_file,
 };
 use crate::resolve::{self, Create};
 
@@ -20,7 +20,7 @@ use crate::resolve::{self, Create};
 /// manager whose interface we implement.
 pub const CONTAINER_MANAGER: &str = "systemd-nspawn";
 
-pub(crate) fn mount_run_and_tmp(root: &Path) -> Result<()> {
+pub(crate) fn mount_run_and_tmp(root: &Path, owner: Owner) -> Result<()> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
     mount_fs_in_root(
         root,
@@ -28,15 +28,23 @@ pub(crate) fn mount_run_and_tmp(root: &Path) -> Result<()> {
         "tmpfs",
         0o755,
         flags,
-        Some("mode=0755,size=20%"),
+        Some(&owner.tmpfs("mode=0755,size=20%")),
     )?;
-    mount_fs_in_root(root, "/tmp", "tmpfs", 0o1777, flags, Some("mode=01777")).map(drop)
+    mount_fs_in_root(
+        root,
+        "/tmp",
+        "tmpfs",
+        0o1777,
+        flags,
+        Some(&owner.tmpfs("mode=01777")),
+    )
+    .map(drop)
 }
 
 /// Populate /run/host (everything but the final read-only remount).
 /// Returns where it is (resolved once; later steps use this path) and the
 /// bound notify socket.
-pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<(PathBuf, OwnedFd)> {
+pub(crate) fn populate(root: &Path, uuid: &Uuid, owner: Owner) -> Result<(PathBuf, OwnedFd)> {
     let host = resolve::in_root(root, Path::new("/run/host"), Create::Dir(0o755))?;
     // A mount point of its own from the start, so sealing it later is a
     // remount rather than a bind that would copy what is mounted below.
@@ -103,12 +111,50 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid) -> Result<(PathBuf, OwnedFd)> {
     .map_err(|e| Error::io("chmod", &notify_path, e))?;
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
         .map_err(|e| Error::syscall("setsockopt(SO_PASSCRED)", e))?;
+    // Everything here is the guest root's, but the os-release bind: that
+    // is the host's file.
+    let mut ours = vec![
+        host.clone(),
+        inacc.clone(),
+        dir.clone(),
+        notify_path.clone(),
+    ];
+    ours.extend(nodes.iter().map(|(name, _, _)| inacc.join(name)));
+    ours.extend(
+        [
+            "container-manager",
+            "container-uuid",
+            "proc-sys-kernel-random-boot-id",
+        ]
+        .map(|f| host.join(f)),
+    );
+    for p in &ours {
+        owner.chown(p)?;
+    }
     Ok((host, sock))
 }
 
 /// The mode-0 regular file used to mask /proc entries.
 pub(crate) fn inaccessible_file(host: &Path) -> PathBuf {
     host.join("inaccessible/reg")
+}
+
+/// Under a user namespace: a full /proc and /sys of the host's at
+/// /run/host/{proc,sys}. The kernel lets a user namespace mount procfs or
+/// sysfs only while a fully visible one exists in its mount namespace; the
+/// outer process unmounts these (shared, so the guest's copies follow) once
+/// the guest has mounted its own.
+pub(crate) fn pin_api_filesystems(host: &Path) -> Result<()> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (fstype, dir, extra) in [
+        ("proc", "proc", MsFlags::empty()),
+        ("sysfs", "sys", MsFlags::MS_RDONLY),
+    ] {
+        let target = host.join(dir);
+        crate::mounts::mount_fs_on_dir(fstype, &target, 0o555, flags | extra, None)?;
+        crate::mounts::propagation(&target, MsFlags::MS_SHARED)?;
+    }
+    Ok(())
 }
 
 /// The guest may read /run/host but not change it.

@@ -71,6 +71,10 @@ pub struct Spec {
     /// Run in the calling unit's cgroup (payload/supervisor split).
     pub keep_unit: bool,
     pub mounts: Vec<CustomMount>,
+    /// `--private-users`.
+    pub private_users: crate::userns::Mode,
+    /// `--private-users-ownership` (Auto when not given with pick).
+    pub ownership: crate::userns::Ownership,
     /// Capabilities beyond nspawn's default set (`--capability`).
     pub added_capabilities: std::collections::HashSet<caps::Capability>,
     /// Capabilities taken away (`--drop-capability`).

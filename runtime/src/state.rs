@@ -41,6 +41,8 @@ pub struct State {
     pub kill_signal: Option<i32>,
     pub console: ConsoleMode,
     pub private_network: bool,
+    /// The host UID/GID range of the guest's user namespace, if any.
+    pub uid_range: Option<crate::userns::UidRange>,
     /// The payload's capabilities (bit mask, as /proc/PID/status shows them).
     pub capabilities: u64,
     /// The seccomp filter's adjustments; None when seccomp is off.

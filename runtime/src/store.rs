@@ -11,21 +11,37 @@ use nix::mount::MsFlags;
 
 use crate::closure::{Entry, EntryKind, STORE};
 use crate::error::{Error, Result};
-use crate::mounts::{bind, ensure_dir, ensure_file, mount_fs_on_dir};
+use crate::mounts::{Owner, bind, ensure_dir, ensure_file, mount_fs_on_dir};
 use crate::resolve::{self, Create};
 use crate::spec::StoreSpec;
+use std::os::fd::OwnedFd;
 
 /// Mount the store below `root`. `staging` is an empty directory outside
-/// the root, used while the store is assembled.
-pub(crate) fn mount_store(root: &Path, staging: &Path, store: &StoreSpec) -> Result<()> {
+/// the root, used while the store is assembled. Under a user namespace
+/// with mapped ownership, `idmapped` is the launcher's read-only idmapped
+/// clone of the host store (root-owned store files then belong to the
+/// guest's root), and every bind is taken from it.
+pub(crate) fn mount_store(
+    root: &Path,
+    staging: &Path,
+    store: &StoreSpec,
+    owner: Owner,
+    idmapped: Option<&OwnedFd>,
+) -> Result<()> {
     let target = resolve::in_root(root, Path::new(STORE), Create::Dir(0o755))?;
     let Some(closure) = &store.closure else {
-        return bind(Path::new(STORE), &target, true, true);
+        return match idmapped {
+            Some(fd) => crate::rootfs::attach(fd, &target),
+            None => bind(Path::new(STORE), &target, true, true),
+        };
     };
     // One read-only view of the host store; binds taken from a read-only
     // mount are read-only themselves, so each path costs one mount(2).
     ensure_dir(staging, 0o700)?;
-    bind(Path::new(STORE), staging, false, true)?;
+    match idmapped {
+        Some(fd) => crate::rootfs::attach(fd, staging)?,
+        None => bind(Path::new(STORE), staging, false, true)?,
+    }
     // Private: binds taken from a slave would each join the host store's
     // peer group as slaves, which makes every later mount operation pay.
     crate::mounts::propagation(staging, MsFlags::MS_PRIVATE)?;
@@ -34,7 +50,7 @@ pub(crate) fn mount_store(root: &Path, staging: &Path, store: &StoreSpec) -> Res
         &target,
         0o755,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
+        Some(&owner.tmpfs("mode=0755")),
     )?;
     for entry in closure {
         add_path(staging, &target, entry)?;

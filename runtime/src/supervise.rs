@@ -8,7 +8,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::SignalFd;
 
 use crate::cgroup::CgroupLayout;
-use crate::channel::{self, Channel, ToParent};
+use crate::channel::{self, Channel, ToChild, ToParent};
 use crate::child;
 use crate::console::{Action, Console};
 use crate::container::{Event, Observer, Outcome};
@@ -17,6 +17,7 @@ use crate::notify;
 use crate::spec::{ConsoleMode, Spec};
 use crate::state::{State, StateDir};
 use crate::sys::{self, ExitKind, Forked};
+use crate::userns::UidRange;
 
 /// Start the payload and supervise it until it ends.
 pub(crate) fn run_payload(
@@ -25,19 +26,23 @@ pub(crate) fn run_payload(
     state_dir: &StateDir,
     signals: &SignalFd,
     observer: &mut dyn Observer,
+    userns: Option<&child::UsernsPlan>,
 ) -> Result<Outcome> {
     let t0 = std::time::Instant::now();
-    let (leader, pidfd, channel) = start(spec, cgroups, state_dir)?;
-    tracing::debug!("clone3: PID {leader}, {} µs", t0.elapsed().as_micros());
-    let (notify_sock, console) = match receive_handles(spec, &channel) {
-        Ok(h) => h,
-        Err(e) => {
-            // The container process failed before exec: reap it, report why.
-            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::pidfd_wait(pidfd.as_fd(), false);
-            return Err(e);
-        }
-    };
+    let (first, first_pidfd, channel) = start(spec, cgroups, state_dir, userns)?;
+    tracing::debug!("clone3: PID {first}, {} µs", t0.elapsed().as_micros());
+    let setup = receive_setup(
+        spec,
+        &channel,
+        (first, first_pidfd),
+        userns.map(|u| u.range),
+    );
+    let Setup {
+        leader,
+        pidfd,
+        notify_sock,
+        console,
+    } = setup?;
     let state = State {
         name: spec.machine.clone(),
         uuid: spec.uuid.to_string(),
@@ -52,6 +57,7 @@ pub(crate) fn run_payload(
         kill_signal: spec.kill_signal,
         console: spec.console,
         private_network: spec.private_network,
+        uid_range: userns.map(|u| u.range),
         capabilities: crate::capabilities::mask(&spec.capabilities()),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
@@ -92,16 +98,23 @@ pub(crate) fn run_payload(
 }
 
 /// clone3 the container process into new namespaces and the payload cgroup.
+/// With a user namespace only a new mount namespace: the process assembles
+/// the root with the host's privileges and clones the guest's PID 1 into
+/// the guest's own namespaces.
 fn start(
     spec: &Spec,
     cgroups: &CgroupLayout,
     state_dir: &StateDir,
+    userns: Option<&child::UsernsPlan>,
 ) -> Result<(i32, OwnedFd, Channel)> {
     let (ours, theirs) = channel::pair()?;
     let payload_cgroup = cgroups.open_payload()?;
-    let mut flags =
-        (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
-    if spec.private_network {
+    let mut flags = if userns.is_some() {
+        libc::CLONE_NEWNS as u64
+    } else {
+        (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64
+    };
+    if spec.private_network && userns.is_none() {
         flags |= libc::CLONE_NEWNET as u64;
     }
     let term = std::env::var("TERM")
@@ -112,6 +125,7 @@ fn start(
         mount_point: state_dir.mount_point(),
         store_staging: state_dir.path().join("store"),
         term,
+        userns,
     };
     std::fs::create_dir_all(&plan.mount_point)
         .map_err(|e| Error::io("creating", &plan.mount_point, e))?;
@@ -129,34 +143,120 @@ fn start(
     }
 }
 
-/// The notify socket and console arrive, then end-of-file once the
-/// payload has been exec'd.
-fn receive_handles(spec: &Spec, channel: &Channel) -> Result<(OwnedFd, Option<Console>)> {
-    let mut handles = None;
+/// What the setup handed over.
+struct Setup {
+    /// The guest's PID 1 and its pidfd.
+    leader: i32,
+    pidfd: OwnedFd,
+    notify_sock: OwnedFd,
+    console: Option<Console>,
+}
+
+/// The notify socket and console arrive (and with a user namespace, the
+/// guest's PID 1, whose ID maps we write), then end-of-file once the
+/// payload has been exec'd. On failure every process started is reaped.
+fn receive_setup(
+    spec: &Spec,
+    channel: &Channel,
+    first: (i32, OwnedFd),
+    userns: Option<UidRange>,
+) -> Result<Setup> {
+    let mut inner: Option<(i32, OwnedFd)> = None;
+    let result = receive_setup_messages(spec, channel, &first, userns, &mut inner);
+    match (result, inner) {
+        (Ok((notify_sock, console)), Some((leader, pidfd))) => {
+            // The outer process is done once it handed PID 1 over.
+            let _ = sys::pidfd_wait(first.1.as_fd(), false);
+            Ok(Setup {
+                leader,
+                pidfd,
+                notify_sock,
+                console,
+            })
+        }
+        (Ok((notify_sock, console)), None) => Ok(Setup {
+            leader: first.0,
+            pidfd: first.1,
+            notify_sock,
+            console,
+        }),
+        (Err(e), inner) => {
+            for pidfd in inner.iter().map(|i| &i.1).chain([&first.1]) {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                let _ = sys::pidfd_wait(pidfd.as_fd(), false);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn receive_setup_messages(
+    spec: &Spec,
+    channel: &Channel,
+    first: &(i32, OwnedFd),
+    userns: Option<UidRange>,
+    inner: &mut Option<(i32, OwnedFd)>,
+) -> Result<(OwnedFd, Option<Console>)> {
+    let mut notify = None;
+    let mut console = None;
+    let open_console = |master: OwnedFd| {
+        Console::new(master, spec.console)
+            .map_err(|e| Error::syscall("opening the console peer", e))
+    };
     loop {
-        match channel.recv()? {
-            Some((ToParent::Handles { console }, mut fds)) => {
-                if fds.len() != 1 + usize::from(console) {
+        match channel.recv::<ToParent>()? {
+            Some((
+                ToParent::Handles {
+                    console: with_console,
+                },
+                mut fds,
+            )) => {
+                if fds.len() != 1 + usize::from(with_console) {
                     return Err(Error::Protocol(
                         "handles message without its descriptors".into(),
                     ));
                 }
-                let master = console.then(|| fds.remove(1));
-                let console = master
-                    .map(|m| Console::new(m, spec.console))
-                    .transpose()
-                    .map_err(|e| Error::syscall("opening the console peer", e))?;
-                handles = Some((fds.remove(0), console));
+                if with_console {
+                    console = Some(open_console(fds.remove(1))?);
+                }
+                notify = Some(fds.remove(0));
+            }
+            Some((ToParent::Inner { pid }, mut fds)) => {
+                let (Some(range), 1) = (userns, fds.len()) else {
+                    return Err(Error::Protocol("an unexpected PID 1 hand-over".into()));
+                };
+                *inner = Some((pid, fds.remove(0)));
+                for file in ["uid_map", "gid_map"] {
+                    let p = format!("/proc/{pid}/{file}");
+                    std::fs::write(&p, range.map_line())
+                        .map_err(|e| Error::io("writing", &p, e))?;
+                }
+                channel.send(&ToChild::MapsWritten, &[])?;
+            }
+            Some((ToParent::Console, mut fds)) => {
+                if fds.len() != 1 {
+                    return Err(Error::Protocol(
+                        "console message without its descriptor".into(),
+                    ));
+                }
+                console = Some(open_console(fds.remove(0))?);
             }
             Some((ToParent::Failed { step, message }, _)) => {
                 return Err(Error::Child { step, message });
             }
             None => {
-                return handles.ok_or_else(|| {
+                if userns.is_some() && inner.is_none() {
+                    let status = sys::pidfd_wait(first.1.as_fd(), false).ok().flatten();
+                    return Err(Error::Protocol(format!(
+                        "the container process ended before starting PID 1 ({status:?})"
+                    )));
+                }
+                let notify = notify.ok_or_else(|| {
                     Error::Protocol(
                         "the container process ended during setup without a word".into(),
                     )
-                });
+                })?;
+                return Ok((notify, console));
             }
         }
     }

@@ -347,6 +347,10 @@ struct MountAttr {
 }
 
 pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// mount_setattr(2) on a mount fd (AT_EMPTY_PATH), optionally recursive.
 pub fn mount_setattr(
@@ -355,11 +359,23 @@ pub fn mount_setattr(
     set: u64,
     clear: u64,
 ) -> io::Result<()> {
+    mount_setattr_with(mount, recursive, set, clear, None)
+}
+
+/// mount_setattr(2), with MOUNT_ATTR_IDMAP's user namespace if given.
+pub fn mount_setattr_with(
+    mount: BorrowedFd<'_>,
+    recursive: bool,
+    set: u64,
+    clear: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let userns_fd = userns.map_or(0, |fd| fd.as_raw_fd() as u64);
     let attr = MountAttr {
         attr_set: set,
         attr_clr: clear,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd,
     };
     let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
     let empty = c"";

@@ -4,16 +4,45 @@
 //! The cgroup mount happens inside the guest's cgroup namespace, so it
 //! shows the payload cgroup as the root, on hybrid hosts as well.
 
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::mount::MsFlags;
 
-use crate::error::Result;
-use crate::mounts::{mount_fs, mount_fs_in_root};
+use crate::error::{Error, Result};
+use crate::mounts::{bind, mount_fs};
+use crate::sys;
 
-pub(crate) fn mount_sys(root: &Path) -> Result<()> {
+/// A sysfs of the guest's own (or the host's) network namespace on `sys`
+/// (the guest's /sys, resolved).
+pub(crate) fn mount_sys(sys: &Path) -> Result<()> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let sys = mount_fs_in_root(root, "/sys", "sysfs", 0o555, ro, None)?;
+    mount_fs("sysfs", sys, ro, None)?;
+    mount_cgroup(sys)
+}
+
+/// For a guest in a user namespace without a network namespace of its own:
+/// it may not mount a sysfs of the host's network namespace, so it gets
+/// `source` (a sysfs the launcher mounted for it) bound in, read-only all
+/// the way down.
+pub(crate) fn bind_host_sys(sys: &Path, source: &Path) -> Result<()> {
+    bind(source, sys, true, false)?;
+    let c = CString::new(sys.as_os_str().as_bytes())
+        .map_err(|_| Error::io("path", sys, std::io::ErrorKind::InvalidInput.into()))?;
+    let fd = sys::open_tree(None, &c, libc::OPEN_TREE_CLOEXEC)
+        .map_err(|e| Error::io("open_tree", sys, e))?;
+    let attrs = sys::MOUNT_ATTR_RDONLY
+        | sys::MOUNT_ATTR_NOSUID
+        | sys::MOUNT_ATTR_NODEV
+        | sys::MOUNT_ATTR_NOEXEC;
+    sys::mount_setattr(fd.as_fd(), true, attrs, 0)
+        .map_err(|e| Error::io("mount_setattr(read-only)", sys, e))?;
+    mount_cgroup(sys)
+}
+
+fn mount_cgroup(sys: &Path) -> Result<()> {
     let cgroup = sys.join("fs/cgroup");
     let rw = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // Older kernels refuse memory_recursiveprot; the plain mount is fine.

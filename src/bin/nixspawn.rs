@@ -22,6 +22,7 @@ fn report(spec: &Spec, quiet: bool) -> impl FnMut(Event<'_>) + '_ {
                 }
             }
             Event::Started { .. } => {}
+            Event::Notice(text) => eprintln!("nixspawn: {text}"),
             Event::Ready | Event::Status(_) => {}
             Event::Stopping => eprintln!("Container {} is being stopped.", spec.machine),
             Event::Rebooting => eprintln!("Container {} is being rebooted.", spec.machine),

@@ -138,6 +138,15 @@ fn print_status(st: &State) {
             }
         );
     }
+    if let Some(r) = st.uid_range {
+        println!(
+            "  UID Shift: {} (range {}, host {}-{})",
+            r.shift,
+            r.range,
+            r.shift,
+            r.shift + (r.range - 1)
+        );
+    }
     println!("    Cgroup: {}", st.cgroup.display());
     if let Some(sig) = st.kill_signal {
         println!("KillSignal: {}", signals::name(sig));
