@@ -615,11 +615,17 @@ mod tests {
         assert!(to_spec(parse(&argv("-D / -M t --register=yes")).unwrap()).is_err());
         let (spec, _) = to_spec(parse(&argv("-D / -M t -U")).unwrap()).unwrap();
         assert_eq!(spec.private_users, userns::Mode::Pick);
-        assert_eq!(spec.ownership, userns::Ownership::Auto, "-U implies ownership auto");
+        assert_eq!(
+            spec.ownership,
+            userns::Ownership::Auto,
+            "-U implies ownership auto"
+        );
         let (spec, _) = to_spec(parse(&argv("-D / -M t --private-users=131072")).unwrap()).unwrap();
         assert_eq!(spec.ownership, userns::Ownership::Off);
         assert!(to_spec(parse(&argv("-D / -M t --private-users=131073")).unwrap()).is_err());
-        assert!(to_spec(parse(&argv("-D / -M t --private-users-ownership=sideways")).unwrap()).is_err());
+        assert!(
+            to_spec(parse(&argv("-D / -M t --private-users-ownership=sideways")).unwrap()).is_err()
+        );
         assert!(to_spec(parse(&argv("-D / -M t --console=bogus")).unwrap()).is_err());
         assert!(to_spec(parse(&argv("-D / -M bad/name")).unwrap()).is_err());
     }

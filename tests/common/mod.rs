@@ -174,6 +174,17 @@ impl Guest {
         )
     }
 
+    /// Run a command in the guest named `name`; returns (exit code, stdout).
+    pub fn exec_in(name: &str, argv: &[&str]) -> (i32, String) {
+        let mut args = vec!["exec", name, "--"];
+        args.extend_from_slice(argv);
+        let out = ctl(&args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Run a command that must succeed; returns its stdout.
     pub fn sh(&self, script: &str) -> String {
         let (code, out) = self.exec(&["/bin/sh", "-c", script]);

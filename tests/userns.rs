@@ -1,0 +1,455 @@
+//! Privileged: user namespaces — picked ranges and their locks, ownership
+//! on disk with mapped and chowned trees, bind idmap options, booting the
+//! sid guest and the NixOS toplevel under -U, and bad input.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const LOCK_DIR: &str = "/run/systemd/nspawn-uid";
+
+fn uid_range_of(name: &str) -> (u32, u32) {
+    let out = ctl(&["status", name, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v["uid_range"];
+    (
+        r["shift"].as_u64().expect("a uid range") as u32,
+        r["range"].as_u64().unwrap() as u32,
+    )
+}
+
+fn started(name: &str) {
+    wait_for("the guest to start", Duration::from_secs(20), || {
+        ctl(&["status", name]).status.success()
+    });
+}
+
+#[test]
+fn picked_ranges_differ_are_locked_and_released_even_after_sigkill() {
+    let tree = busybox_tree();
+    let (a, b) = (unique_name("pick-a"), unique_name("pick-b"));
+    let mut ga = Guest::start(
+        tree.path(),
+        &a,
+        &["-x", "-U", "--pipe", "/bin/sleep", "1000"],
+    );
+    let mut gb = Guest::start(
+        tree.path(),
+        &b,
+        &["-x", "-U", "--pipe", "/bin/sleep", "1000"],
+    );
+    started(&a);
+    started(&b);
+    let (ra, rb) = (uid_range_of(&a), uid_range_of(&b));
+    assert_ne!(ra.0, rb.0, "two guests at once got the same range");
+    for (name, (shift, range)) in [(&a, ra), (&b, rb)] {
+        assert_eq!(range, 65536);
+        assert!(
+            (0x80000..=0x6FFF0000).contains(&shift) && shift % 65536 == 0,
+            "{shift:#x}"
+        );
+        let (code, map) = Guest::exec_in(name, &["/bin/cat", "/proc/1/uid_map"]);
+        assert_eq!(code, 0);
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        assert_eq!(
+            fields,
+            ["0", &shift.to_string(), "65536"],
+            "uid_map inside {name}"
+        );
+        assert!(
+            Path::new(LOCK_DIR).join(shift.to_string()).exists(),
+            "the range is locked while {name} runs"
+        );
+    }
+    ga.signal(Signal::SIGTERM);
+    ga.wait_exit(Duration::from_secs(10));
+    assert!(
+        !Path::new(LOCK_DIR).join(ra.0.to_string()).exists(),
+        "lock released at exit"
+    );
+    gb.signal(Signal::SIGKILL);
+    gb.wait_exit(Duration::from_secs(10));
+    wait_for(
+        "the janitor to release the range",
+        Duration::from_secs(10),
+        || !Path::new(LOCK_DIR).join(rb.0.to_string()).exists(),
+    );
+    assert_cleaned_up(&a, None);
+    assert_cleaned_up(&b, None);
+}
+
+#[test]
+fn mapped_tree_stays_host_owned_and_chowned_tree_is_shifted() {
+    // map (what -U's auto picks here): what the guest's root creates is
+    // owned on disk by host root, and host root's files are the guest's root's.
+    let tree = busybox_tree();
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-q",
+            "-U",
+            "-D",
+            tree.path().to_str().unwrap(),
+            "--pipe",
+            "/bin/sh",
+            "-c",
+            "touch /made-by-guest; stat -c %u /usr/bin/busybox",
+        ],
+        "",
+    );
+    assert_eq!((code, out.trim()), (0, "0"), "{err}");
+    let made = std::fs::metadata(tree.path().join("made-by-guest")).unwrap();
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (0, 0),
+        "created through the idmapped mount as host root"
+    );
+    assert_eq!(
+        std::fs::metadata(tree.path().join("usr/bin/busybox"))
+            .unwrap()
+            .uid(),
+        0,
+        "the tree is untouched"
+    );
+
+    // chown: the tree is shifted once, on disk, and new files land shifted.
+    let tree = busybox_tree();
+    let shift: u32 = 0x5A5A_0000;
+    let users = format!("--private-users={shift}");
+    let d = tree.path().to_str().unwrap();
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-q",
+            &users,
+            "--private-users-ownership=chown",
+            "-D",
+            d,
+            "--pipe",
+            "/bin/sh",
+            "-c",
+            "touch /made; stat -c %u /usr/bin/busybox",
+        ],
+        "",
+    );
+    assert_eq!((code, out.trim()), (0, "0"), "{err}");
+    assert_eq!(
+        std::fs::metadata(tree.path()).unwrap().uid(),
+        shift,
+        "the tree's root is shifted"
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(tree.path().join("usr/bin/busybox"))
+            .unwrap()
+            .uid(),
+        shift
+    );
+    assert_eq!(
+        std::fs::metadata(tree.path().join("made")).unwrap().uid(),
+        shift,
+        "new files land shifted"
+    );
+    // Recorded by the root's owner: a second run does not walk the tree again.
+    std::os::unix::fs::lchown(tree.path().join("usr/bin/sh"), Some(0), Some(0)).unwrap();
+    let (code, _, err) = run_nixspawn(
+        &[
+            "-q",
+            &users,
+            "--private-users-ownership=chown",
+            "-D",
+            d,
+            "--pipe",
+            "/bin/true",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::symlink_metadata(tree.path().join("usr/bin/sh"))
+            .unwrap()
+            .uid(),
+        0,
+        "not redone"
+    );
+}
+
+#[test]
+fn bind_mounts_noidmap_idmap_and_rootidmap() {
+    let tree = busybox_tree();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("file"), "x").unwrap();
+    std::os::unix::fs::chown(src.path().join("file"), Some(4321), Some(4321)).unwrap();
+    std::fs::write(src.path().join("rootfile"), "y").unwrap();
+    std::os::unix::fs::chown(src.path(), Some(4321), Some(4321)).unwrap();
+    let s = src.path().display();
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-q",
+            "-U",
+            "-x",
+            "-D",
+            tree.path().to_str().unwrap(),
+            "--pipe",
+            &format!("--bind-ro={s}:/plain"),
+            &format!("--bind-ro={s}:/mapped:idmap"),
+            &format!("--bind-ro={s}:/rooted:rootidmap"),
+            "/bin/sh",
+            "-c",
+            "stat -c %u /plain/file /plain/rootfile /mapped/file /mapped/rootfile /rooted /rooted/rootfile",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        ids,
+        ["65534", "65534", "4321", "0", "0", "65534"],
+        "noidmap: host ids show as nobody; idmap: 0..65535 map; rootidmap: the owner is root"
+    );
+}
+
+#[test]
+fn debian_guests_and_nixos_toplevel_boot_under_userns() {
+    let fx = nixos();
+    let (sid, bookworm) = (tree("sid"), tree("bookworm"));
+    for (name, args) in [
+        (
+            unique_name("u-bookworm"),
+            vec![
+                "-x".to_owned(),
+                "-U".into(),
+                "-b".into(),
+                "-D".into(),
+                bookworm.display().to_string(),
+            ],
+        ),
+        (
+            unique_name("u-sid"),
+            vec![
+                "-x".to_owned(),
+                "-U".into(),
+                "-b".into(),
+                "-D".into(),
+                sid.display().to_string(),
+            ],
+        ),
+        (
+            unique_name("u-nixos"),
+            vec!["-U".to_owned(), format!("--toplevel={}", fx.systemd)],
+        ),
+    ] {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut guest = Guest::launch(Command::new(NIXSPAWN), &name, &argv);
+        guest.wait_ready();
+        let (shift, _) = uid_range_of(&name);
+        assert_eq!(
+            guest.sh("systemctl is-system-running --wait").trim(),
+            "running",
+            "{name}"
+        );
+        let map: Vec<String> = guest
+            .sh("cat /proc/1/uid_map")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(map, ["0".to_owned(), shift.to_string(), "65536".into()]);
+        assert_eq!(
+            guest.sh("stat -c %u /usr/bin/env").trim(),
+            "0",
+            "the OS's files are the guest root's"
+        );
+        guest.signal(Signal::SIGTERM);
+        assert_eq!(
+            guest.wait_exit(Duration::from_secs(60)),
+            0,
+            "{}",
+            guest.console()
+        );
+        assert!(!Path::new(LOCK_DIR).join(shift.to_string()).exists());
+        assert_cleaned_up(&name, None);
+    }
+}
+
+/// A ramfs does not take idmapped mounts: a tree on one, unmounted on drop.
+struct RamfsTree {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for RamfsTree {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn bad_userns_input_is_refused_and_leaves_nothing() {
+    let tree = busybox_tree();
+    let d = tree.path().to_str().unwrap();
+    let name = unique_name("bad-userns");
+    for (arg, needle) in [
+        ("--private-users=131073", "multiples of 65536"),
+        ("--private-users=131072:1000", "multiples of 65536"),
+        (
+            "--private-users=sideways",
+            "expected no, yes, pick, identity or SHIFT[:RANGE]",
+        ),
+        (
+            "--private-users-ownership=sideways",
+            "expected off, chown, map or auto",
+        ),
+    ] {
+        let (code, _, err) = run_nixspawn(&["-q", "-M", &name, "-D", d, arg, "/bin/true"], "");
+        assert_eq!(code, 1, "{arg}: {err}");
+        assert!(err.contains(needle), "{arg}: {err}");
+    }
+
+    // A fixed range that overlaps one in use.
+    let shift = 0x6A6A_0000u32;
+    let holder = unique_name("range-holder");
+    let users = format!("--private-users={shift}:131072");
+    let mut guest = Guest::start(
+        tree.path(),
+        &holder,
+        &["-x", &users, "--pipe", "/bin/sleep", "1000"],
+    );
+    started(&holder);
+    let overlapping = format!("--private-users={}", shift + 65536);
+    let (code, _, err) = run_nixspawn(
+        &["-q", "-M", &name, "-x", "-D", d, &overlapping, "/bin/true"],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("overlaps one in use"), "{err}");
+    assert!(
+        Path::new(LOCK_DIR).join(shift.to_string()).exists(),
+        "the holder's lock is untouched"
+    );
+    guest.signal(Signal::SIGKILL);
+    guest.wait_exit(Duration::from_secs(10));
+
+    // A filesystem that refuses idmapped mounts: map fails, auto falls back.
+    let ram = RamfsTree {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    nix::mount::mount(
+        Some("ramfs"),
+        ram.dir.path(),
+        Some("ramfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{d}/."))
+        .arg(ram.dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = ram.dir.path().to_str().unwrap();
+    let (code, _, err) = run_nixspawn(
+        &[
+            "-q",
+            "-M",
+            &name,
+            "-D",
+            r,
+            "-U",
+            "--private-users-ownership=map",
+            "/bin/true",
+        ],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("refuses idmapped mounts") && err.contains("--private-users-ownership=chown"),
+        "{err}"
+    );
+    // Without -q, which silences informational lines like this one.
+    let (code, _, err) = run_nixspawn(&["-M", &name, "-D", r, "-U", "--pipe", "/bin/true"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("shifting the tree's ownership with chown instead"),
+        "auto says it falls back: {err}"
+    );
+    assert_cleaned_up(&name, None);
+    assert_cleaned_up(&holder, None);
+}
+
+/// Kills a background process (and waits for it) however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
+    let tree = busybox_tree();
+    let locks = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(LOCK_DIR)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = locks();
+    let nspawn = Command::new("systemd-nspawn")
+        .args(["-q", "-U", "--register=no", "--keep-unit", "-D"])
+        .arg(tree.path())
+        .args(["/bin/sleep", "1000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-nspawn is missing: apt-get install systemd-container");
+    let _nspawn = KillOnDrop(nspawn);
+    let mut taken = String::new();
+    wait_for(
+        "systemd-nspawn to lock a range",
+        Duration::from_secs(20),
+        || {
+            taken = locks()
+                .difference(&before)
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            !taken.is_empty()
+        },
+    );
+    let other = busybox_tree();
+    let users = format!("--private-users={taken}");
+    let name = unique_name("after-nspawn");
+    let (code, _, err) = run_nixspawn(
+        &[
+            "-q",
+            "-M",
+            &name,
+            "-D",
+            other.path().to_str().unwrap(),
+            &users,
+            "/bin/true",
+        ],
+        "",
+    );
+    assert_eq!(
+        code, 1,
+        "nixspawn took the range systemd-nspawn holds: {err}"
+    );
+    assert!(err.contains("overlaps one in use"), "{err}");
+    assert_cleaned_up(&name, None);
+}
