@@ -34,9 +34,11 @@ fn nspawn_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Probe output (stdout) under one launcher.
+/// Probe output (stdout) under one launcher, run with --keep-unit inside
+/// a cgroup of its own as a unit would be.
 fn probe(launcher: &str, tree: &Path, probe: &Path, opts: &[&str]) -> String {
-    let mut cmd = Command::new(launcher);
+    let unit = UnitCgroup::new("probe");
+    let mut cmd = unit.command(launcher);
     cmd.args(["-q", "--register=no", "--keep-unit", "-D"])
         .arg(tree)
         .arg(format!(
@@ -136,6 +138,7 @@ fn probe_results_match_systemd_nspawn() {
     for opts in variants {
         let ours = probe(NIXSPAWN, tree.path(), &probe_bin, opts);
         let theirs = probe("systemd-nspawn", tree.path(), &probe_bin, opts);
+        remove_nspawn_leftovers(tree.path());
         assert_eq!(
             ours, theirs,
             "nixspawn and systemd-nspawn differ for {opts:?}"

@@ -385,13 +385,31 @@ fn bad_userns_input_is_refused_and_leaves_nothing() {
     assert_cleaned_up(&holder, None);
 }
 
-/// Kills a background process (and waits for it) however the test ends.
-struct KillOnDrop(std::process::Child);
+struct StopOnDrop(
+    std::process::Child,
+    Option<std::path::PathBuf>,
+    std::path::PathBuf,
+);
 
-impl Drop for KillOnDrop {
+/// Stops a background systemd-nspawn however the test ends: SIGTERM first,
+/// so it releases its range lock (it has no cleanup after SIGKILL), then
+/// SIGKILL and removal of whatever lock file it left.
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        for _ in 0..200 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(lock) = &self.1 {
+            let _ = std::fs::remove_file(lock);
+        }
+        remove_nspawn_leftovers(&self.2);
     }
 }
 
@@ -408,7 +426,9 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
             .unwrap_or_default()
     };
     let before = locks();
-    let nspawn = Command::new("systemd-nspawn")
+    let unit = UnitCgroup::new("nspawn-unit");
+    let nspawn = unit
+        .command("systemd-nspawn")
         .args(["-q", "-U", "--register=no", "--keep-unit", "-D"])
         .arg(tree.path())
         .args(["/bin/sleep", "1000"])
@@ -417,7 +437,7 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("systemd-nspawn is missing: apt-get install systemd-container");
-    let _nspawn = KillOnDrop(nspawn);
+    let mut nspawn = StopOnDrop(nspawn, None, tree.path().to_path_buf());
     let mut taken = String::new();
     wait_for(
         "systemd-nspawn to lock a range",
@@ -431,6 +451,7 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
             !taken.is_empty()
         },
     );
+    nspawn.1 = Some(Path::new(LOCK_DIR).join(&taken));
     let other = busybox_tree();
     let users = format!("--private-users={taken}");
     let name = unique_name("after-nspawn");
@@ -452,4 +473,9 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
     );
     assert!(err.contains("overlaps one in use"), "{err}");
     assert_cleaned_up(&name, None);
+    drop(nspawn);
+    assert!(
+        !Path::new(LOCK_DIR).join(&taken).exists(),
+        "systemd-nspawn's lock is gone again"
+    );
 }

@@ -255,6 +255,16 @@ impl CgroupLayout {
                 }
             }
         }
+        // Without a service manager machine.slice is ours alone: whichever
+        // guest leaves it empty removes it, not only the one that made it
+        // (two guests ending together would otherwise leave it behind).
+        let slice = self.mount.join("machine.slice");
+        if !self.keep_unit
+            && !Path::new("/run/systemd/system").exists()
+            && self.base.starts_with(&slice)
+        {
+            let _ = fs::remove_dir(&slice);
+        }
         Ok(())
     }
 }

@@ -383,3 +383,73 @@ pub fn closure_names(path: &str) -> std::collections::BTreeSet<String> {
         .map(|l| l.trim_start_matches("/nix/store/").to_owned())
         .collect()
 }
+
+/// Remove what systemd-nspawn leaves for a tree it ran: it cleans up
+/// neither after SIGKILL nor, on a host whose /run is not a tmpfs, at all
+/// (it refuses to remove "disk file systems" under /run/systemd/nspawn).
+pub fn remove_nspawn_leftovers(tree: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let name = tree.file_name().unwrap().to_string_lossy().into_owned();
+    if let Some(parent) = tree.parent() {
+        let _ = std::fs::remove_file(parent.join(format!(".#{name}.lck")));
+    }
+    if let Ok(meta) = std::fs::metadata(tree) {
+        let _ = std::fs::remove_file(format!(
+            "/run/systemd/nspawn/locks/inode-{}:{}",
+            meta.dev(),
+            meta.ino()
+        ));
+    }
+    let _ = std::fs::remove_dir(Path::new("/run/systemd/nspawn/propagate").join(&name));
+}
+
+/// A cgroup standing in for a service unit, for launchers run with
+/// --keep-unit (they put payload/supervisor below their own cgroup).
+/// Removed, with what the launchers left in it, on drop.
+pub struct UnitCgroup {
+    pub path: PathBuf,
+}
+
+impl UnitCgroup {
+    pub fn new(prefix: &str) -> UnitCgroup {
+        let path = nixspawn_runtime::cgroup::v2_mount()
+            .unwrap()
+            .join(unique_name(prefix));
+        std::fs::create_dir(&path).unwrap();
+        UnitCgroup { path }
+    }
+
+    /// `program ARGS...` started inside this cgroup.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                self.path.display()
+            ))
+            .arg(program);
+        cmd
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            for _ in 0..200 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        remove(&self.path);
+    }
+}
