@@ -479,3 +479,28 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
         "systemd-nspawn's lock is gone again"
     );
 }
+
+#[test]
+fn reboot_under_userns_boots_again_with_fresh_mounts_and_cgroup() {
+    let bookworm = tree("bookworm");
+    let name = unique_name("u-reboot");
+    let mut guest = Guest::start(&bookworm, &name, &["-x", "-U", "-b"]);
+    guest.wait_ready();
+    let first = leader_of(&name);
+    assert!(ctl(&["reboot", &name]).status.success());
+    wait_for("the guest to come back", Duration::from_secs(60), || {
+        ctl(&["status", &name, "--json"]).status.success() && leader_of(&name) != first
+    });
+    guest.wait_ready();
+    // A second boot needs a new idmapped root and a delegated payload cgroup.
+    assert_eq!(
+        guest.sh("systemctl is-system-running --wait").trim(),
+        "running",
+        "{}",
+        guest.console()
+    );
+    assert_eq!(guest.sh("stat -c %u /usr/bin/env").trim(), "0");
+    guest.signal(Signal::SIGTERM);
+    assert_eq!(guest.wait_exit(Duration::from_secs(60)), 0);
+    assert_cleaned_up(&name, None);
+}

@@ -228,18 +228,7 @@ fn prepare_userns(
     };
     let map = |plan: &mut child::UsernsPlan| -> Result<()> {
         let mapping = idmap::mapping_userns(range)?;
-        if let Some(tree) = tree {
-            plan.root = Some(idmap::idmapped_clone(tree, &mapping, true, false)?);
-        }
-        if spec.store.is_some() {
-            let shared = spec.store.as_ref().is_some_and(|s| s.closure.is_none());
-            plan.store = Some(idmap::idmapped_clone(
-                Path::new(crate::closure::STORE),
-                &mapping,
-                shared,
-                true,
-            )?);
-        }
+        (plan.root, plan.store) = idmapped_mounts(spec, &mapping)?;
         plan.mapping = Some(mapping);
         Ok(())
     };
@@ -267,6 +256,30 @@ fn prepare_userns(
     }
     cgroups.delegate_to(range.shift)?;
     Ok(Some((plan, lock)))
+}
+
+/// Detached idmapped clones of the tree and the store, for one boot (a
+/// boot attaches them; a reboot needs fresh ones, made here in the
+/// launcher's mount namespace, the only one allowed to clone them).
+fn idmapped_mounts(
+    spec: &Spec,
+    mapping: &std::os::fd::OwnedFd,
+) -> Result<(Option<std::os::fd::OwnedFd>, Option<std::os::fd::OwnedFd>)> {
+    let root = spec
+        .directory
+        .as_deref()
+        .map(|tree| idmap::idmapped_clone(tree, mapping, true, false))
+        .transpose()?;
+    let store = match &spec.store {
+        Some(store) => Some(idmap::idmapped_clone(
+            Path::new(crate::closure::STORE),
+            mapping,
+            store.closure.is_none(),
+            true,
+        )?),
+        None => None,
+    };
+    Ok((root, store))
 }
 
 fn chown(tree: Option<&Path>, range: UidRange) -> Result<()> {
@@ -326,7 +339,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     );
     observer.event(Event::Spawning);
 
-    let result = supervise(spec, cgroups, &session.state_dir, observer, userns.as_ref());
+    let result = supervise(spec, cgroups, &session.state_dir, observer, userns);
     let t1 = std::time::Instant::now();
     let cleanup = session.finish();
     tracing::debug!("cleanup: {} µs", t1.elapsed().as_micros());
@@ -341,7 +354,7 @@ fn supervise(
     cgroups: &CgroupLayout,
     state_dir: &StateDir,
     observer: &mut dyn Observer,
-    userns: Option<&child::UsernsPlan>,
+    mut userns: Option<child::UsernsPlan>,
 ) -> Result<Outcome> {
     let mut mask = SigSet::empty();
     for s in [
@@ -363,10 +376,30 @@ fn supervise(
         .flatten();
 
     let result = loop {
-        match supervise::run_payload(spec, cgroups, state_dir, &signals, observer, userns) {
+        match supervise::run_payload(
+            spec,
+            cgroups,
+            state_dir,
+            &signals,
+            observer,
+            userns.as_ref(),
+        ) {
             Ok(Outcome::Rebooted) if !spec.keep_unit => {
+                if let Some(plan) = userns.as_mut()
+                    && let Some(mapping) = &plan.mapping
+                {
+                    match idmapped_mounts(spec, mapping) {
+                        Ok(mounts) => (plan.root, plan.store) = mounts,
+                        Err(e) => break Err(e),
+                    }
+                }
                 observer.event(Event::Rebooting);
-                if let Err(e) = cgroups.reset_payload() {
+                // A fresh payload cgroup, delegated again under a user namespace.
+                let reset = cgroups.reset_payload().and_then(|()| match &userns {
+                    Some(plan) => cgroups.delegate_to(plan.range.shift),
+                    None => Ok(()),
+                });
+                if let Err(e) = reset {
                     break Err(e);
                 }
             }
