@@ -504,3 +504,37 @@ fn reboot_under_userns_boots_again_with_fresh_mounts_and_cgroup() {
     assert_eq!(guest.wait_exit(Duration::from_secs(60)), 0);
     assert_cleaned_up(&name, None);
 }
+
+#[test]
+fn update_under_userns_maps_the_new_store_paths_too() {
+    let fx = nixos();
+    let name = unique_name("u-update");
+    let mut guest = Guest::launch(
+        Command::new(NIXSPAWN),
+        &name,
+        &["--pipe", "-U", "--toplevel", &fx.tiny],
+    );
+    started(&name);
+    let out = ctl(&["update", &name, "--toplevel", &fx.tiny2, "--action", "test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let busybox = closure_names(&fx.tiny)
+        .into_iter()
+        .find(|n| n.ends_with("-busybox-static"))
+        .unwrap();
+    let bb = format!("/nix/store/{busybox}/bin/busybox");
+    let script = format!("stat -c %u {} {}", fx.tiny, fx.tiny2);
+    let (code, out) = Guest::exec_in(&name, &[&bb, "sh", "-c", &script]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "old and new store paths both belong to the guest's root"
+    );
+    guest.signal(Signal::SIGTERM);
+    assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
+    assert_cleaned_up(&name, None);
+}

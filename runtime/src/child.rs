@@ -179,7 +179,12 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         step("apply custom mounts", || m.apply(root, &ctx))?;
     }
     if let Some(store) = &spec.store {
-        step("seal the store", || store::seal_store(root, store))?;
+        // Under a user namespace the guest's own namespace seals it: a flag
+        // set here would be locked there, and `nixspawnctl update` could
+        // never open the store for new paths.
+        if plan.userns.is_none() {
+            step("seal the store", || store::seal_store(root, store))?;
+        }
         step("link the system profile", || {
             store::link_profile(root, &store.toplevel)
         })?;
@@ -358,6 +363,9 @@ fn inner(
     } else {
         None
     };
+    if let Some(store) = &spec.store {
+        step("seal the store", || store::seal_store(&at.root, store))?;
+    }
     step("share mounts", || {
         crate::mounts::propagation(
             Path::new("/"),

@@ -43,6 +43,9 @@ pub struct State {
     pub private_network: bool,
     /// The host UID/GID range of the guest's user namespace, if any.
     pub uid_range: Option<crate::userns::UidRange>,
+    /// The guest's store is an idmapped view (root-owned files are its root's).
+    #[serde(default)]
+    pub store_idmapped: bool,
     /// The payload's capabilities (bit mask, as /proc/PID/status shows them).
     pub capabilities: u64,
     /// The seccomp filter's adjustments; None when seccomp is off.

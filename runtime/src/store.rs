@@ -105,7 +105,9 @@ pub(crate) fn seal_store(root: &Path, store: &StoreSpec) -> Result<()> {
 
 /// Flip the closure-only store's tmpfs between read-only and writable.
 pub(crate) fn remount_store_dir(target: &Path, read_only: bool) -> Result<()> {
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // The mount's own flag, not the superblock's: a guest's user namespace
+    // may change the former on its mounts, never the latter on ours.
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }

@@ -58,6 +58,7 @@ pub(crate) fn run_payload(
         console: spec.console,
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
+        store_idmapped: userns.is_some_and(|u| u.store.is_some()),
         capabilities: crate::capabilities::mask(&spec.capabilities()),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,

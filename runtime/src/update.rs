@@ -62,8 +62,13 @@ pub fn update(
             .flatten()
             .map(|e| e.file_name())
             .collect();
+        // New paths look the way the guest's store already does.
+        let mapping = match state.uid_range {
+            Some(range) if state.store_idmapped => Some(crate::idmap::mapping_userns(range)?),
+            _ => None,
+        };
         for entry in wanted.into_iter().filter(|e| !present.contains(&e.name)) {
-            prepared.push(prepare(entry)?);
+            prepared.push(prepare(entry, mapping.as_ref())?);
         }
     }
     let added = prepared
@@ -91,18 +96,25 @@ pub fn update(
 }
 
 /// A read-only detached copy of a host store path (or its link target).
-fn prepare(entry: Entry) -> Result<Prepared> {
+fn prepare(entry: Entry, mapping: Option<&OwnedFd>) -> Result<Prepared> {
     let is_dir = match entry.kind {
         EntryKind::Symlink(target) => return Ok(Prepared::Symlink(entry.name, target)),
         EntryKind::Directory => true,
         EntryKind::File => false,
     };
     let host = Path::new(STORE).join(&entry.name);
-    let c = CString::new(host.as_os_str().as_bytes())
-        .map_err(|_| Error::io("store path", &host, std::io::ErrorKind::InvalidInput.into()))?;
-    let fd = sys::clone_mount(&c).map_err(|e| Error::io("open_tree", &host, e))?;
-    sys::mount_setattr(fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, 0)
-        .map_err(|e| Error::io("mount_setattr(read-only)", &host, e))?;
+    let fd = match mapping {
+        Some(mapping) => crate::idmap::idmapped_clone(&host, mapping, false, true)?,
+        None => {
+            let c = CString::new(host.as_os_str().as_bytes()).map_err(|_| {
+                Error::io("store path", &host, std::io::ErrorKind::InvalidInput.into())
+            })?;
+            let fd = sys::clone_mount(&c).map_err(|e| Error::io("open_tree", &host, e))?;
+            sys::mount_setattr(fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, 0)
+                .map_err(|e| Error::io("mount_setattr(read-only)", &host, e))?;
+            fd
+        }
+    };
     Ok(Prepared::Mount(entry.name, fd, is_dir))
 }
 
