@@ -156,3 +156,10 @@ fn bad_credentials_are_refused_before_anything_starts() {
         assert_cleaned_up(&name, None);
     }
 }
+
+#[test]
+fn credentials_under_a_user_namespace_belong_to_the_guests_root() {
+    let mut args = debian_boot_args("bookworm");
+    args.insert(0, "-U".into());
+    guest_receives_credentials(args, &unique_name("cred-userns"));
+}
