@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use nixspawn_runtime::closure::{self, ClosureSource};
+use nixspawn_runtime::machined::{self, Reach};
 use nixspawn_runtime::mounts::CustomMount;
 use nixspawn_runtime::{
     ConsoleMode, MachineName, Payload, Spec, StoreSpec, Uuid, environment, signals, sys,
@@ -356,6 +357,42 @@ fn store_spec(args: &Args) -> Result<Option<StoreSpec>> {
 pub struct Options {
     pub quiet: bool,
     pub debug: bool,
+    /// One informational line about machined registration, for `--register=auto`.
+    pub register_notice: Option<String>,
+}
+
+/// Decide `--register`: `no` is silent, `auto` explains why this run is not
+/// registered, `yes` fails naming what is missing.
+fn register_notice(register: Option<&str>) -> Result<Option<String>> {
+    let wanted = match register {
+        None | Some("auto") => None,
+        Some(v) => Some(parse_bool("--register", v)?),
+    };
+    if wanted == Some(false) {
+        return Ok(None);
+    }
+    let why = match machined::probe() {
+        Reach::NoSystemBus { socket } => format!(
+            "no system D-Bus is listening on {} (install and start dbus and systemd-container)",
+            socket.display()
+        ),
+        Reach::NoMachined { socket } => format!(
+            "the system bus on {} has no org.freedesktop.machine1 (install systemd-container)",
+            socket.display()
+        ),
+        Reach::Available { .. } => {
+            "nixspawn cannot register with systemd-machined yet, so machinectl will not list it"
+                .to_string()
+        }
+    };
+    if wanted == Some(true) {
+        bail!(
+            "--register=yes: cannot register with systemd-machined: {why}; use --register=no or --register=auto to run unregistered"
+        );
+    }
+    Ok(Some(format!(
+        "Not registering with systemd-machined: {why}."
+    )))
 }
 
 pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
@@ -403,13 +440,7 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
     {
         bail!("--link-journal={mode} is not implemented by nixspawn yet (only no and auto)");
     }
-    match args.register.as_deref() {
-        None | Some("auto") => {}
-        Some(v) if parse_bool("--register", v).ok() == Some(false) => {}
-        Some(v) => bail!(
-            "--register={v}: registration with systemd-machined is not implemented by nixspawn yet; use --register=no"
-        ),
-    }
+    let register_notice = register_notice(args.register.as_deref())?;
 
     let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
@@ -540,6 +571,7 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
         Options {
             quiet: args.quiet,
             debug: args.debug,
+            register_notice,
         },
     ))
 }

@@ -384,3 +384,77 @@ fn a_running_name_or_tree_cannot_be_taken_twice() {
         "the refused launch left the running one alone"
     );
 }
+
+/// Run nixspawn with the system bus looked for at `bus_socket`.
+fn run_with_bus(bus_socket: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixspawn"))
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            format!("unix:path={}", bus_socket.display()),
+        )
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn register_auto_runs_standalone_and_yes_names_what_is_missing() {
+    let tree = busybox_tree();
+    let d = dir(&tree);
+    let sockets = tempfile::tempdir().unwrap();
+    let missing = sockets.path().join("no-bus");
+
+    // No bus: auto says so once and runs; no says nothing; yes refuses.
+    let (code, err) = run_with_bus(&missing, &["-D", d, "--pipe", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    let notices: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("Not registering with systemd-machined"))
+        .collect();
+    assert_eq!(notices.len(), 1, "one informational line: {err}");
+    assert!(notices[0].contains(missing.to_str().unwrap()), "{err}");
+    assert!(notices[0].contains("dbus"), "names the package: {err}");
+
+    let (code, err) = run_with_bus(&missing, &["-D", d, "--register=no", "--pipe", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("machined"), "--register=no is silent: {err}");
+
+    let (code, err) = run_with_bus(&missing, &["-q", "-D", d, "--pipe", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "-q silences the notice: {err}");
+
+    let (code, err) = run_with_bus(&missing, &["-D", d, "--register=yes", "/bin/true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(
+            "nixspawn: --register=yes: cannot register with systemd-machined: no system D-Bus"
+        ),
+        "{err}"
+    );
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert!(err.contains("--register=no"), "suggests the way out: {err}");
+    assert!(
+        !err.contains("Spawning"),
+        "refused before anything started: {err}"
+    );
+
+    // A listening bus: yes still refuses, since registration itself is not
+    // there yet, but no longer blames the bus.
+    let bus = sockets.path().join("bus");
+    let _listener = std::os::unix::net::UnixListener::bind(&bus).unwrap();
+    let (code, err) = run_with_bus(&bus, &["-D", d, "--register=yes", "/bin/true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--register=yes"), "{err}");
+    assert!(!err.contains("no system D-Bus"), "{err}");
+    let (code, err) = run_with_bus(&bus, &["-D", d, "--pipe", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("Not registering with systemd-machined"),
+        "{err}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod error;
 pub mod identity;
 pub mod idmap;
 mod janitor;
+pub mod machined;
 pub mod mounts;
 pub mod notify;
 mod procfs;

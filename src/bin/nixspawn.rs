@@ -2,16 +2,20 @@
 
 use std::process::ExitCode;
 
-use nixspawn_cli::launcher_args;
+use nixspawn_cli::launcher_args::{self, Options};
 use nixspawn_runtime::{Event, Outcome, Spec, signals};
 
-fn report(spec: &Spec, quiet: bool) -> impl FnMut(Event<'_>) + '_ {
+fn report<'a>(spec: &'a Spec, opts: &'a Options) -> impl FnMut(Event<'_>) + 'a {
     move |event| {
-        if quiet {
+        if opts.quiet {
             return;
         }
         match event {
             Event::Spawning => {
+                // Said once all input is checked, so a refused run prints only its error.
+                if let Some(notice) = &opts.register_notice {
+                    eprintln!("{notice}");
+                }
                 eprintln!(
                     "Spawning container {} on {}.",
                     spec.machine,
@@ -55,7 +59,7 @@ fn main() -> ExitCode {
                 .with_target(false)
                 .init();
         }
-        let outcome = nixspawn_runtime::run(&spec, &mut report(&spec, opts.quiet))?;
+        let outcome = nixspawn_runtime::run(&spec, &mut report(&spec, &opts))?;
         Ok((spec, opts.quiet, outcome))
     };
     match run() {
