@@ -246,26 +246,26 @@ fn notify_messages_are_forwarded_upwards() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let out = std::process::Command::new(NIXSPAWN)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .args([
+    let notify_socket = sock_path.to_str().unwrap();
+    let name = unique_name("notify");
+    let (code, _, err) = run_nixspawn_with_env(
+        &[("NOTIFY_SOCKET", notify_socket)],
+        &[
             "-q",
             "-x",
             "--pipe",
             "--notify-ready=yes",
             "-M",
-            &unique_name("notify"),
+            &name,
             "-D",
-        ])
-        .arg(&tree)
-        .args(["/bin/systemd-notify", "--ready", "--status=all set"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            tree.to_str().unwrap(),
+            "/bin/systemd-notify",
+            "--ready",
+            "--status=all set",
+        ],
+        "",
     );
+    assert_eq!(code, 0, "{err}");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = sock.recv(&mut buf) {
@@ -385,21 +385,12 @@ fn a_running_name_or_tree_cannot_be_taken_twice() {
     );
 }
 
-/// Run nixspawn with the system bus looked for at `bus_socket`.
+/// Run nixspawn with the system bus looked for at `bus_socket`; returns (code, stderr).
 fn run_with_bus(bus_socket: &Path, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixspawn"))
-        .env(
-            "DBUS_SYSTEM_BUS_ADDRESS",
-            format!("unix:path={}", bus_socket.display()),
-        )
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let address = format!("unix:path={}", bus_socket.display());
+    let (code, _, err) =
+        run_nixspawn_with_env(&[("DBUS_SYSTEM_BUS_ADDRESS", address.as_str())], args, "");
+    (code, err)
 }
 
 #[test]

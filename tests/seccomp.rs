@@ -152,15 +152,19 @@ fn seccomp_can_be_turned_off_and_bad_filters_are_refused() {
     let tree = busybox_tree();
     let scratch = tempfile::tempdir().unwrap();
     let probe_bin = build_probe(scratch.path());
-    let out = Command::new(NIXSPAWN)
-        .env("SYSTEMD_SECCOMP", "0")
-        .args(["-q", "--pipe", "-D"])
-        .arg(tree.path())
-        .arg(format!("--bind-ro={}:/probe", probe_bin.display()))
-        .arg("/probe")
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
+    let bind = format!("--bind-ro={}:/probe", probe_bin.display());
+    let (_, report, _) = run_nixspawn_with_env(
+        &[("SYSTEMD_SECCOMP", "0")],
+        &[
+            "-q",
+            "--pipe",
+            "-D",
+            tree.path().to_str().unwrap(),
+            &bind,
+            "/probe",
+        ],
+        "",
+    );
     assert!(
         report.lines().any(|l| l == "Seccomp:\t0"),
         "SYSTEMD_SECCOMP=0 installs no filter:\n{report}"

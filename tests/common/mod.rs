@@ -306,8 +306,18 @@ pub fn busybox_tree() -> tempfile::TempDir {
 
 /// Run nixspawn to completion with `stdin` as input; returns (code, stdout, stderr).
 pub fn run_nixspawn(args: &[&str], stdin: &str) -> (i32, String, String) {
+    run_nixspawn_with_env(&[], args, stdin)
+}
+
+/// `run_nixspawn` with extra environment variables for the launcher.
+pub fn run_nixspawn_with_env(
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: &str,
+) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(NIXSPAWN)
+        .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
