@@ -70,7 +70,10 @@ pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
     set("HOME", "/root".to_owned());
     set("USER", "root".to_owned());
     set("LOGNAME", "root".to_owned());
-    set("TERM", term.unwrap_or("vt220").to_owned());
+    // As nspawn: the caller's $TERM in every console mode, none without one.
+    if let Some(term) = term {
+        set("TERM", term.to_owned());
+    }
     if !spec.is_boot() {
         set("LANG", "C.UTF-8".to_owned());
     }
