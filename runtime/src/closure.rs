@@ -152,11 +152,34 @@ pub const NIX_DB: &str = "/nix/var/nix/db/db.sqlite";
 /// The requisites of `toplevel` from Nix's SQLite database: the transitive
 /// closure over the Refs table. Empty if the path is not registered.
 pub fn read_database(db: &Path, toplevel: &Path) -> rusqlite::Result<Vec<PathBuf>> {
+    match read_database_with(db, toplevel, false) {
+        // A WAL-mode database whose directory we cannot write (a read-only
+        // bind of /nix, as in a container) cannot create its -shm file; as
+        // nobody can write it there either, it may be read as immutable.
+        Err(_) if !db.parent().is_some_and(writable) => read_database_with(db, toplevel, true),
+        other => other,
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+        && !nix::sys::statvfs::statvfs(dir)
+            .is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+}
+
+fn read_database_with(
+    db: &Path,
+    toplevel: &Path,
+    immutable: bool,
+) -> rusqlite::Result<Vec<PathBuf>> {
     use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if immutable {
+        let uri = format!("file:{}?immutable=1", db.display());
+        rusqlite::Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?
+    } else {
+        rusqlite::Connection::open_with_flags(db, flags)?
+    };
     // Nix may be writing; wait for its lock rather than fail.
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mut stmt = conn.prepare(
