@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use nixspawn_runtime::closure::{self, ClosureSource};
+use nixspawn_runtime::journal::LinkJournal;
 use nixspawn_runtime::machined::{self, Reach};
 use nixspawn_runtime::mounts::CustomMount;
 use nixspawn_runtime::{
-    ConsoleMode, MachineName, Payload, Spec, StoreSpec, Uuid, environment, signals, sys,
+    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, environment, signals, sys,
 };
 use nixspawn_runtime::{capabilities, credentials, seccomp, userns};
 
@@ -361,38 +362,36 @@ pub struct Options {
     pub register_notice: Option<String>,
 }
 
-/// Decide `--register`: `no` is silent, `auto` explains why this run is not
-/// registered, `yes` fails naming what is missing.
-fn register_notice(register: Option<&str>) -> Result<Option<String>> {
+/// Decide `--register`: `no` is silent; `auto` registers where machined is
+/// reachable and otherwise says in one line why it does not; `yes` fails
+/// up front, naming what is missing.
+fn register_mode(register: Option<&str>) -> Result<(Register, Option<String>)> {
     let wanted = match register {
         None | Some("auto") => None,
         Some(v) => Some(parse_bool("--register", v)?),
     };
     if wanted == Some(false) {
-        return Ok(None);
+        return Ok((Register::No, None));
     }
-    let why = match machined::probe() {
-        Reach::NoSystemBus { socket } => format!(
-            "no system D-Bus is listening on {} (install and start dbus and systemd-container)",
-            socket.display()
-        ),
-        Reach::NoMachined { socket } => format!(
-            "the system bus on {} has no org.freedesktop.machine1 (install systemd-container)",
-            socket.display()
-        ),
-        Reach::Available { .. } => {
-            "nixspawn cannot register with systemd-machined yet, so machinectl will not list it"
-                .to_string()
-        }
-    };
+    let reach = machined::probe();
+    if let Reach::Available { .. } = reach {
+        let mode = if wanted == Some(true) {
+            Register::Yes
+        } else {
+            Register::Auto
+        };
+        return Ok((mode, None));
+    }
+    let why = reach.explain();
     if wanted == Some(true) {
         bail!(
             "--register=yes: cannot register with systemd-machined: {why}; use --register=no or --register=auto to run unregistered"
         );
     }
-    Ok(Some(format!(
-        "Not registering with systemd-machined: {why}."
-    )))
+    Ok((
+        Register::No,
+        Some(format!("Not registering with systemd-machined: {why}.")),
+    ))
 }
 
 pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
@@ -435,12 +434,11 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
             eprintln!("nixspawn: {warning}");
         }
     }
-    if let Some(mode) = args.link_journal.as_deref()
-        && !matches!(mode, "no" | "auto")
-    {
-        bail!("--link-journal={mode} is not implemented by nixspawn yet (only no and auto)");
-    }
-    let register_notice = register_notice(args.register.as_deref())?;
+    let link_journal = match args.link_journal.as_deref() {
+        None => LinkJournal::default(),
+        Some(mode) => LinkJournal::parse(mode)?,
+    };
+    let (register, register_notice) = register_mode(args.register.as_deref())?;
 
     let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
@@ -563,6 +561,8 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
         kill_signal,
         notify_ready,
         keep_unit: args.keep_unit,
+        register,
+        link_journal,
         mounts,
         working_directory: args.chdir.clone(),
     };

@@ -4,6 +4,8 @@
 //! cgroup namespace), also on hybrid hosts whose v2 hierarchy sits at
 //! /sys/fs/cgroup/unified. Layout, as systemd-nspawn's:
 //! - standalone: `/machine.slice/machine-NAME.scope/payload`
+//! - on a systemd host: `/machine.slice/UNIT/payload` in the transient scope
+//!   systemd made for us (see scope.rs); only `payload` is ours
 //! - `--keep-unit`: `<our cgroup>/payload`, and we move to `<our cgroup>/supervisor`.
 
 use std::fs;
@@ -28,6 +30,11 @@ pub struct CgroupLayout {
     /// Whether we move ourselves to `supervisor` (not when we run in the
     /// hierarchy's root, which may hold processes and belongs to no unit).
     pub use_supervisor: bool,
+    /// `base` is a unit systemd created and removes (a transient scope).
+    pub managed: bool,
+    /// On a hybrid systemd host: the scope in the named `systemd` v1
+    /// hierarchy, which systemd tracks units by and clone3 cannot enter.
+    pub v1_base: Option<PathBuf>,
 }
 
 /// The host's cgroup v2 mount point.
@@ -45,12 +52,48 @@ pub fn v2_mount() -> Result<PathBuf> {
 
 /// Our own cgroup v2 path, relative to the hierarchy root.
 pub fn own_v2_cgroup() -> Result<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| Error::io("reading", "/proc/self/cgroup", e))?;
+    v2_cgroup_of("self")
+}
+
+/// A process's cgroup v2 path (the `0::` line; hybrid hosts have one too).
+pub fn v2_cgroup_of(pid: &str) -> Result<PathBuf> {
+    let path = format!("/proc/{pid}/cgroup");
+    let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(PathBuf::from)
         .ok_or(Error::NoCgroup2)
+}
+
+/// Where systemd's named v1 hierarchy is mounted on a hybrid host.
+const SYSTEMD_V1: &str = "/sys/fs/cgroup/systemd";
+
+/// Our cgroup in the named v1 hierarchy, if it is mounted here (the
+/// kernel lists it in /proc/self/cgroup wherever any namespace mounts it).
+fn own_v1_systemd_cgroup() -> Option<PathBuf> {
+    if !Path::new(SYSTEMD_V1).join("cgroup.procs").exists()
+        || v2_mount().ok()? == Path::new(SYSTEMD_V1)
+    {
+        return None;
+    }
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        l.split_once(":name=systemd:")
+            .map(|(_, p)| PathBuf::from(p))
+    })
+}
+
+/// While alive, the launcher sits in the guest's scope in the named v1
+/// hierarchy, so that a child cloned now starts there (clone3 places it in
+/// v2 only). Dropping it moves the launcher back.
+pub struct V1Visit {
+    home: PathBuf,
+}
+
+impl Drop for V1Visit {
+    fn drop(&mut self) {
+        let _ = fs::write(self.home.join("cgroup.procs"), "0");
+    }
 }
 
 /// mountinfo escapes spaces and friends as octal.
@@ -81,11 +124,25 @@ fn rel(p: &Path) -> &Path {
 }
 
 impl CgroupLayout {
-    /// Decide the layout for a machine (nothing is created yet).
-    pub fn plan(name: &MachineName, keep_unit: bool) -> Result<Self> {
+    /// Decide the layout for a machine (nothing is created yet). With
+    /// `scope_unit` the guest goes into that transient scope of systemd's.
+    pub fn plan(name: &MachineName, keep_unit: bool, scope_unit: Option<&str>) -> Result<Self> {
         let mount = v2_mount()?;
         let own = own_v2_cgroup()?;
         let use_supervisor = keep_unit && own != Path::new("/");
+        if let Some(unit) = scope_unit {
+            let rel_base = Path::new("machine.slice").join(unit);
+            let v1_base = own_v1_systemd_cgroup().map(|_| Path::new(SYSTEMD_V1).join(&rel_base));
+            return Ok(CgroupLayout {
+                base: mount.join(&rel_base),
+                mount,
+                created: Vec::new(),
+                keep_unit,
+                use_supervisor: false,
+                managed: true,
+                v1_base,
+            });
+        }
         let base = if keep_unit {
             let own = if own.ends_with("supervisor") {
                 own.parent().unwrap_or(&own).to_path_buf()
@@ -96,7 +153,7 @@ impl CgroupLayout {
         } else {
             mount
                 .join("machine.slice")
-                .join(format!("machine-{name}.scope"))
+                .join(crate::scope::unit_name(name, true))
         };
         Ok(CgroupLayout {
             mount,
@@ -104,7 +161,30 @@ impl CgroupLayout {
             created: Vec::new(),
             keep_unit,
             use_supervisor,
+            managed: false,
+            v1_base: None,
         })
+    }
+
+    /// The scope's path relative to the hierarchy root (what /proc/PID/cgroup says).
+    pub fn base_relative(&self) -> PathBuf {
+        Path::new("/").join(self.base.strip_prefix(&self.mount).unwrap_or(Path::new("")))
+    }
+
+    /// Enter the guest's v1 scope for the moment a child is cloned (no-op
+    /// where there is no named v1 hierarchy).
+    pub fn visit_v1(&self) -> Result<Option<V1Visit>> {
+        let (Some(target), Some(own)) = (&self.v1_base, own_v1_systemd_cgroup()) else {
+            return Ok(None);
+        };
+        let home = Path::new(SYSTEMD_V1).join(rel(&own));
+        let procs = target.join("cgroup.procs");
+        fs::write(&procs, "0").map_err(|e| Error::Cgroup {
+            step: "entering",
+            path: procs,
+            source: e,
+        })?;
+        Ok(Some(V1Visit { home }))
     }
 
     pub fn payload(&self) -> PathBuf {
@@ -127,7 +207,9 @@ impl CgroupLayout {
     /// Create the directories; with `--keep-unit` move ourselves to `supervisor`.
     pub fn create(&mut self) -> Result<()> {
         let mut to_make = Vec::new();
-        if !self.keep_unit {
+        if self.managed {
+            // systemd made the scope; only payload is ours.
+        } else if !self.keep_unit {
             let mut dir = self.base.clone();
             while dir != self.mount && !dir.exists() {
                 to_make.push(dir.clone());
@@ -212,14 +294,38 @@ impl CgroupLayout {
     }
 
     pub fn open_payload(&self) -> Result<OwnedFd> {
-        let p = self.payload();
-        fs::File::open(&p)
-            .map(OwnedFd::from)
-            .map_err(|e| Error::Cgroup {
-                step: "opening",
-                path: p,
-                source: e,
-            })
+        open_dir(self.payload())
+    }
+
+    /// Where the container process starts: the scope's root when systemd
+    /// made the scope (machined must see the machine's leader there, as
+    /// with nspawn, before it moves on into `payload`), else `payload`.
+    pub fn open_start(&self) -> Result<OwnedFd> {
+        if self.managed {
+            open_dir(self.base.clone())
+        } else {
+            self.open_payload()
+        }
+    }
+
+    /// Move a process into `payload`.
+    pub fn move_into_payload(&self, pid: i32) -> Result<()> {
+        let procs = self.payload().join("cgroup.procs");
+        fs::write(&procs, pid.to_string()).map_err(|e| Error::Cgroup {
+            step: "moving the guest into",
+            path: procs,
+            source: e,
+        })
+    }
+
+    /// The payload cgroup in a scope systemd just made (managed layouts).
+    pub fn create_payload(&self) -> Result<()> {
+        let payload = self.payload();
+        fs::create_dir(&payload).map_err(|e| Error::Cgroup {
+            step: "creating",
+            path: payload,
+            source: e,
+        })
     }
 
     /// An empty payload cgroup for the next boot of the guest.
@@ -239,6 +345,9 @@ impl CgroupLayout {
         let payload = self.payload();
         if payload.exists() {
             remove_tree(&payload)?;
+        }
+        if self.managed {
+            return Ok(());
         }
         for dir in self.created.iter().rev().filter(|d| **d != payload) {
             match fs::remove_dir(dir) {
@@ -267,6 +376,16 @@ impl CgroupLayout {
         }
         Ok(())
     }
+}
+
+fn open_dir(p: PathBuf) -> Result<OwnedFd> {
+    fs::File::open(&p)
+        .map(OwnedFd::from)
+        .map_err(|e| Error::Cgroup {
+            step: "opening",
+            path: p,
+            source: e,
+        })
 }
 
 /// Kill every process below `dir`, wait until it is empty, then remove it

@@ -32,6 +32,8 @@ pub enum ToParent {
 pub enum ToChild {
     /// The inner process's uid_map and gid_map are written.
     MapsWritten,
+    /// The container process was registered and moved into `payload`.
+    Placed,
 }
 
 const MAX_MESSAGE: usize = 64 * 1024;

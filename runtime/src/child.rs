@@ -46,6 +46,9 @@ pub(crate) struct Plan<'a> {
     pub store_staging: PathBuf,
     pub term: Option<String>,
     pub userns: Option<&'a UsernsPlan>,
+    /// Started in the scope's root: wait until the launcher registered the
+    /// machine and moved us into `payload` before taking a cgroup namespace.
+    pub await_placement: bool,
 }
 
 /// Run the setup and exec the payload; report failure and exit otherwise.
@@ -107,6 +110,16 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     let spec = plan.spec;
     let owner = Owner(plan.userns.map(|u| u.range.shift));
     step("die with the launcher", || die_with_parent(channel))?;
+    if plan.await_placement {
+        step("wait for registration", || {
+            match channel.recv::<ToChild>()? {
+                Some((ToChild::Placed, _)) => Ok(()),
+                _ => Err(Error::Protocol(
+                    "the launcher went away before placing the container".into(),
+                )),
+            }
+        })?;
+    }
     if plan.userns.is_none() {
         step("unshare the cgroup namespace", || {
             sys::unshare(libc::CLONE_NEWCGROUP)
@@ -177,6 +190,12 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     };
     for m in &spec.mounts {
         step("apply custom mounts", || m.apply(root, &ctx))?;
+    }
+    // Not for ephemeral runs, whose journal goes with them (as nspawn).
+    if let (Some(tree), false) = (&spec.directory, spec.ephemeral) {
+        step("link the journal", || {
+            crate::journal::link(spec.link_journal, root, tree, owner)
+        })?;
     }
     if let Some(store) = &spec.store {
         // Under a user namespace the guest's own namespace seals it: a flag
@@ -306,7 +325,7 @@ fn inner(
     step("wait for the ID maps", || {
         match channel.recv::<ToChild>()? {
             Some((ToChild::MapsWritten, _)) => Ok(()),
-            None => Err(Error::Protocol(
+            _ => Err(Error::Protocol(
                 "the launcher went away before writing the ID maps".into(),
             )),
         }

@@ -11,6 +11,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::cgroup::CgroupLayout;
 use crate::console::RawTerminal;
 use crate::error::{Error, Result};
+use crate::hostlink::HostLink;
 use crate::janitor::Janitor;
 use crate::spec::{Payload, Spec};
 use crate::state::StateDir;
@@ -295,6 +296,8 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         return Err(Error::NotRoot);
     }
     let t0 = std::time::Instant::now();
+    // Declared first, so it is released last (after the cleanup below).
+    let signals = BlockedSignals::block()?;
     validate_tree(spec)?;
     let _tree_lock = lock_tree(spec)?;
     let mut session = Session {
@@ -303,7 +306,19 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         range_lock: None,
         janitor: None,
     };
-    let mut cgroups = CgroupLayout::plan(&spec.machine, spec.keep_unit)?;
+    let mut notices = Vec::new();
+    let mut host = HostLink::open(spec, &mut |n| notices.push(n))?;
+    for n in &notices {
+        observer.event(Event::Notice(n));
+    }
+    let mut cgroups = CgroupLayout::plan(
+        &spec.machine,
+        spec.keep_unit,
+        host.as_ref().and_then(|h| h.scope_unit()),
+    )?;
+    if let Some(h) = host.as_mut() {
+        h.begin_boot(spec, &cgroups.base_relative())?;
+    }
     let created = cgroups.create();
     let cgroups = session.cgroups.insert(cgroups);
     created?;
@@ -331,6 +346,9 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         session.state_dir.path().to_path_buf(),
         cgroups.clone(),
         locks,
+        host.as_ref()
+            .filter(|h| h.registers())
+            .map(|_| spec.machine.clone()),
     )?);
     tracing::debug!(
         "claimed name, tree, cgroup {} and janitor: {} µs",
@@ -339,7 +357,15 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     );
     observer.event(Event::Spawning);
 
-    let result = supervise(spec, cgroups, &session.state_dir, observer, userns);
+    let result = supervise(
+        spec,
+        cgroups,
+        &session.state_dir,
+        observer,
+        userns,
+        host.as_mut(),
+        &signals.fd,
+    );
     let t1 = std::time::Instant::now();
     let cleanup = session.finish();
     tracing::debug!("cleanup: {} µs", t1.elapsed().as_micros());
@@ -355,35 +381,31 @@ fn supervise(
     state_dir: &StateDir,
     observer: &mut dyn Observer,
     mut userns: Option<child::UsernsPlan>,
+    mut host: Option<&mut HostLink>,
+    signals: &SignalFd,
 ) -> Result<Outcome> {
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGWINCH,
-        Signal::SIGCHLD,
-    ] {
-        mask.add(s);
-    }
-    let mut old_mask = SigSet::empty();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))
-        .map_err(|e| Error::syscall("sigprocmask", e))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| Error::syscall("signalfd", e))?;
     let _raw = (spec.console == crate::spec::ConsoleMode::Interactive)
         .then(RawTerminal::enter)
         .flatten();
 
-    let result = loop {
-        match supervise::run_payload(
+    loop {
+        let outcome = supervise::run_payload(
             spec,
             cgroups,
             state_dir,
-            &signals,
+            signals,
             observer,
             userns.as_ref(),
-        ) {
+            host.as_deref_mut(),
+        );
+        if let Some(h) = host.as_deref_mut() {
+            // The scope goes with the boot; its payload first (it is ours).
+            if cgroups.managed {
+                let _ = cgroups.destroy();
+            }
+            h.end_boot(spec);
+        }
+        match outcome {
             Ok(Outcome::Rebooted) if !spec.keep_unit => {
                 if let Some(plan) = userns.as_mut()
                     && let Some(mapping) = &plan.mapping
@@ -394,8 +416,15 @@ fn supervise(
                     }
                 }
                 observer.event(Event::Rebooting);
-                // A fresh payload cgroup, delegated again under a user namespace.
-                let reset = cgroups.reset_payload().and_then(|()| match &userns {
+                // A fresh payload cgroup (in a new scope on a systemd host),
+                // delegated again under a user namespace.
+                let fresh = match host.as_deref_mut() {
+                    Some(h) if cgroups.managed => h
+                        .begin_boot(spec, &cgroups.base_relative())
+                        .and_then(|()| cgroups.create_payload()),
+                    _ => cgroups.reset_payload(),
+                };
+                let reset = fresh.and_then(|()| match &userns {
                     Some(plan) => cgroups.delegate_to(plan.range.shift),
                     None => Ok(()),
                 });
@@ -405,7 +434,42 @@ fn supervise(
             }
             other => break other,
         }
-    };
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-    result
+    }
+}
+
+/// The stop signals, blocked and read through a signalfd from before the
+/// guest starts until the launcher has cleaned up: machined signals the
+/// supervisor when the guest's scope ends, which must not kill it mid-cleanup.
+struct BlockedSignals {
+    fd: SignalFd,
+    old_mask: SigSet,
+}
+
+impl BlockedSignals {
+    fn block() -> Result<Self> {
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGWINCH,
+            Signal::SIGCHLD,
+        ] {
+            mask.add(s);
+        }
+        let mut old_mask = SigSet::empty();
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))
+            .map_err(|e| Error::syscall("sigprocmask", e))?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| Error::syscall("signalfd", e))?;
+        Ok(BlockedSignals { fd, old_mask })
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // What arrived after the guest ended is answered by our exit.
+        while let Ok(Some(_)) = self.fd.read_signal() {}
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+    }
 }

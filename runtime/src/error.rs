@@ -104,6 +104,12 @@ pub enum Error {
     #[error("container setup failed: {step}: {message}")]
     Child { step: String, message: String },
 
+    #[error("--link-journal: {reason}")]
+    Journal { reason: String },
+
+    #[error("{step}: {message}")]
+    Bus { step: String, message: String },
+
     #[error("talking to the container process: {0}")]
     Protocol(String),
 }

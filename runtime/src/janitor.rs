@@ -2,7 +2,7 @@
 //! the guest's cgroups and state directory if the launcher dies without
 //! doing so itself (SIGKILL, OOM kill). It waits on a pipe from the
 //! launcher: a byte means "done, nothing to do", end-of-file means the
-//! launcher is gone.
+//! launcher is gone. A machine registered with machined is unregistered.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use crate::cgroup::CgroupLayout;
 use crate::error::{Error, Result};
+use crate::identity::MachineName;
 use crate::sys::{self, Forked};
 
 pub struct Janitor {
@@ -27,6 +28,7 @@ impl Janitor {
         state_dir: PathBuf,
         cgroups: CgroupLayout,
         locks: Vec<(OwnedFd, Option<PathBuf>)>,
+        registered: Option<MachineName>,
     ) -> Result<Self> {
         let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::syscall("pipe2", e))?;
@@ -37,7 +39,7 @@ impl Janitor {
             }
             Forked::Child => {
                 drop(tx);
-                watch(rx, locks, &state_dir, &cgroups)
+                watch(rx, locks, &state_dir, &cgroups, registered.as_ref())
             }
         }
     }
@@ -53,6 +55,7 @@ fn watch(
     locks: Vec<(OwnedFd, Option<PathBuf>)>,
     state_dir: &std::path::Path,
     cgroups: &CgroupLayout,
+    registered: Option<&MachineName>,
 ) -> ! {
     // Out of the launcher's session and process group, deaf to the signals
     // a terminal or a process-group kill sends, holding only what it needs.
@@ -82,6 +85,10 @@ fn watch(
     };
     if n != Ok(1) {
         let _ = cgroups.destroy();
+        // machined would drop the machine with its unit anyway; say so now.
+        if let Some(name) = registered {
+            crate::machined::unregister_any(name);
+        }
         let _ = crate::state::remove_state_dir(state_dir);
         // Unlinked while still held, as systemd does with its lock files.
         for path in locks.iter().filter_map(|(_, p)| p.as_ref()) {

@@ -2,6 +2,7 @@
 //! cleaned-up) container out. No command line and no printing here; the
 //! binaries in `src/` do that.
 
+mod bus;
 pub mod capabilities;
 pub mod cgroup;
 mod channel;
@@ -14,9 +15,11 @@ mod devfs;
 pub mod enter;
 pub mod environment;
 pub mod error;
+mod hostlink;
 pub mod identity;
 pub mod idmap;
 mod janitor;
+pub mod journal;
 pub mod machined;
 pub mod mounts;
 pub mod notify;
@@ -24,6 +27,7 @@ mod procfs;
 pub mod resolve;
 mod rootfs;
 pub mod runhost;
+mod scope;
 pub mod seccomp;
 pub mod signals;
 pub mod spec;
@@ -34,9 +38,10 @@ pub mod sys;
 mod sysfs;
 pub mod update;
 pub mod userns;
+mod varlink;
 
 pub use child::INIT_CANDIDATES;
 pub use container::{Event, Observer, Outcome, run};
 pub use error::{Error, Result};
 pub use identity::{MachineName, Uuid};
-pub use spec::{ConsoleMode, Payload, Spec, StoreSpec};
+pub use spec::{ConsoleMode, Payload, Register, Spec, StoreSpec};

@@ -47,6 +47,17 @@ pub struct StoreSpec {
     pub nix_daemon: bool,
 }
 
+/// `--register=yes|no|auto`: whether to register with systemd-machined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Register {
+    No,
+    /// Register where machined is reachable; otherwise run standalone.
+    #[default]
+    Auto,
+    /// Register or fail.
+    Yes,
+}
+
 #[derive(Debug, Clone)]
 pub struct Spec {
     /// The OS tree (or, with a toplevel, the state directory) on the host;
@@ -70,6 +81,10 @@ pub struct Spec {
     pub notify_ready: bool,
     /// Run in the calling unit's cgroup (payload/supervisor split).
     pub keep_unit: bool,
+    /// `--register`.
+    pub register: Register,
+    /// `--link-journal`.
+    pub link_journal: crate::journal::LinkJournal,
     pub mounts: Vec<CustomMount>,
     /// `--private-users`.
     pub private_users: crate::userns::Mode,

@@ -1,7 +1,7 @@
 //! One run of the payload: start the container process, take its handles,
 //! then watch it — console, notify socket, stop signals — until it ends.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -13,8 +13,9 @@ use crate::child;
 use crate::console::{Action, Console};
 use crate::container::{Event, Observer, Outcome};
 use crate::error::{Error, Result};
+use crate::hostlink::HostLink;
 use crate::notify;
-use crate::spec::{ConsoleMode, Spec};
+use crate::spec::Spec;
 use crate::state::{State, StateDir};
 use crate::sys::{self, ExitKind, Forked};
 use crate::userns::UidRange;
@@ -27,15 +28,41 @@ pub(crate) fn run_payload(
     signals: &SignalFd,
     observer: &mut dyn Observer,
     userns: Option<&child::UsernsPlan>,
+    mut host: Option<&mut HostLink>,
 ) -> Result<Outcome> {
     let t0 = std::time::Instant::now();
     let (first, first_pidfd, channel) = start(spec, cgroups, state_dir, userns)?;
     tracing::debug!("clone3: PID {first}, {} µs", t0.elapsed().as_micros());
+    let mut notices = Vec::new();
+    // In a scope of our own the guest's PID 1 is registered from the scope's
+    // root, then moved into payload (with a user namespace once it exists).
+    let mut placement = match host.as_deref_mut() {
+        Some(h) if cgroups.managed => Some(Placement {
+            host: h,
+            cgroups,
+            notices: &mut notices,
+        }),
+        _ => None,
+    };
+    if userns.is_none()
+        && let Some(p) = placement.as_mut()
+    {
+        let placed = p
+            .place(spec, first, first_pidfd.as_fd())
+            .and_then(|()| channel.send(&ToChild::Placed, &[]));
+        if let Err(e) = placed {
+            let _ = sys::pidfd_send_signal(first_pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::pidfd_wait(first_pidfd.as_fd(), false);
+            return Err(e);
+        }
+    }
+    let early = placement.is_some();
     let setup = receive_setup(
         spec,
         &channel,
         (first, first_pidfd),
         userns.map(|u| u.range),
+        placement.filter(|_| userns.is_some()),
     );
     let Setup {
         leader,
@@ -43,6 +70,17 @@ pub(crate) fn run_payload(
         notify_sock,
         console,
     } = setup?;
+    if !early && let Some(h) = host.as_deref_mut() {
+        let linked = h.guest_started(spec, leader, pidfd.as_fd(), &mut |n| notices.push(n));
+        if let Err(e) = linked {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::pidfd_wait(pidfd.as_fd(), false);
+            return Err(e);
+        }
+    }
+    for n in &notices {
+        observer.event(Event::Notice(n));
+    }
     let state = State {
         name: spec.machine.clone(),
         uuid: spec.uuid.to_string(),
@@ -94,6 +132,7 @@ pub(crate) fn run_payload(
         stop_requests: 0,
         handlers_ready: false,
         resend_kill_signal: false,
+        host,
     };
     watch.run(signals)
 }
@@ -109,7 +148,7 @@ fn start(
     userns: Option<&child::UsernsPlan>,
 ) -> Result<(i32, OwnedFd, Channel)> {
     let (ours, theirs) = channel::pair()?;
-    let payload_cgroup = cgroups.open_payload()?;
+    let start_cgroup = cgroups.open_start()?;
     let mut flags = if userns.is_some() {
         libc::CLONE_NEWNS as u64
     } else {
@@ -118,21 +157,21 @@ fn start(
     if spec.private_network && userns.is_none() {
         flags |= libc::CLONE_NEWNET as u64;
     }
-    let term = std::env::var("TERM")
-        .ok()
-        .filter(|_| spec.console == ConsoleMode::Interactive);
+    let term = std::env::var("TERM").ok();
     let plan = child::Plan {
         spec,
         mount_point: state_dir.mount_point(),
         store_staging: state_dir.path().join("store"),
         term,
         userns,
+        await_placement: cgroups.managed && userns.is_none(),
     };
     std::fs::create_dir_all(&plan.mount_point)
         .map_err(|e| Error::io("creating", &plan.mount_point, e))?;
-    match sys::clone3(flags, libc::SIGCHLD, Some(payload_cgroup.as_fd()))
-        .map_err(|e| Error::syscall("clone3", e))?
-    {
+    let v1_visit = cgroups.visit_v1()?;
+    let cloned = sys::clone3(flags, libc::SIGCHLD, Some(start_cgroup.as_fd()));
+    drop(v1_visit);
+    match cloned.map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
             drop(ours);
             child::run(&plan, theirs)
@@ -141,6 +180,22 @@ fn start(
             let pidfd = pidfd.ok_or_else(|| Error::Protocol("clone3 returned no pidfd".into()))?;
             Ok((pid, pidfd, ours))
         }
+    }
+}
+
+/// Registering the guest from the scope's root and moving it on into payload.
+struct Placement<'a> {
+    host: &'a mut HostLink,
+    cgroups: &'a CgroupLayout,
+    notices: &'a mut Vec<String>,
+}
+
+impl Placement<'_> {
+    fn place(&mut self, spec: &Spec, leader: i32, pidfd: BorrowedFd<'_>) -> Result<()> {
+        let notices = &mut *self.notices;
+        self.host
+            .guest_started(spec, leader, pidfd, &mut |n| notices.push(n))?;
+        self.cgroups.move_into_payload(leader)
     }
 }
 
@@ -161,9 +216,10 @@ fn receive_setup(
     channel: &Channel,
     first: (i32, OwnedFd),
     userns: Option<UidRange>,
+    placement: Option<Placement<'_>>,
 ) -> Result<Setup> {
     let mut inner: Option<(i32, OwnedFd)> = None;
-    let result = receive_setup_messages(spec, channel, &first, userns, &mut inner);
+    let result = receive_setup_messages(spec, channel, &first, userns, &mut inner, placement);
     match (result, inner) {
         (Ok((notify_sock, console)), Some((leader, pidfd))) => {
             // The outer process is done once it handed PID 1 over.
@@ -197,6 +253,7 @@ fn receive_setup_messages(
     first: &(i32, OwnedFd),
     userns: Option<UidRange>,
     inner: &mut Option<(i32, OwnedFd)>,
+    mut placement: Option<Placement<'_>>,
 ) -> Result<(OwnedFd, Option<Console>)> {
     let mut notify = None;
     let mut console = None;
@@ -226,11 +283,14 @@ fn receive_setup_messages(
                 let (Some(range), 1) = (userns, fds.len()) else {
                     return Err(Error::Protocol("an unexpected PID 1 hand-over".into()));
                 };
-                *inner = Some((pid, fds.remove(0)));
+                let pidfd = inner.insert((pid, fds.remove(0))).1.as_fd();
                 for file in ["uid_map", "gid_map"] {
                     let p = format!("/proc/{pid}/{file}");
                     std::fs::write(&p, range.map_line())
                         .map_err(|e| Error::io("writing", &p, e))?;
+                }
+                if let Some(p) = placement.as_mut() {
+                    p.place(spec, pid, pidfd)?;
                 }
                 channel.send(&ToChild::MapsWritten, &[])?;
             }
@@ -277,6 +337,8 @@ struct Watch<'a> {
     handlers_ready: bool,
     /// A stop arrived before the handlers were: send the kill signal again.
     resend_kill_signal: bool,
+    /// The systemd host, which may ask us to stop the guest's scope.
+    host: Option<&'a mut HostLink>,
 }
 
 impl Watch<'_> {
@@ -294,6 +356,11 @@ impl Watch<'_> {
             if reads_stdin {
                 fds.push(PollFd::new(sys::stdio(0), PollFlags::POLLIN));
             }
+            let host_fd = self.host.as_deref().and_then(HostLink::stop_request_fd);
+            let host_index = host_fd.map(|fd| {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                fds.len() - 1
+            });
             match nix::poll::poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(Error::syscall("poll", e)),
@@ -304,11 +371,19 @@ impl Watch<'_> {
                 .collect();
             drop(fds);
 
-            if ready.get(3) == Some(&true) {
+            let console_index = self.console.as_ref().map(|_| 3);
+            let stdin_index = reads_stdin.then(|| 3 + usize::from(console_index.is_some()));
+            if console_index.is_some_and(|i| ready[i]) {
                 self.console_output();
             }
-            if ready.get(4) == Some(&true) {
+            if stdin_index.is_some_and(|i| ready[i]) {
                 self.console_input();
+            }
+            if host_index.is_some_and(|i| ready[i])
+                && self.host.as_deref().is_some_and(HostLink::stop_requested)
+            {
+                // `machinectl terminate` / `systemctl stop` of the scope.
+                self.request_stop();
             }
             if ready[2] {
                 self.notify_messages();

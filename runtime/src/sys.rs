@@ -317,6 +317,14 @@ pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
+/// Borrow a descriptor that `owner` holds open (a library's socket) for as
+/// long as `owner` is borrowed.
+pub fn borrow_fd<T: ?Sized>(fd: RawFd, _owner: &T) -> BorrowedFd<'_> {
+    // SAFETY: the caller passes the object owning `fd`; the returned borrow
+    // cannot outlive it, and the object closes the descriptor only on drop.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
 /// True when the descriptor refers to a terminal.
 pub fn isatty(fd: impl AsFd) -> bool {
     // SAFETY: isatty only inspects the descriptor.
