@@ -56,6 +56,16 @@ fn write_from_guest(tree: &Path, id: &str, mode: &str) -> (i32, String, String) 
     let script = format!(
         "grep -c ' /var/log/journal/{id} ' /proc/self/mountinfo; echo from-guest > /var/log/journal/{id}/probe"
     );
+    run_in_guest(tree, mode, &script)
+}
+
+fn write_from_guest_no_id(tree: &Path, mode: &str) -> (i32, String, String) {
+    let script = "grep -c ' /var/log/journal/' /proc/self/mountinfo || true";
+    run_in_guest(tree, mode, script)
+}
+
+/// A busybox shell script as the guest, with `--link-journal=mode`.
+fn run_in_guest(tree: &Path, mode: &str, script: &str) -> (i32, String, String) {
     common::run_nixspawn(
         &[
             "-q",
@@ -65,7 +75,7 @@ fn write_from_guest(tree: &Path, id: &str, mode: &str) -> (i32, String, String) 
             &format!("--link-journal={mode}"),
             "/bin/sh",
             "-c",
-            &script,
+            script,
         ],
         "",
     )
@@ -144,20 +154,4 @@ fn try_modes_and_auto_skip_what_they_cannot_do_and_strict_modes_say_why() {
         err.contains("--link-journal") && err.contains("try-guest"),
         "{err}"
     );
-}
-
-fn write_from_guest_no_id(tree: &Path, mode: &str) -> (i32, String, String) {
-    common::run_nixspawn(
-        &[
-            "-q",
-            "--register=no",
-            "-D",
-            tree.to_str().unwrap(),
-            &format!("--link-journal={mode}"),
-            "/bin/sh",
-            "-c",
-            "grep -c ' /var/log/journal/' /proc/self/mountinfo || true",
-        ],
-        "",
-    )
 }

@@ -28,7 +28,7 @@ pub enum ToParent {
 }
 
 /// Messages from the launcher to the container process.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ToChild {
     /// The inner process's uid_map and gid_map are written.
     MapsWritten,

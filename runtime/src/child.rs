@@ -112,12 +112,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     step("die with the launcher", || die_with_parent(channel))?;
     if plan.await_placement {
         step("wait for registration", || {
-            match channel.recv::<ToChild>()? {
-                Some((ToChild::Placed, _)) => Ok(()),
-                _ => Err(Error::Protocol(
-                    "the launcher went away before placing the container".into(),
-                )),
-            }
+            await_word(channel, ToChild::Placed, "placing the container")
         })?;
     }
     if plan.userns.is_none() {
@@ -323,12 +318,7 @@ fn inner(
     let spec = plan.spec;
     step("die with the launcher", || die_with_parent(channel))?;
     step("wait for the ID maps", || {
-        match channel.recv::<ToChild>()? {
-            Some((ToChild::MapsWritten, _)) => Ok(()),
-            _ => Err(Error::Protocol(
-                "the launcher went away before writing the ID maps".into(),
-            )),
-        }
+        await_word(channel, ToChild::MapsWritten, "writing the ID maps")
     })?;
     step("become the guest's root", || {
         let root_gid = nix::unistd::Gid::from_raw(0);
@@ -447,6 +437,16 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
             err.into(),
         ),
     ))
+}
+
+/// Block until the launcher sends `expected` (it did what `what` says).
+fn await_word(channel: &Channel, expected: ToChild, what: &str) -> Result<()> {
+    match channel.recv::<ToChild>()? {
+        Some((word, _)) if word == expected => Ok(()),
+        _ => Err(Error::Protocol(format!(
+            "the launcher went away before {what}"
+        ))),
+    }
 }
 
 /// PDEATHSIG, then make sure the launcher did not die before it was set.
