@@ -171,17 +171,20 @@ exercise() {
 	fi
 
 	before=$(leader_of "$name")
+	local t_reboot
+	t_reboot=$(date +%s)
 	machinectl reboot "$name"
-	until_ok 60 bash -c "[ -n \"\$(machinectl show $name -p Leader --value 2>/dev/null)\" ] && [ \"\$(machinectl show $name -p Leader --value)\" != $before ]"
+	until_ok 120 bash -c "[ -n \"\$(machinectl show $name -p Leader --value 2>/dev/null)\" ] && [ \"\$(machinectl show $name -p Leader --value)\" != $before ]"
 	after=$(leader_of "$name")
 	until_ok 60 guest_bus_up "$name"
 	if [ -n "$after" ] && [ "$after" != "$before" ] &&
 		[ "$(timeout 120 systemctl -M "$name" is-system-running --wait 2>&1)" = running ]; then
 		echo "reboot: new leader, running" >>"$facts"
-		pass "$launcher/$guest: machinectl reboot brought it back with a new leader"
+		pass "$launcher/$guest: machinectl reboot brought it back with a new leader ($(($(date +%s) - t_reboot)) s)"
 	else
 		echo "reboot: leader $before -> ${after:-none}" >>"$facts"
-		fail "$launcher/$guest: machinectl reboot (leader $before -> ${after:-none})"
+		fail "$launcher/$guest: machinectl reboot (leader $before -> ${after:-none} after $(($(date +%s) - t_reboot)) s); its console:"
+		tail -n 40 "$out/$name.console"
 	fi
 
 	machinectl poweroff "$name"
