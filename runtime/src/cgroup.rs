@@ -34,7 +34,7 @@ pub struct CgroupLayout {
     pub managed: bool,
     /// On a hybrid systemd host: the scope in the named `systemd` v1
     /// hierarchy, which systemd tracks units by and clone3 cannot enter.
-    pub v1_base: Option<PathBuf>,
+    pub v1: Option<V1Scope>,
 }
 
 /// The host's cgroup v2 mount point.
@@ -67,6 +67,13 @@ pub fn v2_cgroup_of(pid: &str) -> Result<PathBuf> {
 
 /// Where systemd's named v1 hierarchy is mounted on a hybrid host.
 const SYSTEMD_V1: &str = "/sys/fs/cgroup/systemd";
+
+/// The guest's scope and the launcher's own cgroup in the named v1 hierarchy.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct V1Scope {
+    scope: PathBuf,
+    home: PathBuf,
+}
 
 /// Our cgroup in the named v1 hierarchy, if it is mounted here (the
 /// kernel lists it in /proc/self/cgroup wherever any namespace mounts it).
@@ -132,7 +139,10 @@ impl CgroupLayout {
         let use_supervisor = keep_unit && own != Path::new("/");
         if let Some(unit) = scope_unit {
             let rel_base = Path::new("machine.slice").join(unit);
-            let v1_base = own_v1_systemd_cgroup().map(|_| Path::new(SYSTEMD_V1).join(&rel_base));
+            let v1 = own_v1_systemd_cgroup().map(|own| V1Scope {
+                scope: Path::new(SYSTEMD_V1).join(&rel_base),
+                home: Path::new(SYSTEMD_V1).join(rel(&own)),
+            });
             return Ok(CgroupLayout {
                 base: mount.join(&rel_base),
                 mount,
@@ -140,7 +150,7 @@ impl CgroupLayout {
                 keep_unit,
                 use_supervisor: false,
                 managed: true,
-                v1_base,
+                v1,
             });
         }
         let base = if keep_unit {
@@ -162,7 +172,7 @@ impl CgroupLayout {
             keep_unit,
             use_supervisor,
             managed: false,
-            v1_base: None,
+            v1: None,
         })
     }
 
@@ -174,17 +184,18 @@ impl CgroupLayout {
     /// Enter the guest's v1 scope for the moment a child is cloned (no-op
     /// where there is no named v1 hierarchy).
     pub fn visit_v1(&self) -> Result<Option<V1Visit>> {
-        let (Some(target), Some(own)) = (&self.v1_base, own_v1_systemd_cgroup()) else {
+        let Some(v1) = &self.v1 else {
             return Ok(None);
         };
-        let home = Path::new(SYSTEMD_V1).join(rel(&own));
-        let procs = target.join("cgroup.procs");
+        let procs = v1.scope.join("cgroup.procs");
         fs::write(&procs, "0").map_err(|e| Error::Cgroup {
             step: "entering",
             path: procs,
             source: e,
         })?;
-        Ok(Some(V1Visit { home }))
+        Ok(Some(V1Visit {
+            home: v1.home.clone(),
+        }))
     }
 
     pub fn payload(&self) -> PathBuf {
@@ -229,12 +240,7 @@ impl CgroupLayout {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // A payload left over from a killed run: empty it and reuse it.
                     if dir == self.payload() {
-                        remove_tree(&dir)?;
-                        fs::create_dir(&dir).map_err(|e| Error::Cgroup {
-                            step: "creating",
-                            path: dir.clone(),
-                            source: e,
-                        })?;
+                        self.reset_payload()?;
                         self.created.push(dir);
                     }
                 }
@@ -318,7 +324,8 @@ impl CgroupLayout {
         })
     }
 
-    /// The payload cgroup in a scope systemd just made (managed layouts).
+    /// The payload cgroup in a scope systemd just made (managed layouts),
+    /// or after emptying the old one.
     pub fn create_payload(&self) -> Result<()> {
         let payload = self.payload();
         fs::create_dir(&payload).map_err(|e| Error::Cgroup {
@@ -330,13 +337,8 @@ impl CgroupLayout {
 
     /// An empty payload cgroup for the next boot of the guest.
     pub fn reset_payload(&self) -> Result<()> {
-        let payload = self.payload();
-        remove_tree(&payload)?;
-        fs::create_dir(&payload).map_err(|e| Error::Cgroup {
-            step: "re-creating",
-            path: payload,
-            source: e,
-        })
+        remove_tree(&self.payload())?;
+        self.create_payload()
     }
 
     /// Kill what is left in the payload, wait for it to empty, and remove
