@@ -15,9 +15,8 @@ use crate::spec::{Register, Spec};
 
 pub(crate) struct HostLink {
     bus: Bus,
-    /// Register with machined; `required` makes a failure fatal.
+    /// Register with machined (a failure is fatal under `--register=yes`).
     register: bool,
-    required: bool,
     /// The scope unit to allocate per boot (none under `--keep-unit`).
     scope_unit: Option<String>,
     scope: Option<Scope>,
@@ -63,7 +62,6 @@ impl HostLink {
         Ok(Some(HostLink {
             bus,
             register,
-            required: spec.register == Register::Yes,
             scope_unit: allocate_scope
                 .then(|| scope::unit_name(&spec.machine, !machined::has_varlink())),
             scope: None,
@@ -133,12 +131,12 @@ impl HostLink {
                 .unwrap_or_default(),
             ifindices: Vec::new(),
         };
-        match machined::register(Some(&self.bus), &machine, leader, pidfd) {
+        match machined::register(&self.bus, &machine, leader, pidfd) {
             Ok(via) => {
                 self.registered = Some(via);
                 Ok(())
             }
-            Err(e) if !self.required => {
+            Err(e) if spec.register != Register::Yes => {
                 notice(format!("{e}; continuing unregistered"));
                 Ok(())
             }

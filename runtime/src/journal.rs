@@ -55,13 +55,15 @@ impl LinkJournal {
             LinkJournal::Auto | LinkJournal::TryHost | LinkJournal::TryGuest
         )
     }
+
+    /// The journal lives in the tree, the host links to it.
+    fn in_guest(self) -> bool {
+        matches!(self, LinkJournal::Guest | LinkJournal::TryGuest)
+    }
 }
 
-const HOST_JOURNAL: &str = "/var/log/journal";
-
-fn refuse(reason: String) -> Error {
-    Error::Journal { reason }
-}
+/// Where journald keeps persistent journals, on the host and in the guest.
+const JOURNAL_DIR: &str = "/var/log/journal";
 
 /// The 32-hex-digit id in a machine-id file, if it holds one.
 fn machine_id(text: &str) -> Option<String> {
@@ -81,7 +83,7 @@ pub(crate) fn link(mode: LinkJournal, root: &Path, tree: &Path, owner: Owner) ->
             tracing::debug!("not linking the journal: {reason}");
             Ok(())
         } else {
-            Err(refuse(reason))
+            Err(Error::Journal { reason })
         }
     };
     let text = resolve::read_in_root(root, Path::new("/etc/machine-id"), 64)
@@ -101,8 +103,8 @@ pub(crate) fn link(mode: LinkJournal, root: &Path, tree: &Path, owner: Owner) ->
             tree.display()
         ));
     }
-    let guest_dir = Path::new("/var/log/journal").join(&id);
-    let on_host = Path::new(HOST_JOURNAL).join(&id);
+    let guest_dir = Path::new(JOURNAL_DIR).join(&id);
+    let on_host = guest_dir.clone();
     let in_tree = tree.join(guest_dir.strip_prefix("/").unwrap_or(&guest_dir));
     let make_guest_dir = || {
         resolve::in_root(root, &guest_dir, Create::Dir(0o755)).and_then(|p| {
@@ -114,12 +116,7 @@ pub(crate) fn link(mode: LinkJournal, root: &Path, tree: &Path, owner: Owner) ->
     match fs::read_link(&on_host) {
         Ok(target) => {
             let ours = target == in_tree;
-            if ours
-                && matches!(
-                    mode,
-                    LinkJournal::Guest | LinkJournal::TryGuest | LinkJournal::Auto
-                )
-            {
+            if ours && (mode.in_guest() || mode == LinkJournal::Auto) {
                 make_guest_dir()?;
                 return Ok(());
             }
@@ -128,7 +125,7 @@ pub(crate) fn link(mode: LinkJournal, root: &Path, tree: &Path, owner: Owner) ->
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             // A real directory on the host: bound below (not for `guest`).
-            if matches!(mode, LinkJournal::Guest | LinkJournal::TryGuest) {
+            if mode.in_guest() {
                 return skip_or(format!(
                     "{} is a directory on the host, not a link into the guest",
                     on_host.display()
@@ -138,7 +135,7 @@ pub(crate) fn link(mode: LinkJournal, root: &Path, tree: &Path, owner: Owner) ->
         Err(e) => return Err(Error::io("reading the link", &on_host, e)),
     }
 
-    if matches!(mode, LinkJournal::Guest | LinkJournal::TryGuest) {
+    if mode.in_guest() {
         if let Err(e) = std::os::unix::fs::symlink(&in_tree, &on_host) {
             return skip_or(format!(
                 "linking {} to {}: {e}",

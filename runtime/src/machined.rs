@@ -24,6 +24,15 @@ const MACHINED: &str = "org.freedesktop.machine1";
 const MACHINED_PATH: &str = "/org/freedesktop/machine1";
 const MACHINED_MANAGER: &str = "org.freedesktop.machine1.Manager";
 
+/// A method of machined's manager object.
+fn manager<A: dbus::arg::AppendAll, R: dbus::arg::ReadAll + 'static>(
+    bus: &Bus,
+    method: &str,
+    args: A,
+) -> std::result::Result<R, crate::bus::CallError> {
+    bus.call(MACHINED, MACHINED_PATH, MACHINED_MANAGER, method, args)
+}
+
 /// Where the system bus listens unless `DBUS_SYSTEM_BUS_ADDRESS` says otherwise.
 const DEFAULT_SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
@@ -140,12 +149,7 @@ pub struct Machine<'a> {
 }
 
 /// Register `leader` (the guest's PID 1, with its pidfd) as the machine.
-pub fn register(
-    bus: Option<&Bus>,
-    m: &Machine<'_>,
-    leader: i32,
-    pidfd: BorrowedFd<'_>,
-) -> Result<Via> {
+pub fn register(bus: &Bus, m: &Machine<'_>, leader: i32, pidfd: BorrowedFd<'_>) -> Result<Via> {
     let step = || format!("registering {} with systemd-machined", m.name);
     // The pidfd's inode number names the process for good (pidfs, Linux 6.9).
     let pidfd_id = nix::sys::stat::fstat(pidfd).ok().map(|st| st.st_ino);
@@ -182,10 +186,6 @@ pub fn register(
             });
         }
     }
-    let bus = bus.ok_or_else(|| Error::Bus {
-        step: step(),
-        message: "no Varlink endpoint and no system bus".into(),
-    })?;
     let id = m.uuid.0.to_vec();
     let mut props: Vec<Property> = vec![
         property("Id", id.clone()),
@@ -198,22 +198,15 @@ pub fn register(
     if let Some(id) = pidfd_id {
         props.push(property("LeaderPIDFDID", id));
     }
-    let ex: std::result::Result<(dbus::Path,), _> = bus.call(
-        MACHINED,
-        MACHINED_PATH,
-        MACHINED_MANAGER,
-        "RegisterMachineEx",
-        (m.name.as_str(), props),
-    );
+    let ex: std::result::Result<(dbus::Path,), _> =
+        manager(bus, "RegisterMachineEx", (m.name.as_str(), props));
     match ex {
         Ok(_) => return Ok(Via::DBus),
         Err(e) if e.is_unknown_method() => {}
         Err(e) => return Err(e.into_error(step())),
     }
-    bus.call::<_, (dbus::Path,)>(
-        MACHINED,
-        MACHINED_PATH,
-        MACHINED_MANAGER,
+    manager::<_, (dbus::Path,)>(
+        bus,
         "RegisterMachineWithNetwork",
         (
             m.name.as_str(),
@@ -252,13 +245,7 @@ pub fn unregister(bus: Option<&Bus>, name: &MachineName, via: Via) {
                     Err(_) => return,
                 },
             };
-            let _: std::result::Result<(), _> = bus.call(
-                MACHINED,
-                MACHINED_PATH,
-                MACHINED_MANAGER,
-                "UnregisterMachine",
-                (name.as_str(),),
-            );
+            let _: std::result::Result<(), _> = manager(bus, "UnregisterMachine", (name.as_str(),));
         }
     }
 }

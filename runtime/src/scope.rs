@@ -4,9 +4,9 @@
 //! down instead of killing it.
 //!
 //! systemd only creates a scope around running processes, and the guest's
-//! PID 1 must start inside its final cgroup (clone3 into `payload`), so
-//! the scope is started around a placeholder process that leaves as soon
-//! as the guest is in.
+//! PID 1 is cloned straight into the scope's cgroup (clone3), after the
+//! scope exists; so the scope is started around a placeholder process that
+//! leaves as soon as the guest is in.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +19,15 @@ use crate::sys::{self, Forked};
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// A method of systemd's manager object.
+fn manager<A: dbus::arg::AppendAll, R: dbus::arg::ReadAll + 'static>(
+    bus: &Bus,
+    method: &str,
+    args: A,
+) -> std::result::Result<R, CallError> {
+    bus.call(SYSTEMD, SYSTEMD_PATH, MANAGER, method, args)
+}
 
 /// The scope's unit name. systemd-nspawn up to v258 let machined name it
 /// `machine-NAME.scope` (escaped); from v259 it names it `NAME.scope` itself.
@@ -107,8 +116,7 @@ impl Scope {
         ))
         .map_err(|e| e.into_error(step("watching the job for")))?;
         // JobRemoved is only broadcast while someone is subscribed.
-        let _: std::result::Result<(), _> =
-            bus.call(SYSTEMD, SYSTEMD_PATH, MANAGER, "Subscribe", ());
+        let _: std::result::Result<(), _> = manager(bus, "Subscribe", ());
 
         let placeholder = Placeholder::spawn()?;
         let job = start_unit(bus, req, placeholder.pid)
@@ -127,9 +135,8 @@ impl Scope {
             }
         }
         let cgroup = crate::cgroup::v2_cgroup_of(&placeholder.pid.to_string())?;
-        let (object,): (dbus::Path,) = bus
-            .call(SYSTEMD, SYSTEMD_PATH, MANAGER, "GetUnit", (&req.unit,))
-            .map_err(|e| e.into_error(step("looking up")))?;
+        let (object,): (dbus::Path,) =
+            manager(bus, "GetUnit", (&req.unit,)).map_err(|e| e.into_error(step("looking up")))?;
         bus.add_match(&format!(
             "type='signal',sender='{SYSTEMD}',interface='org.freedesktop.systemd1.Scope',member='RequestStop',path='{object}'"
         ))
@@ -156,18 +163,11 @@ impl Scope {
     /// and our reference dropped, so the unit is collected (as nspawn does).
     pub fn finish(mut self, bus: &Bus) {
         self.placeholder.end();
+        // Each is best effort: the scope may already be gone.
         let unit = self.unit.as_str();
-        let _: std::result::Result<(), _> =
-            bus.call(SYSTEMD, SYSTEMD_PATH, MANAGER, "AbandonScope", (unit,));
-        let _: std::result::Result<(), _> = bus.call(
-            SYSTEMD,
-            SYSTEMD_PATH,
-            MANAGER,
-            "KillUnit",
-            (unit, "all", libc::SIGKILL),
-        );
-        let _: std::result::Result<(), _> =
-            bus.call(SYSTEMD, SYSTEMD_PATH, MANAGER, "UnrefUnit", (unit,));
+        let _: std::result::Result<(), _> = manager(bus, "AbandonScope", (unit,));
+        let _: std::result::Result<(), _> = manager(bus, "KillUnit", (unit, "all", libc::SIGKILL));
+        let _: std::result::Result<(), _> = manager(bus, "UnrefUnit", (unit,));
     }
 }
 
@@ -176,6 +176,26 @@ fn start_unit(
     req: &ScopeRequest<'_>,
     pid: i32,
 ) -> std::result::Result<dbus::Path<'static>, CallError> {
+    // A scope of the same name from the previous boot may still be on its
+    // way out: retry for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let aux: Vec<(&str, Vec<Property>)> = Vec::new();
+        let args = (&req.unit, "fail", scope_properties(bus, req, pid), aux);
+        match manager(bus, "StartTransientUnit", args) {
+            Ok((job,)) => return Ok(job),
+            Err(e)
+                if e.name == "org.freedesktop.systemd1.UnitExists" && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The scope's properties, as systemd-nspawn sets them.
+fn scope_properties(bus: &Bus, req: &ScopeRequest<'_>, pid: i32) -> Vec<Property> {
     let mut props: Vec<Property> = vec![
         property("PIDs", vec![pid as u32]),
         property("Description", format!("Container {}", req.machine)),
@@ -206,31 +226,7 @@ fn start_unit(
         props.push(property("KillSignal", sig));
         props.push(property("KillMode", "mixed".to_string()));
     }
-    // A scope of the same name from the previous boot may still be on its
-    // way out: retry for a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let props_now: Vec<Property> = props
-            .iter()
-            .map(|(k, v)| (*k, dbus::arg::Variant(v.0.box_clone())))
-            .collect();
-        let aux_now: Vec<(&str, Vec<Property>)> = Vec::new();
-        match bus.call(
-            SYSTEMD,
-            SYSTEMD_PATH,
-            MANAGER,
-            "StartTransientUnit",
-            (&req.unit, "fail", props_now, aux_now),
-        ) {
-            Ok((job,)) => return Ok(job),
-            Err(e)
-                if e.name == "org.freedesktop.systemd1.UnitExists" && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    props
 }
 
 #[cfg(test)]

@@ -51,8 +51,7 @@ pub(crate) fn run_payload(
             .place(spec, first, first_pidfd.as_fd())
             .and_then(|()| channel.send(&ToChild::Placed, &[]));
         if let Err(e) = placed {
-            let _ = sys::pidfd_send_signal(first_pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::pidfd_wait(first_pidfd.as_fd(), false);
+            kill_and_reap(first_pidfd.as_fd());
             return Err(e);
         }
     }
@@ -73,8 +72,7 @@ pub(crate) fn run_payload(
     if !early && let Some(h) = host.as_deref_mut() {
         let linked = h.guest_started(spec, leader, pidfd.as_fd(), &mut |n| notices.push(n));
         if let Err(e) = linked {
-            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::pidfd_wait(pidfd.as_fd(), false);
+            kill_and_reap(pidfd.as_fd());
             return Err(e);
         }
     }
@@ -183,6 +181,12 @@ fn start(
     }
 }
 
+/// A process that must not outlive a failed start.
+fn kill_and_reap(pidfd: BorrowedFd<'_>) {
+    let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
+    let _ = sys::pidfd_wait(pidfd, false);
+}
+
 /// Registering the guest from the scope's root and moving it on into payload.
 struct Placement<'a> {
     host: &'a mut HostLink,
@@ -239,8 +243,7 @@ fn receive_setup(
         }),
         (Err(e), inner) => {
             for pidfd in inner.iter().map(|i| &i.1).chain([&first.1]) {
-                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-                let _ = sys::pidfd_wait(pidfd.as_fd(), false);
+                kill_and_reap(pidfd.as_fd());
             }
             Err(e)
         }
