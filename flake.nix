@@ -15,9 +15,6 @@
           version = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).workspace.package.version;
           src = pkgs.lib.cleanSource ./.;
           cargoLock.lockFile = ./Cargo.lock;
-          # libdbus, for registering with systemd-machined.
-          nativeBuildInputs = [ pkgs.pkg-config ];
-          buildInputs = [ pkgs.dbus ];
           # The test suite boots containers as root; it runs outside the
           # build sandbox (integration/test.sh), not here.
           doCheck = false;
