@@ -449,3 +449,29 @@ fn register_auto_runs_standalone_and_yes_names_what_is_missing() {
         "{err}"
     );
 }
+
+/// PID 1 gets the caller's $TERM whatever the console mode, and no TERM at
+/// all when the caller has none (as systemd-nspawn 252 does).
+#[test]
+fn pid1_term_follows_the_caller() {
+    let tree = busybox_tree();
+    let run = |term: Option<&str>, console: &str| {
+        let mut cmd = std::process::Command::new(NIXSPAWN);
+        match term {
+            Some(t) => cmd.env("TERM", t),
+            None => cmd.env_remove("TERM"),
+        };
+        let out = cmd
+            .args(["-q", "--register=no", "-D", dir(&tree), console])
+            .args(["/bin/sh", "-c", "echo \"${TERM-unset}\""])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for console in ["--console=pipe", "--console=read-only"] {
+        assert_eq!(run(Some("xterm-test"), console), "xterm-test", "{console}");
+        assert_eq!(run(None, console), "unset", "{console}");
+    }
+}
