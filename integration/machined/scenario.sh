@@ -247,6 +247,43 @@ start_guest nixspawn bookworm nx-killed && {
 		pass "killed launcher: cgroups gone" || fail "killed launcher: cgroups left"
 }
 
+# Any local user may address a signal to any connection on the system bus:
+# a RequestStop for the guest's scope, sent to the launcher by an
+# unprivileged process (twice: the second would be SIGKILL), must not
+# stop the guest. Only systemd's own does: `machinectl terminate` still works.
+say "a forged RequestStop from another local user"
+start_guest nixspawn bookworm nx-spoof && {
+	before=$(leader_of nx-spoof)
+	unit=$(machinectl show nx-spoof -p Unit --value)
+	object=$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+		org.freedesktop.systemd1.Manager GetUnit s "$unit" | awk '{ print $2 }' | tr -d '"')
+	conn=$(busctl --system list --unique --no-legend | awk -v p="$launcher_pid" '$2 == p { print $1 }')
+	echo "spoof: unit $unit at $object, launcher $launcher_pid on the bus as ${conn:-nothing}"
+	if [ -z "$conn" ] || [ -z "$object" ]; then
+		fail "spoof: found no bus connection for the launcher or no unit object"
+	else
+		for _ in 1 2; do
+			setpriv --reuid=65534 --regid=65534 --clear-groups \
+				dbus-send --system --type=signal --dest="$conn" "$object" \
+				org.freedesktop.systemd1.Scope.RequestStop ||
+				fail "spoof: dbus-send as nobody failed"
+			sleep 1
+		done
+		sleep 2
+		if kill -0 "$launcher_pid" 2>/dev/null && [ "$(leader_of nx-spoof)" = "$before" ] &&
+			[ "$(systemctl -M nx-spoof is-system-running 2>&1)" = running ]; then
+			pass "spoof: two forged RequestStop signals left the guest running (leader $before)"
+		else
+			fail "spoof: a forged RequestStop stopped the guest (launcher alive: $(kill -0 "$launcher_pid" 2>/dev/null && echo yes || echo no), leader $before -> $(leader_of nx-spoof))"
+		fi
+	fi
+	machinectl terminate nx-spoof
+	wait_launcher "$launcher_pid"
+	[ "$status" != 124 ] && pass "spoof: machinectl terminate still stops it (exit $status)" ||
+		fail "spoof: machinectl terminate did not stop it"
+	until_ok 10 gone nx-spoof || fail "spoof: nx-spoof still listed after terminate"
+}
+
 # The NixOS toplevel booted nixspawn's own way (closure-only store, no
 # directory): the same answers as the nixos-container argv, but no root.
 exercise nixspawn toplevel nx-toplevel

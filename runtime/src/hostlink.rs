@@ -149,15 +149,17 @@ impl HostLink {
         self.scope.as_ref().map(|_| self.bus.fd())
     }
 
-    /// Whether systemd asked us (the scope's controller) to stop the guest.
-    pub fn stop_requested(&self) -> bool {
-        let Some(scope) = &self.scope else {
+    /// Whether systemd (and nobody else) asked us, the scope's
+    /// controller, to stop the guest.
+    pub fn stop_requested(&mut self) -> bool {
+        let Some(scope) = &mut self.scope else {
             return false;
         };
-        self.bus
-            .drain_signals()
-            .iter()
-            .any(|m| scope.is_stop_request(m))
+        let mut asked = false;
+        for m in self.bus.drain_signals() {
+            asked |= scope.is_stop_request(&m);
+        }
+        asked
     }
 
     /// After a boot: unregister and let go of the scope.

@@ -383,7 +383,10 @@ impl Watch<'_> {
                 self.console_input();
             }
             if host_index.is_some_and(|i| ready[i])
-                && self.host.as_deref().is_some_and(HostLink::stop_requested)
+                && self
+                    .host
+                    .as_deref_mut()
+                    .is_some_and(HostLink::stop_requested)
             {
                 // `machinectl terminate` / `systemctl stop` of the scope.
                 self.request_stop();
