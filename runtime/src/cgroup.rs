@@ -24,8 +24,6 @@ pub struct CgroupLayout {
     pub mount: PathBuf,
     /// The unit-like cgroup that holds `payload` (and `supervisor`).
     pub base: PathBuf,
-    /// Directories we created and remove on exit, innermost last.
-    pub created: Vec<PathBuf>,
     pub keep_unit: bool,
     /// Whether we move ourselves to `supervisor` (not when we run in the
     /// hierarchy's root, which may hold processes and belongs to no unit).
@@ -146,7 +144,6 @@ impl CgroupLayout {
             return Ok(CgroupLayout {
                 base: mount.join(&rel_base),
                 mount,
-                created: Vec::new(),
                 keep_unit,
                 use_supervisor: false,
                 managed: true,
@@ -168,7 +165,6 @@ impl CgroupLayout {
         Ok(CgroupLayout {
             mount,
             base,
-            created: Vec::new(),
             keep_unit,
             use_supervisor,
             managed: false,
@@ -215,8 +211,9 @@ impl CgroupLayout {
         )
     }
 
-    /// Create the directories; with `--keep-unit` move ourselves to `supervisor`.
-    pub fn create(&mut self) -> Result<()> {
+    /// Create the directories; with `--keep-unit` move ourselves (and
+    /// `companion`, the janitor) to `supervisor`.
+    pub fn create(&self, companion: Option<i32>) -> Result<()> {
         let mut to_make = Vec::new();
         if self.managed {
             // systemd made the scope; only payload is ours.
@@ -235,13 +232,11 @@ impl CgroupLayout {
         to_make.push(self.payload());
         for dir in to_make {
             match fs::create_dir(&dir) {
-                Ok(()) => self.created.push(dir),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir == self.supervisor() => {}
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // A payload left over from a killed run: empty it and reuse it.
                     if dir == self.payload() {
                         self.reset_payload()?;
-                        self.created.push(dir);
                     }
                 }
                 Err(e) => {
@@ -255,11 +250,16 @@ impl CgroupLayout {
         }
         if self.use_supervisor {
             let procs = self.supervisor().join("cgroup.procs");
-            fs::write(&procs, "0").map_err(|e| Error::Cgroup {
-                step: "moving the launcher into",
-                path: procs,
-                source: e,
-            })?;
+            for pid in ["0".to_string()]
+                .into_iter()
+                .chain(companion.map(|p| p.to_string()))
+            {
+                fs::write(&procs, pid).map_err(|e| Error::Cgroup {
+                    step: "moving the launcher into",
+                    path: procs.clone(),
+                    source: e,
+                })?;
+            }
         }
         Ok(())
     }
@@ -342,41 +342,34 @@ impl CgroupLayout {
     }
 
     /// Kill what is left in the payload, wait for it to empty, and remove
-    /// every directory we created (the guest's own sub-cgroups included).
+    /// it (the guest's own sub-cgroups included); standalone, the scope
+    /// around it too, whoever made it (it is named after the machine,
+    /// whose name we hold). Under `--keep-unit` the service's cgroup and
+    /// its `supervisor` (where we are) are its manager's to remove, as
+    /// with systemd-nspawn; in a transient scope, systemd's.
     pub fn destroy(&self) -> Result<()> {
-        let payload = self.payload();
-        if payload.exists() {
-            remove_tree(&payload)?;
-        }
-        if self.managed {
+        remove_tree(&self.payload())?;
+        if self.managed || self.keep_unit {
             return Ok(());
         }
-        for dir in self.created.iter().rev().filter(|d| **d != payload) {
-            match fs::remove_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                // Shared parents such as machine.slice may hold other machines.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && *dir != self.base => {}
-                Err(e) => {
-                    return Err(Error::Cgroup {
-                        step: "removing",
-                        path: dir.clone(),
-                        source: e,
-                    });
-                }
-            }
-        }
+        remove_tree(&self.base)?;
         // Without a service manager machine.slice is ours alone: whichever
         // guest leaves it empty removes it, not only the one that made it
         // (two guests ending together would otherwise leave it behind).
         let slice = self.mount.join("machine.slice");
-        if !self.keep_unit
-            && !Path::new("/run/systemd/system").exists()
-            && self.base.starts_with(&slice)
-        {
+        if !Path::new("/run/systemd/system").exists() && self.base.starts_with(&slice) {
             let _ = fs::remove_dir(&slice);
         }
         Ok(())
+    }
+
+    /// Kill every process left in a transient scope of systemd's (after
+    /// the launcher died: its placeholder, a container process not yet
+    /// moved on), so that systemd stops and collects the scope.
+    pub fn kill_scope(&self) {
+        if self.managed {
+            kill_all(&self.base);
+        }
     }
 }
 

@@ -164,8 +164,7 @@ fn start(
         userns,
         await_placement: cgroups.managed && userns.is_none(),
     };
-    std::fs::create_dir_all(&plan.mount_point)
-        .map_err(|e| Error::io("creating", &plan.mount_point, e))?;
+    state_dir.make_mount_point()?;
     let v1_visit = cgroups.visit_v1()?;
     let cloned = sys::clone3(flags, libc::SIGCHLD, Some(start_cgroup.as_fd()));
     drop(v1_visit);
