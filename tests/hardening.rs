@@ -460,11 +460,13 @@ fn processes_mentioning(prefix: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// `cycles` launches of `nixspawn -D TREE -x ARGS -M PREFIXn /bin/sleep 30`,
+/// `cycles` launches of `nixspawn -D TREE -x ARGS -M PREFIXn PAYLOAD`,
 /// each SIGKILLed at a random point of its life (0 to `max_ms` after it
 /// was started; a run of /bin/true takes 10-20 ms here), two at a time.
-/// Then nothing of any of them may be left: state directories, name locks,
-/// UID range locks, cgroups, mounts, processes.
+/// Every other payload is `/bin/sleep 30` (killed while it runs, or
+/// before), the rest `/bin/true` (killed also while the launcher cleans
+/// up, or not at all). Then nothing of any of them may be left: state
+/// directories, name locks, UID range locks, cgroups, mounts, processes.
 fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
     let tree = busybox_tree();
     let prefix = format!("kd{}x", std::process::id());
@@ -480,12 +482,17 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
                 let mut histogram = [0usize; 4];
                 for i in (w..cycles).step_by(2) {
                     let name = format!("{prefix}{i}");
+                    let payload: &[&str] = if i % 4 < 2 {
+                        &["/bin/sleep", "30"]
+                    } else {
+                        &["/bin/true"]
+                    };
                     let mut child = Command::new(NIXSPAWN)
                         .args(["-q", "-M", &name, "-D"])
                         .arg(&tree)
                         .arg("-x")
                         .args(&extra)
-                        .args(["/bin/sleep", "30"])
+                        .args(payload)
                         .stdin(Stdio::null())
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
@@ -495,9 +502,8 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
                     std::thread::sleep(Duration::from_micros(delay));
                     let _ = child.kill();
                     let st = child.wait().unwrap();
-                    // Killed, or ended by itself early (an error) — count both.
-                    histogram[usize::from(st.code().is_some())
-                        + 2 * usize::from(delay > max_ms * 500)] += 1;
+                    // Killed, or ended by itself (/bin/true, or an error).
+                    histogram[usize::from(st.code().is_some()) + 2 * usize::from(i % 4 >= 2)] += 1;
                 }
                 histogram
             })
@@ -510,7 +516,7 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
         }
     }
     eprintln!(
-        "{cycles} runs {extra:?} in {:?}: killed early half {}, exited early half {}, killed late half {}, exited late half {}",
+        "{cycles} runs {extra:?} in {:?}: sleep killed {}, sleep exited {}, true killed {}, true exited {}",
         started.elapsed(),
         histogram[0],
         histogram[1],
@@ -518,8 +524,12 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
         histogram[3]
     );
     assert!(
-        histogram[1] + histogram[3] < cycles / 10,
-        "most runs must be killed, not fail by themselves: {histogram:?}"
+        histogram[1] < cycles / 20,
+        "the sleeping runs must be killed, not fail by themselves: {histogram:?}"
+    );
+    assert!(
+        histogram[2] > cycles / 10,
+        "many /bin/true runs must be killed before they finish: {histogram:?}"
     );
     // Janitors finish after their launchers: wait for them (generously).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -570,12 +580,12 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
 
 #[test]
 fn sigkill_at_random_points_leaves_nothing() {
-    killed_at_random_points(&[], 30, 1000);
+    killed_at_random_points(&[], 50, 1000);
 }
 
 #[test]
 fn sigkill_at_random_points_leaves_nothing_under_userns() {
-    killed_at_random_points(&["-U"], 40, 1000);
+    killed_at_random_points(&["-U"], 60, 1000);
 }
 
 fn mode_of(p: &Path) -> u32 {

@@ -559,3 +559,15 @@ pub fn recv_datagram(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<
     }
     Ok(Some(out))
 }
+
+/// NS_GET_ID (Linux 6.18): a namespace's 64-bit ID, which unlike its
+/// inode number is never handed to another namespace.
+const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
+
+/// The ID of the namespace `ns` (an open /proc/PID/ns/* file).
+pub fn namespace_id(ns: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_ID writes one u64 to the pointer it is given.
+    check(unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_ID, &mut id) }.into())?;
+    Ok(id)
+}
