@@ -284,6 +284,44 @@ start_guest nixspawn bookworm nx-spoof && {
 	until_ok 10 gone nx-spoof || fail "spoof: nx-spoof still listed after terminate"
 }
 
+# A launcher whose registration machined refused (the name is another
+# launcher's machine), SIGKILLed: its janitor must not unregister a
+# machine this run never registered. The second launcher runs as a
+# service with --keep-unit (so no scope of the same name stands in its
+# way) and KillMode=process (so only the launcher is killed, as by a
+# SIGKILL from anywhere, and its janitor is left to clean up).
+say "a killed launcher that never registered leaves the name's machine alone"
+start_guest nspawn bookworm ns-victim && {
+	victim_pid=$launcher_pid
+	victim_leader=$(leader_of ns-victim)
+	systemd-run -q --unit=nx-victim -p Delegate=yes -p KillMode=process \
+		/usr/local/bin/nixspawn --keep-unit --console=read-only -M ns-victim \
+		-D "$trees/nixspawn-bookworm" -b
+	cg=$(systemctl show nx-victim -p ControlGroup --value)
+	# The guest's systemd moves itself below payload: ask whether anything is in the subtree.
+	payload_busy() { grep -qsx "populated 1" "/sys/fs/cgroup/unified$cg/payload/cgroup.events" "/sys/fs/cgroup$cg/payload/cgroup.events"; }
+	if until_ok 30 payload_busy; then
+		echo "victim: $(journalctl -u nx-victim --no-pager -q | grep -m1 -o 'nixspawn: .*unregistered.*')"
+		systemctl kill -s SIGKILL --kill-whom=main nx-victim
+		until_ok 20 bash -c "! grep -qsx 'populated 1' /sys/fs/cgroup/unified$cg/payload/cgroup.events /sys/fs/cgroup$cg/payload/cgroup.events" &&
+			pass "victim: the killed launcher's janitor stopped its guest" ||
+			fail "victim: the killed launcher's guest is still running"
+		sleep 2
+		if [ "$(leader_of ns-victim)" = "$victim_leader" ]; then
+			pass "victim: ns-victim is still registered, leader $victim_leader"
+		else
+			fail "victim: the janitor unregistered a machine its launcher never registered (leader $victim_leader -> $(leader_of ns-victim))"
+		fi
+	else
+		fail "victim: the second launcher's guest never started: $(journalctl -u nx-victim --no-pager -n 20)"
+	fi
+	systemctl stop nx-victim 2>/dev/null
+	systemctl reset-failed nx-victim 2>/dev/null
+	machinectl terminate ns-victim 2>/dev/null
+	wait_launcher "$victim_pid"
+	until_ok 10 gone ns-victim || fail "victim: ns-victim still listed after terminate"
+}
+
 # The NixOS toplevel booted nixspawn's own way (closure-only store, no
 # directory): the same answers as the nixos-container argv, but no root.
 exercise nixspawn toplevel nx-toplevel
