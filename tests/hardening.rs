@@ -467,15 +467,26 @@ fn processes_mentioning(prefix: &str) -> Vec<(i32, String)> {
 /// before), the rest `/bin/true` (killed also while the launcher cleans
 /// up, or not at all). Then nothing of any of them may be left: state
 /// directories, name locks, UID range locks, cgroups, mounts, processes.
+/// With `--keep-unit` among `extra`, each launcher runs in a cgroup of its
+/// own standing in for its service, which must be left without `payload`
+/// and with nothing in `supervisor`.
 fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
     let tree = busybox_tree();
     let prefix = format!("kd{}x", std::process::id());
+    let units = nixspawn_runtime::cgroup::v2_mount()
+        .unwrap()
+        .join(format!("ku{}", std::process::id()));
+    let keep_unit = extra.contains(&"--keep-unit");
+    if keep_unit {
+        std::fs::create_dir(&units).unwrap();
+    }
     let locks_before = unheld_range_locks();
     let started = Instant::now();
     let workers: Vec<_> = (0..2)
         .map(|w| {
             let tree = tree.path().to_path_buf();
             let prefix = prefix.clone();
+            let units = units.clone();
             let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
             std::thread::spawn(move || {
                 let mut rng = Random::new();
@@ -487,7 +498,19 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
                     } else {
                         &["/bin/true"]
                     };
-                    let mut child = Command::new(NIXSPAWN)
+                    let mut cmd = Command::new(NIXSPAWN);
+                    if keep_unit {
+                        let unit = units.join(i.to_string());
+                        std::fs::create_dir(&unit).unwrap();
+                        cmd = Command::new("/bin/sh");
+                        cmd.arg("-c")
+                            .arg(format!(
+                                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                                unit.display()
+                            ))
+                            .arg(NIXSPAWN);
+                    }
+                    let mut child = cmd
                         .args(["-q", "-M", &name, "-D"])
                         .arg(&tree)
                         .arg("-x")
@@ -560,13 +583,35 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
         .into_iter()
         .filter(|m| m.contains(&prefix))
         .collect();
+    // The services' cgroups: no payload, nothing left in supervisor.
+    let mut unit_leftovers = Vec::new();
+    if keep_unit {
+        for i in 0..cycles {
+            let unit = units.join(i.to_string());
+            let supervisor = unit.join("supervisor");
+            if unit.join("payload").exists() {
+                unit_leftovers.push(unit.join("payload"));
+            }
+            if std::fs::read_to_string(unit.join("cgroup.events"))
+                .is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
+            {
+                unit_leftovers.push(unit.clone());
+            }
+            let _ = std::fs::write(unit.join("cgroup.kill"), "1");
+            let _ = std::fs::remove_dir(&supervisor);
+            let _ = std::fs::remove_dir(unit.join("payload"));
+            let _ = std::fs::remove_dir(&unit);
+        }
+        let _ = std::fs::remove_dir(&units);
+    }
     eprintln!(
-        "left: {} processes, {} state dirs/locks, {} cgroups, {} UID range locks, {} mounts",
+        "left: {} processes, {} state dirs/locks, {} cgroups, {} UID range locks, {} mounts, {} unit cgroups not clean",
         procs.len(),
         states.len(),
         cgroups.len(),
         locks.len(),
-        mounts.len()
+        mounts.len(),
+        unit_leftovers.len()
     );
     for l in &locks {
         let _ = std::fs::remove_file(Path::new("/run/systemd/nspawn-uid").join(l));
@@ -576,6 +621,10 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
     assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
     assert!(locks.is_empty(), "UID range lock files left: {locks:?}");
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(
+        unit_leftovers.is_empty(),
+        "--keep-unit cgroups left with a payload or processes: {unit_leftovers:?}"
+    );
 }
 
 #[test]
@@ -586,6 +635,11 @@ fn sigkill_at_random_points_leaves_nothing() {
 #[test]
 fn sigkill_at_random_points_leaves_nothing_under_userns() {
     killed_at_random_points(&["-U"], 60, 1000);
+}
+
+#[test]
+fn sigkill_at_random_points_leaves_nothing_with_keep_unit() {
+    killed_at_random_points(&["--keep-unit", "-U"], 60, 500);
 }
 
 fn mode_of(p: &Path) -> u32 {
