@@ -173,7 +173,8 @@ impl StateDir {
         &self.path
     }
 
-    /// A directory of ours with mode 0755, whatever the umask.
+    /// A directory of ours with mode 0755, whatever the umask (never
+    /// through a symlink standing in its place).
     fn make_dir(&self, dir: &Path) -> Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         match fs::DirBuilder::new().mode(0o755).create(dir) {
@@ -181,7 +182,11 @@ impl StateDir {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir != self.path => {}
             Err(e) => return Err(Error::io("creating", dir, e)),
         }
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)
+            .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o755)))
             .map_err(|e| Error::io("chmod", dir, e))
     }
 

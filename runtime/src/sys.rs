@@ -499,7 +499,7 @@ pub fn recv_datagram(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
     let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
     let len = loop {
         // SAFETY: msg points at the iovec and control buffer above, both
