@@ -39,9 +39,8 @@ fn leader_path(leader: i32) -> String {
 /// Run `argv` in the container and return its exit status (128+N if it
 /// was killed by signal N). This process joins the container's namespaces.
 pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> Result<i32> {
-    let leader = state.leader.ok_or_else(|| Error::NoSuchContainer {
-        name: state.name.to_string(),
-    })?;
+    let pidfd = state.open_leader()?;
+    let leader = state.leader.unwrap_or_default();
     if argv.is_empty() {
         return Err(Error::InvalidValue {
             what: "command",
@@ -49,9 +48,9 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
             reason: "no command given".into(),
         });
     }
-    let pidfd = sys::pidfd_open(leader).map_err(|e| Error::syscall("pidfd_open", e))?;
     let cgroup = leader_cgroup(leader)?;
     let path = leader_path(leader);
+    state.leader_alive(&pidfd)?;
 
     let procs = cgroup.join("cgroup.procs");
     std::fs::write(&procs, "0").map_err(|e| Error::Cgroup {

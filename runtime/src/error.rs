@@ -65,6 +65,19 @@ pub enum Error {
     #[error("no container named {name} is running")]
     NoSuchContainer { name: String },
 
+    #[error(
+        "{name}: its {what} (PID {pid}) recorded in the state is {reason}; refusing to act on a stale PID"
+    )]
+    StaleProcess {
+        name: String,
+        what: &'static str,
+        pid: i32,
+        reason: String,
+    },
+
+    #[error("{name} has no running payload right now ({phase}); try again once it runs")]
+    NotRunning { name: String, phase: String },
+
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -162,6 +162,41 @@ pub fn pidfd_wait(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit
     }
 }
 
+/// How the child behind `pidfd` ended, if it has, leaving it a zombie
+/// (waitid with WNOWAIT): its PID stays taken until [`pidfd_wait`].
+pub fn pidfd_peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitKind>> {
+    loop {
+        // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: info is a valid out pointer; P_PIDFD takes the fd as id.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo (or left it zeroed for WNOHANG).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => ExitKind::Exited(status),
+            _ => ExitKind::Signaled(status),
+        }));
+    }
+}
+
 /// setns(2) with a pidfd and several namespace flags at once (Linux 5.8+).
 pub fn setns_pidfd(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall with an fd we borrow for its duration.
