@@ -528,6 +528,11 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
     // As systemd-nspawn: SYSTEMD_SECCOMP=0 turns the filter off.
     let seccomp = std::env::var("SYSTEMD_SECCOMP")
         .map_or(true, |v| parse_bool("SYSTEMD_SECCOMP", &v).unwrap_or(true));
+    if seccomp {
+        // Never an unfiltered payload by accident: where we have no
+        // tables, only SYSTEMD_SECCOMP=0 lets it run.
+        seccomp::check_supported()?;
+    }
     let private_users = match (&args.private_users, args.pick_users) {
         (Some(v), _) => userns::parse_mode(v)?,
         (None, true) => userns::Mode::Pick,

@@ -406,7 +406,9 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
     if spec.seccomp {
         // Before dropping capabilities: without no_new_privs, loading a
         // filter needs CAP_SYS_ADMIN (which --drop-capability may take).
-        let prog = seccomp::program(&caps, &spec.syscall_filter);
+        let prog = step("build the seccomp filter", || {
+            seccomp::program(&caps, &spec.syscall_filter)
+        })?;
         step("install the seccomp filter", || seccomp::install(&prog))?;
     }
     step("drop capabilities", || capabilities::restrict_to(&caps))?;

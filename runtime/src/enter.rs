@@ -116,7 +116,9 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
             // The payload's own restrictions: its seccomp filter and capabilities.
             let caps = capabilities::from_mask(state.capabilities);
             if let Some(adjust) = &state.syscall_filter
-                && crate::seccomp::install(&crate::seccomp::program(&caps, adjust)).is_err()
+                && crate::seccomp::program(&caps, adjust)
+                    .and_then(|p| crate::seccomp::install(&p))
+                    .is_err()
             {
                 sys::exit_now(126);
             }

@@ -75,6 +75,11 @@ pub enum Error {
         reason: String,
     },
 
+    #[error(
+        "nixspawn has no system call tables for this architecture ({arch}), so it cannot build systemd-nspawn's seccomp filter; set SYSTEMD_SECCOMP=0 to run without one"
+    )]
+    SeccompUnsupported { arch: &'static str },
+
     #[error("{name} has no running payload right now ({phase}); try again once it runs")]
     NotRunning { name: String, phase: String },
 
