@@ -171,6 +171,7 @@ fn tiocsti_cannot_reach_the_callers_terminal(extra: &[&str]) {
     let shown =
         shown + &String::from_utf8_lossy(&read_available(&term.master, Duration::from_millis(100)));
     println!("the guest tool reported:\n{shown}");
+    assert!(term.canonical(), "the caller's terminal mode is restored");
     let pending = term.pending_input();
     println!("the caller's terminal input after exec: {pending:?}");
     assert!(
@@ -192,7 +193,6 @@ fn tiocsti_cannot_reach_the_callers_terminal(extra: &[&str]) {
     };
     assert_eq!(field("sid="), field("pid="), "a session of its own: {ids}");
     assert!(field("tty0=").starts_with("/dev/pts/"), "{ids}");
-    assert!(term.canonical(), "the caller's terminal mode is restored");
 }
 
 #[test]
@@ -341,7 +341,9 @@ fn exec_is_restricted_before_the_guest_can_see_it(extra: &[&str]) {
         let ready = shared.path().join(format!("ready-{round}"));
         let seen = shared.path().join(format!("seen-{round}"));
         wait_for("the watcher", Duration::from_secs(30), || ready.exists());
-        let (code, _) = Guest::exec_in(&name, &["/bin/true"]);
+        // Alive long enough for the watcher to see it even when it cannot
+        // stop it (under -U the process is not ptraceable until exec).
+        let (code, _) = Guest::exec_in(&name, &["/bin/sleep", "0.2"]);
         assert_eq!(code, 0);
         wait_for("the watcher's report", Duration::from_secs(30), || {
             seen.exists()
@@ -393,4 +395,34 @@ fn exec_is_restricted_before_the_guest_can_see_it_without_userns() {
 #[test]
 fn exec_is_restricted_before_the_guest_can_see_it_under_userns() {
     exec_is_restricted_before_the_guest_can_see_it(&["-U"]);
+}
+
+#[test]
+fn a_failure_to_enter_is_one_line_and_runs_nothing() {
+    let tree = tool_tree();
+    let name = unique_name("nouserns");
+    let _guest = sleeping_guest(tree.path(), &name, &[]);
+    // The live guest's own state, but claiming a user namespace it does not
+    // have: joining it fails, and the helper must stop right there.
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&ctl(&["status", &name, "--json"]).stdout).unwrap();
+    let fake = unique_name("fake");
+    state["name"] = fake.clone().into();
+    state["uid_range"] = serde_json::json!({ "shift": 1_000_000_000u32, "range": 65536 });
+    let dir = Path::new("/run/nixspawn").join(&fake);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    let marker = tree.path().join("ran");
+    let out = ctl(&["exec", &fake, "--", "/bin/touch", "/ran"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the command was not run") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(!marker.exists(), "the command ran");
 }

@@ -139,14 +139,21 @@ static int watch(int rounds, const char *dir) {
                 put(dir, "seen", round, "timeout\n");
                 goto next_round;
             }
+        /* SEIZE and INTERRUPT rather than ATTACH: no SIGSTOP that could
+         * outlive the detach, no extra SIGTRAP after its execve. */
         const char *attach = "ok";
-        if (ptrace(PTRACE_ATTACH, next, NULL, NULL) < 0) {
+        if (ptrace(PTRACE_SEIZE, next, NULL, NULL) < 0) {
             attach = strerrorname_np(errno);
         } else {
-            int st;
-            waitpid(next, &st, __WALL);
-            status_of(next, stopped, sizeof stopped);
-            ptrace(PTRACE_DETACH, next, NULL, NULL);
+            int st = 0, sig = 0;
+            ptrace(PTRACE_INTERRUPT, next, NULL, NULL);
+            if (waitpid(next, &st, __WALL) == next && WIFSTOPPED(st)) {
+                status_of(next, stopped, sizeof stopped);
+                /* A signal stopped it before our interrupt did: pass it on. */
+                if ((st >> 16) == 0)
+                    sig = WSTOPSIG(st);
+                ptrace(PTRACE_DETACH, next, NULL, (void *)(long)sig);
+            }
         }
         snprintf(report, sizeof report, "pid %d\nfirst: %s\nattach: %s\nstopped: %s\n", next, first, attach, stopped);
         put(dir, "seen", round, report);
