@@ -80,6 +80,13 @@ pub enum Error {
     )]
     SeccompUnsupported { arch: &'static str },
 
+    #[error("entering {name} failed at {step} (the command was not run): {message}")]
+    Enter {
+        name: String,
+        step: String,
+        message: String,
+    },
+
     #[error("{name} has no running payload right now ({phase}); try again once it runs")]
     NotRunning { name: String, phase: String },
 

@@ -13,7 +13,7 @@ use crate::state::State;
 use crate::sys;
 
 /// statfs f_type of pidfs, the filesystem pidfds live on since Linux 6.9.
-const PID_FS_MAGIC: i64 = 0x5049_4446;
+const PID_FS_MAGIC: u64 = 0x5049_4446;
 
 /// Who a PID belonged to when it was recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,7 +48,7 @@ impl ProcessIdentity {
 /// (Linux before 6.9), which say nothing about the process.
 fn pidfs_id(pidfd: BorrowedFd<'_>) -> Option<u64> {
     let fs = nix::sys::statfs::fstatfs(pidfd).ok()?;
-    if fs.filesystem_type().0 as i64 != PID_FS_MAGIC {
+    if fs.filesystem_type().0 as u64 != PID_FS_MAGIC {
         return None;
     }
     nix::sys::stat::fstat(pidfd).ok().map(|st| st.st_ino)

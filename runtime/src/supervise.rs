@@ -122,7 +122,7 @@ pub(crate) fn run_payload(
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
-        capabilities: crate::capabilities::mask(&spec.capabilities()),
+        capabilities: crate::capabilities::mask(&spec.payload_capabilities(userns.is_some())),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
         started_usec: SystemTime::now()
