@@ -2,10 +2,11 @@
 //! list (capability-gated parts included only when the capability is kept),
 //! EPERM for every other syscall the kernel headers name, ENOSYS for
 //! numbers nobody knows (so libc falls back, as for clone3), and
-//! EAFNOSUPPORT for audit netlink sockets — for x86-64, x32 and i386 on an
-//! x86-64 build, for aarch64 on an aarch64 build. Any other architecture a
-//! process might use is killed; a build for an architecture without tables
-//! refuses to run the payload unfiltered unless told to (SYSTEMD_SECCOMP=0).
+//! EAFNOSUPPORT for audit netlink sockets (not for i386, as with nspawn) —
+//! for x86-64, x32 and i386 on an x86-64 build, for aarch64 on an aarch64
+//! build. Any other architecture a process might use is killed; a build for
+//! an architecture without tables refuses to run the payload unfiltered
+//! unless told to (SYSTEMD_SECCOMP=0).
 //!
 //! Building the program is a walk over a few hundred names (microseconds);
 //! no library compiles it at launch.
@@ -115,8 +116,13 @@ pub fn allowed_names(caps: &HashSet<Capability>, adjust: &Adjustments) -> Allowe
     Allowed(out)
 }
 
-fn table(abi: &[(u16, u32)], allowed: &Allowed) -> Table {
-    let socket = name_index("socket");
+/// The actions for one ABI. `audit_rule`: socket() refuses audit netlink
+/// sockets with EAFNOSUPPORT. Not for i386, as with nspawn, whose audit rule
+/// misses i386 (seen side by side with the 32-bit probe): there glibc's
+/// socket() is socketcall(), whose arguments a filter cannot read, so the
+/// rule could only ever catch the rare direct call.
+fn table(abi: &[(u16, u32)], allowed: &Allowed, audit_rule: bool) -> Table {
+    let socket = name_index("socket").filter(|_| audit_rule);
     let actions = abi
         .iter()
         .map(|&(i, nr)| {
@@ -172,17 +178,17 @@ pub fn program_for(arch: HostArch, caps: &HashSet<Capability>, adjust: &Adjustme
     match arch {
         HostArch::X86_64 => bpf::program(&[
             Arch::X86_64 {
-                x86_64: &table(syscalls::X86_64, &allowed),
-                x32: &table(syscalls::X32, &allowed),
+                x86_64: &table(syscalls::X86_64, &allowed, true),
+                x32: &table(syscalls::X32, &allowed, true),
             },
             Arch::Plain {
                 audit_arch: bpf::AUDIT_ARCH_I386,
-                table: &table(syscalls::I386, &allowed),
+                table: &table(syscalls::I386, &allowed, false),
             },
         ]),
         HostArch::Aarch64 => bpf::program(&[Arch::Plain {
             audit_arch: bpf::AUDIT_ARCH_AARCH64,
-            table: &table(syscalls::AARCH64, &allowed),
+            table: &table(syscalls::AARCH64, &allowed, true),
         }]),
     }
 }
