@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use nixspawn_cli::terminal_safe;
 use nixspawn_runtime::closure::ClosureSource;
 use nixspawn_runtime::state::{self, State};
 use nixspawn_runtime::{MachineName, enter, signals, sys, update};
@@ -102,21 +103,6 @@ fn wait_until(timeout: u64, what: &str, mut done: impl FnMut() -> Result<bool>) 
         pause = (pause * 2).min(Duration::from_millis(20));
     }
     Ok(())
-}
-
-/// `text` with every control character (C0, DEL, C1) written as `\xNN`:
-/// what a guest chose must not reach the administrator's terminal as
-/// escape sequences (title changes, cursor moves, fake lines).
-fn terminal_safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.push_str(&format!("\\x{:02x}", u32::from(c)));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn print_status(st: &State) {
@@ -288,23 +274,8 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("nixspawnctl: {e:#}");
+            eprintln!("nixspawnctl: {}", nixspawn_cli::error_line(&e));
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::terminal_safe;
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(terminal_safe("plain text: ok"), "plain text: ok");
-        assert_eq!(
-            terminal_safe("\x1b[2J\u{9b}1m\x07\r\x7f"),
-            r"\x1b[2J\x9b1m\x07\x0d\x7f"
-        );
-        assert_eq!(terminal_safe("Grüße"), "Grüße");
     }
 }
