@@ -398,15 +398,13 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
     })?;
     let env = environment::for_pid1(spec, plan.term.as_deref());
     let (path, argv) = step("find the payload", || resolve_payload(spec, &env))?;
-    let mut caps = spec.capabilities();
-    if plan.userns.is_some() && !spec.private_network {
-        // As nspawn: the host's network namespace is not the guest's to bind low ports in.
-        caps.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
-    }
+    let caps = spec.payload_capabilities(plan.userns.is_some());
     if spec.seccomp {
         // Before dropping capabilities: without no_new_privs, loading a
         // filter needs CAP_SYS_ADMIN (which --drop-capability may take).
-        let prog = seccomp::program(&caps, &spec.syscall_filter);
+        let prog = step("build the seccomp filter", || {
+            seccomp::program(&caps, &spec.syscall_filter)
+        })?;
         step("install the seccomp filter", || seccomp::install(&prog))?;
     }
     step("drop capabilities", || capabilities::restrict_to(&caps))?;

@@ -388,14 +388,19 @@ fn supervise(
         .then(RawTerminal::enter)
         .flatten();
 
+    let mut boot_count = 0;
     loop {
+        boot_count += 1;
         let outcome = supervise::run_payload(
             spec,
             cgroups,
             state_dir,
             signals,
             observer,
-            userns.as_ref(),
+            supervise::Boot {
+                count: boot_count,
+                userns: userns.as_ref(),
+            },
             host.as_deref_mut(),
         );
         if let Some(h) = host.as_deref_mut() {

@@ -23,6 +23,7 @@ pub mod journal;
 pub mod machined;
 pub mod mounts;
 pub mod notify;
+pub mod process;
 mod procfs;
 pub mod resolve;
 mod rootfs;

@@ -15,10 +15,18 @@ use crate::container::{Event, Observer, Outcome};
 use crate::error::{Error, Result};
 use crate::hostlink::HostLink;
 use crate::notify;
+use crate::process::ProcessIdentity;
 use crate::spec::Spec;
 use crate::state::{State, StateDir};
 use crate::sys::{self, ExitKind, Forked};
 use crate::userns::UidRange;
+
+/// Which boot of the guest this is, and its user namespace plan.
+pub(crate) struct Boot<'a> {
+    /// 1 for the first boot, one more for each reboot.
+    pub count: u32,
+    pub userns: Option<&'a child::UsernsPlan>,
+}
 
 /// Start the payload and supervise it until it ends.
 pub(crate) fn run_payload(
@@ -27,9 +35,13 @@ pub(crate) fn run_payload(
     state_dir: &StateDir,
     signals: &SignalFd,
     observer: &mut dyn Observer,
-    userns: Option<&child::UsernsPlan>,
+    boot: Boot<'_>,
     mut host: Option<&mut HostLink>,
 ) -> Result<Outcome> {
+    let Boot {
+        count: boot_count,
+        userns,
+    } = boot;
     let t0 = std::time::Instant::now();
     let (first, first_pidfd, channel) = start(spec, cgroups, state_dir, userns)?;
     tracing::debug!("clone3: PID {first}, {} µs", t0.elapsed().as_micros());
@@ -79,6 +91,17 @@ pub(crate) fn run_payload(
     for n in &notices {
         observer.event(Event::Notice(n));
     }
+    // The leader is our child (or, under a user namespace, one we reap):
+    // its PID cannot be reused before we wait for it.
+    let identities = ProcessIdentity::of(leader, pidfd.as_fd())
+        .and_then(|l| Ok((l, ProcessIdentity::of_self()?)));
+    let (leader_identity, supervisor_identity) = match identities {
+        Ok(ids) => ids,
+        Err(e) => {
+            kill_and_reap(pidfd.as_fd());
+            return Err(e);
+        }
+    };
     let state = State {
         name: spec.machine.clone(),
         uuid: spec.uuid.to_string(),
@@ -88,14 +111,18 @@ pub(crate) fn run_payload(
         ephemeral: spec.ephemeral,
         boot: spec.is_boot(),
         leader: Some(leader),
+        leader_identity: Some(leader_identity),
         supervisor: std::process::id() as i32,
+        supervisor_identity: Some(supervisor_identity),
+        host_boot_id: crate::process::host_boot_id(),
+        boot_count,
         cgroup: cgroups.payload(),
         kill_signal: spec.kill_signal,
         console: spec.console,
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
-        capabilities: crate::capabilities::mask(&spec.capabilities()),
+        capabilities: crate::capabilities::mask(&spec.payload_capabilities(userns.is_some())),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
         started_usec: SystemTime::now()
@@ -490,11 +517,20 @@ impl Watch<'_> {
     }
 
     fn reap(&mut self) -> Result<Option<Outcome>> {
+        // Take the leader out of the state while it is still a zombie, so
+        // its PID is never recorded once it can belong to someone else.
         let Some(exit) =
-            sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?
+            sys::pidfd_peek_exit(self.pidfd.as_fd()).map_err(|e| Error::syscall("waitid", e))?
         else {
             return Ok(None);
         };
+        let restarting = exit == ExitKind::Signaled(libc::SIGHUP) && !self.spec.keep_unit;
+        self.state.phase = if restarting { "restarting" } else { "exited" }.into();
+        self.state.leader = None;
+        self.state.leader_identity = None;
+        self.state.ready = false;
+        let _ = self.state_dir.write(&self.state);
+        sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?;
         self.console_output();
         Ok(Some(match exit {
             ExitKind::Exited(n) => Outcome::Exited(n),

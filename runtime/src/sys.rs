@@ -162,6 +162,41 @@ pub fn pidfd_wait(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit
     }
 }
 
+/// How the child behind `pidfd` ended, if it has, leaving it a zombie
+/// (waitid with WNOWAIT): its PID stays taken until [`pidfd_wait`].
+pub fn pidfd_peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitKind>> {
+    loop {
+        // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: info is a valid out pointer; P_PIDFD takes the fd as id.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo (or left it zeroed for WNOHANG).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => ExitKind::Exited(status),
+            _ => ExitKind::Signaled(status),
+        }));
+    }
+}
+
 /// setns(2) with a pidfd and several namespace flags at once (Linux 5.8+).
 pub fn setns_pidfd(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall with an fd we borrow for its duration.
@@ -218,6 +253,55 @@ pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
         )
     };
     check(ret).map(drop)
+}
+
+/// Close every descriptor above 2 but `keep`. Only for freshly forked
+/// helpers (see [`close_from`]).
+pub fn close_all_but(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<libc::c_uint> = keep
+        .iter()
+        .filter_map(|&fd| libc::c_uint::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    keep.sort_unstable();
+    let mut first: libc::c_uint = 3;
+    for k in keep {
+        if k > first {
+            // SAFETY: as for close_from; the range excludes the kept ones.
+            check(unsafe { libc::syscall(libc::SYS_close_range, first, k - 1, 0) })?;
+        }
+        first = k + 1;
+    }
+    close_from(first)
+}
+
+/// Default dispositions for every signal and an empty signal mask, as a
+/// program expects to start with (the Rust runtime ignores SIGPIPE, and
+/// the caller blocks the signals it forwards).
+pub fn reset_signal_handling() -> io::Result<()> {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction is plain data; SIG_DFL installs no handler, so
+        // no Rust code can run in signal context because of this call.
+        let ret = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &act, std::ptr::null_mut())
+        };
+        // Signals the C library reserves for itself refuse; that is fine.
+        if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: an empty, initialised set; the old mask is not wanted.
+    let ret = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    check(ret.into()).map(drop)
 }
 
 /// Close every descriptor from `first` upwards. Only for freshly forked

@@ -48,10 +48,8 @@ pub fn update(
             reason: "has no bin/switch-to-configuration".into(),
         });
     }
-    let leader = state.leader.ok_or_else(|| Error::NoSuchContainer {
-        name: state.name.to_string(),
-    })?;
-    let pidfd = sys::pidfd_open(leader).map_err(|e| Error::syscall("pidfd_open", e))?;
+    let pidfd = state.open_leader()?;
+    let leader = state.leader.unwrap_or_default();
 
     let mut prepared = Vec::new();
     if state.closure_only {
@@ -62,6 +60,8 @@ pub fn update(
             .flatten()
             .map(|e| e.file_name())
             .collect();
+        // What was listed through /proc/PID is the guest's only if it still lives.
+        state.leader_alive(&pidfd)?;
         // New paths look the way the guest's store already does.
         let mapping = match state.uid_range {
             Some(range) if state.store_idmapped => Some(crate::idmap::mapping_userns(range)?),

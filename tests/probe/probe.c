@@ -3,7 +3,8 @@
  * Arguments are chosen so an allowed call fails harmlessly with the
  * kernel's own error (bad flags, bad fd, missing path) and changes nothing,
  * while a filtered one returns the filter's errno. Built static so it runs
- * in any tree:  cc -static -O2 -o probe probe.c */
+ * in any tree:  cc -static -O2 -o probe probe.c  (and with -m32 or -mx32
+ * for the other x86 ABIs; gcc-multilib). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/audit.h>
@@ -31,7 +32,9 @@ static void report(const char *name, long ret) {
 int main(void) {
     /* Denied by nspawn's default filter. */
     TRY("kexec_load", syscall(SYS_kexec_load, 0, 0, NULL, 0xdead0000UL));
+#ifdef SYS_kexec_file_load /* not on i386 */
     TRY("kexec_file_load", syscall(SYS_kexec_file_load, -1, -1, 0, NULL, 0xdead0000UL));
+#endif
     TRY("init_module", syscall(SYS_init_module, NULL, 0, ""));
     TRY("finit_module", syscall(SYS_finit_module, -1, "", 0));
     TRY("delete_module", syscall(SYS_delete_module, "nixspawn-probe-none", 0));
@@ -78,6 +81,14 @@ int main(void) {
     TRY("socket(AF_NETLINK, NETLINK_AUDIT)", socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_AUDIT));
     TRY("socket(AF_NETLINK, NETLINK_ROUTE)", socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
     TRY("socket(AF_INET, SOCK_DGRAM)", socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+#ifdef __i386__
+    /* glibc's socket() is socketcall(SYS_SOCKET) on i386; the direct call too. */
+    TRY("syscall(SYS_socket, AF_NETLINK, NETLINK_AUDIT)", syscall(SYS_socket, AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_AUDIT));
+    /* The multiplexed socket call, which 32-bit programs may use instead. */
+    long audit_args[3] = {AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_AUDIT};
+    TRY("socketcall(SYS_SOCKET, AF_NETLINK, NETLINK_AUDIT)", syscall(SYS_socketcall, 1, audit_args));
+    TRY("socketcall(bad call)", syscall(SYS_socketcall, 0x7fff, audit_args));
+#endif
     TRY("unknown syscall 1000", syscall(1000));
 
     /* What the kernel says about our privileges. */
