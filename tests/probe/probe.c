@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -28,7 +29,23 @@ static void report(const char *name, long ret) {
 
 #define TRY(name, call) report(name, (long)(call))
 
-int main(void) {
+/* `probe signals`: what PID 1 inherited besides privileges: its signal
+ * mask and dispositions, and its parent-death signal. */
+static int signals(void) {
+    int pdeathsig = -1;
+    TRY("prctl(PR_GET_PDEATHSIG)", prctl(PR_GET_PDEATHSIG, &pdeathsig));
+    printf("PDEATHSIG: %d\n", pdeathsig);
+    FILE *status = fopen("/proc/self/status", "r");
+    char line[256];
+    while (status && fgets(line, sizeof line, status))
+        if (!strncmp(line, "SigBlk", 6) || !strncmp(line, "SigIgn", 6) || !strncmp(line, "SigCgt", 6))
+            fputs(line, stdout);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "signals"))
+        return signals();
     /* Denied by nspawn's default filter. */
     TRY("kexec_load", syscall(SYS_kexec_load, 0, 0, NULL, 0xdead0000UL));
     TRY("kexec_file_load", syscall(SYS_kexec_file_load, -1, -1, 0, NULL, 0xdead0000UL));
