@@ -28,11 +28,18 @@ fn build_probe(dir: &Path) -> PathBuf {
 }
 
 /// `probe signals` as PID 1 under `launcher`, run with --keep-unit in a
-/// cgroup of its own as a unit would be.
+/// cgroup of its own as a unit would be, by a caller that ignores SIGHUP
+/// and SIGUSR1 (as nohup and careless services do).
 fn signals_of(launcher: &str, tree: &Path, probe: &Path, opts: &[&str]) -> String {
     let unit = UnitCgroup::new("sigprobe");
-    let mut cmd = unit.command(launcher);
-    cmd.args(["-q", "--register=no", "--keep-unit", "-D"])
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "trap '' HUP USR1; echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+            unit.path.display()
+        ))
+        .arg(launcher)
+        .args(["-q", "--register=no", "--keep-unit", "-D"])
         .arg(tree)
         .arg(format!("--bind-ro={}:/probe", probe.display()))
         .args(opts)
@@ -56,6 +63,14 @@ fn field<'a>(report: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in:\n{report}"))
 }
 
+/// A signal set from /proc/PID/status without signals 32 and 33: glibc
+/// keeps them for itself and refuses to touch them, so systemd-nspawn
+/// passes on whatever its caller did with them (the test harness ignores
+/// them); nixspawn resets them too (checked above).
+fn mask(hex: &str) -> u64 {
+    u64::from_str_radix(hex, 16).expect("a hex signal set") & !(0b11 << 31)
+}
+
 #[test]
 fn pid1_starts_with_default_signal_dispositions_as_under_nspawn() {
     require_root();
@@ -72,8 +87,8 @@ fn pid1_starts_with_default_signal_dispositions_as_under_nspawn() {
                 "{opts:?}: PID 1 must start with no signal {name}:\n{ours}"
             );
             assert_eq!(
-                field(&ours, name),
-                field(&theirs, name),
+                mask(field(&ours, name)),
+                mask(field(&theirs, name)),
                 "{opts:?}: {name} differs from systemd-nspawn's"
             );
         }

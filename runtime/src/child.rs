@@ -215,7 +215,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     }
     step("seal /run/host", || runhost::seal(&at.host))?;
 
-    let Some(userns) = plan.userns else {
+    let Some(_) = plan.userns else {
         step("set the hostname", || {
             nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e))
         })?;
@@ -273,7 +273,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     })? {
         Forked::Child => {
             drop((mounted_rx, unpinned_tx));
-            inner(plan, channel, &at, userns, mounted_tx, unpinned_rx)
+            inner(plan, channel, &at, mounted_tx, unpinned_rx)
         }
         Forked::Parent { pid, pidfd } => {
             drop((mounted_tx, unpinned_rx));
@@ -311,7 +311,6 @@ fn inner(
     plan: &Plan<'_>,
     channel: &Channel,
     at: &Assembled,
-    userns: &UsernsPlan,
     mounted: OwnedFd,
     unpinned: OwnedFd,
 ) -> StepResult<Never> {
@@ -329,7 +328,11 @@ fn inner(
             .map_err(|e| Error::syscall("setresuid", e))?;
         nix::unistd::setgroups(&[]).map_err(|e| Error::syscall("setgroups", e))
     })?;
-    let _ = userns.range;
+    // The uid change cleared the parent-death signal: set it again (and
+    // make sure the launcher did not die in between).
+    step("die with the launcher as the guest's root", || {
+        die_with_parent(channel)
+    })?;
     step("unshare the cgroup namespace", || {
         sys::unshare(libc::CLONE_NEWCGROUP)
             .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e))
@@ -420,7 +423,10 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
         sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e))
     })?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    step("unblock signals", || {
+    // As nspawn: PID 1 starts with every signal at its default and none
+    // blocked, whatever the launcher (or its caller) ignored or blocked.
+    step("reset signals", || {
+        sys::reset_signal_dispositions().map_err(|e| Error::syscall("rt_sigaction", e))?;
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
             .map_err(|e| Error::syscall("sigprocmask", e))
     })?;

@@ -82,6 +82,39 @@ pub fn clone3(
     }
 }
 
+/// Put every signal's disposition back to SIG_DFL (but SIGKILL and
+/// SIGSTOP, which have no other): ignored signals survive execve, and the
+/// Rust runtime ignores SIGPIPE. Raw rt_sigaction, because glibc refuses
+/// the two real-time signals it keeps for itself, which a caller may still
+/// have ignored.
+pub fn reset_signal_dispositions() -> io::Result<()> {
+    // An all-zero kernel sigaction is SIG_DFL with no flags and an empty
+    // mask, whatever the architecture's field order.
+    let default = [0u64; 4];
+    let sigset_size = std::mem::size_of::<u64>();
+    let mut first_error = Ok(());
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default` is a valid, zeroed kernel sigaction that
+        // outlives the call; a null old-action pointer is allowed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                sigset_size,
+            )
+        };
+        if let (Err(e), Ok(())) = (check(ret), &first_error) {
+            first_error = Err(e);
+        }
+    }
+    first_error
+}
+
 /// Plain fork(2), for helpers that need no namespaces.
 pub fn fork() -> io::Result<Forked> {
     // SAFETY: callers are single-threaded, so the child can run any code.
