@@ -218,7 +218,8 @@ fn field<'a>(report: &'a str, name: &str) -> &'a str {
         .lines()
         .find_map(|l| {
             l.strip_prefix(name)
-                .and_then(|r| r.strip_prefix('=').or_else(|| r.strip_prefix(": ")))
+                .and_then(|r| r.strip_prefix('=').or_else(|| r.strip_prefix(':')))
+                .map(str::trim)
         })
         .unwrap_or_else(|| panic!("no {name} in:\n{report}"))
 }
