@@ -38,6 +38,11 @@ fn started(name: &str) {
 #[test]
 fn picked_ranges_differ_are_locked_and_released_even_after_sigkill() {
     let tree = busybox_tree();
+    // Both guests contend for one range for real: a tree owned by a shift
+    // makes that shift the first candidate of every pick (the names'
+    // hashes come only after it), so only the lock keeps them apart.
+    let contended = 0x8_0000 + (std::process::id() % 0x6000) * 0x1_0000;
+    std::os::unix::fs::chown(tree.path(), Some(contended), Some(contended)).unwrap();
     let (a, b) = (unique_name("pick-a"), unique_name("pick-b"));
     let mut ga = Guest::start(
         tree.path(),
@@ -52,6 +57,10 @@ fn picked_ranges_differ_are_locked_and_released_even_after_sigkill() {
     started(&a);
     started(&b);
     let (ra, rb) = (uid_range_of(&a), uid_range_of(&b));
+    assert!(
+        ra.0 == contended || rb.0 == contended,
+        "neither guest got the tree's range {contended:#x}: {ra:?} {rb:?}"
+    );
     assert_ne!(ra.0, rb.0, "two guests at once got the same range");
     for (name, (shift, range)) in [(&a, ra), (&b, rb)] {
         assert_eq!(range, 65536);
