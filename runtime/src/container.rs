@@ -210,7 +210,9 @@ fn prepare_userns(
             })?
         }
         Mode::Pick => {
-            let tree_shift = tree.and_then(|t| userns::tree_shift(t).ok());
+            // A chown walk that was cut short is finished in its own range.
+            let tree_shift = tree
+                .and_then(|t| idmap::chown_in_progress(t).or_else(|| userns::tree_shift(t).ok()));
             let (range, lock) = userns::pick(spec.machine.as_str(), tree_shift)?;
             (range, Some(lock))
         }
