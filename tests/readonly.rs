@@ -67,7 +67,7 @@ fn sh_in(name: &str, sh: &str, script: &str) -> String {
 
 /// Try to write below `dir` in the guest; "WROTE" if it worked.
 fn write_attempt(dir: &str) -> String {
-    format!("echo x > {dir}/nixspawn-ro-probe 2>/dev/null && echo WROTE:{dir}; ")
+    format!("{{ echo x > {dir}/nixspawn-ro-probe; }} 2>/dev/null && echo WROTE:{dir}; ")
 }
 
 /// Try to remount `dir` read-write (the mount's own flag, as a guest's
@@ -92,7 +92,7 @@ fn a_submount_below_a_bind_ro_source_is_read_only_too() {
         let mut args = vec!["-q", "--pipe", "-D", tree.path().to_str().unwrap(), &bind];
         args.extend_from_slice(opts);
         let script = format!(
-            "cat /ro/file /ro/sub/file; {}{}",
+            "cat /ro/file /ro/sub/file; {}{}true",
             write_attempt("/ro"),
             write_attempt("/ro/sub")
         );

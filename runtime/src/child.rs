@@ -193,12 +193,12 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         })?;
     }
     if let Some(store) = &spec.store {
-        // Under a user namespace the guest's own namespace seals it: a flag
-        // set here would be locked there, and `nixspawnctl update` could
-        // never open the store for new paths.
-        if plan.userns.is_none() {
-            step("seal the store", || store::seal_store(root, store))?;
-        }
+        // Under a user namespace this happens before the guest's namespaces
+        // exist, so the kernel locks the flag there: its root cannot undo
+        // it. `nixspawnctl update` adds paths through this (the outer)
+        // mount namespace, which the launcher keeps, and from which they
+        // propagate into the guest's, locked as well.
+        step("seal the store", || store::seal_store(root, store))?;
         step("link the system profile", || {
             store::link_profile(root, &store.toplevel)
         })?;
@@ -250,6 +250,14 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         channel.send(&ToParent::Handles { console: false }, &[notify.as_fd()])
     })?;
     drop(notify);
+    // This mount namespace, owned by the host's user namespace: the guest's
+    // mounts are locked copies of its shared mounts and keep receiving
+    // what is mounted on them here (`nixspawnctl update`).
+    let outer_mounts: OwnedFd = step("open the outer mount namespace", || {
+        std::fs::File::open("/proc/self/ns/mnt")
+            .map(OwnedFd::from)
+            .map_err(|e| Error::io("opening", "/proc/self/ns/mnt", e))
+    })?;
     step("switch root", || rootfs::switch_root(root))?;
     let at = at.pivoted();
     let (mounted_rx, mounted_tx) = step("pipe", || {
@@ -284,7 +292,10 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
                 )
             })?;
             step("hand over PID 1", || {
-                channel.send(&ToParent::Inner { pid }, &[pidfd.as_fd()])
+                channel.send(
+                    &ToParent::Inner { pid },
+                    &[pidfd.as_fd(), outer_mounts.as_fd()],
+                )
             })?;
             // PID 1 failed (it reports to the launcher itself) if this ends early.
             if nix::unistd::read(&mounted_rx, &mut [0u8; 1]) != Ok(1) {
@@ -375,9 +386,6 @@ fn inner(
     } else {
         None
     };
-    if let Some(store) = &spec.store {
-        step("seal the store", || store::seal_store(&at.root, store))?;
-    }
     step("share mounts", || {
         crate::mounts::propagation(
             Path::new("/"),

@@ -97,14 +97,67 @@ pub fn idmapped_clone(
 /// shifted: "TARGET FROM..." (decimal host ids), set before the walk and
 /// removed after the root, the record of a finished shift, was changed.
 /// In the trusted namespace: only host root can read or set it, never a
-/// guest, whatever it owns.
+/// guest, whatever it owns. Filesystems without extended attributes get a
+/// file in [`CHOWN_MARK_DIR`] instead.
 const CHOWN_MARK: &std::ffi::CStr = c"trusted.nixspawn.chown";
+
+/// Where the mark goes instead on a filesystem without extended attributes
+/// (ramfs, some FUSE): a file per tree root (device and inode), on the host.
+const CHOWN_MARK_DIR: &str = "/run/nixspawn-chown";
 
 /// The shift an interrupted `chown` walk of `tree` was making, if any: the
 /// range to prefer for the run that finishes it.
 pub fn chown_in_progress(tree: &Path) -> Option<u32> {
     let root = open_tree_root(tree).ok()?;
     read_mark(&root).ok().flatten().map(|(target, _)| target)
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EOPNOTSUPP)
+}
+
+/// The host-side mark file for the tree root `root`.
+fn mark_file(root: &OwnedFd) -> std::io::Result<std::path::PathBuf> {
+    let st = nix::sys::stat::fstat(root)?;
+    Ok(Path::new(CHOWN_MARK_DIR).join(format!("{}-{}", st.st_dev, st.st_ino)))
+}
+
+fn get_mark(root: &OwnedFd) -> std::io::Result<Option<Vec<u8>>> {
+    match sys::get_xattr(root.as_fd(), CHOWN_MARK) {
+        Err(e) if unsupported(&e) => match std::fs::read(mark_file(root)?) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        },
+        other => other,
+    }
+}
+
+fn set_mark(root: &OwnedFd, value: &[u8]) -> std::io::Result<()> {
+    match sys::set_xattr(root.as_fd(), CHOWN_MARK, value) {
+        Err(e) if unsupported(&e) => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(CHOWN_MARK_DIR)?;
+            let file = mark_file(root)?;
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, value)?;
+            std::fs::rename(&tmp, &file)
+        }
+        other => other,
+    }
+}
+
+fn remove_mark(root: &OwnedFd) -> std::io::Result<()> {
+    match sys::remove_xattr(root.as_fd(), CHOWN_MARK) {
+        Err(e) if unsupported(&e) => match std::fs::remove_file(mark_file(root)?) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+        other => other,
+    }
 }
 
 fn open_tree_root(tree: &Path) -> Result<OwnedFd> {
@@ -117,7 +170,7 @@ fn open_tree_root(tree: &Path) -> Result<OwnedFd> {
 }
 
 fn read_mark(root: &OwnedFd) -> std::io::Result<Option<(u32, Vec<u32>)>> {
-    let Some(value) = sys::get_xattr(root.as_fd(), CHOWN_MARK)? else {
+    let Some(value) = get_mark(root)? else {
         return Ok(None);
     };
     let text = String::from_utf8_lossy(&value);
@@ -150,9 +203,7 @@ pub fn chown_tree(tree: &Path, range: UidRange) -> Result<bool> {
     let st = nix::sys::stat::fstat(&root).map_err(|e| Error::io("stat", tree, e.into()))?;
     let mark_err = |e: std::io::Error| Error::BadTree {
         path: tree.to_path_buf(),
-        reason: format!(
-            "cannot record a shift of its ownership in progress ({e}); the filesystem needs trusted extended attributes for --private-users-ownership=chown (use map or off)"
-        ),
+        reason: format!("cannot record a shift of its ownership in progress: {e}"),
     };
     let pending = read_mark(&root).map_err(mark_err)?;
     if pending.is_none() && st.st_uid == range.shift {
@@ -174,7 +225,7 @@ pub fn chown_tree(tree: &Path, range: UidRange) -> Result<bool> {
         .map(|id| id.to_string())
         .collect::<Vec<_>>()
         .join(" ");
-    sys::set_xattr(root.as_fd(), CHOWN_MARK, mark.as_bytes()).map_err(mark_err)?;
+    set_mark(&root, mark.as_bytes()).map_err(mark_err)?;
 
     let walk = Walk {
         dev: st.st_dev,
@@ -184,7 +235,7 @@ pub fn chown_tree(tree: &Path, range: UidRange) -> Result<bool> {
     };
     walk.dir(&root, tree)?;
     walk.change(&root, &st, tree)?;
-    sys::remove_xattr(root.as_fd(), CHOWN_MARK).map_err(|e| Error::io("marking", tree, e))?;
+    remove_mark(&root).map_err(|e| Error::io("marking", tree, e))?;
     Ok(true)
 }
 

@@ -88,21 +88,42 @@ pub(crate) fn mount_fs_in_root(
     Ok(target)
 }
 
-/// Bind `src` onto `dst`, optionally recursive and/or read-only.
+/// Bind `src` onto `dst`, optionally recursive and/or read-only. A
+/// read-only bind is read-only all the way down (the mounts below `src`
+/// too) before it is attached, so there is no moment at which it is
+/// writable, and under a user namespace the kernel locks it that way.
 pub(crate) fn bind(src: &Path, dst: &Path, recursive: bool, read_only: bool) -> Result<()> {
-    let mut flags = MsFlags::MS_BIND;
-    if recursive {
-        flags |= MsFlags::MS_REC;
-    }
-    mount(Some(src), dst, None::<&str>, flags, None::<&str>).map_err(|e| Error::Mount {
-        what: format!("bind of {}", src.display()),
-        target: dst.to_path_buf(),
-        source: e.into(),
-    })?;
+    let fd = clone_tree(src, recursive)?;
     if read_only {
-        remount(dst, MsFlags::MS_RDONLY)?;
+        crate::sys::mount_setattr(
+            std::os::fd::AsFd::as_fd(&fd),
+            recursive,
+            crate::sys::MOUNT_ATTR_RDONLY,
+            0,
+        )
+        .map_err(|e| Error::Mount {
+            what: format!("read-only bind of {}", src.display()),
+            target: dst.to_path_buf(),
+            source: e,
+        })?;
     }
-    Ok(())
+    crate::rootfs::attach(&fd, dst)
+}
+
+/// A detached copy of the mount tree at `src` (OPEN_TREE_CLONE), with the
+/// mounts below it if `recursive`.
+pub(crate) fn clone_tree(src: &Path, recursive: bool) -> Result<std::os::fd::OwnedFd> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(src.as_os_str()))
+        .map_err(|_| Error::io("path", src, io::ErrorKind::InvalidInput.into()))?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    crate::sys::open_tree(None, &c, flags).map_err(|e| Error::Mount {
+        what: format!("bind of {}", src.display()),
+        target: src.to_path_buf(),
+        source: e,
+    })
 }
 
 /// Change the per-mount flags of the bind mount at `target`, keeping the

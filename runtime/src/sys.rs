@@ -195,7 +195,8 @@ pub fn pidfd_wait(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit
     }
 }
 
-/// setns(2) with a pidfd and several namespace flags at once (Linux 5.8+).
+/// setns(2) with a pidfd and several namespace flags at once (Linux 5.8+),
+/// or with a namespace descriptor and its one flag.
 pub fn setns_pidfd(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall with an fd we borrow for its duration.
     check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) }.into()).map(drop)
@@ -565,4 +566,18 @@ pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
         other => other.map(drop),
     }
+}
+
+/// pidfd_getfd(2): a copy of descriptor `fd` of the process behind `pidfd`.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; the result is a fresh
+    // descriptor of ours (close-on-exec, as the kernel sets it).
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
+}
+
+/// The CLONE_NEW* type of a namespace descriptor (ioctl NS_GET_NSTYPE).
+pub fn namespace_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) }.into()).map(|t| t as libc::c_int)
 }
