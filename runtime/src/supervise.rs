@@ -171,7 +171,13 @@ fn start(
         .map_err(|e| Error::io("creating", &plan.mount_point, e))?;
     let v1_visit = cgroups.visit_v1()?;
     let cloned = sys::clone3(flags, libc::SIGCHLD, Some(start_cgroup.as_fd()));
-    drop(v1_visit);
+    if let Ok(Forked::Child) = cloned {
+        // The visit is the launcher's to end: dropped here it would take
+        // the container process back out of the guest's v1 cgroups.
+        std::mem::forget(v1_visit);
+    } else {
+        drop(v1_visit);
+    }
     match cloned.map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
             drop(ours);
