@@ -293,7 +293,9 @@ pub fn detach(dir: &Path, id: u32) -> Result<()> {
 }
 
 /// The host's v1 `devices` hierarchy, if it mounts one (hybrid and legacy
-/// hosts), and this process's cgroup in it.
+/// hosts) where we may create cgroups, and this process's cgroup in it.
+/// Inside a container the v1 hierarchies are usually read-only: there the
+/// v2 program alone holds the policy, as it does on a pure v2 host.
 pub fn v1_hierarchy() -> Option<(PathBuf, PathBuf)> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mount = info.lines().find_map(|line| {
@@ -303,9 +305,12 @@ pub fn v1_hierarchy() -> Option<(PathBuf, PathBuf)> {
         if fstype != "cgroup" || !options.split(',').any(|o| o == "devices") {
             return None;
         }
-        Some(PathBuf::from(crate::cgroup::unescape(
-            left.split(' ').nth(4)?,
-        )))
+        let mut l = left.split(' ');
+        let point = l.nth(4)?;
+        if l.next()?.split(',').any(|o| o == "ro") {
+            return None;
+        }
+        Some(PathBuf::from(crate::cgroup::unescape(point)))
     })?;
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let own = own.lines().find_map(|l| {
