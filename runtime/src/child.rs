@@ -10,8 +10,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use crate::channel::{Channel, ToChild, ToParent};
 use crate::error::{Error, Result};
-use crate::mounts::{MountContext, Owner};
-use crate::resolve::{self, Create};
+use crate::mounts::{MountContext, Owner, Target};
+use crate::resolve::Create;
 use crate::spec::{ConsoleMode, Payload, Spec};
 use crate::sys::Forked;
 use crate::userns::UidRange;
@@ -81,7 +81,9 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> StepResult<T> {
     r.map_err(|e| (name.to_owned(), e))
 }
 
-/// Where the guest's filesystem was assembled (paths resolved inside it).
+/// Where the guest's filesystem was assembled (paths resolved inside it),
+/// for the guest's PID 1 to find after pivoting. The outer process itself
+/// works through the mounts' descriptors, never these paths.
 struct Assembled {
     root: PathBuf,
     host: PathBuf,
@@ -137,43 +139,50 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     if spec.private_network && plan.userns.is_none() {
         step("bring up lo", loopback_up)?;
     }
-    step("mount /run and /tmp", || {
+    // Every mount below lands on exactly what was resolved in the tree
+    // (its descriptor), and what is done inside our own mounts goes
+    // through theirs: a directory of the tree swapped for a link to the
+    // host meanwhile can redirect nothing.
+    let run = step("mount /run and /tmp", || {
         runhost::mount_run_and_tmp(&root, owner)
     })?;
     let (host, notify) = step("populate /run/host", || {
-        runhost::populate(&root, &spec.uuid, owner)
+        runhost::populate(&run, &spec.uuid, owner)
     })?;
+    drop(run);
     let dev = step("mount /dev", || devfs::mount_dev(&root, owner))?;
     let (proc, sys) = step("resolve /proc and /sys", || {
         Ok((
-            resolve::in_root(&root, Path::new("/proc"), Create::Dir(0o555))?,
-            resolve::in_root(&root, Path::new("/sys"), Create::Dir(0o555))?,
+            Target::resolve(&root, Path::new("/proc"), Create::Dir(0o555))?,
+            Target::resolve(&root, Path::new("/sys"), Create::Dir(0o555))?,
         ))
     })?;
     let at = Assembled {
         root,
-        host,
-        dev,
-        proc,
-        sys,
+        host: host.shown().to_path_buf(),
+        dev: dev.shown().to_path_buf(),
+        proc: proc.shown().to_path_buf(),
+        sys: sys.shown().to_path_buf(),
     };
     let root = &at.root;
     if plan.userns.is_none() {
         step("mount /proc", || {
-            procfs::mount_proc(&at.proc, &at.host, spec.private_network)
+            procfs::mount_proc_on(&proc, &host.path(), spec.private_network)
         })?;
-        step("mount /sys", || sysfs::mount_sys(&at.sys))?;
+        step("mount /sys", || sysfs::mount_sys_on(&sys))?;
         step("mount /dev/pts and /dev/mqueue", || {
-            devfs::mount_pts_and_mqueue(&at.dev)
+            devfs::mount_pts_and_mqueue(&dev.path())
         })?;
     } else {
         step("pin /proc and /sys", || {
-            runhost::pin_api_filesystems(&at.host)
+            runhost::pin_api_filesystems(&host.path())
         })?;
     }
+    drop((proc, sys));
+    let mut store_mount = None;
     if let Some(store) = &spec.store {
         let idmapped_store = plan.userns.and_then(|u| u.store.as_ref());
-        step("mount the store", || {
+        store_mount = step("mount the store", || {
             store::mount_store(root, &plan.store_staging, store, owner, idmapped_store)
         })?;
     }
@@ -198,7 +207,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         // it. `nixspawnctl update` adds paths through this (the outer)
         // mount namespace, which the launcher keeps, and from which they
         // propagate into the guest's, locked as well.
-        step("seal the store", || store::seal_store(root, store))?;
+        step("seal the store", || store::seal_store(store_mount.as_ref()))?;
         step("link the system profile", || {
             store::link_profile(root, &store.toplevel)
         })?;
@@ -210,17 +219,19 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     }
     if !spec.credentials.is_empty() {
         step("install credentials", || {
-            credentials::install(&at.host, &spec.credentials, owner)
+            credentials::install(&host.path(), &spec.credentials, owner)
         })?;
     }
-    step("seal /run/host", || runhost::seal(&at.host))?;
+    step("seal /run/host", || runhost::seal(&host.path()))?;
 
     let Some(_) = plan.userns else {
         step("set the hostname", || {
             nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e))
         })?;
         let console = if spec.console.has_pty() {
-            Some(step("create the console", || devfs::make_console(&at.dev))?)
+            Some(step("create the console", || {
+                devfs::make_console(&dev.path())
+            })?)
         } else {
             None
         };

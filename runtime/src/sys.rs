@@ -736,3 +736,76 @@ pub fn bpf_program_by_id(id: u32) -> io::Result<OwnedFd> {
     };
     owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut attr))
 }
+
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+
+/// move_mount(2) of a detached mount onto exactly what `to` refers to (an
+/// O_PATH descriptor of the target, MOVE_MOUNT_T_EMPTY_PATH): whatever
+/// happens to the path the target was found by meanwhile.
+pub fn move_mount_onto(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    // SAFETY: both paths are empty NUL-terminated strings, as the
+    // *_EMPTY_PATH flags require; the descriptors are borrowed for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// A new, detached filesystem mount (fsopen + fsconfig + fsmount): `fstype`
+/// with `options` ("key=value" or "flag", comma-separated, as mount(8)
+/// takes them) and MOUNT_ATTR_* `attrs`. The descriptor is its root.
+pub fn new_mount(fstype: &CStr, options: &str, attrs: u64) -> io::Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: fstype is NUL-terminated and lives across the call.
+    let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let config = |cmd: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>| {
+        let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+        // SAFETY: key and value are NUL-terminated or null, as `cmd` wants.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                cmd,
+                ptr(key),
+                ptr(value),
+                0,
+            )
+        })
+        .map(drop)
+    };
+    let cstring =
+        |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some((key, value)) => config(
+                FSCONFIG_SET_STRING,
+                Some(&cstring(key)?),
+                Some(&cstring(value)?),
+            )?,
+            None => config(FSCONFIG_SET_FLAG, Some(&cstring(option)?), None)?,
+        }
+    }
+    config(FSCONFIG_CMD_CREATE, None, None)?;
+    // SAFETY: plain syscall with integer arguments.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            attrs as libc::c_uint,
+        )
+    })
+}
