@@ -788,6 +788,8 @@ pub fn new_mount(fstype: &CStr, options: &str, attrs: u64) -> io::Result<OwnedFd
     };
     let cstring =
         |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    // Named after its type, as mount(8) and nspawn name such mounts.
+    config(FSCONFIG_SET_STRING, Some(c"source"), Some(fstype))?;
     for option in options.split(',').filter(|o| !o.is_empty()) {
         match option.split_once('=') {
             Some((key, value)) => config(
