@@ -183,6 +183,8 @@ enum Group {
     Port,
     Userns,
     BindUser,
+    /// systemd-nspawn 262's BindUserShell=.
+    BindUserShell,
     SystemCallFilter,
     /// One per resource limit, in the kernel's RLIMIT_* order.
     Limit(usize),
@@ -237,13 +239,14 @@ impl Group {
                 | "MACVLAN"
                 | "IPVLAN"
                 | "Bridge"
-                | "Zone",
+                | "Zone"
+                | "NamespacePath",
             ) => Group::Network,
             ("Network", "Port") => Group::Port,
-            ("Exec", "PrivateUsers") | ("Files", "PrivateUsersChown" | "PrivateUsersOwnership") => {
-                Group::Userns
-            }
+            ("Exec", "PrivateUsers" | "PrivateUsersDelegate")
+            | ("Files", "PrivateUsersChown" | "PrivateUsersOwnership") => Group::Userns,
             ("Files", "BindUser") => Group::BindUser,
+            ("Files", "BindUserShell") => Group::BindUserShell,
             ("Exec", "SystemCallFilter") => Group::SystemCallFilter,
             ("Exec", "OOMScoreAdjust") => Group::OomScoreAdjust,
             ("Exec", "CPUAffinity") => Group::CpuAffinity,
@@ -272,6 +275,9 @@ impl Group {
                 "Ignoring PrivateUsers= and PrivateUsersChown= settings, file {p} is not trusted."
             ),
             Group::BindUser => format!("Ignoring bind user setting, file {p} is not trusted."),
+            Group::BindUserShell => {
+                format!("Ignoring bind user shell setting, file {p} is not trusted.")
+            }
             Group::SystemCallFilter => {
                 format!("Ignoring SystemCallFilter= settings, file {p} is not trusted.")
             }
@@ -313,6 +319,7 @@ impl Group {
             Group::AmbientCapability
             | Group::Port
             | Group::BindUser
+            | Group::BindUserShell
             | Group::Limit(_)
             | Group::OomScoreAdjust
             | Group::CpuAffinity => false,
@@ -449,7 +456,8 @@ pub fn apply(
     Ok(ignored.into_iter().map(|g| g.warning(path)).collect())
 }
 
-/// Settings systemd-nspawn 252 knows that nixspawn refuses for now.
+/// Settings systemd-nspawn 252 (and 262, the last four) knows that
+/// nixspawn refuses for now.
 const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "ProcessTwo",
     "User",
@@ -491,6 +499,10 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "Bridge",
     "Zone",
     "Port",
+    "PrivateUsersDelegate",
+    "RestrictAddressFamilies",
+    "BindUserShell",
+    "NamespacePath",
 ];
 
 #[cfg(test)]
@@ -616,6 +628,46 @@ Private=yes
             ]
         );
         assert!(a.link_journal.is_none() && a.private_users.is_none());
+
+        // systemd-nspawn 262's additions, in its words; a restriction
+        // nixspawn cannot honour is refused rather than dropped.
+        let entries = parse(
+            "[Exec]\nPrivateUsersDelegate=2\n[Files]\nBindUserShell=/bin/sh\n\
+             [Network]\nNamespacePath=/run/netns/x\n",
+            Path::new("t.nspawn"),
+        )
+        .unwrap();
+        let warnings = apply(
+            &entries,
+            Path::new("t.nspawn"),
+            false,
+            Mode::Yes,
+            &mut args("-D /tmp"),
+        )
+        .unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "Ignoring network settings, file t.nspawn is not trusted.",
+                "Ignoring PrivateUsers= and PrivateUsersChown= settings, file t.nspawn is not trusted.",
+                "Ignoring bind user shell setting, file t.nspawn is not trusted.",
+            ]
+        );
+        let entries = parse(
+            "[Exec]\nRestrictAddressFamilies=AF_INET\n",
+            Path::new("t.nspawn"),
+        )
+        .unwrap();
+        let err = apply(
+            &entries,
+            Path::new("t.nspawn"),
+            false,
+            Mode::Yes,
+            &mut args("-D /tmp"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not implement"), "{err}");
     }
 
     #[test]
