@@ -111,11 +111,11 @@ pub fn update(
             }
         };
         if !same(&inside, &host) {
-            return Err(Error::Io {
-                what: "the new store path did not reach the guest",
-                path: host,
-                source: std::io::Error::other(
-                    "its /nix/store no longer receives nixspawn's mounts (unmounted or made private inside); restart it to update",
+            return Err(Error::Update {
+                name: state.name.to_string(),
+                reason: format!(
+                    "{} did not reach the guest: its /nix/store no longer receives nixspawn's mounts (unmounted or made private inside); restart it to update",
+                    host.display()
                 ),
             });
         }
@@ -183,20 +183,23 @@ fn place(store_dir: &Path, prepared: &[Prepared]) -> Result<()> {
 /// The launcher's outer mount namespace of a guest in a user namespace,
 /// taken from the launcher itself (its descriptor number is in the state).
 fn outer_mount_namespace(state: &State) -> Result<OwnedFd> {
-    let fd = state.outer_mounts_fd.ok_or_else(|| Error::Protocol(format!(
-        "{} was started by a nixspawn that keeps no outer mount namespace; restart it to update its store",
-        state.name
-    )))?;
+    let fd = state.outer_mounts_fd.ok_or_else(|| Error::Update {
+        name: state.name.to_string(),
+        reason: "it was started by a nixspawn that keeps no outer mount namespace; restart it to update its store".into(),
+    })?;
     let launcher =
         sys::pidfd_open(state.supervisor).map_err(|e| Error::syscall("pidfd_open(launcher)", e))?;
     let ns = sys::pidfd_getfd(launcher.as_fd(), fd)
         .map_err(|e| Error::syscall("pidfd_getfd(launcher's mount namespace)", e))?;
     match sys::namespace_type(ns.as_fd()) {
         Ok(libc::CLONE_NEWNS) => Ok(ns),
-        _ => Err(Error::Protocol(format!(
-            "descriptor {fd} of the launcher (PID {}) is not a mount namespace; is {} still its guest?",
-            state.supervisor, state.name
-        ))),
+        _ => Err(Error::Update {
+            name: state.name.to_string(),
+            reason: format!(
+                "descriptor {fd} of its launcher (PID {}) is not a mount namespace; is that launcher still running it?",
+                state.supervisor
+            ),
+        }),
     }
 }
 
