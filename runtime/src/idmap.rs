@@ -185,9 +185,9 @@ fn read_mark(root: &OwnedFd) -> std::io::Result<Option<(u32, Vec<u32>)>> {
 
 /// Shift the ownership of the tree onto `range` on disk, once: a tree whose
 /// root directory already belongs to the shift is left alone (the root is
-/// the record, as with systemd-nspawn's chown mode). Ids found at the base
-/// the root's owner names (0 for a fresh tree, an earlier shift for a
-/// tree used with another range) move to the new range.
+/// the record, as with systemd-nspawn's chown mode). Ids below the range's
+/// size, and those at the base the root's owner names (an earlier shift
+/// for a tree used with another range), move to the new range.
 ///
 /// The walk runs as host root on a tree someone else may own, so it goes by
 /// descriptor and changes only what it holds open: every entry is opened
@@ -209,10 +209,10 @@ pub fn chown_tree(tree: &Path, range: UidRange) -> Result<bool> {
     if pending.is_none() && st.st_uid == range.shift {
         return Ok(false);
     }
-    // Where the ids may be now: at the base the root's owner names, and,
-    // after an interrupted walk, wherever that walk was moving them from
-    // and to.
-    let mut from = vec![st.st_uid - st.st_uid % crate::userns::RANGE];
+    // Where the ids may be now: unshifted, at the base the root's owner
+    // names, and, after an interrupted walk, wherever that walk was
+    // moving them from and to.
+    let mut from = vec![0, st.st_uid - st.st_uid % crate::userns::RANGE];
     if let Some((target, earlier)) = &pending {
         from.extend(earlier.iter().copied());
         from.push(*target);
