@@ -263,8 +263,18 @@ fn open_cgroup(dir: &Path) -> Result<OwnedFd> {
 /// the program's id (to detach it from a cgroup that outlives the guest).
 pub fn attach(dir: &Path, rules: &[Rule]) -> Result<u32> {
     let cgroup = open_cgroup(dir)?;
-    let prog = sys::bpf_load_device_program(&program(rules), "nixspawn_devs")
-        .map_err(|e| Error::syscall("bpf(BPF_PROG_LOAD) of the device policy", e))?;
+    let prog = sys::bpf_load_device_program(&program(rules), "nixspawn_devs").map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM | libc::ENOSYS) => {
+                " (the guest's device policy is a cgroup BPF program; is nixspawn itself under a seccomp filter that refuses bpf()?)"
+            }
+            _ => "",
+        };
+        Error::syscall(
+            "bpf(BPF_PROG_LOAD) of the device policy",
+            io::Error::new(e.kind(), format!("{e}{hint}")),
+        )
+    })?;
     sys::bpf_attach_device_program(cgroup.as_fd(), prog.as_fd()).map_err(|e| Error::Cgroup {
         step: "attaching the device policy to",
         path: dir.to_path_buf(),
