@@ -447,15 +447,16 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
         .spawn()
         .expect("systemd-nspawn is missing: apt-get install systemd-container");
     let mut nspawn = StopOnDrop(nspawn, None, tree.path().to_path_buf());
+    // Its range, from its guest's own uid_map (other tests take and drop
+    // ranges meanwhile, so a new lock file alone does not say whose it is).
     let mut taken = String::new();
     wait_for(
         "systemd-nspawn to lock a range",
         Duration::from_secs(20),
         || {
-            taken = locks()
-                .difference(&before)
-                .next()
-                .cloned()
+            taken = guest_shift_below(&unit.path)
+                .map(|s| s.to_string())
+                .filter(|s| locks().contains(s) && !before.contains(s))
                 .unwrap_or_default();
             !taken.is_empty()
         },
@@ -546,4 +547,22 @@ fn update_under_userns_maps_the_new_store_paths_too() {
     guest.signal(Signal::SIGTERM);
     assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
     assert_cleaned_up(&name, None);
+}
+
+/// The host id a user namespace maps root to, for any process in the
+/// cgroup `dir` or below that runs in one.
+fn guest_shift_below(dir: &Path) -> Option<u32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let here = procs.lines().find_map(|pid| {
+        let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).ok()?;
+        let outside: u32 = map.split_whitespace().nth(1)?.parse().ok()?;
+        (outside != 0).then_some(outside)
+    });
+    here.or_else(|| {
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .find_map(|e| guest_shift_below(&e.path()))
+    })
 }
