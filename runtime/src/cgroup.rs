@@ -35,6 +35,39 @@ pub struct CgroupLayout {
     /// On a hybrid systemd host: the scope in the named `systemd` v1
     /// hierarchy, which systemd tracks units by and clone3 cannot enter.
     pub v1: Option<V1Scope>,
+    /// The guest's device policy, once in force (devices.rs).
+    #[serde(default)]
+    pub devices: Option<DevicePolicy>,
+}
+
+/// Where the guest's device policy is enforced, to undo it at the end.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DevicePolicy {
+    pub rules: Vec<crate::devices::Rule>,
+    /// The v2 cgroup its program is attached to (the payload's parent).
+    pub program_cgroup: PathBuf,
+    /// The program's id, to detach it from a cgroup that outlives the
+    /// guest (a unit's, under --keep-unit).
+    pub program_id: Option<u32>,
+    /// With a v1 `devices` hierarchy: the guest's cgroup there.
+    pub v1: Option<V1Devices>,
+}
+
+/// The guest's cgroups in the host's v1 `devices` hierarchy: `payload`
+/// (which PID 1 starts in) below a mirror of the v2 scope, both holding
+/// the allow list, so the guest can never widen its own.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct V1Devices {
+    /// Where the hierarchy is mounted.
+    pub mount: PathBuf,
+    /// The mirror of the v2 scope, restricted too (None where that is the
+    /// hierarchy's root, which cannot be).
+    pub parent: Option<PathBuf>,
+    pub payload: PathBuf,
+    /// The launcher's own cgroup there, to go back to after a clone.
+    pub home: PathBuf,
+    /// Directories we created, outermost first.
+    pub created: Vec<PathBuf>,
 }
 
 /// The host's cgroup v2 mount point.
@@ -94,12 +127,14 @@ fn own_v1_systemd_cgroup() -> Option<PathBuf> {
 /// hierarchy, so that a child cloned now starts there (clone3 places it in
 /// v2 only). Dropping it moves the launcher back.
 pub struct V1Visit {
-    home: PathBuf,
+    homes: Vec<PathBuf>,
 }
 
 impl Drop for V1Visit {
     fn drop(&mut self) {
-        let _ = fs::write(self.home.join("cgroup.procs"), "0");
+        for home in &self.homes {
+            let _ = fs::write(home.join("cgroup.procs"), "0");
+        }
     }
 }
 
@@ -151,6 +186,7 @@ impl CgroupLayout {
                 use_supervisor: false,
                 managed: true,
                 v1,
+                devices: None,
             });
         }
         let base = if keep_unit {
@@ -173,6 +209,7 @@ impl CgroupLayout {
             use_supervisor,
             managed: false,
             v1: None,
+            devices: None,
         })
     }
 
@@ -181,21 +218,85 @@ impl CgroupLayout {
         Path::new("/").join(self.base.strip_prefix(&self.mount).unwrap_or(Path::new("")))
     }
 
-    /// Enter the guest's v1 scope for the moment a child is cloned (no-op
-    /// where there is no named v1 hierarchy).
+    /// Enter the guest's v1 cgroups (its scope in the named `systemd`
+    /// hierarchy, its payload in the `devices` one) for the moment a child
+    /// is cloned (no-op where there are none).
     pub fn visit_v1(&self) -> Result<Option<V1Visit>> {
-        let Some(v1) = &self.v1 else {
-            return Ok(None);
+        let stops = self.v1.iter().map(|v1| (&v1.scope, &v1.home)).chain(
+            self.devices
+                .iter()
+                .filter_map(|d| d.v1.as_ref())
+                .map(|v1| (&v1.payload, &v1.home)),
+        );
+        let mut visit = V1Visit { homes: Vec::new() };
+        for (target, home) in stops {
+            let procs = target.join("cgroup.procs");
+            // Dropping the visit on an error takes us back from the others.
+            fs::write(&procs, "0").map_err(|e| Error::Cgroup {
+                step: "entering",
+                path: procs,
+                source: e,
+            })?;
+            visit.homes.push(home.clone());
+        }
+        Ok((!visit.homes.is_empty()).then_some(visit))
+    }
+
+    /// Put the guest's device policy in force (after [`Self::create`]):
+    /// the program on the payload's parent in v2 (on the payload itself if
+    /// the parent is the hierarchy's root, which must never be
+    /// restricted), and the v1 allow list where there is a v1 `devices`
+    /// hierarchy. Recorded as it goes, so that [`Self::destroy`] undoes
+    /// whatever was done.
+    pub fn enforce_devices(&mut self, rules: Vec<crate::devices::Rule>) -> Result<()> {
+        let v1_parent_rel = self.base_relative();
+        let program_cgroup = if self.base == self.mount {
+            self.payload()
+        } else {
+            self.base.clone()
         };
-        let procs = v1.scope.join("cgroup.procs");
-        fs::write(&procs, "0").map_err(|e| Error::Cgroup {
-            step: "entering",
-            path: procs,
-            source: e,
-        })?;
-        Ok(Some(V1Visit {
-            home: v1.home.clone(),
-        }))
+        let policy = self.devices.insert(DevicePolicy {
+            rules,
+            program_cgroup,
+            program_id: None,
+            v1: None,
+        });
+        policy.program_id = Some(crate::devices::attach(
+            &policy.program_cgroup,
+            &policy.rules,
+        )?);
+        let Some((mount, own)) = crate::devices::v1_hierarchy() else {
+            return Ok(());
+        };
+        let parent = mount.join(rel(&v1_parent_rel));
+        let v1 = policy.v1.insert(V1Devices {
+            mount: mount.clone(),
+            payload: parent.join("payload"),
+            parent: (parent != mount).then_some(parent),
+            home: mount.join(rel(&own)),
+            created: Vec::new(),
+        });
+        v1.created = crate::devices::v1_make(&mount, v1.payload.parent().unwrap_or(&mount))?;
+        v1.created.push(v1.payload.clone());
+        v1_restrict_and_make_payload(v1, &policy.rules)
+    }
+
+    /// The policy again, for a new boot in a new scope (managed layouts:
+    /// systemd made a fresh scope, which has none of it).
+    pub fn reenforce_devices(&self) -> Result<()> {
+        let Some(policy) = &self.devices else {
+            return Ok(());
+        };
+        crate::devices::attach(&policy.program_cgroup, &policy.rules)?;
+        if let Some(v1) = &policy.v1 {
+            // The same directories as at the first boot (the last boot's
+            // were removed with it), the payload last.
+            for dir in v1.created.iter().filter(|d| **d != v1.payload) {
+                let _ = fs::create_dir(dir);
+            }
+            v1_restrict_and_make_payload(v1, &policy.rules)?;
+        }
+        Ok(())
     }
 
     pub fn payload(&self) -> PathBuf {
@@ -348,6 +449,24 @@ impl CgroupLayout {
         if payload.exists() {
             remove_tree(&payload)?;
         }
+        if let Some(policy) = &self.devices {
+            // The guest is gone: its v1 cgroups are empty.
+            if let Some(v1) = &policy.v1 {
+                remove_dirs(&v1.payload)?;
+                for dir in v1.created.iter().rev() {
+                    let _ = fs::remove_dir(dir);
+                }
+                // As machine.slice in v2 below: without a service manager
+                // whichever guest leaves it empty removes it.
+                let slice = v1.mount.join("machine.slice");
+                if !Path::new("/run/systemd/system").exists() && v1.payload.starts_with(&slice) {
+                    let _ = fs::remove_dir(&slice);
+                }
+            }
+            if let Some(id) = policy.program_id {
+                crate::devices::detach(&policy.program_cgroup, id)?;
+            }
+        }
         if self.managed {
             return Ok(());
         }
@@ -378,6 +497,28 @@ impl CgroupLayout {
         }
         Ok(())
     }
+}
+
+/// The allow list on the v1 parent, then a fresh payload below it with
+/// the list too. A v1 cgroup takes "deny all" only while it has no
+/// children, hence the order.
+fn v1_restrict_and_make_payload(v1: &V1Devices, rules: &[crate::devices::Rule]) -> Result<()> {
+    // Left over from a killed run or the last boot; nobody is in it.
+    remove_dirs(&v1.payload)?;
+    if let Some(parent) = &v1.parent {
+        // A parent with other children (a unit's cgroup that has some)
+        // cannot be narrowed; the payload's list and the v2 program still
+        // hold, and the guest cannot reach that parent either way.
+        if let Err(e) = crate::devices::v1_restrict(parent, rules) {
+            tracing::debug!("not restricting the v1 parent: {e}");
+        }
+    }
+    fs::create_dir(&v1.payload).map_err(|e| Error::Cgroup {
+        step: "creating",
+        path: v1.payload.clone(),
+        source: e,
+    })?;
+    crate::devices::v1_restrict(&v1.payload, rules)
 }
 
 fn open_dir(p: PathBuf) -> Result<OwnedFd> {

@@ -210,7 +210,9 @@ fn prepare_userns(
             })?
         }
         Mode::Pick => {
-            let tree_shift = tree.and_then(|t| userns::tree_shift(t).ok());
+            // A chown walk that was cut short is finished in its own range.
+            let tree_shift = tree
+                .and_then(|t| idmap::chown_in_progress(t).or_else(|| userns::tree_shift(t).ok()));
             let (range, lock) = userns::pick(spec.machine.as_str(), tree_shift)?;
             (range, Some(lock))
         }
@@ -322,6 +324,9 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let created = cgroups.create();
     let cgroups = session.cgroups.insert(cgroups);
     created?;
+    // nspawn's closed device policy, on every host (a systemd host's scope
+    // has it too; a host without systemd, or a unit without it, would not).
+    cgroups.enforce_devices(crate::devices::closed_policy(&spec.mounts))?;
     let (userns, range_lock) = match prepare_userns(spec, cgroups, observer)? {
         Some((plan, lock)) => (Some(plan), lock),
         None => (None, None),
@@ -426,7 +431,8 @@ fn supervise(
                 let fresh = match host.as_deref_mut() {
                     Some(h) if cgroups.managed => h
                         .begin_boot(spec, &cgroups.base_relative())
-                        .and_then(|()| cgroups.create_payload()),
+                        .and_then(|()| cgroups.create_payload())
+                        .and_then(|()| cgroups.reenforce_devices()),
                     _ => cgroups.reset_payload(),
                 };
                 let reset = fresh.and_then(|()| match &userns {

@@ -129,6 +129,9 @@ pub enum Error {
     #[error("container setup failed: {step}: {message}")]
     Child { step: String, message: String },
 
+    #[error("updating {name}: {reason}")]
+    Update { name: String, reason: String },
+
     #[error("--link-journal: {reason}")]
     Journal { reason: String },
 

@@ -12,6 +12,7 @@ pub mod console;
 pub mod container;
 pub mod credentials;
 mod devfs;
+pub mod devices;
 pub mod enter;
 pub mod environment;
 pub mod error;

@@ -65,6 +65,10 @@ pub struct State {
     /// The seccomp filter's adjustments; None when seccomp is off.
     pub syscall_filter: Option<crate::seccomp::Adjustments>,
     pub no_new_privileges: bool,
+    /// With a user namespace: the launcher's descriptor (in the supervisor
+    /// process) of the mount namespace the guest's mounts propagate from.
+    #[serde(default)]
+    pub outer_mounts_fd: Option<i32>,
     /// Microseconds since the epoch when the current payload was started.
     pub started_usec: u64,
     /// The guest sent READY=1.

@@ -1,7 +1,7 @@
 //! One run of the payload: start the container process, take its handles,
 //! then watch it — console, notify socket, stop signals — until it ends.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -80,6 +80,7 @@ pub(crate) fn run_payload(
         pidfd,
         notify_sock,
         console,
+        outer_mounts,
     } = setup?;
     if !early && let Some(h) = host.as_deref_mut() {
         let linked = h.guest_started(spec, leader, pidfd.as_fd(), &mut |n| notices.push(n));
@@ -125,6 +126,7 @@ pub(crate) fn run_payload(
         capabilities: crate::capabilities::mask(&spec.payload_capabilities(userns.is_some())),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
+        outer_mounts_fd: outer_mounts.as_ref().map(|fd| fd.as_raw_fd()),
         started_usec: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -153,6 +155,7 @@ pub(crate) fn run_payload(
         pidfd,
         notify_sock,
         console,
+        _outer_mounts: outer_mounts,
         state,
         stop_requests: 0,
         handlers_ready: false,
@@ -195,7 +198,13 @@ fn start(
         .map_err(|e| Error::io("creating", &plan.mount_point, e))?;
     let v1_visit = cgroups.visit_v1()?;
     let cloned = sys::clone3(flags, libc::SIGCHLD, Some(start_cgroup.as_fd()));
-    drop(v1_visit);
+    if let Ok(Forked::Child) = cloned {
+        // The visit is the launcher's to end: dropped here it would take
+        // the container process back out of the guest's v1 cgroups.
+        std::mem::forget(v1_visit);
+    } else {
+        drop(v1_visit);
+    }
     match cloned.map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
             drop(ours);
@@ -237,7 +246,13 @@ struct Setup {
     pidfd: OwnedFd,
     notify_sock: OwnedFd,
     console: Option<Console>,
+    /// With a user namespace: the outer process's mount namespace.
+    outer_mounts: Option<OwnedFd>,
 }
+
+/// With a user namespace: the guest's PID 1, its pidfd, and the mount
+/// namespace of the outer process that assembled its root.
+type Inner = (i32, OwnedFd, OwnedFd);
 
 /// The notify socket and console arrive (and with a user namespace, the
 /// guest's PID 1, whose ID maps we write), then end-of-file once the
@@ -249,10 +264,10 @@ fn receive_setup(
     userns: Option<UidRange>,
     placement: Option<Placement<'_>>,
 ) -> Result<Setup> {
-    let mut inner: Option<(i32, OwnedFd)> = None;
+    let mut inner: Option<Inner> = None;
     let result = receive_setup_messages(spec, channel, &first, userns, &mut inner, placement);
     match (result, inner) {
-        (Ok((notify_sock, console)), Some((leader, pidfd))) => {
+        (Ok((notify_sock, console)), Some((leader, pidfd, outer_mounts))) => {
             // The outer process is done once it handed PID 1 over.
             let _ = sys::pidfd_wait(first.1.as_fd(), false);
             Ok(Setup {
@@ -260,6 +275,7 @@ fn receive_setup(
                 pidfd,
                 notify_sock,
                 console,
+                outer_mounts: Some(outer_mounts),
             })
         }
         (Ok((notify_sock, console)), None) => Ok(Setup {
@@ -267,6 +283,7 @@ fn receive_setup(
             pidfd: first.1,
             notify_sock,
             console,
+            outer_mounts: None,
         }),
         (Err(e), inner) => {
             for pidfd in inner.iter().map(|i| &i.1).chain([&first.1]) {
@@ -282,7 +299,7 @@ fn receive_setup_messages(
     channel: &Channel,
     first: &(i32, OwnedFd),
     userns: Option<UidRange>,
-    inner: &mut Option<(i32, OwnedFd)>,
+    inner: &mut Option<Inner>,
     mut placement: Option<Placement<'_>>,
 ) -> Result<(OwnedFd, Option<Console>)> {
     let mut notify = None;
@@ -310,10 +327,11 @@ fn receive_setup_messages(
                 notify = Some(fds.remove(0));
             }
             Some((ToParent::Inner { pid }, mut fds)) => {
-                let (Some(range), 1) = (userns, fds.len()) else {
+                let (Some(range), 2) = (userns, fds.len()) else {
                     return Err(Error::Protocol("an unexpected PID 1 hand-over".into()));
                 };
-                let pidfd = inner.insert((pid, fds.remove(0))).1.as_fd();
+                let (pidfd, outer_mounts) = (fds.remove(0), fds.remove(0));
+                let pidfd = inner.insert((pid, pidfd, outer_mounts)).1.as_fd();
                 for file in ["uid_map", "gid_map"] {
                     let p = format!("/proc/{pid}/{file}");
                     std::fs::write(&p, range.map_line())
@@ -361,6 +379,10 @@ struct Watch<'a> {
     pidfd: OwnedFd,
     notify_sock: OwnedFd,
     console: Option<Console>,
+    /// Kept for the guest's life: `nixspawnctl update` mounts new store
+    /// paths here (the fd number is in the state), and they propagate into
+    /// the guest's mount namespace locked.
+    _outer_mounts: Option<OwnedFd>,
     state: State,
     stop_requests: u32,
     /// PID 1 said X_SYSTEMD_SIGNALS_LEVEL=2: its signal handlers are in place.
