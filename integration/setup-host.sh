@@ -3,7 +3,7 @@
 # Skips apt entirely when everything is already there.
 set -euo pipefail
 
-packages=(debootstrap systemd-container bubblewrap hyperfine busybox-static nix-bin gcc libc6-dev bsdutils)
+packages=(debootstrap systemd-container bubblewrap hyperfine busybox-static nix-bin gcc libc6-dev bsdutils gcc-multilib)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

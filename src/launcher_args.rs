@@ -16,7 +16,7 @@ use nixspawn_runtime::{capabilities, credentials, seccomp, userns};
 
 use crate::nspawn_settings;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, PartialEq, Eq, Parser)]
 #[command(
     name = "nixspawn",
     version,
@@ -239,23 +239,159 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--nix-daemon",
 ];
 
-/// Parse argv, turning clap's "unknown argument" for an nspawn option we
-/// lack into a message that says so.
-pub fn parse(argv: &[String]) -> Result<Args> {
-    match Args::try_parse_from(argv) {
-        Ok(a) => Ok(a),
-        Err(e) => {
-            if e.kind() == clap::error::ErrorKind::UnknownArgument
-                && let Some(clap::error::ContextValue::String(arg)) =
-                    e.get(clap::error::ContextKind::InvalidArg)
-            {
-                let name = arg.split('=').next().unwrap_or(arg);
-                if UNIMPLEMENTED.contains(&name) {
-                    bail!("the systemd-nspawn option {name} is not implemented by nixspawn yet");
-                }
-            }
-            e.exit()
+/// Why an argv was not taken.
+#[derive(Debug)]
+pub enum ArgvError {
+    /// `--help` or `--version`: clap prints it and exits 0.
+    Info(clap::Error),
+    /// Refused: one line naming the argument that is wrong.
+    Refused(String),
+}
+
+impl std::fmt::Display for ArgvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgvError::Info(e) => write!(f, "{e}"),
+            ArgvError::Refused(line) => f.write_str(line),
         }
+    }
+}
+
+/// `text` quoted, with anything that is not printable escaped: argv is the
+/// caller's, and a refusal stays one line on the terminal whatever it holds.
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// One line for a clap refusal, as nspawn's getopt gives one, naming the
+/// argument (clap's own message spans lines and embeds argv raw).
+fn refusal(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    // clap names a known option as "--machine <NAME>" (the name is
+    // enough) and an unknown one as given.
+    let arg = text(ContextKind::InvalidArg);
+    let name = arg.as_deref().map(|a| match e.kind() {
+        ErrorKind::UnknownArgument => a.to_owned(),
+        _ => a.split(' ').next().unwrap_or(a).to_owned(),
+    });
+    // clap reports a missing value as an empty invalid one.
+    let value = text(ContextKind::InvalidValue).filter(|v| !v.is_empty());
+    let line = match (e.kind(), name, value) {
+        (ErrorKind::UnknownArgument, Some(a), _) => {
+            let name = a.split('=').next().unwrap_or(&a);
+            if UNIMPLEMENTED.contains(&name) {
+                format!("the systemd-nspawn option {name} is not implemented by nixspawn yet")
+            } else {
+                let hint = text(ContextKind::SuggestedArg)
+                    .map(|s| format!(" (did you mean {}?)", quoted(&s)))
+                    .unwrap_or_default();
+                format!("unknown option {}{hint}", quoted(&a))
+            }
+        }
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(a), Some(v)) => {
+            format!("invalid value {} for {a}", quoted(&v))
+        }
+        (ErrorKind::InvalidValue | ErrorKind::NoEquals, Some(a), None) => {
+            format!("{a} needs a value")
+        }
+        (ErrorKind::InvalidUtf8, _, _) => "an argument is not valid UTF-8".to_owned(),
+        (kind, Some(a), _) => format!("{a}: {kind}"),
+        (kind, None, _) => kind.to_string(),
+    };
+    format!("{line}; see nixspawn --help")
+}
+
+/// Parse argv without printing or exiting (for tests and fuzzing).
+pub fn try_parse(argv: &[String]) -> Result<Args, ArgvError> {
+    Args::try_parse_from(argv).map_err(|e| match e.kind() {
+        clap::error::ErrorKind::DisplayHelp
+        | clap::error::ErrorKind::DisplayVersion
+        | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ArgvError::Info(e),
+        _ => ArgvError::Refused(refusal(&e)),
+    })
+}
+
+/// Parse argv: `--help` and `--version` print and exit; anything refused
+/// comes back as one line (an nspawn option we lack is named as such).
+pub fn parse(argv: &[String]) -> Result<Args> {
+    match try_parse(argv) {
+        Ok(a) => Ok(a),
+        Err(ArgvError::Info(e)) => e.exit(),
+        Err(ArgvError::Refused(line)) => bail!(line),
+    }
+}
+
+impl Args {
+    /// The canonical argv for these arguments (`--long=VALUE` for every
+    /// value, the command after `--`): parsing it gives them back.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut out = vec!["nixspawn".to_owned()];
+        let mut opt = |name: &str, value: Option<&str>| {
+            if let Some(v) = value {
+                out.push(format!("--{name}={v}"));
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        opt("directory", path(&self.directory).as_deref());
+        opt("machine", self.machine.as_deref());
+        opt("uuid", self.uuid.as_deref());
+        opt("hostname", self.hostname.as_deref());
+        opt("console", self.console.as_deref());
+        opt("kill-signal", self.kill_signal.as_deref());
+        opt("notify-ready", self.notify_ready.as_deref());
+        opt("register", self.register.as_deref());
+        opt("chdir", path(&self.chdir).as_deref());
+        opt("private-users", self.private_users.as_deref());
+        opt(
+            "private-users-ownership",
+            self.private_users_ownership.as_deref(),
+        );
+        opt("link-journal", self.link_journal.as_deref());
+        opt("settings", self.settings.as_deref());
+        opt("no-new-privileges", self.no_new_privileges.as_deref());
+        opt("toplevel", path(&self.toplevel).as_deref());
+        opt("closure-file", path(&self.closure_file).as_deref());
+        for (name, values) in [
+            ("setenv", &self.setenv),
+            ("bind", &self.bind),
+            ("bind-ro", &self.bind_ro),
+            ("tmpfs", &self.tmpfs),
+            ("capability", &self.capability),
+            ("drop-capability", &self.drop_capability),
+            ("system-call-filter", &self.system_call_filter),
+            ("set-credential", &self.set_credential),
+            ("load-credential", &self.load_credential),
+        ] {
+            for v in values {
+                opt(name, Some(v));
+            }
+        }
+        for (name, set) in [
+            ("--boot", self.boot),
+            ("--ephemeral", self.ephemeral),
+            ("--pipe", self.pipe),
+            ("--quiet", self.quiet),
+            ("--private-network", self.private_network),
+            ("--keep-unit", self.keep_unit),
+            ("-U", self.pick_users),
+            ("--shared-store", self.shared_store),
+            ("--nix-daemon", self.nix_daemon),
+            ("--debug", self.debug),
+        ] {
+            if set {
+                out.push(name.to_owned());
+            }
+        }
+        if !self.command.is_empty() {
+            out.push("--".to_owned());
+            out.extend(self.command.iter().cloned());
+        }
+        out
     }
 }
 
@@ -528,6 +664,11 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
     // As systemd-nspawn: SYSTEMD_SECCOMP=0 turns the filter off.
     let seccomp = std::env::var("SYSTEMD_SECCOMP")
         .map_or(true, |v| parse_bool("SYSTEMD_SECCOMP", &v).unwrap_or(true));
+    if seccomp {
+        // Never an unfiltered payload by accident: where we have no
+        // tables, only SYSTEMD_SECCOMP=0 lets it run.
+        seccomp::check_supported()?;
+    }
     let private_users = match (&args.private_users, args.pick_users) {
         (Some(v), _) => userns::parse_mode(v)?,
         (None, true) => userns::Mode::Pick,
@@ -635,6 +776,49 @@ mod tests {
             err.contains("--network-veth"),
             "an option before the command is never the command: {err}"
         );
+    }
+
+    #[test]
+    fn refusals_are_one_line_naming_the_argument() {
+        let refused = |argv: &[&str]| {
+            let argv: Vec<String> = std::iter::once("nixspawn")
+                .chain(argv.iter().copied())
+                .map(String::from)
+                .collect();
+            match try_parse(&argv) {
+                Err(ArgvError::Refused(line)) => line,
+                other => panic!("{argv:?} gave {other:?}"),
+            }
+        };
+        for (argv, needle) in [
+            (&["--nosuch"][..], "unknown option \"--nosuch\""),
+            (&["--x\n\x1b[2Jfake"], "unknown option \"--x"),
+            (&["--machine"], "--machine needs a value"),
+            (&["-D"], "--directory needs a value"),
+            (&["--network-veth"], "--network-veth is not implemented"),
+            (&["--bootx"], "did you mean"),
+        ] {
+            let line = refused(argv);
+            assert!(line.contains(needle), "{argv:?}: {line}");
+            assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
+        }
+        assert!(matches!(
+            try_parse(&argv("--help")),
+            Err(ArgvError::Info(_))
+        ));
+    }
+
+    #[test]
+    fn accepted_argv_round_trips() {
+        for line in [
+            "-D /tmp -M m -b -x -q -U --bind=/a:/b --bind=/c -E A=b --system-call-filter=~@mount /sbin/init --log-level=debug",
+            "--directory=/ --console=pipe --private-network -- -x",
+            "--machine=-weird --setenv=X= --capability=all --private-users=pick /bin/sh -c --",
+        ] {
+            let a = parse(&argv(line)).unwrap();
+            let again = try_parse(&a.to_argv()).unwrap();
+            assert_eq!(again, a, "{line} -> {:?}", a.to_argv());
+        }
     }
 
     #[test]

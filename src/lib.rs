@@ -3,3 +3,39 @@
 
 pub mod launcher_args;
 pub mod nspawn_settings;
+
+/// `text` with every control character (C0, DEL, C1) written as `\xNN`:
+/// for what reaches the administrator's terminal from outside our control
+/// (a guest's STATUS=, a path or value in an error), so it is one line and
+/// cannot carry escape sequences (title changes, cursor moves, fake lines).
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An error as the binaries print it: its whole chain on one line.
+pub fn error_line(e: &anyhow::Error) -> String {
+    terminal_safe(&format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(terminal_safe("plain text: ok"), "plain text: ok");
+        assert_eq!(
+            terminal_safe("\x1b[2J\u{9b}1m\x07\r\n\x7f"),
+            r"\x1b[2J\x9b1m\x07\x0d\x0a\x7f"
+        );
+        assert_eq!(terminal_safe("Grüße"), "Grüße");
+    }
+}

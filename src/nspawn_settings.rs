@@ -169,18 +169,166 @@ pub fn find(machine: &str, directory: Option<&Path>, mode: Mode) -> Option<(Path
     beside.is_file().then_some((beside, mode == Mode::Trusted))
 }
 
-/// Settings that elevate privileges or reach host resources: honoured only
-/// from trusted files.
-const PRIVILEGED: &[&str] = &[
-    "Capability",
-    "MachineID",
-    "PrivateUsers",
-    "Bind",
-    "BindReadOnly",
-    "TemporaryFileSystem",
+/// What systemd-nspawn merges as one unit from a settings file, in the
+/// order it merges them. An untrusted file (next to the tree) may not set
+/// the privileged ones: each is ignored with nspawn's own warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Group {
+    Ephemeral,
+    Capability,
+    AmbientCapability,
+    MachineId,
+    CustomMounts,
+    Network,
+    Port,
+    Userns,
+    BindUser,
+    /// systemd-nspawn 262's BindUserShell=.
+    BindUserShell,
+    SystemCallFilter,
+    /// One per resource limit, in the kernel's RLIMIT_* order.
+    Limit(usize),
+    OomScoreAdjust,
+    CpuAffinity,
+    LinkJournal,
+}
+
+/// The resource limits nspawn knows, in RLIMIT_* order (its warnings follow it).
+const LIMITS: &[&str] = &[
+    "LimitCPU",
+    "LimitFSIZE",
+    "LimitDATA",
+    "LimitSTACK",
+    "LimitCORE",
+    "LimitRSS",
+    "LimitNPROC",
+    "LimitNOFILE",
+    "LimitMEMLOCK",
+    "LimitAS",
+    "LimitLOCKS",
+    "LimitSIGPENDING",
+    "LimitMSGQUEUE",
+    "LimitNICE",
+    "LimitRTPRIO",
+    "LimitRTTIME",
 ];
 
-/// Merge `entries` into `args`. Returns a warning per ignored setting.
+impl Group {
+    /// The privileged group a key belongs to (None: any file may set it).
+    fn of(section: &str, key: &str) -> Option<Group> {
+        Some(match (section, key) {
+            ("Exec", "Ephemeral") => Group::Ephemeral,
+            ("Exec", "Capability") => Group::Capability,
+            ("Exec", "AmbientCapability") => Group::AmbientCapability,
+            ("Exec", "MachineID") => Group::MachineId,
+            (
+                "Files",
+                "Bind"
+                | "BindReadOnly"
+                | "TemporaryFileSystem"
+                | "Inaccessible"
+                | "Overlay"
+                | "OverlayReadOnly",
+            ) => Group::CustomMounts,
+            (
+                "Network",
+                "Private"
+                | "VirtualEthernet"
+                | "VirtualEthernetExtra"
+                | "Interface"
+                | "MACVLAN"
+                | "IPVLAN"
+                | "Bridge"
+                | "Zone"
+                | "NamespacePath",
+            ) => Group::Network,
+            ("Network", "Port") => Group::Port,
+            ("Exec", "PrivateUsers" | "PrivateUsersDelegate")
+            | ("Files", "PrivateUsersChown" | "PrivateUsersOwnership") => Group::Userns,
+            ("Files", "BindUser") => Group::BindUser,
+            ("Files", "BindUserShell") => Group::BindUserShell,
+            ("Exec", "SystemCallFilter") => Group::SystemCallFilter,
+            ("Exec", "OOMScoreAdjust") => Group::OomScoreAdjust,
+            ("Exec", "CPUAffinity") => Group::CpuAffinity,
+            ("Exec", "LinkJournal") => Group::LinkJournal,
+            ("Exec", limit) => Group::Limit(LIMITS.iter().position(|l| *l == limit)?),
+            _ => return None,
+        })
+    }
+
+    /// systemd-nspawn's warning, word for word (its quoting included).
+    fn warning(self, path: &Path) -> String {
+        let p = path.display();
+        match self {
+            Group::Ephemeral => format!("Ignoring ephemeral setting, file {p} is not trusted."),
+            Group::Capability => format!("Ignoring Capability= setting, file {p} is not trusted."),
+            Group::AmbientCapability => {
+                format!("Ignoring AmbientCapability= setting, file {p} is not trusted.")
+            }
+            Group::MachineId => format!("Ignoring MachineID= setting, file {p} is not trusted."),
+            Group::CustomMounts => format!(
+                "Ignoring TemporaryFileSystem=, Bind= and BindReadOnly= settings, file {p} is not trusted."
+            ),
+            Group::Network => format!("Ignoring network settings, file {p} is not trusted."),
+            Group::Port => format!("Ignoring Port= setting, file {p} is not trusted."),
+            Group::Userns => format!(
+                "Ignoring PrivateUsers= and PrivateUsersChown= settings, file {p} is not trusted."
+            ),
+            Group::BindUser => format!("Ignoring bind user setting, file {p} is not trusted."),
+            Group::BindUserShell => {
+                format!("Ignoring bind user shell setting, file {p} is not trusted.")
+            }
+            Group::SystemCallFilter => {
+                format!("Ignoring SystemCallFilter= settings, file {p} is not trusted.")
+            }
+            Group::Limit(i) => format!(
+                "Ignoring {}= setting, file '{p}' is not trusted.",
+                LIMITS[i]
+            ),
+            Group::OomScoreAdjust => {
+                format!("Ignoring OOMScoreAdjust= setting, file '{p}' is not trusted.")
+            }
+            Group::CpuAffinity => {
+                format!("Ignoring CPUAffinity= setting, file '{p}' is not trusted.")
+            }
+            Group::LinkJournal => {
+                format!("Ignoring journal link setting, file '{p}' is not trusted.")
+            }
+        }
+    }
+
+    /// Whether the command line set this group, which then wins over the
+    /// file (as nspawn's settings mask; `--settings=override` clears it).
+    fn set_by(self, args: &Args) -> bool {
+        match self {
+            Group::Ephemeral => args.ephemeral,
+            Group::Capability => !args.capability.is_empty() || !args.drop_capability.is_empty(),
+            Group::MachineId => args.uuid.is_some(),
+            Group::CustomMounts => {
+                !args.bind.is_empty() || !args.bind_ro.is_empty() || !args.tmpfs.is_empty()
+            }
+            Group::Network => args.private_network,
+            Group::Userns => {
+                args.private_users.is_some()
+                    || args.pick_users
+                    || args.private_users_ownership.is_some()
+            }
+            Group::SystemCallFilter => !args.system_call_filter.is_empty(),
+            Group::LinkJournal => args.link_journal.is_some(),
+            // Options nixspawn refuses on its command line never set these.
+            Group::AmbientCapability
+            | Group::Port
+            | Group::BindUser
+            | Group::BindUserShell
+            | Group::Limit(_)
+            | Group::OomScoreAdjust
+            | Group::CpuAffinity => false,
+        }
+    }
+}
+
+/// Merge `entries` into `args`. Returns the warnings for what an untrusted
+/// file was not allowed to set, in systemd-nspawn's order.
 pub fn apply(
     entries: &[Entry],
     path: &Path,
@@ -189,8 +337,21 @@ pub fn apply(
     args: &mut Args,
 ) -> Result<Vec<String>> {
     let over = mode == Mode::Override;
-    let mut warnings = Vec::new();
     let at = |e: &Entry| format!("{}:{}", path.display(), e.line);
+    // What the command line set wins, unless --settings=override; decided
+    // before anything from the file is merged.
+    let masked: Vec<Group> = entries
+        .iter()
+        .filter_map(|e| Group::of(&e.section, &e.key))
+        .filter(|g| !over && g.set_by(args))
+        .collect();
+    // An untrusted file's SystemCallFilter= is ignored as a whole if it
+    // allows anything; removals alone (`~...`) still apply, as in nspawn.
+    let filter_allows = entries
+        .iter()
+        .any(|e| e.key == "SystemCallFilter" && !e.value.trim_start().starts_with('~'));
+    let mut ignored = std::collections::BTreeSet::new();
+
     // Lists from the file replace the command line's only when it gave none
     // (or under override); collect them first.
     let mut binds = Vec::new();
@@ -201,13 +362,16 @@ pub fn apply(
     let mut drop_caps = Vec::new();
     let mut filters = Vec::new();
     for e in entries {
-        if PRIVILEGED.contains(&e.key.as_str()) && !trusted {
-            warnings.push(format!(
-                "{}: {}= is privileged and ignored in an untrusted settings file",
-                at(e),
-                e.key
-            ));
-            continue;
+        let group = Group::of(&e.section, &e.key);
+        if let Some(g) = group {
+            if masked.contains(&g) {
+                continue;
+            }
+            let untrusted_may_set = g == Group::SystemCallFilter && !filter_allows;
+            if !trusted && !untrusted_may_set {
+                ignored.insert(g);
+                continue;
+            }
         }
         let bool_value =
             || crate::launcher_args::parse_bool(&format!("{}= ({})", e.key, at(e)), &e.value);
@@ -222,11 +386,7 @@ pub fn apply(
                     args.boot = bool_value()?;
                 }
             }
-            ("Exec", "Ephemeral") => {
-                if over || !args.ephemeral {
-                    args.ephemeral = bool_value()?;
-                }
-            }
+            ("Exec", "Ephemeral") => args.ephemeral = bool_value()?,
             ("Exec", "Parameters") => {
                 if over || args.command.is_empty() {
                     args.command = words(&e.value)
@@ -242,23 +402,35 @@ pub fn apply(
                 }
             }
             ("Exec", "Capability") => caps.push(e.value.clone()),
-            ("Exec", "DropCapability") => drop_caps.push(e.value.clone()),
+            ("Exec", "DropCapability") => {
+                // Taking capabilities away is allowed to any file, but the
+                // command line's capability options win as a whole.
+                if over || (args.capability.is_empty() && args.drop_capability.is_empty()) {
+                    drop_caps.push(e.value.clone())
+                }
+            }
             ("Exec", "NoNewPrivileges") => set_opt(&mut args.no_new_privileges, &e.value),
             ("Exec", "KillSignal") => set_opt(&mut args.kill_signal, &e.value),
-            ("Exec", "MachineID") => set_opt(&mut args.uuid, &e.value),
-            ("Exec", "PrivateUsers") => set_opt(&mut args.private_users, &e.value),
+            ("Exec", "MachineID") => args.uuid = Some(e.value.clone()),
+            ("Exec", "PrivateUsers") => {
+                args.private_users = Some(e.value.clone());
+                args.pick_users = false;
+            }
+            ("Files", "PrivateUsersOwnership") => {
+                args.private_users_ownership = Some(e.value.clone())
+            }
+            ("Files", "PrivateUsersChown") => {
+                let chown = bool_value()?;
+                args.private_users_ownership = Some(if chown { "chown" } else { "off" }.into());
+            }
             ("Exec", "NotifyReady") => set_opt(&mut args.notify_ready, &e.value),
             ("Exec", "SystemCallFilter") => filters.push(e.value.clone()),
             ("Exec", "Hostname") => set_opt(&mut args.hostname, &e.value),
-            ("Exec", "LinkJournal") => set_opt(&mut args.link_journal, &e.value),
+            ("Exec", "LinkJournal") => args.link_journal = Some(e.value.clone()),
             ("Files", "Bind") => binds.extend(words(&e.value)?),
             ("Files", "BindReadOnly") => binds_ro.extend(words(&e.value)?),
             ("Files", "TemporaryFileSystem") => tmpfs.extend(words(&e.value)?),
-            ("Network", "Private") => {
-                if over || !args.private_network {
-                    args.private_network = bool_value()?;
-                }
-            }
+            ("Network", "Private") => args.private_network = bool_value()?,
             (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
                 bail!(
                     "{}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet",
@@ -281,10 +453,11 @@ pub fn apply(
             *slot = from_file;
         }
     }
-    Ok(warnings)
+    Ok(ignored.into_iter().map(|g| g.warning(path)).collect())
 }
 
-/// Settings systemd-nspawn 252 knows that nixspawn refuses for now.
+/// Settings systemd-nspawn 252 (and 262, the last four) knows that
+/// nixspawn refuses for now.
 const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "ProcessTwo",
     "User",
@@ -318,7 +491,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "Inaccessible",
     "Overlay",
     "OverlayReadOnly",
-    "PrivateUsersOwnership",
     "VirtualEthernet",
     "VirtualEthernetExtra",
     "Interface",
@@ -327,6 +499,10 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "Bridge",
     "Zone",
     "Port",
+    "PrivateUsersDelegate",
+    "RestrictAddressFamilies",
+    "BindUserShell",
+    "NamespacePath",
 ];
 
 #[cfg(test)]
@@ -405,8 +581,93 @@ Private=yes
         let mut a = args("-D /tmp");
         let warnings = apply(&entries, Path::new("t.nspawn"), false, Mode::Yes, &mut a).unwrap();
         assert!(a.capability.is_empty() && a.bind_ro.is_empty());
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(a.system_call_filter.is_empty() && !a.private_network);
+        assert_eq!(
+            warnings,
+            [
+                "Ignoring Capability= setting, file t.nspawn is not trusted.",
+                "Ignoring TemporaryFileSystem=, Bind= and BindReadOnly= settings, file t.nspawn is not trusted.",
+                "Ignoring network settings, file t.nspawn is not trusted.",
+                "Ignoring SystemCallFilter= settings, file t.nspawn is not trusted.",
+            ]
+        );
         assert!(a.boot, "unprivileged settings still apply");
+
+        // Only removals: any file may narrow the filter.
+        let entries = parse(
+            "[Exec]\nSystemCallFilter=~@mount\nDropCapability=CAP_SYS_PTRACE\n",
+            Path::new("t.nspawn"),
+        )
+        .unwrap();
+        let mut a = args("-D /tmp");
+        let warnings = apply(&entries, Path::new("t.nspawn"), false, Mode::Yes, &mut a).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(a.system_call_filter, ["~@mount"]);
+        assert_eq!(a.drop_capability, ["CAP_SYS_PTRACE"]);
+
+        // What nixspawn does not implement is ignored like the rest, with
+        // nspawn's warnings in nspawn's order; settings the command line
+        // made give no warning.
+        let entries = parse(
+            "[Exec]\nLinkJournal=host\nLimitNOFILE=10\nLimitCPU=1\nPrivateUsers=pick\n\
+             [Network]\nPort=80\nVirtualEthernet=yes\n[Files]\nBindUser=root\n",
+            Path::new("t.nspawn"),
+        )
+        .unwrap();
+        let mut a = args("-D /tmp -U");
+        let warnings = apply(&entries, Path::new("t.nspawn"), false, Mode::Yes, &mut a).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "Ignoring network settings, file t.nspawn is not trusted.",
+                "Ignoring Port= setting, file t.nspawn is not trusted.",
+                "Ignoring bind user setting, file t.nspawn is not trusted.",
+                "Ignoring LimitCPU= setting, file 't.nspawn' is not trusted.",
+                "Ignoring LimitNOFILE= setting, file 't.nspawn' is not trusted.",
+                "Ignoring journal link setting, file 't.nspawn' is not trusted.",
+            ]
+        );
+        assert!(a.link_journal.is_none() && a.private_users.is_none());
+
+        // systemd-nspawn 262's additions, in its words; a restriction
+        // nixspawn cannot honour is refused rather than dropped.
+        let entries = parse(
+            "[Exec]\nPrivateUsersDelegate=2\n[Files]\nBindUserShell=/bin/sh\n\
+             [Network]\nNamespacePath=/run/netns/x\n",
+            Path::new("t.nspawn"),
+        )
+        .unwrap();
+        let warnings = apply(
+            &entries,
+            Path::new("t.nspawn"),
+            false,
+            Mode::Yes,
+            &mut args("-D /tmp"),
+        )
+        .unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "Ignoring network settings, file t.nspawn is not trusted.",
+                "Ignoring PrivateUsers= and PrivateUsersChown= settings, file t.nspawn is not trusted.",
+                "Ignoring bind user shell setting, file t.nspawn is not trusted.",
+            ]
+        );
+        let entries = parse(
+            "[Exec]\nRestrictAddressFamilies=AF_INET\n",
+            Path::new("t.nspawn"),
+        )
+        .unwrap();
+        let err = apply(
+            &entries,
+            Path::new("t.nspawn"),
+            false,
+            Mode::Yes,
+            &mut args("-D /tmp"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not implement"), "{err}");
     }
 
     #[test]

@@ -205,3 +205,83 @@ fn init_symlink_loop_fails_cleanly() {
     assert_eq!(code, 1);
     assert!(err.contains("no init found"), "{err}");
 }
+
+/// The owner of a tree (any local user) swaps its /dev, /run, /tmp and
+/// /proc back and forth with links to a host directory while nixspawn
+/// sets it up (an atomic rename exchange, as fast as it goes). Whatever
+/// the timing, nothing may be created, changed or mounted on the host:
+/// mounts land on what was resolved, and what is made inside them goes
+/// through their descriptors, never again through the tree's paths.
+#[test]
+fn a_tree_swapped_during_setup_cannot_redirect_anything_to_the_host() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let tree = busybox_tree();
+    let sentinel = Sentinel::new();
+    let points = ["dev", "run", "tmp", "proc"];
+    for p in points {
+        std::fs::create_dir_all(tree.path().join(p)).unwrap();
+        symlink(sentinel.path(), tree.path().join(format!("{p}.swap"))).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let (root, stop) = (tree.path().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for p in points {
+                    let (a, b) = (root.join(p), root.join(format!("{p}.swap")));
+                    if nix::fcntl::renameat2(
+                        nix::fcntl::AT_FDCWD,
+                        &a,
+                        nix::fcntl::AT_FDCWD,
+                        &b,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    )
+                    .is_ok()
+                    {
+                        swaps += 1;
+                    }
+                }
+            }
+            swaps
+        })
+    };
+    let before = sentinel.snapshot();
+    let mounts_before = host_mounts();
+    let mut outcomes = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let name = unique_name("swapped");
+        let (code, _, err) = run_nixspawn(
+            &[
+                "-q",
+                "-M",
+                &name,
+                "-D",
+                tree.path().to_str().unwrap(),
+                "--pipe",
+                "/bin/true",
+            ],
+            "",
+        );
+        *outcomes
+            .entry(if code == 0 { "ran".to_owned() } else { err })
+            .or_insert(0) += 1;
+        let after = sentinel.snapshot();
+        if after != before {
+            stop.store(true, Ordering::Relaxed);
+            racer.join().unwrap();
+            panic!(
+                "the host sentinel changed: {:?}\n(outcomes so far: {outcomes:?})",
+                after.keys().collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(host_mounts(), mounts_before, "a mount was left on the host");
+        assert_cleaned_up(&name, None);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    assert!(swaps > 1000, "the racer hardly ran ({swaps} swaps)");
+    println!("{swaps} swaps; outcomes: {outcomes:?}");
+}

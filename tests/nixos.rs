@@ -365,9 +365,42 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// A nix-daemon for the test's duration where the host runs none (a CI
+/// machine without systemd starts no daemon when nix-bin is installed).
+struct Daemon(Option<std::process::Child>);
+
+impl Daemon {
+    fn ensure() -> Daemon {
+        let socket = Path::new("/nix/var/nix/daemon-socket/socket");
+        if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Daemon(None);
+        }
+        let child = std::process::Command::new("nix-daemon")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nix-daemon (from nix-bin) starts");
+        wait_for("nix-daemon's socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        });
+        Daemon(Some(child))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn nix_daemon_passes_socket_and_read_only_database() {
     let fx = nixos();
+    let _daemon = Daemon::ensure();
     let name = unique_name("nixd");
     let mut guest = Guest::launch(
         std::process::Command::new(NIXSPAWN),

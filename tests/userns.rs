@@ -38,6 +38,11 @@ fn started(name: &str) {
 #[test]
 fn picked_ranges_differ_are_locked_and_released_even_after_sigkill() {
     let tree = busybox_tree();
+    // Both guests contend for one range for real: a tree owned by a shift
+    // makes that shift the first candidate of every pick (the names'
+    // hashes come only after it), so only the lock keeps them apart.
+    let contended = 0x8_0000 + (std::process::id() % 0x6000) * 0x1_0000;
+    std::os::unix::fs::chown(tree.path(), Some(contended), Some(contended)).unwrap();
     let (a, b) = (unique_name("pick-a"), unique_name("pick-b"));
     let mut ga = Guest::start(
         tree.path(),
@@ -52,6 +57,10 @@ fn picked_ranges_differ_are_locked_and_released_even_after_sigkill() {
     started(&a);
     started(&b);
     let (ra, rb) = (uid_range_of(&a), uid_range_of(&b));
+    assert!(
+        ra.0 == contended || rb.0 == contended,
+        "neither guest got the tree's range {contended:#x}: {ra:?} {rb:?}"
+    );
     assert_ne!(ra.0, rb.0, "two guests at once got the same range");
     for (name, (shift, range)) in [(&a, ra), (&b, rb)] {
         assert_eq!(range, 65536);
@@ -438,15 +447,16 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
         .spawn()
         .expect("systemd-nspawn is missing: apt-get install systemd-container");
     let mut nspawn = StopOnDrop(nspawn, None, tree.path().to_path_buf());
+    // Its range, from its guest's own uid_map (other tests take and drop
+    // ranges meanwhile, so a new lock file alone does not say whose it is).
     let mut taken = String::new();
     wait_for(
         "systemd-nspawn to lock a range",
         Duration::from_secs(20),
         || {
-            taken = locks()
-                .difference(&before)
-                .next()
-                .cloned()
+            taken = guest_shift_below(&unit.path)
+                .map(|s| s.to_string())
+                .filter(|s| locks().contains(s) && !before.contains(s))
                 .unwrap_or_default();
             !taken.is_empty()
         },
@@ -537,4 +547,22 @@ fn update_under_userns_maps_the_new_store_paths_too() {
     guest.signal(Signal::SIGTERM);
     assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
     assert_cleaned_up(&name, None);
+}
+
+/// The host id a user namespace maps root to, for any process in the
+/// cgroup `dir` or below that runs in one.
+fn guest_shift_below(dir: &Path) -> Option<u32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let here = procs.lines().find_map(|pid| {
+        let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).ok()?;
+        let outside: u32 = map.split_whitespace().nth(1)?.parse().ok()?;
+        (outside != 0).then_some(outside)
+    });
+    here.or_else(|| {
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .find_map(|e| guest_shift_below(&e.path()))
+    })
 }

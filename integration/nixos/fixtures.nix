@@ -68,9 +68,31 @@ let
   sidUsr = build "debian-sid-usr" ''
     cp -RP --preserve=links ${sidTree}/usr $out
   '';
+  # /etc as NixOS builds it: environment.etc becomes a store path
+  # (/etc/static) of files to be linked, except that a file with a
+  # NAME.mode beside it is installed as a copy with that mode. The user
+  # database is not part of it: NixOS's activation writes passwd, group,
+  # shadow and gshadow as regular files (update-users-groups), so they
+  # travel separately (sidUsers). Nothing a package manager leaves behind
+  # for itself comes along: no lock files (systemd 262's sysusers refuses a
+  # symlinked /etc/.pwd.lock), no `-` backups, no dotfiles, nothing that is
+  # the builder host's (machine-id, hostname, mtab).
   sidEtc = build "debian-sid-etc" ''
     cp -RP --preserve=links ${sidTree}/etc $out
-    rm -f $out/machine-id $out/hostname
+    chmod -R u+w $out
+    cd $out
+    rm -f machine-id hostname mtab adjtime
+    rm -f passwd group shadow gshadow subuid subgid
+    find . -maxdepth 1 \( -name '.*' -o -name '*-' \) ! -name . -exec rm -rf {} +
+    find . \( -name '*.lock' -o -name '*.dpkg-*' -o -name '*.ucf-*' \) -exec rm -rf {} +
+    # As environment.etc."sudoers".mode = "0440" would: a copy, not a link.
+    for f in login.defs; do [ -e $f ] && echo 0644 > $f.mode; done
+  '';
+  sidUsers = build "debian-sid-users" ''
+    mkdir -p $out
+    for f in passwd group shadow gshadow; do
+      [ -e ${sidTree}/etc/$f ] && cp ${sidTree}/etc/$f $out/$f
+    done
   '';
 
   # Stage 2 of a NixOS boot in a container, reduced to its contract: refuse
@@ -93,9 +115,30 @@ let
     for d in bin sbin lib lib64; do \$bb ln -sfn usr/\$d /\$d; done
     \$bb mkdir -p /etc /var/log /var/lib /var/tmp /root /home
     \$bb ln -sfn ${sidEtc} /etc/static
+    # setup-etc: a link per entry, a copy where NAME.mode asks for one.
     for f in \$(\$bb ls -A /etc/static); do
-      \$bb ln -sfn /etc/static/\$f /etc/\$f
+      case "\$f" in *.mode) continue ;; esac
+      if [ -e "/etc/static/\$f.mode" ]; then
+        [ -L "/etc/\$f" ] && \$bb rm -f "/etc/\$f"
+        \$bb cp "/etc/static/\$f" "/etc/\$f"
+        \$bb chmod "\$(\$bb cat "/etc/static/\$f.mode")" "/etc/\$f"
+      else
+        \$bb ln -sfn "/etc/static/\$f" "/etc/\$f"
+      fi
     done
+    # update-users-groups: the user database as regular files, written
+    # once and then owned by the system (a state directory keeps them).
+    for f in passwd group shadow gshadow; do
+      [ -f "/etc/\$f" ] && [ ! -L "/etc/\$f" ] && continue
+      \$bb rm -f "/etc/\$f"
+      \$bb cp "${sidUsers}/\$f" "/etc/\$f"
+      case "\$f" in
+        passwd|group) \$bb chmod 0644 "/etc/\$f" ;;
+        *) \$bb chmod 0640 "/etc/\$f"
+           \$bb chgrp "\$(\$bb awk -F: '\$1 == "shadow" { print \$3 }' /etc/group)" "/etc/\$f" ;;
+      esac
+    done
+    \$bb ln -sfn /proc/mounts /etc/mtab
     [ -e /etc/machine-id ] || : > /etc/machine-id
     \$bb ln -sfn $out /run/current-system
     exec /usr/lib/systemd/systemd "\$@"

@@ -33,6 +33,39 @@ pub struct CgroupLayout {
     /// On a hybrid systemd host: the scope in the named `systemd` v1
     /// hierarchy, which systemd tracks units by and clone3 cannot enter.
     pub v1: Option<V1Scope>,
+    /// The guest's device policy, once in force (devices.rs).
+    #[serde(default)]
+    pub devices: Option<DevicePolicy>,
+}
+
+/// Where the guest's device policy is enforced, to undo it at the end.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DevicePolicy {
+    pub rules: Vec<crate::devices::Rule>,
+    /// The v2 cgroup its program is attached to (the payload's parent).
+    pub program_cgroup: PathBuf,
+    /// The program's id, to detach it from a cgroup that outlives the
+    /// guest (a unit's, under --keep-unit).
+    pub program_id: Option<u32>,
+    /// With a v1 `devices` hierarchy: the guest's cgroup there.
+    pub v1: Option<V1Devices>,
+}
+
+/// The guest's cgroups in the host's v1 `devices` hierarchy: `payload`
+/// (which PID 1 starts in) below a mirror of the v2 scope, both holding
+/// the allow list, so the guest can never widen its own.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct V1Devices {
+    /// Where the hierarchy is mounted.
+    pub mount: PathBuf,
+    /// The mirror of the v2 scope, restricted too (None where that is the
+    /// hierarchy's root, which cannot be).
+    pub parent: Option<PathBuf>,
+    pub payload: PathBuf,
+    /// The launcher's own cgroup there, to go back to after a clone.
+    pub home: PathBuf,
+    /// Directories we created, outermost first.
+    pub created: Vec<PathBuf>,
 }
 
 /// The host's cgroup v2 mount point.
@@ -92,12 +125,14 @@ fn own_v1_systemd_cgroup() -> Option<PathBuf> {
 /// hierarchy, so that a child cloned now starts there (clone3 places it in
 /// v2 only). Dropping it moves the launcher back.
 pub struct V1Visit {
-    home: PathBuf,
+    homes: Vec<PathBuf>,
 }
 
 impl Drop for V1Visit {
     fn drop(&mut self) {
-        let _ = fs::write(self.home.join("cgroup.procs"), "0");
+        for home in &self.homes {
+            let _ = fs::write(home.join("cgroup.procs"), "0");
+        }
     }
 }
 
@@ -148,6 +183,7 @@ impl CgroupLayout {
                 use_supervisor: false,
                 managed: true,
                 v1,
+                devices: None,
             });
         }
         let base = if keep_unit {
@@ -169,6 +205,7 @@ impl CgroupLayout {
             use_supervisor,
             managed: false,
             v1: None,
+            devices: None,
         })
     }
 
@@ -177,21 +214,104 @@ impl CgroupLayout {
         Path::new("/").join(self.base.strip_prefix(&self.mount).unwrap_or(Path::new("")))
     }
 
-    /// Enter the guest's v1 scope for the moment a child is cloned (no-op
-    /// where there is no named v1 hierarchy).
+    /// Enter the guest's v1 cgroups (its scope in the named `systemd`
+    /// hierarchy, its payload in the `devices` one) for the moment a child
+    /// is cloned (no-op where there are none).
     pub fn visit_v1(&self) -> Result<Option<V1Visit>> {
-        let Some(v1) = &self.v1 else {
-            return Ok(None);
+        let stops = self.v1.iter().map(|v1| (&v1.scope, &v1.home)).chain(
+            self.devices
+                .iter()
+                .filter_map(|d| d.v1.as_ref())
+                .map(|v1| (&v1.payload, &v1.home)),
+        );
+        let mut visit = V1Visit { homes: Vec::new() };
+        for (target, home) in stops {
+            let procs = target.join("cgroup.procs");
+            // Dropping the visit on an error takes us back from the others.
+            fs::write(&procs, "0").map_err(|e| Error::Cgroup {
+                step: "entering",
+                path: procs,
+                source: e,
+            })?;
+            visit.homes.push(home.clone());
+        }
+        Ok((!visit.homes.is_empty()).then_some(visit))
+    }
+
+    /// Put the guest's device policy in force (after [`Self::create`]):
+    /// the program on the payload's parent in v2 (on the payload itself if
+    /// the parent is the hierarchy's root, which must never be
+    /// restricted), and the v1 allow list where there is a v1 `devices`
+    /// hierarchy. Recorded as it goes, so that [`Self::destroy`] undoes
+    /// whatever was done.
+    pub fn enforce_devices(&mut self, rules: Vec<crate::devices::Rule>) -> Result<()> {
+        let policy = self.devices.insert(self.device_plan(rules));
+        policy.program_id = Some(crate::devices::attach(
+            &policy.program_cgroup,
+            &policy.rules,
+        )?);
+        let Some(v1) = &mut policy.v1 else {
+            return Ok(());
         };
-        let procs = v1.scope.join("cgroup.procs");
-        fs::write(&procs, "0").map_err(|e| Error::Cgroup {
-            step: "entering",
-            path: procs,
-            source: e,
-        })?;
-        Ok(Some(V1Visit {
-            home: v1.home.clone(),
-        }))
+        v1.created = crate::devices::v1_make(&v1.mount, v1.payload.parent().unwrap_or(&v1.mount))?;
+        v1.created.push(v1.payload.clone());
+        v1_restrict_and_make_payload(v1, &policy.rules)
+    }
+
+    /// Where [`Self::enforce_devices`] will put the policy, before it does
+    /// (for the janitor, which must find it however far it got): the v1
+    /// directories it would create, no program yet.
+    pub fn device_plan(&self, rules: Vec<crate::devices::Rule>) -> DevicePolicy {
+        let program_cgroup = if self.base == self.mount {
+            self.payload()
+        } else {
+            self.base.clone()
+        };
+        let v1 = crate::devices::v1_hierarchy().map(|(mount, own)| {
+            let parent = mount.join(rel(&self.base_relative()));
+            let payload = parent.join("payload");
+            let mut created = Vec::new();
+            let mut d = parent.clone();
+            while d != mount && !d.exists() {
+                created.push(d.clone());
+                if !d.pop() {
+                    break;
+                }
+            }
+            created.reverse();
+            created.push(payload.clone());
+            V1Devices {
+                payload,
+                parent: (parent != mount).then_some(parent),
+                home: mount.join(rel(&own)),
+                mount,
+                created,
+            }
+        });
+        DevicePolicy {
+            rules,
+            program_cgroup,
+            program_id: None,
+            v1,
+        }
+    }
+
+    /// The policy again, for a new boot in a new scope (managed layouts:
+    /// systemd made a fresh scope, which has none of it).
+    pub fn reenforce_devices(&self) -> Result<()> {
+        let Some(policy) = &self.devices else {
+            return Ok(());
+        };
+        crate::devices::attach(&policy.program_cgroup, &policy.rules)?;
+        if let Some(v1) = &policy.v1 {
+            // The same directories as at the first boot (the last boot's
+            // were removed with it), the payload last.
+            for dir in v1.created.iter().filter(|d| **d != v1.payload) {
+                let _ = fs::create_dir(dir);
+            }
+            v1_restrict_and_make_payload(v1, &policy.rules)?;
+        }
+        Ok(())
     }
 
     pub fn payload(&self) -> PathBuf {
@@ -348,11 +468,38 @@ impl CgroupLayout {
     /// its `supervisor` (where we are) are its manager's to remove, as
     /// with systemd-nspawn; in a transient scope, systemd's.
     pub fn destroy(&self) -> Result<()> {
-        remove_tree(&self.payload())?;
-        if self.managed || self.keep_unit {
-            return Ok(());
+        // Every step is tried, also after one failed (the janitor gets
+        // one go); the first failure is reported.
+        let mut result = remove_tree(&self.payload());
+        let mut also = |r: Result<()>| {
+            if result.is_ok() {
+                result = r;
+            }
+        };
+        if let Some(policy) = &self.devices {
+            // The guest is gone: its v1 cgroups are empty.
+            if let Some(v1) = &policy.v1 {
+                also(remove_dirs(&v1.payload));
+                for dir in v1.created.iter().rev() {
+                    let _ = fs::remove_dir(dir);
+                }
+                // As machine.slice in v2 below: without a service manager
+                // whichever guest leaves it empty removes it.
+                let slice = v1.mount.join("machine.slice");
+                if !Path::new("/run/systemd/system").exists() && v1.payload.starts_with(&slice) {
+                    let _ = fs::remove_dir(&slice);
+                }
+            }
+            if let Some(id) = policy.program_id
+                && policy.program_cgroup.exists()
+            {
+                also(crate::devices::detach(&policy.program_cgroup, id));
+            }
         }
-        remove_tree(&self.base)?;
+        if self.managed || self.keep_unit {
+            return result;
+        }
+        also(remove_tree(&self.base));
         // Without a service manager machine.slice is ours alone: whichever
         // guest leaves it empty removes it, not only the one that made it
         // (two guests ending together would otherwise leave it behind).
@@ -360,7 +507,7 @@ impl CgroupLayout {
         if !Path::new("/run/systemd/system").exists() && self.base.starts_with(&slice) {
             let _ = fs::remove_dir(&slice);
         }
-        Ok(())
+        result
     }
 
     /// Kill every process left in a transient scope of systemd's (after
@@ -371,6 +518,28 @@ impl CgroupLayout {
             kill_all(&self.base);
         }
     }
+}
+
+/// The allow list on the v1 parent, then a fresh payload below it with
+/// the list too. A v1 cgroup takes "deny all" only while it has no
+/// children, hence the order.
+fn v1_restrict_and_make_payload(v1: &V1Devices, rules: &[crate::devices::Rule]) -> Result<()> {
+    // Left over from a killed run or the last boot; nobody is in it.
+    remove_dirs(&v1.payload)?;
+    if let Some(parent) = &v1.parent {
+        // A parent with other children (a unit's cgroup that has some)
+        // cannot be narrowed; the payload's list and the v2 program still
+        // hold, and the guest cannot reach that parent either way.
+        if let Err(e) = crate::devices::v1_restrict(parent, rules) {
+            tracing::debug!("not restricting the v1 parent: {e}");
+        }
+    }
+    fs::create_dir(&v1.payload).map_err(|e| Error::Cgroup {
+        step: "creating",
+        path: v1.payload.clone(),
+        source: e,
+    })?;
+    crate::devices::v1_restrict(&v1.payload, rules)
 }
 
 fn open_dir(p: PathBuf) -> Result<OwnedFd> {

@@ -18,7 +18,8 @@ pub enum ToParent {
     /// The notify socket and, with a pty console, the pty master (as fds).
     Handles { console: bool },
     /// With a user namespace: the guest's PID 1 was cloned (its pidfd comes
-    /// with this); it waits for [`ToChild::MapsWritten`].
+    /// with this, then the outer process's mount namespace, of which the
+    /// guest's is a locked copy); it waits for [`ToChild::MapsWritten`].
     Inner { pid: i32 },
     /// With a user namespace: the console's pty master (as an fd), which
     /// only the inner process can create.

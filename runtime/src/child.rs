@@ -10,8 +10,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use crate::channel::{Channel, ToChild, ToParent};
 use crate::error::{Error, Result};
-use crate::mounts::{MountContext, Owner};
-use crate::resolve::{self, Create};
+use crate::mounts::{MountContext, Owner, Target};
+use crate::resolve::Create;
 use crate::spec::{ConsoleMode, Payload, Spec};
 use crate::sys::Forked;
 use crate::userns::UidRange;
@@ -81,7 +81,9 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> StepResult<T> {
     r.map_err(|e| (name.to_owned(), e))
 }
 
-/// Where the guest's filesystem was assembled (paths resolved inside it).
+/// Where the guest's filesystem was assembled (paths resolved inside it),
+/// for the guest's PID 1 to find after pivoting. The outer process itself
+/// works through the mounts' descriptors, never these paths.
 struct Assembled {
     root: PathBuf,
     host: PathBuf,
@@ -137,43 +139,50 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     if spec.private_network && plan.userns.is_none() {
         step("bring up lo", loopback_up)?;
     }
-    step("mount /run and /tmp", || {
+    // Every mount below lands on exactly what was resolved in the tree
+    // (its descriptor), and what is done inside our own mounts goes
+    // through theirs: a directory of the tree swapped for a link to the
+    // host meanwhile can redirect nothing.
+    let run = step("mount /run and /tmp", || {
         runhost::mount_run_and_tmp(&root, owner)
     })?;
     let (host, notify) = step("populate /run/host", || {
-        runhost::populate(&root, &spec.uuid, owner)
+        runhost::populate(&run, &spec.uuid, owner)
     })?;
+    drop(run);
     let dev = step("mount /dev", || devfs::mount_dev(&root, owner))?;
     let (proc, sys) = step("resolve /proc and /sys", || {
         Ok((
-            resolve::in_root(&root, Path::new("/proc"), Create::Dir(0o555))?,
-            resolve::in_root(&root, Path::new("/sys"), Create::Dir(0o555))?,
+            Target::resolve(&root, Path::new("/proc"), Create::Dir(0o555))?,
+            Target::resolve(&root, Path::new("/sys"), Create::Dir(0o555))?,
         ))
     })?;
     let at = Assembled {
         root,
-        host,
-        dev,
-        proc,
-        sys,
+        host: host.shown().to_path_buf(),
+        dev: dev.shown().to_path_buf(),
+        proc: proc.shown().to_path_buf(),
+        sys: sys.shown().to_path_buf(),
     };
     let root = &at.root;
     if plan.userns.is_none() {
         step("mount /proc", || {
-            procfs::mount_proc(&at.proc, &at.host, spec.private_network)
+            procfs::mount_proc_on(&proc, &host.path(), spec.private_network)
         })?;
-        step("mount /sys", || sysfs::mount_sys(&at.sys))?;
+        step("mount /sys", || sysfs::mount_sys_on(&sys))?;
         step("mount /dev/pts and /dev/mqueue", || {
-            devfs::mount_pts_and_mqueue(&at.dev)
+            devfs::mount_pts_and_mqueue(&dev.path())
         })?;
     } else {
         step("pin /proc and /sys", || {
-            runhost::pin_api_filesystems(&at.host)
+            runhost::pin_api_filesystems(&host.path())
         })?;
     }
+    drop((proc, sys));
+    let mut store_mount = None;
     if let Some(store) = &spec.store {
         let idmapped_store = plan.userns.and_then(|u| u.store.as_ref());
-        step("mount the store", || {
+        store_mount = step("mount the store", || {
             store::mount_store(root, &plan.store_staging, store, owner, idmapped_store)
         })?;
     }
@@ -193,12 +202,12 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         })?;
     }
     if let Some(store) = &spec.store {
-        // Under a user namespace the guest's own namespace seals it: a flag
-        // set here would be locked there, and `nixspawnctl update` could
-        // never open the store for new paths.
-        if plan.userns.is_none() {
-            step("seal the store", || store::seal_store(root, store))?;
-        }
+        // Under a user namespace this happens before the guest's namespaces
+        // exist, so the kernel locks the flag there: its root cannot undo
+        // it. `nixspawnctl update` adds paths through this (the outer)
+        // mount namespace, which the launcher keeps, and from which they
+        // propagate into the guest's, locked as well.
+        step("seal the store", || store::seal_store(store_mount.as_ref()))?;
         step("link the system profile", || {
             store::link_profile(root, &store.toplevel)
         })?;
@@ -210,17 +219,19 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     }
     if !spec.credentials.is_empty() {
         step("install credentials", || {
-            credentials::install(&at.host, &spec.credentials, owner)
+            credentials::install(&host.path(), &spec.credentials, owner)
         })?;
     }
-    step("seal /run/host", || runhost::seal(&at.host))?;
+    step("seal /run/host", || runhost::seal(&host.path()))?;
 
-    let Some(userns) = plan.userns else {
+    let Some(_) = plan.userns else {
         step("set the hostname", || {
             nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::syscall("sethostname", e))
         })?;
         let console = if spec.console.has_pty() {
-            Some(step("create the console", || devfs::make_console(&at.dev))?)
+            Some(step("create the console", || {
+                devfs::make_console(&dev.path())
+            })?)
         } else {
             None
         };
@@ -250,6 +261,14 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         channel.send(&ToParent::Handles { console: false }, &[notify.as_fd()])
     })?;
     drop(notify);
+    // This mount namespace, owned by the host's user namespace: the guest's
+    // mounts are locked copies of its shared mounts and keep receiving
+    // what is mounted on them here (`nixspawnctl update`).
+    let outer_mounts: OwnedFd = step("open the outer mount namespace", || {
+        std::fs::File::open("/proc/self/ns/mnt")
+            .map(OwnedFd::from)
+            .map_err(|e| Error::io("opening", "/proc/self/ns/mnt", e))
+    })?;
     step("switch root", || rootfs::switch_root(root))?;
     let at = at.pivoted();
     let (mounted_rx, mounted_tx) = step("pipe", || {
@@ -273,7 +292,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     })? {
         Forked::Child => {
             drop((mounted_rx, unpinned_tx));
-            inner(plan, channel, &at, userns, mounted_tx, unpinned_rx)
+            inner(plan, channel, &at, mounted_tx, unpinned_rx)
         }
         Forked::Parent { pid, pidfd } => {
             drop((mounted_tx, unpinned_rx));
@@ -284,7 +303,10 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
                 )
             })?;
             step("hand over PID 1", || {
-                channel.send(&ToParent::Inner { pid }, &[pidfd.as_fd()])
+                channel.send(
+                    &ToParent::Inner { pid },
+                    &[pidfd.as_fd(), outer_mounts.as_fd()],
+                )
             })?;
             // PID 1 failed (it reports to the launcher itself) if this ends early.
             if nix::unistd::read(&mounted_rx, &mut [0u8; 1]) != Ok(1) {
@@ -311,7 +333,6 @@ fn inner(
     plan: &Plan<'_>,
     channel: &Channel,
     at: &Assembled,
-    userns: &UsernsPlan,
     mounted: OwnedFd,
     unpinned: OwnedFd,
 ) -> StepResult<Never> {
@@ -329,7 +350,11 @@ fn inner(
             .map_err(|e| Error::syscall("setresuid", e))?;
         nix::unistd::setgroups(&[]).map_err(|e| Error::syscall("setgroups", e))
     })?;
-    let _ = userns.range;
+    // The uid change cleared the parent-death signal: set it again (and
+    // make sure the launcher did not die in between).
+    step("die with the launcher as the guest's root", || {
+        die_with_parent(channel)
+    })?;
     step("unshare the cgroup namespace", || {
         sys::unshare(libc::CLONE_NEWCGROUP)
             .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e))
@@ -372,9 +397,6 @@ fn inner(
     } else {
         None
     };
-    if let Some(store) = &spec.store {
-        step("seal the store", || store::seal_store(&at.root, store))?;
-    }
     step("share mounts", || {
         crate::mounts::propagation(
             Path::new("/"),
@@ -398,15 +420,13 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
     })?;
     let env = environment::for_pid1(spec, plan.term.as_deref());
     let (path, argv) = step("find the payload", || resolve_payload(spec, &env))?;
-    let mut caps = spec.capabilities();
-    if plan.userns.is_some() && !spec.private_network {
-        // As nspawn: the host's network namespace is not the guest's to bind low ports in.
-        caps.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
-    }
+    let caps = spec.payload_capabilities(plan.userns.is_some());
     if spec.seccomp {
         // Before dropping capabilities: without no_new_privs, loading a
         // filter needs CAP_SYS_ADMIN (which --drop-capability may take).
-        let prog = seccomp::program(&caps, &spec.syscall_filter);
+        let prog = step("build the seccomp filter", || {
+            seccomp::program(&caps, &spec.syscall_filter)
+        })?;
         step("install the seccomp filter", || seccomp::install(&prog))?;
     }
     step("drop capabilities", || capabilities::restrict_to(&caps))?;
@@ -420,7 +440,10 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
         sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e))
     })?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    step("unblock signals", || {
+    // As nspawn: PID 1 starts with every signal at its default and none
+    // blocked, whatever the launcher (or its caller) ignored or blocked.
+    step("reset signals", || {
+        sys::reset_signal_dispositions().map_err(|e| Error::syscall("rt_sigaction", e))?;
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
             .map_err(|e| Error::syscall("sigprocmask", e))
     })?;

@@ -221,7 +221,9 @@ fn prepare_userns(
             })?
         }
         Mode::Pick => {
-            let tree_shift = tree.and_then(|t| userns::tree_shift(t).ok());
+            // A chown walk that was cut short is finished in its own range.
+            let tree_shift = tree
+                .and_then(|t| idmap::chown_in_progress(t).or_else(|| userns::tree_shift(t).ok()));
             let (range, lock) = userns::pick(spec.machine.as_str(), tree_shift, janitor)?;
             (range, Some(lock))
         }
@@ -334,12 +336,22 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         spec.keep_unit,
         host.as_ref().and_then(|h| h.scope_unit()),
     )?;
-    link.note(&Claim::Cgroups(cgroups.clone()), None)?;
+    link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
     let cgroups = session.cgroups.insert(cgroups);
     if let Some(h) = host.as_mut() {
         h.begin_boot(spec, &cgroups.base_relative())?;
     }
     cgroups.create(Some(janitor_pid))?;
+    // nspawn's closed device policy, on every host (a systemd host's scope
+    // has it too; a host without systemd, or a unit without it, would not).
+    // The janitor hears where it goes before, and the program's id after.
+    let rules = crate::devices::closed_policy(&spec.mounts);
+    let mut intent = cgroups.clone();
+    intent.devices = Some(cgroups.device_plan(rules.clone()));
+    link.note(&Claim::Cgroups(Box::new(intent)), None)?;
+    let enforced = cgroups.enforce_devices(rules);
+    link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
+    enforced?;
     let (userns, range_lock) = match prepare_userns(spec, cgroups, observer, &link)? {
         Some((plan, lock)) => (Some(plan), lock),
         None => (None, None),
@@ -384,14 +396,19 @@ fn supervise(
         .then(RawTerminal::enter)
         .flatten();
 
+    let mut boot_count = 0;
     loop {
+        boot_count += 1;
         let outcome = supervise::run_payload(
             spec,
             cgroups,
             state_dir,
             signals,
             observer,
-            userns.as_ref(),
+            supervise::Boot {
+                count: boot_count,
+                userns: userns.as_ref(),
+            },
             host.as_deref_mut(),
         );
         if let Some(h) = host.as_deref_mut() {
@@ -417,7 +434,8 @@ fn supervise(
                 let fresh = match host.as_deref_mut() {
                     Some(h) if cgroups.managed => h
                         .begin_boot(spec, &cgroups.base_relative())
-                        .and_then(|()| cgroups.create_payload()),
+                        .and_then(|()| cgroups.create_payload())
+                        .and_then(|()| cgroups.reenforce_devices()),
                     _ => cgroups.reset_payload(),
                 };
                 let reset = fresh.and_then(|()| match &userns {

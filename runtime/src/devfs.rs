@@ -3,14 +3,14 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag, mknod};
 
 use crate::error::{Error, Result};
 use crate::mounts::{
-    Owner, bind, ensure_dir, ensure_file, mount_fs, mount_fs_in_root, mount_fs_on_dir,
+    Mounted, Owner, bind, ensure_dir, ensure_file, mount_fs, mount_fs_in_root, mount_fs_on_dir,
 };
 use crate::sys;
 
@@ -20,12 +20,12 @@ const NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 const OPTIONAL_NODES: &[&str] = &["fuse", "net/tun"];
 
 /// Mount /dev with its nodes, links and /dev/shm, owned by `owner`, and
-/// return where it is (the guest's /dev, resolved). devpts and mqueue come
-/// from [`mount_pts_and_mqueue`]: under a user namespace only the guest's
-/// own process may mount them.
-pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<PathBuf> {
+/// return the mount (the guest's /dev). devpts and mqueue come from
+/// [`mount_pts_and_mqueue`]: under a user namespace only the guest's own
+/// process may mount them.
+pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<Mounted> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
-    let dev = mount_fs_in_root(
+    let mounted = mount_fs_in_root(
         root,
         "/dev",
         "tmpfs",
@@ -33,6 +33,8 @@ pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<PathBuf> {
         flags,
         Some(&owner.tmpfs("mode=0755,size=4m")),
     )?;
+    // Everything below goes into the new tmpfs through its descriptor.
+    let dev = mounted.path();
 
     let openable = |name: &str| {
         std::fs::OpenOptions::new()
@@ -78,7 +80,7 @@ pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<PathBuf> {
     // The console's mount point: a file the pty's peer is bound onto.
     ensure_file(&dev.join("console"), 0o600)?;
     owner.chown(&dev.join("console"))?;
-    Ok(dev)
+    Ok(mounted)
 }
 
 /// The guest's own devpts instance and POSIX message queue filesystem.

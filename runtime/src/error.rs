@@ -65,6 +65,31 @@ pub enum Error {
     #[error("no container named {name} is running")]
     NoSuchContainer { name: String },
 
+    #[error(
+        "{name}: its {what} (PID {pid}) recorded in the state is {reason}; refusing to act on a stale PID"
+    )]
+    StaleProcess {
+        name: String,
+        what: &'static str,
+        pid: i32,
+        reason: String,
+    },
+
+    #[error(
+        "nixspawn has no system call tables for this architecture ({arch}), so it cannot build systemd-nspawn's seccomp filter; set SYSTEMD_SECCOMP=0 to run without one"
+    )]
+    SeccompUnsupported { arch: &'static str },
+
+    #[error("entering {name} failed at {step} (the command was not run): {message}")]
+    Enter {
+        name: String,
+        step: String,
+        message: String,
+    },
+
+    #[error("{name} has no running payload right now ({phase}); try again once it runs")]
+    NotRunning { name: String, phase: String },
+
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -103,6 +128,9 @@ pub enum Error {
 
     #[error("container setup failed: {step}: {message}")]
     Child { step: String, message: String },
+
+    #[error("updating {name}: {reason}")]
+    Update { name: String, reason: String },
 
     #[error("--link-journal: {reason}")]
     Journal { reason: String },

@@ -45,7 +45,7 @@ pub(crate) enum Claim {
     /// That block is held (its descriptor comes with this).
     RangeHeld { path: PathBuf },
     /// The guest's cgroups, about to be created.
-    Cgroups(CgroupLayout),
+    Cgroups(Box<CgroupLayout>),
     /// A transient scope started for this boot; None once it is let go.
     Scope(Option<String>),
     /// Registered with machined (and how); None once unregistering.
@@ -173,7 +173,7 @@ impl Claims {
                     r.1 = fd;
                 }
             }
-            Claim::Cgroups(layout) => self.cgroups = Some(layout),
+            Claim::Cgroups(layout) => self.cgroups = Some(*layout),
             Claim::Scope(unit) => self.scope = unit,
             Claim::Registered(via) => self.registered = via,
             Claim::Done | Claim::ReleaseRest => {}

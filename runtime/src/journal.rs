@@ -13,10 +13,10 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::mounts::{Owner, bind};
+use crate::mounts::{Owner, Target, bind_onto};
 use crate::resolve::{self, Create};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,9 +107,9 @@ pub(crate) fn link(mode: LinkJournal, root: &Path, tree: &Path, owner: Owner) ->
     let on_host = guest_dir.clone();
     let in_tree = tree.join(guest_dir.strip_prefix("/").unwrap_or(&guest_dir));
     let make_guest_dir = || {
-        resolve::in_root(root, &guest_dir, Create::Dir(0o755)).and_then(|p| {
-            owner.chown(&p)?;
-            Ok(p)
+        Target::resolve(root, &guest_dir, Create::Dir(0o755)).and_then(|t| {
+            t.chown(owner)?;
+            Ok(t)
         })
     };
 
@@ -157,8 +157,8 @@ pub(crate) fn link(mode: LinkJournal, root: &Path, tree: &Path, owner: Owner) ->
     } else if !on_host.is_dir() {
         return Ok(());
     }
-    let target: PathBuf = make_guest_dir()?;
-    bind(&on_host, &target, false, false)
+    let target = make_guest_dir()?;
+    bind_onto(&on_host, &target, false, false).map(drop)
 }
 
 #[cfg(test)]

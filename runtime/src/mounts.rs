@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -39,6 +40,158 @@ impl Owner {
     }
 }
 
+/// A place in the guest's root to mount onto, resolved once and held by
+/// descriptor: the mount lands on exactly what was resolved, whatever is
+/// done meanwhile to the path it was found by (a directory of the tree
+/// renamed and replaced by a link to a host directory, say).
+pub(crate) struct Target {
+    fd: OwnedFd,
+    shown: PathBuf,
+}
+
+impl Target {
+    /// Resolve (creating it as asked) `guest_path` inside `root`.
+    pub fn resolve(root: &Path, guest_path: &Path, create: Create) -> Result<Target> {
+        let (fd, shown) = resolve::held_in_root(root, guest_path, create)?;
+        Ok(Target { fd, shown })
+    }
+
+    /// A directory or file of ours (inside a mount we made), by path.
+    pub fn ours(path: &Path) -> Result<Target> {
+        let fd = nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::io("opening", path, e.into()))?;
+        Ok(Target {
+            fd,
+            shown: path.to_path_buf(),
+        })
+    }
+
+    /// Where it is, as a path (for messages and the guest's view).
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Say where it is in terms of the guest's root (for one of ours that
+    /// was opened through a descriptor path).
+    pub fn set_shown(&mut self, shown: PathBuf) {
+        self.shown = shown;
+    }
+
+    /// Give it to the guest's root (the descriptor's inode, never a path).
+    pub fn chown(&self, owner: Owner) -> Result<()> {
+        let Some(id) = owner.0 else { return Ok(()) };
+        nix::unistd::fchownat(
+            &self.fd,
+            c"",
+            Some(nix::unistd::Uid::from_raw(id)),
+            Some(nix::unistd::Gid::from_raw(id)),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| Error::io("chown", &self.shown, e.into()))
+    }
+
+    /// Attach the detached mount `mount` here.
+    pub fn attach(&self, mount: OwnedFd) -> Result<Mounted> {
+        crate::sys::move_mount_onto(mount.as_fd(), self.fd.as_fd()).map_err(|e| Error::Mount {
+            what: "a prepared mount".into(),
+            target: self.shown.clone(),
+            source: e,
+        })?;
+        Ok(Mounted {
+            fd: mount,
+            shown: self.shown.clone(),
+        })
+    }
+}
+
+/// A mount we made, held by the descriptor of its root. What is done
+/// inside it goes through [`Mounted::path`] (/proc/self/fd/N, which leads
+/// into this very mount), never back through the tree's directories.
+pub(crate) struct Mounted {
+    fd: OwnedFd,
+    shown: PathBuf,
+}
+
+impl Mounted {
+    /// A path into this mount that does not depend on the tree.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// Where it is mounted, as resolved (for messages and the guest's view).
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+}
+
+/// The MOUNT_ATTR_* flags for these mount(2) flags.
+fn attrs(flags: MsFlags) -> u64 {
+    use crate::sys::*;
+    [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_STRICTATIME, MOUNT_ATTR_STRICTATIME),
+    ]
+    .into_iter()
+    .filter(|(ms, _)| flags.contains(*ms))
+    .fold(0, |a, (_, attr)| a | attr)
+}
+
+/// A fresh `fstype` (with mount(8)-style `data` options) on `target`.
+pub(crate) fn mount_new(
+    fstype: &str,
+    target: &Target,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<Mounted> {
+    let what = || {
+        format!(
+            "{fstype}{}",
+            data.map(|d| format!(" ({d})")).unwrap_or_default()
+        )
+    };
+    let c = std::ffi::CString::new(fstype).map_err(|_| {
+        Error::io(
+            "filesystem type",
+            target.shown(),
+            io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    let fd =
+        crate::sys::new_mount(&c, data.unwrap_or(""), attrs(flags)).map_err(|e| Error::Mount {
+            what: what(),
+            target: target.shown().to_path_buf(),
+            source: e,
+        })?;
+    target.attach(fd)
+}
+
+/// Bind `src` onto `target` (recursive and read-only as asked, as
+/// [`bind`] does).
+pub(crate) fn bind_onto(
+    src: &Path,
+    target: &Target,
+    recursive: bool,
+    read_only: bool,
+) -> Result<Mounted> {
+    let fd = clone_tree(src, recursive)?;
+    if read_only {
+        crate::sys::mount_setattr(fd.as_fd(), recursive, crate::sys::MOUNT_ATTR_RDONLY, 0)
+            .map_err(|e| Error::Mount {
+                what: format!("read-only bind of {}", src.display()),
+                target: target.shown().to_path_buf(),
+                source: e,
+            })?;
+    }
+    target.attach(fd)
+}
+
 /// Mount a filesystem of `fstype` on `target`.
 pub(crate) fn mount_fs(
     fstype: &str,
@@ -69,8 +222,8 @@ pub(crate) fn mount_fs_on_dir(
 }
 
 /// Resolve `guest_path` inside `root` (creating the directory with `mode`
-/// if missing, never leaving the root), mount a fresh `fstype` there, and
-/// return the resolved path.
+/// if missing, never leaving the root) and mount a fresh `fstype` on
+/// exactly what was resolved.
 pub(crate) fn mount_fs_in_root(
     root: &Path,
     guest_path: &str,
@@ -78,31 +231,47 @@ pub(crate) fn mount_fs_in_root(
     mode: u32,
     flags: MsFlags,
     data: Option<&str>,
-) -> Result<PathBuf> {
-    let target = crate::resolve::in_root(
-        root,
-        Path::new(guest_path),
-        crate::resolve::Create::Dir(mode),
-    )?;
-    mount_fs(fstype, &target, flags, data)?;
-    Ok(target)
+) -> Result<Mounted> {
+    let target = Target::resolve(root, Path::new(guest_path), Create::Dir(mode))?;
+    mount_new(fstype, &target, flags, data)
 }
 
-/// Bind `src` onto `dst`, optionally recursive and/or read-only.
+/// Bind `src` onto `dst`, optionally recursive and/or read-only. A
+/// read-only bind is read-only all the way down (the mounts below `src`
+/// too) before it is attached, so there is no moment at which it is
+/// writable, and under a user namespace the kernel locks it that way.
 pub(crate) fn bind(src: &Path, dst: &Path, recursive: bool, read_only: bool) -> Result<()> {
-    let mut flags = MsFlags::MS_BIND;
-    if recursive {
-        flags |= MsFlags::MS_REC;
-    }
-    mount(Some(src), dst, None::<&str>, flags, None::<&str>).map_err(|e| Error::Mount {
-        what: format!("bind of {}", src.display()),
-        target: dst.to_path_buf(),
-        source: e.into(),
-    })?;
+    let fd = clone_tree(src, recursive)?;
     if read_only {
-        remount(dst, MsFlags::MS_RDONLY)?;
+        crate::sys::mount_setattr(
+            std::os::fd::AsFd::as_fd(&fd),
+            recursive,
+            crate::sys::MOUNT_ATTR_RDONLY,
+            0,
+        )
+        .map_err(|e| Error::Mount {
+            what: format!("read-only bind of {}", src.display()),
+            target: dst.to_path_buf(),
+            source: e,
+        })?;
     }
-    Ok(())
+    crate::rootfs::attach(&fd, dst)
+}
+
+/// A detached copy of the mount tree at `src` (OPEN_TREE_CLONE), with the
+/// mounts below it if `recursive`.
+pub(crate) fn clone_tree(src: &Path, recursive: bool) -> Result<std::os::fd::OwnedFd> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(src.as_os_str()))
+        .map_err(|_| Error::io("path", src, io::ErrorKind::InvalidInput.into()))?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    crate::sys::open_tree(None, &c, flags).map_err(|e| Error::Mount {
+        what: format!("bind of {}", src.display()),
+        target: src.to_path_buf(),
+        source: e,
+    })
 }
 
 /// Change the per-mount flags of the bind mount at `target`, keeping the
@@ -352,9 +521,11 @@ impl CustomMount {
                 } else {
                     Create::File(0o644)
                 };
-                let dst = resolve::in_root(root, target, create)?;
+                let dst = Target::resolve(root, target, create)?;
                 let userns = match (idmap, ctx.mapping) {
-                    (BindIdmap::None, _) => return bind(source, &dst, *recursive, *read_only),
+                    (BindIdmap::None, _) => {
+                        return bind_onto(source, &dst, *recursive, *read_only).map(drop);
+                    }
                     (_, None) => {
                         return Err(Error::InvalidValue {
                             what: "bind option",
@@ -376,16 +547,17 @@ impl CustomMount {
                     }
                 };
                 let fd = crate::idmap::idmapped_clone(source, &userns, *recursive, *read_only)?;
-                crate::rootfs::attach(&fd, &dst)
+                dst.attach(fd).map(drop)
             }
             CustomMount::Tmpfs { target, options } => {
-                let dst = resolve::in_root(root, target, Create::Dir(0o755))?;
-                mount_fs(
+                let dst = Target::resolve(root, target, Create::Dir(0o755))?;
+                mount_new(
                     "tmpfs",
                     &dst,
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     Some(&ctx.owner.tmpfs(options)),
                 )
+                .map(drop)
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::mounts::{bind, mount_fs};
+use crate::mounts::{Target, bind, mount_fs, mount_new};
 use crate::runhost::inaccessible_file;
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
@@ -14,15 +14,26 @@ const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_l
 /// Bound read-only onto themselves.
 const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"];
 
-/// Mount /proc on `proc` (the guest's /proc, resolved); `host` is
-/// /run/host (its boot id and masking file).
+const FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Mount /proc on `proc` (the guest's /proc, resolved and held); `host`
+/// leads into /run/host (its boot id and masking file).
+pub(crate) fn mount_proc_on(proc: &Target, host: &Path, private_network: bool) -> Result<()> {
+    let mounted = mount_new("proc", proc, FLAGS, None)?;
+    restrict(&mounted.path(), host, private_network)
+}
+
+/// Mount /proc at the path `proc` (inside the guest's root, after it
+/// pivoted there); `host` is /run/host.
 pub(crate) fn mount_proc(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
-    mount_fs(
-        "proc",
-        proc,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
+    mount_fs("proc", proc, FLAGS, None)?;
+    restrict(proc, host, private_network)
+}
+
+/// The read-only and masked parts of the procfs at `proc`.
+fn restrict(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
     let proc = proc.to_path_buf();
 
     let sys = proc.join("sys");

@@ -166,6 +166,12 @@ pub fn open_in(root: &Path, guest_path: &Path, create: Create) -> Result<OwnedFd
 /// Resolve (and create, as asked) `guest_path` below `root`; returns the
 /// canonical host-side path, which lies inside `root`.
 pub fn in_root(root: &Path, guest_path: &Path, create: Create) -> Result<PathBuf> {
+    held_in_root(root, guest_path, create).map(|(_, path)| path)
+}
+
+/// As [`in_root`], with the O_PATH descriptor of what was resolved: to
+/// act on exactly that, whatever is done to the path meanwhile.
+pub fn held_in_root(root: &Path, guest_path: &Path, create: Create) -> Result<(OwnedFd, PathBuf)> {
     let fd = open_in(root, guest_path, create)?;
     let path = resolved_path(&fd)?;
     if !path.starts_with(root) {
@@ -178,7 +184,7 @@ pub fn in_root(root: &Path, guest_path: &Path, create: Create) -> Result<PathBuf
             ),
         });
     }
-    Ok(path)
+    Ok((fd, path))
 }
 
 /// Read a small file of the guest's (at most `limit` bytes), resolving its

@@ -11,18 +11,19 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 use crate::error::{Error, Result};
 use crate::identity::Uuid;
 use crate::mounts::{
-    Owner, bind as bind_mount, ensure_dir, ensure_file, mount_fs_in_root, remount, write_file,
+    Mounted, Owner, Target, bind as bind_mount, bind_onto, ensure_dir, ensure_file,
+    mount_fs_in_root, remount, write_file,
 };
-use crate::resolve::{self, Create};
 
 /// The value of `$container` and /run/host/container-manager. Guests
 /// condition units on it (ConditionVirtualization=), so we announce the
 /// manager whose interface we implement.
 pub const CONTAINER_MANAGER: &str = "systemd-nspawn";
 
-pub(crate) fn mount_run_and_tmp(root: &Path, owner: Owner) -> Result<()> {
+/// Mount /run and /tmp; returns /run's mount.
+pub(crate) fn mount_run_and_tmp(root: &Path, owner: Owner) -> Result<Mounted> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
-    mount_fs_in_root(
+    let run = mount_fs_in_root(
         root,
         "/run",
         "tmpfs",
@@ -37,18 +38,22 @@ pub(crate) fn mount_run_and_tmp(root: &Path, owner: Owner) -> Result<()> {
         0o1777,
         flags,
         Some(&owner.tmpfs("mode=01777")),
-    )
-    .map(drop)
+    )?;
+    Ok(run)
 }
 
-/// Populate /run/host (everything but the final read-only remount).
-/// Returns where it is (resolved once; later steps use this path) and the
-/// bound notify socket.
-pub(crate) fn populate(root: &Path, uuid: &Uuid, owner: Owner) -> Result<(PathBuf, OwnedFd)> {
-    let host = resolve::in_root(root, Path::new("/run/host"), Create::Dir(0o755))?;
+/// Populate /run/host in the guest's /run (everything but the final
+/// read-only remount). Returns its mount (later steps work through it)
+/// and the bound notify socket.
+pub(crate) fn populate(run: &Mounted, uuid: &Uuid, owner: Owner) -> Result<(Mounted, OwnedFd)> {
+    let dir = run.path().join("host");
+    ensure_dir(&dir, 0o755)?;
     // A mount point of its own from the start, so sealing it later is a
     // remount rather than a bind that would copy what is mounted below.
-    bind_mount(&host, &host, false, false)?;
+    let mut target = Target::ours(&dir)?;
+    target.set_shown(run.shown().join("host"));
+    let mounted = bind_onto(&dir, &target, false, false)?;
+    let host = mounted.path();
     let inacc = host.join("inaccessible");
     ensure_dir(&inacc, 0o755)?;
     let nodes: [(&str, SFlag, u64); 5] = [
@@ -131,7 +136,7 @@ pub(crate) fn populate(root: &Path, uuid: &Uuid, owner: Owner) -> Result<(PathBu
     for p in &ours {
         owner.chown(p)?;
     }
-    Ok((host, sock))
+    Ok((mounted, sock))
 }
 
 /// The mode-0 regular file used to mask /proc entries.

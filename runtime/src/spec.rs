@@ -119,6 +119,20 @@ impl Spec {
         set
     }
 
+    /// What PID 1 (and every `nixspawnctl exec`) holds: [`Spec::capabilities`],
+    /// except that under a user namespace sharing the host's network
+    /// namespace, low ports are not the guest's to bind (as with nspawn).
+    pub fn payload_capabilities(
+        &self,
+        userns: bool,
+    ) -> std::collections::HashSet<caps::Capability> {
+        let mut set = self.capabilities();
+        if userns && !self.private_network {
+            set.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
+        }
+        set
+    }
+
     /// What the root is, for messages: the directory or "an empty tmpfs".
     pub fn root_description(&self) -> String {
         match &self.directory {

@@ -34,10 +34,24 @@ pub struct State {
     pub closure_only: bool,
     pub ephemeral: bool,
     pub boot: bool,
-    /// PID 1 of the guest, as the host sees it.
+    /// PID 1 of the guest, as the host sees it; None between boots.
     pub leader: Option<i32>,
+    /// Who `leader` is: checked before the PID is signalled or entered.
+    #[serde(default)]
+    pub leader_identity: Option<crate::process::ProcessIdentity>,
     /// The launcher's PID.
     pub supervisor: i32,
+    /// Who `supervisor` is.
+    #[serde(default)]
+    pub supervisor_identity: Option<crate::process::ProcessIdentity>,
+    /// The host's boot ID when this was written (PIDs mean nothing after
+    /// the host reboots, and /run need not be a tmpfs).
+    #[serde(default)]
+    pub host_boot_id: String,
+    /// Which boot of the guest `leader` belongs to: 1 for the first, one
+    /// more for each reboot the launcher restarts it for.
+    #[serde(default)]
+    pub boot_count: u32,
     /// The payload cgroup's path on the host.
     pub cgroup: PathBuf,
     pub kill_signal: Option<i32>,
@@ -53,13 +67,18 @@ pub struct State {
     /// The seccomp filter's adjustments; None when seccomp is off.
     pub syscall_filter: Option<crate::seccomp::Adjustments>,
     pub no_new_privileges: bool,
+    /// With a user namespace: the launcher's descriptor (in the supervisor
+    /// process) of the mount namespace the guest's mounts propagate from.
+    #[serde(default)]
+    pub outer_mounts_fd: Option<i32>,
     /// Microseconds since the epoch when the current payload was started.
     pub started_usec: u64,
     /// The guest sent READY=1.
     pub ready: bool,
     /// The last STATUS= the guest sent.
     pub status: Option<String>,
-    /// "running", "stopping" or "restarting".
+    /// "running", "stopping", "restarting" (between boots: no leader) or
+    /// "exited" (the payload ended; the launcher is cleaning up).
     pub phase: String,
 }
 

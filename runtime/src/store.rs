@@ -11,7 +11,7 @@ use nix::mount::MsFlags;
 
 use crate::closure::{Entry, EntryKind, STORE};
 use crate::error::{Error, Result};
-use crate::mounts::{Owner, bind, ensure_dir, ensure_file, mount_fs_on_dir};
+use crate::mounts::{Mounted, Owner, Target, bind, bind_onto, ensure_dir, ensure_file, mount_new};
 use crate::resolve::{self, Create};
 use crate::spec::StoreSpec;
 use std::os::fd::OwnedFd;
@@ -20,20 +20,22 @@ use std::os::fd::OwnedFd;
 /// the root, used while the store is assembled. Under a user namespace
 /// with mapped ownership, `idmapped` is the launcher's read-only idmapped
 /// clone of the host store (root-owned store files then belong to the
-/// guest's root), and every bind is taken from it.
+/// guest's root), and every bind is taken from it. Returns the
+/// closure-only store's own tmpfs, for [`seal_store`].
 pub(crate) fn mount_store(
     root: &Path,
     staging: &Path,
     store: &StoreSpec,
     owner: Owner,
     idmapped: Option<&OwnedFd>,
-) -> Result<()> {
-    let target = resolve::in_root(root, Path::new(STORE), Create::Dir(0o755))?;
+) -> Result<Option<Mounted>> {
+    let target = Target::resolve(root, Path::new(STORE), Create::Dir(0o755))?;
     let Some(closure) = &store.closure else {
-        return match idmapped {
-            Some(fd) => crate::rootfs::attach(fd, &target),
-            None => bind(Path::new(STORE), &target, true, true),
+        match idmapped {
+            Some(fd) => target.attach(fd.try_clone().map_err(|e| Error::syscall("dup", e))?)?,
+            None => bind_onto(Path::new(STORE), &target, true, true)?,
         };
+        return Ok(None);
     };
     // One read-only view of the host store; binds taken from a read-only
     // mount are read-only themselves, so each path costs one mount(2).
@@ -45,17 +47,17 @@ pub(crate) fn mount_store(
     // Private: binds taken from a slave would each join the host store's
     // peer group as slaves, which makes every later mount operation pay.
     crate::mounts::propagation(staging, MsFlags::MS_PRIVATE)?;
-    mount_fs_on_dir(
+    let mounted = mount_new(
         "tmpfs",
         &target,
-        0o755,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(&owner.tmpfs("mode=0755")),
     )?;
+    let dir = mounted.path();
     for entry in closure {
-        add_path(staging, &target, entry)?;
+        add_path(staging, &dir, entry)?;
     }
-    Ok(())
+    Ok(Some(mounted))
 }
 
 /// Make a closure entry appear in `store_dir`, bound from `source_store`
@@ -94,13 +96,12 @@ pub(crate) fn add_path(source_store: &Path, store_dir: &Path, entry: &Entry) -> 
 }
 
 /// After the user's own mounts (a `--bind-ro` of an extra store path needs
-/// a mount point): the closure-only store's directory becomes read-only.
-pub(crate) fn seal_store(root: &Path, store: &StoreSpec) -> Result<()> {
-    if store.closure.is_none() {
-        return Ok(());
+/// a mount point): the closure-only store's tmpfs becomes read-only.
+pub(crate) fn seal_store(store: Option<&Mounted>) -> Result<()> {
+    match store {
+        Some(mounted) => remount_store_dir(&mounted.path(), true),
+        None => Ok(()),
     }
-    let target = resolve::in_root(root, Path::new(STORE), Create::Nothing)?;
-    remount_store_dir(&target, true)
 }
 
 /// Flip the closure-only store's tmpfs between read-only and writable.
@@ -154,8 +155,8 @@ pub(crate) fn pass_nix_daemon(root: &Path) -> Result<()> {
                 ),
             ));
         }
-        let dst = resolve::in_root(root, host, Create::Dir(0o755))?;
-        bind(host, &dst, false, read_only)?;
+        let dst = Target::resolve(root, host, Create::Dir(0o755))?;
+        bind_onto(host, &dst, false, read_only)?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! One run of the payload: start the container process, take its handles,
 //! then watch it — console, notify socket, stop signals — until it ends.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -15,10 +15,18 @@ use crate::container::{Event, Observer, Outcome};
 use crate::error::{Error, Result};
 use crate::hostlink::HostLink;
 use crate::notify;
+use crate::process::ProcessIdentity;
 use crate::spec::Spec;
 use crate::state::{State, StateDir};
 use crate::sys::{self, ExitKind, Forked};
 use crate::userns::UidRange;
+
+/// Which boot of the guest this is, and its user namespace plan.
+pub(crate) struct Boot<'a> {
+    /// 1 for the first boot, one more for each reboot.
+    pub count: u32,
+    pub userns: Option<&'a child::UsernsPlan>,
+}
 
 /// Start the payload and supervise it until it ends.
 pub(crate) fn run_payload(
@@ -27,9 +35,13 @@ pub(crate) fn run_payload(
     state_dir: &StateDir,
     signals: &SignalFd,
     observer: &mut dyn Observer,
-    userns: Option<&child::UsernsPlan>,
+    boot: Boot<'_>,
     mut host: Option<&mut HostLink>,
 ) -> Result<Outcome> {
+    let Boot {
+        count: boot_count,
+        userns,
+    } = boot;
     let t0 = std::time::Instant::now();
     let (first, first_pidfd, channel) = start(spec, cgroups, state_dir, userns)?;
     tracing::debug!("clone3: PID {first}, {} µs", t0.elapsed().as_micros());
@@ -68,6 +80,7 @@ pub(crate) fn run_payload(
         pidfd,
         notify_sock,
         console,
+        outer_mounts,
     } = setup?;
     if !early && let Some(h) = host.as_deref_mut() {
         let linked = h.guest_started(spec, leader, pidfd.as_fd(), &mut |n| notices.push(n));
@@ -79,6 +92,17 @@ pub(crate) fn run_payload(
     for n in &notices {
         observer.event(Event::Notice(n));
     }
+    // The leader is our child (or, under a user namespace, one we reap):
+    // its PID cannot be reused before we wait for it.
+    let identities = ProcessIdentity::of(leader, pidfd.as_fd())
+        .and_then(|l| Ok((l, ProcessIdentity::of_self()?)));
+    let (leader_identity, supervisor_identity) = match identities {
+        Ok(ids) => ids,
+        Err(e) => {
+            kill_and_reap(pidfd.as_fd());
+            return Err(e);
+        }
+    };
     let state = State {
         name: spec.machine.clone(),
         uuid: spec.uuid.to_string(),
@@ -88,16 +112,21 @@ pub(crate) fn run_payload(
         ephemeral: spec.ephemeral,
         boot: spec.is_boot(),
         leader: Some(leader),
+        leader_identity: Some(leader_identity),
         supervisor: std::process::id() as i32,
+        supervisor_identity: Some(supervisor_identity),
+        host_boot_id: crate::process::host_boot_id(),
+        boot_count,
         cgroup: cgroups.payload(),
         kill_signal: spec.kill_signal,
         console: spec.console,
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
-        capabilities: crate::capabilities::mask(&spec.capabilities()),
+        capabilities: crate::capabilities::mask(&spec.payload_capabilities(userns.is_some())),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
+        outer_mounts_fd: outer_mounts.as_ref().map(|fd| fd.as_raw_fd()),
         started_usec: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -126,6 +155,7 @@ pub(crate) fn run_payload(
         pidfd,
         notify_sock,
         console,
+        _outer_mounts: outer_mounts,
         state,
         stop_requests: 0,
         handlers_ready: false,
@@ -167,7 +197,13 @@ fn start(
     state_dir.make_mount_point()?;
     let v1_visit = cgroups.visit_v1()?;
     let cloned = sys::clone3(flags, libc::SIGCHLD, Some(start_cgroup.as_fd()));
-    drop(v1_visit);
+    if let Ok(Forked::Child) = cloned {
+        // The visit is the launcher's to end: dropped here it would take
+        // the container process back out of the guest's v1 cgroups.
+        std::mem::forget(v1_visit);
+    } else {
+        drop(v1_visit);
+    }
     match cloned.map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
             drop(ours);
@@ -209,7 +245,13 @@ struct Setup {
     pidfd: OwnedFd,
     notify_sock: OwnedFd,
     console: Option<Console>,
+    /// With a user namespace: the outer process's mount namespace.
+    outer_mounts: Option<OwnedFd>,
 }
+
+/// With a user namespace: the guest's PID 1, its pidfd, and the mount
+/// namespace of the outer process that assembled its root.
+type Inner = (i32, OwnedFd, OwnedFd);
 
 /// The notify socket and console arrive (and with a user namespace, the
 /// guest's PID 1, whose ID maps we write), then end-of-file once the
@@ -221,10 +263,10 @@ fn receive_setup(
     userns: Option<UidRange>,
     placement: Option<Placement<'_>>,
 ) -> Result<Setup> {
-    let mut inner: Option<(i32, OwnedFd)> = None;
+    let mut inner: Option<Inner> = None;
     let result = receive_setup_messages(spec, channel, &first, userns, &mut inner, placement);
     match (result, inner) {
-        (Ok((notify_sock, console)), Some((leader, pidfd))) => {
+        (Ok((notify_sock, console)), Some((leader, pidfd, outer_mounts))) => {
             // The outer process is done once it handed PID 1 over.
             let _ = sys::pidfd_wait(first.1.as_fd(), false);
             Ok(Setup {
@@ -232,6 +274,7 @@ fn receive_setup(
                 pidfd,
                 notify_sock,
                 console,
+                outer_mounts: Some(outer_mounts),
             })
         }
         (Ok((notify_sock, console)), None) => Ok(Setup {
@@ -239,6 +282,7 @@ fn receive_setup(
             pidfd: first.1,
             notify_sock,
             console,
+            outer_mounts: None,
         }),
         (Err(e), inner) => {
             for pidfd in inner.iter().map(|i| &i.1).chain([&first.1]) {
@@ -254,7 +298,7 @@ fn receive_setup_messages(
     channel: &Channel,
     first: &(i32, OwnedFd),
     userns: Option<UidRange>,
-    inner: &mut Option<(i32, OwnedFd)>,
+    inner: &mut Option<Inner>,
     mut placement: Option<Placement<'_>>,
 ) -> Result<(OwnedFd, Option<Console>)> {
     let mut notify = None;
@@ -282,10 +326,11 @@ fn receive_setup_messages(
                 notify = Some(fds.remove(0));
             }
             Some((ToParent::Inner { pid }, mut fds)) => {
-                let (Some(range), 1) = (userns, fds.len()) else {
+                let (Some(range), 2) = (userns, fds.len()) else {
                     return Err(Error::Protocol("an unexpected PID 1 hand-over".into()));
                 };
-                let pidfd = inner.insert((pid, fds.remove(0))).1.as_fd();
+                let (pidfd, outer_mounts) = (fds.remove(0), fds.remove(0));
+                let pidfd = inner.insert((pid, pidfd, outer_mounts)).1.as_fd();
                 for file in ["uid_map", "gid_map"] {
                     let p = format!("/proc/{pid}/{file}");
                     std::fs::write(&p, range.map_line())
@@ -341,6 +386,10 @@ struct Watch<'a> {
     pidfd: OwnedFd,
     notify_sock: OwnedFd,
     console: Option<Console>,
+    /// Kept for the guest's life: `nixspawnctl update` mounts new store
+    /// paths here (the fd number is in the state), and they propagate into
+    /// the guest's mount namespace locked.
+    _outer_mounts: Option<OwnedFd>,
     state: State,
     stop_requests: u32,
     /// PID 1 said X_SYSTEMD_SIGNALS_LEVEL=2: its signal handlers are in place.
@@ -510,11 +559,20 @@ impl Watch<'_> {
     }
 
     fn reap(&mut self) -> Result<Option<Outcome>> {
+        // Take the leader out of the state while it is still a zombie, so
+        // its PID is never recorded once it can belong to someone else.
         let Some(exit) =
-            sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?
+            sys::pidfd_peek_exit(self.pidfd.as_fd()).map_err(|e| Error::syscall("waitid", e))?
         else {
             return Ok(None);
         };
+        let restarting = exit == ExitKind::Signaled(libc::SIGHUP) && !self.spec.keep_unit;
+        self.state.phase = if restarting { "restarting" } else { "exited" }.into();
+        self.state.leader = None;
+        self.state.leader_identity = None;
+        self.state.ready = false;
+        let _ = self.state_dir.write(&self.state);
+        sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?;
         // What the guest wrote before it ended (nobody can write more now).
         self.console_output(CONSOLE_BYTES_AT_EXIT);
         Ok(Some(match exit {

@@ -82,6 +82,39 @@ pub fn clone3(
     }
 }
 
+/// Put every signal's disposition back to SIG_DFL (but SIGKILL and
+/// SIGSTOP, which have no other): ignored signals survive execve, and the
+/// Rust runtime ignores SIGPIPE. Raw rt_sigaction, because glibc refuses
+/// the two real-time signals it keeps for itself, which a caller may still
+/// have ignored.
+pub fn reset_signal_dispositions() -> io::Result<()> {
+    // An all-zero kernel sigaction is SIG_DFL with no flags and an empty
+    // mask, whatever the architecture's field order.
+    let default = [0u64; 4];
+    let sigset_size = std::mem::size_of::<u64>();
+    let mut first_error = Ok(());
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default` is a valid, zeroed kernel sigaction that
+        // outlives the call; a null old-action pointer is allowed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                sigset_size,
+            )
+        };
+        if let (Err(e), Ok(())) = (check(ret), &first_error) {
+            first_error = Err(e);
+        }
+    }
+    first_error
+}
+
 /// Plain fork(2), for helpers that need no namespaces.
 pub fn fork() -> io::Result<Forked> {
     // SAFETY: callers are single-threaded, so the child can run any code.
@@ -162,7 +195,43 @@ pub fn pidfd_wait(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit
     }
 }
 
-/// setns(2) with a pidfd and several namespace flags at once (Linux 5.8+).
+/// How the child behind `pidfd` ended, if it has, leaving it a zombie
+/// (waitid with WNOWAIT): its PID stays taken until [`pidfd_wait`].
+pub fn pidfd_peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitKind>> {
+    loop {
+        // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: info is a valid out pointer; P_PIDFD takes the fd as id.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo (or left it zeroed for WNOHANG).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => ExitKind::Exited(status),
+            _ => ExitKind::Signaled(status),
+        }));
+    }
+}
+
+/// setns(2) with a pidfd and several namespace flags at once (Linux 5.8+),
+/// or with a namespace descriptor and its one flag.
 pub fn setns_pidfd(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall with an fd we borrow for its duration.
     check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) }.into()).map(drop)
@@ -218,6 +287,55 @@ pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
         )
     };
     check(ret).map(drop)
+}
+
+/// Close every descriptor above 2 but `keep`. Only for freshly forked
+/// helpers (see [`close_from`]).
+pub fn close_all_but(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<libc::c_uint> = keep
+        .iter()
+        .filter_map(|&fd| libc::c_uint::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    keep.sort_unstable();
+    let mut first: libc::c_uint = 3;
+    for k in keep {
+        if k > first {
+            // SAFETY: as for close_from; the range excludes the kept ones.
+            check(unsafe { libc::syscall(libc::SYS_close_range, first, k - 1, 0) })?;
+        }
+        first = k + 1;
+    }
+    close_from(first)
+}
+
+/// Default dispositions for every signal and an empty signal mask, as a
+/// program expects to start with (the Rust runtime ignores SIGPIPE, and
+/// the caller blocks the signals it forwards).
+pub fn reset_signal_handling() -> io::Result<()> {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction is plain data; SIG_DFL installs no handler, so
+        // no Rust code can run in signal context because of this call.
+        let ret = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &act, std::ptr::null_mut())
+        };
+        // Signals the C library reserves for itself refuse; that is fine.
+        if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: an empty, initialised set; the old mask is not wanted.
+    let ret = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    check(ret.into()).map(drop)
 }
 
 /// Close every descriptor from `first` upwards. Only for freshly forked
@@ -459,6 +577,321 @@ pub fn openat2(
             path.as_ptr(),
             &how as *const OpenHow,
             std::mem::size_of::<OpenHow>(),
+        )
+    })
+}
+
+/// The id of the mount `fd` is on (statx STATX_MNT_ID, Linux 5.8): two
+/// places on one filesystem but different mounts (a bind) differ here,
+/// where st_dev does not.
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: statx is plain data; zeroed is a valid initial value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is an empty NUL-terminated string (AT_EMPTY_PATH)
+    // and stx a valid out pointer.
+    let ret = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    check(ret.into())?;
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+/// fgetxattr(2): the value of `name` on `fd`, None if it has none.
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes and name NUL-terminated.
+    let ret = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    match check(ret as libc::c_long) {
+        Ok(n) => {
+            buf.truncate(n as usize);
+            Ok(Some(buf))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// fsetxattr(2).
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: value is valid for value.len() bytes and name NUL-terminated.
+    let ret = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    check(ret.into()).map(drop)
+}
+
+/// fremovexattr(2); a missing attribute is no error.
+pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: name is NUL-terminated.
+    let ret = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
+    match check(ret.into()) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// pidfd_getfd(2): a copy of descriptor `fd` of the process behind `pidfd`.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; the result is a fresh
+    // descriptor of ours (close-on-exec, as the kernel sets it).
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
+}
+
+/// The CLONE_NEW* type of a namespace descriptor (ioctl NS_GET_NSTYPE).
+pub fn namespace_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) }.into()).map(|t| t as libc::c_int)
+}
+
+/// One eBPF instruction (struct bpf_insn): opcode, destination register in
+/// the low and source register in the high nibble, offset, immediate.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfInsn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+const BPF_PROG_DETACH: libc::c_int = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The part of union bpf_attr that BPF_PROG_LOAD reads.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// The part of union bpf_attr that BPF_PROG_ATTACH/DETACH read.
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> libc::c_long {
+    // SAFETY: attr is a valid prefix of union bpf_attr for `cmd`, of the
+    // size passed; the kernel zero-extends what it does not get.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    }
+}
+
+/// Load a BPF_PROG_TYPE_CGROUP_DEVICE program. On a verifier error the
+/// message carries its log.
+pub fn bpf_load_device_program(insns: &[BpfInsn], name: &str) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    for (dst, src) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src;
+    }
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        ..Default::default()
+    };
+    match owned(bpf(BPF_PROG_LOAD, &mut attr)) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            // Again with the verifier's log, to say why.
+            let mut log = vec![0u8; 64 * 1024];
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            let _ = owned(bpf(BPF_PROG_LOAD, &mut attr));
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let last = text.lines().rev().find(|l| !l.trim().is_empty());
+            Err(match last {
+                Some(l) => io::Error::new(e.kind(), format!("{e} (verifier: {l})")),
+                None => e,
+            })
+        }
+    }
+}
+
+/// Attach a device program to a cgroup (a directory descriptor), next to
+/// any others (BPF_F_ALLOW_MULTI: every program attached here and above
+/// must allow an access, and those below may only narrow it).
+pub fn bpf_attach_device_program(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = ProgAttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+    };
+    check(bpf(BPF_PROG_ATTACH, &mut attr)).map(drop)
+}
+
+/// Detach that program from that cgroup again.
+pub fn bpf_detach_device_program(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = ProgAttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: 0,
+    };
+    check(bpf(BPF_PROG_DETACH, &mut attr)).map(drop)
+}
+
+/// The kernel's id of a loaded program (stable while it is attached
+/// anywhere, unlike a descriptor).
+pub fn bpf_program_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // The head of struct bpf_prog_info: its type, then its id.
+    let mut info = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    check(bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr))?;
+    Ok(info[1])
+}
+
+/// A descriptor for the program with this id.
+pub fn bpf_program_by_id(id: u32) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ByIdAttr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut attr = ByIdAttr {
+        prog_id: id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut attr))
+}
+
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+
+/// move_mount(2) of a detached mount onto exactly what `to` refers to (an
+/// O_PATH descriptor of the target, MOVE_MOUNT_T_EMPTY_PATH): whatever
+/// happens to the path the target was found by meanwhile.
+pub fn move_mount_onto(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    // SAFETY: both paths are empty NUL-terminated strings, as the
+    // *_EMPTY_PATH flags require; the descriptors are borrowed for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// A new, detached filesystem mount (fsopen + fsconfig + fsmount): `fstype`
+/// with `options` ("key=value" or "flag", comma-separated, as mount(8)
+/// takes them) and MOUNT_ATTR_* `attrs`. The descriptor is its root.
+pub fn new_mount(fstype: &CStr, options: &str, attrs: u64) -> io::Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: fstype is NUL-terminated and lives across the call.
+    let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let config = |cmd: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>| {
+        let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+        // SAFETY: key and value are NUL-terminated or null, as `cmd` wants.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                cmd,
+                ptr(key),
+                ptr(value),
+                0,
+            )
+        })
+        .map(drop)
+    };
+    let cstring =
+        |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    // Named after its type, as mount(8) and nspawn name such mounts.
+    config(FSCONFIG_SET_STRING, Some(c"source"), Some(fstype))?;
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some((key, value)) => config(
+                FSCONFIG_SET_STRING,
+                Some(&cstring(key)?),
+                Some(&cstring(value)?),
+            )?,
+            None => config(FSCONFIG_SET_FLAG, Some(&cstring(option)?), None)?,
+        }
+    }
+    config(FSCONFIG_CMD_CREATE, None, None)?;
+    // SAFETY: plain syscall with integer arguments.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            attrs as libc::c_uint,
         )
     })
 }

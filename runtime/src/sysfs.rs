@@ -12,14 +12,24 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::{Error, Result};
-use crate::mounts::{bind, mount_fs};
+use crate::mounts::{Target, bind, mount_fs, mount_new};
 use crate::sys;
 
+const RO: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
 /// A sysfs of the guest's own (or the host's) network namespace on `sys`
-/// (the guest's /sys, resolved).
+/// (the guest's /sys, resolved and held).
+pub(crate) fn mount_sys_on(sys: &Target) -> Result<()> {
+    let mounted = mount_new("sysfs", sys, RO, None)?;
+    mount_cgroup(&mounted.path())
+}
+
+/// The same at the path `sys` (inside the guest's root, after it pivoted).
 pub(crate) fn mount_sys(sys: &Path) -> Result<()> {
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs("sysfs", sys, ro, None)?;
+    mount_fs("sysfs", sys, RO, None)?;
     mount_cgroup(sys)
 }
 

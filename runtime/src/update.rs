@@ -48,10 +48,8 @@ pub fn update(
             reason: "has no bin/switch-to-configuration".into(),
         });
     }
-    let leader = state.leader.ok_or_else(|| Error::NoSuchContainer {
-        name: state.name.to_string(),
-    })?;
-    let pidfd = sys::pidfd_open(leader).map_err(|e| Error::syscall("pidfd_open", e))?;
+    let pidfd = state.open_leader()?;
+    let leader = state.leader.unwrap_or_default();
 
     let mut prepared = Vec::new();
     if state.closure_only {
@@ -62,6 +60,8 @@ pub fn update(
             .flatten()
             .map(|e| e.file_name())
             .collect();
+        // What was listed through /proc/PID is the guest's only if it still lives.
+        state.leader_alive(&pidfd)?;
         // New paths look the way the guest's store already does.
         let mapping = match state.uid_range {
             Some(range) if state.store_idmapped => Some(crate::idmap::mapping_userns(range)?),
@@ -77,7 +77,16 @@ pub fn update(
             Prepared::Mount(n, _, _) | Prepared::Symlink(n, _) => n.clone(),
         })
         .collect();
-    in_guest_mount_namespace(&pidfd, |store_dir| {
+    // Under a user namespace the guest's store is locked read-only (its
+    // root could otherwise make it writable): the paths are mounted in the
+    // launcher's outer mount namespace instead, from which they propagate
+    // into the guest's as locked copies. Without one, the guest is host
+    // root anyway and they go straight into its namespace.
+    let mount_ns = match state.uid_range {
+        Some(_) => outer_mount_namespace(state)?,
+        None => pidfd.try_clone().map_err(|e| Error::syscall("dup", e))?,
+    };
+    in_mount_namespace(&mount_ns, |store_dir| {
         if !prepared.is_empty() {
             store::remount_store_dir(store_dir, false)?;
             let placed = place(store_dir, &prepared);
@@ -86,6 +95,31 @@ pub fn update(
         }
         store::link_profile(Path::new("/"), &toplevel)
     })?;
+    // They must have reached the guest (it may have unmounted its store or
+    // cut its propagation).
+    for p in &prepared {
+        let Prepared::Mount(name, _, _) = p else {
+            continue;
+        };
+        let inside = Path::new(&format!("/proc/{leader}/root{STORE}")).join(name);
+        let host = Path::new(STORE).join(name);
+        let same = |a: &Path, b: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            match (std::fs::metadata(a), std::fs::metadata(b)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            }
+        };
+        if !same(&inside, &host) {
+            return Err(Error::Update {
+                name: state.name.to_string(),
+                reason: format!(
+                    "{} did not reach the guest: its /nix/store no longer receives nixspawn's mounts (unmounted or made private inside); restart it to update",
+                    host.display()
+                ),
+            });
+        }
+    }
 
     let argv = [switch.to_string_lossy().into_owned(), action.to_owned()];
     let switch_status = enter::exec(state, &argv, &[])?;
@@ -146,14 +180,38 @@ fn place(store_dir: &Path, prepared: &[Prepared]) -> Result<()> {
     Ok(())
 }
 
-/// Run `work` in a child that has joined the guest's mount namespace (so
-/// this process keeps the host's); its error comes back over a channel.
-fn in_guest_mount_namespace(pidfd: &OwnedFd, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// The launcher's outer mount namespace of a guest in a user namespace,
+/// taken from the launcher itself (its descriptor number is in the state).
+fn outer_mount_namespace(state: &State) -> Result<OwnedFd> {
+    let fd = state.outer_mounts_fd.ok_or_else(|| Error::Update {
+        name: state.name.to_string(),
+        reason: "it was started by a nixspawn that keeps no outer mount namespace; restart it to update its store".into(),
+    })?;
+    let launcher =
+        sys::pidfd_open(state.supervisor).map_err(|e| Error::syscall("pidfd_open(launcher)", e))?;
+    let ns = sys::pidfd_getfd(launcher.as_fd(), fd)
+        .map_err(|e| Error::syscall("pidfd_getfd(launcher's mount namespace)", e))?;
+    match sys::namespace_type(ns.as_fd()) {
+        Ok(libc::CLONE_NEWNS) => Ok(ns),
+        _ => Err(Error::Update {
+            name: state.name.to_string(),
+            reason: format!(
+                "descriptor {fd} of its launcher (PID {}) is not a mount namespace; is that launcher still running it?",
+                state.supervisor
+            ),
+        }),
+    }
+}
+
+/// Run `work` in a child that has joined the mount namespace `ns` (a
+/// namespace descriptor or a pidfd; this process keeps the host's); its
+/// error comes back over a channel.
+fn in_mount_namespace(ns: &OwnedFd, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let (ours, theirs) = channel::pair()?;
     match sys::clone3(0, libc::SIGCHLD, None).map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
             drop(ours);
-            let result = sys::setns_pidfd(pidfd.as_fd(), libc::CLONE_NEWNS)
+            let result = sys::setns_pidfd(ns.as_fd(), libc::CLONE_NEWNS)
                 .map_err(|e| Error::syscall("setns(CLONE_NEWNS)", e))
                 .and_then(|()| work(Path::new(STORE)));
             if let Err(e) = result {

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             ExitCode::from(outcome.exit_code().clamp(0, 255) as u8)
         }
         Err(e) => {
-            eprintln!("nixspawn: {e:#}");
+            eprintln!("nixspawn: {}", nixspawn_cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

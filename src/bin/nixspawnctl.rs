@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use nixspawn_cli::terminal_safe;
 use nixspawn_runtime::closure::ClosureSource;
 use nixspawn_runtime::state::{self, State};
 use nixspawn_runtime::{MachineName, enter, signals, sys, update};
@@ -79,11 +80,16 @@ fn name(s: &str) -> Result<MachineName> {
     Ok(MachineName::new(s)?)
 }
 
+/// Signal the guest's PID 1, after checking the PID still names it.
 fn signal_leader(st: &State, sig: i32) -> Result<()> {
-    let leader = st.leader.context("the container has no running payload")?;
-    let pidfd = sys::pidfd_open(leader).with_context(|| format!("opening PID {leader}"))?;
-    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), sig)
-        .with_context(|| format!("sending {} to PID {leader}", signals::name(sig)))
+    let pidfd = st.open_leader()?;
+    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), sig).with_context(|| {
+        format!(
+            "sending {} to PID {}",
+            signals::name(sig),
+            st.leader.unwrap_or(0)
+        )
+    })
 }
 
 fn wait_until(timeout: u64, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -103,17 +109,21 @@ fn print_status(st: &State) {
     let since = st.started_usec / 1_000_000;
     println!("{} ({})", st.name, st.uuid);
     println!(
-        "     State: {}{}",
+        "     State: {}{} (boot {})",
         st.phase,
-        if st.ready { ", ready" } else { "" }
+        if st.ready { ", ready" } else { "" },
+        st.boot_count
     );
     if let Some(s) = &st.status {
-        println!("    Status: {s}");
+        println!("    Status: {}", terminal_safe(s));
     }
     println!("     Since: {since} (seconds since the epoch)");
     if let Some(l) = st.leader {
         let comm = std::fs::read_to_string(format!("/proc/{l}/comm")).unwrap_or_default();
-        println!("    Leader: {l} ({})", comm.trim());
+        println!(
+            "    Leader: {l} ({})",
+            terminal_safe(comm.trim_end_matches('\n'))
+        );
     }
     println!("Supervisor: {}", st.supervisor);
     println!(
@@ -127,7 +137,7 @@ fn print_status(st: &State) {
             && let Ok(now) =
                 std::fs::read_link(format!("/proc/{l}/root/nix/var/nix/profiles/system"))
         {
-            println!("   Profile: {}", now.display());
+            println!("   Profile: {}", terminal_safe(&now.to_string_lossy()));
         }
         println!(
             "     Store: {}",
@@ -209,11 +219,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Stop { name: n, timeout } => {
             let n = name(&n)?;
             let st = state::load(&n)?;
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(st.supervisor),
-                nix::sys::signal::Signal::SIGTERM,
-            )
-            .with_context(|| format!("signalling the launcher (PID {})", st.supervisor))?;
+            let launcher = st.open_supervisor()?;
+            sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&launcher), libc::SIGTERM)
+                .with_context(|| format!("signalling the launcher (PID {})", st.supervisor))?;
             wait_until(timeout, &format!("{n} to stop"), || {
                 Ok(state::load(&n).is_err())
             })?;
@@ -266,7 +274,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("nixspawnctl: {e:#}");
+            eprintln!("nixspawnctl: {}", nixspawn_cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

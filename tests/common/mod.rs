@@ -53,7 +53,8 @@ pub fn host_mounts() -> Vec<String> {
         .collect()
 }
 
-/// Every cgroup directory below the v2 hierarchy.
+/// Every cgroup directory, below the v2 hierarchy and every v1 one (on
+/// a hybrid host the v1 `devices` hierarchy holds the guest's policy).
 pub fn host_cgroups() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         if let Ok(rd) = std::fs::read_dir(dir) {
@@ -67,7 +68,19 @@ pub fn host_cgroups() -> Vec<PathBuf> {
     }
     let mut out = Vec::new();
     walk(&nixspawn_runtime::cgroup::v2_mount().unwrap(), &mut out);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split(' ').next() == Some("cgroup")
+            && let Some(point) = left.split(' ').nth(4)
+        {
+            walk(Path::new(point), &mut out);
+        }
+    }
     out.sort();
+    out.dedup();
     out
 }
 
@@ -357,6 +370,34 @@ fn namespace_of(pid: &str, kind: &str) -> Option<String> {
     }
 }
 
+/// The machine name's lock, held as a launcher holds it (for tests that
+/// fake a live container's state); released (and unlinked) on drop.
+pub struct NameClaim {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+pub fn claim_name(name: &str) -> NameClaim {
+    let name = nixspawn_runtime::MachineName::new(name).unwrap();
+    let path = nixspawn_runtime::state::lock_path(&name);
+    std::fs::create_dir_all(nixspawn_runtime::state::LOCK_DIR).unwrap();
+    let file = nixspawn_runtime::lockfile::acquire(&path)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{} is held by someone else", path.display()));
+    NameClaim {
+        path,
+        file: Some(file),
+    }
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            nixspawn_runtime::lockfile::release(&self.path, f);
+        }
+    }
+}
+
 /// What a running guest is made of, read while it runs, so that its end
 /// can be checked beyond what its name leads to: its namespaces (no
 /// process may be left in them, no nsfs mount may pin them), its UID
@@ -470,7 +511,8 @@ impl GuestTrace {
     }
 }
 
-/// The guest's PID 1 as the host sees it, from nixspawnctl status --json.
+/// The guest's PID 1 as the host sees it, from nixspawnctl status --json
+/// (0 while the guest is between boots).
 pub fn leader_of(name: &str) -> i32 {
     let out = ctl(&["status", name, "--json"]);
     assert!(
@@ -479,7 +521,7 @@ pub fn leader_of(name: &str) -> i32 {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["leader"].as_i64().expect("leader in status") as i32
+    v["leader"].as_i64().unwrap_or(0) as i32
 }
 
 /// A throw-away tree holding only a static busybox (from busybox-static):

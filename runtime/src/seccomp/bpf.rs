@@ -1,7 +1,8 @@
-//! A classic-BPF seccomp program for x86: dispatch on the ABI (x86-64,
-//! x32, i386), then binary-search the syscall number among intervals that
-//! share one action — about a dozen instructions per syscall whatever the
-//! policy's size.
+//! A classic-BPF seccomp program: dispatch on the audit architecture (and
+//! for x86-64 on the x32 bit), kill the process for any architecture the
+//! program has no table for, then binary-search the syscall number among
+//! intervals that share one action — about a dozen instructions per
+//! syscall whatever the policy's size.
 
 /// What happens to one syscall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,10 @@ pub enum Action {
 
 pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+/// EM_AARCH64 (183), 64-bit, little-endian.
+pub const AUDIT_ARCH_AARCH64: u32 = 0xC000_00B7;
+/// EM_ARM (40), little-endian: 32-bit programs on an arm64 kernel.
+pub const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 const LD_ABS_W: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
@@ -33,6 +38,7 @@ const fn off_arg_low(i: u32) -> u32 {
 }
 
 pub const RET_ALLOW: u32 = 0x7fff_0000;
+pub const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 
 fn ret(action: Action) -> u32 {
@@ -136,29 +142,51 @@ impl Emitter {
     }
 }
 
-/// The whole program: x86-64 (and x32, which shares its audit arch) and
-/// i386; any other architecture cannot run here and is allowed, as
-/// libseccomp's per-arch filters do.
-pub fn program(x86_64: &Table, x32: &Table, i386: &Table) -> Vec<Insn> {
+/// One audit architecture the program decides calls for.
+pub enum Arch<'a> {
+    /// One table for every number.
+    Plain { audit_arch: u32, table: &'a Table },
+    /// x86-64, whose audit architecture x32 shares: numbers with the x32
+    /// bit set are x32's.
+    X86_64 { x86_64: &'a Table, x32: &'a Table },
+}
+
+impl Arch<'_> {
+    fn audit_arch(&self) -> u32 {
+        match self {
+            Arch::Plain { audit_arch, .. } => *audit_arch,
+            Arch::X86_64 { .. } => AUDIT_ARCH_X86_64,
+        }
+    }
+}
+
+/// The whole program. A process of any architecture not in `arches` (a
+/// 32-bit ARM program on arm64, say) is killed at its first system call:
+/// a filter that knows no numbers for it must not let them through.
+pub fn program(arches: &[Arch<'_>]) -> Vec<Insn> {
     let mut e = Emitter { prog: Vec::new() };
     e.push(insn(LD_ABS_W, 0, 0, OFF_ARCH));
-    e.push(insn(JEQ_K, 0, 1, AUDIT_ARCH_X86_64));
-    let to_x86_64 = e.jump();
-    e.push(insn(JEQ_K, 0, 1, AUDIT_ARCH_I386));
-    let to_i386 = e.jump();
-    e.push(insn(RET_K, 0, 0, RET_ALLOW));
+    let mut entries = Vec::new();
+    for arch in arches {
+        e.push(insn(JEQ_K, 0, 1, arch.audit_arch()));
+        entries.push(e.jump());
+    }
+    e.push(insn(RET_K, 0, 0, RET_KILL_PROCESS));
 
-    e.land(to_x86_64);
-    e.push(insn(LD_ABS_W, 0, 0, OFF_NR));
-    e.push(insn(JGE_K, 0, 1, X32_SYSCALL_BIT));
-    let to_x32 = e.jump();
-    e.tree(&x86_64.intervals());
-    e.land(to_x32);
-    e.tree(&x32.intervals());
-
-    e.land(to_i386);
-    e.push(insn(LD_ABS_W, 0, 0, OFF_NR));
-    e.tree(&i386.intervals());
+    for (arch, entry) in arches.iter().zip(entries) {
+        e.land(entry);
+        e.push(insn(LD_ABS_W, 0, 0, OFF_NR));
+        match arch {
+            Arch::Plain { table, .. } => e.tree(&table.intervals()),
+            Arch::X86_64 { x86_64, x32 } => {
+                e.push(insn(JGE_K, 0, 1, X32_SYSCALL_BIT));
+                let to_x32 = e.jump();
+                e.tree(&x86_64.intervals());
+                e.land(to_x32);
+                e.tree(&x32.intervals());
+            }
+        }
+    }
     e.prog
 }
 
@@ -248,7 +276,16 @@ mod tests {
             ],
             enosys,
         );
-        let prog = program(&x86_64, &x32, &i386);
+        let prog = program(&[
+            Arch::X86_64 {
+                x86_64: &x86_64,
+                x32: &x32,
+            },
+            Arch::Plain {
+                audit_arch: AUDIT_ARCH_I386,
+                table: &i386,
+            },
+        ]);
         assert!(prog.len() < 4096, "fits the kernel's limit: {}", prog.len());
         let run = |arch, nr| evaluate(&prog, arch, nr, [0; 6]);
         for n in 0..400 {
@@ -292,5 +329,11 @@ mod tests {
             RET_ERRNO | libc::EAFNOSUPPORT as u32
         );
         assert_eq!(evaluate(&prog, AUDIT_ARCH_I386, 3, route), RET_ERRNO | 1);
+        // Architectures without a table fail closed, whatever the number.
+        for arch in [AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM, 0, 0xdead_beef] {
+            for nr in [0, 2, 41, 1000] {
+                assert_eq!(evaluate(&prog, arch, nr, [0; 6]), RET_KILL_PROCESS);
+            }
+        }
     }
 }
