@@ -244,17 +244,9 @@ fn reboot_restarts_or_exits_133(suite: &str) {
     assert_cleaned_up(&name, None);
 
     // --keep-unit: run the launcher in a cgroup of its own, as a unit would.
-    let unit = nixspawn_runtime::cgroup::v2_mount()
-        .unwrap()
-        .join(format!("{name}-unit"));
-    std::fs::create_dir(&unit).unwrap();
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-            unit.display()
-        ))
-        .arg(NIXSPAWN);
+    let unit_cgroup = UnitCgroup::new(&format!("{name}-unit"));
+    let unit = unit_cgroup.path.clone();
+    let cmd = unit_cgroup.command(NIXSPAWN);
     let mut guest = Guest::start_with(cmd, &tree, &name, &["-x", "-b", "--keep-unit"]);
     guest.wait_ready();
     assert!(
@@ -263,15 +255,18 @@ fn reboot_restarts_or_exits_133(suite: &str) {
     );
     let launcher_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", guest.pid())).unwrap();
     assert!(
-        launcher_cg.contains(&format!("{name}-unit/supervisor")),
+        launcher_cg.contains(&format!(
+            "{}/supervisor",
+            unit.file_name().unwrap().to_string_lossy()
+        )),
         "launcher moved to supervisor: {launcher_cg}"
     );
+    let trace = GuestTrace::of(&name);
     let _ = guest.exec(&["systemctl", "reboot"]);
     let code = guest.wait_exit(BOOT_TIMEOUT);
     assert_eq!(code, 133, "{}", guest.console());
-    assert!(!unit.join("payload").exists(), "payload cgroup removed");
-    std::fs::remove_dir(unit.join("supervisor")).unwrap();
-    std::fs::remove_dir(&unit).unwrap();
+    trace.assert_gone();
+    unit_cgroup.assert_left_clean();
 }
 
 /// SIGKILL of the launcher takes the guest with it and the janitor removes
@@ -283,6 +278,7 @@ fn sigkill_of_launcher_leaves_nothing(suite: &str) {
     let mut guest = Guest::start(&tree, &name, &["-x", "-b"]);
     guest.wait_ready();
     let leader = leader_of(&name);
+    let trace = GuestTrace::of(&name);
     guest.signal(Signal::SIGKILL);
     assert_eq!(guest.wait_exit(Duration::from_secs(10)), -1);
     wait_for("the janitor to clean up", Duration::from_secs(15), || {
@@ -291,7 +287,7 @@ fn sigkill_of_launcher_leaves_nothing(suite: &str) {
     wait_for("the guest to die", Duration::from_secs(10), || {
         !std::path::Path::new(&format!("/proc/{leader}")).exists()
     });
-    assert_cleaned_up(&name, Some(leader));
+    trace.assert_gone();
     assert_eq!(
         host_mounts(),
         mounts_before,

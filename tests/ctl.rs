@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
-use nix::fcntl::{Flock, FlockArg};
 
 /// Build tests/probe/guest-tool.c statically into `dir`.
 pub fn build_guest_tool(dir: &Path) -> PathBuf {
@@ -92,15 +90,14 @@ fn status_escapes_the_guests_terminal_sequences() {
 /// holds `state`; removed on drop.
 struct FakeState {
     dir: PathBuf,
-    _lock: Flock<File>,
+    _lock: NameClaim,
 }
 
 impl FakeState {
     fn new(name: &str, state: &serde_json::Value) -> FakeState {
         let dir = Path::new("/run/nixspawn").join(name);
+        let lock = claim_name(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let lock = File::create(dir.join("lock")).unwrap();
-        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).unwrap();
         std::fs::write(
             dir.join("state.json"),
             serde_json::to_vec_pretty(state).unwrap(),

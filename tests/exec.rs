@@ -410,9 +410,8 @@ fn a_failure_to_enter_is_one_line_and_runs_nothing() {
     state["name"] = fake.clone().into();
     state["uid_range"] = serde_json::json!({ "shift": 1_000_000_000u32, "range": 65536 });
     let dir = Path::new("/run/nixspawn").join(&fake);
+    let _lock = claim_name(&fake);
     std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::File::create(dir.join("lock")).unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
     let marker = tree.path().join("ran");
     let out = ctl(&["exec", &fake, "--", "/bin/touch", "/ran"]);

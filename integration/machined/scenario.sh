@@ -247,6 +247,81 @@ start_guest nixspawn bookworm nx-killed && {
 		pass "killed launcher: cgroups gone" || fail "killed launcher: cgroups left"
 }
 
+# Any local user may address a signal to any connection on the system bus:
+# a RequestStop for the guest's scope, sent to the launcher by an
+# unprivileged process (twice: the second would be SIGKILL), must not
+# stop the guest. Only systemd's own does: `machinectl terminate` still works.
+say "a forged RequestStop from another local user"
+start_guest nixspawn bookworm nx-spoof && {
+	before=$(leader_of nx-spoof)
+	unit=$(machinectl show nx-spoof -p Unit --value)
+	object=$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+		org.freedesktop.systemd1.Manager GetUnit s "$unit" | awk '{ print $2 }' | tr -d '"')
+	conn=$(busctl --system list --unique --no-legend | awk -v p="$launcher_pid" '$2 == p { print $1 }')
+	echo "spoof: unit $unit at $object, launcher $launcher_pid on the bus as ${conn:-nothing}"
+	if [ -z "$conn" ] || [ -z "$object" ]; then
+		fail "spoof: found no bus connection for the launcher or no unit object"
+	else
+		for _ in 1 2; do
+			setpriv --reuid=65534 --regid=65534 --clear-groups \
+				dbus-send --system --type=signal --dest="$conn" "$object" \
+				org.freedesktop.systemd1.Scope.RequestStop ||
+				fail "spoof: dbus-send as nobody failed"
+			sleep 1
+		done
+		sleep 2
+		if kill -0 "$launcher_pid" 2>/dev/null && [ "$(leader_of nx-spoof)" = "$before" ] &&
+			[ "$(systemctl -M nx-spoof is-system-running 2>&1)" = running ]; then
+			pass "spoof: two forged RequestStop signals left the guest running (leader $before)"
+		else
+			fail "spoof: a forged RequestStop stopped the guest (launcher alive: $(kill -0 "$launcher_pid" 2>/dev/null && echo yes || echo no), leader $before -> $(leader_of nx-spoof))"
+		fi
+	fi
+	machinectl terminate nx-spoof
+	wait_launcher "$launcher_pid"
+	[ "$status" != 124 ] && pass "spoof: machinectl terminate still stops it (exit $status)" ||
+		fail "spoof: machinectl terminate did not stop it"
+	until_ok 10 gone nx-spoof || fail "spoof: nx-spoof still listed after terminate"
+}
+
+# A launcher whose registration machined refused (the name is another
+# launcher's machine), SIGKILLed: its janitor must not unregister a
+# machine this run never registered. The second launcher runs as a
+# service with --keep-unit (so no scope of the same name stands in its
+# way) and KillMode=process (so only the launcher is killed, as by a
+# SIGKILL from anywhere, and its janitor is left to clean up).
+say "a killed launcher that never registered leaves the name's machine alone"
+start_guest nspawn bookworm ns-victim && {
+	victim_pid=$launcher_pid
+	victim_leader=$(leader_of ns-victim)
+	systemd-run -q --unit=nx-victim -p Delegate=yes -p KillMode=process \
+		/usr/local/bin/nixspawn --keep-unit --console=read-only -M ns-victim \
+		-D "$trees/nixspawn-bookworm" -b
+	cg=$(systemctl show nx-victim -p ControlGroup --value)
+	# The guest's systemd moves itself below payload: ask whether anything is in the subtree.
+	payload_busy() { grep -qsx "populated 1" "/sys/fs/cgroup/unified$cg/payload/cgroup.events" "/sys/fs/cgroup$cg/payload/cgroup.events"; }
+	if until_ok 30 payload_busy; then
+		echo "victim: $(journalctl -u nx-victim --no-pager -q | grep -m1 -o 'nixspawn: .*unregistered.*')"
+		systemctl kill -s SIGKILL --kill-whom=main nx-victim
+		until_ok 20 bash -c "! grep -qsx 'populated 1' /sys/fs/cgroup/unified$cg/payload/cgroup.events /sys/fs/cgroup$cg/payload/cgroup.events" &&
+			pass "victim: the killed launcher's janitor stopped its guest" ||
+			fail "victim: the killed launcher's guest is still running"
+		sleep 2
+		if [ "$(leader_of ns-victim)" = "$victim_leader" ]; then
+			pass "victim: ns-victim is still registered, leader $victim_leader"
+		else
+			fail "victim: the janitor unregistered a machine its launcher never registered (leader $victim_leader -> $(leader_of ns-victim))"
+		fi
+	else
+		fail "victim: the second launcher's guest never started: $(journalctl -u nx-victim --no-pager -n 20)"
+	fi
+	systemctl stop nx-victim 2>/dev/null
+	systemctl reset-failed nx-victim 2>/dev/null
+	machinectl terminate ns-victim 2>/dev/null
+	wait_launcher "$victim_pid"
+	until_ok 10 gone ns-victim || fail "victim: ns-victim still listed after terminate"
+}
+
 # The NixOS toplevel booted nixspawn's own way (closure-only store, no
 # directory): the same answers as the nixos-container argv, but no root.
 exercise nixspawn toplevel nx-toplevel

@@ -24,8 +24,6 @@ pub struct CgroupLayout {
     pub mount: PathBuf,
     /// The unit-like cgroup that holds `payload` (and `supervisor`).
     pub base: PathBuf,
-    /// Directories we created and remove on exit, innermost last.
-    pub created: Vec<PathBuf>,
     pub keep_unit: bool,
     /// Whether we move ourselves to `supervisor` (not when we run in the
     /// hierarchy's root, which may hold processes and belongs to no unit).
@@ -181,7 +179,6 @@ impl CgroupLayout {
             return Ok(CgroupLayout {
                 base: mount.join(&rel_base),
                 mount,
-                created: Vec::new(),
                 keep_unit,
                 use_supervisor: false,
                 managed: true,
@@ -204,7 +201,6 @@ impl CgroupLayout {
         Ok(CgroupLayout {
             mount,
             base,
-            created: Vec::new(),
             keep_unit,
             use_supervisor,
             managed: false,
@@ -249,36 +245,55 @@ impl CgroupLayout {
     /// hierarchy. Recorded as it goes, so that [`Self::destroy`] undoes
     /// whatever was done.
     pub fn enforce_devices(&mut self, rules: Vec<crate::devices::Rule>) -> Result<()> {
-        let v1_parent_rel = self.base_relative();
+        let policy = self.devices.insert(self.device_plan(rules));
+        policy.program_id = Some(crate::devices::attach(
+            &policy.program_cgroup,
+            &policy.rules,
+        )?);
+        let Some(v1) = &mut policy.v1 else {
+            return Ok(());
+        };
+        v1.created = crate::devices::v1_make(&v1.mount, v1.payload.parent().unwrap_or(&v1.mount))?;
+        v1.created.push(v1.payload.clone());
+        v1_restrict_and_make_payload(v1, &policy.rules)
+    }
+
+    /// Where [`Self::enforce_devices`] will put the policy, before it does
+    /// (for the janitor, which must find it however far it got): the v1
+    /// directories it would create, no program yet.
+    pub fn device_plan(&self, rules: Vec<crate::devices::Rule>) -> DevicePolicy {
         let program_cgroup = if self.base == self.mount {
             self.payload()
         } else {
             self.base.clone()
         };
-        let policy = self.devices.insert(DevicePolicy {
+        let v1 = crate::devices::v1_hierarchy().map(|(mount, own)| {
+            let parent = mount.join(rel(&self.base_relative()));
+            let payload = parent.join("payload");
+            let mut created = Vec::new();
+            let mut d = parent.clone();
+            while d != mount && !d.exists() {
+                created.push(d.clone());
+                if !d.pop() {
+                    break;
+                }
+            }
+            created.reverse();
+            created.push(payload.clone());
+            V1Devices {
+                payload,
+                parent: (parent != mount).then_some(parent),
+                home: mount.join(rel(&own)),
+                mount,
+                created,
+            }
+        });
+        DevicePolicy {
             rules,
             program_cgroup,
             program_id: None,
-            v1: None,
-        });
-        policy.program_id = Some(crate::devices::attach(
-            &policy.program_cgroup,
-            &policy.rules,
-        )?);
-        let Some((mount, own)) = crate::devices::v1_hierarchy() else {
-            return Ok(());
-        };
-        let parent = mount.join(rel(&v1_parent_rel));
-        let v1 = policy.v1.insert(V1Devices {
-            mount: mount.clone(),
-            payload: parent.join("payload"),
-            parent: (parent != mount).then_some(parent),
-            home: mount.join(rel(&own)),
-            created: Vec::new(),
-        });
-        v1.created = crate::devices::v1_make(&mount, v1.payload.parent().unwrap_or(&mount))?;
-        v1.created.push(v1.payload.clone());
-        v1_restrict_and_make_payload(v1, &policy.rules)
+            v1,
+        }
     }
 
     /// The policy again, for a new boot in a new scope (managed layouts:
@@ -316,8 +331,9 @@ impl CgroupLayout {
         )
     }
 
-    /// Create the directories; with `--keep-unit` move ourselves to `supervisor`.
-    pub fn create(&mut self) -> Result<()> {
+    /// Create the directories; with `--keep-unit` move ourselves (and
+    /// `companion`, the janitor) to `supervisor`.
+    pub fn create(&self, companion: Option<i32>) -> Result<()> {
         let mut to_make = Vec::new();
         if self.managed {
             // systemd made the scope; only payload is ours.
@@ -336,13 +352,11 @@ impl CgroupLayout {
         to_make.push(self.payload());
         for dir in to_make {
             match fs::create_dir(&dir) {
-                Ok(()) => self.created.push(dir),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir == self.supervisor() => {}
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // A payload left over from a killed run: empty it and reuse it.
                     if dir == self.payload() {
                         self.reset_payload()?;
-                        self.created.push(dir);
                     }
                 }
                 Err(e) => {
@@ -356,11 +370,16 @@ impl CgroupLayout {
         }
         if self.use_supervisor {
             let procs = self.supervisor().join("cgroup.procs");
-            fs::write(&procs, "0").map_err(|e| Error::Cgroup {
-                step: "moving the launcher into",
-                path: procs,
-                source: e,
-            })?;
+            for pid in ["0".to_string()]
+                .into_iter()
+                .chain(companion.map(|p| p.to_string()))
+            {
+                fs::write(&procs, pid).map_err(|e| Error::Cgroup {
+                    step: "moving the launcher into",
+                    path: procs.clone(),
+                    source: e,
+                })?;
+            }
         }
         Ok(())
     }
@@ -443,16 +462,24 @@ impl CgroupLayout {
     }
 
     /// Kill what is left in the payload, wait for it to empty, and remove
-    /// every directory we created (the guest's own sub-cgroups included).
+    /// it (the guest's own sub-cgroups included); standalone, the scope
+    /// around it too, whoever made it (it is named after the machine,
+    /// whose name we hold). Under `--keep-unit` the service's cgroup and
+    /// its `supervisor` (where we are) are its manager's to remove, as
+    /// with systemd-nspawn; in a transient scope, systemd's.
     pub fn destroy(&self) -> Result<()> {
-        let payload = self.payload();
-        if payload.exists() {
-            remove_tree(&payload)?;
-        }
+        // Every step is tried, also after one failed (the janitor gets
+        // one go); the first failure is reported.
+        let mut result = remove_tree(&self.payload());
+        let mut also = |r: Result<()>| {
+            if result.is_ok() {
+                result = r;
+            }
+        };
         if let Some(policy) = &self.devices {
             // The guest is gone: its v1 cgroups are empty.
             if let Some(v1) = &policy.v1 {
-                remove_dirs(&v1.payload)?;
+                also(remove_dirs(&v1.payload));
                 for dir in v1.created.iter().rev() {
                     let _ = fs::remove_dir(dir);
                 }
@@ -463,39 +490,33 @@ impl CgroupLayout {
                     let _ = fs::remove_dir(&slice);
                 }
             }
-            if let Some(id) = policy.program_id {
-                crate::devices::detach(&policy.program_cgroup, id)?;
+            if let Some(id) = policy.program_id
+                && policy.program_cgroup.exists()
+            {
+                also(crate::devices::detach(&policy.program_cgroup, id));
             }
         }
-        if self.managed {
-            return Ok(());
+        if self.managed || self.keep_unit {
+            return result;
         }
-        for dir in self.created.iter().rev().filter(|d| **d != payload) {
-            match fs::remove_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                // Shared parents such as machine.slice may hold other machines.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && *dir != self.base => {}
-                Err(e) => {
-                    return Err(Error::Cgroup {
-                        step: "removing",
-                        path: dir.clone(),
-                        source: e,
-                    });
-                }
-            }
-        }
+        also(remove_tree(&self.base));
         // Without a service manager machine.slice is ours alone: whichever
         // guest leaves it empty removes it, not only the one that made it
         // (two guests ending together would otherwise leave it behind).
         let slice = self.mount.join("machine.slice");
-        if !self.keep_unit
-            && !Path::new("/run/systemd/system").exists()
-            && self.base.starts_with(&slice)
-        {
+        if !Path::new("/run/systemd/system").exists() && self.base.starts_with(&slice) {
             let _ = fs::remove_dir(&slice);
         }
-        Ok(())
+        result
+    }
+
+    /// Kill every process left in a transient scope of systemd's (after
+    /// the launcher died: its placeholder, a container process not yet
+    /// moved on), so that systemd stops and collects the scope.
+    pub fn kill_scope(&self) {
+        if self.managed {
+            kill_all(&self.base);
+        }
     }
 }
 

@@ -57,6 +57,15 @@ pub fn pair() -> Result<(Channel, Channel)> {
 }
 
 impl Channel {
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> Result<Channel> {
+        let sock = self
+            .sock
+            .try_clone()
+            .map_err(|e| Error::syscall("dup", e))?;
+        Ok(Channel { sock })
+    }
+
     pub fn send<T: serde::Serialize + std::fmt::Debug>(
         &self,
         msg: &T,

@@ -88,13 +88,18 @@ impl Console {
         }
     }
 
-    /// Move everything the guest wrote to our stdout (or nowhere, passive).
-    pub fn drain_output(&self) {
+    /// Move what the guest wrote, up to `limit` bytes, to our stdout (or
+    /// nowhere, passive). The rest waits for the next call: a guest that
+    /// writes without end must not keep the caller from anything else.
+    pub fn drain_output(&self, limit: usize) {
         let mut buf = [0u8; 16 * 1024];
-        loop {
-            match nix::unistd::read(&self.master, &mut buf) {
+        let mut moved = 0;
+        while moved < limit {
+            let want = buf.len().min(limit - moved);
+            match nix::unistd::read(&self.master, &mut buf[..want]) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
+                    moved += n;
                     if self.mode != ConsoleMode::Passive {
                         write_all(sys::stdio(1), &buf[..n]);
                     }

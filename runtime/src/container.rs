@@ -12,14 +12,13 @@ use crate::cgroup::CgroupLayout;
 use crate::console::RawTerminal;
 use crate::error::{Error, Result};
 use crate::hostlink::HostLink;
-use crate::janitor::Janitor;
+use crate::janitor::{Claim, Janitor, JanitorLink};
 use crate::spec::{Payload, Spec};
 use crate::state::StateDir;
 use crate::supervise;
 use crate::sys;
 use crate::userns::{self, Mode, Ownership, RangeLock, UidRange};
 use crate::{child, idmap};
-use std::os::fd::AsFd;
 use std::path::Path;
 
 /// How the guest ended.
@@ -137,24 +136,35 @@ fn lock_tree(spec: &Spec) -> Result<Option<Flock<File>>> {
 
 /// Everything claimed for the container's life. Dropping it releases it
 /// all (the container process never drops it: it execs or `_exit`s).
+/// The janitor comes first: it is told of every claim as it is made.
 struct Session {
-    state_dir: StateDir,
+    janitor: Option<Janitor>,
+    state_dir: Option<StateDir>,
     cgroups: Option<CgroupLayout>,
     /// The UID range's lock, held for the guest's life.
     range_lock: Option<RangeLock>,
-    janitor: Option<Janitor>,
 }
 
 impl Session {
-    /// Remove the cgroups and state, release the UID range, then let the
-    /// janitor go; idempotent.
+    /// Remove the cgroups and state, release the UID range and the name,
+    /// then let the janitor go; idempotent. What cannot be removed (a
+    /// cgroup whose processes will not die) stays claimed for the janitor
+    /// to try again once we are gone: the name and range are let go only
+    /// after the guest's cgroups are.
     fn finish(&mut self) -> Result<()> {
         let cg = self.cgroups.take().map_or(Ok(()), |c| c.destroy());
-        let st = self.state_dir.remove();
-        drop(self.range_lock.take());
+        let st = match (&cg, self.state_dir.as_mut()) {
+            (Ok(()), Some(state_dir)) => {
+                drop(self.range_lock.take());
+                state_dir.release()
+            }
+            _ => Ok(()),
+        };
         if let Some(j) = self.janitor.take() {
-            j.dismiss();
+            j.dismiss(cg.is_ok() && st.is_ok());
         }
+        drop(self.range_lock.take());
+        drop(self.state_dir.take());
         cg.and(st)
     }
 }
@@ -173,6 +183,7 @@ fn prepare_userns(
     spec: &Spec,
     cgroups: &CgroupLayout,
     observer: &mut dyn Observer,
+    janitor: &JanitorLink,
 ) -> Result<Option<(child::UsernsPlan, Option<RangeLock>)>> {
     let busy = |range: UidRange| Error::InvalidValue {
         what: "--private-users",
@@ -183,7 +194,7 @@ fn prepare_userns(
         ),
     };
     let locked = |range: UidRange| -> Result<(UidRange, Option<RangeLock>)> {
-        let lock = userns::lock(range)?.ok_or_else(|| busy(range))?;
+        let lock = userns::lock(range, janitor)?.ok_or_else(|| busy(range))?;
         Ok((range, Some(lock)))
     };
     let tree = spec.directory.as_deref();
@@ -213,7 +224,7 @@ fn prepare_userns(
             // A chown walk that was cut short is finished in its own range.
             let tree_shift = tree
                 .and_then(|t| idmap::chown_in_progress(t).or_else(|| userns::tree_shift(t).ok()));
-            let (range, lock) = userns::pick(spec.machine.as_str(), tree_shift)?;
+            let (range, lock) = userns::pick(spec.machine.as_str(), tree_shift, janitor)?;
             (range, Some(lock))
         }
     };
@@ -302,59 +313,50 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let signals = BlockedSignals::block()?;
     validate_tree(spec)?;
     let _tree_lock = lock_tree(spec)?;
+    // Before the first claim, so that every claim is covered.
+    let janitor = Janitor::spawn()?;
+    let link = janitor.link().try_clone()?;
+    let janitor_pid = janitor.pid();
     let mut session = Session {
-        state_dir: StateDir::claim(&spec.machine)?,
+        janitor: Some(janitor),
+        state_dir: None,
         cgroups: None,
         range_lock: None,
-        janitor: None,
     };
+    let state_dir = session
+        .state_dir
+        .insert(StateDir::claim(&spec.machine, &link)?);
     let mut notices = Vec::new();
-    let mut host = HostLink::open(spec, &mut |n| notices.push(n))?;
+    let mut host = HostLink::open(spec, &link, &mut |n| notices.push(n))?;
     for n in &notices {
         observer.event(Event::Notice(n));
     }
-    let mut cgroups = CgroupLayout::plan(
+    let cgroups = CgroupLayout::plan(
         &spec.machine,
         spec.keep_unit,
         host.as_ref().and_then(|h| h.scope_unit()),
     )?;
+    link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
+    let cgroups = session.cgroups.insert(cgroups);
     if let Some(h) = host.as_mut() {
         h.begin_boot(spec, &cgroups.base_relative())?;
     }
-    let created = cgroups.create();
-    let cgroups = session.cgroups.insert(cgroups);
-    created?;
+    cgroups.create(Some(janitor_pid))?;
     // nspawn's closed device policy, on every host (a systemd host's scope
     // has it too; a host without systemd, or a unit without it, would not).
-    cgroups.enforce_devices(crate::devices::closed_policy(&spec.mounts))?;
-    let (userns, range_lock) = match prepare_userns(spec, cgroups, observer)? {
+    // The janitor hears where it goes before, and the program's id after.
+    let rules = crate::devices::closed_policy(&spec.mounts);
+    let mut intent = cgroups.clone();
+    intent.devices = Some(cgroups.device_plan(rules.clone()));
+    link.note(&Claim::Cgroups(Box::new(intent)), None)?;
+    let enforced = cgroups.enforce_devices(rules);
+    link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
+    enforced?;
+    let (userns, range_lock) = match prepare_userns(spec, cgroups, observer, &link)? {
         Some((plan, lock)) => (Some(plan), lock),
         None => (None, None),
     };
     session.range_lock = range_lock;
-    let dup = |f: &File, what: &Path| {
-        f.as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("duplicating", what, e))
-    };
-    let state_lock = session
-        .state_dir
-        .lock_fd()
-        .map_err(|e| Error::io("duplicating", session.state_dir.path().join("lock"), e))?;
-    let mut locks = vec![(state_lock, None)];
-    if let Some(range_lock) = &session.range_lock {
-        for (f, p) in range_lock.files().zip(range_lock.paths()) {
-            locks.push((dup(f, p)?, Some(p.to_path_buf())));
-        }
-    }
-    session.janitor = Some(Janitor::spawn(
-        session.state_dir.path().to_path_buf(),
-        cgroups.clone(),
-        locks,
-        host.as_ref()
-            .filter(|h| h.registers())
-            .map(|_| spec.machine.clone()),
-    )?);
     tracing::debug!(
         "claimed name, tree, cgroup {} and janitor: {} µs",
         cgroups.payload().display(),
@@ -365,12 +367,13 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let result = supervise(
         spec,
         cgroups,
-        &session.state_dir,
+        state_dir,
         observer,
         userns,
         host.as_mut(),
         &signals.fd,
     );
+    drop(host);
     let t1 = std::time::Instant::now();
     let cleanup = session.finish();
     tracing::debug!("cleanup: {} µs", t1.elapsed().as_micros());

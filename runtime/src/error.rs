@@ -140,6 +140,11 @@ pub enum Error {
 
     #[error("talking to the container process: {0}")]
     Protocol(String),
+
+    #[error(
+        "the janitor (the helper that cleans up if nixspawn is killed) is gone: {0}; not going on without it"
+    )]
+    Janitor(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

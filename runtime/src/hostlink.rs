@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
+use crate::janitor::{Claim, JanitorLink};
 use crate::machined::{self, Reach, Via};
 use crate::mounts::CustomMount;
 use crate::scope::{self, Scope, ScopeRequest};
@@ -15,6 +16,8 @@ use crate::spec::{Register, Spec};
 
 pub(crate) struct HostLink {
     bus: Bus,
+    /// Told of each scope and registration, to undo them if we die.
+    janitor: JanitorLink,
     /// Register with machined (a failure is fatal under `--register=yes`).
     register: bool,
     /// The scope unit to allocate per boot (none under `--keep-unit`).
@@ -31,7 +34,11 @@ fn systemd_booted() -> bool {
 impl HostLink {
     /// Connect to the host if registration or a scope is wanted and possible.
     /// `Ok(None)` means standalone; the reason, if worth saying, is in the notice.
-    pub fn open(spec: &Spec, notice: &mut dyn FnMut(String)) -> Result<Option<Self>> {
+    pub fn open(
+        spec: &Spec,
+        janitor: &JanitorLink,
+        notice: &mut dyn FnMut(String),
+    ) -> Result<Option<Self>> {
         let reach = if spec.register == Register::No {
             None
         } else {
@@ -61,6 +68,7 @@ impl HostLink {
         };
         Ok(Some(HostLink {
             bus,
+            janitor: janitor.try_clone()?,
             register,
             scope_unit: allocate_scope
                 .then(|| scope::unit_name(&spec.machine, !machined::has_varlink())),
@@ -72,10 +80,6 @@ impl HostLink {
     /// The scope unit whose cgroup holds the guest, if we allocate one.
     pub fn scope_unit(&self) -> Option<&str> {
         self.scope_unit.as_deref()
-    }
-
-    pub fn registers(&self) -> bool {
-        self.register
     }
 
     /// Before a boot: start the scope (its cgroup is where `expected` says).
@@ -90,9 +94,11 @@ impl HostLink {
             device_binds: device_binds(&spec.mounts),
         };
         let scope = Scope::start(&self.bus, &req)?;
+        self.janitor
+            .note(&Claim::Scope(Some(scope.unit.clone())), None)?;
         if scope.cgroup != expected {
             let got = scope.cgroup.clone();
-            scope.finish(&self.bus);
+            self.finish_scope(scope);
             return Err(Error::Bus {
                 step: format!("starting {unit}"),
                 message: format!(
@@ -134,7 +140,7 @@ impl HostLink {
         match machined::register(&self.bus, &machine, leader, pidfd) {
             Ok(via) => {
                 self.registered = Some(via);
-                Ok(())
+                self.janitor.note(&Claim::Registered(Some(via)), None)
             }
             Err(e) if spec.register != Register::Yes => {
                 notice(format!("{e}; continuing unregistered"));
@@ -149,32 +155,42 @@ impl HostLink {
         self.scope.as_ref().map(|_| self.bus.fd())
     }
 
-    /// Whether systemd asked us (the scope's controller) to stop the guest.
-    pub fn stop_requested(&self) -> bool {
-        let Some(scope) = &self.scope else {
+    /// Whether systemd (and nobody else) asked us, the scope's
+    /// controller, to stop the guest.
+    pub fn stop_requested(&mut self) -> bool {
+        let Some(scope) = &mut self.scope else {
             return false;
         };
-        self.bus
-            .drain_signals()
-            .iter()
-            .any(|m| scope.is_stop_request(m))
+        let mut asked = false;
+        for m in self.bus.drain_signals() {
+            asked |= scope.is_stop_request(&m);
+        }
+        asked
     }
 
     /// After a boot: unregister and let go of the scope.
     pub fn end_boot(&mut self, spec: &Spec) {
         if let Some(via) = self.registered.take() {
+            // Said first: a janitor must never unregister a machine that
+            // may no longer be ours.
+            let _ = self.janitor.note(&Claim::Registered(None), None);
             machined::unregister(Some(&self.bus), &spec.machine, via);
         }
         if let Some(scope) = self.scope.take() {
-            scope.finish(&self.bus);
+            self.finish_scope(scope);
         }
+    }
+
+    fn finish_scope(&self, scope: Scope) {
+        let _ = self.janitor.note(&Claim::Scope(None), None);
+        scope.finish(&self.bus);
     }
 }
 
 impl Drop for HostLink {
     fn drop(&mut self) {
         if let Some(scope) = self.scope.take() {
-            scope.finish(&self.bus);
+            self.finish_scope(scope);
         }
     }
 }

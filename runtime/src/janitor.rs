@@ -1,68 +1,230 @@
-//! The janitor: a small helper forked before the guest starts that removes
-//! the guest's cgroups and state directory if the launcher dies without
-//! doing so itself (SIGKILL, OOM kill). It waits on a pipe from the
-//! launcher: a byte means "done, nothing to do", end-of-file means the
-//! launcher is gone. A machine registered with machined is unregistered.
+//! The janitor: a small helper forked before the launcher claims anything,
+//! which releases whatever the launcher had claimed if it dies without
+//! doing so itself (SIGKILL, OOM kill), at whatever point that happens.
+//!
+//! The launcher tells it about each claim as it makes it, over a
+//! socketpair: before taking a lock, the lock's path (so a lock taken but
+//! not yet reported is still found: it is cleared if nobody holds it);
+//! once held, its descriptor (so the janitor keeps the claim alive until
+//! its cleanup is done, and knows the claim is still its own); the cgroups
+//! before they are created; a scope and a machined registration once they
+//! exist, and again when they are let go. `Done` means the launcher
+//! released everything; `ReleaseRest`, end-of-file or the launcher's exit
+//! mean the janitor releases what is still claimed — and only that: the
+//! cgroups, state and registration are removed only while the janitor
+//! still holds the machine name's lock, so a newer claim of the same name
+//! is never touched.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use crate::cgroup::CgroupLayout;
+use crate::channel::{self, Channel};
 use crate::error::{Error, Result};
 use crate::identity::MachineName;
+use crate::lockfile;
+use crate::machined::Via;
 use crate::sys::{self, Forked};
 
-pub struct Janitor {
-    dismiss: OwnedFd,
+/// What the launcher tells the janitor, one claim at a time.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Claim {
+    /// About to lock the machine name at `lock`; its state is `state_dir`.
+    Name {
+        name: MachineName,
+        lock: PathBuf,
+        state_dir: PathBuf,
+    },
+    /// The name's lock is held (its descriptor comes with this).
+    NameHeld,
+    /// About to lock a UID range block's file.
+    Range { path: PathBuf },
+    /// That block is held (its descriptor comes with this).
+    RangeHeld { path: PathBuf },
+    /// The guest's cgroups, about to be created.
+    Cgroups(Box<CgroupLayout>),
+    /// A transient scope started for this boot; None once it is let go.
+    Scope(Option<String>),
+    /// Registered with machined (and how); None once unregistering.
+    Registered(Option<Via>),
+    /// The launcher released everything itself.
+    Done,
+    /// The launcher could not release everything: release what is left.
+    ReleaseRest,
+}
+
+/// The launcher's end: tells the janitor about claims.
+pub(crate) struct JanitorLink {
+    channel: Channel,
+}
+
+impl JanitorLink {
+    /// Report a claim; `fd` is the held lock's descriptor where there is one.
+    pub fn note(&self, claim: &Claim, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        self.channel
+            .send(claim, fd.as_slice())
+            .map_err(|e| match e {
+                Error::Protocol(what) => Error::Janitor(what),
+                other => other,
+            })
+    }
+
+    pub fn try_clone(&self) -> Result<JanitorLink> {
+        Ok(JanitorLink {
+            channel: self.channel.try_clone()?,
+        })
+    }
+}
+
+pub(crate) struct Janitor {
+    link: JanitorLink,
+    pid: libc::pid_t,
 }
 
 impl Janitor {
-    /// Fork the janitor. It keeps a copy of `lock` so the container's name
-    /// stays claimed until the cleanup is complete.
-    ///
-    /// `locks` are the held lock files (the name's, a UID range's) with the
-    /// paths to remove once cleanup is done (None: leave the file).
-    pub fn spawn(
-        state_dir: PathBuf,
-        cgroups: CgroupLayout,
-        locks: Vec<(OwnedFd, Option<PathBuf>)>,
-        registered: Option<MachineName>,
-    ) -> Result<Self> {
-        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::syscall("pipe2", e))?;
+    /// Fork the janitor. The caller must be single-threaded and must not
+    /// have claimed anything yet (nothing claimed before is covered).
+    pub fn spawn() -> Result<Self> {
+        let launcher = nix::unistd::getpid().as_raw();
+        let (ours, theirs) = channel::pair()?;
         match sys::fork().map_err(|e| Error::syscall("fork", e))? {
-            Forked::Parent { .. } => {
-                drop(rx);
-                Ok(Janitor { dismiss: tx })
+            Forked::Parent { pid, .. } => {
+                drop(theirs);
+                Ok(Janitor {
+                    link: JanitorLink { channel: ours },
+                    pid,
+                })
             }
             Forked::Child => {
-                drop(tx);
-                watch(rx, locks, &state_dir, &cgroups, registered.as_ref())
+                drop(ours);
+                watch(theirs, launcher)
             }
         }
     }
 
-    /// The launcher cleaned up itself: let the janitor go.
-    pub fn dismiss(self) {
-        let _ = nix::unistd::write(&self.dismiss, b"D");
+    pub fn link(&self) -> &JanitorLink {
+        &self.link
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The launcher is done: if it `released` everything itself the
+    /// janitor just goes, otherwise it releases what is left (as after a
+    /// SIGKILL). Either way it is waited for, so that nothing of this run
+    /// outlives the launcher.
+    pub fn dismiss(self, released: bool) {
+        let last = if released {
+            Claim::Done
+        } else {
+            Claim::ReleaseRest
+        };
+        let _ = self.link.note(&last, None);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
     }
 }
 
-fn watch(
-    rx: OwnedFd,
-    locks: Vec<(OwnedFd, Option<PathBuf>)>,
-    state_dir: &std::path::Path,
-    cgroups: &CgroupLayout,
-    registered: Option<&MachineName>,
-) -> ! {
+/// The name's claim as the janitor knows it.
+struct NameClaim {
+    name: MachineName,
+    lock: PathBuf,
+    state_dir: PathBuf,
+    held: Option<File>,
+}
+
+/// Everything the launcher said it claimed and has not let go of.
+#[derive(Default)]
+struct Claims {
+    name: Option<NameClaim>,
+    ranges: Vec<(PathBuf, Option<File>)>,
+    cgroups: Option<CgroupLayout>,
+    scope: Option<String>,
+    registered: Option<Via>,
+}
+
+impl Claims {
+    fn apply(&mut self, claim: Claim, mut fds: Vec<OwnedFd>) {
+        let fd = (!fds.is_empty()).then(|| File::from(fds.remove(0)));
+        match claim {
+            Claim::Name {
+                name,
+                lock,
+                state_dir,
+            } => {
+                self.name = Some(NameClaim {
+                    name,
+                    lock,
+                    state_dir,
+                    held: None,
+                })
+            }
+            Claim::NameHeld => {
+                if let Some(n) = &mut self.name {
+                    n.held = fd;
+                }
+            }
+            Claim::Range { path } => self.ranges.push((path, None)),
+            Claim::RangeHeld { path } => {
+                if let Some(r) = self.ranges.iter_mut().rev().find(|r| r.0 == path) {
+                    r.1 = fd;
+                }
+            }
+            Claim::Cgroups(layout) => self.cgroups = Some(*layout),
+            Claim::Scope(unit) => self.scope = unit,
+            Claim::Registered(via) => self.registered = via,
+            Claim::Done | Claim::ReleaseRest => {}
+        }
+    }
+
+    /// The launcher is gone: release what it still held.
+    fn release(self) {
+        if let Some(n) = self.name {
+            match n.held {
+                // Still ours: the guest, its cgroups, registration and state.
+                Some(held) if lockfile::names(&n.lock, &held) => {
+                    if let Some(cgroups) = &self.cgroups {
+                        let _ = cgroups.destroy();
+                        if self.scope.is_some() {
+                            cgroups.kill_scope();
+                        }
+                    }
+                    if let Some(via) = self.registered {
+                        crate::machined::unregister(None, &n.name, via);
+                    }
+                    let _ = crate::state::remove_state_dir(&n.state_dir);
+                    lockfile::release(&n.lock, held);
+                }
+                // Released by the launcher already, or someone else's now.
+                Some(_) => {}
+                // Locked, perhaps, but not yet reported.
+                None => lockfile::clear_if_unheld(&n.lock),
+            }
+        }
+        for (path, held) in self.ranges {
+            match held {
+                Some(held) => lockfile::release(&path, held),
+                None => lockfile::clear_if_unheld(&path),
+            }
+        }
+    }
+}
+
+fn watch(channel: Channel, launcher: libc::pid_t) -> ! {
     // Out of the launcher's session and process group, deaf to the signals
     // a terminal or a process-group kill sends, holding only what it needs.
     let _ = nix::unistd::setsid();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
-    let keep: Vec<i32> = std::iter::once(rx.as_raw_fd())
-        .chain(locks.iter().map(|(fd, _)| fd.as_raw_fd()))
+    // The launcher's exit, seen even while a child of its (a container
+    // process before its exec) still holds the launcher's end.
+    let launcher_fd = sys::pidfd_open(launcher)
+        .ok()
+        .filter(|_| nix::unistd::getppid().as_raw() == launcher);
+    let keep: Vec<i32> = std::iter::once(channel.as_fd().as_raw_fd())
+        .chain(launcher_fd.iter().map(|fd| fd.as_raw_fd()))
         .collect();
     let highest = keep.iter().copied().max().unwrap_or(2);
     let _ = close_others(&keep, highest);
@@ -71,31 +233,37 @@ fn watch(
         .write(true)
         .open("/dev/null")
     {
-        use std::os::fd::AsFd;
         for fd in 0..=2 {
             let _ = sys::dup_onto_stdio(null.as_fd(), fd);
         }
     }
-    let mut byte = [0u8; 1];
-    let n = loop {
-        match nix::unistd::read(&rx, &mut byte) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other,
+    let mut claims = Claims::default();
+    loop {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let mut fds = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = &launcher_fd {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
-    };
-    if n != Ok(1) {
-        let _ = cgroups.destroy();
-        // machined would drop the machine with its unit anyway; say so now.
-        if let Some(name) = registered {
-            crate::machined::unregister_any(name);
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
         }
-        let _ = crate::state::remove_state_dir(state_dir);
-        // Unlinked while still held, as systemd does with its lock files.
-        for path in locks.iter().filter_map(|(_, p)| p.as_ref()) {
-            let _ = std::fs::remove_file(path);
+        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        let (message, launcher_gone) = (ready(&fds[0]), fds.get(1).is_some_and(ready));
+        drop(fds);
+        // What the launcher sent before it died is still queued: read it first.
+        if message {
+            match channel.recv::<Claim>() {
+                Ok(Some((Claim::Done, _))) => sys::exit_now(0),
+                Ok(Some((Claim::ReleaseRest, _))) => break,
+                Ok(Some((claim, fds))) => claims.apply(claim, fds),
+                Ok(None) | Err(_) => break,
+            }
+        } else if launcher_gone {
+            break;
         }
     }
-    drop(locks);
+    claims.release();
     sys::exit_now(0)
 }
 

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod idmap;
 mod janitor;
 pub mod journal;
+pub mod lockfile;
 pub mod machined;
 pub mod mounts;
 pub mod notify;

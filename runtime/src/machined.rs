@@ -250,17 +250,6 @@ pub fn unregister(bus: Option<&Bus>, name: &MachineName, via: Via) {
     }
 }
 
-/// Unregister without knowing how the machine was registered (the janitor,
-/// after the launcher died).
-pub fn unregister_any(name: &MachineName) {
-    let via = if has_varlink() {
-        Via::Varlink
-    } else {
-        Via::DBus
-    };
-    unregister(None, name, via);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

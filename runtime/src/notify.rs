@@ -1,9 +1,7 @@
 //! sd_notify: reading the guest's messages on /run/host/notify, and
 //! passing our own upwards when we run under a service manager.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
-
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use std::os::fd::BorrowedFd;
 
 /// What the guest's PID 1 told us in one datagram.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -36,34 +34,20 @@ pub fn parse(data: &[u8]) -> Message {
     m
 }
 
+/// The longest message we read; longer ones are cut (systemd's own limit
+/// for notify messages is 4096 bytes).
+pub const MAX_MESSAGE: usize = 8192;
+
 /// Receive one datagram; returns the sender's PID (as we see it) and the
-/// payload, or None when nothing is queued.
+/// payload, or None when nothing is queued. Every descriptor that came
+/// with it is closed: the guest may send any number (FDSTORE=1 and
+/// worse), and we keep none.
 pub fn receive(sock: BorrowedFd<'_>) -> Option<(Option<i32>, Vec<u8>)> {
-    let mut buf = vec![0u8; 8192];
-    let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 8]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
-    )
-    .ok()?;
-    let mut pid = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
-                // Descriptors (FDSTORE=1) are not kept; adopting closes them.
-                ControlMessageOwned::ScmRights(fds) => fds
-                    .into_iter()
-                    .for_each(|fd| drop(crate::sys::adopt_received_fd(fd))),
-                _ => {}
-            }
-        }
-    }
-    let len = msg.bytes.min(buf.len());
-    Some((pid, buf[..len].to_vec()))
+    let mut buf = [0u8; MAX_MESSAGE];
+    let datagram = crate::sys::recv_datagram(sock, &mut buf).ok()??;
+    drop(datagram.fds);
+    let len = datagram.len.min(buf.len());
+    Some((datagram.pid, buf[..len].to_vec()))
 }
 
 /// Send a message to the service manager that started us ($NOTIFY_SOCKET),

@@ -19,6 +19,50 @@ use crate::sys::{self, Forked};
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const SCOPE_INTERFACE: &str = "org.freedesktop.systemd1.Scope";
+/// The bus itself: the only sender a client cannot pretend to be.
+const BUS_DRIVER: &str = "org.freedesktop.DBus";
+
+/// Which connection speaks for systemd. Any local user may send us a
+/// signal (the system bus lets anyone address a unicast signal to anyone),
+/// naming whatever path and interface it likes; only the sender field is
+/// set by the bus. So a signal counts as systemd's only if it comes from
+/// the unique name that owns org.freedesktop.systemd1, looked up when the
+/// scope is started and followed through the bus's NameOwnerChanged
+/// (systemd reconnects with a new name when it re-executes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdOwner(Option<String>);
+
+impl SystemdOwner {
+    /// Ask the bus who owns systemd's name now.
+    fn resolve(bus: &Bus) -> std::result::Result<Self, CallError> {
+        let (owner,): (String,) = bus.call(
+            BUS_DRIVER,
+            "/org/freedesktop/DBus",
+            BUS_DRIVER,
+            "GetNameOwner",
+            (SYSTEMD,),
+        )?;
+        Ok(SystemdOwner(Some(owner)))
+    }
+
+    /// Follow an ownership change the bus announces.
+    pub fn observe(&mut self, m: &dbus::Message) {
+        if m.sender().as_deref() == Some(BUS_DRIVER)
+            && m.interface().as_deref() == Some(BUS_DRIVER)
+            && m.member().as_deref() == Some("NameOwnerChanged")
+            && let Ok((name, _old, new)) = m.read3::<String, String, String>()
+            && name == SYSTEMD
+        {
+            self.0 = (!new.is_empty()).then_some(new);
+        }
+    }
+
+    /// Whether systemd sent `m`.
+    pub fn sent(&self, m: &dbus::Message) -> bool {
+        self.0.is_some() && m.sender().as_deref() == self.0.as_deref()
+    }
+}
 
 /// A method of systemd's manager object.
 fn manager<A: dbus::arg::AppendAll, R: dbus::arg::ReadAll + 'static>(
@@ -104,6 +148,8 @@ pub struct Scope {
     pub cgroup: PathBuf,
     /// The unit's object path (its RequestStop signal comes from there).
     pub object: String,
+    /// Who may ask us to stop it.
+    pub systemd: SystemdOwner,
     placeholder: Placeholder,
 }
 
@@ -112,16 +158,29 @@ impl Scope {
     pub fn start(bus: &Bus, req: &ScopeRequest<'_>) -> Result<Self> {
         let step = |what: &str| format!("{what} {}", req.unit);
         bus.add_match(&format!(
+            "type='signal',sender='{BUS_DRIVER}',interface='{BUS_DRIVER}',member='NameOwnerChanged',arg0='{SYSTEMD}'"
+        ))
+        .map_err(|e| e.into_error(step("watching systemd's bus name for")))?;
+        bus.add_match(&format!(
             "type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"
         ))
         .map_err(|e| e.into_error(step("watching the job for")))?;
         // JobRemoved is only broadcast while someone is subscribed.
         let _: std::result::Result<(), _> = manager(bus, "Subscribe", ());
+        let mut systemd = SystemdOwner::resolve(bus)
+            .map_err(|e| e.into_error(step("looking up systemd's bus name for")))?;
 
         let placeholder = Placeholder::spawn()?;
         let job = start_unit(bus, req, placeholder.pid)
             .map_err(|e| e.into_error(step("starting the transient scope")))?;
         let result = bus.wait_signal(Duration::from_secs(30), |m| {
+            systemd.observe(m);
+            if !systemd.sent(m)
+                || m.interface().as_deref() != Some(MANAGER)
+                || m.member().as_deref() != Some("JobRemoved")
+            {
+                return None;
+            }
             let (_, path, _, result): (u32, dbus::Path, String, String) = m.read4().ok()?;
             (path == job).then_some(result)
         });
@@ -145,6 +204,7 @@ impl Scope {
             unit: req.unit.clone(),
             cgroup,
             object: object.to_string(),
+            systemd,
             placeholder,
         })
     }
@@ -154,9 +214,11 @@ impl Scope {
         self.placeholder.end();
     }
 
-    /// Whether a signal is systemd asking us to stop this scope.
-    pub fn is_stop_request(&self, m: &dbus::Message) -> bool {
-        m.member().as_deref() == Some("RequestStop") && m.path().is_some_and(|p| *p == *self.object)
+    /// Whether a signal is systemd asking us to stop this scope (and
+    /// follow systemd's name if the bus says it moved).
+    pub fn is_stop_request(&mut self, m: &dbus::Message) -> bool {
+        self.systemd.observe(m);
+        self.systemd.sent(m) && is_stop_signal(m, &self.object)
     }
 
     /// Let go of the scope after the guest ended: anything left is killed
@@ -169,6 +231,13 @@ impl Scope {
         let _: std::result::Result<(), _> = manager(bus, "KillUnit", (unit, "all", libc::SIGKILL));
         let _: std::result::Result<(), _> = manager(bus, "UnrefUnit", (unit,));
     }
+}
+
+/// RequestStop of the scope at `object`, whoever sent it.
+fn is_stop_signal(m: &dbus::Message, object: &str) -> bool {
+    m.interface().as_deref() == Some(SCOPE_INTERFACE)
+        && m.member().as_deref() == Some("RequestStop")
+        && m.path().is_some_and(|p| *p == *object)
 }
 
 fn start_unit(
@@ -232,6 +301,55 @@ fn scope_properties(bus: &Bus, req: &ScopeRequest<'_>, pid: i32) -> Vec<Property
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn signal(sender: &str, path: &str, iface: &str, member: &str) -> dbus::Message {
+        let mut m = dbus::Message::new_signal(path, iface, member).unwrap();
+        m.set_sender(Some(sender.into()));
+        m
+    }
+
+    #[test]
+    fn only_systemds_connection_may_ask_us_to_stop() {
+        let object = "/org/freedesktop/systemd1/unit/machine_2dweb_2escope";
+        let mut owner = SystemdOwner(Some(":1.1".into()));
+        let stop = |sender| signal(sender, object, SCOPE_INTERFACE, "RequestStop");
+        assert!(owner.sent(&stop(":1.1")) && is_stop_signal(&stop(":1.1"), object));
+        // Another local process, whatever it names.
+        assert!(!owner.sent(&stop(":1.99")));
+        assert!(!is_stop_signal(
+            &signal(":1.1", "/other", SCOPE_INTERFACE, "RequestStop"),
+            object
+        ));
+        // A client claiming to be the bus is not believed...
+        let mut fake = signal(
+            ":1.99",
+            "/org/freedesktop/DBus",
+            BUS_DRIVER,
+            "NameOwnerChanged",
+        );
+        fake = fake.append3(SYSTEMD, ":1.1", ":1.99");
+        owner.observe(&fake);
+        assert_eq!(owner, SystemdOwner(Some(":1.1".into())));
+        // ...the bus is: systemd re-executed under a new name.
+        let mut real = signal(
+            BUS_DRIVER,
+            "/org/freedesktop/DBus",
+            BUS_DRIVER,
+            "NameOwnerChanged",
+        );
+        real = real.append3(SYSTEMD, ":1.1", ":1.7");
+        owner.observe(&real);
+        assert!(owner.sent(&stop(":1.7")) && !owner.sent(&stop(":1.1")));
+        let mut gone = signal(
+            BUS_DRIVER,
+            "/org/freedesktop/DBus",
+            BUS_DRIVER,
+            "NameOwnerChanged",
+        );
+        gone = gone.append3(SYSTEMD, ":1.7", "");
+        owner.observe(&gone);
+        assert!(!owner.sent(&stop(":1.7")));
+    }
 
     #[test]
     fn unit_names_as_systemd_spells_them() {

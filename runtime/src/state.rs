@@ -1,20 +1,22 @@
 //! Per-container state under /run/nixspawn/NAME, for nixspawnctl.
 //!
-//! The directory holds `lock` (flock'd exclusively by the launcher for the
-//! container's whole life, and by its janitor until cleanup is done) and
-//! `state.json` (replaced atomically). A directory whose lock nobody holds
-//! is stale and is removed by whoever finds it.
+//! The name is claimed by a lock file in /run/nixspawn/.locks (held by the
+//! launcher for the container's whole life, and by its janitor until
+//! cleanup is done); the directory holds `state.json` (replaced
+//! atomically) and the root's mount point. A directory whose name nobody
+//! holds is stale: listing skips it, and the next holder of the name
+//! removes it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
-
 use crate::error::{Error, Result};
 use crate::identity::MachineName;
+use crate::janitor::{Claim, JanitorLink};
+use crate::lockfile;
 use crate::spec::ConsoleMode;
 
 pub const STATE_ROOT: &str = "/run/nixspawn";
@@ -89,10 +91,63 @@ impl State {
     }
 }
 
-/// The claimed state directory of one container.
+/// Where the machine names' locks live: one file per name, held for the
+/// launcher's whole life (and its janitor's cleanup), unlinked by its
+/// holder on release (see lockfile.rs). Not a machine name, as it starts
+/// with a dot.
+pub const LOCK_DIR: &str = "/run/nixspawn/.locks";
+
+/// The lock file of a machine name.
+pub fn lock_path(name: &MachineName) -> PathBuf {
+    Path::new(LOCK_DIR).join(name.as_str())
+}
+
+/// Create `dir` (and what is missing above it) with `mode`, whatever the
+/// umask. One that exists must be a directory (not a symlink) owned by
+/// root; with `enforce`, its mode is set to `mode` too (it is ours).
+pub(crate) fn ensure_root_dir(dir: &Path, mode: u32, enforce: bool) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let created = match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                ensure_root_dir(parent, 0o755, false)?;
+            }
+            return ensure_root_dir(dir, mode, enforce);
+        }
+        Err(e) => return Err(Error::io("creating", dir, e)),
+    };
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| Error::io("opening", dir, e))?;
+    let meta = f.metadata().map_err(|e| Error::io("stat", dir, e))?;
+    if meta.uid() != 0 {
+        return Err(Error::io(
+            "checking",
+            dir,
+            io::Error::other(format!(
+                "owned by uid {}, not root; remove it and run again",
+                meta.uid()
+            )),
+        ));
+    }
+    if (created || enforce) && meta.mode() & 0o7777 != mode {
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("chmod", dir, e))?;
+    }
+    Ok(())
+}
+
+/// The claimed state directory of one container. The claim is the name's
+/// lock; whoever holds it owns the directory, so a directory found there
+/// by a new holder is a dead run's, and removing it races nobody.
 pub struct StateDir {
     path: PathBuf,
-    lock: Flock<File>,
+    lock_path: PathBuf,
+    lock: Option<File>,
 }
 
 impl StateDir {
@@ -100,44 +155,58 @@ impl StateDir {
         Path::new(STATE_ROOT).join(name.as_str())
     }
 
-    /// Claim the directory for `name`, refusing if a live container holds it.
-    pub fn claim(name: &MachineName) -> Result<Self> {
-        fs::create_dir_all(STATE_ROOT).map_err(|e| Error::io("creating", STATE_ROOT, e))?;
+    /// Claim the name and its directory, refusing if a live container
+    /// holds it. The janitor hears of the lock before and after it is taken.
+    pub(crate) fn claim(name: &MachineName, janitor: &JanitorLink) -> Result<Self> {
+        ensure_root_dir(Path::new(STATE_ROOT), 0o755, true)?;
+        ensure_root_dir(Path::new(LOCK_DIR), 0o755, true)?;
         let path = Self::path_for(name);
-        for _ in 0..2 {
-            match fs::create_dir(&path) {
-                Ok(()) => {
-                    let lock = open_lock(&path)?;
-                    let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
-                        .map_err(|(_, e)| Error::io("locking", path.join("lock"), e.into()))?;
-                    return Ok(StateDir { path, lock });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if is_live(&path) {
-                        return Err(Error::NameInUse {
-                            name: name.to_string(),
-                            path,
-                        });
-                    }
-                    fs::remove_dir_all(&path)
-                        .map_err(|e| Error::io("removing stale state", &path, e))?;
-                }
-                Err(e) => return Err(Error::io("creating", &path, e)),
-            }
-        }
-        Err(Error::NameInUse {
-            name: name.to_string(),
+        let lock_path = lock_path(name);
+        janitor.note(
+            &Claim::Name {
+                name: name.clone(),
+                lock: lock_path.clone(),
+                state_dir: path.clone(),
+            },
+            None,
+        )?;
+        let Some(lock) = lockfile::acquire(&lock_path)? else {
+            return Err(Error::NameInUse {
+                name: name.to_string(),
+                path,
+            });
+        };
+        janitor.note(&Claim::NameHeld, Some(lock.as_fd()))?;
+        let dir = StateDir {
             path,
-        })
+            lock_path,
+            lock: Some(lock),
+        };
+        // Whatever is at the path now was left by a run that died.
+        remove_state_dir(&dir.path)?;
+        dir.make_dir(&dir.path)?;
+        Ok(dir)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The lock's descriptor, for the janitor to keep the claim alive.
-    pub fn lock_fd(&self) -> io::Result<OwnedFd> {
-        self.lock.as_fd().try_clone_to_owned()
+    /// A directory of ours with mode 0755, whatever the umask (never
+    /// through a symlink standing in its place).
+    fn make_dir(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        match fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir != self.path => {}
+            Err(e) => return Err(Error::io("creating", dir, e)),
+        }
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)
+            .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o755)))
+            .map_err(|e| Error::io("chmod", dir, e))
     }
 
     /// An empty directory inside the state dir to assemble the root on.
@@ -145,64 +214,102 @@ impl StateDir {
         self.path.join("root")
     }
 
-    pub fn write(&self, state: &State) -> Result<()> {
-        let tmp = self.path.join(".state.json.tmp");
-        let dst = self.path.join("state.json");
-        let data = serde_json::to_vec_pretty(state).map_err(|e| Error::Protocol(e.to_string()))?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(|e| Error::io("writing", &tmp, e))?;
-        f.write_all(&data)
-            .map_err(|e| Error::io("writing", &tmp, e))?;
-        fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming", &dst, e))
+    /// Create the mount point (mode 0755).
+    pub fn make_mount_point(&self) -> Result<PathBuf> {
+        let p = self.mount_point();
+        self.make_dir(&p)?;
+        Ok(p)
     }
 
-    /// Remove the directory (the lock stays held until we are dropped).
-    pub fn remove(&self) -> Result<()> {
-        remove_state_dir(&self.path)
+    /// Replace state.json: written to a fresh file (O_EXCL, never through
+    /// whatever someone put in the directory), mode 0644, then renamed.
+    pub fn write(&self, state: &State) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dst = self.path.join("state.json");
+        let data = serde_json::to_vec_pretty(state).map_err(|e| Error::Protocol(e.to_string()))?;
+        let (tmp, mut f) = self.temp_file("state.json")?;
+        let written = f
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .and_then(|()| f.write_all(&data))
+            .map_err(|e| Error::io("writing", &tmp, e))
+            .and_then(|()| fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming", &dst, e)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// A new file `.BASE.XXXXXXXX` in the directory, created exclusively.
+    fn temp_file(&self, base: &str) -> Result<(PathBuf, File)> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let mut last = None;
+        for _ in 0..16 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let tmp = self.path.join(format!(
+                ".{base}.{:08x}",
+                nanos ^ seq.rotate_left(16) ^ std::process::id()
+            ));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+            {
+                Ok(f) => return Ok((tmp, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((tmp, e)),
+                Err(e) => return Err(Error::io("creating", tmp, e)),
+            }
+        }
+        let (tmp, e) = last.expect("at least one attempt");
+        Err(Error::io("creating", tmp, e))
+    }
+
+    /// Remove the directory, then let go of the name (idempotent).
+    pub fn release(&mut self) -> Result<()> {
+        let removed = remove_state_dir(&self.path);
+        if removed.is_ok()
+            && let Some(lock) = self.lock.take()
+        {
+            lockfile::release(&self.lock_path, lock);
+        }
+        removed
     }
 }
 
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
+
+/// Remove a state directory (or whatever stands at its path).
 pub fn remove_state_dir(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("removing", path, e)),
     }
 }
 
-fn open_lock(dir: &Path) -> Result<File> {
-    let p = dir.join("lock");
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&p)
-        .map_err(|e| Error::io("opening", p, e))
-}
-
-/// True while some launcher (or its janitor) holds the directory's lock.
-fn is_live(dir: &Path) -> bool {
-    let Ok(f) = File::open(dir.join("lock")) else {
-        return false;
-    };
-    match Flock::lock(f, FlockArg::LockSharedNonblock) {
-        Ok(_released_on_drop) => false,
-        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
-    }
+/// True while some launcher (or its janitor) holds the name.
+fn is_live(name: &MachineName) -> bool {
+    lockfile::is_held(&lock_path(name))
 }
 
 /// The state of a live container.
 pub fn load(name: &MachineName) -> Result<State> {
     let dir = StateDir::path_for(name);
-    if !is_live(&dir) {
+    if !is_live(name) {
         return Err(Error::NoSuchContainer {
             name: name.to_string(),
         });

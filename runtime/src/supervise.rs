@@ -194,8 +194,7 @@ fn start(
         userns,
         await_placement: cgroups.managed && userns.is_none(),
     };
-    std::fs::create_dir_all(&plan.mount_point)
-        .map_err(|e| Error::io("creating", &plan.mount_point, e))?;
+    state_dir.make_mount_point()?;
     let v1_visit = cgroups.visit_v1()?;
     let cloned = sys::clone3(flags, libc::SIGCHLD, Some(start_cgroup.as_fd()));
     if let Ok(Forked::Child) = cloned {
@@ -371,6 +370,14 @@ fn receive_setup_messages(
     }
 }
 
+/// How much of the guest's console output and how many notify datagrams
+/// one wakeup of the supervisor handles before it looks at everything
+/// else again (a guest can send both faster than we read).
+const CONSOLE_BYTES_PER_WAKEUP: usize = 64 * 1024;
+const NOTIFY_MESSAGES_PER_WAKEUP: usize = 64;
+/// What is left in the pty after PID 1 ended is copied out up to this.
+const CONSOLE_BYTES_AT_EXIT: usize = 1024 * 1024;
+
 struct Watch<'a> {
     spec: &'a Spec,
     state_dir: &'a StateDir,
@@ -425,23 +432,30 @@ impl Watch<'_> {
 
             let console_index = self.console.as_ref().map(|_| 3);
             let stdin_index = reads_stdin.then(|| 3 + usize::from(console_index.is_some()));
-            if console_index.is_some_and(|i| ready[i]) {
-                self.console_output();
-            }
-            if stdin_index.is_some_and(|i| ready[i]) {
-                self.console_input();
+            // Stop requests first; what the guest sends is read a bounded
+            // amount per wakeup, so that however fast it sends, a stop
+            // (SIGTERM, `machinectl terminate`, the escape) is acted on at
+            // the next turn of this loop.
+            if ready[1] {
+                self.signals(signals);
             }
             if host_index.is_some_and(|i| ready[i])
-                && self.host.as_deref().is_some_and(HostLink::stop_requested)
+                && self
+                    .host
+                    .as_deref_mut()
+                    .is_some_and(HostLink::stop_requested)
             {
                 // `machinectl terminate` / `systemctl stop` of the scope.
                 self.request_stop();
             }
+            if stdin_index.is_some_and(|i| ready[i]) {
+                self.console_input();
+            }
+            if console_index.is_some_and(|i| ready[i]) {
+                self.console_output(CONSOLE_BYTES_PER_WAKEUP);
+            }
             if ready[2] {
                 self.notify_messages();
-            }
-            if ready[1] {
-                self.signals(signals);
             }
             if ready[0]
                 && let Some(outcome) = self.reap()?
@@ -451,9 +465,9 @@ impl Watch<'_> {
         }
     }
 
-    fn console_output(&self) {
+    fn console_output(&self, limit: usize) {
         if let Some(c) = &self.console {
-            c.drain_output();
+            c.drain_output(limit);
         }
     }
 
@@ -466,7 +480,11 @@ impl Watch<'_> {
     }
 
     fn notify_messages(&mut self) {
-        while let Some((sender, data)) = notify::receive(self.notify_sock.as_fd()) {
+        let mut changed = false;
+        for _ in 0..NOTIFY_MESSAGES_PER_WAKEUP {
+            let Some((sender, data)) = notify::receive(self.notify_sock.as_fd()) else {
+                break;
+            };
             // Only the payload's PID 1 speaks for the container.
             if sender != Some(self.leader) {
                 continue;
@@ -492,9 +510,11 @@ impl Watch<'_> {
                     notify::notify_manager("READY=1");
                 }
             }
-            if newly_ready || msg.status.is_some() {
-                let _ = self.state_dir.write(&self.state);
-            }
+            changed |= newly_ready || msg.status.is_some();
+        }
+        // Once per wakeup, however many messages changed it.
+        if changed {
+            let _ = self.state_dir.write(&self.state);
         }
     }
 
@@ -553,7 +573,8 @@ impl Watch<'_> {
         self.state.ready = false;
         let _ = self.state_dir.write(&self.state);
         sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?;
-        self.console_output();
+        // What the guest wrote before it ended (nobody can write more now).
+        self.console_output(CONSOLE_BYTES_AT_EXIT);
         Ok(Some(match exit {
             ExitKind::Exited(n) => Outcome::Exited(n),
             ExitKind::Signaled(libc::SIGINT) => Outcome::PoweredOff,

@@ -895,3 +895,112 @@ pub fn new_mount(fstype: &CStr, options: &str, attrs: u64) -> io::Result<OwnedFd
         )
     })
 }
+
+/// One datagram read from a socket: how long it really was, the sender's
+/// PID (with SO_PASSCRED) and every descriptor that came with it, owned so
+/// that dropping them closes them.
+#[derive(Debug)]
+pub struct Datagram {
+    /// The datagram's full length (more than the buffer if it was cut).
+    pub len: usize,
+    pub pid: Option<libc::pid_t>,
+    pub fds: Vec<OwnedFd>,
+    /// The control data did not fit: what the kernel could not hand over
+    /// it has already closed, what it did is in `fds`.
+    pub control_truncated: bool,
+}
+
+/// SCM_PIDFD (Linux 6.5): a pidfd of the sender, with SO_PASSPIDFD; libc
+/// does not name it yet.
+const SCM_PIDFD: libc::c_int = 0x04;
+
+/// Room for credentials and a full SCM_RIGHTS message (SCM_MAX_FD = 253
+/// descriptors) with plenty to spare for SCM_PIDFD or a security label.
+const CONTROL_WORDS: usize = 1024;
+
+/// recvmsg(2) without waiting: Ok(None) when nothing is queued. The data
+/// goes to `buf`; descriptors are received close-on-exec.
+pub fn recv_datagram(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
+    let len = loop {
+        // SAFETY: msg points at the iovec and control buffer above, both
+        // valid for their stated lengths for the duration of the call.
+        let ret = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+        if ret >= 0 {
+            break ret as usize;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(err),
+        }
+    };
+    let mut out = Datagram {
+        len,
+        pid: None,
+        fds: Vec::new(),
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    };
+    // The kernel shrank msg_controllen to what it wrote; walk all of it.
+    // SAFETY: CMSG_FIRSTHDR/NXTHDR only read msg and the control buffer it
+    // points to, and return null past msg_controllen.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: c points at a complete cmsghdr inside the control buffer.
+        let hdr = unsafe { std::ptr::read_unaligned(c) };
+        // SAFETY: CMSG_DATA points just past the header inside the buffer;
+        // CMSG_LEN(0) is the header's size.
+        let (data, header) = unsafe { (libc::CMSG_DATA(c), libc::CMSG_LEN(0) as usize) };
+        let payload = (hdr.cmsg_len as usize).saturating_sub(header);
+        if hdr.cmsg_level == libc::SOL_SOCKET {
+            match hdr.cmsg_type {
+                libc::SCM_RIGHTS | SCM_PIDFD => {
+                    let n = payload / std::mem::size_of::<libc::c_int>();
+                    for i in 0..n {
+                        // SAFETY: the kernel wrote n ints after the header.
+                        let fd =
+                            unsafe { std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i)) };
+                        if fd >= 0 {
+                            // SAFETY: installed in our table by this recvmsg; nobody else owns it.
+                            out.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                libc::SCM_CREDENTIALS if payload >= std::mem::size_of::<libc::ucred>() => {
+                    // SAFETY: a complete ucred follows the header.
+                    let cred = unsafe { std::ptr::read_unaligned(data.cast::<libc::ucred>()) };
+                    out.pid = Some(cred.pid);
+                }
+                _ => {}
+            }
+        }
+        // SAFETY: as CMSG_FIRSTHDR above.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    Ok(Some(out))
+}
+
+/// NS_GET_ID (Linux 6.18): a namespace's 64-bit ID, which unlike its
+/// inode number is never handed to another namespace.
+const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
+
+/// The ID of the namespace `ns` (an open /proc/PID/ns/* file).
+pub fn namespace_id(ns: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_ID writes one u64 to the pointer it is given.
+    check(unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_ID, &mut id) }.into())?;
+    Ok(id)
+}

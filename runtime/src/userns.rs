@@ -6,10 +6,12 @@
 
 use std::fs::File;
 use std::hash::Hasher;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::janitor::{Claim, JanitorLink};
 
 /// Where `pick` looks, as systemd's container-uid-base-min/max.
 pub const PICK_MIN: u32 = 0x0008_0000;
@@ -134,70 +136,34 @@ pub struct RangeLock {
     held: Vec<(PathBuf, File)>,
 }
 
-impl RangeLock {
-    /// The descriptors, for a helper that must keep the range held.
-    pub fn files(&self) -> impl Iterator<Item = &File> {
-        self.held.iter().map(|(_, f)| f)
-    }
-
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.held.iter().map(|(p, _)| p.as_path())
-    }
-}
-
 impl Drop for RangeLock {
     fn drop(&mut self) {
-        // Unlink while still holding, as systemd does, so nobody can lock
+        // Unlinked while still held, as systemd does, so nobody can lock
         // a file that is about to disappear (they check st_nlink).
-        for (p, _) in &self.held {
-            let _ = std::fs::remove_file(p);
+        for (p, f) in self.held.drain(..) {
+            crate::lockfile::release(&p, f);
         }
     }
 }
 
-/// Try to lock one block's file: Ok(None) if another holder has it.
-fn lock_block(base: u32) -> Result<Option<(PathBuf, File)>> {
-    std::fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io("creating", LOCK_DIR, e))?;
+/// Try to lock one block's file: Ok(None) if another holder has it. The
+/// janitor hears of the attempt before and of the lock after.
+fn lock_block(base: u32, janitor: &JanitorLink) -> Result<Option<(PathBuf, File)>> {
+    crate::state::ensure_root_dir(Path::new(LOCK_DIR), 0o755, false)?;
     let path = Path::new(LOCK_DIR).join(base.to_string());
-    loop {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| Error::io("opening", &path, e))?;
-        let whole_file = libc::flock {
-            l_type: libc::F_WRLCK as i16,
-            l_whence: libc::SEEK_SET as i16,
-            l_start: 0,
-            l_len: 0,
-            l_pid: 0,
-        };
-        match nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_OFD_SETLK(&whole_file)) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => return Ok(None),
-            Err(e) => return Err(Error::io("locking", &path, e.into())),
-        }
-        // Unlinked by its previous holder between our open and our lock: again.
-        if f.metadata()
-            .map_err(|e| Error::io("stat", &path, e))?
-            .nlink()
-            == 0
-        {
-            continue;
-        }
-        return Ok(Some((path, f)));
-    }
+    janitor.note(&Claim::Range { path: path.clone() }, None)?;
+    let Some(f) = crate::lockfile::acquire(&path)? else {
+        return Ok(None);
+    };
+    janitor.note(&Claim::RangeHeld { path: path.clone() }, Some(f.as_fd()))?;
+    Ok(Some((path, f)))
 }
 
 /// Lock every 64K block of `range`; Ok(None) if any is taken.
-pub fn lock(range: UidRange) -> Result<Option<RangeLock>> {
+pub(crate) fn lock(range: UidRange, janitor: &JanitorLink) -> Result<Option<RangeLock>> {
     let mut held = Vec::new();
     for block in (0..range.range / RANGE).map(|i| range.shift + i * RANGE) {
-        match lock_block(block)? {
+        match lock_block(block, janitor)? {
             Some(h) => held.push(h),
             // Dropping what we hold so far unlinks only our own files.
             None => return Ok(None),
@@ -232,7 +198,11 @@ fn in_user_database(base: u32) -> bool {
 
 /// Pick and lock a free 64K range: the tree's own shift if it is free, then
 /// the machine name's hash, then random candidates (100 tries in all).
-pub fn pick(machine: &str, tree_shift: Option<u32>) -> Result<(UidRange, RangeLock)> {
+pub(crate) fn pick(
+    machine: &str,
+    tree_shift: Option<u32>,
+    janitor: &JanitorLink,
+) -> Result<(UidRange, RangeLock)> {
     let mut candidates: Vec<u32> = tree_shift
         .into_iter()
         .chain([hashed_candidate(machine)])
@@ -254,7 +224,7 @@ pub fn pick(machine: &str, tree_shift: Option<u32>) -> Result<(UidRange, RangeLo
             shift: base,
             range: RANGE,
         };
-        if let Some(lock) = lock(range)? {
+        if let Some(lock) = lock(range, janitor)? {
             if in_user_database(base) {
                 continue;
             }

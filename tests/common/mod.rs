@@ -53,7 +53,8 @@ pub fn host_mounts() -> Vec<String> {
         .collect()
 }
 
-/// Every cgroup directory below the v2 hierarchy.
+/// Every cgroup directory, below the v2 hierarchy and every v1 one (on
+/// a hybrid host the v1 `devices` hierarchy holds the guest's policy).
 pub fn host_cgroups() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         if let Ok(rd) = std::fs::read_dir(dir) {
@@ -67,7 +68,19 @@ pub fn host_cgroups() -> Vec<PathBuf> {
     }
     let mut out = Vec::new();
     walk(&nixspawn_runtime::cgroup::v2_mount().unwrap(), &mut out);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split(' ').next() == Some("cgroup")
+            && let Some(point) = left.split(' ').nth(4)
+        {
+            walk(Path::new(point), &mut out);
+        }
+    }
     out.sort();
+    out.dedup();
     out
 }
 
@@ -236,19 +249,95 @@ impl Drop for Guest {
     }
 }
 
+/// The cgroup directory names a launcher may create for `name`: the
+/// scope as machined 252 and standalone runs spell it (`machine-NAME.scope`,
+/// with systemd's escaping) and as nspawn 259+ does (`NAME.scope`).
+pub fn scope_names(name: &str) -> [String; 2] {
+    let escaped: String = name
+        .bytes()
+        .enumerate()
+        .map(|(i, b)| match b {
+            b'.' if i == 0 => "\\x2e".to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("\\x{b:02x}"),
+        })
+        .collect();
+    [format!("machine-{escaped}.scope"), format!("{name}.scope")]
+}
+
+/// Processes whose command line names the machine (a launcher, its
+/// janitor, a scope placeholder).
+pub fn processes_naming(name: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // Only launchers and their forks (not nixspawnctl).
+        let launcher = args.first().is_some_and(|a| a.ends_with("nixspawn"));
+        let names = args
+            .windows(2)
+            .any(|w| (w[0] == "-M" || w[0] == "--machine") && w[1] == name)
+            || args
+                .iter()
+                .any(|a| *a == format!("-M{name}") || *a == format!("--machine={name}"));
+        if launcher && names {
+            found.push((pid, args.join(" ")));
+        }
+    }
+    found
+}
+
 /// Everything a launcher may leave behind for `name` is gone: its state
-/// directory, its cgroups, any host mount of its, and the guest's PID 1.
+/// directory and name lock, its scope cgroups under either spelling
+/// anywhere in the hierarchy, any host mount of its, any process of its
+/// (launcher, janitor, placeholder), and the guest's PID 1.
+///
+/// A launcher's janitor may still be finishing (it is reaped by the
+/// launcher, or outlives a SIGKILLed one): its processes are waited for.
 pub fn assert_cleaned_up(name: &str, leader: Option<i32>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_naming(name).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let procs = processes_naming(name);
+    assert!(
+        procs.is_empty(),
+        "processes of {name} left behind: {procs:?}"
+    );
     let state = Path::new("/run/nixspawn").join(name);
     assert!(
         !state.exists(),
         "state directory {} was left behind",
         state.display()
     );
-    let scope = format!("machine-{name}.scope");
+    let lock = Path::new("/run/nixspawn/.locks").join(name);
+    assert!(
+        !lock.exists(),
+        "name lock {} was left behind",
+        lock.display()
+    );
+    let scopes = scope_names(name);
     let left: Vec<_> = host_cgroups()
         .into_iter()
-        .filter(|c| c.to_string_lossy().contains(&scope))
+        .filter(|c| {
+            c.components()
+                .any(|p| scopes.iter().any(|s| p.as_os_str() == s.as_str()))
+        })
         .collect();
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
     let left: Vec<_> = host_mounts()
@@ -260,6 +349,164 @@ pub fn assert_cleaned_up(name: &str, leader: Option<i32>) {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "the guest's PID 1 ({pid}) is still alive"
+        );
+    }
+}
+
+/// A namespace as the kernel names it for good: its 64-bit ID
+/// (NS_GET_ID, Linux 6.18), else its link text, whose inode number the
+/// kernel reuses as soon as no process is in the namespace any more.
+fn namespace_of(pid: &str, kind: &str) -> Option<String> {
+    let path = format!("/proc/{pid}/ns/{kind}");
+    let f = std::fs::File::open(&path).ok()?;
+    match nixspawn_runtime::sys::namespace_id(std::os::fd::AsFd::as_fd(&f)) {
+        Ok(id) => Some(format!("{kind}:id {id}")),
+        Err(_) => Some(
+            std::fs::read_link(&path)
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+    }
+}
+
+/// The machine name's lock, held as a launcher holds it (for tests that
+/// fake a live container's state); released (and unlinked) on drop.
+pub struct NameClaim {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+pub fn claim_name(name: &str) -> NameClaim {
+    let name = nixspawn_runtime::MachineName::new(name).unwrap();
+    let path = nixspawn_runtime::state::lock_path(&name);
+    std::fs::create_dir_all(nixspawn_runtime::state::LOCK_DIR).unwrap();
+    let file = nixspawn_runtime::lockfile::acquire(&path)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{} is held by someone else", path.display()));
+    NameClaim {
+        path,
+        file: Some(file),
+    }
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            nixspawn_runtime::lockfile::release(&self.path, f);
+        }
+    }
+}
+
+/// What a running guest is made of, read while it runs, so that its end
+/// can be checked beyond what its name leads to: its namespaces (no
+/// process may be left in them, no nsfs mount may pin them), its UID
+/// range's lock file and its payload cgroup.
+pub struct GuestTrace {
+    pub name: String,
+    pub leader: i32,
+    /// (kind, identity, link) of each namespace the guest does not share with us.
+    pub namespaces: Vec<(String, String, String)>,
+    pub uid_range: Option<u64>,
+    pub payload_cgroup: PathBuf,
+}
+
+impl GuestTrace {
+    pub fn of(name: &str) -> GuestTrace {
+        let out = ctl(&["status", name, "--json"]);
+        assert!(
+            out.status.success(),
+            "status {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let leader = v["leader"].as_i64().expect("leader in status") as i32;
+        let mut namespaces = Vec::new();
+        for kind in ["mnt", "pid", "uts", "ipc", "net", "cgroup", "user"] {
+            let theirs = namespace_of(&leader.to_string(), kind);
+            let link = std::fs::read_link(format!("/proc/{leader}/ns/{kind}"));
+            if let (Some(theirs), Ok(link)) = (theirs, link)
+                && Some(&theirs) != namespace_of("self", kind).as_ref()
+            {
+                namespaces.push((
+                    kind.to_string(),
+                    theirs,
+                    link.to_string_lossy().into_owned(),
+                ));
+            }
+        }
+        assert!(
+            namespaces.iter().any(|(k, _, _)| k == "mnt"),
+            "{name}'s PID 1 ({leader}) has a mount namespace of its own"
+        );
+        GuestTrace {
+            name: name.to_string(),
+            leader,
+            namespaces,
+            uid_range: v["uid_range"]["shift"].as_u64(),
+            payload_cgroup: PathBuf::from(v["cgroup"].as_str().expect("cgroup in status")),
+        }
+    }
+
+    /// Everything of the guest is gone (see [`assert_cleaned_up`]), and
+    /// nothing holds its namespaces any more.
+    pub fn assert_gone(&self) {
+        assert_cleaned_up(&self.name, Some(self.leader));
+        assert!(
+            !self.payload_cgroup.exists(),
+            "payload cgroup {} left behind",
+            self.payload_cgroup.display()
+        );
+        if let Some(shift) = self.uid_range {
+            let lock = Path::new("/run/systemd/nspawn-uid").join(shift.to_string());
+            assert!(
+                !lock.exists(),
+                "UID range lock {} left behind",
+                lock.display()
+            );
+        }
+        let mut holders = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if pid.parse::<i32>().is_err() {
+                continue;
+            }
+            for (kind, id, _) in &self.namespaces {
+                if namespace_of(&pid, kind).as_ref() == Some(id) {
+                    let what = |f: &str| {
+                        std::fs::read(format!("/proc/{pid}/{f}"))
+                            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                            .unwrap_or_default()
+                    };
+                    holders.push(format!(
+                        "{pid} in {id}: {} [{}]",
+                        what("cmdline"),
+                        what("cgroup").trim()
+                    ));
+                }
+            }
+        }
+        assert!(
+            holders.is_empty(),
+            "processes still in {}'s namespaces: {holders:?}",
+            self.name
+        );
+        // An nsfs mount shows the namespace's link text as its root.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let pinned: Vec<&str> = mountinfo
+            .lines()
+            .filter(|l| {
+                l.contains(" - nsfs ")
+                    && self
+                        .namespaces
+                        .iter()
+                        .any(|(_, _, link)| l.contains(link.as_str()))
+            })
+            .collect();
+        assert!(
+            pinned.is_empty(),
+            "{}'s namespaces may be pinned by host mounts: {pinned:?}",
+            self.name
         );
     }
 }
@@ -440,6 +687,26 @@ impl UnitCgroup {
             ))
             .arg(program);
         cmd
+    }
+}
+
+impl UnitCgroup {
+    /// A --keep-unit launcher left its unit as it found it: no payload,
+    /// and its supervisor cgroup (which the launcher itself sat in) empty.
+    pub fn assert_left_clean(&self) {
+        let payload = self.path.join("payload");
+        assert!(
+            !payload.exists(),
+            "payload cgroup {} left behind",
+            payload.display()
+        );
+        let supervisor = self.path.join("supervisor");
+        let procs = std::fs::read_to_string(supervisor.join("cgroup.procs")).unwrap_or_default();
+        assert!(
+            procs.trim().is_empty(),
+            "processes left in {}: {procs}",
+            supervisor.display()
+        );
     }
 }
 
