@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use nixspawn_runtime::closure::{self, ClosureSource};
-use nixspawn_runtime::journal::LinkJournal;
-use nixspawn_runtime::machined::{self, Reach};
-use nixspawn_runtime::mounts::CustomMount;
+use nixspawn_runtime::guest::journal::LinkJournal;
+use nixspawn_runtime::guest::rootfs::mounts::CustomMount;
+use nixspawn_runtime::host::machined::{self, Reach};
+use nixspawn_runtime::nixos::closure::{self, ClosureSource};
 use nixspawn_runtime::{
-    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, environment, signals, sys,
+    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, guest::environment,
+    spec::signals, sys,
 };
-use nixspawn_runtime::{capabilities, credentials, seccomp, userns};
+use nixspawn_runtime::{guest::credentials, security::capabilities, security::seccomp, userns};
 
 use crate::nspawn_settings;
 
@@ -436,8 +437,12 @@ fn console_mode(args: &Args) -> Result<ConsoleMode> {
 
 /// The tree's /etc/machine-id, if it holds a valid id.
 fn tree_machine_id(dir: &Path) -> Option<Uuid> {
-    let text =
-        nixspawn_runtime::resolve::read_in_root(dir, Path::new("/etc/machine-id"), 64).ok()?;
+    let text = nixspawn_runtime::guest::rootfs::resolve::read_in_root(
+        dir,
+        Path::new("/etc/machine-id"),
+        64,
+    )
+    .ok()?;
     Uuid::parse(String::from_utf8_lossy(&text).trim()).ok()
 }
 

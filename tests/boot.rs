@@ -142,9 +142,9 @@ fn guest_view_matches_the_container_interface(suite: &str) {
     // Capabilities: nspawn's 26 (minus any the host itself lacks).
     let bnd = cap_bnd(&guest.sh("cat /proc/1/status"));
     let host_bnd = cap_bnd(&std::fs::read_to_string("/proc/self/status").unwrap());
-    let expected =
-        nixspawn_runtime::capabilities::mask(&nixspawn_runtime::capabilities::guest_set(false))
-            & host_bnd;
+    let expected = nixspawn_runtime::security::capabilities::mask(
+        &nixspawn_runtime::security::capabilities::guest_set(false),
+    ) & host_bnd;
     assert_eq!(
         bnd, expected,
         "CapBnd of PID 1 is {bnd:x}, expected {expected:x}"

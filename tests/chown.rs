@@ -306,7 +306,7 @@ impl Drop for LeftoverScope {
         }
         let v2 = nixspawn_runtime::cgroup::v2_mount().unwrap();
         // Its mirror in the v1 devices hierarchy too, where there is one.
-        let v1 = nixspawn_runtime::devices::v1_hierarchy().map(|(mount, _)| mount);
+        let v1 = nixspawn_runtime::cgroup::devices::v1_hierarchy().map(|(mount, _)| mount);
         for slice in std::iter::once(v2)
             .chain(v1)
             .map(|m| m.join("machine.slice"))

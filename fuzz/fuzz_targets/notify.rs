@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let m = nixspawn_runtime::notify::parse(data);
+    let m = nixspawn_runtime::launcher::notify::parse(data);
     if let Some(status) = m.status {
         assert!(!status.contains('\n'));
     }

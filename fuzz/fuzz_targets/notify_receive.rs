@@ -14,7 +14,7 @@ use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixCredentials, sendmsg,
     setsockopt, socketpair, sockopt,
 };
-use nixspawn_runtime::notify;
+use nixspawn_runtime::launcher::notify;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

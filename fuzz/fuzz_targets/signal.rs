@@ -1,7 +1,7 @@
 //! --kill-signal values.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::signals;
+use nixspawn_runtime::spec::signals;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

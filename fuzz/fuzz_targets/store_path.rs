@@ -1,7 +1,7 @@
 //! Closure file entries and --toplevel values: store path names.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::closure;
+use nixspawn_runtime::nixos::closure;
 use std::os::unix::ffi::OsStrExt;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! --system-call-filter values and the program they produce.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::seccomp::{self, Adjustments};
+use nixspawn_runtime::security::seccomp::{self, Adjustments};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(seccomp::is_known(name));
     }
     // Every architecture we have tables for, whatever this build's is.
-    let caps = nixspawn_runtime::capabilities::guest_set(false);
+    let caps = nixspawn_runtime::security::capabilities::guest_set(false);
     for arch in [seccomp::HostArch::X86_64, seccomp::HostArch::Aarch64] {
         let prog = seccomp::program_for(arch, &caps, &adjust);
         assert!(

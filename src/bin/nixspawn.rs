@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use nixspawn_cli::launcher_args::{self, Options};
-use nixspawn_runtime::{Event, Outcome, Spec, signals};
+use nixspawn_runtime::{Event, Outcome, Spec, spec::signals};
 
 fn report<'a>(spec: &'a Spec, opts: &'a Options) -> impl FnMut(Event<'_>) + 'a {
     move |event| {

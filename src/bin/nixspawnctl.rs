@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use nixspawn_cli::terminal_safe;
-use nixspawn_runtime::closure::ClosureSource;
+use nixspawn_runtime::nixos::closure::ClosureSource;
 use nixspawn_runtime::state::{self, State};
-use nixspawn_runtime::{MachineName, enter, signals, sys, update};
+use nixspawn_runtime::{MachineName, ctl::enter, nixos::update, spec::signals, sys};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -208,7 +208,7 @@ fn run(cli: Cli) -> Result<i32> {
             let st = state::load(&name(&n)?)?;
             let env = setenv
                 .iter()
-                .map(|s| nixspawn_runtime::environment::parse_assignment(s))
+                .map(|s| nixspawn_runtime::guest::environment::parse_assignment(s))
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(enter::exec(&st, &command, &env)?);
         }

@@ -381,7 +381,7 @@ pub fn claim_name(name: &str) -> NameClaim {
     let name = nixspawn_runtime::MachineName::new(name).unwrap();
     let path = nixspawn_runtime::state::lock_path(&name);
     std::fs::create_dir_all(nixspawn_runtime::state::LOCK_DIR).unwrap();
-    let file = nixspawn_runtime::lockfile::acquire(&path)
+    let file = nixspawn_runtime::state::lockfile::acquire(&path)
         .unwrap()
         .unwrap_or_else(|| panic!("{} is held by someone else", path.display()));
     NameClaim {
@@ -393,7 +393,7 @@ pub fn claim_name(name: &str) -> NameClaim {
 impl Drop for NameClaim {
     fn drop(&mut self) {
         if let Some(f) = self.file.take() {
-            nixspawn_runtime::lockfile::release(&self.path, f);
+            nixspawn_runtime::state::lockfile::release(&self.path, f);
         }
     }
 }

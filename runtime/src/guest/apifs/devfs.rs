@@ -1,0 +1,142 @@
+//! A minimal /dev: a small tmpfs with the standard nodes, a private devpts
+//! instance, /dev/shm, /dev/mqueue, and the console pty.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use nix::mount::MsFlags;
+use nix::sys::stat::{Mode, SFlag, mknod};
+
+use crate::error::{Error, Result};
+use crate::guest::rootfs::mounts::{
+    Mounted, Owner, bind, ensure_dir, ensure_file, mount_fs, mount_fs_in_root, mount_fs_on_dir,
+};
+use crate::sys;
+
+/// Nodes every container gets.
+const NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Nodes a container gets only if the host lets us open them.
+const OPTIONAL_NODES: &[&str] = &["fuse", "net/tun"];
+
+/// Mount /dev with its nodes, links and /dev/shm, owned by `owner`, and
+/// return the mount (the guest's /dev). devpts and mqueue come from
+/// [`mount_pts_and_mqueue`]: under a user namespace only the guest's own
+/// process may mount them.
+pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<Mounted> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    let mounted = mount_fs_in_root(
+        root,
+        "/dev",
+        "tmpfs",
+        0o755,
+        flags,
+        Some(&owner.tmpfs("mode=0755,size=4m")),
+    )?;
+    // Everything below goes into the new tmpfs through its descriptor.
+    let dev = mounted.path();
+
+    let openable = |name: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(Path::new("/dev").join(name))
+            .is_ok()
+    };
+    for name in NODES
+        .iter()
+        .chain(OPTIONAL_NODES.iter().filter(|n| openable(n)))
+    {
+        copy_node(name, &dev)?;
+        owner.chown(&dev.join(name))?;
+    }
+    if dev.join("net").exists() {
+        owner.chown(&dev.join("net"))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let p = dev.join(link);
+        std::os::unix::fs::symlink(target, &p).map_err(|e| Error::io("symlink", &p, e))?;
+        owner.chown(&p)?;
+    }
+    let shm = dev.join("shm");
+    let shm_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
+    mount_fs_on_dir(
+        "tmpfs",
+        &shm,
+        0o1777,
+        shm_flags,
+        Some(&owner.tmpfs("mode=01777")),
+    )?;
+    ensure_dir(&dev.join("pts"), 0o755)?;
+    owner.chown(&dev.join("pts"))?;
+    ensure_dir(&dev.join("mqueue"), 0o755)?;
+    owner.chown(&dev.join("mqueue"))?;
+    // The console's mount point: a file the pty's peer is bound onto.
+    ensure_file(&dev.join("console"), 0o600)?;
+    owner.chown(&dev.join("console"))?;
+    Ok(mounted)
+}
+
+/// The guest's own devpts instance and POSIX message queue filesystem.
+pub(crate) fn mount_pts_and_mqueue(dev: &Path) -> Result<()> {
+    mount_fs(
+        "devpts",
+        &dev.join("pts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    mount_fs(
+        "mqueue",
+        &dev.join("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
+}
+
+fn copy_node(name: &str, dev: &Path) -> Result<()> {
+    let host = Path::new("/dev").join(name);
+    let meta = std::fs::metadata(&host).map_err(|e| Error::io("stat", &host, e))?;
+    if !meta.file_type().is_char_device() {
+        return Err(Error::BadTree {
+            path: host,
+            reason: "is not a character device on the host".into(),
+        });
+    }
+    let dst = dev.join(name);
+    if let Some(parent) = dst.parent() {
+        ensure_dir(parent, 0o755)?;
+    }
+    mknod(
+        &dst,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(meta.mode() & 0o777),
+        meta.rdev(),
+    )
+    .map_err(|e| Error::io("mknod", &dst, e.into()))
+}
+
+/// The console: a pty of the guest's own devpts, its peer bound onto
+/// /dev/console. Returns (master, peer).
+pub(crate) fn make_console(dev: &Path) -> Result<(OwnedFd, OwnedFd)> {
+    let ptmx = dev.join("pts/ptmx");
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&ptmx)
+        .map_err(|e| Error::io("opening", &ptmx, e))?
+        .into();
+    sys::pty_unlock(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCSPTLCK)", e))?;
+    let n = sys::pty_number(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTN)", e))?;
+    let peer =
+        sys::pty_peer(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTPEER)", e))?;
+    let console = dev.join("console");
+    bind(&dev.join(format!("pts/{n}")), &console, false, false)?;
+    Ok((master, peer))
+}

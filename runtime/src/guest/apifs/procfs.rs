@@ -1,0 +1,68 @@
+//! /proc for the guest: its own procfs, with the kernel knobs read-only and
+//! the host-revealing files masked, as systemd-nspawn sets it up.
+
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use crate::error::Result;
+use crate::guest::apifs::runhost::inaccessible_file;
+use crate::guest::rootfs::mounts::{Target, bind, mount_fs, mount_new};
+
+/// Overmounted with a mode-0 file: they leak host kernel state.
+const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
+/// Bound read-only onto themselves.
+const READ_ONLY: &[&str] = &["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"];
+
+const FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Mount /proc on `proc` (the guest's /proc, resolved and held); `host`
+/// leads into /run/host (its boot id and masking file).
+pub(crate) fn mount_proc_on(proc: &Target, host: &Path, private_network: bool) -> Result<()> {
+    let mounted = mount_new("proc", proc, FLAGS, None)?;
+    restrict(&mounted.path(), host, private_network)
+}
+
+/// Mount /proc at the path `proc` (inside the guest's root, after it
+/// pivoted there); `host` is /run/host.
+pub(crate) fn mount_proc(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
+    mount_fs("proc", proc, FLAGS, None)?;
+    restrict(proc, host, private_network)
+}
+
+/// The read-only and masked parts of the procfs at `proc`.
+fn restrict(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
+    let proc = proc.to_path_buf();
+
+    let sys = proc.join("sys");
+    bind(&sys, &sys, true, true)?;
+    if private_network {
+        // The guest owns its network namespace, so it may tune it.
+        let net = sys.join("net");
+        bind(&net, &net, true, false)?;
+    }
+    // Our own boot id, so the guest's journal has its own boots.
+    let boot_id = sys.join("kernel/random/boot_id");
+    bind(
+        &host.join("proc-sys-kernel-random-boot-id"),
+        &boot_id,
+        false,
+        true,
+    )?;
+    let mask = inaccessible_file(host);
+    for name in MASKED {
+        let p = proc.join(name);
+        if p.exists() {
+            bind(&mask, &p, false, true)?;
+        }
+    }
+    for name in READ_ONLY {
+        let p = proc.join(name);
+        if p.exists() {
+            bind(&p, &p, true, true)?;
+        }
+    }
+    Ok(())
+}

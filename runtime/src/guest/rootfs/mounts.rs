@@ -1,0 +1,623 @@
+//! Mount helpers for assembling the guest root, and the user's own mounts
+//! (`--bind`, `--bind-ro`, `--tmpfs`) with systemd-nspawn's syntax.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+
+use crate::error::{Error, Result};
+use crate::guest::rootfs::resolve::{self, Create};
+
+/// Who owns what the launcher creates for the guest: host root, or under a
+/// user namespace the guest's root (the host id its range starts at).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Owner(pub Option<u32>);
+
+impl Owner {
+    /// tmpfs options, with uid=/gid= of the guest's root if shifted.
+    pub fn tmpfs(&self, base: &str) -> String {
+        match self.0 {
+            Some(id) => format!("{base},uid={id},gid={id}"),
+            None => base.to_owned(),
+        }
+    }
+
+    /// Give `path` (not following a final symlink) to the guest's root.
+    pub fn chown(&self, path: &Path) -> Result<()> {
+        let Some(id) = self.0 else { return Ok(()) };
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(id)),
+            Some(nix::unistd::Gid::from_raw(id)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io("chown", path, e.into()))
+    }
+}
+
+/// A place in the guest's root to mount onto, resolved once and held by
+/// descriptor: the mount lands on exactly what was resolved, whatever is
+/// done meanwhile to the path it was found by (a directory of the tree
+/// renamed and replaced by a link to a host directory, say).
+pub(crate) struct Target {
+    fd: OwnedFd,
+    shown: PathBuf,
+}
+
+impl Target {
+    /// Resolve (creating it as asked) `guest_path` inside `root`.
+    pub fn resolve(root: &Path, guest_path: &Path, create: Create) -> Result<Target> {
+        let (fd, shown) = resolve::held_in_root(root, guest_path, create)?;
+        Ok(Target { fd, shown })
+    }
+
+    /// A directory or file of ours (inside a mount we made), by path.
+    pub fn ours(path: &Path) -> Result<Target> {
+        let fd = nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::io("opening", path, e.into()))?;
+        Ok(Target {
+            fd,
+            shown: path.to_path_buf(),
+        })
+    }
+
+    /// Where it is, as a path (for messages and the guest's view).
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Say where it is in terms of the guest's root (for one of ours that
+    /// was opened through a descriptor path).
+    pub fn set_shown(&mut self, shown: PathBuf) {
+        self.shown = shown;
+    }
+
+    /// Give it to the guest's root (the descriptor's inode, never a path).
+    pub fn chown(&self, owner: Owner) -> Result<()> {
+        let Some(id) = owner.0 else { return Ok(()) };
+        nix::unistd::fchownat(
+            &self.fd,
+            c"",
+            Some(nix::unistd::Uid::from_raw(id)),
+            Some(nix::unistd::Gid::from_raw(id)),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| Error::io("chown", &self.shown, e.into()))
+    }
+
+    /// Attach the detached mount `mount` here.
+    pub fn attach(&self, mount: OwnedFd) -> Result<Mounted> {
+        crate::sys::move_mount_onto(mount.as_fd(), self.fd.as_fd()).map_err(|e| Error::Mount {
+            what: "a prepared mount".into(),
+            target: self.shown.clone(),
+            source: e,
+        })?;
+        Ok(Mounted {
+            fd: mount,
+            shown: self.shown.clone(),
+        })
+    }
+}
+
+/// A mount we made, held by the descriptor of its root. What is done
+/// inside it goes through [`Mounted::path`] (/proc/self/fd/N, which leads
+/// into this very mount), never back through the tree's directories.
+pub(crate) struct Mounted {
+    fd: OwnedFd,
+    shown: PathBuf,
+}
+
+impl Mounted {
+    /// A path into this mount that does not depend on the tree.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// Where it is mounted, as resolved (for messages and the guest's view).
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+}
+
+/// The MOUNT_ATTR_* flags for these mount(2) flags.
+fn attrs(flags: MsFlags) -> u64 {
+    use crate::sys::*;
+    [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_STRICTATIME, MOUNT_ATTR_STRICTATIME),
+    ]
+    .into_iter()
+    .filter(|(ms, _)| flags.contains(*ms))
+    .fold(0, |a, (_, attr)| a | attr)
+}
+
+/// A fresh `fstype` (with mount(8)-style `data` options) on `target`.
+pub(crate) fn mount_new(
+    fstype: &str,
+    target: &Target,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<Mounted> {
+    let what = || {
+        format!(
+            "{fstype}{}",
+            data.map(|d| format!(" ({d})")).unwrap_or_default()
+        )
+    };
+    let c = std::ffi::CString::new(fstype).map_err(|_| {
+        Error::io(
+            "filesystem type",
+            target.shown(),
+            io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    let fd =
+        crate::sys::new_mount(&c, data.unwrap_or(""), attrs(flags)).map_err(|e| Error::Mount {
+            what: what(),
+            target: target.shown().to_path_buf(),
+            source: e,
+        })?;
+    target.attach(fd)
+}
+
+/// Bind `src` onto `target` (recursive and read-only as asked, as
+/// [`bind`] does).
+pub(crate) fn bind_onto(
+    src: &Path,
+    target: &Target,
+    recursive: bool,
+    read_only: bool,
+) -> Result<Mounted> {
+    let fd = clone_tree(src, recursive)?;
+    if read_only {
+        crate::sys::mount_setattr(fd.as_fd(), recursive, crate::sys::MOUNT_ATTR_RDONLY, 0)
+            .map_err(|e| Error::Mount {
+                what: format!("read-only bind of {}", src.display()),
+                target: target.shown().to_path_buf(),
+                source: e,
+            })?;
+    }
+    target.attach(fd)
+}
+
+/// Mount a filesystem of `fstype` on `target`.
+pub(crate) fn mount_fs(
+    fstype: &str,
+    target: &Path,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(Some(fstype), target, Some(fstype), flags, data).map_err(|e| Error::Mount {
+        what: format!(
+            "{fstype}{}",
+            data.map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        target: target.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Create `target` (with `mode`) if missing and mount a fresh `fstype` on it.
+pub(crate) fn mount_fs_on_dir(
+    fstype: &str,
+    target: &Path,
+    mode: u32,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    ensure_dir(target, mode)?;
+    mount_fs(fstype, target, flags, data)
+}
+
+/// Resolve `guest_path` inside `root` (creating the directory with `mode`
+/// if missing, never leaving the root) and mount a fresh `fstype` on
+/// exactly what was resolved.
+pub(crate) fn mount_fs_in_root(
+    root: &Path,
+    guest_path: &str,
+    fstype: &str,
+    mode: u32,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<Mounted> {
+    let target = Target::resolve(root, Path::new(guest_path), Create::Dir(mode))?;
+    mount_new(fstype, &target, flags, data)
+}
+
+/// Bind `src` onto `dst`, optionally recursive and/or read-only. A
+/// read-only bind is read-only all the way down (the mounts below `src`
+/// too) before it is attached, so there is no moment at which it is
+/// writable, and under a user namespace the kernel locks it that way.
+pub(crate) fn bind(src: &Path, dst: &Path, recursive: bool, read_only: bool) -> Result<()> {
+    let fd = clone_tree(src, recursive)?;
+    if read_only {
+        crate::sys::mount_setattr(
+            std::os::fd::AsFd::as_fd(&fd),
+            recursive,
+            crate::sys::MOUNT_ATTR_RDONLY,
+            0,
+        )
+        .map_err(|e| Error::Mount {
+            what: format!("read-only bind of {}", src.display()),
+            target: dst.to_path_buf(),
+            source: e,
+        })?;
+    }
+    crate::guest::rootfs::attach(&fd, dst)
+}
+
+/// A detached copy of the mount tree at `src` (OPEN_TREE_CLONE), with the
+/// mounts below it if `recursive`.
+pub(crate) fn clone_tree(src: &Path, recursive: bool) -> Result<std::os::fd::OwnedFd> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(src.as_os_str()))
+        .map_err(|_| Error::io("path", src, io::ErrorKind::InvalidInput.into()))?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    crate::sys::open_tree(None, &c, flags).map_err(|e| Error::Mount {
+        what: format!("bind of {}", src.display()),
+        target: src.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Change the per-mount flags of the bind mount at `target`, keeping the
+/// nosuid/nodev/noexec it already had.
+pub(crate) fn remount(target: &Path, extra: MsFlags) -> Result<()> {
+    let kept = nix::sys::statvfs::statvfs(target)
+        .map(|s| {
+            use nix::sys::statvfs::FsFlags;
+            let f = s.flags();
+            let mut m = MsFlags::empty();
+            for (fs, ms) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            ] {
+                if f.contains(fs) {
+                    m |= ms;
+                }
+            }
+            m
+        })
+        .unwrap_or(MsFlags::empty());
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | kept | extra,
+        None::<&str>,
+    )
+    .map_err(|e| Error::Mount {
+        what: "remount".into(),
+        target: target.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Set the propagation of `target` (and below, with MS_REC).
+pub(crate) fn propagation(target: &Path, flags: MsFlags) -> Result<()> {
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|e| Error::Mount {
+        what: format!("propagation {flags:?}"),
+        target: target.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Create a directory (and parents) if missing.
+pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::io("creating directory", path, e)),
+    }
+}
+
+/// Create an empty regular file (and its parents) if missing, to bind onto.
+pub(crate) fn ensure_file(path: &Path, mode: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent, 0o755)?;
+    }
+    match fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating file", path, e)),
+    }
+}
+
+/// Write a small file with an exact mode.
+pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io("creating file", path, e))?;
+    f.write_all(content)
+        .map_err(|e| Error::io("writing", path, e))?;
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+/// How a bind's ownership appears under a user namespace (nspawn's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindIdmap {
+    /// `noidmap` (the default): host ids outside the guest's range show as nobody.
+    None,
+    /// `idmap`: ids [0, range) of the source appear as the guest's own.
+    Idmap,
+    /// `rootidmap`: the source's owner appears as the guest's root.
+    RootIdmap,
+}
+
+/// What the user's mounts need under a user namespace.
+pub(crate) struct MountContext<'a> {
+    pub owner: Owner,
+    /// The guest's range, and the user namespace mapping [0, range) onto it.
+    pub mapping: Option<(crate::userns::UidRange, &'a std::os::fd::OwnedFd)>,
+}
+
+/// One of the user's extra mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomMount {
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+        recursive: bool,
+        idmap: BindIdmap,
+    },
+    Tmpfs {
+        target: PathBuf,
+        options: String,
+    },
+}
+
+fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidValue {
+        what,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Split on unescaped ':' (systemd allows "\:" inside paths).
+fn split_colons(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => parts.last_mut().expect("non-empty").push(n),
+                None => parts.last_mut().expect("non-empty").push('\\'),
+            },
+            ':' => parts.push(String::new()),
+            c => parts.last_mut().expect("non-empty").push(c),
+        }
+    }
+    parts
+}
+
+fn absolute_path(what: &'static str, value: &str, p: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(invalid(
+            what,
+            value,
+            format!("{p:?} is not an absolute path"),
+        ));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(what, value, format!("{p:?} contains '..'")));
+    }
+    Ok(path)
+}
+
+impl CustomMount {
+    /// `SRC[:DST[:OPTIONS]]` as for `--bind`/`--bind-ro`.
+    pub fn parse_bind(value: &str, read_only: bool) -> Result<Self> {
+        let what = if read_only { "--bind-ro" } else { "--bind" };
+        let parts = split_colons(value);
+        if parts.len() > 3 {
+            return Err(invalid(
+                what,
+                value,
+                "expected SOURCE[:DESTINATION[:OPTIONS]]",
+            ));
+        }
+        let source = absolute_path(what, value, &parts[0])?;
+        let target = match parts.get(1) {
+            Some(d) if !d.is_empty() => absolute_path(what, value, d)?,
+            _ => source.clone(),
+        };
+        let mut recursive = true;
+        let mut idmap = BindIdmap::None;
+        if let Some(opts) = parts.get(2) {
+            for opt in opts.split(',').filter(|o| !o.is_empty()) {
+                match opt {
+                    "rbind" => recursive = true,
+                    "norbind" => recursive = false,
+                    "noidmap" => idmap = BindIdmap::None,
+                    "idmap" => idmap = BindIdmap::Idmap,
+                    "rootidmap" => idmap = BindIdmap::RootIdmap,
+                    "owneridmap" => {
+                        return Err(invalid(
+                            what,
+                            value,
+                            "the owneridmap option is not implemented by nixspawn yet",
+                        ));
+                    }
+                    other => {
+                        return Err(invalid(
+                            what,
+                            value,
+                            format!(
+                                "unknown option {other:?} (known: rbind, norbind, noidmap, idmap, rootidmap)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(CustomMount::Bind {
+            source,
+            target,
+            read_only,
+            recursive,
+            idmap,
+        })
+    }
+
+    /// `PATH[:OPTIONS]` as for `--tmpfs`.
+    pub fn parse_tmpfs(value: &str) -> Result<Self> {
+        let (path, options) = match value.split_once(':') {
+            Some((p, o)) => (p, o.to_owned()),
+            None => (value, "mode=0755".to_owned()),
+        };
+        let target = absolute_path("--tmpfs", value, path)?;
+        if options.contains(['\n', '\0']) {
+            return Err(invalid("--tmpfs", value, "options must be a single line"));
+        }
+        Ok(CustomMount::Tmpfs { target, options })
+    }
+
+    /// Mount it below the assembled (not yet pivoted) root.
+    pub(crate) fn apply(&self, root: &Path, ctx: &MountContext<'_>) -> Result<()> {
+        match self {
+            CustomMount::Bind {
+                source,
+                target,
+                read_only,
+                recursive,
+                idmap,
+            } => {
+                let meta = fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
+                let create = if meta.is_dir() {
+                    Create::Dir(0o755)
+                } else {
+                    Create::File(0o644)
+                };
+                let dst = Target::resolve(root, target, create)?;
+                let userns = match (idmap, ctx.mapping) {
+                    (BindIdmap::None, _) => {
+                        return bind_onto(source, &dst, *recursive, *read_only).map(drop);
+                    }
+                    (_, None) => {
+                        return Err(Error::InvalidValue {
+                            what: "bind option",
+                            value: format!("{}:{}", source.display(), target.display()),
+                            reason: "idmap and rootidmap need a user namespace (--private-users)"
+                                .into(),
+                        });
+                    }
+                    (BindIdmap::Idmap, Some((_, mapping))) => {
+                        mapping.try_clone().map_err(|e| Error::syscall("dup", e))?
+                    }
+                    (BindIdmap::RootIdmap, Some((range, _))) => {
+                        use std::os::unix::fs::MetadataExt;
+                        crate::userns::idmap::userns_with_map(&format!(
+                            "{} {} 1\n",
+                            meta.uid(),
+                            range.shift
+                        ))?
+                    }
+                };
+                let fd =
+                    crate::userns::idmap::idmapped_clone(source, &userns, *recursive, *read_only)?;
+                dst.attach(fd).map(drop)
+            }
+            CustomMount::Tmpfs { target, options } => {
+                let dst = Target::resolve(root, target, Create::Dir(0o755))?;
+                mount_new(
+                    "tmpfs",
+                    &dst,
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(&ctx.owner.tmpfs(options)),
+                )
+                .map(drop)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_specs() {
+        assert_eq!(
+            CustomMount::parse_bind("/a", false).unwrap(),
+            CustomMount::Bind {
+                source: "/a".into(),
+                target: "/a".into(),
+                read_only: false,
+                recursive: true,
+                idmap: BindIdmap::None
+            }
+        );
+        assert_eq!(
+            CustomMount::parse_bind("/a\\:b:/c:norbind", true).unwrap(),
+            CustomMount::Bind {
+                source: "/a:b".into(),
+                target: "/c".into(),
+                read_only: true,
+                recursive: false,
+                idmap: BindIdmap::None
+            }
+        );
+        assert!(CustomMount::parse_bind("rel", false).is_err());
+        assert!(CustomMount::parse_bind("/a:/b/../c", false).is_err());
+        assert!(CustomMount::parse_bind("/a:/b:bogus", false).is_err());
+        assert!(matches!(
+            CustomMount::parse_bind("/a:/b:rootidmap", false).unwrap(),
+            CustomMount::Bind {
+                idmap: BindIdmap::RootIdmap,
+                ..
+            }
+        ));
+        assert!(
+            CustomMount::parse_bind("/a:/b:owneridmap", false)
+                .unwrap_err()
+                .to_string()
+                .contains("not implemented")
+        );
+        assert!(CustomMount::parse_bind("/a:/b:c:d", false).is_err());
+    }
+
+    #[test]
+    fn tmpfs_specs() {
+        assert_eq!(
+            CustomMount::parse_tmpfs("/x").unwrap(),
+            CustomMount::Tmpfs {
+                target: "/x".into(),
+                options: "mode=0755".into()
+            }
+        );
+        assert!(CustomMount::parse_tmpfs("x").is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! The janitor: a small helper forked before the launcher claims anything,
+//! which releases whatever the launcher had claimed if it dies without
+//! doing so itself (SIGKILL, OOM kill), at whatever point that happens.
+//!
+//! The launcher tells it about each claim as it makes it, over a
+//! socketpair: before taking a lock, the lock's path (so a lock taken but
+//! not yet reported is still found: it is cleared if nobody holds it);
+//! once held, its descriptor (so the janitor keeps the claim alive until
+//! its cleanup is done, and knows the claim is still its own); the cgroups
+//! before they are created; a scope and a machined registration once they
+//! exist, and again when they are let go. `Done` means the launcher
+//! released everything; `ReleaseRest`, end-of-file or the launcher's exit
+//! mean the janitor releases what is still claimed — and only that: the
+//! cgroups, state and registration are removed only while the janitor
+//! still holds the machine name's lock, so a newer claim of the same name
+//! is never touched.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+
+use crate::cgroup::CgroupLayout;
+use crate::error::{Error, Result};
+use crate::handshake::{self, Channel};
+use crate::host::machined::Via;
+use crate::spec::identity::MachineName;
+use crate::state::lockfile;
+use crate::sys::{self, Forked};
+
+/// What the launcher tells the janitor, one claim at a time.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Claim {
+    /// About to lock the machine name at `lock`; its state is `state_dir`.
+    Name {
+        name: MachineName,
+        lock: PathBuf,
+        state_dir: PathBuf,
+    },
+    /// The name's lock is held (its descriptor comes with this).
+    NameHeld,
+    /// About to lock a UID range block's file.
+    Range { path: PathBuf },
+    /// That block is held (its descriptor comes with this).
+    RangeHeld { path: PathBuf },
+    /// The guest's cgroups, about to be created.
+    Cgroups(Box<CgroupLayout>),
+    /// A transient scope started for this boot; None once it is let go.
+    Scope(Option<String>),
+    /// Registered with machined (and how); None once unregistering.
+    Registered(Option<Via>),
+    /// The launcher released everything itself.
+    Done,
+    /// The launcher could not release everything: release what is left.
+    ReleaseRest,
+}
+
+/// The launcher's end: tells the janitor about claims.
+pub(crate) struct JanitorLink {
+    channel: Channel,
+}
+
+impl JanitorLink {
+    /// Report a claim; `fd` is the held lock's descriptor where there is one.
+    pub fn note(&self, claim: &Claim, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        self.channel
+            .send(claim, fd.as_slice())
+            .map_err(|e| match e {
+                Error::Protocol(what) => Error::Janitor(what),
+                other => other,
+            })
+    }
+
+    pub fn try_clone(&self) -> Result<JanitorLink> {
+        Ok(JanitorLink {
+            channel: self.channel.try_clone()?,
+        })
+    }
+}
+
+pub(crate) struct Janitor {
+    link: JanitorLink,
+    pid: libc::pid_t,
+}
+
+impl Janitor {
+    /// Fork the janitor. The caller must be single-threaded and must not
+    /// have claimed anything yet (nothing claimed before is covered).
+    pub fn spawn() -> Result<Self> {
+        let launcher = nix::unistd::getpid().as_raw();
+        let (ours, theirs) = handshake::pair()?;
+        match sys::fork().map_err(|e| Error::syscall("fork", e))? {
+            Forked::Parent { pid, .. } => {
+                drop(theirs);
+                Ok(Janitor {
+                    link: JanitorLink { channel: ours },
+                    pid,
+                })
+            }
+            Forked::Child => {
+                drop(ours);
+                watch(theirs, launcher)
+            }
+        }
+    }
+
+    pub fn link(&self) -> &JanitorLink {
+        &self.link
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The launcher is done: if it `released` everything itself the
+    /// janitor just goes, otherwise it releases what is left (as after a
+    /// SIGKILL). Either way it is waited for, so that nothing of this run
+    /// outlives the launcher.
+    pub fn dismiss(self, released: bool) {
+        let last = if released {
+            Claim::Done
+        } else {
+            Claim::ReleaseRest
+        };
+        let _ = self.link.note(&last, None);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+    }
+}
+
+/// The name's claim as the janitor knows it.
+struct NameClaim {
+    name: MachineName,
+    lock: PathBuf,
+    state_dir: PathBuf,
+    held: Option<File>,
+}
+
+/// Everything the launcher said it claimed and has not let go of.
+#[derive(Default)]
+struct Claims {
+    name: Option<NameClaim>,
+    ranges: Vec<(PathBuf, Option<File>)>,
+    cgroups: Option<CgroupLayout>,
+    scope: Option<String>,
+    registered: Option<Via>,
+}
+
+impl Claims {
+    fn apply(&mut self, claim: Claim, mut fds: Vec<OwnedFd>) {
+        let fd = (!fds.is_empty()).then(|| File::from(fds.remove(0)));
+        match claim {
+            Claim::Name {
+                name,
+                lock,
+                state_dir,
+            } => {
+                self.name = Some(NameClaim {
+                    name,
+                    lock,
+                    state_dir,
+                    held: None,
+                })
+            }
+            Claim::NameHeld => {
+                if let Some(n) = &mut self.name {
+                    n.held = fd;
+                }
+            }
+            Claim::Range { path } => self.ranges.push((path, None)),
+            Claim::RangeHeld { path } => {
+                if let Some(r) = self.ranges.iter_mut().rev().find(|r| r.0 == path) {
+                    r.1 = fd;
+                }
+            }
+            Claim::Cgroups(layout) => self.cgroups = Some(*layout),
+            Claim::Scope(unit) => self.scope = unit,
+            Claim::Registered(via) => self.registered = via,
+            Claim::Done | Claim::ReleaseRest => {}
+        }
+    }
+
+    /// The launcher is gone: release what it still held.
+    fn release(self) {
+        if let Some(n) = self.name {
+            match n.held {
+                // Still ours: the guest, its cgroups, registration and state.
+                Some(held) if lockfile::names(&n.lock, &held) => {
+                    if let Some(cgroups) = &self.cgroups {
+                        let _ = cgroups.destroy();
+                        if self.scope.is_some() {
+                            cgroups.kill_scope();
+                        }
+                    }
+                    if let Some(via) = self.registered {
+                        crate::host::machined::unregister(None, &n.name, via);
+                    }
+                    let _ = crate::state::remove_state_dir(&n.state_dir);
+                    lockfile::release(&n.lock, held);
+                }
+                // Released by the launcher already, or someone else's now.
+                Some(_) => {}
+                // Locked, perhaps, but not yet reported.
+                None => lockfile::clear_if_unheld(&n.lock),
+            }
+        }
+        for (path, held) in self.ranges {
+            match held {
+                Some(held) => lockfile::release(&path, held),
+                None => lockfile::clear_if_unheld(&path),
+            }
+        }
+    }
+}
+
+fn watch(channel: Channel, launcher: libc::pid_t) -> ! {
+    // Out of the launcher's session and process group, deaf to the signals
+    // a terminal or a process-group kill sends, holding only what it needs.
+    let _ = nix::unistd::setsid();
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
+    // The launcher's exit, seen even while a child of its (a container
+    // process before its exec) still holds the launcher's end.
+    let launcher_fd = sys::pidfd_open(launcher)
+        .ok()
+        .filter(|_| nix::unistd::getppid().as_raw() == launcher);
+    let keep: Vec<i32> = std::iter::once(channel.as_fd().as_raw_fd())
+        .chain(launcher_fd.iter().map(|fd| fd.as_raw_fd()))
+        .collect();
+    let highest = keep.iter().copied().max().unwrap_or(2);
+    let _ = close_others(&keep, highest);
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            let _ = sys::dup_onto_stdio(null.as_fd(), fd);
+        }
+    }
+    let mut claims = Claims::default();
+    loop {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let mut fds = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = &launcher_fd {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        let (message, launcher_gone) = (ready(&fds[0]), fds.get(1).is_some_and(ready));
+        drop(fds);
+        // What the launcher sent before it died is still queued: read it first.
+        if message {
+            match channel.recv::<Claim>() {
+                Ok(Some((Claim::Done, _))) => sys::exit_now(0),
+                Ok(Some((Claim::ReleaseRest, _))) => break,
+                Ok(Some((claim, fds))) => claims.apply(claim, fds),
+                Ok(None) | Err(_) => break,
+            }
+        } else if launcher_gone {
+            break;
+        }
+    }
+    claims.release();
+    sys::exit_now(0)
+}
+
+/// Close every inherited descriptor except `keep` (all below `highest+1`
+/// are checked one by one; everything above goes at once).
+fn close_others(keep: &[i32], highest: i32) -> std::io::Result<()> {
+    for fd in 3..highest {
+        if !keep.contains(&fd) {
+            sys::close_inherited(fd);
+        }
+    }
+    sys::close_from((highest + 1) as libc::c_uint)
+}

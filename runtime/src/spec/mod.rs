@@ -1,0 +1,146 @@
+//! What a container is to be: everything the launcher decided from its
+//! command line, in one plain value the runtime consumes.
+
+pub mod identity;
+pub mod signals;
+
+use std::path::PathBuf;
+
+use crate::guest::rootfs::mounts::CustomMount;
+use crate::spec::identity::{MachineName, Uuid};
+
+/// How the container's console (stdin/stdout/stderr and /dev/console) is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsoleMode {
+    /// A pty as /dev/console, connected both ways to our terminal.
+    Interactive,
+    /// A pty as /dev/console; its output is copied to our stdout, no input.
+    ReadOnly,
+    /// A pty as /dev/console that is connected to nothing.
+    Passive,
+    /// No pty: our stdin/stdout/stderr are handed to the payload as they are.
+    Pipe,
+}
+
+impl ConsoleMode {
+    pub fn has_pty(self) -> bool {
+        self != ConsoleMode::Pipe
+    }
+}
+
+/// What runs as PID 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// `--boot`: the tree's init, with these extra arguments.
+    Boot { args: Vec<String> },
+    /// A command (argv[0] looked up in the guest's PATH).
+    Command { argv: Vec<String> },
+}
+
+/// A NixOS system toplevel and the /nix/store the guest gets.
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    /// `$toplevel/init` is PID 1; /nix/var/nix/profiles/system points here.
+    pub toplevel: PathBuf,
+    /// Exactly these /nix/store entries (closure-only), or None for the
+    /// whole host store (`--shared-store`).
+    pub closure: Option<Vec<crate::nixos::closure::Entry>>,
+    /// Pass the host's nix-daemon socket (and read-only database) in.
+    pub nix_daemon: bool,
+}
+
+/// `--register=yes|no|auto`: whether to register with systemd-machined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Register {
+    No,
+    /// Register where machined is reachable; otherwise run standalone.
+    #[default]
+    Auto,
+    /// Register or fail.
+    Yes,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The OS tree (or, with a toplevel, the state directory) on the host;
+    /// None means an empty tmpfs root.
+    pub directory: Option<PathBuf>,
+    /// Run on a throw-away overlay of the tree (tmpfs upper layer).
+    pub ephemeral: bool,
+    /// Boot a NixOS toplevel from the store.
+    pub store: Option<StoreSpec>,
+    pub machine: MachineName,
+    pub hostname: String,
+    pub uuid: Uuid,
+    pub payload: Payload,
+    /// `-E NAME=VALUE`, applied last.
+    pub environment: Vec<(String, String)>,
+    pub console: ConsoleMode,
+    pub private_network: bool,
+    /// Signal sent to PID 1 to ask it to stop; None means SIGKILL at once.
+    pub kill_signal: Option<i32>,
+    /// Wait for the guest's READY=1 before reporting readiness upwards.
+    pub notify_ready: bool,
+    /// Run in the calling unit's cgroup (payload/supervisor split).
+    pub keep_unit: bool,
+    /// `--register`.
+    pub register: Register,
+    /// `--link-journal`.
+    pub link_journal: crate::guest::journal::LinkJournal,
+    pub mounts: Vec<CustomMount>,
+    /// `--private-users`.
+    pub private_users: crate::userns::Mode,
+    /// `--private-users-ownership` (Auto when not given with pick).
+    pub ownership: crate::userns::Ownership,
+    /// Capabilities beyond nspawn's default set (`--capability`).
+    pub added_capabilities: std::collections::HashSet<caps::Capability>,
+    /// Capabilities taken away (`--drop-capability`).
+    pub dropped_capabilities: std::collections::HashSet<caps::Capability>,
+    /// `--system-call-filter` additions and removals.
+    pub syscall_filter: crate::security::seccomp::Adjustments,
+    /// Install the seccomp filter (SYSTEMD_SECCOMP=0 turns it off).
+    pub seccomp: bool,
+    /// Set no_new_privs for the payload (`--no-new-privileges=yes`).
+    pub no_new_privileges: bool,
+    /// systemd credentials for /run/host/credentials.
+    pub credentials: Vec<crate::guest::credentials::Credential>,
+    pub working_directory: Option<PathBuf>,
+}
+
+impl Spec {
+    pub fn is_boot(&self) -> bool {
+        matches!(self.payload, Payload::Boot { .. })
+    }
+
+    /// The payload's capability set: nspawn's default (with NET_ADMIN for a
+    /// private network), plus `--capability`, minus `--drop-capability`.
+    pub fn capabilities(&self) -> std::collections::HashSet<caps::Capability> {
+        let mut set = crate::security::capabilities::guest_set(self.private_network);
+        set.extend(self.added_capabilities.iter().copied());
+        set.retain(|c| !self.dropped_capabilities.contains(c));
+        set
+    }
+
+    /// What PID 1 (and every `nixspawnctl exec`) holds: [`Spec::capabilities`],
+    /// except that under a user namespace sharing the host's network
+    /// namespace, low ports are not the guest's to bind (as with nspawn).
+    pub fn payload_capabilities(
+        &self,
+        userns: bool,
+    ) -> std::collections::HashSet<caps::Capability> {
+        let mut set = self.capabilities();
+        if userns && !self.private_network {
+            set.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
+        }
+        set
+    }
+
+    /// What the root is, for messages: the directory or "an empty tmpfs".
+    pub fn root_description(&self) -> String {
+        match &self.directory {
+            Some(d) => d.display().to_string(),
+            None => "an empty tmpfs".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! User namespaces: which host UID/GID range the guest gets, and the lock
+//! that holds the range for the guest's life. Picking follows
+//! systemd-nspawn's rules and shares its lock files
+//! (/run/systemd/nspawn-uid/BASE, OFD write locks), so nixspawn and
+//! systemd-nspawn never hand out the same range.
+
+pub mod idmap;
+
+use std::fs::File;
+use std::hash::Hasher;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::launcher::janitor::{Claim, JanitorLink};
+
+/// Where `pick` looks, as systemd's container-uid-base-min/max.
+pub const PICK_MIN: u32 = 0x0008_0000;
+pub const PICK_MAX: u32 = 0x6FFF_0000;
+/// A container's range when none is given, and the alignment of every range.
+pub const RANGE: u32 = 0x0001_0000;
+pub const LOCK_DIR: &str = "/run/systemd/nspawn-uid";
+/// systemd-nspawn's key for hashing machine names into a first candidate.
+const HASH_KEY: [u8; 16] = [
+    0xe1, 0x56, 0xe0, 0xf0, 0x4a, 0xf0, 0x41, 0xaf, 0x96, 0x41, 0xcf, 0x41, 0x33, 0x94, 0xff, 0x72,
+];
+
+/// `--private-users=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    No,
+    /// `identity`: 0 → 0 for 65536 ids.
+    Identity,
+    /// `yes`: the shift is the owner of the tree's root directory.
+    FromTree,
+    /// `pick`: a free range, chosen and locked here.
+    Pick,
+    /// `SHIFT[:RANGE]`.
+    Fixed(UidRange),
+}
+
+/// Host ids [shift, shift+range) are the guest's [0, range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UidRange {
+    pub shift: u32,
+    pub range: u32,
+}
+
+impl UidRange {
+    /// The line for /proc/PID/uid_map and gid_map.
+    pub fn map_line(&self) -> String {
+        format!("0 {} {}\n", self.shift, self.range)
+    }
+}
+
+/// `--private-users-ownership=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    Off,
+    Chown,
+    Map,
+    Auto,
+}
+
+fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidValue {
+        what,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+pub fn parse_mode(value: &str) -> Result<Mode> {
+    Ok(match value {
+        "no" | "false" | "0" | "off" => Mode::No,
+        "yes" | "true" | "1" | "on" => Mode::FromTree,
+        "pick" => Mode::Pick,
+        "identity" => Mode::Identity,
+        _ => {
+            let (shift, range) = value.split_once(':').unwrap_or((value, ""));
+            let num = |s: &str| {
+                s.parse::<u32>().map_err(|_| {
+                    invalid(
+                        "--private-users",
+                        value,
+                        "expected no, yes, pick, identity or SHIFT[:RANGE]",
+                    )
+                })
+            };
+            let shift = num(shift)?;
+            let range = if range.is_empty() { RANGE } else { num(range)? };
+            fixed(value, shift, range)?
+        }
+    })
+}
+
+fn fixed(value: &str, shift: u32, range: u32) -> Result<Mode> {
+    if !shift.is_multiple_of(RANGE) || !range.is_multiple_of(RANGE) || range == 0 {
+        return Err(invalid(
+            "--private-users",
+            value,
+            format!(
+                "the shift and the range must be non-zero multiples of 65536 (0x10000); {shift:#x}:{range:#x} is not"
+            ),
+        ));
+    }
+    if u64::from(shift) + u64::from(range) > u64::from(u32::MAX) {
+        return Err(invalid(
+            "--private-users",
+            value,
+            "the range runs past the last id",
+        ));
+    }
+    Ok(Mode::Fixed(UidRange { shift, range }))
+}
+
+pub fn parse_ownership(value: &str) -> Result<Ownership> {
+    Ok(match value {
+        "off" | "no" | "false" => Ownership::Off,
+        "chown" => Ownership::Chown,
+        "map" => Ownership::Map,
+        "auto" => Ownership::Auto,
+        _ => {
+            return Err(invalid(
+                "--private-users-ownership",
+                value,
+                "expected off, chown, map or auto",
+            ));
+        }
+    })
+}
+
+/// An exclusive hold on the 64K blocks of a range, shared with
+/// systemd-nspawn's. Dropping it removes the lock files.
+#[derive(Debug)]
+pub struct RangeLock {
+    held: Vec<(PathBuf, File)>,
+}
+
+impl Drop for RangeLock {
+    fn drop(&mut self) {
+        // Unlinked while still held, as systemd does, so nobody can lock
+        // a file that is about to disappear (they check st_nlink).
+        for (p, f) in self.held.drain(..) {
+            crate::state::lockfile::release(&p, f);
+        }
+    }
+}
+
+/// Try to lock one block's file: Ok(None) if another holder has it. The
+/// janitor hears of the attempt before and of the lock after.
+fn lock_block(base: u32, janitor: &JanitorLink) -> Result<Option<(PathBuf, File)>> {
+    crate::state::ensure_root_dir(Path::new(LOCK_DIR), 0o755, false)?;
+    let path = Path::new(LOCK_DIR).join(base.to_string());
+    janitor.note(&Claim::Range { path: path.clone() }, None)?;
+    let Some(f) = crate::state::lockfile::acquire(&path)? else {
+        return Ok(None);
+    };
+    janitor.note(&Claim::RangeHeld { path: path.clone() }, Some(f.as_fd()))?;
+    Ok(Some((path, f)))
+}
+
+/// Lock every 64K block of `range`; Ok(None) if any is taken.
+pub(crate) fn lock(range: UidRange, janitor: &JanitorLink) -> Result<Option<RangeLock>> {
+    let mut held = Vec::new();
+    for block in (0..range.range / RANGE).map(|i| range.shift + i * RANGE) {
+        match lock_block(block, janitor)? {
+            Some(h) => held.push(h),
+            // Dropping what we hold so far unlinks only our own files.
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(RangeLock { held }))
+}
+
+/// systemd-nspawn's first candidate for a machine: its name hashed into the window.
+pub fn hashed_candidate(machine: &str) -> u32 {
+    let k0 = u64::from_le_bytes(HASH_KEY[..8].try_into().expect("8 bytes"));
+    let k1 = u64::from_le_bytes(HASH_KEY[8..].try_into().expect("8 bytes"));
+    #[allow(deprecated)] // SipHash-2-4 with explicit keys, exactly what nspawn uses
+    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+    h.write(machine.as_bytes());
+    // nspawn keeps the hash in a uid_t: the low 32 bits.
+    fold(h.finish() as u32)
+}
+
+fn fold(value: u32) -> u32 {
+    (value % (PICK_MAX - PICK_MIN) + PICK_MIN) & 0xFFFF_0000
+}
+
+/// Is any id of the range's ends known to the user database?
+fn in_user_database(base: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    [base, base + 0xFFFE].iter().any(|&id| {
+        User::from_uid(Uid::from_raw(id)).ok().flatten().is_some()
+            || Group::from_gid(Gid::from_raw(id)).ok().flatten().is_some()
+    })
+}
+
+/// Pick and lock a free 64K range: the tree's own shift if it is free, then
+/// the machine name's hash, then random candidates (100 tries in all).
+pub(crate) fn pick(
+    machine: &str,
+    tree_shift: Option<u32>,
+    janitor: &JanitorLink,
+) -> Result<(UidRange, RangeLock)> {
+    let mut candidates: Vec<u32> = tree_shift
+        .into_iter()
+        .chain([hashed_candidate(machine)])
+        .collect();
+    let mut random = [0u8; 4 * 100];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .map_err(|e| Error::io("reading", "/dev/urandom", e))?;
+    candidates.extend(
+        random
+            .chunks(4)
+            .map(|c| fold(u32::from_le_bytes(c.try_into().expect("4 bytes")))),
+    );
+    for base in candidates.into_iter().take(100) {
+        if !(PICK_MIN..=PICK_MAX).contains(&base) || base % RANGE != 0 {
+            continue;
+        }
+        let range = UidRange {
+            shift: base,
+            range: RANGE,
+        };
+        if let Some(lock) = lock(range, janitor)? {
+            if in_user_database(base) {
+                continue;
+            }
+            return Ok((range, lock));
+        }
+    }
+    Err(Error::InvalidValue {
+        what: "--private-users",
+        value: "pick".into(),
+        reason: format!(
+            "no free 64K range found between {PICK_MIN:#x} and {PICK_MAX:#x} after 100 tries"
+        ),
+    })
+}
+
+/// The shift a tree is owned by (`--private-users=yes`): its root
+/// directory's owner, which must be 64K-aligned.
+pub fn tree_shift(tree: &Path) -> Result<u32> {
+    let uid = std::fs::metadata(tree)
+        .map_err(|e| Error::io("stat", tree, e))?
+        .uid();
+    if uid % RANGE != 0 {
+        return Err(Error::BadTree {
+            path: tree.to_path_buf(),
+            reason: format!(
+                "its owner {uid} is not a multiple of 65536, so it names no UID range (--private-users=yes)"
+            ),
+        });
+    }
+    Ok(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("no").unwrap(), Mode::No);
+        assert_eq!(parse_mode("pick").unwrap(), Mode::Pick);
+        assert_eq!(parse_mode("yes").unwrap(), Mode::FromTree);
+        assert_eq!(parse_mode("identity").unwrap(), Mode::Identity);
+        assert_eq!(
+            parse_mode("131072").unwrap(),
+            Mode::Fixed(UidRange {
+                shift: 131072,
+                range: 65536
+            })
+        );
+        assert_eq!(
+            parse_mode("131072:131072").unwrap(),
+            Mode::Fixed(UidRange {
+                shift: 131072,
+                range: 131072
+            })
+        );
+        for bad in [
+            "131073",
+            "131072:100",
+            "131072:0",
+            "x",
+            "-1",
+            "4294901760:131072",
+        ] {
+            assert!(parse_mode(bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_mode("131073")
+                .unwrap_err()
+                .to_string()
+                .contains("multiples of 65536")
+        );
+        assert_eq!(
+            UidRange {
+                shift: 524288,
+                range: 65536
+            }
+            .map_line(),
+            "0 524288 65536\n"
+        );
+    }
+
+    #[test]
+    fn the_machine_name_hash_matches_systemd_nspawn() {
+        // systemd-nspawn 252 picked this base for a machine named "bbt"
+        // whose tree gave no usable shift.
+        assert_eq!(hashed_candidate("bbt"), 839_647_232);
+        let c = hashed_candidate("anything");
+        assert!((PICK_MIN..=PICK_MAX).contains(&c) && c.is_multiple_of(RANGE));
+    }
+}
