@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use nixspawn_runtime::guest::journal::LinkJournal;
-use nixspawn_runtime::guest::rootfs::mounts::CustomMount;
 use nixspawn_runtime::host::machined::{self, Reach};
 use nixspawn_runtime::nixos::closure::{self, ClosureSource};
+use nixspawn_runtime::security::seccomp;
+use nixspawn_runtime::spec::journal::LinkJournal;
+use nixspawn_runtime::spec::mounts::CustomMount;
+use nixspawn_runtime::spec::{capabilities, credentials, userns};
 use nixspawn_runtime::{
-    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, guest::environment,
+    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, spec::environment,
     spec::signals, sys,
 };
-use nixspawn_runtime::{guest::credentials, security::capabilities, security::seccomp, userns};
 
 use crate::nspawn_settings;
 
@@ -658,7 +659,7 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
     for c in &args.drop_capability {
         dropped_capabilities.extend(capabilities::parse_list("--drop-capability", c)?);
     }
-    let mut syscall_filter = seccomp::Adjustments::default();
+    let mut syscall_filter = nixspawn_runtime::spec::filter::Adjustments::default();
     for f in &args.system_call_filter {
         syscall_filter.add_option(f)?;
     }

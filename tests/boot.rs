@@ -142,8 +142,8 @@ fn guest_view_matches_the_container_interface(suite: &str) {
     // Capabilities: nspawn's 26 (minus any the host itself lacks).
     let bnd = cap_bnd(&guest.sh("cat /proc/1/status"));
     let host_bnd = cap_bnd(&std::fs::read_to_string("/proc/self/status").unwrap());
-    let expected = nixspawn_runtime::security::capabilities::mask(
-        &nixspawn_runtime::security::capabilities::guest_set(false),
+    let expected = nixspawn_runtime::spec::capabilities::mask(
+        &nixspawn_runtime::spec::capabilities::guest_set(false),
     ) & host_bnd;
     assert_eq!(
         bnd, expected,

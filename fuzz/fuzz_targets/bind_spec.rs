@@ -1,7 +1,7 @@
 //! --bind / --bind-ro / --tmpfs values.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::guest::rootfs::mounts::CustomMount;
+use nixspawn_runtime::spec::mounts::CustomMount;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

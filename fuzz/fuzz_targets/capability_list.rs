@@ -1,7 +1,7 @@
 //! --capability / --drop-capability values.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::security::capabilities;
+use nixspawn_runtime::spec::capabilities;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

@@ -1,7 +1,7 @@
 //! --set-credential values (C escapes) and credential ids.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::guest::credentials;
+use nixspawn_runtime::spec::credentials;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

@@ -1,7 +1,7 @@
 //! -E/--setenv assignments and os-release files.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::guest::environment;
+use nixspawn_runtime::spec::environment;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(seccomp::is_known(name));
     }
     // Every architecture we have tables for, whatever this build's is.
-    let caps = nixspawn_runtime::security::capabilities::guest_set(false);
+    let caps = nixspawn_runtime::spec::capabilities::guest_set(false);
     for arch in [seccomp::HostArch::X86_64, seccomp::HostArch::Aarch64] {
         let prog = seccomp::program_for(arch, &caps, &adjust);
         assert!(

@@ -208,7 +208,7 @@ fn run(cli: Cli) -> Result<i32> {
             let st = state::load(&name(&n)?)?;
             let env = setenv
                 .iter()
-                .map(|s| nixspawn_runtime::guest::environment::parse_assignment(s))
+                .map(|s| nixspawn_runtime::spec::environment::parse_assignment(s))
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(enter::exec(&st, &command, &env)?);
         }

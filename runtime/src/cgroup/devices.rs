@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::guest::rootfs::mounts::CustomMount;
+use crate::spec::mounts::CustomMount;
 use crate::sys::{self, BpfInsn};
 
 /// Block or character device.

@@ -27,7 +27,7 @@ use crate::guest::apifs::runhost::CONTAINER_MANAGER;
 use crate::guest::environment::DEFAULT_PATH;
 use crate::handshake::{self, Channel};
 use crate::launcher::console::RawTerminal;
-use crate::security::capabilities;
+use crate::spec::capabilities;
 use crate::state::State;
 use crate::sys::{self, ExitKind, Forked};
 
@@ -384,7 +384,10 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
             crate::security::seccomp::install(&prog),
         )?;
     }
-    at("drop capabilities", capabilities::restrict_to(&caps))?;
+    at(
+        "drop capabilities",
+        crate::security::capabilities::restrict_to(&caps),
+    )?;
     if state.no_new_privileges {
         at(
             "set no_new_privs",

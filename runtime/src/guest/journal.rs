@@ -18,49 +18,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::guest::rootfs::mounts::{Owner, Target, bind_onto};
 use crate::guest::rootfs::resolve::{self, Create};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LinkJournal {
-    No,
-    #[default]
-    Auto,
-    Host,
-    Guest,
-    TryHost,
-    TryGuest,
-}
-
-impl LinkJournal {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "no" => LinkJournal::No,
-            "auto" => LinkJournal::Auto,
-            "host" => LinkJournal::Host,
-            "guest" => LinkJournal::Guest,
-            "try-host" => LinkJournal::TryHost,
-            "try-guest" => LinkJournal::TryGuest,
-            _ => {
-                return Err(Error::InvalidValue {
-                    what: "--link-journal",
-                    value: s.to_string(),
-                    reason: "expected no, auto, host, guest, try-host or try-guest".into(),
-                });
-            }
-        })
-    }
-
-    fn tolerant(self) -> bool {
-        matches!(
-            self,
-            LinkJournal::Auto | LinkJournal::TryHost | LinkJournal::TryGuest
-        )
-    }
-
-    /// The journal lives in the tree, the host links to it.
-    fn in_guest(self) -> bool {
-        matches!(self, LinkJournal::Guest | LinkJournal::TryGuest)
-    }
-}
+use crate::spec::journal::LinkJournal;
 
 /// Where journald keeps persistent journals, on the host and in the guest.
 const JOURNAL_DIR: &str = "/var/log/journal";
@@ -166,12 +124,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn modes_and_ids() {
-        assert_eq!(
-            LinkJournal::parse("try-guest").unwrap(),
-            LinkJournal::TryGuest
-        );
-        assert!(LinkJournal::parse("maybe").is_err());
+    fn machine_ids() {
         assert_eq!(
             machine_id("0123456789ABCDEF0123456789abcdef\n").as_deref(),
             Some("0123456789abcdef0123456789abcdef")

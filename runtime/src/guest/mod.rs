@@ -21,10 +21,10 @@ use crate::guest::rootfs::resolve::Create;
 use crate::handshake::{Channel, ToChild, ToParent};
 use crate::nixos::store;
 use crate::security::{capabilities, seccomp};
+use crate::spec::userns::UidRange;
 use crate::spec::{ConsoleMode, Payload, Spec};
 use crate::sys;
 use crate::sys::Forked;
-use crate::userns::UidRange;
 
 /// Where systemd-nspawn looks for an init with --boot.
 pub const INIT_CANDIDATES: &[&str] = &[

@@ -7,11 +7,11 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::guest::rootfs::mounts::CustomMount;
 use crate::host::bus::Bus;
 use crate::host::machined::{self, Reach, Via};
 use crate::host::scope::{self, Scope, ScopeRequest};
 use crate::launcher::janitor::{Claim, JanitorLink};
+use crate::spec::mounts::CustomMount;
 use crate::spec::{Register, Spec};
 
 pub(crate) struct HostLink {

@@ -18,10 +18,11 @@ use crate::error::{Error, Result};
 use crate::host::link::HostLink;
 use crate::launcher::console::RawTerminal;
 use crate::launcher::janitor::{Claim, Janitor, JanitorLink};
+use crate::spec::userns::{Mode, Ownership, RANGE, UidRange};
 use crate::spec::{Payload, Spec};
 use crate::state::StateDir;
 use crate::sys;
-use crate::userns::{self, Mode, Ownership, RangeLock, UidRange};
+use crate::userns::{self, RangeLock};
 use crate::{guest, userns::idmap};
 use std::path::Path;
 
@@ -82,7 +83,7 @@ impl<F: FnMut(Event<'_>)> Observer for F {
 /// Check the tree before anything is created for it.
 pub fn validate_tree(spec: &Spec) -> Result<()> {
     for m in &spec.mounts {
-        if let crate::guest::rootfs::mounts::CustomMount::Bind { source, .. } = m {
+        if let crate::spec::mounts::CustomMount::Bind { source, .. } = m {
             std::fs::metadata(source).map_err(|e| Error::io("bind source", source, e))?;
         }
     }
@@ -207,7 +208,7 @@ fn prepare_userns(
         Mode::Identity => (
             UidRange {
                 shift: 0,
-                range: userns::RANGE,
+                range: RANGE,
             },
             None,
         ),
@@ -221,7 +222,7 @@ fn prepare_userns(
             })?;
             locked(UidRange {
                 shift: userns::tree_shift(tree)?,
-                range: userns::RANGE,
+                range: RANGE,
             })?
         }
         Mode::Pick => {

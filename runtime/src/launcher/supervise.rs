@@ -16,10 +16,10 @@ use crate::launcher::console::{Action, Console};
 use crate::launcher::notify;
 use crate::launcher::{Event, Observer, Outcome};
 use crate::spec::Spec;
+use crate::spec::userns::UidRange;
 use crate::state::process::ProcessIdentity;
 use crate::state::{State, StateDir};
 use crate::sys::{self, ExitKind, Forked};
-use crate::userns::UidRange;
 
 /// Which boot of the guest this is, and its user namespace plan.
 pub(crate) struct Boot<'a> {
@@ -123,9 +123,7 @@ pub(crate) fn run_payload(
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
-        capabilities: crate::security::capabilities::mask(
-            &spec.payload_capabilities(userns.is_some()),
-        ),
+        capabilities: crate::spec::capabilities::mask(&spec.payload_capabilities(userns.is_some())),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
         outer_mounts_fd: outer_mounts.as_ref().map(|fd| fd.as_raw_fd()),

@@ -7,26 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::spec::closure::{Entry, EntryKind};
 
 pub const STORE: &str = "/nix/store";
-
-/// What a store path is, learnt once when the closure is checked, so the
-/// container process does not look at each path again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryKind {
-    Directory,
-    File,
-    /// A symlink store path, with its target.
-    Symlink(PathBuf),
-}
-
-/// One path of a closure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// `HASH-name`, the path's name in /nix/store.
-    pub name: OsString,
-    pub kind: EntryKind,
-}
 
 /// Where the closure comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

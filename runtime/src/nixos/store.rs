@@ -14,8 +14,9 @@ use crate::guest::rootfs::mounts::{
     Mounted, Owner, Target, bind, bind_onto, ensure_dir, ensure_file, mount_new,
 };
 use crate::guest::rootfs::resolve::{self, Create};
-use crate::nixos::closure::{Entry, EntryKind, STORE};
+use crate::nixos::closure::STORE;
 use crate::spec::StoreSpec;
+use crate::spec::closure::{Entry, EntryKind};
 use std::os::fd::OwnedFd;
 
 /// Mount the store below `root`. `staging` is an empty directory outside

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::ctl::enter;
 use crate::error::{Error, Result};
 use crate::handshake::{self, ToParent};
-use crate::nixos::closure::{self, ClosureSource, Entry, EntryKind, STORE};
+use crate::nixos::closure::{self, ClosureSource, STORE};
 use crate::nixos::store;
+use crate::spec::closure::{Entry, EntryKind};
 use crate::state::State;
 use crate::sys::{self, Forked};
 

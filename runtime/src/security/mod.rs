@@ -1,5 +1,5 @@
 //! What the payload may do: the capability set it keeps and the seccomp
 //! filter it runs under (systemd-nspawn's policy).
 
-pub mod capabilities;
+pub(crate) mod capabilities;
 pub mod seccomp;

@@ -1,13 +1,21 @@
 //! What a container is to be: everything the launcher decided from its
 //! command line, in one plain value the runtime consumes.
 
+pub mod capabilities;
+pub mod closure;
+pub mod credentials;
+pub mod environment;
+pub mod filter;
 pub mod identity;
+pub mod journal;
+pub mod mounts;
 pub mod signals;
+pub mod userns;
 
 use std::path::PathBuf;
 
-use crate::guest::rootfs::mounts::CustomMount;
 use crate::spec::identity::{MachineName, Uuid};
+use crate::spec::mounts::CustomMount;
 
 /// How the container's console (stdin/stdout/stderr and /dev/console) is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,7 +53,7 @@ pub struct StoreSpec {
     pub toplevel: PathBuf,
     /// Exactly these /nix/store entries (closure-only), or None for the
     /// whole host store (`--shared-store`).
-    pub closure: Option<Vec<crate::nixos::closure::Entry>>,
+    pub closure: Option<Vec<crate::spec::closure::Entry>>,
     /// Pass the host's nix-daemon socket (and read-only database) in.
     pub nix_daemon: bool,
 }
@@ -87,24 +95,24 @@ pub struct Spec {
     /// `--register`.
     pub register: Register,
     /// `--link-journal`.
-    pub link_journal: crate::guest::journal::LinkJournal,
+    pub link_journal: crate::spec::journal::LinkJournal,
     pub mounts: Vec<CustomMount>,
     /// `--private-users`.
-    pub private_users: crate::userns::Mode,
+    pub private_users: crate::spec::userns::Mode,
     /// `--private-users-ownership` (Auto when not given with pick).
-    pub ownership: crate::userns::Ownership,
+    pub ownership: crate::spec::userns::Ownership,
     /// Capabilities beyond nspawn's default set (`--capability`).
     pub added_capabilities: std::collections::HashSet<caps::Capability>,
     /// Capabilities taken away (`--drop-capability`).
     pub dropped_capabilities: std::collections::HashSet<caps::Capability>,
     /// `--system-call-filter` additions and removals.
-    pub syscall_filter: crate::security::seccomp::Adjustments,
+    pub syscall_filter: crate::spec::filter::Adjustments,
     /// Install the seccomp filter (SYSTEMD_SECCOMP=0 turns it off).
     pub seccomp: bool,
     /// Set no_new_privs for the payload (`--no-new-privileges=yes`).
     pub no_new_privileges: bool,
     /// systemd credentials for /run/host/credentials.
-    pub credentials: Vec<crate::guest::credentials::Credential>,
+    pub credentials: Vec<crate::spec::credentials::Credential>,
     pub working_directory: Option<PathBuf>,
 }
 
@@ -116,7 +124,7 @@ impl Spec {
     /// The payload's capability set: nspawn's default (with NET_ADMIN for a
     /// private network), plus `--capability`, minus `--drop-capability`.
     pub fn capabilities(&self) -> std::collections::HashSet<caps::Capability> {
-        let mut set = crate::security::capabilities::guest_set(self.private_network);
+        let mut set = crate::spec::capabilities::guest_set(self.private_network);
         set.extend(self.added_capabilities.iter().copied());
         set.retain(|c| !self.dropped_capabilities.contains(c));
         set

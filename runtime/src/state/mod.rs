@@ -60,14 +60,14 @@ pub struct State {
     pub console: ConsoleMode,
     pub private_network: bool,
     /// The host UID/GID range of the guest's user namespace, if any.
-    pub uid_range: Option<crate::userns::UidRange>,
+    pub uid_range: Option<crate::spec::userns::UidRange>,
     /// The guest's store is an idmapped view (root-owned files are its root's).
     #[serde(default)]
     pub store_idmapped: bool,
     /// The payload's capabilities (bit mask, as /proc/PID/status shows them).
     pub capabilities: u64,
     /// The seccomp filter's adjustments; None when seccomp is off.
-    pub syscall_filter: Option<crate::security::seccomp::Adjustments>,
+    pub syscall_filter: Option<crate::spec::filter::Adjustments>,
     pub no_new_privileges: bool,
     /// With a user namespace: the launcher's descriptor (in the supervisor
     /// process) of the mount namespace the guest's mounts propagate from.

@@ -9,8 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::spec::userns::{RANGE, UidRange};
 use crate::sys::{self, Forked};
-use crate::userns::UidRange;
 
 /// The host id nspawn gives the launcher's own writes through an idmapped
 /// mount (UID_MAPPED_ROOT): host root must map to something in the mount.
@@ -212,7 +212,7 @@ pub fn chown_tree(tree: &Path, range: UidRange) -> Result<bool> {
     // Where the ids may be now: unshifted, at the base the root's owner
     // names, and, after an interrupted walk, wherever that walk was
     // moving them from and to.
-    let mut from = vec![0, st.st_uid - st.st_uid % crate::userns::RANGE];
+    let mut from = vec![0, st.st_uid - st.st_uid % RANGE];
     if let Some((target, earlier)) = &pending {
         from.extend(earlier.iter().copied());
         from.push(*target);

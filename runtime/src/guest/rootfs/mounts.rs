@@ -5,12 +5,13 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
 use crate::error::{Error, Result};
 use crate::guest::rootfs::resolve::{self, Create};
+use crate::spec::mounts::{BindIdmap, CustomMount};
 
 /// Who owns what the launcher creates for the guest: host root, or under a
 /// user namespace the guest's root (the host id its range starts at).
@@ -363,148 +364,14 @@ pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io("chmod", path, e))
 }
 
-/// How a bind's ownership appears under a user namespace (nspawn's options).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BindIdmap {
-    /// `noidmap` (the default): host ids outside the guest's range show as nobody.
-    None,
-    /// `idmap`: ids [0, range) of the source appear as the guest's own.
-    Idmap,
-    /// `rootidmap`: the source's owner appears as the guest's root.
-    RootIdmap,
-}
-
 /// What the user's mounts need under a user namespace.
 pub(crate) struct MountContext<'a> {
     pub owner: Owner,
     /// The guest's range, and the user namespace mapping [0, range) onto it.
-    pub mapping: Option<(crate::userns::UidRange, &'a std::os::fd::OwnedFd)>,
-}
-
-/// One of the user's extra mounts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CustomMount {
-    Bind {
-        source: PathBuf,
-        target: PathBuf,
-        read_only: bool,
-        recursive: bool,
-        idmap: BindIdmap,
-    },
-    Tmpfs {
-        target: PathBuf,
-        options: String,
-    },
-}
-
-fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidValue {
-        what,
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-/// Split on unescaped ':' (systemd allows "\:" inside paths).
-fn split_colons(s: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(n) => parts.last_mut().expect("non-empty").push(n),
-                None => parts.last_mut().expect("non-empty").push('\\'),
-            },
-            ':' => parts.push(String::new()),
-            c => parts.last_mut().expect("non-empty").push(c),
-        }
-    }
-    parts
-}
-
-fn absolute_path(what: &'static str, value: &str, p: &str) -> Result<PathBuf> {
-    let path = PathBuf::from(p);
-    if !path.is_absolute() {
-        return Err(invalid(
-            what,
-            value,
-            format!("{p:?} is not an absolute path"),
-        ));
-    }
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(what, value, format!("{p:?} contains '..'")));
-    }
-    Ok(path)
+    pub mapping: Option<(crate::spec::userns::UidRange, &'a std::os::fd::OwnedFd)>,
 }
 
 impl CustomMount {
-    /// `SRC[:DST[:OPTIONS]]` as for `--bind`/`--bind-ro`.
-    pub fn parse_bind(value: &str, read_only: bool) -> Result<Self> {
-        let what = if read_only { "--bind-ro" } else { "--bind" };
-        let parts = split_colons(value);
-        if parts.len() > 3 {
-            return Err(invalid(
-                what,
-                value,
-                "expected SOURCE[:DESTINATION[:OPTIONS]]",
-            ));
-        }
-        let source = absolute_path(what, value, &parts[0])?;
-        let target = match parts.get(1) {
-            Some(d) if !d.is_empty() => absolute_path(what, value, d)?,
-            _ => source.clone(),
-        };
-        let mut recursive = true;
-        let mut idmap = BindIdmap::None;
-        if let Some(opts) = parts.get(2) {
-            for opt in opts.split(',').filter(|o| !o.is_empty()) {
-                match opt {
-                    "rbind" => recursive = true,
-                    "norbind" => recursive = false,
-                    "noidmap" => idmap = BindIdmap::None,
-                    "idmap" => idmap = BindIdmap::Idmap,
-                    "rootidmap" => idmap = BindIdmap::RootIdmap,
-                    "owneridmap" => {
-                        return Err(invalid(
-                            what,
-                            value,
-                            "the owneridmap option is not implemented by nixspawn yet",
-                        ));
-                    }
-                    other => {
-                        return Err(invalid(
-                            what,
-                            value,
-                            format!(
-                                "unknown option {other:?} (known: rbind, norbind, noidmap, idmap, rootidmap)"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(CustomMount::Bind {
-            source,
-            target,
-            read_only,
-            recursive,
-            idmap,
-        })
-    }
-
-    /// `PATH[:OPTIONS]` as for `--tmpfs`.
-    pub fn parse_tmpfs(value: &str) -> Result<Self> {
-        let (path, options) = match value.split_once(':') {
-            Some((p, o)) => (p, o.to_owned()),
-            None => (value, "mode=0755".to_owned()),
-        };
-        let target = absolute_path("--tmpfs", value, path)?;
-        if options.contains(['\n', '\0']) {
-            return Err(invalid("--tmpfs", value, "options must be a single line"));
-        }
-        Ok(CustomMount::Tmpfs { target, options })
-    }
-
     /// Mount it below the assembled (not yet pivoted) root.
     pub(crate) fn apply(&self, root: &Path, ctx: &MountContext<'_>) -> Result<()> {
         match self {
@@ -561,63 +428,5 @@ impl CustomMount {
                 .map(drop)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bind_specs() {
-        assert_eq!(
-            CustomMount::parse_bind("/a", false).unwrap(),
-            CustomMount::Bind {
-                source: "/a".into(),
-                target: "/a".into(),
-                read_only: false,
-                recursive: true,
-                idmap: BindIdmap::None
-            }
-        );
-        assert_eq!(
-            CustomMount::parse_bind("/a\\:b:/c:norbind", true).unwrap(),
-            CustomMount::Bind {
-                source: "/a:b".into(),
-                target: "/c".into(),
-                read_only: true,
-                recursive: false,
-                idmap: BindIdmap::None
-            }
-        );
-        assert!(CustomMount::parse_bind("rel", false).is_err());
-        assert!(CustomMount::parse_bind("/a:/b/../c", false).is_err());
-        assert!(CustomMount::parse_bind("/a:/b:bogus", false).is_err());
-        assert!(matches!(
-            CustomMount::parse_bind("/a:/b:rootidmap", false).unwrap(),
-            CustomMount::Bind {
-                idmap: BindIdmap::RootIdmap,
-                ..
-            }
-        ));
-        assert!(
-            CustomMount::parse_bind("/a:/b:owneridmap", false)
-                .unwrap_err()
-                .to_string()
-                .contains("not implemented")
-        );
-        assert!(CustomMount::parse_bind("/a:/b:c:d", false).is_err());
-    }
-
-    #[test]
-    fn tmpfs_specs() {
-        assert_eq!(
-            CustomMount::parse_tmpfs("/x").unwrap(),
-            CustomMount::Tmpfs {
-                target: "/x".into(),
-                options: "mode=0755".into()
-            }
-        );
-        assert!(CustomMount::parse_tmpfs("x").is_err());
     }
 }

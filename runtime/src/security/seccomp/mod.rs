@@ -20,14 +20,8 @@ use std::collections::HashSet;
 use caps::Capability;
 
 use crate::error::{Error, Result};
+use crate::spec::filter::Adjustments;
 use bpf::{Action, Arch, Insn, Table};
-
-/// `--system-call-filter` additions and removals.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Adjustments {
-    pub allow: Vec<String>,
-    pub deny: Vec<String>,
-}
 
 /// The index of a syscall name in [`syscalls::NAMES`].
 fn name_index(name: &str) -> Option<usize> {
@@ -40,41 +34,6 @@ pub fn is_known(name: &str) -> bool {
         groups::group(name).is_some()
     } else {
         name_index(name).is_some()
-    }
-}
-
-impl Adjustments {
-    /// One `--system-call-filter=` value: space-separated names, all added,
-    /// or all removed with a leading `~`. Unknown names are refused.
-    pub fn add_option(&mut self, value: &str) -> Result<()> {
-        let (deny, list) = match value.strip_prefix('~') {
-            Some(rest) => (true, rest),
-            None => (false, value),
-        };
-        let names: Vec<&str> = list.split_whitespace().collect();
-        if names.is_empty() {
-            return Err(Error::InvalidValue {
-                what: "--system-call-filter",
-                value: value.to_owned(),
-                reason: "no system call named".into(),
-            });
-        }
-        for name in names {
-            if !is_known(name) {
-                return Err(Error::InvalidValue {
-                    what: "--system-call-filter",
-                    value: value.to_owned(),
-                    reason: format!("unknown system call or group {name:?}"),
-                });
-            }
-            if deny {
-                &mut self.deny
-            } else {
-                &mut self.allow
-            }
-            .push(name.to_owned());
-        }
-        Ok(())
     }
 }
 
@@ -226,7 +185,7 @@ mod tests {
 
     #[test]
     fn nspawn_default_policy() {
-        let caps = crate::security::capabilities::guest_set(false);
+        let caps = crate::spec::capabilities::guest_set(false);
         let prog = program_for(HostArch::X86_64, &caps, &Adjustments::default());
         let x = |name| evaluate(&prog, AUDIT_ARCH_X86_64, nr(syscalls::X86_64, name), [0; 6]);
         for allowed in [
@@ -318,7 +277,7 @@ mod tests {
 
     #[test]
     fn capabilities_and_adjustments_change_the_policy() {
-        let mut caps = crate::security::capabilities::guest_set(false);
+        let mut caps = crate::spec::capabilities::guest_set(false);
         caps.insert(Capability::CAP_SYS_TIME);
         caps.insert(Capability::CAP_IPC_LOCK);
         caps.remove(&Capability::CAP_SYS_PTRACE);
@@ -351,7 +310,7 @@ mod tests {
 
     #[test]
     fn program_is_small_and_quick_to_build() {
-        let caps = crate::security::capabilities::guest_set(false);
+        let caps = crate::spec::capabilities::guest_set(false);
         let start = std::time::Instant::now();
         let prog = program(&caps, &Adjustments::default()).unwrap();
         let took = start.elapsed();
@@ -411,7 +370,7 @@ mod tests {
     fn aarch64_gets_the_same_policy_by_name() {
         for (caps, adjust) in [
             (
-                crate::security::capabilities::guest_set(false),
+                crate::spec::capabilities::guest_set(false),
                 Adjustments::default(),
             ),
             (caps::all(), {
@@ -439,7 +398,7 @@ mod tests {
             );
             assert!(compared > 250, "{compared}");
         }
-        let caps = crate::security::capabilities::guest_set(false);
+        let caps = crate::spec::capabilities::guest_set(false);
         let arm = program_for(HostArch::Aarch64, &caps, &Adjustments::default());
         let a = |name| {
             evaluate(
@@ -491,7 +450,7 @@ mod tests {
 
     #[test]
     fn other_architectures_are_killed() {
-        let caps = crate::security::capabilities::guest_set(false);
+        let caps = crate::spec::capabilities::guest_set(false);
         let x86 = program_for(HostArch::X86_64, &caps, &Adjustments::default());
         let arm = program_for(HostArch::Aarch64, &caps, &Adjustments::default());
         // An x86 process whose audit architecture is anything unexpected.
