@@ -13,7 +13,8 @@
 //!   filesystem, the API filesystems, `security` (capabilities, seccomp),
 //!   then exec.
 //! - `nixos`: NixOS toplevels and their store; `ctl`: entering a running
-//!   guest. `sys` holds every unsafe call.
+//!   guest. `network`: links, port forwarding, resolv.conf and timezone.
+//!   `sys` holds every unsafe call.
 
 pub mod spec;
 
@@ -28,6 +29,7 @@ pub mod guest;
 pub mod security;
 
 pub mod ctl;
+pub mod network;
 pub mod nixos;
 
 pub mod error;

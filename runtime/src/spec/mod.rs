@@ -9,6 +9,7 @@ pub mod filter;
 pub mod identity;
 pub mod journal;
 pub mod mounts;
+pub mod network;
 pub mod signals;
 pub mod userns;
 

@@ -1004,3 +1004,25 @@ pub fn namespace_id(ns: BorrowedFd<'_>) -> io::Result<u64> {
     check(unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_ID, &mut id) }.into())?;
     Ok(id)
 }
+
+/// `setsockopt(fd, level, name, &value, sizeof(int))`, for the integer
+/// options `nix` has no type for (netlink's NETLINK_EXT_ACK,
+/// NETLINK_CAP_ACK, NETLINK_ADD_MEMBERSHIP).
+pub fn setsockopt_int(
+    sock: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a live c_int of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    check(ret.into()).map(drop)
+}
