@@ -24,6 +24,8 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::sys::socket::SockProtocol;
 
+pub use netlink_packet_route::link::InfoKind as LinkKind;
+
 use crate::network::names::Mac;
 use crate::network::netlink::{
     NLMSG_DONE, NLMSG_ERROR, NlError, NlResult, RECV_BUFFER, Socket, error_of, messages, nl_err,
