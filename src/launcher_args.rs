@@ -172,6 +172,55 @@ pub struct Args {
     #[arg(long)]
     pub debug: bool,
 
+    // ---- network options (issue 13): systemd-nspawn's, plus --network-address ----
+    /// Create a veth pair: ve-NAME on the host, host0 in the container
+    #[arg(short = 'n', long = "network-veth")]
+    pub network_veth: bool,
+
+    /// An extra veth pair: HOSTIF[:CONTAINERIF]
+    #[arg(long = "network-veth-extra", value_name = "HOSTIF[:CONTAINERIF]")]
+    pub network_veth_extra: Vec<String>,
+
+    /// A veth whose host side (vb-NAME) is a port of this existing bridge
+    #[arg(long = "network-bridge", value_name = "BRIDGE")]
+    pub network_bridge: Option<String>,
+
+    /// A veth whose host side is a port of the bridge vz-ZONE (made as needed)
+    #[arg(long = "network-zone", value_name = "ZONE")]
+    pub network_zone: Option<String>,
+
+    /// Move host interfaces into the container: IF[:NEWNAME] (space-separated list)
+    #[arg(long = "network-interface", value_name = "IF[:NEW]")]
+    pub network_interface: Vec<String>,
+
+    /// A macvlan on a host interface in the container: IF[:NEWNAME]
+    #[arg(long = "network-macvlan", value_name = "IF[:NEW]")]
+    pub network_macvlan: Vec<String>,
+
+    /// An ipvlan on a host interface in the container: IF[:NEWNAME]
+    #[arg(long = "network-ipvlan", value_name = "IF[:NEW]")]
+    pub network_ipvlan: Vec<String>,
+
+    /// Run in this existing network namespace (a /proc/PID/ns/net or /run/netns/NAME)
+    #[arg(long = "network-namespace-path", value_name = "PATH")]
+    pub network_namespace_path: Option<PathBuf>,
+
+    /// Forward a host port to the container: [tcp:|udp:]HOSTPORT[:CONTAINERPORT]
+    #[arg(short = 'p', long = "port", value_name = "[PROTO:]HOST[:CONTAINER]")]
+    pub port: Vec<String>,
+
+    /// nixspawn: address both ends of host0's link: HOST[/PREFIX],GUEST[/PREFIX]
+    #[arg(long = "network-address", value_name = "HOST,GUEST")]
+    pub network_address: Vec<String>,
+
+    /// The container's /etc/resolv.conf: off, copy-host, replace-stub, bind-uplink, ..., auto
+    #[arg(long = "resolv-conf", value_name = "MODE")]
+    pub resolv_conf: Option<String>,
+
+    /// The container's /etc/localtime: off, copy, bind, symlink, delete or auto
+    #[arg(long = "timezone", value_name = "MODE")]
+    pub timezone: Option<String>,
+    // ---- end of network options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -180,8 +229,6 @@ pub struct Args {
 /// systemd-nspawn options nixspawn does not implement (yet). They are
 /// refused by name rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
-    "-n",
-    "-p",
     "-i",
     "-a",
     "-u",
@@ -203,23 +250,12 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--user",
     "--uid",
     "--private-users-delegate",
-    "--network-interface",
-    "--network-macvlan",
-    "--network-ipvlan",
-    "--network-veth",
-    "--network-veth-extra",
-    "--network-bridge",
-    "--network-zone",
-    "--network-namespace-path",
-    "--port",
     "--ambient-capability",
     "--restrict-address-families",
     "--rlimit",
     "--oom-score-adjust",
     "--cpu-affinity",
     "--personality",
-    "--resolv-conf",
-    "--timezone",
     "--overlay",
     "--overlay-ro",
     "--inaccessible",
@@ -357,6 +393,14 @@ impl Args {
         opt("settings", self.settings.as_deref());
         opt("no-new-privileges", self.no_new_privileges.as_deref());
         opt("toplevel", path(&self.toplevel).as_deref());
+        opt("network-bridge", self.network_bridge.as_deref());
+        opt("network-zone", self.network_zone.as_deref());
+        opt(
+            "network-namespace-path",
+            path(&self.network_namespace_path).as_deref(),
+        );
+        opt("resolv-conf", self.resolv_conf.as_deref());
+        opt("timezone", self.timezone.as_deref());
         opt("closure-file", path(&self.closure_file).as_deref());
         for (name, values) in [
             ("setenv", &self.setenv),
@@ -368,6 +412,12 @@ impl Args {
             ("system-call-filter", &self.system_call_filter),
             ("set-credential", &self.set_credential),
             ("load-credential", &self.load_credential),
+            ("network-veth-extra", &self.network_veth_extra),
+            ("network-interface", &self.network_interface),
+            ("network-macvlan", &self.network_macvlan),
+            ("network-ipvlan", &self.network_ipvlan),
+            ("port", &self.port),
+            ("network-address", &self.network_address),
         ] {
             for v in values {
                 opt(name, Some(v));
@@ -379,6 +429,7 @@ impl Args {
             ("--pipe", self.pipe),
             ("--quiet", self.quiet),
             ("--private-network", self.private_network),
+            ("--network-veth", self.network_veth),
             ("--keep-unit", self.keep_unit),
             ("-U", self.pick_users),
             ("--shared-store", self.shared_store),
@@ -494,6 +545,58 @@ fn store_spec(args: &Args) -> Result<Option<StoreSpec>> {
         closure,
         nix_daemon: args.nix_daemon,
     }))
+}
+
+/// The network options as the runtime takes them, each value checked as
+/// systemd-nspawn checks it (and refused in its words).
+fn network_spec(args: &Args) -> Result<nixspawn_runtime::spec::network::Network> {
+    use nixspawn_runtime::spec::network::{
+        AddressPair, IfacePair, Network, PairKind, Port, ResolvConf, Timezone, VethExtra,
+        parse_bridge, parse_zone,
+    };
+    let mut net = Network {
+        veth: args.network_veth,
+        bridge: args
+            .network_bridge
+            .as_deref()
+            .map(parse_bridge)
+            .transpose()?,
+        zone: match args.network_zone.as_deref() {
+            Some(z) => parse_zone(z)?,
+            None => None,
+        },
+        namespace_path: args.network_namespace_path.clone(),
+        ..Network::default()
+    };
+    for v in &args.network_veth_extra {
+        net.veth_extra.push(VethExtra::parse(v)?);
+    }
+    for (list, kind, out) in [
+        (
+            &args.network_interface,
+            PairKind::Interface,
+            &mut net.interfaces,
+        ),
+        (&args.network_macvlan, PairKind::MacVlan, &mut net.macvlans),
+        (&args.network_ipvlan, PairKind::IpVlan, &mut net.ipvlans),
+    ] {
+        for v in list {
+            out.extend(IfacePair::parse_list(kind, v)?);
+        }
+    }
+    for p in &args.port {
+        Port::parse_into(&mut net.ports, p)?;
+    }
+    for a in &args.network_address {
+        net.addresses.push(AddressPair::parse(a)?);
+    }
+    if let Some(r) = &args.resolv_conf {
+        net.resolv_conf = ResolvConf::parse(r)?;
+    }
+    if let Some(t) = &args.timezone {
+        net.timezone = Timezone::parse(t)?;
+    }
+    Ok(net)
 }
 
 /// What the launcher does besides building the spec.
@@ -686,7 +789,11 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
         None if private_users == userns::Mode::Pick => userns::Ownership::Auto,
         None => userns::Ownership::Off,
     };
+    let network = network_spec(&args)?;
+    let private_network = args.private_network || network.implies_private();
+    network.verify(private_network)?;
     let spec = Spec {
+        network,
         // The caller's terminal type, as systemd-nspawn passes it to PID 1.
         term: std::env::var("TERM").ok(),
         private_users,
@@ -706,7 +813,7 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
         payload,
         environment,
         console: console_mode(&args)?,
-        private_network: args.private_network,
+        private_network,
         kill_signal,
         notify_ready,
         keep_unit: args.keep_unit,
@@ -766,22 +873,22 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_named() {
-        let err = parse(&argv("-D /tmp --network-veth -b"))
+        let err = parse(&argv("-D /tmp --read-only -b"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--network-veth") && err.contains("not implemented"),
+            err.contains("--read-only") && err.contains("not implemented"),
             "{err}"
         );
-        let err = parse(&argv("-D /tmp --port=80 -b"))
+        let err = parse(&argv("-D /tmp --volatile=yes -b"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--port"), "{err}");
-        let err = parse(&argv("-D /tmp --network-veth /bin/true"))
+        assert!(err.contains("--volatile"), "{err}");
+        let err = parse(&argv("-D /tmp --read-only /bin/true"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--network-veth"),
+            err.contains("--read-only"),
             "an option before the command is never the command: {err}"
         );
     }
@@ -803,7 +910,8 @@ mod tests {
             (&["--x\n\x1b[2Jfake"], "unknown option \"--x"),
             (&["--machine"], "--machine needs a value"),
             (&["-D"], "--directory needs a value"),
-            (&["--network-veth"], "--network-veth is not implemented"),
+            (&["--read-only"], "--read-only is not implemented"),
+            (&["--port"], "--port needs a value"),
             (&["--bootx"], "did you mean"),
         ] {
             let line = refused(argv);
@@ -822,10 +930,51 @@ mod tests {
             "-D /tmp -M m -b -x -q -U --bind=/a:/b --bind=/c -E A=b --system-call-filter=~@mount /sbin/init --log-level=debug",
             "--directory=/ --console=pipe --private-network -- -x",
             "--machine=-weird --setenv=X= --capability=all --private-users=pick /bin/sh -c --",
+            "-D / -n -p 80 -p udp:53:5353 --network-zone=z --network-veth-extra=a:b --network-interface=eth1 --network-macvlan=eth2:mv0 --network-address=10.0.0.1,10.0.0.2 --resolv-conf=copy-host --timezone=off",
         ] {
             let a = parse(&argv(line)).unwrap();
             let again = try_parse(&a.to_argv()).unwrap();
             assert_eq!(again, a, "{line} -> {:?}", a.to_argv());
+        }
+    }
+
+    #[test]
+    fn network_options_as_nspawn_takes_them() {
+        let spec = |line: &str| to_spec(parse(&argv(line)).unwrap()).map(|(s, _)| s);
+        let s = spec("-D / -M t --network-zone=z -p 8080:80").unwrap();
+        assert!(s.private_network, "a zone makes the network private");
+        assert!(s.network.has_veth());
+        let s = spec("-D / -M t --network-namespace-path=/run/netns/x").unwrap();
+        assert!(!s.private_network, "a namespace path alone is not private");
+        let s = spec("-D / -M t --network-macvlan=eth0").unwrap();
+        assert!(s.private_network && !s.network.has_veth());
+        for (line, want) in [
+            (
+                "-D / -M t -p 80",
+                "Cannot use --port= without private networking.",
+            ),
+            (
+                "-D / -M t --network-bridge=br0 --network-zone=z",
+                "--network-bridge= and --network-zone= may not be combined.",
+            ),
+            (
+                "-D / -M t -n --network-namespace-path=/x",
+                "--network-namespace-path= cannot be combined with other network options.",
+            ),
+            (
+                "-D / -M t --network-zone=abcdefghijklm",
+                "Network zone name not valid: vz-abcdefghijklm",
+            ),
+            (
+                "-D / -M t -n -p tcp:80 -p 80",
+                "Duplicate port specification: 80",
+            ),
+            (
+                "-D / -M t --resolv-conf=bogus",
+                "Failed to parse /etc/resolv.conf mode: bogus",
+            ),
+        ] {
+            assert_eq!(spec(line).unwrap_err().to_string(), want, "{line}");
         }
     }
 

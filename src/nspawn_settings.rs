@@ -307,7 +307,18 @@ impl Group {
             Group::CustomMounts => {
                 !args.bind.is_empty() || !args.bind_ro.is_empty() || !args.tmpfs.is_empty()
             }
-            Group::Network => args.private_network,
+            Group::Network => {
+                args.private_network
+                    || args.network_veth
+                    || args.network_bridge.is_some()
+                    || args.network_zone.is_some()
+                    || args.network_namespace_path.is_some()
+                    || !args.network_veth_extra.is_empty()
+                    || !args.network_interface.is_empty()
+                    || !args.network_macvlan.is_empty()
+                    || !args.network_ipvlan.is_empty()
+            }
+            Group::Port => !args.port.is_empty(),
             Group::Userns => {
                 args.private_users.is_some()
                     || args.pick_users
@@ -317,7 +328,6 @@ impl Group {
             Group::LinkJournal => args.link_journal.is_some(),
             // Options nixspawn refuses on its command line never set these.
             Group::AmbientCapability
-            | Group::Port
             | Group::BindUser
             | Group::BindUserShell
             | Group::Limit(_)
@@ -361,6 +371,10 @@ pub fn apply(
     let mut caps = Vec::new();
     let mut drop_caps = Vec::new();
     let mut filters = Vec::new();
+    // The first [Network] key (or Port=) taken from the file replaces what
+    // the command line said about it as a whole, as nspawn's merge does.
+    let mut network_taken = false;
+    let mut ports_taken = false;
     for e in entries {
         let group = Group::of(&e.section, &e.key);
         if let Some(g) = group {
@@ -375,6 +389,20 @@ pub fn apply(
         }
         let bool_value =
             || crate::launcher_args::parse_bool(&format!("{}= ({})", e.key, at(e)), &e.value);
+        if group == Some(Group::Network) && !std::mem::replace(&mut network_taken, true) {
+            args.private_network = false;
+            args.network_veth = false;
+            args.network_bridge = None;
+            args.network_zone = None;
+            args.network_namespace_path = None;
+            args.network_veth_extra.clear();
+            args.network_interface.clear();
+            args.network_macvlan.clear();
+            args.network_ipvlan.clear();
+        }
+        if group == Some(Group::Port) && !std::mem::replace(&mut ports_taken, true) {
+            args.port.clear();
+        }
         let set_opt = |slot: &mut Option<String>, value: &str| {
             if over || slot.is_none() {
                 *slot = Some(value.to_owned());
@@ -430,7 +458,22 @@ pub fn apply(
             ("Files", "Bind") => binds.extend(words(&e.value)?),
             ("Files", "BindReadOnly") => binds_ro.extend(words(&e.value)?),
             ("Files", "TemporaryFileSystem") => tmpfs.extend(words(&e.value)?),
+            // The [Network] section replaces the command line's network as
+            // a whole (nspawn's settings mask), so it is set as it comes.
             ("Network", "Private") => args.private_network = bool_value()?,
+            ("Network", "VirtualEthernet") => args.network_veth = bool_value()?,
+            ("Network", "VirtualEthernetExtra") => args.network_veth_extra.push(e.value.clone()),
+            ("Network", "Interface") => args.network_interface.push(e.value.clone()),
+            ("Network", "MACVLAN") => args.network_macvlan.push(e.value.clone()),
+            ("Network", "IPVLAN") => args.network_ipvlan.push(e.value.clone()),
+            ("Network", "Bridge") => args.network_bridge = Some(e.value.clone()),
+            ("Network", "Zone") => args.network_zone = Some(e.value.clone()),
+            ("Network", "NamespacePath") => {
+                args.network_namespace_path = Some(PathBuf::from(&e.value))
+            }
+            ("Network", "Port") => args.port.push(e.value.clone()),
+            ("Exec", "ResolvConf") => set_opt(&mut args.resolv_conf, &e.value),
+            ("Exec", "Timezone") => set_opt(&mut args.timezone, &e.value),
             (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
                 bail!(
                     "{}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet",
@@ -482,8 +525,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "LimitRTTIME",
     "OOMScoreAdjust",
     "CPUAffinity",
-    "ResolvConf",
-    "Timezone",
     "SuppressSync",
     "ReadOnly",
     "Volatile",
@@ -491,18 +532,9 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "Inaccessible",
     "Overlay",
     "OverlayReadOnly",
-    "VirtualEthernet",
-    "VirtualEthernetExtra",
-    "Interface",
-    "MACVLAN",
-    "IPVLAN",
-    "Bridge",
-    "Zone",
-    "Port",
     "PrivateUsersDelegate",
     "RestrictAddressFamilies",
     "BindUserShell",
-    "NamespacePath",
 ];
 
 #[cfg(test)]
@@ -668,6 +700,56 @@ Private=yes
         .unwrap_err()
         .to_string();
         assert!(err.contains("does not implement"), "{err}");
+    }
+
+    #[test]
+    fn network_section_as_a_whole() {
+        let text = "[Exec]\nResolvConf=copy-host\nTimezone=off\n[Network]\nZone=web\nPort=tcp:8080:80\nPort=53\n\
+                    VirtualEthernetExtra=x0:y0\nMACVLAN=eth1\n";
+        let entries = parse(text, Path::new("t.nspawn")).unwrap();
+        // Trusted: every key, Zone= implies the veth when the spec is built.
+        let mut a = args("-D /tmp");
+        assert!(
+            apply(&entries, Path::new("t.nspawn"), true, Mode::Yes, &mut a)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(a.network_zone.as_deref(), Some("web"));
+        assert_eq!(a.port, ["tcp:8080:80", "53"]);
+        assert_eq!(a.network_veth_extra, ["x0:y0"]);
+        assert_eq!(a.network_macvlan, ["eth1"]);
+        assert_eq!(a.resolv_conf.as_deref(), Some("copy-host"));
+        assert_eq!(a.timezone.as_deref(), Some("off"));
+        // A network option on the command line masks the whole section,
+        // -p masks Port=; --settings=override lets the file win.
+        let mut a = args("-D /tmp -n -p 1:2 --timezone=copy");
+        apply(&entries, Path::new("t.nspawn"), true, Mode::Yes, &mut a).unwrap();
+        assert!(a.network_zone.is_none() && a.network_macvlan.is_empty());
+        assert_eq!(a.port, ["1:2"]);
+        assert_eq!(a.timezone.as_deref(), Some("copy"));
+        let mut a = args("-D /tmp -n -p 1:2");
+        apply(
+            &entries,
+            Path::new("t.nspawn"),
+            true,
+            Mode::Override,
+            &mut a,
+        )
+        .unwrap();
+        assert_eq!(a.network_zone.as_deref(), Some("web"));
+        // Untrusted: the section and Port= are ignored, with nspawn's
+        // words; ResolvConf= and Timezone= are anyone's to set.
+        let mut a = args("-D /tmp");
+        let warnings = apply(&entries, Path::new("t.nspawn"), false, Mode::Yes, &mut a).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "Ignoring network settings, file t.nspawn is not trusted.",
+                "Ignoring Port= setting, file t.nspawn is not trusted.",
+            ]
+        );
+        assert!(a.network_zone.is_none() && a.port.is_empty() && a.network_macvlan.is_empty());
+        assert_eq!(a.resolv_conf.as_deref(), Some("copy-host"));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub(crate) struct Plan<'a> {
     /// Started in the scope's root: wait until the launcher registered the
     /// machine and moved us into `payload` before taking a cgroup namespace.
     pub await_placement: bool,
+    /// The network namespace to join, links to wait for, resolv.conf and
+    /// timezone (see `launcher::network`).
+    pub network: &'a crate::launcher::network::GuestNetwork,
 }
 
 /// Run the setup and exec the payload; report failure and exit otherwise.
@@ -109,6 +112,15 @@ fn setup_and_exec(plan: &Plan<'_>, end: &ContainerEnd) -> StepResult<Never> {
     step("die with the launcher", || die_with_parent(end))?;
     if plan.await_placement {
         step("wait for registration", || end.wait_placed())?;
+    }
+    // --network-namespace-path: before /sys is mounted (it shows the
+    // namespace of whoever mounts it); PID 1 under a user namespace
+    // inherits it.
+    if let Some(netns) = &plan.network.namespace {
+        step("join the network namespace", || {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e))
+        })?;
     }
     if plan.userns.is_none() {
         step("unshare the cgroup namespace", || {
@@ -188,6 +200,14 @@ fn setup_and_exec(plan: &Plan<'_>, end: &ContainerEnd) -> StepResult<Never> {
     for m in &spec.mounts {
         step("apply custom mounts", || m.apply(root, &ctx))?;
     }
+    step("set up resolv.conf", || {
+        crate::network::resolv::apply_resolv(root, plan.network.resolv, owner)
+            .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
+    })?;
+    step("set up the timezone", || {
+        crate::network::resolv::apply_timezone(root, &plan.network.timezone, owner)
+            .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
+    })?;
     // Not for ephemeral runs, whose journal goes with them (as nspawn).
     if let (Some(tree), false) = (&spec.directory, spec.ephemeral) {
         step("link the journal", || {
@@ -236,6 +256,9 @@ fn setup_and_exec(plan: &Plan<'_>, end: &ContainerEnd) -> StepResult<Never> {
         })?;
         drop(notify);
         step("switch root", || rootfs::switch_root(root))?;
+        if plan.network.await_links {
+            step("wait for the network links", || end.wait_network_ready())?;
+        }
         return finish_and_exec(plan, console.map(|(_, peer)| peer));
     };
 
@@ -373,6 +396,9 @@ fn inner(
             nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC,
         )
     })?;
+    if plan.network.await_links {
+        step("wait for the network links", || end.wait_network_ready())?;
+    }
     finish_and_exec(plan, console)
 }
 

@@ -90,6 +90,8 @@ pub struct Spec {
     /// (read by the binary, never from the library's environment).
     pub term: Option<String>,
     pub private_network: bool,
+    /// Links, ports, namespace path, resolv.conf and timezone.
+    pub network: crate::spec::network::Network,
     /// Signal sent to PID 1 to ask it to stop; None means SIGKILL at once.
     pub kill_signal: Option<i32>,
     /// Wait for the guest's READY=1 before reporting readiness upwards.
