@@ -371,5 +371,10 @@ for how in template machinectl; do
 	until_ok 10 gone tmpl || fail "$how: tmpl still listed"
 done
 
+# Networks: DHCP from the host's networkd, Iface:/Address:, names, ports,
+# zones, nixos-container's addressing.
+# shellcheck source=integration/machined/network.sh
+. /harness/network.sh
+
 say "$failures failed checks"
 exit "$failures"

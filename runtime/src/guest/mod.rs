@@ -200,12 +200,13 @@ fn setup_and_exec(plan: &Plan<'_>, end: &ContainerEnd) -> StepResult<Never> {
     for m in &spec.mounts {
         step("apply custom mounts", || m.apply(root, &ctx))?;
     }
-    step("set up resolv.conf", || {
-        crate::network::resolv::apply_resolv(root, plan.network.resolv, owner)
-            .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
-    })?;
+    // In systemd-nspawn's order (mounts over both stack up in it).
     step("set up the timezone", || {
         crate::network::resolv::apply_timezone(root, &plan.network.timezone, owner)
+            .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
+    })?;
+    step("set up resolv.conf", || {
+        crate::network::resolv::apply_resolv(root, plan.network.resolv, owner)
             .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
     })?;
     // Not for ephemeral runs, whose journal goes with them (as nspawn).

@@ -387,8 +387,10 @@ impl Boot {
         if let Some(v) = &plan.veth {
             let index = match &v.attach {
                 Attach::Zone(zone) => {
-                    // Made and joined under the zone lock, so a zone's last
-                    // guest going away cannot remove the bridge in between.
+                    // As systemd-nspawn: the veth first, then the bridge made
+                    // (if missing) and joined under the zone lock, so a
+                    // zone's last guest going away cannot remove it between.
+                    let index = self.veth(host, v, journal, notice)?;
                     let path = std::path::Path::new(zone_lock_path());
                     if let Some(dir) = path.parent() {
                         let _ = std::fs::create_dir_all(dir);
@@ -407,7 +409,6 @@ impl Boot {
                             }
                             _ => {}
                         }
-                        let index = self.veth(host, v, journal, notice)?;
                         self.join(host, &v.host.name, index, zone)
                     })();
                     crate::state::lockfile::release(path, lock);

@@ -20,6 +20,8 @@ pub struct PortForward {
     current: Vec<PortMapping>,
     /// A failure already said (said once, as the map keeps being retried).
     complained: bool,
+    /// The tables were made (or found).
+    tables: bool,
 }
 
 impl PortForward {
@@ -34,6 +36,7 @@ impl PortForward {
             nft: None,
             current: Vec::new(),
             complained: false,
+            tables: false,
         })
     }
 
@@ -81,12 +84,18 @@ impl PortForward {
                 Err(e) => return self.complain(e.to_string()),
             },
         };
-        for family in [Family::V4, Family::V6] {
-            if wanted.iter().any(|p| p.family() == family)
-                && let Err(e) = nft.ensure_table(family)
+        if !self.tables {
+            // As nspawn: both families' tables once the map is first
+            // touched (IPv6's only where the kernel has it).
+            if let Err(e) = nft.ensure_table(Family::V4) {
+                return self.complain(e);
+            }
+            if let Err(e) = nft.ensure_table(Family::V6)
+                && wanted.iter().any(|p| p.family() == Family::V6)
             {
                 return self.complain(e);
             }
+            self.tables = true;
         }
         match nft.swap(&self.current, &wanted) {
             Ok(()) => {
