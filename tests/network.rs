@@ -295,6 +295,11 @@ fn observe(launcher: &str, name: &str, args: &[&str], setup: &dyn Fn(&Netns)) ->
     }
 }
 
+/// What a case does to the namespace before the launcher runs.
+type Setup = dyn Fn(&Netns);
+/// What a case does to the tree before the launcher runs.
+type Prepare = dyn Fn(&Path);
+
 fn nspawn_present() -> bool {
     Command::new("systemd-nspawn")
         .arg("--version")
@@ -332,7 +337,7 @@ fn links_side_by_side_with_nspawn() {
         ]);
     };
     let none = |_: &Netns| {};
-    let cases: Vec<(&str, Vec<&str>, &dyn Fn(&Netns))> = vec![
+    let cases: Vec<(&str, Vec<&str>, &Setup)> = vec![
         ("n13n", vec!["-n"], &none),
         ("n13-this-is-a-long-machine-name", vec!["-n"], &none),
         ("n134567890123", vec!["--network-veth"], &none),
@@ -1022,7 +1027,7 @@ fn resolv_conf_and_timezone_side_by_side_with_nspawn() {
         )
         .unwrap();
     };
-    let cases: Vec<(Vec<&str>, &dyn Fn(&Path))> = vec![
+    let cases: Vec<(Vec<&str>, &Prepare)> = vec![
         (vec![], &plain),
         (vec![], &zoneinfo),
         (vec!["--private-network"], &plain),
