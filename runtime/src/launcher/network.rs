@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result};
-use crate::launcher::janitor::{Claim, JanitorLink};
+use crate::launcher::janitor::claim::{Claim, JanitorLink};
 use crate::network::cleanup::NetClaim;
 use crate::network::plan::{Boot, Naming, Plan};
 use crate::network::ports::PortForward;

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod mounts;
 pub mod network;
 pub mod signals;
+pub mod syscalls;
 pub mod userns;
 
 use std::path::PathBuf;

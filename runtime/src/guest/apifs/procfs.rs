@@ -56,7 +56,7 @@ fn restrict(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
             target: net.clone(),
             source: e,
         })?;
-        crate::guest::rootfs::attach(&writable, &net)?;
+        crate::guest::rootfs::mounts::attach(&writable, &net)?;
     }
     // Our own boot id, so the guest's journal has its own boots.
     let boot_id = sys.join("kernel/random/boot_id");
