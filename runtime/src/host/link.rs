@@ -139,7 +139,7 @@ impl<'a> HostLink<'a> {
                 .as_ref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
-            ifindices: ifindices.iter().map(|&i| i as i32).collect(),
+            ifindices: ifindices.iter().map(|&i| i.cast_signed()).collect(),
         };
         match machined::register(&self.bus, &machine, leader, pidfd) {
             Ok(via) => {

@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn siphash_matches_the_reference_vector() {
         // SipHash-2-4 paper: key 00..0f, message 00..0e.
-        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let key: [u8; 16] = std::array::from_fn(|i| u8::try_from(i).unwrap());
         let msg: Vec<u8> = (0u8..15).collect();
         assert_eq!(siphash24(&key, &msg), 0xa129ca6149be45e5);
     }

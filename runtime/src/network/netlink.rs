@@ -135,7 +135,7 @@ impl Socket {
 
     /// Receive the multicast group `group` (an RTNLGRP_* number).
     pub fn join(&self, group: u32) -> NlResult<()> {
-        self.set(NETLINK_ADD_MEMBERSHIP, group as libc::c_int)
+        self.set(NETLINK_ADD_MEMBERSHIP, group.cast_signed())
             .map_err(|e| NlError {
                 what: format!("joining netlink group {group}"),
                 errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -159,8 +159,8 @@ impl Socket {
     pub fn set_timeout(&self, timeout: std::time::Duration) -> NlResult<()> {
         use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
         let tv = nix::sys::time::TimeVal::new(
-            timeout.as_secs() as libc::time_t,
-            timeout.subsec_micros() as libc::suseconds_t,
+            libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            libc::suseconds_t::from(timeout.subsec_micros()),
         );
         setsockopt(&self.fd, ReceiveTimeout, &tv).map_err(|e| nl_err("SO_RCVTIMEO", e))
     }
@@ -244,7 +244,7 @@ mod tests {
     fn extack_text_is_found_after_the_echoed_header() {
         let mut after = vec![0u8; 16];
         let text = b"Unknown device type\0";
-        let len = (4 + text.len()) as u16;
+        let len = u16::try_from(4 + text.len()).unwrap();
         after.extend_from_slice(&len.to_ne_bytes());
         after.extend_from_slice(&1u16.to_ne_bytes());
         after.extend_from_slice(text);

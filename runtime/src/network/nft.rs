@@ -221,7 +221,7 @@ pub fn init_family(f: Family) -> Vec<(NfTablesMessage, u16)> {
                     ChainAttribute::Type("nat".into()),
                     ChainAttribute::Hook(vec![
                         Hook::Number(HookNumber::Inet(hook)),
-                        Hook::Priority(priority as u32),
+                        Hook::Priority(priority.cast_unsigned()),
                     ]),
                 ],
             }),

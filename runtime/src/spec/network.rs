@@ -130,8 +130,9 @@ pub enum Protocol {
 impl Protocol {
     pub fn number(self) -> u8 {
         match self {
-            Protocol::Tcp => libc::IPPROTO_TCP as u8,
-            Protocol::Udp => libc::IPPROTO_UDP as u8,
+            // IPPROTO_TCP and IPPROTO_UDP (nftables matches the one byte).
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
         }
     }
 }
@@ -159,7 +160,9 @@ impl Port {
             let errno = match s.parse::<u32>() {
                 Ok(0) => libc::EINVAL,
                 Ok(n) if n > 65535 => libc::ERANGE,
-                Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) => return Ok(n as u16),
+                Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) => {
+                    return u16::try_from(n).map_err(|_| refuse(value.to_owned()));
+                }
                 _ if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => libc::ERANGE,
                 _ => libc::EINVAL,
             };
