@@ -5,6 +5,7 @@
 # starts each guest under systemd-nspawn and under nixspawn and compares
 # what machinectl, systemctl -M and journalctl -M say about them.
 #   sudo integration/machined/run.sh bookworm|sid [NIXSPAWN_BINARY]
+# NIXSPAWN_HARNESS_ONLY=network runs the network part alone.
 # bookworm: machined 252 (D-Bus API), hybrid cgroups as on this host.
 # sid: machined 262 (Varlink), pure cgroup v2 (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1).
 # Exit status: the scenario's. Its log is printed.
@@ -56,6 +57,7 @@ trap cleanup EXIT
 cat >"$results/env" <<EOF
 HOST_SUITE=$suite
 NIXOS_SYSTEMD=$NIXOS_SYSTEMD
+HARNESS_ONLY=${NIXSPAWN_HARNESS_ONLY:-}
 EOF
 
 # The host: a throw-away copy of the tree, made here (nspawn's -x would
