@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use nixspawn_cli::launcher_args::{self, Options};
+use nixspawn_cli::launcher_args;
+use nixspawn_cli::launcher_spec::{self, Options};
 use nixspawn_runtime::{Event, Outcome, Spec, spec::signals};
 
 fn report<'a>(spec: &'a Spec, opts: &'a Options) -> impl FnMut(Event<'_>) + 'a {
@@ -51,7 +52,10 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let run = || -> anyhow::Result<(Spec, bool, Outcome)> {
         let args = launcher_args::parse(&argv)?;
-        let (spec, opts) = launcher_args::to_spec(args)?;
+        let (spec, opts) = launcher_spec::to_spec(args)?;
+        for warning in &opts.warnings {
+            eprintln!("nixspawn: {warning}");
+        }
         if opts.debug {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)

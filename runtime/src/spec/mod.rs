@@ -85,6 +85,9 @@ pub struct Spec {
     /// `-E NAME=VALUE`, applied last.
     pub environment: Vec<(String, String)>,
     pub console: ConsoleMode,
+    /// The caller's `TERM`, which PID 1 gets on a console pty. Read by the
+    /// binary: the library does not look at its own environment for it.
+    pub term: Option<String>,
     pub private_network: bool,
     /// Signal sent to PID 1 to ask it to stop; None means SIGKILL at once.
     pub kill_signal: Option<i32>,
