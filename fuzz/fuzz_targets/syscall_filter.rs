@@ -1,7 +1,8 @@
 //! --system-call-filter values and the program they produce.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nixspawn_runtime::security::seccomp::{self, Adjustments};
+use nixspawn_runtime::security::seccomp;
+use nixspawn_runtime::spec::filter::Adjustments;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
