@@ -126,8 +126,11 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("container setup failed: {step}: {message}")]
-    Child { step: String, message: String },
+    #[error("container setup failed: {0}")]
+    Child(crate::handshake::Failure),
+
+    #[error("container setup failed: {0}")]
+    Handshake(#[from] crate::handshake::HandshakeError),
 
     #[error("updating {name}: {reason}")]
     Update { name: String, reason: String },
@@ -155,6 +158,26 @@ impl Error {
             what,
             path: path.into(),
             source,
+        }
+    }
+
+    /// The errno behind the error, if a system call failed.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } | Error::Syscall { source, .. } => source.raw_os_error(),
+            Error::Idmap { source, .. } => source.raw_os_error(),
+            Error::Child(f) => f.errno,
+            _ => None,
+        }
+    }
+
+    /// The path the error concerns, if it names one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. } | Error::Idmap { path, .. } => Some(path),
+            Error::BadTree { path, .. } | Error::TreeBusy { path } => Some(path),
+            Error::Child(f) => f.path.as_deref(),
+            _ => None,
         }
     }
 

@@ -25,7 +25,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::error::{Error, Result};
 use crate::guest::apifs::runhost::CONTAINER_MANAGER;
 use crate::guest::environment::DEFAULT_PATH;
-use crate::handshake::{self, Channel};
+use crate::handshake::channel::{self, Channel};
 use crate::launcher::console::RawTerminal;
 use crate::spec::capabilities;
 use crate::state::State;
@@ -178,7 +178,7 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
         .map_err(|e| Error::syscall("signalfd", e))?;
     let _blocked = Blocked::block(&mask)?;
 
-    let (ours, theirs) = handshake::pair()?;
+    let (ours, theirs) = channel::pair()?;
     let plan = Plan {
         state,
         leader: pidfd,

@@ -23,7 +23,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use crate::cgroup::CgroupLayout;
 use crate::error::{Error, Result};
-use crate::handshake::{self, Channel};
+use crate::handshake::channel::{self, Channel};
 use crate::host::machined::Via;
 use crate::spec::identity::MachineName;
 use crate::state::lockfile;
@@ -89,7 +89,7 @@ impl Janitor {
     /// have claimed anything yet (nothing claimed before is covered).
     pub fn spawn() -> Result<Self> {
         let launcher = nix::unistd::getpid().as_raw();
-        let (ours, theirs) = handshake::pair()?;
+        let (ours, theirs) = channel::pair()?;
         match sys::fork().map_err(|e| Error::syscall("fork", e))? {
             Forked::Parent { pid, .. } => {
                 drop(theirs);
