@@ -127,10 +127,10 @@ pub enum Error {
     },
 
     #[error("container setup failed: {0}")]
-    Child(crate::handshake::Failure),
+    Child(Failure),
 
     #[error("container setup failed: {0}")]
-    Handshake(#[from] crate::handshake::HandshakeError),
+    Handshake(#[from] HandshakeError),
 
     #[error("updating {name}: {reason}")]
     Update { name: String, reason: String },
@@ -187,4 +187,55 @@ impl Error {
             source: source.into(),
         }
     }
+}
+
+/// A setup step that failed in a container process, as it crosses over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub step: String,
+    /// The errno behind it, if the failure came from a system call.
+    pub errno: Option<i32>,
+    /// The path it concerned, if any.
+    pub path: Option<PathBuf>,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(step: impl Into<String>, error: &Error) -> Self {
+        Failure {
+            step: step.into(),
+            errno: error.errno(),
+            path: error.path().map(PathBuf::from),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+/// How a step of the handshake went wrong on the other side of it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("the {peer} went away while the {us} waited for {expected}")]
+    PeerGone {
+        peer: &'static str,
+        us: &'static str,
+        expected: &'static str,
+    },
+    #[error("the {us} waited for {expected} and got {got}")]
+    Unexpected {
+        us: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("{step} came with {got} descriptors instead of {want}")]
+    Descriptors {
+        step: &'static str,
+        want: usize,
+        got: usize,
+    },
 }

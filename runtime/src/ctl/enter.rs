@@ -53,7 +53,7 @@ fn leader_cgroup(leader: i32) -> Result<PathBuf> {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or(Error::NoCgroup2)?;
-    Ok(crate::cgroup::v2_mount()?.join(rel.trim_start_matches('/')))
+    Ok(crate::cgroup::hierarchy::v2_mount()?.join(rel.trim_start_matches('/')))
 }
 
 /// PATH of the guest's PID 1, so NixOS guests find their profile.

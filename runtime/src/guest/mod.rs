@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
+use crate::error::Failure;
 use crate::error::{Error, Result};
 use crate::guest::apifs::{devfs, procfs, runhost, sysfs};
 use crate::guest::rootfs::mounts::{MountContext, Owner, Target};
 use crate::guest::rootfs::resolve::Create;
-use crate::handshake::{ContainerEnd, Failure, InnerEnd, inner_pair};
+use crate::handshake::{ContainerEnd, InnerEnd, inner_pair};
 use crate::nixos::store;
 use crate::security::{capabilities, seccomp};
 use crate::spec::{ConsoleMode, Payload, Spec};

@@ -28,11 +28,10 @@
 
 pub(crate) mod channel;
 
-use std::fmt;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::error::{Failure, HandshakeError};
 use channel::Channel;
 
 /// Messages from the container processes to the launcher.
@@ -65,57 +64,6 @@ enum Between {
     Mounted,
     /// The pins are gone.
     Unpinned,
-}
-
-/// A setup step that failed in a container process, as it crosses over.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Failure {
-    pub step: String,
-    /// The errno behind it, if the failure came from a system call.
-    pub errno: Option<i32>,
-    /// The path it concerned, if any.
-    pub path: Option<PathBuf>,
-    pub message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(step: impl Into<String>, error: &Error) -> Self {
-        Failure {
-            step: step.into(),
-            errno: error.errno(),
-            path: error.path().map(PathBuf::from),
-            message: error.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.step, self.message)
-    }
-}
-
-/// How a step of the handshake went wrong on the other side of it.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("the {peer} went away while the {us} waited for {expected}")]
-    PeerGone {
-        peer: &'static str,
-        us: &'static str,
-        expected: &'static str,
-    },
-    #[error("the {us} waited for {expected} and got {got}")]
-    Unexpected {
-        us: &'static str,
-        expected: &'static str,
-        got: String,
-    },
-    #[error("{step} came with {got} descriptors instead of {want}")]
-    Descriptors {
-        step: &'static str,
-        want: usize,
-        got: usize,
-    },
 }
 
 /// What the container process handed over at step `Handles`.

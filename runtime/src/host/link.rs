@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::host::bus::Bus;
 use crate::host::machined::{self, Reach, Via};
 use crate::host::scope::{self, Scope, ScopeRequest};
-use crate::launcher::janitor::{Claim, JanitorLink};
+use crate::launcher::janitor::claim::{Claim, JanitorLink};
 use crate::spec::mounts::CustomMount;
 use crate::spec::{Register, Spec};
 

@@ -45,6 +45,6 @@ impl Launch<'_> {
 
     /// A scope of our own on a systemd host, into which the guest is placed.
     pub fn in_own_scope(&self) -> bool {
-        self.host.is_some() && self.cgroups.managed
+        self.host.is_some() && self.cgroups.in_systemd_scope()
     }
 }

@@ -44,7 +44,7 @@ pub(crate) fn mount_store(
     // mount are read-only themselves, so each path costs one mount(2).
     ensure_dir(staging, 0o700)?;
     match idmapped {
-        Some(fd) => crate::guest::rootfs::attach(fd, staging)?,
+        Some(fd) => crate::guest::rootfs::mounts::attach(fd, staging)?,
         None => bind(Path::new(STORE), staging, false, true)?,
     }
     // Private: binds taken from a slave would each join the host store's

@@ -10,8 +10,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::ctl::enter;
+use crate::error::Failure;
 use crate::error::{Error, Result};
-use crate::handshake::{Failure, channel};
+use crate::handshake::channel;
 use crate::nixos::closure::{self, ClosureSource, STORE};
 use crate::nixos::store;
 use crate::spec::closure::{Entry, EntryKind};

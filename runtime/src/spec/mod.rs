@@ -10,6 +10,7 @@ pub mod identity;
 pub mod journal;
 pub mod mounts;
 pub mod signals;
+pub mod syscalls;
 pub mod userns;
 
 use std::path::PathBuf;

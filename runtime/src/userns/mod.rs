@@ -10,8 +10,8 @@ use std::path::Path;
 
 use crate::cgroup::CgroupLayout;
 use crate::error::{Error, Result};
-use crate::launcher::janitor::JanitorLink;
-use crate::launcher::{Event, Observer};
+use crate::launcher::events::{Event, Observer};
+use crate::launcher::janitor::claim::JanitorLink;
 use crate::spec::Spec;
 use crate::spec::userns::{Mode, Ownership, RANGE, UidRange};
 use range::RangeLock;

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::launcher::janitor::{Claim, JanitorLink};
+use crate::launcher::janitor::claim::{Claim, JanitorLink};
 use crate::spec::userns::{RANGE, UidRange};
 
 /// Where `pick` looks, as systemd's container-uid-base-min/max.
