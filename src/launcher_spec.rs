@@ -371,18 +371,21 @@ impl Plan {
 
     /// Step 4: the plan completed with the system's answers.
     pub fn into_spec(self, facts: Facts) -> Result<(Spec, Options)> {
-        let (register, register_notice) = match (self.register, &facts.machined) {
-            (Register::No, _) | (_, None) => (Register::No, None),
+        let why_not = |reach: Option<&Reach>| {
+            reach.map_or_else(|| "its bus was not probed".to_owned(), Reach::explain)
+        };
+        let (register, register_notice) = match (self.register, facts.machined.as_ref()) {
+            (Register::No, _) => (Register::No, None),
             (wanted, Some(Reach::Available { .. })) => (wanted, None),
-            (Register::Yes, Some(reach)) => bail!(
+            (Register::Yes, reach) => bail!(
                 "--register=yes: cannot register with systemd-machined: {}; use --register=no or --register=auto to run unregistered",
-                reach.explain()
+                why_not(reach)
             ),
-            (Register::Auto, Some(reach)) => (
+            (Register::Auto, reach) => (
                 Register::No,
                 Some(format!(
                     "Not registering with systemd-machined: {}.",
-                    reach.explain()
+                    why_not(reach)
                 )),
             ),
         };
