@@ -824,6 +824,12 @@ mod tests {
             ) && err.contains("use --register=no or --register=auto"),
             "{err}"
         );
+        // Facts made by hand without machined's answer: yes still fails.
+        let err = with("--register=yes", None).unwrap_err().to_string();
+        assert!(err.contains("not probed"), "{err}");
+        let (s, o) = with("", None).unwrap();
+        assert_eq!(s.register, Register::No);
+        assert!(o.register_notice.is_some());
     }
 
     #[test]

@@ -79,3 +79,53 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixspawn_cli::launcher_args;
+    use nixspawn_cli::launcher_spec::{Facts, Place, Plan};
+    use nixspawn_runtime::{MachineName, Uuid};
+
+    #[test]
+    fn the_last_line_speaks_as_systemd_nspawn_does() {
+        let argv: Vec<String> = ["nixspawn", "/bin/true"].map(String::from).into();
+        let place = Place {
+            directory: Some("/srv/web".into()),
+            toplevel: None,
+            machine: MachineName::new("web").unwrap(),
+            settings: None,
+        };
+        let facts = Facts {
+            machined: None,
+            store: None,
+            loaded_credentials: Vec::new(),
+            uuid: Uuid::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            terminal: false,
+            seccomp: true,
+            term: None,
+        };
+        let (spec, _) = Plan::new(launcher_args::parse(&argv).unwrap(), place)
+            .unwrap()
+            .into_spec(facts)
+            .unwrap();
+        for (outcome, line) in [
+            (Outcome::Exited(0), "Container web exited successfully."),
+            (Outcome::PoweredOff, "Container web exited successfully."),
+            (
+                Outcome::Exited(7),
+                "Container web failed with error code 7.",
+            ),
+            (
+                Outcome::Killed(libc::SIGKILL),
+                "Container web terminated by signal SIGKILL.",
+            ),
+            (
+                Outcome::Rebooted,
+                "Container web is being rebooted (exit status 133 for the unit to restart it).",
+            ),
+        ] {
+            assert_eq!(describe(&spec, outcome), line);
+        }
+    }
+}
