@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::privileged;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
@@ -136,6 +137,7 @@ fn attach(
 
 #[test]
 fn veth_names_macs_and_states_as_nspawn() {
+    privileged!();
     let _host_ns = private_host();
     let mut host = Rtnl::open().unwrap();
     let long = "r13-this-is-a-long-machine-name";
@@ -195,6 +197,7 @@ fn veth_names_macs_and_states_as_nspawn() {
 
 #[test]
 fn zone_bridge_and_cleanup() {
+    privileged!();
     let _host_ns = private_host();
     let mut host = Rtnl::open().unwrap();
     let net = |m: &str| {
@@ -245,6 +248,7 @@ fn zone_bridge_and_cleanup() {
 
 #[test]
 fn bridge_ports_macvlan_and_moved_links() {
+    privileged!();
     let _host_ns = private_host();
     let mut host = Rtnl::open().unwrap();
     host.create_simple("r13br", InfoKind::Bridge).unwrap();
@@ -303,6 +307,7 @@ fn bridge_ports_macvlan_and_moved_links() {
 
 #[test]
 fn janitor_returns_moved_links_after_a_kill() {
+    privileged!();
     let _host_ns = private_host();
     let mut host = Rtnl::open().unwrap();
     host.create_simple("r13kill", InfoKind::Ifb).unwrap();
@@ -334,6 +339,7 @@ fn janitor_returns_moved_links_after_a_kill() {
 
 #[test]
 fn preflight_refuses_before_anything_exists() {
+    privileged!();
     let _host_ns = private_host();
     let mut host = Rtnl::open().unwrap();
     host.create_simple("r13ifb", InfoKind::Ifb).unwrap();
@@ -421,6 +427,7 @@ fn nft_list(host_ns: &OwnedFd, family: &str) -> String {
 
 #[test]
 fn port_map_follows_the_guests_address() {
+    privileged!();
     let host_ns = private_host();
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
     std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();

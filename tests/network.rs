@@ -309,7 +309,7 @@ fn nspawn_present() -> bool {
 
 #[test]
 fn links_side_by_side_with_nspawn() {
-    require_root();
+    privileged!();
     assert!(
         nspawn_present(),
         "systemd-nspawn is missing: apt-get install systemd-container"
@@ -378,7 +378,7 @@ fn links_side_by_side_with_nspawn() {
 
 #[test]
 fn port_map_side_by_side_with_nspawn() {
-    require_root();
+    privileged!();
     assert!(nspawn_present(), "systemd-nspawn is missing");
     let mut tables = Vec::new();
     for launcher in ["nspawn", "nixspawn"] {
@@ -502,6 +502,7 @@ fn pings(addresses: &[&str]) -> String {
 
 #[test]
 fn standalone_zone_and_bridge_guests_reach_each_other_and_the_host() {
+    privileged!();
     let ns = Netns::new("z");
     // The host routes between the zone and the bridge (its own namespace).
     ns.command("sysctl")
@@ -618,6 +619,7 @@ fn standalone_zone_and_bridge_guests_reach_each_other_and_the_host() {
 
 #[test]
 fn host_pings_guests_and_port_forward_answers_from_another_namespace() {
+    privileged!();
     let ns = Netns::new("f");
     ns.command("sysctl")
         .args([
@@ -718,6 +720,7 @@ fn signal_and_wait(child: &mut std::process::Child) {
 
 #[test]
 fn moved_ifb_and_macvlan_come_and_go() {
+    privileged!();
     let ns = Netns::new("i");
     ns.ip(&["link", "add", "n13mov", "type", "ifb"]);
     ns.ip(&["link", "add", "n13par", "type", "ifb"]);
@@ -763,6 +766,7 @@ fn moved_ifb_and_macvlan_come_and_go() {
 /// the run anywhere: no state, no links, no cgroups, no processes.
 #[test]
 fn bad_input_is_one_line_and_leaves_nothing() {
+    privileged!();
     let ns = Netns::new("b");
     ns.ip(&["link", "add", "n13ifb", "type", "ifb"]);
     let before = ns.links();
@@ -839,6 +843,7 @@ fn bad_input_is_one_line_and_leaves_nothing() {
 
 #[test]
 fn sigkill_of_the_launcher_leaves_nothing() {
+    privileged!();
     let ns = Netns::new("k");
     ns.ip(&["link", "add", "n13kill", "type", "ifb"]);
     let before = ns.links();
@@ -886,6 +891,7 @@ fn sigkill_of_the_launcher_leaves_nothing() {
 
 #[test]
 fn back_to_back_runs_of_one_name() {
+    privileged!();
     // Each run's ve- link dies with its namespace after the launcher is
     // gone; the next run of the name waits for it instead of failing.
     let ns = Netns::new("r");
@@ -919,6 +925,7 @@ fn back_to_back_runs_of_one_name() {
 
 #[test]
 fn booted_bookworm_with_addresses_and_writable_net_sysctls() {
+    privileged!();
     let ns = Netns::new("o");
     let tree = tree("bookworm");
     let name = unique_name("n13boot");
@@ -1011,7 +1018,7 @@ fn etc_after(launcher: &str, args: &[&str], prepare: &dyn Fn(&Path)) -> (String,
 
 #[test]
 fn resolv_conf_and_timezone_side_by_side_with_nspawn() {
-    require_root();
+    privileged!();
     assert!(nspawn_present(), "systemd-nspawn is missing");
     let plain = |_: &Path| {};
     let zoneinfo = |p: &Path| {

@@ -469,7 +469,7 @@ mod tests {
         let mut sp = spec();
         sp.mounts = vec![
             CustomMount::parse_tmpfs("/a").unwrap(),
-            CustomMount::parse_bind("/tmp:/b", true).unwrap(),
+            CustomMount::parse_bind("/tmp:/b", crate::spec::mounts::BindAccess::ReadOnly).unwrap(),
         ];
         let s = outer(&sp, PLAIN);
         assert!(pos(&s, Step::CustomMount(0)) < pos(&s, Step::CustomMount(1)));
@@ -524,7 +524,13 @@ mod tests {
     fn network_steps_join_first_set_up_etc_after_the_users_mounts_and_wait_for_links_last() {
         let mut sp = spec();
         sp.private_network = true;
-        sp.mounts = vec![CustomMount::parse_bind("/tmp:/etc/resolv.conf", true).unwrap()];
+        sp.mounts = vec![
+            CustomMount::parse_bind(
+                "/tmp:/etc/resolv.conf",
+                crate::spec::mounts::BindAccess::ReadOnly,
+            )
+            .unwrap(),
+        ];
         sp.directory = Some("/srv/tree".into());
         let net = Shape {
             await_links: true,

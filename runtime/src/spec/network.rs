@@ -375,7 +375,7 @@ impl Timezone {
 
 /// Everything about the guest's network but `--private-network` itself
 /// (kept in [`crate::Spec::private_network`], which these imply).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Network {
     /// `-n`; implied by a bridge or a zone.
     pub veth: bool,
