@@ -134,8 +134,9 @@ impl Description {
         let mut variables = BTreeSet::new();
         for (name, node) in &self.nodes {
             let machine = format!("{prefix}{name}");
-            nixspawn_runtime::MachineName::new(&machine)
-                .with_context(|| format!("node {name:?}: {machine:?} is not a valid machine name"))?;
+            nixspawn_runtime::MachineName::new(&machine).with_context(|| {
+                format!("node {name:?}: {machine:?} is not a valid machine name")
+            })?;
             if !variables.insert(variable_name(name)) {
                 bail!(
                     "node {name:?}: its script variable {} is also another node's",

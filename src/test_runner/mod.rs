@@ -86,9 +86,24 @@ fn follow_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
 }
 
 fn nixspawn_cli_safe(s: &str) -> String {
-    // The console carries the guest's own escape sequences (colours);
-    // keep the line one line and free of control sequences.
-    crate::terminal_safe(s)
+    // The console carries the guest's own escape sequences (colours):
+    // CSI sequences are dropped, any other control character escaped, so
+    // a line stays one line and cannot drive the terminal.
+    let mut plain = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    crate::terminal_safe(&plain)
 }
 
 /// Where `nixspawn` is: next to us, else on PATH.
@@ -169,7 +184,11 @@ pub fn run(opts: Options) -> Result<u8> {
             keep: opts.keep,
         }));
         std::fs::write(&n.console_log, b"")?;
-        follow_console(name.clone(), n.console_log.clone(), Arc::clone(&stop_following));
+        follow_console(
+            name.clone(),
+            n.console_log.clone(),
+            Arc::clone(&stop_following),
+        );
         nodes.insert(name.clone(), n);
     }
 
@@ -205,6 +224,10 @@ pub fn run(opts: Options) -> Result<u8> {
     }
     if opts.interactive {
         python.env("NIXSPAWN_TEST_INTERACTIVE", "1");
+    }
+    if !opts.interactive {
+        // Spawned by this (the main) thread, which lives as long as we do.
+        nixspawn_runtime::os::die_with_parent(&mut python, libc::SIGKILL);
     }
     let mut child = python.spawn().context("running python3")?;
     let python_pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -293,10 +316,8 @@ pub fn run(opts: Options) -> Result<u8> {
     let kept = opts.keep || code != 0;
     if remove_out && kept {
         // Keep the logs of a failed or kept run.
-        let keep_dir = std::env::temp_dir().join(format!(
-            "nixspawn-test-logs.{}",
-            std::process::id()
-        ));
+        let keep_dir =
+            std::env::temp_dir().join(format!("nixspawn-test-logs.{}", std::process::id()));
         let _ = std::fs::rename(&out_dir, &keep_dir);
         eprintln!("nixspawn-test: logs kept in {}", keep_dir.display());
     }
@@ -332,8 +353,14 @@ fn failure_report(nodes: &BTreeMap<String, Arc<Node>>) {
             std::thread::spawn(move || {
                 let mut text = String::new();
                 for (title, cmd) in [
-                    ("failed units", "systemctl --failed --no-pager --no-legend --plain"),
-                    ("journal tail", "journalctl --no-pager -n 30 -o short-monotonic"),
+                    (
+                        "failed units",
+                        "systemctl --failed --no-pager --no-legend --plain",
+                    ),
+                    (
+                        "journal tail",
+                        "journalctl --no-pager -n 30 -o short-monotonic",
+                    ),
                 ] {
                     text.push_str(&format!("{}: {title}:\n", n.name));
                     match n.exec(cmd, Some(Duration::from_secs(15)), None, None) {
@@ -343,7 +370,11 @@ fn failure_report(nodes: &BTreeMap<String, Arc<Node>>) {
                                 text.push_str(&format!("{}:   (none)\n", n.name));
                             }
                             for l in BufReader::new(out.as_bytes()).lines().map_while(Result::ok) {
-                                text.push_str(&format!("{}:   {}\n", n.name, crate::terminal_safe(&l)));
+                                text.push_str(&format!(
+                                    "{}:   {}\n",
+                                    n.name,
+                                    crate::terminal_safe(&l)
+                                ));
                             }
                         }
                         Err(e) => text.push_str(&format!("{}:   ({e:#})\n", n.name)),
@@ -370,7 +401,10 @@ fn keep_network(net: &network::RunNetwork, prefix: &str) -> Result<()> {
     let pin = dir.join(format!("{prefix}nixspawn-test-{}", std::process::id()));
     std::fs::write(&pin, b"")?;
     nix::mount::mount(
-        Some(Path::new(&format!("/proc/self/fd/{}", net.run_ns.as_raw_fd()))),
+        Some(Path::new(&format!(
+            "/proc/self/fd/{}",
+            net.run_ns.as_raw_fd()
+        ))),
         &pin,
         None::<&str>,
         nix::mount::MsFlags::MS_BIND,
@@ -398,7 +432,10 @@ pub fn enter(machine: &str, argv: &[String]) -> u8 {
     match r {
         Ok(code) => code.clamp(0, 255) as u8,
         Err(e) => {
-            eprintln!("nixspawn-test: entering {machine}: {}", crate::error_line(&e));
+            eprintln!(
+                "nixspawn-test: entering {machine}: {}",
+                crate::error_line(&e)
+            );
             node::ENTER_FAILED as u8
         }
     }

@@ -5,8 +5,8 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -72,7 +72,9 @@ impl Spawner {
         self.tx
             .send((cmd, tx))
             .map_err(|_| anyhow!("the spawner thread is gone"))?;
-        Ok(rx.recv().map_err(|_| anyhow!("the spawner thread is gone"))??)
+        Ok(rx
+            .recv()
+            .map_err(|_| anyhow!("the spawner thread is gone"))??)
     }
 }
 
@@ -135,7 +137,6 @@ impl Node {
             "-q".to_owned(),
             format!("--machine={}", s.machine),
             format!("--hostname={}", s.name),
-            "--boot".into(),
             "--console=read-only".into(),
             format!("--network-namespace-path={}", s.namespace_path),
         ];
@@ -145,8 +146,10 @@ impl Node {
                 argv.push("--ephemeral".into());
             }
         }
-        if let Some(t) = &d.toplevel {
-            argv.push(format!("--toplevel={}", t.display()));
+        match &d.toplevel {
+            // Its init is PID 1 (nixspawn refuses --boot with it).
+            Some(t) => argv.push(format!("--toplevel={}", t.display())),
+            None => argv.push("--boot".into()),
         }
         argv.extend(d.options.iter().cloned());
         Node {
@@ -241,6 +244,7 @@ impl Node {
         let me = Arc::clone(self);
         std::thread::spawn(move || {
             let Ok(name) = me.machine_name() else { return };
+            let mut noted = 0;
             loop {
                 let (boot, current) = {
                     let l = me.life.lock().unwrap();
@@ -249,12 +253,18 @@ impl Node {
                 if !current {
                     return;
                 }
+                if noted >= boot {
+                    // Until a reboot asks for the next one.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 if let Ok(st) = state::load(&name)
                     && st.ready
                     && st.phase == "running"
                     && st.boot_count >= boot
                 {
                     me.note_ready(&st, st.boot_count);
+                    noted = st.boot_count;
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -313,7 +323,11 @@ impl Node {
         } else {
             String::new()
         };
-        if !l.marks.iter().any(|m| m.label == format!("PID 1 exec{suffix}")) {
+        if !l
+            .marks
+            .iter()
+            .any(|m| m.label == format!("PID 1 exec{suffix}"))
+        {
             l.marks.push(Mark {
                 label: format!("PID 1 exec{suffix}"),
                 at: exec,
@@ -384,11 +398,15 @@ impl Node {
             .open(&self.console_log)?;
         cmd.stderr(log);
         match stdin {
-            Some(p) => cmd.stdin(File::open(p).with_context(|| format!("opening {}", p.display()))?),
+            Some(p) => {
+                cmd.stdin(File::open(p).with_context(|| format!("opening {}", p.display()))?)
+            }
             None => cmd.stdin(Stdio::null()),
         };
         match stdout_file {
-            Some(p) => cmd.stdout(File::create(p).with_context(|| format!("creating {}", p.display()))?),
+            Some(p) => {
+                cmd.stdout(File::create(p).with_context(|| format!("creating {}", p.display()))?)
+            }
             None => cmd.stdout(Stdio::piped()),
         };
         let mut child = cmd.spawn().context("running the namespace entry")?;
@@ -473,7 +491,11 @@ impl Node {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        bail!("{} did not stop within {}s", self.name, timeout.unwrap().as_secs());
+                        bail!(
+                            "{} did not stop within {}s",
+                            self.name,
+                            timeout.unwrap().as_secs()
+                        );
                     }
                     life = self.changed.wait_timeout(life, d - now).unwrap().0;
                 }

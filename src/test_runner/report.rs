@@ -85,12 +85,25 @@ pub fn svg(rows: &[(String, Vec<Mark>)]) -> String {
                 );
             }
         };
-        bar(&mut s, find("launch"), find("PID 1 exec"), "#f0a050", "setup");
-        bar(&mut s, find("PID 1 exec"), find("READY=1"), "#5090e0", "boot");
-        for m in marks
-            .iter()
-            .filter(|m| !["launch", "PID 1 exec", "READY=1"].iter().any(|p| m.label.starts_with(p)))
-        {
+        bar(
+            &mut s,
+            find("launch"),
+            find("PID 1 exec"),
+            "#f0a050",
+            "setup",
+        );
+        bar(
+            &mut s,
+            find("PID 1 exec"),
+            find("READY=1"),
+            "#5090e0",
+            "boot",
+        );
+        for m in marks.iter().filter(|m| {
+            !["launch", "PID 1 exec", "READY=1"]
+                .iter()
+                .any(|p| m.label.starts_with(p))
+        }) {
             let x = left + secs(m.at, origin) * scale;
             let _ = writeln!(
                 s,
@@ -131,12 +144,20 @@ mod tests {
                     m("READY=1", 1_400_000),
                 ],
             ),
-            ("b<".to_owned(), vec![m("launch", 1_010_000), m("x.service", 2_000_000)]),
+            (
+                "b<".to_owned(),
+                vec![m("launch", 1_010_000), m("x.service", 2_000_000)],
+            ),
         ];
         let t = text(&rows);
-        assert!(t.contains("a: launch +0.000s → PID 1 exec +0.050s → READY=1 +0.400s"), "{t}");
+        assert!(
+            t.contains("a: launch +0.000s → PID 1 exec +0.050s → READY=1 +0.400s"),
+            "{t}"
+        );
         assert!(t.contains("b<: launch +0.010s → x.service +1.000s"), "{t}");
         let svg = svg(&rows);
-        assert!(svg.starts_with("<svg") && svg.contains("b&lt;") && svg.contains("<title>boot: 0.350s"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("b&lt;") && svg.contains("<title>boot: 0.350s")
+        );
     }
 }

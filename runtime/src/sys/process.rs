@@ -230,7 +230,14 @@ pub fn set_pdeathsig_on_spawn(cmd: &mut std::process::Command, signal: libc::c_i
     // prctl system call (async-signal-safe, no allocation, no locks).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::c_ulong::from(signal.cast_unsigned()),
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
