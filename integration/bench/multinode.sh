@@ -71,8 +71,9 @@ measure() {
 	(
 		echo $BASHPID >/sys/fs/cgroup/memory/$cg/cgroup.procs
 		echo $BASHPID >/sys/fs/cgroup/cpuacct/$cg/cgroup.procs
-		exec "$@"
+		"$@"
 	) >"$work/$label.log" 2>&1 || rc=$?
+	grep -E "^[a-z0-9]+: launch" "$work/$label.log" | sed "s/^/  $label /" >&2 || true
 	t1=$(date +%s.%N)
 	local cpu peak
 	cpu=$(cat /sys/fs/cgroup/cpuacct/$cg/cpuacct.usage)

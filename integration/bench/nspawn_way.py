@@ -93,6 +93,15 @@ class Machine:
 
 
 def main():
+    try:
+        run()
+    finally:
+        for name in NAMES:
+            subprocess.run(["ip", "netns", "del", f"nixos-nspawn-{name}"], check=False,
+                           stderr=subprocess.DEVNULL)
+
+
+def run():
     for vlan in (1, 2):
         sh("ip", "link", "add", f"br{vlan}", "type", "bridge")
         sh("ip", "addr", "add", f"192.168.{vlan}.254/24", "dev", f"br{vlan}")
@@ -112,6 +121,8 @@ def main():
         m.proc.terminate()
     for m in machines.values():
         m.proc.wait()
+        # as run-nspawn does at exit
+        subprocess.run(["ip", "netns", "del", f"nixos-nspawn-{m.name}"], check=False)
     print("nspawn-way: passed")
 
 

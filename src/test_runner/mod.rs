@@ -423,11 +423,9 @@ fn keep_network(net: &network::RunNetwork, prefix: &str) -> Result<()> {
 pub fn enter(machine: &str, argv: &[String]) -> u8 {
     let r = (|| -> Result<i32> {
         let st = nixspawn_runtime::state::load(&nixspawn_runtime::MachineName::new(machine)?)?;
-        Ok(nixspawn_runtime::ctl::enter::exec(
-            &st,
-            argv,
-            &[("TERM".into(), "dumb".into())],
-        )?)
+        // The environment the runner gave us is the command's.
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Ok(nixspawn_runtime::ctl::enter::exec(&st, argv, &env)?)
     })();
     match r {
         Ok(code) => code.clamp(0, 255) as u8,

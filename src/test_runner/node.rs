@@ -88,6 +88,9 @@ struct Life {
     boot: u32,
     /// /etc/hosts written for this boot.
     hosts_for_boot: u32,
+    /// The guest's login environment (after /etc/profile) and its bash,
+    /// read once per boot so commands need not source the profile.
+    shell: Option<(String, Vec<(String, String)>)>,
     marks: Vec<Mark>,
     /// A generation counter: one per start, so a stale reaper is ignored.
     generation: u64,
@@ -219,6 +222,7 @@ impl Node {
         life.exited = None;
         life.boot = 1;
         life.hosts_for_boot = 0;
+        life.shell = None;
         life.marks = vec![Mark {
             label: "launch".into(),
             at: launched,
@@ -358,22 +362,58 @@ impl Node {
                 o.rc
             );
         }
-        self.life.lock().unwrap().hosts_for_boot = boot;
+        let shell = self.read_shell()?;
+        let mut l = self.life.lock().unwrap();
+        l.hosts_for_boot = boot;
+        l.shell = shell;
         Ok(())
     }
 
+    /// The guest's bash and its environment after /etc/profile; None
+    /// where it has no bash (then every command sources the profile).
+    fn read_shell(&self) -> Result<Option<(String, Vec<(String, String)>)>> {
+        let o = self.exec(
+            "command -v bash || true; printf '\\0'; env -0",
+            Some(Duration::from_secs(60)),
+            None,
+            None,
+        )?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let Some((bash, env)) = text.split_once('\0') else {
+            return Ok(None);
+        };
+        let bash = bash.trim();
+        if o.rc != 0 || !bash.starts_with('/') {
+            return Ok(None);
+        }
+        let skip = ["SHLVL", "PWD", "OLDPWD", "_", "TERM"];
+        let env = env
+            .split('\0')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| !k.is_empty() && !skip.contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(Some((bash.to_owned(), env)))
+    }
+
     fn enter_command(&self, command: &str) -> Command {
+        let mut cmd = Command::new(&self.self_exe);
+        cmd.arg("__enter").arg(&self.machine).env_clear();
+        if let Some((bash, env)) = &self.life.lock().unwrap().shell {
+            // The profile's environment as read at boot: one exec less
+            // and no profile to source per command.
+            cmd.args([bash.as_str(), "-c", &format!("set -euo pipefail; {command}")])
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("TERM", "dumb");
+            return cmd;
+        }
         // /etc/profile for the guest's PATH (NixOS puts its tools there),
         // then the command in bash with the driver's shell options (sh
         // where there is no bash).
         let wrapper = "[ -r /etc/profile ] && . /etc/profile >/dev/null 2>&1; \
              if command -v bash >/dev/null 2>&1; then exec bash -c \"set -euo pipefail; $1\"; \
              else exec sh -c \"set -eu; $1\"; fi";
-        let mut cmd = Command::new(&self.self_exe);
-        cmd.arg("__enter")
-            .arg(&self.machine)
-            .args(["/bin/sh", "-c", wrapper, "nixspawn-test", command])
-            .env_clear()
+        cmd.args(["/bin/sh", "-c", wrapper, "nixspawn-test", command])
             .env("TERM", "dumb");
         cmd
     }
