@@ -134,7 +134,7 @@ fn a_tree_nspawn_shifted_runs_under_u_as_it_does_under_nspawn() {
     );
     let shift = std::fs::metadata(tree.path()).unwrap().uid();
     assert!(
-        shift >= 0x80000 && shift % 0x10000 == 0,
+        shift >= 0x80000 && shift.is_multiple_of(0x10000),
         "nspawn shifted it to {shift}"
     );
     let probe = "stat -c '%n %u:%g' / /etc /usr/bin/busybox; touch /new && stat -c '%n %u:%g' /new; rm /new; cat /proc/self/uid_map";
