@@ -3,13 +3,17 @@
 # systemd-nspawn (hyperfine, same tree and argv), and 50 guests on one
 # zone started and stopped. Everything runs inside a network namespace
 # made here, never on the machine's own network.
-#   sudo integration/bench/network.sh [RUNS]      (not run in CI)
+#   sudo [NIXSPAWN_BIN=...] integration/bench/network.sh [RUNS]      (not run in CI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-100}
 [ "$(id -u)" = 0 ] || { echo "network.sh: needs root" >&2; exit 1; }
-cargo build --release --quiet
-nixspawn=$PWD/target/release/nixspawn
+# NIXSPAWN_BIN: a nixspawn built already (no cargo run under the lock).
+nixspawn=${NIXSPAWN_BIN:-}
+if [ -z "$nixspawn" ]; then
+	cargo build --release --quiet
+	nixspawn=$PWD/target/release/nixspawn
+fi
 bookworm=$(integration/fixtures/debian-tree.sh bookworm)
 ns=nixspawn-bench-$$
 work=$(mktemp -d /tmp/nixspawn-netbench.XXXXXX)
