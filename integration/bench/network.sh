@@ -57,7 +57,8 @@ for x in r:
 PY
 
 # 50 guests on one zone: a busybox tree each guest runs on ephemerally,
-# waiting for a file before it exits.
+# waiting for a file before it exits. Without --keep-unit: concurrent
+# launchers in one cgroup would each make its payload/ there and collide.
 n=50
 tree=$work/tree
 mkdir -p "$tree/usr/bin" "$tree/etc" "$work/sync"
@@ -72,11 +73,11 @@ zone_run() {
 	t0=$(now)
 	for ((i = 0; i < n; i++)); do
 		if [ "$launcher" = nixspawn ]; then
-			inside "$nixspawn" -q --register=no --keep-unit -x -M "zb$i" -D "$tree" \
+			inside "$nixspawn" -q --register=no -x -M "zb$i" -D "$tree" \
 				--bind="$work/sync:/sync" --network-zone=bench --pipe \
 				/bin/sh -c "touch /sync/up-$i; while ! test -e /sync/go; do sleep 0.1; done" &
 		else
-			nspawn_inside -q --register=no --keep-unit -x -M "zb$i" -D "$tree" \
+			nspawn_inside -q --register=no -x -M "zb$i" -D "$tree" \
 				--bind="$work/sync:/sync" --network-zone=bench --pipe \
 				/bin/sh -c "touch /sync/up-$i; while ! test -e /sync/go; do sleep 0.1; done" &
 		fi

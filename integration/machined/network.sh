@@ -51,10 +51,12 @@ net_stop() {
 	until_ok 20 gone "$1" || fail "$1 still listed after poweroff"
 }
 
-# The guest's first IPv4 address as machined reports it (DHCP from the host).
+# The guest's first IPv4 address as machined reports it (DHCP from the
+# host), not an IPv4LL one (169.254/16) the guest may take meanwhile.
 ipv4_of() {
 	machinectl status "$1" --no-pager -n 0 2>/dev/null |
-		sed -n -E 's/^[[:space:]]*(Address:)?[[:space:]]*([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$/\2/p' | head -n 1
+		sed -n -E 's/^[[:space:]]*(Address:)?[[:space:]]*([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$/\2/p' |
+		grep -v '^169\.254\.' | head -n 1
 }
 has_ipv4() { [ -n "$(ipv4_of "$1")" ]; }
 
