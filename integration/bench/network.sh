@@ -83,7 +83,18 @@ zone_run() {
 		fi
 		pids+=($!)
 	done
-	while [ "$(ls "$work/sync" | grep -c '^up-')" -lt "$n" ]; do sleep 0.01; done
+	# A launcher that failed never says "up": give up after 120 s.
+	local waited=0
+	while [ "$(ls "$work/sync" | grep -c '^up-')" -lt "$n" ]; do
+		sleep 0.01
+		waited=$((waited + 1))
+		if [ "$waited" -gt 12000 ]; then
+			echo "network.sh: $launcher: only $(ls "$work/sync" | grep -c '^up-') of $n guests came up" >&2
+			touch "$work/sync/go"
+			for p in "${pids[@]}"; do wait "$p" || true; done
+			return 1
+		fi
+	done
 	t1=$(now)
 	touch "$work/sync/go"
 	for p in "${pids[@]}"; do wait "$p" || true; done
