@@ -50,6 +50,9 @@ pub(crate) struct Plan<'a> {
     pub mount_point: PathBuf,
     /// An empty directory outside the root for assembling the store.
     pub store_staging: PathBuf,
+    /// The closure-only store as one detached overlay mount, if the
+    /// launcher could make it (else one bind per path is made here).
+    pub store_overlay: Option<&'a OwnedFd>,
     pub term: Option<String>,
     pub userns: Option<&'a UsernsPlan>,
     /// Started in the scope's root: wait until the launcher registered the
@@ -189,7 +192,14 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     if let Some(store) = &spec.store {
         let idmapped_store = plan.userns.and_then(|u| u.store.as_ref());
         store_mount = step("mount the store", || {
-            store::mount_store(root, &plan.store_staging, store, owner, idmapped_store)
+            store::mount_store(
+                root,
+                &plan.store_staging,
+                store,
+                owner,
+                idmapped_store,
+                plan.store_overlay,
+            )
         })?;
     }
     let ctx = MountContext {

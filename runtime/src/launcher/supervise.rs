@@ -42,8 +42,23 @@ pub(crate) fn run_payload(
         count: boot_count,
         userns,
     } = boot;
+    // The closure-only store, made here with the host's privileges (one
+    // overlay, or word of why it is one bind per path).
+    let boot_store =
+        crate::nixos::store::prepare_boot_store(spec, userns, state_dir.path(), &mut |n| {
+            if boot_count == 1 {
+                observer.event(Event::Notice(n));
+            }
+        })?;
+    let store_overlay = match &boot_store {
+        Some(crate::nixos::store::BootStore::Overlay(fd)) => Some(fd),
+        _ => None,
+    };
     let t0 = std::time::Instant::now();
-    let (first, first_pidfd, channel) = start(spec, cgroups, state_dir, userns)?;
+    let started = start(spec, cgroups, state_dir, userns, store_overlay);
+    let store_is_overlay = store_overlay.is_some();
+    drop(boot_store);
+    let (first, first_pidfd, channel) = started?;
     tracing::debug!("clone3: PID {first}, {} µs", t0.elapsed().as_micros());
     let mut notices = Vec::new();
     // In a scope of our own the guest's PID 1 is registered from the scope's
@@ -123,6 +138,7 @@ pub(crate) fn run_payload(
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
+        store_overlay: store_is_overlay,
         capabilities: crate::spec::capabilities::mask(&spec.payload_capabilities(userns.is_some())),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
@@ -174,6 +190,7 @@ fn start(
     cgroups: &CgroupLayout,
     state_dir: &StateDir,
     userns: Option<&guest::UsernsPlan>,
+    store_overlay: Option<&OwnedFd>,
 ) -> Result<(i32, OwnedFd, Channel)> {
     let (ours, theirs) = handshake::pair()?;
     let start_cgroup = cgroups.open_start()?;
@@ -190,6 +207,7 @@ fn start(
         spec,
         mount_point: state_dir.mount_point(),
         store_staging: state_dir.path().join("store"),
+        store_overlay,
         term,
         userns,
         await_placement: cgroups.managed && userns.is_none(),

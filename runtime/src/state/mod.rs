@@ -64,6 +64,10 @@ pub struct State {
     /// The guest's store is an idmapped view (root-owned files are its root's).
     #[serde(default)]
     pub store_idmapped: bool,
+    /// The closure-only store is one overlay mount (not one bind per path);
+    /// what it holds is recorded in the state directory.
+    #[serde(default)]
+    pub store_overlay: bool,
     /// The payload's capabilities (bit mask, as /proc/PID/status shows them).
     pub capabilities: u64,
     /// The seccomp filter's adjustments; None when seccomp is off.

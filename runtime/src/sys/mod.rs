@@ -2,6 +2,8 @@
 //! pidfds, the fd-based mount API, pty peers, close_range). Every `unsafe`
 //! block of the crate lives here; everything returned is an owned fd.
 
+pub mod fsmount;
+
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
