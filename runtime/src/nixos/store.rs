@@ -81,7 +81,11 @@ pub(crate) fn prepare_boot_store(
             Ok(Some(BootStore::Overlay(fd)))
         }
         Err(why) => {
-            notice(&overlay::fallback_notice(closure.len(), &why));
+            let binds = closure
+                .iter()
+                .filter(|e| !matches!(e.kind, EntryKind::Symlink(_)))
+                .count();
+            notice(&overlay::fallback_notice(binds, &why));
             Ok(Some(BootStore::PerPath))
         }
     }
@@ -138,7 +142,6 @@ pub(crate) fn read_record(state_dir: &Path) -> Result<(Vec<Entry>, Vec<overlay::
 /// (a killed launcher's too, with its janitor); the collector then drops
 /// the stale root itself. Best effort: without Nix there is nothing to do.
 pub(crate) fn gc_root(state_dir: &Path, toplevel: &Path) {
-    const AUTO: &str = "/nix/var/nix/gcroots/auto";
     if !Path::new("/nix/var/nix/gcroots").is_dir() {
         return;
     }
@@ -150,19 +153,44 @@ pub(crate) fn gc_root(state_dir: &Path, toplevel: &Path) {
     let Some(machine) = state_dir.file_name() else {
         return;
     };
-    let local = state_dir.join(format!("gcroot-{hash}"));
-    let auto = Path::new(AUTO).join(format!("nixspawn-{}-{hash}", machine.to_string_lossy()));
+    let local = state_dir.join(format!("{GC_ROOT_PREFIX}{hash}"));
+    let auto =
+        Path::new(GC_ROOTS_AUTO).join(format!("nixspawn-{}-{hash}", machine.to_string_lossy()));
     let replace = |target: &Path, link: &Path| -> std::io::Result<()> {
         let tmp = link.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(target, &tmp)?;
         std::fs::rename(&tmp, link)
     };
-    let made = std::fs::create_dir_all(AUTO)
+    let made = std::fs::create_dir_all(GC_ROOTS_AUTO)
         .and_then(|()| replace(toplevel, &local))
         .and_then(|()| replace(&local, &auto));
     if let Err(e) = made {
         tracing::debug!("GC root for {}: {e}", toplevel.display());
+    }
+}
+
+const GC_ROOTS_AUTO: &str = "/nix/var/nix/gcroots/auto";
+const GC_ROOT_PREFIX: &str = "gcroot-";
+
+/// Take back the roots [`gc_root`] made for this state directory, before
+/// it is removed (by the launcher, its janitor, or the next holder of the
+/// name), rather than leave the collector stale links to drop.
+pub(crate) fn remove_gc_roots(state_dir: &Path) {
+    let (Ok(entries), Some(machine)) = (std::fs::read_dir(state_dir), state_dir.file_name()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(hash) = name.to_str().and_then(|n| n.strip_prefix(GC_ROOT_PREFIX)) else {
+            continue;
+        };
+        let auto =
+            Path::new(GC_ROOTS_AUTO).join(format!("nixspawn-{}-{hash}", machine.to_string_lossy()));
+        // Only a link of ours (the name is ours to reuse, not to guess at).
+        if std::fs::read_link(&auto).is_ok_and(|t| t == entry.path()) {
+            let _ = std::fs::remove_file(&auto);
+        }
     }
 }
 

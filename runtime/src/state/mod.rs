@@ -295,6 +295,7 @@ impl Drop for StateDir {
 
 /// Remove a state directory (or whatever stands at its path).
 pub fn remove_state_dir(path: &Path) -> Result<()> {
+    crate::nixos::store::remove_gc_roots(path);
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
