@@ -687,6 +687,8 @@ pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
         None => userns::Ownership::Off,
     };
     let spec = Spec {
+        // The caller's terminal type, as systemd-nspawn passes it to PID 1.
+        term: std::env::var("TERM").ok(),
         private_users,
         ownership,
         added_capabilities,

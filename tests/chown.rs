@@ -304,7 +304,7 @@ impl Drop for LeftoverScope {
             }
             let _ = std::fs::remove_dir(dir);
         }
-        let v2 = nixspawn_runtime::cgroup::v2_mount().unwrap();
+        let v2 = nixspawn_runtime::cgroup::hierarchy::v2_mount().unwrap();
         // Its mirror in the v1 devices hierarchy too, where there is one.
         let v1 = nixspawn_runtime::cgroup::devices::v1_hierarchy().map(|(mount, _)| mount);
         for slice in std::iter::once(v2)

@@ -473,7 +473,7 @@ fn processes_mentioning(prefix: &str) -> Vec<(i32, String)> {
 fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
     let tree = busybox_tree();
     let prefix = format!("kd{}x", std::process::id());
-    let units = nixspawn_runtime::cgroup::v2_mount()
+    let units = nixspawn_runtime::cgroup::hierarchy::v2_mount()
         .unwrap()
         .join(format!("ku{}", std::process::id()));
     let keep_unit = extra.contains(&"--keep-unit");

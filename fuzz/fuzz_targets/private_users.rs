@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use nixspawn_runtime::spec::userns::{self as spec_userns, Mode};
-use nixspawn_runtime::userns;
+use nixspawn_runtime::userns::range as userns;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate runtime/src/seccomp/syscalls.rs: syscall names and numbers for
+"""Generate runtime/src/spec/syscalls/table.rs: syscall names and numbers for
 the ABIs nixspawn filters — the three a 64-bit x86 host runs (x86-64, x32,
 i386) and aarch64 — from the kernel's uapi headers.
 
@@ -9,7 +9,7 @@ has no such list: its numbers are the kernel's generic table
 ships in linux-libc-dev-arm64-cross; the preprocessor evaluates it.
 
     apt-get install linux-libc-dev linux-libc-dev-arm64-cross
-    integration/tools/gen-syscall-tables.py > runtime/src/seccomp/syscalls.rs
+    integration/tools/gen-syscall-tables.py > runtime/src/spec/syscalls/table.rs
 """
 import re
 import subprocess

@@ -126,8 +126,11 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("container setup failed: {step}: {message}")]
-    Child { step: String, message: String },
+    #[error("container setup failed: {0}")]
+    Child(Failure),
+
+    #[error("container setup failed: {0}")]
+    Handshake(#[from] HandshakeError),
 
     #[error("updating {name}: {reason}")]
     Update { name: String, reason: String },
@@ -158,10 +161,81 @@ impl Error {
         }
     }
 
+    /// The errno behind the error, if a system call failed.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } | Error::Syscall { source, .. } => source.raw_os_error(),
+            Error::Idmap { source, .. } => source.raw_os_error(),
+            Error::Child(f) => f.errno,
+            _ => None,
+        }
+    }
+
+    /// The path the error concerns, if it names one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. } | Error::Idmap { path, .. } => Some(path),
+            Error::BadTree { path, .. } | Error::TreeBusy { path } => Some(path),
+            Error::Child(f) => f.path.as_deref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn syscall(syscall: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Syscall {
             syscall,
             source: source.into(),
         }
     }
+}
+
+/// A setup step that failed in a container process, as it crosses over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub step: String,
+    /// The errno behind it, if the failure came from a system call.
+    pub errno: Option<i32>,
+    /// The path it concerned, if any.
+    pub path: Option<PathBuf>,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(step: impl Into<String>, error: &Error) -> Self {
+        Failure {
+            step: step.into(),
+            errno: error.errno(),
+            path: error.path().map(PathBuf::from),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+/// How a step of the handshake went wrong on the other side of it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("the {peer} went away while the {us} waited for {expected}")]
+    PeerGone {
+        peer: &'static str,
+        us: &'static str,
+        expected: &'static str,
+    },
+    #[error("the {us} waited for {expected} and got {got}")]
+    Unexpected {
+        us: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("{step} came with {got} descriptors instead of {want}")]
+    Descriptors {
+        step: &'static str,
+        want: usize,
+        got: usize,
+    },
 }

@@ -35,6 +35,7 @@ pub mod sys;
 
 pub use error::{Error, Result};
 pub use guest::INIT_CANDIDATES;
-pub use launcher::{Event, Observer, Outcome, run};
+pub use launcher::events::{Event, Observer, Outcome};
+pub use launcher::run;
 pub use spec::identity::{MachineName, Uuid};
 pub use spec::{ConsoleMode, Payload, Register, Spec, StoreSpec};

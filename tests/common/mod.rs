@@ -67,7 +67,10 @@ pub fn host_cgroups() -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&nixspawn_runtime::cgroup::v2_mount().unwrap(), &mut out);
+    walk(
+        &nixspawn_runtime::cgroup::hierarchy::v2_mount().unwrap(),
+        &mut out,
+    );
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -670,7 +673,7 @@ pub struct UnitCgroup {
 
 impl UnitCgroup {
     pub fn new(prefix: &str) -> UnitCgroup {
-        let path = nixspawn_runtime::cgroup::v2_mount()
+        let path = nixspawn_runtime::cgroup::hierarchy::v2_mount()
             .unwrap()
             .join(unique_name(prefix));
         std::fs::create_dir(&path).unwrap();

@@ -320,7 +320,7 @@ pub fn v1_hierarchy() -> Option<(PathBuf, PathBuf)> {
         if l.next()?.split(',').any(|o| o == "ro") {
             return None;
         }
-        Some(PathBuf::from(crate::cgroup::unescape(point)))
+        Some(PathBuf::from(crate::cgroup::hierarchy::unescape(point)))
     })?;
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let own = own.lines().find_map(|l| {

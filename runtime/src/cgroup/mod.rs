@@ -9,6 +9,7 @@
 //! - `--keep-unit`: `<our cgroup>/payload`, and we move to `<our cgroup>/supervisor`.
 
 pub mod devices;
+pub mod hierarchy;
 
 use std::fs;
 use std::io;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::spec::identity::MachineName;
+use hierarchy::{SYSTEMD_V1, own_v1_systemd_cgroup, own_v2_cgroup, v2_mount};
 
 /// Where the guest's cgroups live, as paths on the host.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -26,18 +28,45 @@ pub struct CgroupLayout {
     pub mount: PathBuf,
     /// The unit-like cgroup that holds `payload` (and `supervisor`).
     pub base: PathBuf,
-    pub keep_unit: bool,
-    /// Whether we move ourselves to `supervisor` (not when we run in the
-    /// hierarchy's root, which may hold processes and belongs to no unit).
-    pub use_supervisor: bool,
-    /// `base` is a unit systemd created and removes (a transient scope).
-    pub managed: bool,
+    /// Whose `base` is, and so what is ours to create and remove.
+    pub placement: Placement,
     /// On a hybrid systemd host: the scope in the named `systemd` v1
     /// hierarchy, which systemd tracks units by and clone3 cannot enter.
     pub v1: Option<V1Scope>,
     /// The guest's device policy, once in force (devices.rs).
     #[serde(default)]
     pub devices: Option<DevicePolicy>,
+}
+
+/// Whose cgroup the guest's `payload` sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Placement {
+    /// Standalone: `machine.slice/machine-NAME.scope`, which we create
+    /// and remove ourselves.
+    OwnScope,
+    /// A transient scope systemd made for this boot (and removes); only
+    /// `payload` is ours.
+    SystemdScope,
+    /// `--keep-unit`: the calling unit's cgroup, its manager's. With
+    /// `supervisor` we move ourselves into `supervisor` beside `payload`
+    /// (not when we run in the hierarchy's root, which may hold processes
+    /// and belongs to no unit).
+    KeepUnit { supervisor: bool },
+}
+
+/// What the layout is decided from: the facts of the host and the call.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub name: &'a MachineName,
+    pub keep_unit: bool,
+    /// The transient scope systemd makes for us, if any.
+    pub scope_unit: Option<&'a str>,
+    /// The cgroup v2 mount point.
+    pub mount: PathBuf,
+    /// Our own v2 cgroup, relative to the hierarchy's root.
+    pub own: PathBuf,
+    /// Our cgroup in systemd's named v1 hierarchy, on a hybrid host.
+    pub own_v1: Option<PathBuf>,
 }
 
 /// Where the guest's device policy is enforced, to undo it at the end.
@@ -70,57 +99,11 @@ pub struct V1Devices {
     pub created: Vec<PathBuf>,
 }
 
-/// The host's cgroup v2 mount point.
-pub fn v2_mount() -> Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| Error::io("reading", "/proc/self/mountinfo", e))?;
-    info.lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(unescape(mount_point)))
-        })
-        .ok_or(Error::NoCgroup2)
-}
-
-/// Our own cgroup v2 path, relative to the hierarchy root.
-pub fn own_v2_cgroup() -> Result<PathBuf> {
-    v2_cgroup_of("self")
-}
-
-/// A process's cgroup v2 path (the `0::` line; hybrid hosts have one too).
-pub fn v2_cgroup_of(pid: &str) -> Result<PathBuf> {
-    let path = format!("/proc/{pid}/cgroup");
-    let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(PathBuf::from)
-        .ok_or(Error::NoCgroup2)
-}
-
-/// Where systemd's named v1 hierarchy is mounted on a hybrid host.
-const SYSTEMD_V1: &str = "/sys/fs/cgroup/systemd";
-
 /// The guest's scope and the launcher's own cgroup in the named v1 hierarchy.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct V1Scope {
     scope: PathBuf,
     home: PathBuf,
-}
-
-/// Our cgroup in the named v1 hierarchy, if it is mounted here (the
-/// kernel lists it in /proc/self/cgroup wherever any namespace mounts it).
-fn own_v1_systemd_cgroup() -> Option<PathBuf> {
-    if !Path::new(SYSTEMD_V1).join("cgroup.procs").exists()
-        || v2_mount().ok()? == Path::new(SYSTEMD_V1)
-    {
-        return None;
-    }
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
-    text.lines().find_map(|l| {
-        l.split_once(":name=systemd:")
-            .map(|(_, p)| PathBuf::from(p))
-    })
 }
 
 /// While alive, the launcher sits in the guest's scope in the named v1
@@ -138,77 +121,73 @@ impl Drop for V1Visit {
     }
 }
 
-/// mountinfo escapes spaces and friends as octal.
-pub(crate) fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn rel(p: &Path) -> &Path {
     p.strip_prefix("/").unwrap_or(p)
 }
 
 impl CgroupLayout {
-    /// Decide the layout for a machine (nothing is created yet). With
-    /// `scope_unit` the guest goes into that transient scope of systemd's.
+    /// Decide the layout for a machine from this host (nothing is created
+    /// yet). With `scope_unit` the guest goes into that transient scope of
+    /// systemd's.
     pub fn plan(name: &MachineName, keep_unit: bool, scope_unit: Option<&str>) -> Result<Self> {
-        let mount = v2_mount()?;
-        let own = own_v2_cgroup()?;
-        let use_supervisor = keep_unit && own != Path::new("/");
-        if let Some(unit) = scope_unit {
+        Ok(Self::decide(&Facts {
+            name,
+            keep_unit,
+            scope_unit,
+            mount: v2_mount()?,
+            own: own_v2_cgroup()?,
+            own_v1: scope_unit.and_then(|_| own_v1_systemd_cgroup()),
+        }))
+    }
+
+    /// The layout for these facts (no system access).
+    pub fn decide(facts: &Facts<'_>) -> Self {
+        let mount = facts.mount.clone();
+        let (base, placement, v1) = if let Some(unit) = facts.scope_unit {
             let rel_base = Path::new("machine.slice").join(unit);
-            let v1 = own_v1_systemd_cgroup().map(|own| V1Scope {
+            let v1 = facts.own_v1.as_ref().map(|own| V1Scope {
                 scope: Path::new(SYSTEMD_V1).join(&rel_base),
-                home: Path::new(SYSTEMD_V1).join(rel(&own)),
+                home: Path::new(SYSTEMD_V1).join(rel(own)),
             });
-            return Ok(CgroupLayout {
-                base: mount.join(&rel_base),
-                mount,
-                keep_unit,
-                use_supervisor: false,
-                managed: true,
-                v1,
-                devices: None,
-            });
-        }
-        let base = if keep_unit {
-            let own = if own.ends_with("supervisor") {
-                own.parent().unwrap_or(&own).to_path_buf()
+            (mount.join(&rel_base), Placement::SystemdScope, v1)
+        } else if facts.keep_unit {
+            // A launcher restarted from its own `supervisor` keeps the unit's.
+            let own = &facts.own;
+            let unit = if own.ends_with("supervisor") {
+                own.parent().unwrap_or(own)
             } else {
                 own
             };
-            mount.join(rel(&own))
+            let supervisor = facts.own != Path::new("/");
+            (
+                mount.join(rel(unit)),
+                Placement::KeepUnit { supervisor },
+                None,
+            )
         } else {
-            mount
-                .join("machine.slice")
-                .join(crate::host::scope::unit_name(name, true))
+            let scope = crate::host::scope::unit_name(facts.name, true);
+            (
+                mount.join("machine.slice").join(scope),
+                Placement::OwnScope,
+                None,
+            )
         };
-        Ok(CgroupLayout {
+        CgroupLayout {
             mount,
             base,
-            keep_unit,
-            use_supervisor,
-            managed: false,
-            v1: None,
+            placement,
+            v1,
             devices: None,
-        })
+        }
+    }
+
+    /// In a transient scope systemd made (and will remove).
+    pub fn in_systemd_scope(&self) -> bool {
+        self.placement == Placement::SystemdScope
+    }
+
+    fn uses_supervisor(&self) -> bool {
+        self.placement == Placement::KeepUnit { supervisor: true }
     }
 
     /// The scope's path relative to the hierarchy root (what /proc/PID/cgroup says).
@@ -299,7 +278,7 @@ impl CgroupLayout {
         }
     }
 
-    /// The policy again, for a new boot in a new scope (managed layouts:
+    /// The policy again, for a new boot in a new scope (systemd scopes:
     /// systemd made a fresh scope, which has none of it).
     pub fn reenforce_devices(&self) -> Result<()> {
         let Some(policy) = &self.devices else {
@@ -338,19 +317,24 @@ impl CgroupLayout {
     /// `companion`, the janitor) to `supervisor`.
     pub fn create(&self, companion: Option<i32>) -> Result<()> {
         let mut to_make = Vec::new();
-        if self.managed {
+        match self.placement {
             // systemd made the scope; only payload is ours.
-        } else if !self.keep_unit {
-            let mut dir = self.base.clone();
-            while dir != self.mount && !dir.exists() {
-                to_make.push(dir.clone());
-                if !dir.pop() {
-                    break;
+            Placement::SystemdScope => {}
+            Placement::OwnScope => {
+                let mut dir = self.base.clone();
+                while dir != self.mount && !dir.exists() {
+                    to_make.push(dir.clone());
+                    if !dir.pop() {
+                        break;
+                    }
+                }
+                to_make.reverse();
+            }
+            Placement::KeepUnit { supervisor } => {
+                if supervisor {
+                    to_make.push(self.supervisor());
                 }
             }
-            to_make.reverse();
-        } else if self.use_supervisor {
-            to_make.push(self.supervisor());
         }
         to_make.push(self.payload());
         for dir in to_make {
@@ -371,7 +355,7 @@ impl CgroupLayout {
                 }
             }
         }
-        if self.use_supervisor {
+        if self.uses_supervisor() {
             let procs = self.supervisor().join("cgroup.procs");
             for pid in ["0".to_string()]
                 .into_iter()
@@ -430,7 +414,7 @@ impl CgroupLayout {
     /// made the scope (machined must see the machine's leader there, as
     /// with nspawn, before it moves on into `payload`), else `payload`.
     pub fn open_start(&self) -> Result<OwnedFd> {
-        if self.managed {
+        if self.in_systemd_scope() {
             open_dir(self.base.clone())
         } else {
             self.open_payload()
@@ -447,7 +431,7 @@ impl CgroupLayout {
         })
     }
 
-    /// The payload cgroup in a scope systemd just made (managed layouts),
+    /// The payload cgroup in a scope systemd just made (systemd scopes),
     /// or after emptying the old one.
     pub fn create_payload(&self) -> Result<()> {
         let payload = self.payload();
@@ -499,7 +483,7 @@ impl CgroupLayout {
                 also(crate::cgroup::devices::detach(&policy.program_cgroup, id));
             }
         }
-        if self.managed || self.keep_unit {
+        if self.placement != Placement::OwnScope {
             return result;
         }
         also(remove_tree(&self.base));
@@ -517,7 +501,7 @@ impl CgroupLayout {
     /// the launcher died: its placeholder, a container process not yet
     /// moved on), so that systemd stops and collects the scope.
     pub fn kill_scope(&self) {
-        if self.managed {
+        if self.in_systemd_scope() {
             kill_all(&self.base);
         }
     }
@@ -664,10 +648,83 @@ fn remove_dirs(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn facts<'a>(
+        name: &'a MachineName,
+        keep_unit: bool,
+        scope: Option<&'a str>,
+        own: &str,
+    ) -> Facts<'a> {
+        Facts {
+            name,
+            keep_unit,
+            scope_unit: scope,
+            mount: PathBuf::from("/sys/fs/cgroup/unified"),
+            own: PathBuf::from(own),
+            own_v1: None,
+        }
+    }
+
     #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape(r"/plain"), "/plain");
-        assert_eq!(unescape(r"/x\"), r"/x\");
+    fn standalone_guests_get_a_scope_of_their_own() {
+        let name = MachineName::new("web-1").unwrap();
+        let l = CgroupLayout::decide(&facts(&name, false, None, "/user.slice/x"));
+        assert_eq!(l.placement, Placement::OwnScope);
+        assert_eq!(
+            l.payload(),
+            Path::new("/sys/fs/cgroup/unified/machine.slice/machine-web\\x2d1.scope/payload")
+        );
+        assert_eq!(
+            l.payload_relative(),
+            Path::new("/machine.slice/machine-web\\x2d1.scope/payload")
+        );
+        assert!(!l.in_systemd_scope());
+        assert!(l.v1.is_none());
+    }
+
+    #[test]
+    fn systemd_scopes_are_systemd_s_and_start_the_guest_at_their_root() {
+        let name = MachineName::new("web").unwrap();
+        let mut f = facts(&name, false, Some("web.scope"), "/system.slice/x.service");
+        f.own_v1 = Some(PathBuf::from("/system.slice/x.service"));
+        let l = CgroupLayout::decide(&f);
+        assert_eq!(l.placement, Placement::SystemdScope);
+        assert!(l.in_systemd_scope());
+        assert_eq!(l.base_relative(), Path::new("/machine.slice/web.scope"));
+        let v1 = l.v1.expect("a hybrid host's named hierarchy is visited");
+        assert_eq!(
+            v1.scope,
+            Path::new("/sys/fs/cgroup/systemd/machine.slice/web.scope")
+        );
+        assert_eq!(
+            v1.home,
+            Path::new("/sys/fs/cgroup/systemd/system.slice/x.service")
+        );
+    }
+
+    #[test]
+    fn keep_unit_stays_in_the_callers_unit_with_a_supervisor_beside_payload() {
+        let name = MachineName::new("web").unwrap();
+        let l = CgroupLayout::decide(&facts(&name, true, None, "/system.slice/n@web.service"));
+        assert_eq!(l.placement, Placement::KeepUnit { supervisor: true });
+        assert_eq!(
+            l.payload(),
+            Path::new("/sys/fs/cgroup/unified/system.slice/n@web.service/payload")
+        );
+        assert_eq!(
+            l.supervisor(),
+            Path::new("/sys/fs/cgroup/unified/system.slice/n@web.service/supervisor")
+        );
+        // Restarted from its own supervisor cgroup: the unit is the parent.
+        let again = CgroupLayout::decide(&facts(
+            &name,
+            true,
+            None,
+            "/system.slice/n@web.service/supervisor",
+        ));
+        assert_eq!(again.base, l.base);
+        // In the hierarchy's root there is no unit to split.
+        let root = CgroupLayout::decide(&facts(&name, true, None, "/"));
+        assert_eq!(root.placement, Placement::KeepUnit { supervisor: false });
+        assert_eq!(root.payload(), Path::new("/sys/fs/cgroup/unified/payload"));
     }
 }

@@ -25,7 +25,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::error::{Error, Result};
 use crate::guest::apifs::runhost::CONTAINER_MANAGER;
 use crate::guest::environment::DEFAULT_PATH;
-use crate::handshake::{self, Channel};
+use crate::handshake::channel::{self, Channel};
 use crate::launcher::console::RawTerminal;
 use crate::spec::capabilities;
 use crate::state::State;
@@ -53,7 +53,7 @@ fn leader_cgroup(leader: i32) -> Result<PathBuf> {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or(Error::NoCgroup2)?;
-    Ok(crate::cgroup::v2_mount()?.join(rel.trim_start_matches('/')))
+    Ok(crate::cgroup::hierarchy::v2_mount()?.join(rel.trim_start_matches('/')))
 }
 
 /// PATH of the guest's PID 1, so NixOS guests find their profile.
@@ -178,7 +178,7 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
         .map_err(|e| Error::syscall("signalfd", e))?;
     let _blocked = Blocked::block(&mask)?;
 
-    let (ours, theirs) = handshake::pair()?;
+    let (ours, theirs) = channel::pair()?;
     let plan = Plan {
         state,
         leader: pidfd,

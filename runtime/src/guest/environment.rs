@@ -18,7 +18,7 @@ fn host_os_release() -> Vec<(String, String)> {
 }
 
 /// The environment PID 1 starts with.
-pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
+pub fn for_pid1(spec: &Spec) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| {
         env.retain(|(key, _)| key != k);
@@ -32,8 +32,8 @@ pub fn for_pid1(spec: &Spec, term: Option<&str>) -> Vec<(String, String)> {
     set("USER", "root".to_owned());
     set("LOGNAME", "root".to_owned());
     // As nspawn: the caller's $TERM in every console mode, none without one.
-    if let Some(term) = term {
-        set("TERM", term.to_owned());
+    if let Some(term) = &spec.term {
+        set("TERM", term.clone());
     }
     if !spec.is_boot() {
         set("LANG", "C.UTF-8".to_owned());

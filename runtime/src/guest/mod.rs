@@ -9,19 +9,19 @@ pub mod journal;
 pub mod rootfs;
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
+use crate::error::Failure;
 use crate::error::{Error, Result};
 use crate::guest::apifs::{devfs, procfs, runhost, sysfs};
 use crate::guest::rootfs::mounts::{MountContext, Owner, Target};
 use crate::guest::rootfs::resolve::Create;
-use crate::handshake::{Channel, ToChild, ToParent};
+use crate::handshake::{ContainerEnd, InnerEnd, inner_pair};
 use crate::nixos::store;
 use crate::security::{capabilities, seccomp};
-use crate::spec::userns::UidRange;
 use crate::spec::{ConsoleMode, Payload, Spec};
 use crate::sys;
 use crate::sys::Forked;
@@ -33,18 +33,6 @@ pub const INIT_CANDIDATES: &[&str] = &[
     "/sbin/init",
 ];
 
-/// What the launcher prepared for a guest in a user namespace.
-pub(crate) struct UsernsPlan {
-    pub range: UidRange,
-    /// The user namespace mapping [0, range) onto the range, for idmapped
-    /// mounts (None with chown or off ownership).
-    pub mapping: Option<OwnedFd>,
-    /// A detached idmapped clone of the tree.
-    pub root: Option<OwnedFd>,
-    /// A detached read-only idmapped clone of the host store.
-    pub store: Option<OwnedFd>,
-}
-
 pub(crate) struct Plan<'a> {
     pub spec: &'a Spec,
     pub mount_point: PathBuf,
@@ -53,28 +41,30 @@ pub(crate) struct Plan<'a> {
     /// The closure-only store as one detached overlay mount, if the
     /// launcher could make it (else one bind per path is made here).
     pub store_overlay: Option<&'a OwnedFd>,
-    pub term: Option<String>,
-    pub userns: Option<&'a UsernsPlan>,
+    /// What the payload keeps (decided once by the launcher).
+    pub capabilities: &'a std::collections::HashSet<caps::Capability>,
+    pub userns: Option<&'a crate::userns::Plan>,
     /// Started in the scope's root: wait until the launcher registered the
     /// machine and moved us into `payload` before taking a cgroup namespace.
     pub await_placement: bool,
 }
 
 /// Run the setup and exec the payload; report failure and exit otherwise.
-pub(crate) fn run(plan: &Plan<'_>, channel: Channel) -> ! {
+pub(crate) fn run(plan: &Plan<'_>, end: ContainerEnd) -> ! {
     // A panic here must not unwind into the launcher's copied stack frames.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        setup_and_exec(plan, &channel)
-    }));
-    let (step, message) = match result {
-        Ok(Err((step, e))) => (step, e.to_string()),
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup_and_exec(plan, &end)));
+    let failure = match result {
+        Ok(Err((step, e))) => Failure::new(step, &e),
         Ok(Ok(never)) => match never {},
-        Err(_) => (
-            "setup".to_owned(),
-            "the container process panicked".to_owned(),
-        ),
+        Err(_) => Failure {
+            step: "setup".to_owned(),
+            errno: None,
+            path: None,
+            message: "the container process panicked".to_owned(),
+        },
     };
-    let _ = channel.send(&ToParent::Failed { step, message }, &[]);
+    let _ = end.send_failure(failure);
     sys::exit_now(1)
 }
 
@@ -117,14 +107,12 @@ impl Assembled {
 
 /// Everything that needs the host's privileges; with a user namespace this
 /// runs in the outer process, which then hands over to the inner one.
-fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
+fn setup_and_exec(plan: &Plan<'_>, end: &ContainerEnd) -> StepResult<Never> {
     let spec = plan.spec;
     let owner = Owner(plan.userns.map(|u| u.range.shift));
-    step("die with the launcher", || die_with_parent(channel))?;
+    step("die with the launcher", || die_with_parent(end))?;
     if plan.await_placement {
-        step("wait for registration", || {
-            await_word(channel, ToChild::Placed, "placing the container")
-        })?;
+        step("wait for registration", || end.wait_placed())?;
     }
     if plan.userns.is_none() {
         step("unshare the cgroup namespace", || {
@@ -251,16 +239,10 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         } else {
             None
         };
-        let mut handles: Vec<BorrowedFd<'_>> = vec![notify.as_fd()];
-        if let Some((master, _)) = &console {
-            handles.push(master.as_fd());
-        }
-        step("hand over the console", || {
-            channel.send(
-                &ToParent::Handles {
-                    console: console.is_some(),
-                },
-                &handles,
+        step("hand over the notify socket and console", || {
+            end.send_handles(
+                notify.as_fd(),
+                console.as_ref().map(|(master, _)| master.as_fd()),
             )
         })?;
         drop(notify);
@@ -274,7 +256,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     // the launcher can write its ID maps and wait for it. Once it has
     // mounted its own /proc and /sys, the pins go and this process ends.
     step("hand over the notify socket", || {
-        channel.send(&ToParent::Handles { console: false }, &[notify.as_fd()])
+        end.send_handles(notify.as_fd(), None)
     })?;
     drop(notify);
     // This mount namespace, owned by the host's user namespace: the guest's
@@ -287,12 +269,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
     })?;
     step("switch root", || rootfs::switch_root(root))?;
     let at = at.pivoted();
-    let (mounted_rx, mounted_tx) = step("pipe", || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::syscall("pipe2", e))
-    })?;
-    let (unpinned_rx, unpinned_tx) = step("pipe", || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::syscall("pipe2", e))
-    })?;
+    let (outer, inner_end) = step("pair with PID 1", inner_pair)?;
     let mut flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -307,11 +284,11 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
         sys::clone3(flags, 0, None).map_err(|e| Error::syscall("clone3(CLONE_NEWUSER)", e))
     })? {
         Forked::Child => {
-            drop((mounted_rx, unpinned_tx));
-            inner(plan, channel, &at, mounted_tx, unpinned_rx)
+            drop(outer);
+            inner(plan, end, &at, inner_end)
         }
         Forked::Parent { pid, pidfd } => {
-            drop((mounted_tx, unpinned_rx));
+            drop(inner_end);
             let pidfd = pidfd.ok_or_else(|| {
                 (
                     "clone the guest's PID 1".to_owned(),
@@ -319,13 +296,11 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
                 )
             })?;
             step("hand over PID 1", || {
-                channel.send(
-                    &ToParent::Inner { pid },
-                    &[pidfd.as_fd(), outer_mounts.as_fd()],
-                )
+                end.send_pid1(pid, pidfd.as_fd(), outer_mounts.as_fd())
             })?;
-            // PID 1 failed (it reports to the launcher itself) if this ends early.
-            if nix::unistd::read(&mounted_rx, &mut [0u8; 1]) != Ok(1) {
+            // PID 1 failed (it reports to the launcher itself) if it ends
+            // before it mounted its /proc and /sys.
+            if !step("wait for PID 1's /proc and /sys", || outer.wait_mounted())? {
                 sys::exit_now(0);
             }
             step("drop the /proc and /sys pins", || {
@@ -336,7 +311,7 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
                 }
                 Ok(())
             })?;
-            let _ = nix::unistd::write(&unpinned_tx, b"u");
+            let _ = outer.send_unpinned();
             sys::exit_now(0)
         }
     }
@@ -347,16 +322,13 @@ fn setup_and_exec(plan: &Plan<'_>, channel: &Channel) -> StepResult<Never> {
 /// create the console, pivot and exec.
 fn inner(
     plan: &Plan<'_>,
-    channel: &Channel,
+    end: &ContainerEnd,
     at: &Assembled,
-    mounted: OwnedFd,
-    unpinned: OwnedFd,
+    outer: InnerEnd,
 ) -> StepResult<Never> {
     let spec = plan.spec;
-    step("die with the launcher", || die_with_parent(channel))?;
-    step("wait for the ID maps", || {
-        await_word(channel, ToChild::MapsWritten, "writing the ID maps")
-    })?;
+    step("die with the launcher", || die_with_parent(end))?;
+    step("wait for the ID maps", || end.wait_maps_written())?;
     step("become the guest's root", || {
         let root_gid = nix::unistd::Gid::from_raw(0);
         let root_uid = nix::unistd::Uid::from_raw(0);
@@ -369,7 +341,7 @@ fn inner(
     // The uid change cleared the parent-death signal: set it again (and
     // make sure the launcher did not die in between).
     step("die with the launcher as the guest's root", || {
-        die_with_parent(channel)
+        die_with_parent(end)
     })?;
     step("unshare the cgroup namespace", || {
         sys::unshare(libc::CLONE_NEWCGROUP)
@@ -390,13 +362,8 @@ fn inner(
         })?;
     }
     step("wait for the pins to go", || {
-        nix::unistd::write(&mounted, b"m").map_err(|e| Error::syscall("write", e))?;
-        match nix::unistd::read(&unpinned, &mut [0u8; 1]) {
-            Ok(1) => Ok(()),
-            _ => Err(Error::Protocol(
-                "the outer process ended before removing /run/host/{proc,sys}".into(),
-            )),
-        }
+        outer.send_mounted()?;
+        outer.wait_unpinned()
     })?;
     step("mount /dev/pts and /dev/mqueue", || {
         devfs::mount_pts_and_mqueue(&at.dev)
@@ -406,9 +373,7 @@ fn inner(
     })?;
     let console = if spec.console.has_pty() {
         let (master, peer) = step("create the console", || devfs::make_console(&at.dev))?;
-        step("hand over the console", || {
-            channel.send(&ToParent::Console, &[master.as_fd()])
-        })?;
+        step("hand over the console", || end.send_console(master.as_fd()))?;
         Some(peer)
     } else {
         None
@@ -434,9 +399,9 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
     step("chdir", || {
         nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into()))
     })?;
-    let env = environment::for_pid1(spec, plan.term.as_deref());
+    let env = environment::for_pid1(spec);
     let (path, argv) = step("find the payload", || resolve_payload(spec, &env))?;
-    let caps = spec.payload_capabilities(plan.userns.is_some());
+    let caps = plan.capabilities.clone();
     if spec.seccomp {
         // Before dropping capabilities: without no_new_privs, loading a
         // filter needs CAP_SYS_ADMIN (which --drop-capability may take).
@@ -478,29 +443,11 @@ fn finish_and_exec(plan: &Plan<'_>, console: Option<OwnedFd>) -> StepResult<Neve
     ))
 }
 
-/// Block until the launcher sends `expected` (it did what `what` says).
-fn await_word(channel: &Channel, expected: ToChild, what: &str) -> Result<()> {
-    match channel.recv::<ToChild>()? {
-        Some((word, _)) if word == expected => Ok(()),
-        _ => Err(Error::Protocol(format!(
-            "the launcher went away before {what}"
-        ))),
-    }
-}
-
 /// PDEATHSIG, then make sure the launcher did not die before it was set.
-fn die_with_parent(channel: &Channel) -> Result<()> {
+fn die_with_parent(end: &ContainerEnd) -> Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| Error::syscall("prctl(PR_SET_PDEATHSIG)", e))?;
-    let mut fds = [nix::poll::PollFd::new(
-        channel.as_fd(),
-        nix::poll::PollFlags::empty(),
-    )];
-    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
-    if fds[0]
-        .revents()
-        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
-    {
+    if end.launcher_gone() {
         sys::exit_now(1);
     }
     Ok(())

@@ -1,135 +1,453 @@
-//! The typed channel between the launcher and the container process: a
-//! SOCK_SEQPACKET socketpair carrying small JSON messages and descriptors.
-//! A closed peer or an unexpected message is an error, never a hang.
+//! The handshake between the launcher and the container process, step by
+//! step. Each side has an end with one method per step; a wait accepts only
+//! the message its step expects (or the peer's report of a failure), names
+//! what it waited for when the peer is gone or says something else, and
+//! hands descriptors over in named fields, never by position.
+//!
+//! Without a user namespace (one container process, which becomes PID 1):
+//! 1. launcher → container `Placed` (only where a systemd host's scope must
+//!    see the process registered before it takes its cgroup namespace);
+//! 2. container → launcher `Handles`: the notify socket, the console's pty
+//!    master if there is a console;
+//! 3. the container end closes when the payload is exec'd (close-on-exec).
+//!
+//! With a user namespace (an outer process with the host's privileges
+//! assembles the root and clones PID 1 into the guest's namespaces):
+//! 1. outer → launcher `Handles`: the notify socket;
+//! 2. outer → launcher `Pid1`: PID 1's pidfd and the outer mount namespace;
+//! 3. launcher → PID 1 `MapsWritten` (its ID maps are written, it is
+//!    placed in its cgroup);
+//! 4. PID 1 → outer `Mounted` (its own /proc and /sys are up), outer →
+//!    PID 1 `Unpinned` (the host's /proc and /sys pins are gone) over a
+//!    second pair between the two container processes;
+//! 5. PID 1 → launcher `Console`: the pty master, which only it can make;
+//! 6. the container end closes when PID 1 exec'd and the outer one exited.
+//!
+//! Any step may instead bring `Failed`: the step's name, the errno and path
+//! where there are, and the message.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+pub(crate) mod channel;
 
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result};
+use crate::error::{Failure, HandshakeError};
+use channel::Channel;
 
 /// Messages from the container processes to the launcher.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub enum ToParent {
-    /// The notify socket and, with a pty console, the pty master (as fds).
-    Handles { console: bool },
-    /// With a user namespace: the guest's PID 1 was cloned (its pidfd comes
-    /// with this, then the outer process's mount namespace, of which the
-    /// guest's is a locked copy); it waits for [`ToChild::MapsWritten`].
-    Inner { pid: i32 },
-    /// With a user namespace: the console's pty master (as an fd), which
-    /// only the inner process can create.
+enum ToLauncher {
+    /// Descriptors: the notify socket, then the pty master if `console`.
+    Handles {
+        console: bool,
+    },
+    /// Descriptors: PID 1's pidfd, then the outer mount namespace.
+    Pid1 {
+        pid: i32,
+    },
+    /// Descriptor: the pty master.
     Console,
-    /// Setup failed at `step`; the process exits after sending this.
-    Failed { step: String, message: String },
+    Failed(Failure),
 }
 
-/// Messages from the launcher to the container process.
+/// Messages from the launcher to the container processes.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ToChild {
-    /// The inner process's uid_map and gid_map are written.
-    MapsWritten,
-    /// The container process was registered and moved into `payload`.
+enum ToContainer {
     Placed,
+    MapsWritten,
 }
 
-const MAX_MESSAGE: usize = 64 * 1024;
-
-pub struct Channel {
-    sock: OwnedFd,
+/// Between the outer process and PID 1 under a user namespace.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Between {
+    /// PID 1 mounted its own /proc and /sys: the pins can go.
+    Mounted,
+    /// The pins are gone.
+    Unpinned,
 }
 
-/// A connected pair: (launcher end, container end). Both are close-on-exec,
-/// so the container end closing (EOF) means the payload was exec'd.
-pub fn pair() -> Result<(Channel, Channel)> {
-    let (a, b) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Error::syscall("socketpair", e))?;
-    Ok((Channel { sock: a }, Channel { sock: b }))
+/// What the container process handed over at step `Handles`.
+pub(crate) struct Handles {
+    pub notify: OwnedFd,
+    pub console: Option<OwnedFd>,
 }
 
-impl Channel {
-    /// Another handle on the same socket.
-    pub fn try_clone(&self) -> Result<Channel> {
-        let sock = self
-            .sock
-            .try_clone()
-            .map_err(|e| Error::syscall("dup", e))?;
-        Ok(Channel { sock })
-    }
+/// What the outer process handed over at step `Pid1`.
+pub(crate) struct Pid1 {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// The outer process's mount namespace, of which the guest's is a
+    /// locked copy (`nixspawnctl update` mounts there).
+    pub outer_mounts: OwnedFd,
+}
 
-    pub fn send<T: serde::Serialize + std::fmt::Debug>(
-        &self,
-        msg: &T,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<()> {
-        let data = serde_json::to_vec(msg).map_err(|e| Error::Protocol(e.to_string()))?;
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
-        sendmsg::<()>(
-            self.sock.as_raw_fd(),
-            &[IoSlice::new(&data)],
-            cmsgs,
-            MsgFlags::empty(),
-            None,
-        )
-        .map_err(|e| Error::Protocol(format!("sending {msg:?}: {e}")))?;
+/// The launcher's end.
+pub(crate) struct LauncherEnd(Channel);
+
+/// The container processes' end.
+pub(crate) struct ContainerEnd(Channel);
+
+/// A connected pair of ends, close-on-exec both.
+pub(crate) fn pair() -> Result<(LauncherEnd, ContainerEnd)> {
+    let (a, b) = channel::pair()?;
+    Ok((LauncherEnd(a), ContainerEnd(b)))
+}
+
+fn want_fds(step: &'static str, fds: &[OwnedFd], want: usize) -> Result<()> {
+    if fds.len() == want {
         Ok(())
-    }
-
-    /// The next message with its descriptors, or None when the peer closed
-    /// its end (for the container end: it exec'd its payload).
-    pub fn recv<T: serde::de::DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-        let (len, fds) = loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                self.sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => {
-                    let mut fds = Vec::new();
-                    for c in m.cmsgs().map_err(|e| Error::Protocol(e.to_string()))? {
-                        if let ControlMessageOwned::ScmRights(list) = c {
-                            for fd in list {
-                                fds.push(owned_from_scm(fd));
-                            }
-                        }
-                    }
-                    break (m.bytes, fds);
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::Protocol(format!("receiving: {e}"))),
-            }
-        };
-        if len == 0 {
-            return Ok(None);
+    } else {
+        Err(HandshakeError::Descriptors {
+            step,
+            want,
+            got: fds.len(),
         }
-        let msg = serde_json::from_slice(&buf[..len]).map_err(|e| {
-            Error::Protocol(format!("malformed message from the container process: {e}"))
-        })?;
-        Ok(Some((msg, fds)))
+        .into())
     }
 }
 
-impl AsFd for Channel {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+impl LauncherEnd {
+    /// The next message, which must be `expected`'s (or a failure report).
+    fn next(&self, expected: &'static str) -> Result<(ToLauncher, Vec<OwnedFd>)> {
+        match self.0.recv::<ToLauncher>()? {
+            None => Err(HandshakeError::PeerGone {
+                peer: "container process",
+                us: "launcher",
+                expected,
+            }
+            .into()),
+            Some((ToLauncher::Failed(f), _)) => Err(Error::Child(f)),
+            Some(m) => Ok(m),
+        }
+    }
+
+    fn unexpected(expected: &'static str, got: ToLauncher) -> Error {
+        HandshakeError::Unexpected {
+            us: "launcher",
+            expected,
+            got: format!("{got:?}"),
+        }
+        .into()
+    }
+
+    pub fn send_placed(&self) -> Result<()> {
+        self.0.send(&ToContainer::Placed, &[])
+    }
+
+    pub fn send_maps_written(&self) -> Result<()> {
+        self.0.send(&ToContainer::MapsWritten, &[])
+    }
+
+    pub fn handles(&self) -> Result<Handles> {
+        const STEP: &str = "the notify socket and console";
+        match self.next(STEP)? {
+            (ToLauncher::Handles { console }, mut fds) => {
+                want_fds(STEP, &fds, 1 + usize::from(console))?;
+                let console = console.then(|| fds.remove(1));
+                Ok(Handles {
+                    notify: fds.remove(0),
+                    console,
+                })
+            }
+            (other, _) => Err(Self::unexpected(STEP, other)),
+        }
+    }
+
+    pub fn pid1(&self) -> Result<Pid1> {
+        const STEP: &str = "PID 1's hand-over";
+        match self.next(STEP)? {
+            (ToLauncher::Pid1 { pid }, mut fds) => {
+                want_fds(STEP, &fds, 2)?;
+                let outer_mounts = fds.remove(1);
+                Ok(Pid1 {
+                    pid,
+                    pidfd: fds.remove(0),
+                    outer_mounts,
+                })
+            }
+            (other, _) => Err(Self::unexpected(STEP, other)),
+        }
+    }
+
+    pub fn console(&self) -> Result<OwnedFd> {
+        const STEP: &str = "the console";
+        match self.next(STEP)? {
+            (ToLauncher::Console, mut fds) => {
+                want_fds(STEP, &fds, 1)?;
+                Ok(fds.remove(0))
+            }
+            (other, _) => Err(Self::unexpected(STEP, other)),
+        }
+    }
+
+    /// The container end closed: the payload was exec'd.
+    pub fn exec(&self) -> Result<()> {
+        const STEP: &str = "the payload's exec";
+        match self.0.recv::<ToLauncher>()? {
+            None => Ok(()),
+            Some((ToLauncher::Failed(f), _)) => Err(Error::Child(f)),
+            Some((other, _)) => Err(Self::unexpected(STEP, other)),
+        }
     }
 }
 
-fn owned_from_scm(fd: RawFd) -> OwnedFd {
-    crate::sys::adopt_received_fd(fd)
+impl ContainerEnd {
+    fn wait(&self, expected: ToContainer, what: &'static str) -> Result<()> {
+        match self.0.recv::<ToContainer>()? {
+            Some((got, _)) if got == expected => Ok(()),
+            Some((got, _)) => Err(HandshakeError::Unexpected {
+                us: "container process",
+                expected: what,
+                got: format!("{got:?}"),
+            }
+            .into()),
+            None => Err(HandshakeError::PeerGone {
+                peer: "launcher",
+                us: "container process",
+                expected: what,
+            }
+            .into()),
+        }
+    }
+
+    pub fn wait_placed(&self) -> Result<()> {
+        self.wait(ToContainer::Placed, "its placement in the payload cgroup")
+    }
+
+    pub fn wait_maps_written(&self) -> Result<()> {
+        self.wait(ToContainer::MapsWritten, "its ID maps")
+    }
+
+    pub fn send_handles(
+        &self,
+        notify: BorrowedFd<'_>,
+        console: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
+        let mut fds = vec![notify];
+        fds.extend(console);
+        self.0.send(
+            &ToLauncher::Handles {
+                console: console.is_some(),
+            },
+            &fds,
+        )
+    }
+
+    pub fn send_pid1(
+        &self,
+        pid: i32,
+        pidfd: BorrowedFd<'_>,
+        outer_mounts: BorrowedFd<'_>,
+    ) -> Result<()> {
+        self.0
+            .send(&ToLauncher::Pid1 { pid }, &[pidfd, outer_mounts])
+    }
+
+    pub fn send_console(&self, master: BorrowedFd<'_>) -> Result<()> {
+        self.0.send(&ToLauncher::Console, &[master])
+    }
+
+    pub fn send_failure(&self, failure: Failure) -> Result<()> {
+        self.0.send(&ToLauncher::Failed(failure), &[])
+    }
+
+    /// Has the launcher closed its end (it died)?
+    pub fn launcher_gone(&self) -> bool {
+        self.0.peer_closed()
+    }
+}
+
+/// The outer process's end of its pair with PID 1 (user namespaces only).
+pub(crate) struct OuterEnd(Channel);
+/// PID 1's end of that pair.
+pub(crate) struct InnerEnd(Channel);
+
+pub(crate) fn inner_pair() -> Result<(OuterEnd, InnerEnd)> {
+    let (a, b) = channel::pair()?;
+    Ok((OuterEnd(a), InnerEnd(b)))
+}
+
+fn wait_between(
+    ch: &Channel,
+    expected: Between,
+    us: &'static str,
+    peer: &'static str,
+    what: &'static str,
+) -> Result<()> {
+    match ch.recv::<Between>()? {
+        Some((got, _)) if got == expected => Ok(()),
+        Some((got, _)) => Err(HandshakeError::Unexpected {
+            us,
+            expected: what,
+            got: format!("{got:?}"),
+        }
+        .into()),
+        None => Err(HandshakeError::PeerGone {
+            peer,
+            us,
+            expected: what,
+        }
+        .into()),
+    }
+}
+
+impl OuterEnd {
+    /// Ok(false) when PID 1 went away first (it reported its own failure).
+    pub fn wait_mounted(&self) -> Result<bool> {
+        match wait_between(
+            &self.0,
+            Between::Mounted,
+            "outer process",
+            "guest's PID 1",
+            "/proc and /sys of the guest",
+        ) {
+            Ok(()) => Ok(true),
+            Err(Error::Handshake(HandshakeError::PeerGone { .. })) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn send_unpinned(&self) -> Result<()> {
+        self.0.send(&Between::Unpinned, &[])
+    }
+}
+
+impl InnerEnd {
+    pub fn send_mounted(&self) -> Result<()> {
+        self.0.send(&Between::Mounted, &[])
+    }
+
+    pub fn wait_unpinned(&self) -> Result<()> {
+        wait_between(
+            &self.0,
+            Between::Unpinned,
+            "guest's PID 1",
+            "outer process",
+            "the removal of /run/host/{proc,sys}",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn file() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn handles_arrive_in_named_slots() {
+        let (launcher, container) = pair().unwrap();
+        let (notify, console) = (file(), file());
+        container
+            .send_handles(notify.as_fd(), Some(console.as_fd()))
+            .unwrap();
+        let h = launcher.handles().unwrap();
+        assert!(h.console.is_some());
+        container.send_handles(notify.as_fd(), None).unwrap();
+        assert!(launcher.handles().unwrap().console.is_none());
+    }
+
+    #[test]
+    fn end_of_file_is_the_exec_and_a_gone_peer_elsewhere() {
+        let (launcher, container) = pair().unwrap();
+        drop(container);
+        launcher.exec().unwrap();
+        let (launcher, container) = pair().unwrap();
+        drop(container);
+        let e = launcher.handles().err().unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Handshake(HandshakeError::PeerGone {
+                    expected: "the notify socket and console",
+                    ..
+                })
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("went away"), "{e}");
+    }
+
+    #[test]
+    fn a_message_out_of_order_is_named() {
+        let (launcher, container) = pair().unwrap();
+        container.send_console(file().as_fd()).unwrap();
+        let e = launcher.handles().err().unwrap();
+        assert!(
+            matches!(e, Error::Handshake(HandshakeError::Unexpected { .. })),
+            "{e}"
+        );
+        assert!(e.to_string().contains("notify socket"), "{e}");
+        // And the other way round.
+        launcher.send_maps_written().unwrap();
+        let e = container.wait_placed().err().unwrap();
+        assert!(e.to_string().contains("MapsWritten"), "{e}");
+    }
+
+    #[test]
+    fn descriptors_are_counted() {
+        let (launcher, container) = pair().unwrap();
+        // A Pid1 message with one descriptor instead of two.
+        container
+            .0
+            .send(&ToLauncher::Pid1 { pid: 7 }, &[file().as_fd()])
+            .unwrap();
+        let e = launcher.pid1().err().unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Handshake(HandshakeError::Descriptors {
+                    want: 2,
+                    got: 1,
+                    ..
+                })
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn failures_carry_step_errno_and_path() {
+        let (launcher, container) = pair().unwrap();
+        let cause = Error::io(
+            "mounting",
+            "/run/x",
+            std::io::Error::from_raw_os_error(libc::EPERM),
+        );
+        container
+            .send_failure(Failure::new("mount /run", &cause))
+            .unwrap();
+        match launcher.handles() {
+            Err(Error::Child(f)) => {
+                assert_eq!(f.step, "mount /run");
+                assert_eq!(f.errno, Some(libc::EPERM));
+                assert_eq!(f.path.as_deref(), Some(std::path::Path::new("/run/x")));
+                assert!(f.message.contains("/run/x"), "{}", f.message);
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        // A failure is accepted in place of any step, also the exec.
+        container
+            .send_failure(Failure::new("exec", &cause))
+            .unwrap();
+        assert!(matches!(launcher.exec(), Err(Error::Child(_))));
+    }
+
+    #[test]
+    fn the_two_container_processes_step_together() {
+        let (outer, inner) = inner_pair().unwrap();
+        inner.send_mounted().unwrap();
+        assert!(outer.wait_mounted().unwrap());
+        outer.send_unpinned().unwrap();
+        inner.wait_unpinned().unwrap();
+        drop(inner);
+        // PID 1 gone before it mounted: not an error of the outer process.
+        assert!(!outer.wait_mounted().unwrap());
+        let (outer, inner) = inner_pair().unwrap();
+        drop(outer);
+        assert!(inner.wait_unpinned().is_err());
+    }
 }

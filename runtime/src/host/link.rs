@@ -10,11 +10,12 @@ use crate::error::{Error, Result};
 use crate::host::bus::Bus;
 use crate::host::machined::{self, Reach, Via};
 use crate::host::scope::{self, Scope, ScopeRequest};
-use crate::launcher::janitor::{Claim, JanitorLink};
+use crate::launcher::janitor::claim::{Claim, JanitorLink};
 use crate::spec::mounts::CustomMount;
 use crate::spec::{Register, Spec};
 
-pub(crate) struct HostLink {
+pub(crate) struct HostLink<'a> {
+    spec: &'a Spec,
     bus: Bus,
     /// Told of each scope and registration, to undo them if we die.
     janitor: JanitorLink,
@@ -31,11 +32,11 @@ fn systemd_booted() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-impl HostLink {
+impl<'a> HostLink<'a> {
     /// Connect to the host if registration or a scope is wanted and possible.
     /// `Ok(None)` means standalone; the reason, if worth saying, is in the notice.
     pub fn open(
-        spec: &Spec,
+        spec: &'a Spec,
         janitor: &JanitorLink,
         notice: &mut dyn FnMut(String),
     ) -> Result<Option<Self>> {
@@ -67,6 +68,7 @@ impl HostLink {
             }
         };
         Ok(Some(HostLink {
+            spec,
             bus,
             janitor: janitor.try_clone()?,
             register,
@@ -83,7 +85,8 @@ impl HostLink {
     }
 
     /// Before a boot: start the scope (its cgroup is where `expected` says).
-    pub fn begin_boot(&mut self, spec: &Spec, expected: &Path) -> Result<()> {
+    pub fn begin_boot(&mut self, expected: &Path) -> Result<()> {
+        let spec = self.spec;
         let Some(unit) = &self.scope_unit else {
             return Ok(());
         };
@@ -116,7 +119,6 @@ impl HostLink {
     /// placeholder and register the machine.
     pub fn guest_started(
         &mut self,
-        spec: &Spec,
         leader: i32,
         pidfd: BorrowedFd<'_>,
         notice: &mut dyn FnMut(String),
@@ -127,6 +129,7 @@ impl HostLink {
         if !self.register {
             return Ok(());
         }
+        let spec = self.spec;
         let machine = machined::Machine {
             name: &spec.machine,
             uuid: &spec.uuid,
@@ -169,12 +172,12 @@ impl HostLink {
     }
 
     /// After a boot: unregister and let go of the scope.
-    pub fn end_boot(&mut self, spec: &Spec) {
+    pub fn end_boot(&mut self) {
         if let Some(via) = self.registered.take() {
             // Said first: a janitor must never unregister a machine that
             // may no longer be ours.
             let _ = self.janitor.note(&Claim::Registered(None), None);
-            machined::unregister(Some(&self.bus), &spec.machine, via);
+            machined::unregister(Some(&self.bus), &self.spec.machine, via);
         }
         if let Some(scope) = self.scope.take() {
             self.finish_scope(scope);
@@ -187,7 +190,7 @@ impl HostLink {
     }
 }
 
-impl Drop for HostLink {
+impl Drop for HostLink<'_> {
     fn drop(&mut self) {
         if let Some(scope) = self.scope.take() {
             self.finish_scope(scope);

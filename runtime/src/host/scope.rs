@@ -193,7 +193,7 @@ impl Scope {
                 });
             }
         }
-        let cgroup = crate::cgroup::v2_cgroup_of(&placeholder.pid.to_string())?;
+        let cgroup = crate::cgroup::hierarchy::v2_cgroup_of(&placeholder.pid.to_string())?;
         let (object,): (dbus::Path,) =
             manager(bus, "GetUnit", (&req.unit,)).map_err(|e| e.into_error(step("looking up")))?;
         bus.add_match(&format!(

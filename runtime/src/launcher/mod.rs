@@ -3,8 +3,11 @@
 //! signals), map how it ended, restart it on reboot, and clean up.
 
 pub mod console;
+pub(crate) mod context;
+pub mod events;
 pub(crate) mod janitor;
 pub mod notify;
+pub(crate) mod start;
 pub(crate) mod supervise;
 
 use std::fs::File;
@@ -17,68 +20,14 @@ use crate::cgroup::CgroupLayout;
 use crate::error::{Error, Result};
 use crate::host::link::HostLink;
 use crate::launcher::console::RawTerminal;
-use crate::launcher::janitor::{Claim, Janitor, JanitorLink};
-use crate::spec::userns::{Mode, Ownership, RANGE, UidRange};
+use crate::launcher::context::Launch;
+use crate::launcher::events::{Event, Observer, Outcome};
+use crate::launcher::janitor::Janitor;
+use crate::launcher::janitor::claim::Claim;
 use crate::spec::{Payload, Spec};
 use crate::state::StateDir;
 use crate::sys;
-use crate::userns::{self, RangeLock};
-use crate::{guest, userns::idmap};
-use std::path::Path;
-
-/// How the guest ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// PID 1 exited with this status (`systemctl exit N`, or a command).
-    Exited(i32),
-    /// poweroff or halt (the kernel ended PID 1 with SIGINT).
-    PoweredOff,
-    /// reboot (SIGHUP); only returned under `--keep-unit`, else we restart.
-    Rebooted,
-    /// Killed by a signal other than the two above.
-    Killed(i32),
-}
-
-impl Outcome {
-    /// The launcher's exit status, as systemd-nspawn maps it.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Outcome::Exited(133) => 1,
-            Outcome::Exited(n) => n,
-            Outcome::PoweredOff => 0,
-            Outcome::Rebooted => 133,
-            Outcome::Killed(_) => 1,
-        }
-    }
-}
-
-/// What happens during a run, for the caller to report.
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// Something the user should know that is not an error.
-    Notice(&'a str),
-    /// Checks passed and resources are claimed; the guest is about to start.
-    Spawning,
-    Started {
-        leader: i32,
-    },
-    Ready,
-    Status(&'a str),
-    Stopping,
-    Rebooting,
-    /// The user typed the console escape; the guest is being killed.
-    EscapeKill,
-}
-
-pub trait Observer {
-    fn event(&mut self, event: Event<'_>);
-}
-
-impl<F: FnMut(Event<'_>)> Observer for F {
-    fn event(&mut self, event: Event<'_>) {
-        self(event)
-    }
-}
+use crate::userns::{self, range::RangeLock};
 
 /// Check the tree before anything is created for it.
 pub fn validate_tree(spec: &Spec) -> Result<()> {
@@ -180,135 +129,14 @@ impl Drop for Session {
     }
 }
 
-/// Resolve `--private-users` and `--private-users-ownership`: the range
-/// (picked and locked, or checked free), the ownership (idmapped clones of
-/// the tree and store, or a one-time chown), and the payload cgroup handed
-/// to the guest's root so its systemd can manage it.
-fn prepare_userns(
-    spec: &Spec,
-    cgroups: &CgroupLayout,
-    observer: &mut dyn Observer,
-    janitor: &JanitorLink,
-) -> Result<Option<(guest::UsernsPlan, Option<RangeLock>)>> {
-    let busy = |range: UidRange| Error::InvalidValue {
-        what: "--private-users",
-        value: format!("{}:{}", range.shift, range.range),
-        reason: format!(
-            "the range overlaps one in use by another container (locks in {})",
-            userns::LOCK_DIR
-        ),
-    };
-    let locked = |range: UidRange| -> Result<(UidRange, Option<RangeLock>)> {
-        let lock = userns::lock(range, janitor)?.ok_or_else(|| busy(range))?;
-        Ok((range, Some(lock)))
-    };
-    let tree = spec.directory.as_deref();
-    let (range, lock) = match spec.private_users {
-        Mode::No => return Ok(None),
-        Mode::Identity => (
-            UidRange {
-                shift: 0,
-                range: RANGE,
-            },
-            None,
-        ),
-        Mode::Fixed(range) => locked(range)?,
-        Mode::FromTree => {
-            let tree = tree.ok_or_else(|| Error::InvalidValue {
-                what: "--private-users",
-                value: "yes".into(),
-                reason: "takes the range from the tree's owner, and there is no tree (use pick)"
-                    .into(),
-            })?;
-            locked(UidRange {
-                shift: userns::tree_shift(tree)?,
-                range: RANGE,
-            })?
-        }
-        Mode::Pick => {
-            // A chown walk that was cut short is finished in its own range.
-            let tree_shift = tree
-                .and_then(|t| idmap::chown_in_progress(t).or_else(|| userns::tree_shift(t).ok()));
-            let (range, lock) = userns::pick(spec.machine.as_str(), tree_shift, janitor)?;
-            (range, Some(lock))
-        }
-    };
-    let mut plan = guest::UsernsPlan {
-        range,
-        mapping: None,
-        root: None,
-        store: None,
-    };
-    // Identity and pre-shifted trees need no ownership work.
-    let ownership = if range.shift == 0 || spec.private_users == Mode::FromTree {
-        Ownership::Off
-    } else {
-        spec.ownership
-    };
-    let map = |plan: &mut guest::UsernsPlan| -> Result<()> {
-        let mapping = idmap::mapping_userns(range)?;
-        (plan.root, plan.store) = idmapped_mounts(spec, &mapping)?;
-        plan.mapping = Some(mapping);
-        Ok(())
-    };
-    match ownership {
-        Ownership::Off => {}
-        Ownership::Map => map(&mut plan)?,
-        Ownership::Chown => chown(tree, range)?,
-        Ownership::Auto => match map(&mut plan) {
-            Ok(()) => {}
-            Err(Error::Idmap { path, source }) => {
-                observer.event(Event::Notice(&format!(
-                    "{} does not support idmapped mounts ({source}); shifting the tree's ownership with chown instead",
-                    path.display()
-                )));
-                plan = guest::UsernsPlan {
-                    range,
-                    mapping: None,
-                    root: None,
-                    store: None,
-                };
-                chown(tree, range)?;
-            }
-            Err(e) => return Err(e),
-        },
-    }
-    cgroups.delegate_to(range.shift)?;
-    Ok(Some((plan, lock)))
-}
-
-/// Detached idmapped clones of the tree and the store, for one boot (a
-/// boot attaches them; a reboot needs fresh ones, made here in the
-/// launcher's mount namespace, the only one allowed to clone them).
-fn idmapped_mounts(
-    spec: &Spec,
-    mapping: &std::os::fd::OwnedFd,
-) -> Result<(Option<std::os::fd::OwnedFd>, Option<std::os::fd::OwnedFd>)> {
-    let root = spec
-        .directory
-        .as_deref()
-        .map(|tree| idmap::idmapped_clone(tree, mapping, true, false))
-        .transpose()?;
-    let store = match &spec.store {
-        Some(store) => Some(idmap::idmapped_clone(
-            Path::new(crate::nixos::closure::STORE),
-            mapping,
-            store.closure.is_none(),
-            true,
-        )?),
-        None => None,
-    };
-    Ok((root, store))
-}
-
-fn chown(tree: Option<&Path>, range: UidRange) -> Result<()> {
-    if let Some(tree) = tree {
-        idmap::chown_tree(tree, range)?;
-    }
-    Ok(())
-}
-
 /// Run a container to the end and say how it ended.
+///
+/// The launch sequence: check the tree and hold it; fork the janitor before
+/// anything is claimed; claim the name (state directory); link to a systemd
+/// host (scope, registration); plan and create the cgroups with the device
+/// policy; prepare the user namespace (range, idmapped mounts); then boot
+/// the guest until it ends (again after each reboot), and release
+/// everything in reverse.
 pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     if !sys::is_root() {
         return Err(Error::NotRoot);
@@ -344,7 +172,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
     let cgroups = session.cgroups.insert(cgroups);
     if let Some(h) = host.as_mut() {
-        h.begin_boot(spec, &cgroups.base_relative())?;
+        h.begin_boot(&cgroups.base_relative())?;
     }
     cgroups.create(Some(janitor_pid))?;
     // nspawn's closed device policy, on every host (a systemd host's scope
@@ -357,7 +185,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let enforced = cgroups.enforce_devices(rules);
     link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
     enforced?;
-    let (userns, range_lock) = match prepare_userns(spec, cgroups, observer, &link)? {
+    let (userns, range_lock) = match userns::prepare(spec, cgroups, observer, &link)? {
         Some((plan, lock)) => (Some(plan), lock),
         None => (None, None),
     };
@@ -369,16 +197,19 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     );
     observer.event(Event::Spawning);
 
-    let result = supervise(
+    let capabilities = Launch::payload_capabilities(spec, userns.is_some());
+    let mut launch = Launch {
         spec,
-        cgroups,
         state_dir,
-        observer,
+        cgroups,
+        host,
         userns,
-        host.as_mut(),
-        &signals.fd,
-    );
-    drop(host);
+        capabilities,
+        signals: &signals.fd,
+        boot: 0,
+    };
+    let result = boot_until_done(&mut launch, observer);
+    drop(launch);
     let t1 = std::time::Instant::now();
     let cleanup = session.finish();
     tracing::debug!("cleanup: {} µs", t1.elapsed().as_micros());
@@ -387,73 +218,53 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// Run the payload, again after each reboot unless `--keep-unit`.
-fn supervise(
-    spec: &Spec,
-    cgroups: &CgroupLayout,
-    state_dir: &StateDir,
-    observer: &mut dyn Observer,
-    mut userns: Option<guest::UsernsPlan>,
-    mut host: Option<&mut HostLink>,
-    signals: &SignalFd,
-) -> Result<Outcome> {
-    let _raw = (spec.console == crate::spec::ConsoleMode::Interactive)
+/// Boot the guest, again after each reboot unless `--keep-unit`.
+fn boot_until_done(launch: &mut Launch<'_>, observer: &mut dyn Observer) -> Result<Outcome> {
+    let _raw = (launch.spec.console == crate::spec::ConsoleMode::Interactive)
         .then(RawTerminal::enter)
         .flatten();
-
-    let mut boot_count = 0;
     loop {
-        boot_count += 1;
-        let outcome = supervise::run_payload(
-            spec,
-            cgroups,
-            state_dir,
-            signals,
-            observer,
-            supervise::Boot {
-                count: boot_count,
-                userns: userns.as_ref(),
-            },
-            host.as_deref_mut(),
-        );
-        if let Some(h) = host.as_deref_mut() {
+        launch.boot += 1;
+        let outcome = supervise::run_payload(launch, observer);
+        let own_scope = launch.in_own_scope();
+        if let Some(h) = launch.host.as_mut() {
             // The scope goes with the boot; its payload first (it is ours).
-            if cgroups.managed {
-                let _ = cgroups.destroy();
+            if own_scope {
+                let _ = launch.cgroups.destroy();
             }
-            h.end_boot(spec);
+            h.end_boot();
         }
         match outcome {
-            Ok(Outcome::Rebooted) if !spec.keep_unit => {
-                if let Some(plan) = userns.as_mut()
-                    && let Some(mapping) = &plan.mapping
-                {
-                    match idmapped_mounts(spec, mapping) {
-                        Ok(mounts) => (plan.root, plan.store) = mounts,
-                        Err(e) => break Err(e),
-                    }
-                }
+            Ok(Outcome::Rebooted) if !launch.spec.keep_unit => {
                 observer.event(Event::Rebooting);
-                // A fresh payload cgroup (in a new scope on a systemd host),
-                // delegated again under a user namespace.
-                let fresh = match host.as_deref_mut() {
-                    Some(h) if cgroups.managed => h
-                        .begin_boot(spec, &cgroups.base_relative())
-                        .and_then(|()| cgroups.create_payload())
-                        .and_then(|()| cgroups.reenforce_devices()),
-                    _ => cgroups.reset_payload(),
-                };
-                let reset = fresh.and_then(|()| match &userns {
-                    Some(plan) => cgroups.delegate_to(plan.range.shift),
-                    None => Ok(()),
-                });
-                if let Err(e) = reset {
-                    break Err(e);
-                }
+                prepare_reboot(launch)?;
             }
-            other => break other,
+            other => return other,
         }
     }
+}
+
+/// A fresh payload cgroup (in a new scope on a systemd host) with the
+/// device policy, delegated again under a user namespace, and fresh
+/// idmapped mounts.
+fn prepare_reboot(launch: &mut Launch<'_>) -> Result<()> {
+    if let Some(plan) = launch.userns.as_mut() {
+        plan.refresh_mounts(launch.spec)?;
+    }
+    let cgroups = launch.cgroups;
+    let own_scope = launch.in_own_scope();
+    match launch.host.as_mut() {
+        Some(h) if own_scope => {
+            h.begin_boot(&cgroups.base_relative())?;
+            cgroups.create_payload()?;
+            cgroups.reenforce_devices()?;
+        }
+        _ => cgroups.reset_payload()?,
+    }
+    if let Some(plan) = &launch.userns {
+        cgroups.delegate_to(plan.range.shift)?;
+    }
+    Ok(())
 }
 
 /// The stop signals, blocked and read through a signalfd from before the

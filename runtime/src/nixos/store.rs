@@ -12,7 +12,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::{Error, Result};
-use crate::guest::UsernsPlan;
+
 use crate::guest::rootfs::mounts::{
     Mounted, Owner, Target, bind, bind_onto, ensure_dir, ensure_file, mount_new,
 };
@@ -39,7 +39,7 @@ pub(crate) enum BootStore {
 /// content is recorded in `state_dir` for `nixspawnctl update`.
 pub(crate) fn prepare_boot_store(
     spec: &Spec,
-    userns: Option<&UsernsPlan>,
+    userns: Option<&crate::userns::Plan>,
     state_dir: &Path,
     notice: &mut dyn FnMut(&str),
 ) -> Result<Option<BootStore>> {
@@ -231,7 +231,7 @@ pub(crate) fn mount_store(
     // one mount(2).
     ensure_dir(staging, 0o700)?;
     match idmapped {
-        Some(fd) => crate::guest::rootfs::attach(fd, staging)?,
+        Some(fd) => crate::guest::rootfs::mounts::attach(fd, staging)?,
         None => bind(Path::new(STORE), staging, true, true)?,
     }
     // Private: binds taken from a slave would each join the host store's

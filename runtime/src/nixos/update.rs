@@ -16,8 +16,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::ctl::enter;
+use crate::error::Failure;
 use crate::error::{Error, Result};
-use crate::handshake::{self, ToParent};
+use crate::handshake::channel;
 use crate::nixos::closure::{self, ClosureSource, STORE};
 use crate::nixos::{overlay, store};
 use crate::spec::closure::{Entry, EntryKind};
@@ -425,7 +426,7 @@ fn outer_mount_namespace(state: &State) -> Result<OwnedFd> {
 /// namespace descriptor or a pidfd; this process keeps the host's); its
 /// error comes back over a channel.
 fn in_mount_namespace(ns: &OwnedFd, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let (ours, theirs) = handshake::pair()?;
+    let (ours, theirs) = channel::pair()?;
     match sys::clone3(0, libc::SIGCHLD, None).map_err(|e| Error::syscall("clone3", e))? {
         Forked::Child => {
             drop(ours);
@@ -433,13 +434,7 @@ fn in_mount_namespace(ns: &OwnedFd, work: impl FnOnce(&Path) -> Result<()>) -> R
                 .map_err(|e| Error::syscall("setns(CLONE_NEWNS)", e))
                 .and_then(|()| work(Path::new(STORE)));
             if let Err(e) = result {
-                let _ = theirs.send(
-                    &ToParent::Failed {
-                        step: "update the guest's store".into(),
-                        message: e.to_string(),
-                    },
-                    &[],
-                );
+                let _ = theirs.send(&Failure::new("update the guest's store", &e), &[]);
                 sys::exit_now(1);
             }
             sys::exit_now(0)
@@ -447,14 +442,11 @@ fn in_mount_namespace(ns: &OwnedFd, work: impl FnOnce(&Path) -> Result<()>) -> R
         Forked::Parent { pidfd: child, .. } => {
             drop(theirs);
             let child = child.ok_or_else(|| Error::Protocol("clone3 returned no pidfd".into()))?;
-            let msg = ours.recv();
+            let msg = ours.recv::<Failure>();
             let status =
                 sys::pidfd_wait(child.as_fd(), false).map_err(|e| Error::syscall("waitid", e))?;
             match msg? {
-                Some((ToParent::Failed { step, message }, _)) => {
-                    Err(Error::Child { step, message })
-                }
-                Some((other, _)) => Err(Error::Protocol(format!("unexpected message {other:?}"))),
+                Some((failure, _)) => Err(Error::Child(failure)),
                 None if status == Some(sys::ExitKind::Exited(0)) => Ok(()),
                 None => Err(Error::Protocol(format!(
                     "the update helper ended with {status:?}"

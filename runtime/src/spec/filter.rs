@@ -4,7 +4,7 @@
 //! building and installing the filter is `security::seccomp`'s business.
 
 use crate::error::{Error, Result};
-use crate::security::seccomp::is_known;
+use crate::spec::syscalls::is_known;
 
 /// `--system-call-filter` additions and removals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

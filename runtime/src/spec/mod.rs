@@ -10,6 +10,7 @@ pub mod identity;
 pub mod journal;
 pub mod mounts;
 pub mod signals;
+pub mod syscalls;
 pub mod userns;
 
 use std::path::PathBuf;
@@ -85,6 +86,9 @@ pub struct Spec {
     /// `-E NAME=VALUE`, applied last.
     pub environment: Vec<(String, String)>,
     pub console: ConsoleMode,
+    /// `$TERM` for PID 1: the caller's, as systemd-nspawn passes it on
+    /// (read by the binary, never from the library's environment).
+    pub term: Option<String>,
     pub private_network: bool,
     /// Signal sent to PID 1 to ask it to stop; None means SIGKILL at once.
     pub kill_signal: Option<i32>,
@@ -127,20 +131,6 @@ impl Spec {
         let mut set = crate::spec::capabilities::guest_set(self.private_network);
         set.extend(self.added_capabilities.iter().copied());
         set.retain(|c| !self.dropped_capabilities.contains(c));
-        set
-    }
-
-    /// What PID 1 (and every `nixspawnctl exec`) holds: [`Spec::capabilities`],
-    /// except that under a user namespace sharing the host's network
-    /// namespace, low ports are not the guest's to bind (as with nspawn).
-    pub fn payload_capabilities(
-        &self,
-        userns: bool,
-    ) -> std::collections::HashSet<caps::Capability> {
-        let mut set = self.capabilities();
-        if userns && !self.private_network {
-            set.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
-        }
         set
     }
 

@@ -12,14 +12,16 @@ pub mod process;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::launcher::janitor::{Claim, JanitorLink};
+use crate::launcher::janitor::claim::{Claim, JanitorLink};
 use crate::spec::ConsoleMode;
 use crate::spec::identity::MachineName;
+use crate::sys;
+use process::{host_boot_id, open_verified};
 
 pub const STATE_ROOT: &str = "/run/nixspawn";
 
@@ -340,4 +342,64 @@ pub fn list() -> Result<Vec<State>> {
         .collect();
     out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
     Ok(out)
+}
+
+impl State {
+    fn check_boot_id(&self, what: &'static str, pid: i32) -> Result<()> {
+        if self.host_boot_id.is_empty() || self.host_boot_id != host_boot_id() {
+            return Err(Error::StaleProcess {
+                name: self.name.to_string(),
+                what,
+                pid,
+                reason: "recorded before the host last booted".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A pidfd for the guest's PID 1 of the current boot, checked to be
+    /// that process. Refused while the guest is between boots.
+    pub fn open_leader(&self) -> Result<OwnedFd> {
+        let (Some(pid), Some(id)) = (self.leader, self.leader_identity.as_ref()) else {
+            return Err(Error::NotRunning {
+                name: self.name.to_string(),
+                phase: self.phase.clone(),
+            });
+        };
+        if self.phase == "restarting" {
+            return Err(Error::NotRunning {
+                name: self.name.to_string(),
+                phase: self.phase.clone(),
+            });
+        }
+        self.check_boot_id("leader", pid)?;
+        open_verified(self.name.as_str(), "leader", pid, id)
+    }
+
+    /// A pidfd for the launcher, checked to be that process.
+    pub fn open_supervisor(&self) -> Result<OwnedFd> {
+        let pid = self.supervisor;
+        let Some(id) = self.supervisor_identity.as_ref() else {
+            return Err(Error::StaleProcess {
+                name: self.name.to_string(),
+                what: "launcher",
+                pid,
+                reason: "recorded without its identity (by an older nixspawn)".into(),
+            });
+        };
+        self.check_boot_id("launcher", pid)?;
+        open_verified(self.name.as_str(), "launcher", pid, id)
+    }
+
+    /// Whether `pidfd` (from [`State::open_leader`]) is still alive: for
+    /// reads through /proc/PID after the check, which are the leader's
+    /// only if it still lives after them.
+    pub fn leader_alive(&self, pidfd: &OwnedFd) -> Result<()> {
+        sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|_| Error::StaleProcess {
+            name: self.name.to_string(),
+            what: "leader",
+            pid: self.leader.unwrap_or(0),
+            reason: "gone".into(),
+        })
+    }
 }

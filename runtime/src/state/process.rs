@@ -9,7 +9,6 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result};
-use crate::state::State;
 use crate::sys;
 
 /// statfs f_type of pidfs, the filesystem pidfds live on since Linux 6.9.
@@ -78,7 +77,7 @@ pub fn host_boot_id() -> String {
 
 /// A pidfd for `pid`, if it is still the process recorded as `recorded`.
 /// `what` names the process in errors ("leader", "launcher").
-fn open_verified(
+pub(crate) fn open_verified(
     name: &str,
     what: &'static str,
     pid: i32,
@@ -119,66 +118,6 @@ fn open_verified(
         return Err(stale("gone".into()));
     }
     Ok(pidfd)
-}
-
-impl State {
-    fn check_boot_id(&self, what: &'static str, pid: i32) -> Result<()> {
-        if self.host_boot_id.is_empty() || self.host_boot_id != host_boot_id() {
-            return Err(Error::StaleProcess {
-                name: self.name.to_string(),
-                what,
-                pid,
-                reason: "recorded before the host last booted".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// A pidfd for the guest's PID 1 of the current boot, checked to be
-    /// that process. Refused while the guest is between boots.
-    pub fn open_leader(&self) -> Result<OwnedFd> {
-        let (Some(pid), Some(id)) = (self.leader, self.leader_identity.as_ref()) else {
-            return Err(Error::NotRunning {
-                name: self.name.to_string(),
-                phase: self.phase.clone(),
-            });
-        };
-        if self.phase == "restarting" {
-            return Err(Error::NotRunning {
-                name: self.name.to_string(),
-                phase: self.phase.clone(),
-            });
-        }
-        self.check_boot_id("leader", pid)?;
-        open_verified(self.name.as_str(), "leader", pid, id)
-    }
-
-    /// A pidfd for the launcher, checked to be that process.
-    pub fn open_supervisor(&self) -> Result<OwnedFd> {
-        let pid = self.supervisor;
-        let Some(id) = self.supervisor_identity.as_ref() else {
-            return Err(Error::StaleProcess {
-                name: self.name.to_string(),
-                what: "launcher",
-                pid,
-                reason: "recorded without its identity (by an older nixspawn)".into(),
-            });
-        };
-        self.check_boot_id("launcher", pid)?;
-        open_verified(self.name.as_str(), "launcher", pid, id)
-    }
-
-    /// Whether `pidfd` (from [`State::open_leader`]) is still alive: for
-    /// reads through /proc/PID after the check, which are the leader's
-    /// only if it still lives after them.
-    pub fn leader_alive(&self, pidfd: &OwnedFd) -> Result<()> {
-        sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|_| Error::StaleProcess {
-            name: self.name.to_string(),
-            what: "leader",
-            pid: self.leader.unwrap_or(0),
-            reason: "gone".into(),
-        })
-    }
 }
 
 #[cfg(test)]

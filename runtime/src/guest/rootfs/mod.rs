@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, umount2};
 
 use crate::error::{Error, Result};
-use crate::guest::rootfs::mounts::{Owner, bind, ensure_dir, mount_fs, propagation};
+use crate::guest::rootfs::mounts::{Owner, attach, bind, ensure_dir, mount_fs, propagation};
 use std::os::fd::OwnedFd;
 
 /// Detach our mount namespace from the host's: nothing we mount propagates
@@ -95,17 +95,6 @@ pub(crate) fn assemble(
     };
     propagation(&root, MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
     Ok(root)
-}
-
-/// move_mount a detached mount onto `target`.
-pub(crate) fn attach(fd: &OwnedFd, target: &Path) -> Result<()> {
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()))
-        .map_err(|_| Error::io("path", target, std::io::ErrorKind::InvalidInput.into()))?;
-    crate::sys::move_mount_fd(std::os::fd::AsFd::as_fd(fd), None, &c).map_err(|e| Error::Mount {
-        what: "a prepared mount".into(),
-        target: target.to_path_buf(),
-        source: e,
-    })
 }
 
 fn copy_root_attributes(tree: &Path, upper: &Path) -> Result<()> {

@@ -256,7 +256,7 @@ pub(crate) fn bind(src: &Path, dst: &Path, recursive: bool, read_only: bool) -> 
             source: e,
         })?;
     }
-    crate::guest::rootfs::attach(&fd, dst)
+    attach(&fd, dst)
 }
 
 /// A detached copy of the mount tree at `src` (OPEN_TREE_CLONE), with the
@@ -429,4 +429,15 @@ impl CustomMount {
             }
         }
     }
+}
+
+/// move_mount a detached mount onto `target`.
+pub(crate) fn attach(fd: &OwnedFd, target: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()))
+        .map_err(|_| Error::io("path", target, std::io::ErrorKind::InvalidInput.into()))?;
+    crate::sys::move_mount_fd(std::os::fd::AsFd::as_fd(fd), None, &c).map_err(|e| Error::Mount {
+        what: "a prepared mount".into(),
+        target: target.to_path_buf(),
+        source: e,
+    })
 }

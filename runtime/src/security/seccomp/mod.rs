@@ -12,8 +12,6 @@
 //! no library compiles it at launch.
 
 pub mod bpf;
-pub mod groups;
-mod syscalls;
 
 use std::collections::HashSet;
 
@@ -21,23 +19,11 @@ use caps::Capability;
 
 use crate::error::{Error, Result};
 use crate::spec::filter::Adjustments;
+use crate::spec::syscalls::{self, groups, table};
 use bpf::{Action, Arch, Insn, Table};
+use syscalls::name_index;
 
-/// The index of a syscall name in [`syscalls::NAMES`].
-fn name_index(name: &str) -> Option<usize> {
-    syscalls::NAMES.binary_search(&name).ok()
-}
-
-/// Is `name` a syscall (on some ABI we have a table for) or a group?
-pub fn is_known(name: &str) -> bool {
-    if name.starts_with('@') {
-        groups::group(name).is_some()
-    } else {
-        name_index(name).is_some()
-    }
-}
-
-/// The allowed syscalls: one flag per entry of [`syscalls::NAMES`].
+/// The allowed syscalls: one flag per entry of [`table::NAMES`].
 pub struct Allowed(Vec<bool>);
 
 impl Allowed {
@@ -63,7 +49,7 @@ pub fn allowed_names(caps: &HashSet<Capability>, adjust: &Adjustments) -> Allowe
             out[i] = true;
         }
     }
-    let mut out = vec![false; syscalls::NAMES.len()];
+    let mut out = vec![false; table::NAMES.len()];
     for (cap, name) in groups::NSPAWN_ALLOW {
         if cap.is_none_or(|c| caps.contains(&c)) {
             add(name, &adjust.deny, &mut out);
@@ -137,17 +123,17 @@ pub fn program_for(arch: HostArch, caps: &HashSet<Capability>, adjust: &Adjustme
     match arch {
         HostArch::X86_64 => bpf::program(&[
             Arch::X86_64 {
-                x86_64: &table(syscalls::X86_64, &allowed, true),
-                x32: &table(syscalls::X32, &allowed, true),
+                x86_64: &table(table::X86_64, &allowed, true),
+                x32: &table(table::X32, &allowed, true),
             },
             Arch::Plain {
                 audit_arch: bpf::AUDIT_ARCH_I386,
-                table: &table(syscalls::I386, &allowed, false),
+                table: &table(table::I386, &allowed, false),
             },
         ]),
         HostArch::Aarch64 => bpf::program(&[Arch::Plain {
             audit_arch: bpf::AUDIT_ARCH_AARCH64,
-            table: &table(syscalls::AARCH64, &allowed, true),
+            table: &table(table::AARCH64, &allowed, true),
         }]),
     }
 }
@@ -187,7 +173,7 @@ mod tests {
     fn nspawn_default_policy() {
         let caps = crate::spec::capabilities::guest_set(false);
         let prog = program_for(HostArch::X86_64, &caps, &Adjustments::default());
-        let x = |name| evaluate(&prog, AUDIT_ARCH_X86_64, nr(syscalls::X86_64, name), [0; 6]);
+        let x = |name| evaluate(&prog, AUDIT_ARCH_X86_64, nr(table::X86_64, name), [0; 6]);
         for allowed in [
             "read",
             "openat",
@@ -228,7 +214,7 @@ mod tests {
             evaluate(
                 &prog,
                 AUDIT_ARCH_I386,
-                nr(syscalls::I386, "kexec_load"),
+                nr(table::I386, "kexec_load"),
                 [0; 6]
             ),
             EPERM
@@ -237,7 +223,7 @@ mod tests {
             evaluate(
                 &prog,
                 AUDIT_ARCH_I386,
-                nr(syscalls::I386, "socketcall"),
+                nr(table::I386, "socketcall"),
                 [0; 6]
             ),
             RET_ALLOW
@@ -246,16 +232,16 @@ mod tests {
             evaluate(
                 &prog,
                 AUDIT_ARCH_X86_64,
-                nr(syscalls::X32, "kexec_load"),
+                nr(table::X32, "kexec_load"),
                 [0; 6]
             ),
             EPERM
         );
         assert_eq!(
-            evaluate(&prog, AUDIT_ARCH_X86_64, nr(syscalls::X32, "read"), [0; 6]),
+            evaluate(&prog, AUDIT_ARCH_X86_64, nr(table::X32, "read"), [0; 6]),
             RET_ALLOW
         );
-        assert!(nr(syscalls::X32, "read") >= X32_SYSCALL_BIT);
+        assert!(nr(table::X32, "read") >= X32_SYSCALL_BIT);
         let audit = [
             libc::AF_NETLINK as u64,
             3,
@@ -265,12 +251,7 @@ mod tests {
             0,
         ];
         assert_eq!(
-            evaluate(
-                &prog,
-                AUDIT_ARCH_X86_64,
-                nr(syscalls::X86_64, "socket"),
-                audit
-            ),
+            evaluate(&prog, AUDIT_ARCH_X86_64, nr(table::X86_64, "socket"), audit),
             0x0005_0000 | libc::EAFNOSUPPORT as u32
         );
     }
@@ -328,13 +309,8 @@ mod tests {
 
     #[test]
     fn tables_are_sorted() {
-        assert!(syscalls::NAMES.windows(2).all(|w| w[0] < w[1]));
-        for t in [
-            syscalls::X86_64,
-            syscalls::X32,
-            syscalls::I386,
-            syscalls::AARCH64,
-        ] {
+        assert!(table::NAMES.windows(2).all(|w| w[0] < w[1]));
+        for t in [table::X86_64, table::X32, table::I386, table::AARCH64] {
             assert!(
                 t.windows(2).all(|w| w[0].1 < w[1].1),
                 "sorted by number, unique"
@@ -359,7 +335,7 @@ mod tests {
         abi.iter()
             .map(|&(i, nr)| {
                 (
-                    syscalls::NAMES[usize::from(i)],
+                    table::NAMES[usize::from(i)],
                     evaluate(prog, arch, nr, [0; 6]),
                 )
             })
@@ -382,8 +358,8 @@ mod tests {
         ] {
             let x86 = program_for(HostArch::X86_64, &caps, &adjust);
             let arm = program_for(HostArch::Aarch64, &caps, &adjust);
-            let on_x86 = verdicts(&x86, AUDIT_ARCH_X86_64, syscalls::X86_64);
-            let on_arm = verdicts(&arm, AUDIT_ARCH_AARCH64, syscalls::AARCH64);
+            let on_x86 = verdicts(&x86, AUDIT_ARCH_X86_64, table::X86_64);
+            let on_arm = verdicts(&arm, AUDIT_ARCH_AARCH64, table::AARCH64);
             let mut compared = 0;
             for (name, verdict) in &on_arm {
                 if let Some(x) = on_x86.get(name) {
@@ -400,14 +376,7 @@ mod tests {
         }
         let caps = crate::spec::capabilities::guest_set(false);
         let arm = program_for(HostArch::Aarch64, &caps, &Adjustments::default());
-        let a = |name| {
-            evaluate(
-                &arm,
-                AUDIT_ARCH_AARCH64,
-                nr(syscalls::AARCH64, name),
-                [0; 6],
-            )
-        };
+        let a = |name| evaluate(&arm, AUDIT_ARCH_AARCH64, nr(table::AARCH64, name), [0; 6]);
         for allowed in [
             "openat",
             "read",
@@ -441,7 +410,7 @@ mod tests {
             evaluate(
                 &arm,
                 AUDIT_ARCH_AARCH64,
-                nr(syscalls::AARCH64, "socket"),
+                nr(table::AARCH64, "socket"),
                 audit
             ),
             0x0005_0000 | libc::EAFNOSUPPORT as u32

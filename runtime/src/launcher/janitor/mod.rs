@@ -16,68 +16,21 @@
 //! is never touched.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
+pub(crate) mod claim;
+
 use crate::cgroup::CgroupLayout;
 use crate::error::{Error, Result};
-use crate::handshake::{self, Channel};
+use crate::handshake::channel::{self, Channel};
 use crate::host::machined::Via;
 use crate::spec::identity::MachineName;
 use crate::state::lockfile;
 use crate::sys::{self, Forked};
-
-/// What the launcher tells the janitor, one claim at a time.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) enum Claim {
-    /// About to lock the machine name at `lock`; its state is `state_dir`.
-    Name {
-        name: MachineName,
-        lock: PathBuf,
-        state_dir: PathBuf,
-    },
-    /// The name's lock is held (its descriptor comes with this).
-    NameHeld,
-    /// About to lock a UID range block's file.
-    Range { path: PathBuf },
-    /// That block is held (its descriptor comes with this).
-    RangeHeld { path: PathBuf },
-    /// The guest's cgroups, about to be created.
-    Cgroups(Box<CgroupLayout>),
-    /// A transient scope started for this boot; None once it is let go.
-    Scope(Option<String>),
-    /// Registered with machined (and how); None once unregistering.
-    Registered(Option<Via>),
-    /// The launcher released everything itself.
-    Done,
-    /// The launcher could not release everything: release what is left.
-    ReleaseRest,
-}
-
-/// The launcher's end: tells the janitor about claims.
-pub(crate) struct JanitorLink {
-    channel: Channel,
-}
-
-impl JanitorLink {
-    /// Report a claim; `fd` is the held lock's descriptor where there is one.
-    pub fn note(&self, claim: &Claim, fd: Option<BorrowedFd<'_>>) -> Result<()> {
-        self.channel
-            .send(claim, fd.as_slice())
-            .map_err(|e| match e {
-                Error::Protocol(what) => Error::Janitor(what),
-                other => other,
-            })
-    }
-
-    pub fn try_clone(&self) -> Result<JanitorLink> {
-        Ok(JanitorLink {
-            channel: self.channel.try_clone()?,
-        })
-    }
-}
+use claim::{Claim, JanitorLink};
 
 pub(crate) struct Janitor {
     link: JanitorLink,
@@ -89,7 +42,7 @@ impl Janitor {
     /// have claimed anything yet (nothing claimed before is covered).
     pub fn spawn() -> Result<Self> {
         let launcher = nix::unistd::getpid().as_raw();
-        let (ours, theirs) = handshake::pair()?;
+        let (ours, theirs) = channel::pair()?;
         match sys::fork().map_err(|e| Error::syscall("fork", e))? {
             Forked::Parent { pid, .. } => {
                 drop(theirs);

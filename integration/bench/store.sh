@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The closure-only store at NixOS size (issue 17): one overlay mount against
+# --shared-store and against the per-path binds (the fallback, forced by the
+# real condition: a closure path that is a mount point in the launcher's
+# mount namespace; see with-mount.sh). Every command of a group runs in the
+# same wrapper, and the groups alternate their commands round by round
+# (alternate.py). Prints markdown tables for BENCHMARKS.md.
+#   sudo integration/bench/store.sh [RUNS] [SECTION...]   (not run in CI)
+# SECTION: launch (the launcher's cost per path, tiny toplevel `init exit`),
+# boot (boot-to-poweroff of the systemd toplevel, overlay vs shared),
+# boot-per-path (the same with the per-path store, few runs: it is slow),
+# many (50 guests of 2,000 paths each at once, overlay and per-path).
+# Default: all of them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-10}
+shift || true
+sections=${*:-launch boot boot-per-path many}
+
+[ "$(id -u)" = 0 ] || {
+	echo "store.sh: needs root" >&2
+	exit 1
+}
+cargo build --release --quiet
+nixspawn=$PWD/target/release/nixspawn
+ctl=$PWD/target/release/nixspawnctl
+bench=$PWD/integration/bench
+env_file=${NIXSPAWN_FIXTURES:-/var/cache/nixspawn/fixtures}/nixos.env
+[ -f "$env_file" ] || env_file=$(integration/nixos/build.sh)
+# shellcheck disable=SC1090
+. "$env_file"
+work=$(mktemp -d /tmp/nixspawn-bench-store.XXXXXX)
+trap 'rm -rf "$work"; integration/nixos/synthetic-closure.py remove' EXIT
+mkdir "$work/scratch"
+# Same wrapper for all: a mount of nothing in particular, or (per-path) of
+# a closure path, which makes nixspawn fall back.
+plain="unshare --mount --propagation private $bench/with-mount.sh $work/scratch"
+per_path() { echo "unshare --mount --propagation private $bench/with-mount.sh $1"; }
+
+echo "store.sh: synthetic store paths" >&2
+for n in 0 1000 2000 5000 10000; do
+	integration/nixos/synthetic-closure.py create "$n" "$NIXOS_TINY" "$work/tiny-$n"
+done
+for n in 0 1000 2000 5000; do
+	integration/nixos/synthetic-closure.py create "$n" "$NIXOS_SYSTEMD" "$work/sys-$n"
+done
+
+# The systemd toplevel powers itself off once multi-user.target is reached:
+# the unit comes in through a read-only bind over its /etc's
+# systemd/system (a directory inside a store path of the closure).
+sys_etc=$(nix-store --query --requisites "$NIXOS_SYSTEMD" | grep -- '-debian-sid-etc$')
+cp -a "$sys_etc/systemd/system" "$work/nixos-system"
+chmod -R u+w "$work/nixos-system"
+cat >"$work/nixos-system/poweroff-after-boot.service" <<'UNIT'
+[Unit]
+Description=Power off once multi-user.target is reached (benchmark)
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/systemctl poweroff --no-block
+UNIT
+mkdir -p "$work/nixos-system/multi-user.target.wants"
+ln -sf ../poweroff-after-boot.service "$work/nixos-system/multi-user.target.wants/"
+boot="-q --register=no --keep-unit --toplevel=$NIXOS_SYSTEMD --bind-ro=$work/nixos-system:$sys_etc/systemd/system"
+launch="-q --pipe --toplevel=$NIXOS_TINY"
+
+tables=()
+for section in $sections; do
+	case $section in
+	launch)
+		echo "store.sh: launch cost, tiny toplevel (init exit)" >&2
+		specs=()
+		for n in 0 1000 2000 5000 10000; do
+			specs+=("overlay, $n extra paths=$plain $nixspawn $launch --closure-file=$work/tiny-$n exit")
+		done
+		for n in 0 1000 2000 5000 10000; do
+			specs+=("per-path, $n extra paths=$(per_path "$NIXOS_TINY") $nixspawn $launch --closure-file=$work/tiny-$n exit")
+		done
+		python3 "$bench/alternate.py" "$work/launch.json" $((runs * 3)) 3 "${specs[@]}"
+		tables+=("$work/launch.json")
+		# The overlay's own part, as --debug times it.
+		echo "| extra paths | building the overlay (median of 15, --debug) |" >"$work/build.md"
+		echo "|---:|---:|" >>"$work/build.md"
+		for n in 0 1000 2000 5000 10000; do
+			for _ in $(seq 15); do
+				$plain "$nixspawn" --debug $launch --closure-file="$work/tiny-$n" exit 2>&1 |
+					sed -n 's/.*store overlay of [0-9]* paths: \([0-9]*\) µs.*/\1/p'
+			done | sort -n | awk -v n="$n" '{ v[NR] = $1 } END { printf "| %d | %.1f ms |\n", n, v[int((NR + 1) / 2)] / 1000 }' >>"$work/build.md"
+		done
+		;;
+	boot)
+		echo "store.sh: boot-to-poweroff, systemd toplevel, overlay vs shared" >&2
+		specs=("--shared-store=$plain $nixspawn $boot --shared-store")
+		for n in 0 1000 2000 5000; do
+			specs+=("overlay, $n extra paths=$plain $nixspawn $boot --closure-file=$work/sys-$n")
+		done
+		python3 "$bench/alternate.py" "$work/boot.json" "$runs" 1 "${specs[@]}"
+		tables+=("$work/boot.json")
+		;;
+	boot-per-path)
+		echo "store.sh: boot-to-poweroff with the per-path store (slow)" >&2
+		specs=("--shared-store=$plain $nixspawn $boot --shared-store")
+		for n in 0 1000 2000 5000; do
+			specs+=("per-path, $n extra paths=$(per_path "$NIXOS_SYSTEMD") $nixspawn $boot --closure-file=$work/sys-$n")
+		done
+		python3 "$bench/alternate.py" "$work/boot-per-path.json" 3 0 "${specs[@]}"
+		tables+=("$work/boot-per-path.json")
+		;;
+	many)
+		echo "store.sh: 50 guests of 2,000 extra paths each, at once" >&2
+		{
+			echo "| store | guests up | mounts, all guests | under /nix/store, per guest | Slab | SUnreclaim | MemAvailable | all stopped |"
+			echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+		} >"$work/many.md"
+		for mode in overlay per-path; do
+			if [ "$mode" = overlay ]; then wrap=$plain; else wrap=$(per_path "$NIXOS_TINY"); fi
+			mem() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
+			slab0=$(mem Slab) sunr0=$(mem SUnreclaim) avail0=$(mem MemAvailable)
+			t0=$(date +%s%N)
+			pids=()
+			for i in $(seq 50); do
+				$wrap "$nixspawn" $launch --closure-file="$work/tiny-2000" -M "bench-many-$i" >/dev/null 2>&1 &
+				pids+=($!)
+			done
+			for i in $(seq 50); do
+				tries=0
+				until "$ctl" status "bench-many-$i" >/dev/null 2>&1; do
+					tries=$((tries + 1))
+					[ $tries -lt 1200 ] || {
+						echo "store.sh: bench-many-$i did not start" >&2
+						kill -TERM "${pids[@]}"
+						exit 1
+					}
+					sleep 0.05
+				done
+			done
+			t1=$(date +%s%N)
+			total=0 store=0
+			for i in $(seq 50); do
+				leader=$("$ctl" status "bench-many-$i" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
+				total=$((total + $(wc -l <"/proc/$leader/mountinfo")))
+				store=$(awk '$5 == "/nix/store" || index($5, "/nix/store/") == 1' "/proc/$leader/mountinfo" | wc -l)
+			done
+			slab1=$(mem Slab) sunr1=$(mem SUnreclaim) avail1=$(mem MemAvailable)
+			t2=$(date +%s%N)
+			kill -TERM "${pids[@]}"
+			wait "${pids[@]}" || true
+			t3=$(date +%s%N)
+			secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
+			printf '| %s | %s s | %d | %d | %+d MB | %+d MB | %+d MB | %s s |\n' "$mode" \
+				"$(secs "$t0" "$t1")" "$total" "$store" \
+				$(((slab1 - slab0) / 1024)) $(((sunr1 - sunr0) / 1024)) $(((avail1 - avail0) / 1024)) \
+				"$(secs "$t2" "$t3")" >>"$work/many.md"
+		done
+		;;
+	*)
+		echo "store.sh: unknown section $section" >&2
+		exit 1
+		;;
+	esac
+done
+
+[ ${#tables[@]} -eq 0 ] || python3 "$bench/report.py" "${tables[@]}"
+for extra in build many; do
+	[ -f "$work/$extra.md" ] && { echo; cat "$work/$extra.md"; }
+done
+true
