@@ -12,8 +12,8 @@ use nixspawn_runtime::spec::journal::LinkJournal;
 use nixspawn_runtime::spec::mounts::CustomMount;
 use nixspawn_runtime::spec::{capabilities, credentials, userns};
 use nixspawn_runtime::{
-    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, spec::environment,
-    spec::signals, sys,
+    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, os, spec::environment,
+    spec::signals,
 };
 
 use crate::nspawn_settings;
@@ -406,7 +406,7 @@ pub fn parse_bool(what: &str, v: &str) -> Result<bool> {
 }
 
 fn default_console() -> ConsoleMode {
-    if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) {
+    if os::isatty(std::io::stdin()) && os::isatty(std::io::stdout()) {
         ConsoleMode::Interactive
     } else {
         ConsoleMode::ReadOnly
@@ -424,7 +424,7 @@ fn console_mode(args: &Args) -> Result<ConsoleMode> {
         Some("passive") => ConsoleMode::Passive,
         Some("pipe") => ConsoleMode::Pipe,
         Some("autopipe") => {
-            if sys::isatty(sys::stdio(0)) && sys::isatty(sys::stdio(1)) {
+            if os::isatty(std::io::stdin()) && os::isatty(std::io::stdout()) {
                 ConsoleMode::Interactive
             } else {
                 ConsoleMode::Pipe

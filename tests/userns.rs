@@ -566,3 +566,52 @@ fn guest_shift_below(dir: &Path) -> Option<u32> {
             .find_map(|e| guest_shift_below(&e.path()))
     })
 }
+
+/// The payload's capability set is decided once: what PID 1 holds under a
+/// user namespace (no CAP_NET_BIND_SERVICE on the host's network, as with
+/// nspawn) is exactly what `nixspawnctl exec` gives a command, and what
+/// the state records. Before the launch context, the state (and so exec)
+/// kept CAP_NET_BIND_SERVICE that PID 1 had been denied.
+#[test]
+fn pid1_and_exec_hold_the_same_capabilities_under_userns() {
+    let tree = busybox_tree();
+    for extra in [&[][..], &["--private-network"][..]] {
+        let name = unique_name("capsame");
+        let mut args = vec!["-U", "-x", "--pipe"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["/bin/sleep", "60"]);
+        let mut guest = Guest::start(tree.path(), &name, &args);
+        wait_for("the guest to start", Duration::from_secs(10), || {
+            ctl(&["status", &name]).status.success()
+        });
+        let field = |status: &str, key: &str| -> u64 {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("{key} in {status}"));
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        let (code, pid1) = guest.exec(&["/bin/cat", "/proc/1/status"]);
+        assert_eq!(code, 0);
+        let (code, own) = guest.exec(&["/bin/cat", "/proc/self/status"]);
+        assert_eq!(code, 0);
+        for key in ["CapBnd:", "CapEff:", "CapPrm:"] {
+            assert_eq!(
+                field(&pid1, key),
+                field(&own, key),
+                "{key} of PID 1 and of an exec'd command ({extra:?})"
+            );
+        }
+        let net_bind = 1u64 << 10;
+        assert_eq!(
+            field(&pid1, "CapBnd:") & net_bind != 0,
+            !extra.is_empty(),
+            "CAP_NET_BIND_SERVICE only with a network of the guest's own"
+        );
+        let st: serde_json::Value =
+            serde_json::from_slice(&ctl(&["status", &name, "--json"]).stdout).unwrap();
+        assert_eq!(st["capabilities"].as_u64(), Some(field(&pid1, "CapBnd:")));
+        guest.signal(Signal::SIGTERM);
+        guest.wait_exit(Duration::from_secs(10));
+    }
+}

@@ -13,25 +13,46 @@
 //!   filesystem, the API filesystems, `security` (capabilities, seccomp),
 //!   then exec.
 //! - `nixos`: NixOS toplevels and their store; `ctl`: entering a running
-//!   guest. `sys` holds every unsafe call.
+//!   guest. `sys` holds every unsafe call (and is the only module allowed
+//!   one); `os` is the little of it the binaries need.
 
+#![deny(unsafe_code)]
+#![warn(
+    clippy::undocumented_unsafe_blocks,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+// What the container is to be.
 pub mod spec;
-
-pub mod cgroup;
-mod handshake;
-pub mod host;
+// The launcher: claims, starts, supervises, cleans up.
 pub mod launcher;
+// Its record for nixspawnctl (the name's lock, state.json).
 pub mod state;
+// A systemd host: scope and machined registration.
+pub mod host;
+// The guest's cgroups and device policy.
+pub mod cgroup;
+// The guest's user namespace: range, idmapped mounts, ownership.
 pub mod userns;
-
+// The launcher's conversation with the container process.
+mod handshake;
+// The container process: root filesystem, API filesystems, exec.
 pub mod guest;
+// What the payload may do: capabilities and seccomp.
 pub mod security;
-
-pub mod ctl;
+// NixOS toplevels and their store.
 pub mod nixos;
+// Entering a running guest (nixspawnctl).
+pub mod ctl;
 
 pub mod error;
-pub mod sys;
+// The few system calls the binaries use.
+pub mod os;
+// Every unsafe call, and nothing public.
+#[allow(unsafe_code)]
+mod sys;
 
 pub use error::{Error, Result};
 pub use guest::INIT_CANDIDATES;

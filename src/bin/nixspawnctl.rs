@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use nixspawn_cli::terminal_safe;
 use nixspawn_runtime::nixos::closure::ClosureSource;
 use nixspawn_runtime::state::{self, State};
-use nixspawn_runtime::{MachineName, ctl::enter, nixos::update, spec::signals, sys};
+use nixspawn_runtime::{MachineName, ctl::enter, nixos::update, os, spec::signals};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,7 +83,7 @@ fn name(s: &str) -> Result<MachineName> {
 /// Signal the guest's PID 1, after checking the PID still names it.
 fn signal_leader(st: &State, sig: i32) -> Result<()> {
     let pidfd = st.open_leader()?;
-    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), sig).with_context(|| {
+    os::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), sig).with_context(|| {
         format!(
             "sending {} to PID {}",
             signals::name(sig),
@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<i32> {
             let n = name(&n)?;
             let st = state::load(&n)?;
             let launcher = st.open_supervisor()?;
-            sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&launcher), libc::SIGTERM)
+            os::pidfd_send_signal(std::os::fd::AsFd::as_fd(&launcher), libc::SIGTERM)
                 .with_context(|| format!("signalling the launcher (PID {})", st.supervisor))?;
             wait_until(timeout, &format!("{n} to stop"), || {
                 Ok(state::load(&n).is_err())

@@ -362,7 +362,7 @@ pub fn assert_cleaned_up(name: &str, leader: Option<i32>) {
 fn namespace_of(pid: &str, kind: &str) -> Option<String> {
     let path = format!("/proc/{pid}/ns/{kind}");
     let f = std::fs::File::open(&path).ok()?;
-    match nixspawn_runtime::sys::namespace_id(std::os::fd::AsFd::as_fd(&f)) {
+    match nixspawn_runtime::os::namespace_id(std::os::fd::AsFd::as_fd(&f)) {
         Ok(id) => Some(format!("{kind}:id {id}")),
         Err(_) => Some(
             std::fs::read_link(&path)

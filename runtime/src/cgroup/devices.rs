@@ -90,8 +90,8 @@ fn node(path: &str, fallback: (u32, u32)) -> (u32, u32) {
         .map(|m| {
             let rdev = m.rdev();
             (
-                nix::sys::stat::major(rdev) as u32,
-                nix::sys::stat::minor(rdev) as u32,
+                device_number(nix::sys::stat::major(rdev)),
+                device_number(nix::sys::stat::minor(rdev)),
             )
         })
         .unwrap_or(fallback)
@@ -167,8 +167,8 @@ pub fn closed_policy(mounts: &[CustomMount]) -> Vec<Rule> {
         let access = if *read_only { READ } else { READ | WRITE };
         rules.push(Rule::device(
             kind,
-            nix::sys::stat::major(rdev) as u32,
-            nix::sys::stat::minor(rdev) as u32,
+            device_number(nix::sys::stat::major(rdev)),
+            device_number(nix::sys::stat::minor(rdev)),
             access,
         ));
     }
@@ -220,15 +220,17 @@ pub fn program(rules: &[Rule]) -> Vec<BpfInsn> {
         };
         block.push((insn(JNE_K, 3, 0, 0, kind), true));
         match rule.major {
-            Some((lo, hi)) if lo == hi => block.push((insn(JNE_K, 4, 0, 0, lo as i32), true)),
+            Some((lo, hi)) if lo == hi => {
+                block.push((insn(JNE_K, 4, 0, 0, lo.cast_signed()), true))
+            }
             Some((lo, hi)) => {
-                block.push((insn(JLT_K, 4, 0, 0, lo as i32), true));
-                block.push((insn(JGT_K, 4, 0, 0, hi as i32), true));
+                block.push((insn(JLT_K, 4, 0, 0, lo.cast_signed()), true));
+                block.push((insn(JGT_K, 4, 0, 0, hi.cast_signed()), true));
             }
             None => {}
         }
         if let Some(minor) = rule.minor {
-            block.push((insn(JNE_K, 5, 0, 0, minor as i32), true));
+            block.push((insn(JNE_K, 5, 0, 0, minor.cast_signed()), true));
         }
         // Every bit asked for must be allowed: none left once masked.
         block.push((insn(MOV64_X, 6, 2, 0, 0), false));
@@ -239,7 +241,8 @@ pub fn program(rules: &[Rule]) -> Vec<BpfInsn> {
         let len = block.len();
         for (i, (mut ins, jumps)) in block.into_iter().enumerate() {
             if jumps {
-                ins.off = (len - i - 1) as i16;
+                ins.off = i16::try_from(len - i - 1)
+                    .expect("a rule's block is a handful of instructions");
             }
             p.push(ins);
         }
@@ -382,6 +385,12 @@ pub fn v1_make(mount: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
+/// A device's major or minor number as the device program compares it
+/// (Linux's are 12 and 20 bits wide).
+fn device_number(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,15 +404,17 @@ mod tests {
         loop {
             let i = prog[pc];
             let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
-            let imm = i.imm as u32 as u64;
+            let imm = u64::from(i.imm.cast_unsigned());
             pc += 1;
             let jump = |cond: bool, pc: &mut usize| {
                 if cond {
-                    *pc = (*pc as i64 + i64::from(i.off)) as usize;
+                    *pc = pc
+                        .checked_add_signed(isize::from(i.off))
+                        .expect("a jump inside the program");
                 }
             };
             match i.code {
-                LDX_MEM_W => r[dst] = u64::from(ctx[i.off as usize / 4]),
+                LDX_MEM_W => r[dst] = u64::from(ctx[usize::from(i.off.cast_unsigned()) / 4]),
                 MOV64_X => r[dst] = r[src],
                 MOV64_K => r[dst] = imm,
                 AND64_K => r[dst] &= imm,

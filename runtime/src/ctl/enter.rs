@@ -14,7 +14,7 @@
 //! child (CLONE_PARENT), whose exit status the caller returns exactly.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 
@@ -187,7 +187,7 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
         argv: c_argv,
         env: c_env,
         stdio: &stdio,
-        caller: std::process::id() as libc::pid_t,
+        caller: std::process::id().cast_signed(),
     };
     let helper =
         match sys::clone3(0, libc::SIGCHLD, None).map_err(|e| Error::syscall("clone3", e))? {
@@ -437,12 +437,12 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
             }
         }
     }
-    // Nothing but 0-2 and the channel may reach the command: no pidfd, no
-    // descriptor of the caller's terminal, no pipe end of ours.
+    // Nothing but 0-2 may reach the command: no pidfd, no descriptor of
+    // the caller's terminal, no pipe end of ours, not the channel (all of
+    // them close at its exec).
     at(
         "close descriptors",
-        sys::close_all_but(&[channel.as_fd().as_raw_fd()])
-            .map_err(|e| Error::syscall("close_range", e)),
+        sys::cloexec_from(3).map_err(|e| Error::syscall("close_range", e)),
     )?;
 
     // CLONE_PARENT: the command is the caller's child, reaped by it.
@@ -450,7 +450,7 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
     match sys::clone3(libc::CLONE_PARENT as u64, 0, None)
         .map_err(|e| ("fork the command", Error::syscall("clone3", e)))?
     {
-        Forked::Child => command(plan, channel, &program),
+        Forked::Child => command(plan, &program),
         Forked::Parent { pidfd, .. } => {
             let pidfd = pidfd.ok_or(("fork the command", Error::Protocol("no pidfd".into())))?;
             at(
@@ -463,8 +463,7 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
 
 /// The command's own steps: a session of its own (with the pty as its
 /// controlling terminal), default signal handling, exec.
-fn command(plan: &Plan<'_>, channel: &Channel, program: &CString) -> ! {
-    sys::close_inherited(channel.as_fd().as_raw_fd());
+fn command(plan: &Plan<'_>, program: &CString) -> ! {
     let fail = |what: &str, err: &dyn std::fmt::Display| -> ! {
         let _ = nix::unistd::write(
             sys::stdio(2),
@@ -505,7 +504,7 @@ fn open_guest_pty() -> Result<OwnedFd> {
         .metadata()
         .map_err(|e| Error::io("stat", ptmx, e))?;
     let on_devpts = nix::sys::statfs::fstatfs(&master)
-        .is_ok_and(|fs| fs.filesystem_type().0 as u64 == DEVPTS_SUPER_MAGIC);
+        .is_ok_and(|fs| fs.filesystem_type().0.cast_unsigned() == DEVPTS_SUPER_MAGIC);
     if !meta.file_type().is_char_device() || !on_devpts {
         return Err(Error::BadTree {
             path: ptmx.into(),
@@ -619,7 +618,7 @@ fn relay(
         drop(fds);
         if ready[1] {
             while let Ok(Some(info)) = signals.read_signal() {
-                let sig = info.ssi_signo as i32;
+                let sig = info.ssi_signo.cast_signed();
                 if sig != libc::SIGWINCH {
                     let _ = sys::pidfd_send_signal(command.as_fd(), sig);
                 } else if let Some(m) = &master

@@ -3,12 +3,11 @@
 //! a SOCK_SEQPACKET socketpair carrying one small JSON message per packet,
 //! with descriptors alongside. A closed peer reads as `None`, never a hang.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
 
 use crate::error::{Error, Result};
@@ -45,6 +44,16 @@ impl Channel {
             .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
     }
 
+    /// The socket itself, to hand to another process.
+    pub fn into_fd(self) -> OwnedFd {
+        self.sock
+    }
+
+    /// A channel over a socket handed over by [`Channel::into_fd`].
+    pub fn from_fd(sock: OwnedFd) -> Channel {
+        Channel { sock }
+    }
+
     /// Another handle on the same socket.
     pub fn try_clone(&self) -> Result<Channel> {
         let sock = self
@@ -78,37 +87,18 @@ impl Channel {
     /// its end (for the container end: it exec'd its payload).
     pub fn recv<T: serde::de::DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-        let (len, fds) = loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                self.sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => {
-                    let mut fds = Vec::new();
-                    for c in m.cmsgs().map_err(|e| Error::Protocol(e.to_string()))? {
-                        if let ControlMessageOwned::ScmRights(list) = c {
-                            for fd in list {
-                                fds.push(owned_from_scm(fd));
-                            }
-                        }
-                    }
-                    break (m.bytes, fds);
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::Protocol(format!("receiving: {e}"))),
-            }
-        };
-        if len == 0 {
+        let got = crate::sys::recv_blocking(self.sock.as_fd(), &mut buf)
+            .map_err(|e| Error::Protocol(format!("receiving: {e}")))?;
+        if got.len == 0 {
             return Ok(None);
         }
-        let msg = serde_json::from_slice(&buf[..len]).map_err(|e| {
+        let data = buf
+            .get(..got.len)
+            .ok_or_else(|| Error::Protocol(format!("a message longer than {MAX_MESSAGE} bytes")))?;
+        let msg = serde_json::from_slice(data).map_err(|e| {
             Error::Protocol(format!("malformed message from the container process: {e}"))
         })?;
-        Ok(Some((msg, fds)))
+        Ok(Some((msg, got.fds)))
     }
 }
 
@@ -116,8 +106,4 @@ impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
-}
-
-fn owned_from_scm(fd: RawFd) -> OwnedFd {
-    crate::sys::adopt_received_fd(fd)
 }

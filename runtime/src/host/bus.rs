@@ -109,7 +109,7 @@ impl Bus {
 
     /// The socket, for the supervisor's poll loop.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        crate::sys::borrow_fd(self.conn.channel().watch().fd, self)
+        crate::sys::dbus_socket(&self.conn)
     }
 
     /// Read what arrived without blocking and hand over every signal.

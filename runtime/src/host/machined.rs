@@ -191,7 +191,7 @@ pub fn register(bus: &Bus, m: &Machine<'_>, leader: i32, pidfd: BorrowedFd<'_>) 
         property("Id", id.clone()),
         property("Service", SERVICE.to_string()),
         property("Class", "container".to_string()),
-        property("LeaderPID", leader as u32),
+        property("LeaderPID", leader.cast_unsigned()),
         property("RootDirectory", m.root.clone()),
         property("NetworkInterfaces", m.ifindices.clone()),
     ];
@@ -213,7 +213,7 @@ pub fn register(bus: &Bus, m: &Machine<'_>, leader: i32, pidfd: BorrowedFd<'_>) 
             id,
             SERVICE,
             "container",
-            leader as u32,
+            leader.cast_unsigned(),
             m.root.as_str(),
             m.ifindices.clone(),
         ),

@@ -266,7 +266,7 @@ fn start_unit(
 /// The scope's properties, as systemd-nspawn sets them.
 fn scope_properties(bus: &Bus, req: &ScopeRequest<'_>, pid: i32) -> Vec<Property> {
     let mut props: Vec<Property> = vec![
-        property("PIDs", vec![pid as u32]),
+        property("PIDs", vec![pid.cast_unsigned()]),
         property("Description", format!("Container {}", req.machine)),
         property("Delegate", true),
         property("CollectMode", "inactive-or-failed".to_string()),

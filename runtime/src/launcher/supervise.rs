@@ -78,7 +78,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         boot: spec.is_boot(),
         leader: Some(leader),
         leader_identity: Some(leader_identity),
-        supervisor: std::process::id() as i32,
+        supervisor: std::process::id().cast_signed(),
         supervisor_identity: Some(supervisor_identity),
         host_boot_id: crate::state::process::host_boot_id(),
         boot_count: launch.boot,
@@ -95,7 +95,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         outer_mounts_fd: outer_mounts.as_ref().map(|fd| fd.as_raw_fd()),
         started_usec: SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
             .unwrap_or(0),
         ready: false,
         status: None,
@@ -304,7 +304,7 @@ impl Watch<'_, '_> {
 
     fn signals(&mut self, signals: &SignalFd) {
         while let Ok(Some(info)) = signals.read_signal() {
-            match info.ssi_signo as i32 {
+            match info.ssi_signo.cast_signed() {
                 libc::SIGTERM | libc::SIGINT | libc::SIGHUP => self.request_stop(),
                 libc::SIGWINCH => {
                     if let Some(c) = &self.console {

@@ -42,7 +42,7 @@ use crate::nixos::closure::STORE;
 use crate::spec::closure::{Entry, EntryKind};
 use crate::spec::mounts::CustomMount;
 use crate::sys;
-use crate::sys::fsmount::FsContext;
+use crate::sys::FsContext;
 
 /// Where one of the user's mounts below /nix/store lands when it is not a
 /// path of the closure: the read-only overlay must already have it.
@@ -305,11 +305,18 @@ fn unescape(field: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         let octal = |j: usize| b.get(j).is_some_and(|c| (b'0'..=b'7').contains(c));
-        if b[i] == b'\\' && octal(i + 1) && octal(i + 2) && octal(i + 3) {
-            let v = u32::from(b[i + 1] - b'0') * 64
-                + u32::from(b[i + 2] - b'0') * 8
-                + u32::from(b[i + 3] - b'0');
-            out.push(v as u8);
+        let escaped = (b[i] == b'\\' && octal(i + 1) && octal(i + 2) && octal(i + 3))
+            .then(|| {
+                u8::try_from(
+                    u32::from(b[i + 1] - b'0') * 64
+                        + u32::from(b[i + 2] - b'0') * 8
+                        + u32::from(b[i + 3] - b'0'),
+                )
+                .ok()
+            })
+            .flatten();
+        if let Some(v) = escaped {
+            out.push(v);
             i += 4;
         } else {
             out.push(b[i]);
@@ -686,6 +693,8 @@ mod tests {
                 },
             ]
         );
+        // Only what fits a byte is an escape; the rest stays as written.
+        assert_eq!(unescape("a\\134b\\777\\01"), b"a\\b\\777\\01");
     }
 
     #[test]

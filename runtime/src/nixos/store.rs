@@ -194,21 +194,28 @@ pub(crate) fn remove_gc_roots(state_dir: &Path) {
     }
 }
 
-/// Mount the store below `root`. `staging` is an empty directory outside
-/// the root, used while the store is assembled. `overlay` is the
-/// launcher's closure-only store as one detached mount, attached as it
-/// is; otherwise each closure path is bound on a tmpfs. Under a user
-/// namespace with mapped ownership, `idmapped` is the launcher's read-only
-/// idmapped clone of the host store (root-owned store files then belong to
-/// the guest's root), and every bind is taken from it. Returns the
-/// per-path store's own tmpfs, for [`seal_store`].
+/// Attach the launcher's closure-only store overlay (a detached mount)
+/// at /nix/store below `root`, as it is: read-only down to its
+/// superblock, with mount points for the user's mounts already in it.
+pub(crate) fn attach_overlay(root: &Path, overlay: &OwnedFd) -> Result<()> {
+    let target = Target::resolve(root, Path::new(STORE), Create::Dir(0o755))?;
+    target.attach(overlay.try_clone().map_err(|e| Error::syscall("dup", e))?)?;
+    Ok(())
+}
+
+/// Mount the store below `root` (the shared store, or the closure's paths
+/// one bind each on a tmpfs). `staging` is an empty directory outside the
+/// root, used while the store is assembled. Under a user namespace with
+/// mapped ownership, `idmapped` is the launcher's read-only idmapped clone
+/// of the host store (root-owned store files then belong to the guest's
+/// root), and every bind is taken from it. Returns the per-path store's
+/// own tmpfs, for [`seal_store`].
 pub(crate) fn mount_store(
     root: &Path,
     staging: &Path,
     store: &StoreSpec,
     owner: Owner,
     idmapped: Option<&OwnedFd>,
-    overlay: Option<&OwnedFd>,
 ) -> Result<Option<Mounted>> {
     let target = Target::resolve(root, Path::new(STORE), Create::Dir(0o755))?;
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::syscall("dup", e));
@@ -219,12 +226,6 @@ pub(crate) fn mount_store(
         };
         return Ok(None);
     };
-    if let Some(fd) = overlay {
-        // Read-only down to its superblock, with mount points for the
-        // user's mounts already in it: nothing to seal.
-        target.attach(dup(fd)?)?;
-        return Ok(None);
-    }
     // One read-only view of the host store, with the mounts below it (a
     // Nix build sandbox mounts each input path on its own); binds taken
     // from a read-only mount are read-only themselves, so each path costs

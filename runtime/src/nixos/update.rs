@@ -256,7 +256,7 @@ fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
     let c = CString::new(STORE).expect("no NUL");
     let mut beneath = top.is_some() && !(in_userns && here.len() == 1);
     if beneath {
-        match sys::fsmount::move_mount_beneath(new.as_fd(), &c) {
+        match sys::move_mount_beneath(new.as_fd(), &c) {
             Ok(()) => {}
             // Before Linux 6.5, or a store the guest has replaced by
             // something we may not go beneath: on top, one more mount.

@@ -202,7 +202,7 @@ pub fn unescape(s: &str) -> std::result::Result<Vec<u8>, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let hex = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
     while i < b.len() {
         if b[i] != b'\\' {
             out.push(b[i]);

@@ -142,3 +142,43 @@ impl Spec {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A spec as `nixspawn -M test -- /bin/true` makes it, for unit tests
+    /// of the stages that read specs.
+    pub(crate) fn minimal() -> Spec {
+        Spec {
+            directory: None,
+            ephemeral: false,
+            store: None,
+            machine: MachineName::new("test").expect("a valid name"),
+            hostname: "test".into(),
+            uuid: Uuid::parse("0123456789abcdef0123456789abcdef").expect("a valid uuid"),
+            payload: Payload::Command {
+                argv: vec!["/bin/true".into()],
+            },
+            environment: Vec::new(),
+            console: ConsoleMode::Interactive,
+            term: None,
+            private_network: false,
+            kill_signal: None,
+            notify_ready: false,
+            keep_unit: false,
+            register: Register::No,
+            link_journal: Default::default(),
+            mounts: Vec::new(),
+            private_users: crate::spec::userns::Mode::No,
+            ownership: crate::spec::userns::Ownership::Off,
+            added_capabilities: Default::default(),
+            dropped_capabilities: Default::default(),
+            syscall_filter: Default::default(),
+            seccomp: true,
+            no_new_privileges: false,
+            credentials: Vec::new(),
+            working_directory: None,
+        }
+    }
+}

@@ -12,10 +12,15 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// struct flock's small fields are shorts; the constants that go in them are ints.
+fn short(v: libc::c_int) -> libc::c_short {
+    libc::c_short::try_from(v).expect("lock constants fit in a short")
+}
+
 fn whole_file(kind: libc::c_int) -> libc::flock {
     libc::flock {
-        l_type: kind as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
+        l_type: short(kind),
+        l_whence: short(libc::SEEK_SET),
         l_start: 0,
         l_len: 0,
         l_pid: 0,
@@ -90,7 +95,7 @@ pub fn is_held(path: &Path) -> bool {
     };
     let mut probe = whole_file(libc::F_WRLCK);
     match nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe)) {
-        Ok(_) => probe.l_type != libc::F_UNLCK as libc::c_short,
+        Ok(_) => probe.l_type != short(libc::F_UNLCK),
         Err(_) => false,
     }
 }

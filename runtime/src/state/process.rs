@@ -37,7 +37,7 @@ impl ProcessIdentity {
 
     /// The launcher's own identity.
     pub fn of_self() -> Result<Self> {
-        let pid = std::process::id() as i32;
+        let pid = std::process::id().cast_signed();
         let pidfd = sys::pidfd_open(pid).map_err(|e| Error::syscall("pidfd_open", e))?;
         Self::of(pid, pidfd.as_fd())
     }
@@ -47,7 +47,7 @@ impl ProcessIdentity {
 /// (Linux before 6.9), which say nothing about the process.
 fn pidfs_id(pidfd: BorrowedFd<'_>) -> Option<u64> {
     let fs = nix::sys::statfs::fstatfs(pidfd).ok()?;
-    if fs.filesystem_type().0 as u64 != PID_FS_MAGIC {
+    if fs.filesystem_type().0.cast_unsigned() != PID_FS_MAGIC {
         return None;
     }
     nix::sys::stat::fstat(pidfd).ok().map(|st| st.st_ino)
@@ -137,7 +137,7 @@ mod tests {
     fn our_own_identity_is_stable_and_checks_out() {
         let me = ProcessIdentity::of_self().unwrap();
         assert_eq!(me, ProcessIdentity::of_self().unwrap());
-        let pid = std::process::id() as i32;
+        let pid = std::process::id().cast_signed();
         assert!(open_verified("t", "launcher", pid, &me).is_ok());
         let other = ProcessIdentity {
             pidfd_id: me.pidfd_id.map(|i| i + 1),

@@ -74,7 +74,13 @@ pub fn hashed_candidate(machine: &str) -> u32 {
     let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
     h.write(machine.as_bytes());
     // nspawn keeps the hash in a uid_t: the low 32 bits.
-    fold(h.finish() as u32)
+    fold(low_half(h.finish()))
+}
+
+/// The low 32 bits, as systemd keeps of its 64-bit hash.
+fn low_half(h: u64) -> u32 {
+    let b = h.to_le_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 fn fold(value: u32) -> u32 {

@@ -16,7 +16,7 @@
 //! is never touched.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
@@ -29,7 +29,7 @@ use crate::handshake::channel::{self, Channel};
 use crate::host::machined::Via;
 use crate::spec::identity::MachineName;
 use crate::state::lockfile;
-use crate::sys::{self, Forked};
+use crate::sys::{self};
 use claim::{Claim, JanitorLink};
 
 pub(crate) struct Janitor {
@@ -43,19 +43,14 @@ impl Janitor {
     pub fn spawn() -> Result<Self> {
         let launcher = nix::unistd::getpid().as_raw();
         let (ours, theirs) = channel::pair()?;
-        match sys::fork().map_err(|e| Error::syscall("fork", e))? {
-            Forked::Parent { pid, .. } => {
-                drop(theirs);
-                Ok(Janitor {
-                    link: JanitorLink { channel: ours },
-                    pid,
-                })
-            }
-            Forked::Child => {
-                drop(ours);
-                watch(theirs, launcher)
-            }
-        }
+        let pid = sys::fork_helper(vec![theirs.into_fd()], launcher, |mut fds, launcher| {
+            watch(Channel::from_fd(fds.remove(0)), launcher)
+        })
+        .map_err(|e| Error::syscall("fork", e))?;
+        Ok(Janitor {
+            link: JanitorLink { channel: ours },
+            pid,
+        })
     }
 
     pub fn link(&self) -> &JanitorLink {
@@ -176,11 +171,6 @@ fn watch(channel: Channel, launcher: libc::pid_t) -> ! {
     let launcher_fd = sys::pidfd_open(launcher)
         .ok()
         .filter(|_| nix::unistd::getppid().as_raw() == launcher);
-    let keep: Vec<i32> = std::iter::once(channel.as_fd().as_raw_fd())
-        .chain(launcher_fd.iter().map(|fd| fd.as_raw_fd()))
-        .collect();
-    let highest = keep.iter().copied().max().unwrap_or(2);
-    let _ = close_others(&keep, highest);
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -218,15 +208,4 @@ fn watch(channel: Channel, launcher: libc::pid_t) -> ! {
     }
     claims.release();
     sys::exit_now(0)
-}
-
-/// Close every inherited descriptor except `keep` (all below `highest+1`
-/// are checked one by one; everything above goes at once).
-fn close_others(keep: &[i32], highest: i32) -> std::io::Result<()> {
-    for fd in 3..highest {
-        if !keep.contains(&fd) {
-            sys::close_inherited(fd);
-        }
-    }
-    sys::close_from((highest + 1) as libc::c_uint)
 }

@@ -191,13 +191,22 @@ pub fn program(arches: &[Arch<'_>]) -> Vec<Insn> {
 }
 
 /// Run `prog` on (arch, nr, args) as the kernel would: the return value.
+/// The low 32 bits of an argument, as a classic BPF load of
+/// `seccomp_data.args[n]` at its (little-endian) offset reads it.
+fn low_half(v: u64) -> u32 {
+    let b = v.to_le_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// For tests and for `nixspawn --debug` explanations.
 pub fn evaluate(prog: &[Insn], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
     let load = |off: u32| -> u32 {
         match off {
             OFF_NR => nr,
             OFF_ARCH => arch,
-            o if (16..64).contains(&o) && (o - 16) % 8 == 0 => args[((o - 16) / 8) as usize] as u32,
+            o if (16..64).contains(&o) && (o - 16) % 8 == 0 => {
+                low_half(args[((o - 16) / 8) as usize])
+            }
             o => panic!("load from offset {o}"),
         }
     };

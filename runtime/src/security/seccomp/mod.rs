@@ -18,6 +18,11 @@ use std::collections::HashSet;
 use caps::Capability;
 
 use crate::error::{Error, Result};
+
+/// An errno as seccomp returns it (the low 16 bits of the action).
+fn errno(e: i32) -> u16 {
+    u16::try_from(e).expect("errno values fit in 16 bits")
+}
 use crate::spec::filter::Adjustments;
 use crate::spec::syscalls::{self, groups, table};
 use bpf::{Action, Arch, Insn, Table};
@@ -75,17 +80,17 @@ fn table(abi: &[(u16, u32)], allowed: &Allowed, audit_rule: bool) -> Table {
             let action = match (Some(i) == socket, allowed.0[i]) {
                 (true, true) => Action::SocketNoAudit { otherwise: None },
                 (true, false) => Action::SocketNoAudit {
-                    otherwise: Some(libc::EPERM as u16),
+                    otherwise: Some(errno(libc::EPERM)),
                 },
                 (false, true) => Action::Allow,
-                (false, false) => Action::Errno(libc::EPERM as u16),
+                (false, false) => Action::Errno(errno(libc::EPERM)),
             };
             (nr, action)
         })
         .collect();
     Table {
         actions,
-        default: Action::Errno(libc::ENOSYS as u16),
+        default: Action::Errno(errno(libc::ENOSYS)),
     }
 }
 

@@ -1,0 +1,22 @@
+//! The few operating-system calls the binaries and tests need directly,
+//! each sound whatever it is given (the rest of `sys` stays in the crate).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// True when the descriptor refers to a terminal.
+pub fn isatty(fd: impl AsFd) -> bool {
+    crate::sys::isatty(fd)
+}
+
+/// Send `signal` to the process behind `pidfd` (which cannot have been
+/// replaced by another process meanwhile, as a PID can).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    crate::sys::pidfd_send_signal(pidfd, signal)
+}
+
+/// The 64-bit ID of the namespace `ns` (an open /proc/PID/ns/* file),
+/// which unlike its inode number is never reused.
+pub fn namespace_id(ns: BorrowedFd<'_>) -> io::Result<u64> {
+    crate::sys::namespace_id(ns)
+}
