@@ -1,22 +1,20 @@
 //! `nixspawn`'s command line: systemd-nspawn's spelling and meaning for
-//! every option implemented; every other nspawn option is refused by name.
+//! every option implemented, each value typed as the runtime spec wants it
+//! (and refused in one line naming the option and value); every other
+//! nspawn option is refused by name. Also where a `.nspawn` file's
+//! settings meet the command line (`Args::merge`). Turning the result into
+//! a runtime `Spec` is `launcher_spec`'s.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
-use clap::Parser;
-use nixspawn_runtime::host::machined::{self, Reach};
-use nixspawn_runtime::nixos::closure::{self, ClosureSource};
-use nixspawn_runtime::security::seccomp;
+use anyhow::{Result, bail};
+use clap::{Parser, ValueHint};
 use nixspawn_runtime::spec::journal::LinkJournal;
-use nixspawn_runtime::spec::mounts::CustomMount;
-use nixspawn_runtime::spec::{capabilities, credentials, userns};
-use nixspawn_runtime::{
-    ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid, os, spec::environment,
-    spec::signals,
-};
+use nixspawn_runtime::spec::{signals, userns};
+use nixspawn_runtime::{Register, Uuid};
 
-use crate::nspawn_settings;
+use crate::nspawn_settings::{self, Group, Setting};
+use crate::values::{self, Console};
 
 #[derive(Debug, PartialEq, Eq, Parser)]
 #[command(
@@ -29,7 +27,7 @@ use crate::nspawn_settings;
 )]
 pub struct Args {
     /// Root directory of the container's OS tree
-    #[arg(short = 'D', long = "directory", value_name = "PATH")]
+    #[arg(short = 'D', long = "directory", value_name = "PATH", value_hint = ValueHint::DirPath)]
     pub directory: Option<PathBuf>,
 
     /// Boot the tree's init (systemd) as PID 1; extra arguments go to init
@@ -45,8 +43,8 @@ pub struct Args {
     pub ephemeral: bool,
 
     /// The container's UUID (default: the tree's machine-id, else random)
-    #[arg(long, value_name = "UUID")]
-    pub uuid: Option<String>,
+    #[arg(long, value_name = "UUID", value_parser = values::uuid)]
+    pub uuid: Option<Uuid>,
 
     /// Host name inside the container (default: the machine name)
     #[arg(long, value_name = "NAME")]
@@ -56,9 +54,9 @@ pub struct Args {
     #[arg(short = 'E', long = "setenv", value_name = "NAME=VALUE")]
     pub setenv: Vec<String>,
 
-    /// interactive, read-only, passive, pipe or autopipe
-    #[arg(long, value_name = "MODE")]
-    pub console: Option<String>,
+    /// How the console is set up (default: interactive on a terminal, else read-only)
+    #[arg(long, value_name = "MODE", value_parser = values::CONSOLE)]
+    pub console: Option<Console>,
 
     /// Same as --console=pipe
     #[arg(short = 'P', long)]
@@ -73,20 +71,20 @@ pub struct Args {
     pub private_network: bool,
 
     /// Signal that asks PID 1 to stop (default SIGRTMIN+3 with --boot)
-    #[arg(long, value_name = "SIGNAL")]
-    pub kill_signal: Option<String>,
+    #[arg(long, value_name = "SIGNAL", value_parser = values::signal)]
+    pub kill_signal: Option<i32>,
 
-    /// Report readiness only when the guest sends READY=1 (yes|no)
-    #[arg(long, value_name = "BOOL")]
-    pub notify_ready: Option<String>,
+    /// Report readiness only when the guest sends READY=1
+    #[arg(long, value_name = "BOOL", value_parser = values::YES_NO)]
+    pub notify_ready: Option<bool>,
 
     /// Run in the calling service's cgroup instead of a scope of our own
     #[arg(long)]
     pub keep_unit: bool,
 
-    /// Register with systemd-machined: yes, no or auto
-    #[arg(long, value_name = "MODE")]
-    pub register: Option<String>,
+    /// Register with systemd-machined (default: auto, where it is reachable)
+    #[arg(long, value_name = "MODE", value_parser = values::REGISTER)]
+    pub register: Option<Register>,
 
     /// Bind-mount a host path: SRC[:DST[:OPTIONS]]
     #[arg(long, value_name = "SPEC")]
@@ -105,24 +103,24 @@ pub struct Args {
     pub chdir: Option<PathBuf>,
 
     /// User namespacing: no, yes, pick, identity or SHIFT[:RANGE]
-    #[arg(long, value_name = "MODE")]
-    pub private_users: Option<String>,
+    #[arg(long, value_name = "MODE", value_parser = values::private_users)]
+    pub private_users: Option<userns::Mode>,
 
     /// Same as --private-users=pick --private-users-ownership=auto
     #[arg(short = 'U')]
     pub pick_users: bool,
 
-    /// How the tree's ownership meets the user namespace: off, chown, map or auto
-    #[arg(long, value_name = "MODE")]
-    pub private_users_ownership: Option<String>,
+    /// How the tree's ownership meets the user namespace
+    #[arg(long, value_name = "MODE", value_parser = values::OWNERSHIP)]
+    pub private_users_ownership: Option<userns::Ownership>,
 
-    /// Journal linking (only "no" and "auto" are implemented so far)
-    #[arg(long, value_name = "MODE")]
-    pub link_journal: Option<String>,
+    /// Share the guest's persistent journal (/var/log/journal/MACHINE-ID) with the host, for journalctl -M (default: auto)
+    #[arg(long, value_name = "MODE", value_parser = values::LINK_JOURNAL)]
+    pub link_journal: Option<LinkJournal>,
 
-    /// .nspawn settings files: yes, no, override or trusted
-    #[arg(long, value_name = "MODE")]
-    pub settings: Option<String>,
+    /// Whether to read .nspawn settings files, and how far to trust one beside the tree
+    #[arg(long, value_name = "MODE", value_parser = nspawn_settings::MODE)]
+    pub settings: Option<nspawn_settings::Mode>,
 
     /// Keep these capabilities too (CAP_NAME[,CAP_NAME...] or "all")
     #[arg(long, value_name = "CAPS")]
@@ -132,9 +130,9 @@ pub struct Args {
     #[arg(long = "drop-capability", value_name = "CAPS")]
     pub drop_capability: Vec<String>,
 
-    /// Set no_new_privs for the payload (yes|no; default no: setuid programs work)
-    #[arg(long = "no-new-privileges", value_name = "BOOL")]
-    pub no_new_privileges: Option<String>,
+    /// Set no_new_privs for the payload (default no: setuid programs work)
+    #[arg(long = "no-new-privileges", value_name = "BOOL", value_parser = values::YES_NO)]
+    pub no_new_privileges: Option<bool>,
 
     /// Add system calls or @groups to the filter; with a leading ~, remove them
     #[arg(
@@ -153,11 +151,11 @@ pub struct Args {
     pub load_credential: Vec<String>,
 
     /// Boot this NixOS system toplevel: its init is PID 1, its closure the store
-    #[arg(long, value_name = "STOREPATH")]
+    #[arg(long, value_name = "STOREPATH", value_hint = ValueHint::DirPath)]
     pub toplevel: Option<PathBuf>,
 
     /// With --toplevel: take the closure from a closureInfo store-paths file
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub closure_file: Option<PathBuf>,
 
     /// With --toplevel: bind the whole host /nix/store instead of the closure
@@ -173,12 +171,13 @@ pub struct Args {
     pub debug: bool,
 
     /// Command (or, with --boot, init arguments)
-    #[arg(value_name = "COMMAND")]
+    #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
 }
 
-/// systemd-nspawn options nixspawn does not implement (yet). They are
-/// refused by name rather than reported as unknown.
+/// systemd-nspawn options nixspawn does not implement (yet), as 252 and
+/// 262 spell them (obsolete spellings included). They are refused by name
+/// rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
     "-n",
     "-p",
@@ -188,6 +187,7 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "-S",
     "-L",
     "-Z",
+    "-j",
     "--template",
     "--image",
     "--image-policy",
@@ -202,7 +202,9 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--as-pid2",
     "--user",
     "--uid",
+    "--private-users-chown",
     "--private-users-delegate",
+    "--share-system",
     "--network-interface",
     "--network-macvlan",
     "--network-ipvlan",
@@ -235,10 +237,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--background",
     "--no-ask-password",
     "--no-pager",
-    "--toplevel",
-    "--shared-store",
-    "--closure-file",
-    "--nix-daemon",
 ];
 
 /// Why an argv was not taken.
@@ -283,6 +281,15 @@ fn refusal(e: &clap::Error) -> String {
     });
     // clap reports a missing value as an empty invalid one.
     let value = text(ContextKind::InvalidValue).filter(|v| !v.is_empty());
+    // Why the value is wrong: what our value parser said, or the choices.
+    let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::ValueValidation, _) => std::error::Error::source(e).map(|s| s.to_string()),
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => Some(format!(
+            "expected {}",
+            values::one_of(valid.iter().map(String::as_str))
+        )),
+        _ => None,
+    };
     let line = match (e.kind(), name, value) {
         (ErrorKind::UnknownArgument, Some(a), _) => {
             let name = a.split('=').next().unwrap_or(&a);
@@ -295,11 +302,16 @@ fn refusal(e: &clap::Error) -> String {
                 format!("unknown option {}{hint}", quoted(&a))
             }
         }
-        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(a), Some(v)) => {
-            format!("invalid value {} for {a}", quoted(&v))
-        }
         (ErrorKind::InvalidValue | ErrorKind::NoEquals, Some(a), None) => {
             format!("{a} needs a value")
+        }
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(a), v) => {
+            let v = quoted(v.as_deref().unwrap_or_default());
+            // The reason says what would do; no need to send to --help.
+            return match reason {
+                Some(why) => format!("invalid value {v} for {a}: {}", crate::terminal_safe(&why)),
+                None => format!("invalid value {v} for {a}; see nixspawn --help"),
+            };
         }
         (ErrorKind::InvalidUtf8, _, _) => "an argument is not valid UTF-8".to_owned(),
         (kind, Some(a), _) => format!("{a}: {kind}"),
@@ -328,36 +340,63 @@ pub fn parse(argv: &[String]) -> Result<Args> {
     }
 }
 
+/// Set `slot` from a settings file unless the command line did (or the
+/// file overrides it).
+fn fill<T>(slot: &mut Option<T>, value: T, over: bool) {
+    if over || slot.is_none() {
+        *slot = Some(value);
+    }
+}
+
 impl Args {
     /// The canonical argv for these arguments (`--long=VALUE` for every
     /// value, the command after `--`): parsing it gives them back.
     pub fn to_argv(&self) -> Vec<String> {
         let mut out = vec!["nixspawn".to_owned()];
-        let mut opt = |name: &str, value: Option<&str>| {
+        let mut opt = |name: &str, value: Option<String>| {
             if let Some(v) = value {
                 out.push(format!("--{name}={v}"));
             }
         };
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
-        opt("directory", path(&self.directory).as_deref());
-        opt("machine", self.machine.as_deref());
-        opt("uuid", self.uuid.as_deref());
-        opt("hostname", self.hostname.as_deref());
-        opt("console", self.console.as_deref());
-        opt("kill-signal", self.kill_signal.as_deref());
-        opt("notify-ready", self.notify_ready.as_deref());
-        opt("register", self.register.as_deref());
-        opt("chdir", path(&self.chdir).as_deref());
-        opt("private-users", self.private_users.as_deref());
+        let yes_no = |b: Option<bool>| b.map(|b| values::YES_NO.name(b).to_owned());
+        opt("directory", path(&self.directory));
+        opt("machine", self.machine.clone());
+        opt("uuid", self.uuid.map(|u| u.to_string()));
+        opt("hostname", self.hostname.clone());
+        opt(
+            "console",
+            self.console.map(|c| values::CONSOLE.name(c).to_owned()),
+        );
+        opt("kill-signal", self.kill_signal.map(signals::name));
+        opt("notify-ready", yes_no(self.notify_ready));
+        opt(
+            "register",
+            self.register.map(|r| values::REGISTER.name(r).to_owned()),
+        );
+        opt("chdir", path(&self.chdir));
+        opt(
+            "private-users",
+            self.private_users.map(values::private_users_name),
+        );
         opt(
             "private-users-ownership",
-            self.private_users_ownership.as_deref(),
+            self.private_users_ownership
+                .map(|o| values::OWNERSHIP.name(o).to_owned()),
         );
-        opt("link-journal", self.link_journal.as_deref());
-        opt("settings", self.settings.as_deref());
-        opt("no-new-privileges", self.no_new_privileges.as_deref());
-        opt("toplevel", path(&self.toplevel).as_deref());
-        opt("closure-file", path(&self.closure_file).as_deref());
+        opt(
+            "link-journal",
+            self.link_journal
+                .map(|l| values::LINK_JOURNAL.name(l).to_owned()),
+        );
+        opt(
+            "settings",
+            self.settings
+                .map(|m| nspawn_settings::MODE.name(m).to_owned()),
+        );
+        opt("no-new-privileges", yes_no(self.no_new_privileges));
+        opt("toplevel", path(&self.toplevel));
+        opt("closure-file", path(&self.closure_file));
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),
@@ -370,7 +409,7 @@ impl Args {
             ("load-credential", &self.load_credential),
         ] {
             for v in values {
-                opt(name, Some(v));
+                opt(name, Some(v.clone()));
             }
         }
         for (name, set) in [
@@ -395,345 +434,139 @@ impl Args {
         }
         out
     }
-}
 
-pub fn parse_bool(what: &str, v: &str) -> Result<bool> {
-    match v {
-        "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
-        "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
-        _ => bail!("invalid {what} value {v:?}: expected yes or no"),
+    /// Whether the command line set `group`, which then wins over a
+    /// settings file (nspawn's settings mask).
+    pub fn sets(&self, group: Group) -> bool {
+        match group {
+            Group::Ephemeral => self.ephemeral,
+            Group::Capability => !self.capability.is_empty() || !self.drop_capability.is_empty(),
+            Group::MachineId => self.uuid.is_some(),
+            Group::CustomMounts => {
+                !self.bind.is_empty() || !self.bind_ro.is_empty() || !self.tmpfs.is_empty()
+            }
+            Group::Network => self.private_network,
+            Group::Userns => {
+                self.private_users.is_some()
+                    || self.pick_users
+                    || self.private_users_ownership.is_some()
+            }
+            Group::SystemCallFilter => !self.system_call_filter.is_empty(),
+            Group::LinkJournal => self.link_journal.is_some(),
+            // Options nixspawn refuses on its command line never set these.
+            Group::AmbientCapability
+            | Group::Port
+            | Group::BindUser
+            | Group::BindUserShell
+            | Group::Limit(_)
+            | Group::OomScoreAdjust
+            | Group::CpuAffinity => false,
+        }
     }
-}
 
-fn default_console() -> ConsoleMode {
-    if os::isatty(std::io::stdin()) && os::isatty(std::io::stdout()) {
-        ConsoleMode::Interactive
-    } else {
-        ConsoleMode::ReadOnly
-    }
-}
-
-fn console_mode(args: &Args) -> Result<ConsoleMode> {
-    if args.pipe {
-        return Ok(ConsoleMode::Pipe);
-    }
-    Ok(match args.console.as_deref() {
-        None => default_console(),
-        Some("interactive") => ConsoleMode::Interactive,
-        Some("read-only") => ConsoleMode::ReadOnly,
-        Some("passive") => ConsoleMode::Passive,
-        Some("pipe") => ConsoleMode::Pipe,
-        Some("autopipe") => {
-            if os::isatty(std::io::stdin()) && os::isatty(std::io::stdout()) {
-                ConsoleMode::Interactive
-            } else {
-                ConsoleMode::Pipe
+    /// Merge a settings file's `settings` (already without what the
+    /// command line set, see [`Args::sets`]): a value fills what the
+    /// command line left open, a list replaces one the command line did
+    /// not give; under `--settings=override` the file wins throughout.
+    pub fn merge(&mut self, settings: &[Setting], mode: nspawn_settings::Mode) {
+        let over = mode == nspawn_settings::Mode::Override;
+        // Taking capabilities away is allowed to any file, but the command
+        // line's capability options win as a whole.
+        let caps_on_command_line = !self.capability.is_empty() || !self.drop_capability.is_empty();
+        let mut binds = Vec::new();
+        let mut binds_ro = Vec::new();
+        let mut tmpfs = Vec::new();
+        let mut env = Vec::new();
+        let mut caps = Vec::new();
+        let mut drop_caps = Vec::new();
+        let mut filters = Vec::new();
+        for setting in settings {
+            match setting {
+                Setting::Boot(b) => {
+                    if over || !self.boot {
+                        self.boot = *b;
+                    }
+                }
+                Setting::Ephemeral(b) => self.ephemeral = *b,
+                Setting::Parameters(words) => {
+                    if over || self.command.is_empty() {
+                        self.command = words.clone();
+                    }
+                }
+                Setting::Environment(words) => env.extend(words.iter().cloned()),
+                Setting::WorkingDirectory(d) => {
+                    if over || self.chdir.is_none() {
+                        self.chdir = Some(d.clone());
+                    }
+                }
+                Setting::Capability(c) => caps.push(c.clone()),
+                Setting::DropCapability(c) => {
+                    if over || !caps_on_command_line {
+                        drop_caps.push(c.clone());
+                    }
+                }
+                Setting::NoNewPrivileges(b) => fill(&mut self.no_new_privileges, *b, over),
+                Setting::KillSignal(s) => fill(&mut self.kill_signal, *s, over),
+                Setting::MachineId(u) => self.uuid = Some(*u),
+                Setting::PrivateUsers(m) => {
+                    self.private_users = Some(*m);
+                    self.pick_users = false;
+                }
+                Setting::PrivateUsersOwnership(o) => self.private_users_ownership = Some(*o),
+                Setting::NotifyReady(b) => fill(&mut self.notify_ready, *b, over),
+                Setting::SystemCallFilter(f) => filters.push(f.clone()),
+                Setting::Hostname(h) => fill(&mut self.hostname, h.clone(), over),
+                Setting::LinkJournal(l) => self.link_journal = Some(*l),
+                Setting::Bind(words) => binds.extend(words.iter().cloned()),
+                Setting::BindReadOnly(words) => binds_ro.extend(words.iter().cloned()),
+                Setting::TemporaryFileSystem(words) => tmpfs.extend(words.iter().cloned()),
+                Setting::PrivateNetwork(b) => self.private_network = *b,
             }
         }
-        Some(other) => bail!(
-            "invalid --console mode {other:?}: expected interactive, read-only, passive, pipe or autopipe"
-        ),
-    })
-}
-
-/// The tree's /etc/machine-id, if it holds a valid id.
-fn tree_machine_id(dir: &Path) -> Option<Uuid> {
-    let text = nixspawn_runtime::guest::rootfs::resolve::read_in_root(
-        dir,
-        Path::new("/etc/machine-id"),
-        64,
-    )
-    .ok()?;
-    Uuid::parse(String::from_utf8_lossy(&text).trim()).ok()
-}
-
-/// A toplevel's name without its hash (`nixos-system-web-24.11`).
-fn toplevel_name(toplevel: &Path) -> &str {
-    let name = toplevel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("nixos");
-    name.get(33..).unwrap_or(name)
-}
-
-/// `--toplevel` and its companions, with the closure resolved now: a bad
-/// toplevel or an undeterminable closure fails before anything is set up.
-fn store_spec(args: &Args) -> Result<Option<StoreSpec>> {
-    let Some(toplevel) = &args.toplevel else {
-        for (set, flag) in [
-            (args.shared_store, "--shared-store"),
-            (args.closure_file.is_some(), "--closure-file"),
-            (args.nix_daemon, "--nix-daemon"),
+        for (from_file, slot) in [
+            (binds, &mut self.bind),
+            (binds_ro, &mut self.bind_ro),
+            (tmpfs, &mut self.tmpfs),
+            (env, &mut self.setenv),
+            (caps, &mut self.capability),
+            (drop_caps, &mut self.drop_capability),
+            (filters, &mut self.system_call_filter),
         ] {
-            if set {
-                bail!("{flag} only makes sense with --toplevel=STOREPATH");
+            if !from_file.is_empty() && (over || slot.is_empty()) {
+                *slot = from_file;
             }
         }
-        return Ok(None);
-    };
-    if args.boot {
-        bail!("--toplevel runs the toplevel's init as PID 1; drop --boot");
     }
-    if args.shared_store && args.closure_file.is_some() {
-        bail!(
-            "--shared-store and --closure-file contradict each other: the shared store is the whole host store"
-        );
-    }
-    let toplevel = closure::resolve_toplevel(toplevel)?;
-    let closure = if args.shared_store {
-        None
-    } else {
-        let source = args
-            .closure_file
-            .clone()
-            .map_or(ClosureSource::Database, ClosureSource::File);
-        Some(closure::compute(&toplevel, &source)?)
-    };
-    Ok(Some(StoreSpec {
-        toplevel,
-        closure,
-        nix_daemon: args.nix_daemon,
-    }))
-}
-
-/// What the launcher does besides building the spec.
-pub struct Options {
-    pub quiet: bool,
-    pub debug: bool,
-    /// One informational line about machined registration, for `--register=auto`.
-    pub register_notice: Option<String>,
-}
-
-/// Decide `--register`: `no` is silent; `auto` registers where machined is
-/// reachable and otherwise says in one line why it does not; `yes` fails
-/// up front, naming what is missing.
-fn register_mode(register: Option<&str>) -> Result<(Register, Option<String>)> {
-    let wanted = match register {
-        None | Some("auto") => None,
-        Some(v) => Some(parse_bool("--register", v)?),
-    };
-    if wanted == Some(false) {
-        return Ok((Register::No, None));
-    }
-    let reach = machined::probe();
-    if let Reach::Available { .. } = reach {
-        let mode = if wanted == Some(true) {
-            Register::Yes
-        } else {
-            Register::Auto
-        };
-        return Ok((mode, None));
-    }
-    let why = reach.explain();
-    if wanted == Some(true) {
-        bail!(
-            "--register=yes: cannot register with systemd-machined: {why}; use --register=no or --register=auto to run unregistered"
-        );
-    }
-    Ok((
-        Register::No,
-        Some(format!("Not registering with systemd-machined: {why}.")),
-    ))
-}
-
-pub fn to_spec(mut args: Args) -> Result<(Spec, Options)> {
-    let settings_mode = nspawn_settings::Mode::parse(args.settings.as_deref())?;
-    let store = store_spec(&args)?;
-    let directory = match (&args.directory, &args.machine, &store) {
-        (Some(d), _, _) => Some(d.clone()),
-        // A toplevel without -D boots on an empty tmpfs root.
-        (None, _, Some(_)) => None,
-        (None, Some(m), None) => Some(PathBuf::from("/var/lib/machines").join(m)),
-        (None, None, None) => Some(
-            std::env::current_dir().context("no -D given and the current directory is unusable")?,
-        ),
-    };
-    let directory = directory
-        .map(|d| {
-            std::fs::canonicalize(&d)
-                .with_context(|| format!("directory {}: cannot be resolved", d.display()))
-        })
-        .transpose()?;
-    let machine = match (&args.machine, &directory, &store) {
-        (Some(m), _, _) => MachineName::new(m)?,
-        (None, Some(dir), _) => MachineName::from_directory_name(
-            dir.file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| anyhow!("cannot name a container after /"))?,
-        )?,
-        (None, None, Some(store)) => {
-            MachineName::from_directory_name(toplevel_name(&store.toplevel))?
-        }
-        (None, None, None) => unreachable!("without a toplevel there is always a directory"),
-    };
-    if let Some((path, trusted)) =
-        nspawn_settings::find(machine.as_str(), directory.as_deref(), settings_mode)
-    {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let entries = nspawn_settings::parse(&text, &path)?;
-        for warning in nspawn_settings::apply(&entries, &path, trusted, settings_mode, &mut args)? {
-            eprintln!("nixspawn: {warning}");
-        }
-    }
-    let link_journal = match args.link_journal.as_deref() {
-        None => LinkJournal::default(),
-        Some(mode) => LinkJournal::parse(mode)?,
-    };
-    let (register, register_notice) = register_mode(args.register.as_deref())?;
-
-    let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
-    if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
-        bail!(
-            "invalid --hostname {hostname:?}: a host name is 1-64 characters without '/' or spaces"
-        );
-    }
-    let uuid = match &args.uuid {
-        Some(u) => Uuid::parse(u)?,
-        None => match directory.as_deref().and_then(tree_machine_id) {
-            Some(id) => id,
-            None => Uuid::random()?,
-        },
-    };
-    let payload = if let Some(store) = &store {
-        let mut argv = vec![store.toplevel.join("init").to_string_lossy().into_owned()];
-        argv.extend(args.command.iter().cloned());
-        Payload::Command { argv }
-    } else if args.boot {
-        Payload::Boot {
-            args: args.command.clone(),
-        }
-    } else if args.command.is_empty() {
-        // systemd-nspawn runs a shell when given nothing to run.
-        Payload::Command {
-            argv: vec!["/bin/sh".into()],
-        }
-    } else {
-        Payload::Command {
-            argv: args.command.clone(),
-        }
-    };
-    let kill_signal = match &args.kill_signal {
-        Some(s) => Some(signals::parse(s)?),
-        None if args.boot || store.is_some() => Some(signals::rtmin() + 3),
-        None => None,
-    };
-    let notify_ready = match &args.notify_ready {
-        Some(v) => parse_bool("--notify-ready", v)?,
-        None => false,
-    };
-    let mut mounts = Vec::new();
-    for b in &args.bind {
-        mounts.push(CustomMount::parse_bind(b, false)?);
-    }
-    for b in &args.bind_ro {
-        mounts.push(CustomMount::parse_bind(b, true)?);
-    }
-    for t in &args.tmpfs {
-        mounts.push(CustomMount::parse_tmpfs(t)?);
-    }
-    let environment = args
-        .setenv
-        .iter()
-        .map(|s| environment::parse_assignment(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(c) = &args.chdir
-        && !c.is_absolute()
-    {
-        bail!("invalid --chdir {}: must be an absolute path", c.display());
-    }
-    // Read now, in the privileged launcher; the guest never sees the paths.
-    let mut credentials = Vec::new();
-    for c in &args.set_credential {
-        credentials.push(credentials::parse_set(c)?);
-    }
-    for c in &args.load_credential {
-        credentials.extend(credentials::load(c)?);
-    }
-    credentials::check_all(&credentials)?;
-    let mut added_capabilities = std::collections::HashSet::new();
-    for c in &args.capability {
-        added_capabilities.extend(capabilities::parse_list("--capability", c)?);
-    }
-    let mut dropped_capabilities = std::collections::HashSet::new();
-    for c in &args.drop_capability {
-        dropped_capabilities.extend(capabilities::parse_list("--drop-capability", c)?);
-    }
-    let mut syscall_filter = nixspawn_runtime::spec::filter::Adjustments::default();
-    for f in &args.system_call_filter {
-        syscall_filter.add_option(f)?;
-    }
-    let no_new_privileges = match &args.no_new_privileges {
-        Some(v) => parse_bool("--no-new-privileges", v)?,
-        None => false,
-    };
-    // As systemd-nspawn: SYSTEMD_SECCOMP=0 turns the filter off.
-    let seccomp = std::env::var("SYSTEMD_SECCOMP")
-        .map_or(true, |v| parse_bool("SYSTEMD_SECCOMP", &v).unwrap_or(true));
-    if seccomp {
-        // Never an unfiltered payload by accident: where we have no
-        // tables, only SYSTEMD_SECCOMP=0 lets it run.
-        seccomp::check_supported()?;
-    }
-    let private_users = match (&args.private_users, args.pick_users) {
-        (Some(v), _) => userns::parse_mode(v)?,
-        (None, true) => userns::Mode::Pick,
-        (None, false) => userns::Mode::No,
-    };
-    let ownership = match &args.private_users_ownership {
-        Some(v) => userns::parse_ownership(v)?,
-        // As nspawn: pick implies auto; otherwise the tree is taken as it is.
-        None if private_users == userns::Mode::Pick => userns::Ownership::Auto,
-        None => userns::Ownership::Off,
-    };
-    let spec = Spec {
-        // The caller's terminal type, as systemd-nspawn passes it to PID 1.
-        term: std::env::var("TERM").ok(),
-        private_users,
-        ownership,
-        added_capabilities,
-        dropped_capabilities,
-        syscall_filter,
-        seccomp,
-        no_new_privileges,
-        credentials,
-        directory,
-        store,
-        ephemeral: args.ephemeral,
-        machine,
-        hostname,
-        uuid,
-        payload,
-        environment,
-        console: console_mode(&args)?,
-        private_network: args.private_network,
-        kill_signal,
-        notify_ready,
-        keep_unit: args.keep_unit,
-        register,
-        link_journal,
-        mounts,
-        working_directory: args.chdir.clone(),
-    };
-    Ok((
-        spec,
-        Options {
-            quiet: args.quiet,
-            debug: args.debug,
-            register_notice,
-        },
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn argv(s: &str) -> Vec<String> {
         std::iter::once("nixspawn")
             .chain(s.split_whitespace())
             .map(String::from)
             .collect()
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let argv: Vec<String> = std::iter::once("nixspawn")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        match try_parse(&argv) {
+            Err(ArgvError::Refused(line)) => line,
+            other => panic!("{argv:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        // clap's own checks (conflicting names, value hints, ...), which it
+        // otherwise runs only in debug builds when parsing.
+        Args::command().debug_assert();
     }
 
     #[test]
@@ -747,11 +580,12 @@ mod tests {
     #[test]
     fn repeated_options_behave_as_with_getopt() {
         let a = parse(&argv(
-            "-q -q --machine=a --machine=b --bind=/x --bind=/y -D /tmp /bin/true",
+            "-q -q --machine=a --machine=b --bind=/x --bind=/y -D /tmp --kill-signal=TERM --kill-signal=9 /bin/true",
         ))
         .unwrap();
         assert!(a.quiet);
         assert_eq!(a.machine.as_deref(), Some("b"), "the last value wins");
+        assert_eq!(a.kill_signal, Some(9), "typed values too");
         assert_eq!(a.bind, ["/x", "/y"], "list options accumulate");
     }
 
@@ -762,6 +596,43 @@ mod tests {
         assert!(a.boot && a.keep_unit);
         assert_eq!(a.machine.as_deref(), Some("m1"));
         assert_eq!(a.bind_ro, ["/nix/store"]);
+        assert_eq!(a.kill_signal, Some(signals::rtmin() + 3));
+        assert_eq!(a.notify_ready, Some(true));
+    }
+
+    #[test]
+    fn typed_values_take_every_spelling_nspawn_takes() {
+        let a = parse(&argv(
+            "--console=read-only --register=off --notify-ready=1 --no-new-privileges=t \
+             --private-users=identity --private-users-ownership=false --link-journal=try-host \
+             --settings=trusted --uuid=01234567-89ab-cdef-0123-456789abcdef",
+        ))
+        .unwrap();
+        assert_eq!(a.console, Some(Console::ReadOnly));
+        assert_eq!(a.register, Some(Register::No));
+        assert_eq!(a.notify_ready, Some(true));
+        assert_eq!(a.no_new_privileges, Some(true));
+        assert_eq!(a.private_users, Some(userns::Mode::Identity));
+        assert_eq!(a.private_users_ownership, Some(userns::Ownership::Off));
+        assert_eq!(a.link_journal, Some(LinkJournal::TryHost));
+        assert_eq!(a.settings, Some(nspawn_settings::Mode::Trusted));
+        assert_eq!(
+            a.uuid,
+            Some(Uuid::parse("0123456789abcdef0123456789abcdef").unwrap())
+        );
+        let a = parse(&argv(
+            "--register=auto --settings=0 --private-users=131072:131072",
+        ))
+        .unwrap();
+        assert_eq!(a.register, Some(Register::Auto));
+        assert_eq!(a.settings, Some(nspawn_settings::Mode::No));
+        assert_eq!(
+            a.private_users,
+            Some(userns::Mode::Fixed(userns::UidRange {
+                shift: 131072,
+                range: 131072
+            }))
+        );
     }
 
     #[test]
@@ -784,25 +655,34 @@ mod tests {
             err.contains("--network-veth"),
             "an option before the command is never the command: {err}"
         );
+        for obsolete in ["-j", "--private-users-chown", "--share-system"] {
+            assert!(
+                refused(&[obsolete]).contains("not implemented by nixspawn yet"),
+                "{obsolete}"
+            );
+        }
+    }
+
+    #[test]
+    fn our_own_options_are_not_listed_as_nspawns_unimplemented_ones() {
+        let cmd = Args::command();
+        for arg in cmd.get_arguments() {
+            let long = arg.get_long().map(|l| format!("--{l}"));
+            let short = arg.get_short().map(|s| format!("-{s}"));
+            for name in long.iter().chain(short.iter()) {
+                assert!(!UNIMPLEMENTED.contains(&name.as_str()), "{name}");
+            }
+        }
     }
 
     #[test]
     fn refusals_are_one_line_naming_the_argument() {
-        let refused = |argv: &[&str]| {
-            let argv: Vec<String> = std::iter::once("nixspawn")
-                .chain(argv.iter().copied())
-                .map(String::from)
-                .collect();
-            match try_parse(&argv) {
-                Err(ArgvError::Refused(line)) => line,
-                other => panic!("{argv:?} gave {other:?}"),
-            }
-        };
         for (argv, needle) in [
             (&["--nosuch"][..], "unknown option \"--nosuch\""),
             (&["--x\n\x1b[2Jfake"], "unknown option \"--x"),
             (&["--machine"], "--machine needs a value"),
             (&["-D"], "--directory needs a value"),
+            (&["--console"], "--console needs a value"),
             (&["--network-veth"], "--network-veth is not implemented"),
             (&["--bootx"], "did you mean"),
         ] {
@@ -817,11 +697,75 @@ mod tests {
     }
 
     #[test]
+    fn bad_values_are_refused_naming_option_value_and_reason() {
+        for (arg, line) in [
+            (
+                "--console=bogus",
+                "invalid value \"bogus\" for --console: expected interactive, read-only, passive, pipe or autopipe",
+            ),
+            (
+                "--kill-signal=SIGFOO",
+                "invalid value \"SIGFOO\" for --kill-signal: unknown signal name (try SIGTERM, SIGRTMIN+3 or a number)",
+            ),
+            (
+                "--notify-ready=maybe",
+                "invalid value \"maybe\" for --notify-ready: expected yes or no",
+            ),
+            (
+                "--no-new-privileges=maybe",
+                "invalid value \"maybe\" for --no-new-privileges: expected yes or no",
+            ),
+            (
+                "--register=sometimes",
+                "invalid value \"sometimes\" for --register: expected yes, no or auto",
+            ),
+            (
+                "--private-users=sideways",
+                "invalid value \"sideways\" for --private-users: expected no, yes, pick, identity or SHIFT[:RANGE]",
+            ),
+            (
+                "--private-users-ownership=sideways",
+                "invalid value \"sideways\" for --private-users-ownership: expected off, chown, map or auto",
+            ),
+            (
+                "--link-journal=sometimes",
+                "invalid value \"sometimes\" for --link-journal: expected no, auto, host, guest, try-host or try-guest",
+            ),
+            (
+                "--settings=sometimes",
+                "invalid value \"sometimes\" for --settings: expected yes, no, override or trusted",
+            ),
+            (
+                "--uuid=xyz",
+                "invalid value \"xyz\" for --uuid: expected 32 hexadecimal digits, optionally as 8-4-4-4-12",
+            ),
+            (
+                "--kill-signal=",
+                "invalid value \"\" for --kill-signal: unknown signal name",
+            ),
+        ] {
+            let got = refused(&[arg]);
+            assert!(got.starts_with(line), "{arg}: {got}");
+        }
+        let got = refused(&["--private-users=131073"]);
+        assert!(got.contains("multiples of 65536"), "{got}");
+        let got = refused(&["--kill-signal=\x1b[2J"]);
+        assert!(
+            got.starts_with("invalid value \"\\u{1b}[2J\" for --kill-signal")
+                && !got.contains(|c: char| c.is_control()),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn accepted_argv_round_trips() {
         for line in [
             "-D /tmp -M m -b -x -q -U --bind=/a:/b --bind=/c -E A=b --system-call-filter=~@mount /sbin/init --log-level=debug",
             "--directory=/ --console=pipe --private-network -- -x",
             "--machine=-weird --setenv=X= --capability=all --private-users=pick /bin/sh -c --",
+            "--kill-signal=15 --notify-ready=on --register=auto --uuid=0123456789ABCDEF0123456789ABCDEF",
+            "--private-users=131072:65536 --private-users-ownership=no --link-journal=guest --settings=override --no-new-privileges=0",
+            "--console=autopipe --kill-signal=SIGRTMIN+4 --register=1 --settings=trusted",
         ] {
             let a = parse(&argv(line)).unwrap();
             let again = try_parse(&a.to_argv()).unwrap();
@@ -829,28 +773,154 @@ mod tests {
         }
     }
 
+    fn merged(cli: &str, settings: &[Setting], mode: nspawn_settings::Mode) -> Args {
+        let mut a = parse(&argv(cli)).unwrap();
+        a.merge(settings, mode);
+        a
+    }
+
+    fn file() -> Vec<Setting> {
+        vec![
+            Setting::Boot(true),
+            Setting::Environment(vec!["A=1".into(), "B=two words".into()]),
+            Setting::KillSignal(signals::rtmin() + 3),
+            Setting::Capability("CAP_SYS_TIME".into()),
+            Setting::SystemCallFilter("@keyring bpf".into()),
+            Setting::BindReadOnly(vec!["/nix/store".into(), "/etc/hosts:/etc/hosts".into()]),
+            Setting::PrivateNetwork(true),
+        ]
+    }
+
     #[test]
-    fn spec_defaults() {
-        let (spec, _) = to_spec(parse(&argv("-D / -M root-test -b")).unwrap()).unwrap();
-        assert_eq!(spec.kill_signal, Some(signals::rtmin() + 3));
-        assert_eq!(spec.hostname, "root-test");
-        let (spec, _) = to_spec(parse(&argv("-D / -M t /bin/true")).unwrap()).unwrap();
-        assert_eq!(spec.kill_signal, None);
-        assert!(to_spec(parse(&argv("-D / -M t --register=yes")).unwrap()).is_err());
-        let (spec, _) = to_spec(parse(&argv("-D / -M t -U")).unwrap()).unwrap();
-        assert_eq!(spec.private_users, userns::Mode::Pick);
+    fn settings_fill_what_the_command_line_left_open() {
+        use nspawn_settings::Mode;
+        let a = merged(
+            "-D /tmp --kill-signal=SIGTERM --bind-ro=/opt",
+            &file(),
+            Mode::Yes,
+        );
+        assert!(a.boot && a.private_network);
+        assert_eq!(a.setenv, ["A=1", "B=two words"]);
+        assert_eq!(a.kill_signal, Some(libc::SIGTERM), "the command line wins");
         assert_eq!(
-            spec.ownership,
-            userns::Ownership::Auto,
-            "-U implies ownership auto"
+            a.bind_ro,
+            ["/opt"],
+            "a list given on the command line wins whole"
         );
-        let (spec, _) = to_spec(parse(&argv("-D / -M t --private-users=131072")).unwrap()).unwrap();
-        assert_eq!(spec.ownership, userns::Ownership::Off);
-        assert!(to_spec(parse(&argv("-D / -M t --private-users=131073")).unwrap()).is_err());
-        assert!(
-            to_spec(parse(&argv("-D / -M t --private-users-ownership=sideways")).unwrap()).is_err()
+        assert_eq!(a.capability, ["CAP_SYS_TIME"]);
+        assert_eq!(a.system_call_filter, ["@keyring bpf"]);
+
+        let a = merged(
+            "-D /tmp --kill-signal=SIGTERM --bind-ro=/opt",
+            &file(),
+            Mode::Override,
         );
-        assert!(to_spec(parse(&argv("-D / -M t --console=bogus")).unwrap()).is_err());
-        assert!(to_spec(parse(&argv("-D / -M bad/name")).unwrap()).is_err());
+        assert_eq!(
+            a.kill_signal,
+            Some(signals::rtmin() + 3),
+            "override: the file wins"
+        );
+        assert_eq!(a.bind_ro, ["/nix/store", "/etc/hosts:/etc/hosts"]);
+    }
+
+    #[test]
+    fn settings_merge_value_by_value_as_before() {
+        use nspawn_settings::Mode;
+        // The first of a file's values fills an open slot; the command
+        // line's own value is never replaced without override.
+        let settings = [
+            Setting::Hostname("one".into()),
+            Setting::Hostname("two".into()),
+            Setting::NotifyReady(true),
+            Setting::NoNewPrivileges(true),
+            Setting::WorkingDirectory("/srv".into()),
+            Setting::Parameters(vec!["-c".into(), "true".into()]),
+        ];
+        let a = merged("--notify-ready=no /bin/sh", &settings, Mode::Yes);
+        assert_eq!(a.hostname.as_deref(), Some("one"));
+        assert_eq!(a.notify_ready, Some(false));
+        assert_eq!(a.no_new_privileges, Some(true));
+        assert_eq!(a.chdir, Some(PathBuf::from("/srv")));
+        assert_eq!(
+            a.command,
+            ["/bin/sh"],
+            "a command given wins over Parameters="
+        );
+        let a = merged("--notify-ready=no /bin/sh", &settings, Mode::Override);
+        assert_eq!(a.hostname.as_deref(), Some("two"), "override: the last one");
+        assert_eq!(a.notify_ready, Some(true));
+        assert_eq!(a.command, ["-c", "true"]);
+        let a = merged("", &settings, Mode::Yes);
+        assert_eq!(
+            a.command,
+            ["-c", "true"],
+            "Parameters= fills an empty command"
+        );
+
+        // PrivateUsers= replaces -U; the ownership follows the file's last word.
+        let a = merged(
+            "-U",
+            &[
+                Setting::PrivateUsers(userns::Mode::Identity),
+                Setting::PrivateUsersOwnership(userns::Ownership::Chown),
+                Setting::PrivateUsersOwnership(userns::Ownership::Off),
+            ],
+            Mode::Yes,
+        );
+        assert!(!a.pick_users);
+        assert_eq!(a.private_users, Some(userns::Mode::Identity));
+        assert_eq!(a.private_users_ownership, Some(userns::Ownership::Off));
+
+        // Boot=no does not undo -b; Boot=yes sets it.
+        assert!(merged("-b", &[Setting::Boot(false)], Mode::Yes).boot);
+        assert!(!merged("-b", &[Setting::Boot(false)], Mode::Override).boot);
+        assert!(merged("", &[Setting::Boot(true)], Mode::Yes).boot);
+    }
+
+    #[test]
+    fn dropped_capabilities_yield_to_any_capability_option() {
+        use nspawn_settings::Mode;
+        let drop = [Setting::DropCapability("CAP_SYS_PTRACE".into())];
+        assert_eq!(
+            merged("", &drop, Mode::Yes).drop_capability,
+            ["CAP_SYS_PTRACE"]
+        );
+        let a = merged("--capability=CAP_SYS_TIME", &drop, Mode::Yes);
+        assert!(a.drop_capability.is_empty(), "{:?}", a.drop_capability);
+        let a = merged("--capability=CAP_SYS_TIME", &drop, Mode::Override);
+        assert_eq!(a.drop_capability, ["CAP_SYS_PTRACE"]);
+        assert_eq!(a.capability, ["CAP_SYS_TIME"], "the file named none to add");
+    }
+
+    #[test]
+    fn the_settings_mask_follows_the_command_line() {
+        let a = parse(&argv("")).unwrap();
+        for g in [
+            Group::Ephemeral,
+            Group::Capability,
+            Group::MachineId,
+            Group::CustomMounts,
+            Group::Network,
+            Group::Userns,
+            Group::SystemCallFilter,
+            Group::LinkJournal,
+            Group::Port,
+            Group::Limit(0),
+        ] {
+            assert!(!a.sets(g), "{g:?}");
+        }
+        for (line, g) in [
+            ("-x", Group::Ephemeral),
+            ("--drop-capability=CAP_CHOWN", Group::Capability),
+            ("--uuid=0123456789abcdef0123456789abcdef", Group::MachineId),
+            ("--tmpfs=/x", Group::CustomMounts),
+            ("--private-network", Group::Network),
+            ("-U", Group::Userns),
+            ("--private-users-ownership=map", Group::Userns),
+            ("--system-call-filter=bpf", Group::SystemCallFilter),
+            ("--link-journal=no", Group::LinkJournal),
+        ] {
+            assert!(parse(&argv(line)).unwrap().sets(g), "{line}");
+        }
     }
 }

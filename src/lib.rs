@@ -1,8 +1,14 @@
 //! Command-line front ends shared by the `nixspawn` and `nixspawnctl`
-//! binaries: argument parsing and the translation into a runtime spec.
+//! binaries. For `nixspawn`, in the order argv flows through them:
+//! `values` (nspawn's value syntax), `nspawn_settings` (`.nspawn` files as
+//! typed settings), `launcher_args` (argv as typed options, settings merged
+//! in) and `launcher_spec` (those into the runtime's `Spec`, the system
+//! probed in a step of its own).
 
 pub mod launcher_args;
+pub mod launcher_spec;
 pub mod nspawn_settings;
+pub mod values;
 
 /// `text` with every control character (C0, DEL, C1) written as `\xNN`:
 /// for what reaches the administrator's terminal from outside our control

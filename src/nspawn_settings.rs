@@ -1,36 +1,60 @@
 //! `.nspawn` settings files, as systemd-nspawn reads them: found by
 //! machine name in /etc/systemd/nspawn and /run/systemd/nspawn (trusted) or
-//! next to the tree (untrusted: privileged settings ignored), and merged
-//! with the command line, which wins unless `--settings=override`.
+//! next to the tree (untrusted: privileged settings ignored). A file becomes
+//! typed [`Setting`]s in the file's order, each value checked here with the
+//! file and line in any refusal; the launcher merges them with its command
+//! line (`launcher_args`), which wins unless `--settings=override`.
 //! Keys nixspawn does not implement are refused by name, as options are.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use nixspawn_runtime::Uuid;
+use nixspawn_runtime::spec::journal::LinkJournal;
+use nixspawn_runtime::spec::userns;
 
-use crate::launcher_args::Args;
+use crate::values::{self, Choice, Invalid, Spelling, YES_NO};
 
 /// `--settings=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     No,
+    #[default]
     Yes,
     Override,
     Trusted,
 }
 
-impl Mode {
-    pub fn parse(value: Option<&str>) -> Result<Mode> {
-        Ok(match value {
-            None => Mode::Yes,
-            Some("override") => Mode::Override,
-            Some("trusted") => Mode::Trusted,
-            Some(v) => match crate::launcher_args::parse_bool("--settings", v)? {
-                true => Mode::Yes,
-                false => Mode::No,
-            },
-        })
-    }
+/// `--settings=`'s spellings: a boolean, `override` or `trusted`.
+pub const MODE: Choice<Mode> = Choice(&[
+    Spelling {
+        name: "yes",
+        aliases: YES_NO.0[0].aliases,
+        value: Mode::Yes,
+    },
+    Spelling {
+        name: "no",
+        aliases: YES_NO.0[1].aliases,
+        value: Mode::No,
+    },
+    Spelling {
+        name: "override",
+        aliases: &[],
+        value: Mode::Override,
+    },
+    Spelling {
+        name: "trusted",
+        aliases: &[],
+        value: Mode::Trusted,
+    },
+]);
+
+/// Whether a file may make the privileged settings: those in the trusted
+/// directories may, one next to the tree only with `--settings=trusted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    Trusted,
+    Untrusted,
 }
 
 pub const TRUSTED_DIRS: &[&str] = &["/etc/systemd/nspawn", "/run/systemd/nspawn"];
@@ -153,7 +177,7 @@ pub fn words(value: &str) -> Result<Vec<String>> {
 }
 
 /// The settings file for `machine`, and whether it is trusted.
-pub fn find(machine: &str, directory: Option<&Path>, mode: Mode) -> Option<(PathBuf, bool)> {
+pub fn find(machine: &str, directory: Option<&Path>, mode: Mode) -> Option<(PathBuf, Trust)> {
     if mode == Mode::No {
         return None;
     }
@@ -163,17 +187,24 @@ pub fn find(machine: &str, directory: Option<&Path>, mode: Mode) -> Option<(Path
         .map(|d| Path::new(d).join(&file))
         .find(|p| p.is_file())
     {
-        return Some((p, true));
+        return Some((p, Trust::Trusted));
     }
     let beside = directory?.parent()?.join(&file);
-    beside.is_file().then_some((beside, mode == Mode::Trusted))
+    let trust = if mode == Mode::Trusted {
+        Trust::Trusted
+    } else {
+        Trust::Untrusted
+    };
+    beside.is_file().then_some((beside, trust))
 }
 
 /// What systemd-nspawn merges as one unit from a settings file, in the
 /// order it merges them. An untrusted file (next to the tree) may not set
-/// the privileged ones: each is ignored with nspawn's own warning.
+/// the privileged ones: each is ignored with nspawn's own warning. A group
+/// the command line set is not taken from the file at all (nspawn's
+/// settings mask; `--settings=override` clears it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Group {
+pub enum Group {
     Ephemeral,
     Capability,
     AmbientCapability,
@@ -296,164 +327,129 @@ impl Group {
             }
         }
     }
-
-    /// Whether the command line set this group, which then wins over the
-    /// file (as nspawn's settings mask; `--settings=override` clears it).
-    fn set_by(self, args: &Args) -> bool {
-        match self {
-            Group::Ephemeral => args.ephemeral,
-            Group::Capability => !args.capability.is_empty() || !args.drop_capability.is_empty(),
-            Group::MachineId => args.uuid.is_some(),
-            Group::CustomMounts => {
-                !args.bind.is_empty() || !args.bind_ro.is_empty() || !args.tmpfs.is_empty()
-            }
-            Group::Network => args.private_network,
-            Group::Userns => {
-                args.private_users.is_some()
-                    || args.pick_users
-                    || args.private_users_ownership.is_some()
-            }
-            Group::SystemCallFilter => !args.system_call_filter.is_empty(),
-            Group::LinkJournal => args.link_journal.is_some(),
-            // Options nixspawn refuses on its command line never set these.
-            Group::AmbientCapability
-            | Group::Port
-            | Group::BindUser
-            | Group::BindUserShell
-            | Group::Limit(_)
-            | Group::OomScoreAdjust
-            | Group::CpuAffinity => false,
-        }
-    }
 }
 
-/// Merge `entries` into `args`. Returns the warnings for what an untrusted
-/// file was not allowed to set, in systemd-nspawn's order.
-pub fn apply(
+/// One setting a file makes, its value checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    Boot(bool),
+    Ephemeral(bool),
+    Parameters(Vec<String>),
+    Environment(Vec<String>),
+    WorkingDirectory(PathBuf),
+    Capability(String),
+    DropCapability(String),
+    NoNewPrivileges(bool),
+    KillSignal(i32),
+    MachineId(Uuid),
+    PrivateUsers(userns::Mode),
+    /// `PrivateUsersOwnership=`, or `PrivateUsersChown=` (chown or off).
+    PrivateUsersOwnership(userns::Ownership),
+    NotifyReady(bool),
+    SystemCallFilter(String),
+    Hostname(String),
+    LinkJournal(LinkJournal),
+    Bind(Vec<String>),
+    BindReadOnly(Vec<String>),
+    TemporaryFileSystem(Vec<String>),
+    PrivateNetwork(bool),
+}
+
+/// What one file contributes: its settings in the file's order, and
+/// nspawn's warnings for what it was not trusted to set, in nspawn's order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub values: Vec<Setting>,
+    pub warnings: Vec<String>,
+}
+
+/// Check `entries` of the file at `path` and keep what applies: not what
+/// `masked` says the command line set, nor, from an untrusted file, the
+/// privileged settings (each group ignored gives one warning).
+pub fn read(
     entries: &[Entry],
     path: &Path,
-    trusted: bool,
-    mode: Mode,
-    args: &mut Args,
-) -> Result<Vec<String>> {
-    let over = mode == Mode::Override;
-    let at = |e: &Entry| format!("{}:{}", path.display(), e.line);
-    // What the command line set wins, unless --settings=override; decided
-    // before anything from the file is merged.
-    let masked: Vec<Group> = entries
-        .iter()
-        .filter_map(|e| Group::of(&e.section, &e.key))
-        .filter(|g| !over && g.set_by(args))
-        .collect();
+    trust: Trust,
+    masked: &dyn Fn(Group) -> bool,
+) -> Result<Settings> {
     // An untrusted file's SystemCallFilter= is ignored as a whole if it
     // allows anything; removals alone (`~...`) still apply, as in nspawn.
     let filter_allows = entries
         .iter()
         .any(|e| e.key == "SystemCallFilter" && !e.value.trim_start().starts_with('~'));
     let mut ignored = std::collections::BTreeSet::new();
-
-    // Lists from the file replace the command line's only when it gave none
-    // (or under override); collect them first.
-    let mut binds = Vec::new();
-    let mut binds_ro = Vec::new();
-    let mut tmpfs = Vec::new();
-    let mut env = Vec::new();
-    let mut caps = Vec::new();
-    let mut drop_caps = Vec::new();
-    let mut filters = Vec::new();
+    let mut values = Vec::new();
     for e in entries {
-        let group = Group::of(&e.section, &e.key);
-        if let Some(g) = group {
-            if masked.contains(&g) {
+        if let Some(g) = Group::of(&e.section, &e.key) {
+            if masked(g) {
                 continue;
             }
             let untrusted_may_set = g == Group::SystemCallFilter && !filter_allows;
-            if !trusted && !untrusted_may_set {
+            if trust == Trust::Untrusted && !untrusted_may_set {
                 ignored.insert(g);
                 continue;
             }
         }
-        let bool_value =
-            || crate::launcher_args::parse_bool(&format!("{}= ({})", e.key, at(e)), &e.value);
-        let set_opt = |slot: &mut Option<String>, value: &str| {
-            if over || slot.is_none() {
-                *slot = Some(value.to_owned());
-            }
-        };
-        match (e.section.as_str(), e.key.as_str()) {
-            ("Exec", "Boot") => {
-                if over || !args.boot {
-                    args.boot = bool_value()?;
-                }
-            }
-            ("Exec", "Ephemeral") => args.ephemeral = bool_value()?,
-            ("Exec", "Parameters") => {
-                if over || args.command.is_empty() {
-                    args.command = words(&e.value)
-                        .map_err(|err| anyhow::anyhow!("{}: Parameters=: {err}", at(e)))?;
-                }
-            }
-            ("Exec", "Environment") => {
-                env.extend(words(&e.value).map_err(|err| anyhow::anyhow!("{}: {err}", at(e)))?)
-            }
-            ("Exec", "WorkingDirectory") => {
-                if over || args.chdir.is_none() {
-                    args.chdir = Some(PathBuf::from(&e.value));
-                }
-            }
-            ("Exec", "Capability") => caps.push(e.value.clone()),
-            ("Exec", "DropCapability") => {
-                // Taking capabilities away is allowed to any file, but the
-                // command line's capability options win as a whole.
-                if over || (args.capability.is_empty() && args.drop_capability.is_empty()) {
-                    drop_caps.push(e.value.clone())
-                }
-            }
-            ("Exec", "NoNewPrivileges") => set_opt(&mut args.no_new_privileges, &e.value),
-            ("Exec", "KillSignal") => set_opt(&mut args.kill_signal, &e.value),
-            ("Exec", "MachineID") => args.uuid = Some(e.value.clone()),
-            ("Exec", "PrivateUsers") => {
-                args.private_users = Some(e.value.clone());
-                args.pick_users = false;
-            }
-            ("Files", "PrivateUsersOwnership") => {
-                args.private_users_ownership = Some(e.value.clone())
-            }
-            ("Files", "PrivateUsersChown") => {
-                let chown = bool_value()?;
-                args.private_users_ownership = Some(if chown { "chown" } else { "off" }.into());
-            }
-            ("Exec", "NotifyReady") => set_opt(&mut args.notify_ready, &e.value),
-            ("Exec", "SystemCallFilter") => filters.push(e.value.clone()),
-            ("Exec", "Hostname") => set_opt(&mut args.hostname, &e.value),
-            ("Exec", "LinkJournal") => args.link_journal = Some(e.value.clone()),
-            ("Files", "Bind") => binds.extend(words(&e.value)?),
-            ("Files", "BindReadOnly") => binds_ro.extend(words(&e.value)?),
-            ("Files", "TemporaryFileSystem") => tmpfs.extend(words(&e.value)?),
-            ("Network", "Private") => args.private_network = bool_value()?,
-            (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
-                bail!(
-                    "{}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet",
-                    at(e)
-                )
-            }
-            (section, key) => bail!("{}: unknown setting [{section}] {key}=", at(e)),
-        }
+        values.push(setting(e, path)?);
     }
-    for (from_file, slot) in [
-        (binds, &mut args.bind),
-        (binds_ro, &mut args.bind_ro),
-        (tmpfs, &mut args.tmpfs),
-        (env, &mut args.setenv),
-        (caps, &mut args.capability),
-        (drop_caps, &mut args.drop_capability),
-        (filters, &mut args.system_call_filter),
-    ] {
-        if !from_file.is_empty() && (over || slot.is_empty()) {
-            *slot = from_file;
-        }
+    Ok(Settings {
+        values,
+        warnings: ignored.into_iter().map(|g| g.warning(path)).collect(),
+    })
+}
+
+/// One entry as a typed setting, or its refusal naming file, line and key.
+fn setting(e: &Entry, path: &Path) -> Result<Setting> {
+    let at = format!("{}:{}", path.display(), e.line);
+    fn checked<T>(e: &Entry, at: &str, r: std::result::Result<T, Invalid>) -> Result<T> {
+        r.map_err(|why| anyhow::anyhow!("{at}: invalid {}= value {:?}: {why}", e.key, e.value))
     }
-    Ok(ignored.into_iter().map(|g| g.warning(path)).collect())
+    let yes_no = || checked(e, &at, YES_NO.parse_or_explain(&e.value));
+    let words = || words(&e.value).map_err(|err| anyhow::anyhow!("{at}: {}=: {err}", e.key));
+    let text = || e.value.clone();
+    Ok(match (e.section.as_str(), e.key.as_str()) {
+        ("Exec", "Boot") => Setting::Boot(yes_no()?),
+        ("Exec", "Ephemeral") => Setting::Ephemeral(yes_no()?),
+        ("Exec", "Parameters") => Setting::Parameters(words()?),
+        ("Exec", "Environment") => Setting::Environment(words()?),
+        ("Exec", "WorkingDirectory") => Setting::WorkingDirectory(PathBuf::from(&e.value)),
+        ("Exec", "Capability") => Setting::Capability(text()),
+        ("Exec", "DropCapability") => Setting::DropCapability(text()),
+        ("Exec", "NoNewPrivileges") => Setting::NoNewPrivileges(yes_no()?),
+        ("Exec", "KillSignal") => Setting::KillSignal(checked(e, &at, values::signal(&e.value))?),
+        ("Exec", "MachineID") => Setting::MachineId(checked(e, &at, values::uuid(&e.value))?),
+        ("Exec", "PrivateUsers") => {
+            Setting::PrivateUsers(checked(e, &at, values::private_users(&e.value))?)
+        }
+        ("Files", "PrivateUsersOwnership") => Setting::PrivateUsersOwnership(checked(
+            e,
+            &at,
+            values::OWNERSHIP.parse_or_explain(&e.value),
+        )?),
+        ("Files", "PrivateUsersChown") => Setting::PrivateUsersOwnership(if yes_no()? {
+            userns::Ownership::Chown
+        } else {
+            userns::Ownership::Off
+        }),
+        ("Exec", "NotifyReady") => Setting::NotifyReady(yes_no()?),
+        ("Exec", "SystemCallFilter") => Setting::SystemCallFilter(text()),
+        ("Exec", "Hostname") => Setting::Hostname(text()),
+        ("Exec", "LinkJournal") => Setting::LinkJournal(checked(
+            e,
+            &at,
+            values::LINK_JOURNAL.parse_or_explain(&e.value),
+        )?),
+        ("Files", "Bind") => Setting::Bind(words()?),
+        ("Files", "BindReadOnly") => Setting::BindReadOnly(words()?),
+        ("Files", "TemporaryFileSystem") => Setting::TemporaryFileSystem(words()?),
+        ("Network", "Private") => Setting::PrivateNetwork(yes_no()?),
+        (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
+            bail!(
+                "{at}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet"
+            )
+        }
+        (section, key) => bail!("{at}: unknown setting [{section}] {key}="),
+    })
 }
 
 /// Settings systemd-nspawn 252 (and 262, the last four) knows that
@@ -508,11 +504,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn args(s: &str) -> Args {
-        Args::try_parse_from(std::iter::once("nixspawn").chain(s.split_whitespace())).unwrap()
-    }
 
     const FILE: &str = "\
 # a comment
@@ -530,60 +521,83 @@ BindReadOnly=/nix/store /etc/hosts:/etc/hosts
 Private=yes
 ";
 
+    fn path() -> &'static Path {
+        Path::new("t.nspawn")
+    }
+
+    fn read_text(text: &str, trust: Trust, masked: &dyn Fn(Group) -> bool) -> Result<Settings> {
+        read(&parse(text, path())?, path(), trust, masked)
+    }
+
+    fn nothing_masked(_: Group) -> bool {
+        false
+    }
+
     #[test]
-    fn parses_and_merges_with_the_command_line_winning() {
-        let entries = parse(FILE, Path::new("t.nspawn")).unwrap();
+    fn a_trusted_file_gives_typed_settings_in_its_order() {
+        let entries = parse(FILE, path()).unwrap();
         assert_eq!(
             entries
                 .iter()
                 .find(|e| e.key == "SystemCallFilter")
-                .unwrap()
-                .value,
-            "@keyring bpf"
+                .map(|e| (e.value.as_str(), e.line)),
+            Some(("@keyring bpf", 7)),
+            "a continued line is one value, at the line it starts on"
         );
-        let mut a = args("-D /tmp --kill-signal=SIGTERM --bind-ro=/opt");
-        let warnings = apply(&entries, Path::new("t.nspawn"), true, Mode::Yes, &mut a).unwrap();
-        assert!(warnings.is_empty());
-        assert!(a.boot && a.private_network);
-        assert_eq!(a.setenv, ["A=1", "B=two words"]);
+        let got = read(&entries, path(), Trust::Trusted, &nothing_masked).unwrap();
         assert_eq!(
-            a.kill_signal.as_deref(),
-            Some("SIGTERM"),
-            "the command line wins"
+            got.values,
+            [
+                Setting::Boot(true),
+                Setting::Environment(vec!["A=1".into(), "B=two words".into()]),
+                Setting::KillSignal(nixspawn_runtime::spec::signals::rtmin() + 3),
+                Setting::Capability("CAP_SYS_TIME".into()),
+                Setting::SystemCallFilter("@keyring bpf".into()),
+                Setting::BindReadOnly(vec!["/nix/store".into(), "/etc/hosts:/etc/hosts".into()]),
+                Setting::PrivateNetwork(true),
+            ]
         );
-        assert_eq!(
-            a.bind_ro,
-            ["/opt"],
-            "a list given on the command line wins whole"
-        );
-        assert_eq!(a.capability, ["CAP_SYS_TIME"]);
+        assert!(got.warnings.is_empty());
+    }
 
-        let mut a = args("-D /tmp --kill-signal=SIGTERM --bind-ro=/opt");
-        apply(
-            &entries,
-            Path::new("t.nspawn"),
-            true,
-            Mode::Override,
-            &mut a,
-        )
-        .unwrap();
+    #[test]
+    fn every_implemented_key_has_its_type() {
+        let text = "[Exec]\nEphemeral=no\nParameters=-c 'echo hi'\nWorkingDirectory=/srv\n\
+                    DropCapability=CAP_SYS_PTRACE\nNoNewPrivileges=1\nMachineID=0123456789abcdef0123456789abcdef\n\
+                    PrivateUsers=131072:65536\nNotifyReady=on\nHostname=web\nLinkJournal=try-guest\n\
+                    [Files]\nPrivateUsersOwnership=map\nPrivateUsersChown=yes\nPrivateUsersChown=no\n\
+                    Bind=/a /b:/c\nTemporaryFileSystem=/tmp:mode=1777\n";
+        let got = read_text(text, Trust::Trusted, &nothing_masked).unwrap();
         assert_eq!(
-            a.kill_signal.as_deref(),
-            Some("SIGRTMIN+3"),
-            "override: the file wins"
+            got.values,
+            [
+                Setting::Ephemeral(false),
+                Setting::Parameters(vec!["-c".into(), "echo hi".into()]),
+                Setting::WorkingDirectory("/srv".into()),
+                Setting::DropCapability("CAP_SYS_PTRACE".into()),
+                Setting::NoNewPrivileges(true),
+                Setting::MachineId(Uuid::parse("0123456789abcdef0123456789abcdef").unwrap()),
+                Setting::PrivateUsers(userns::Mode::Fixed(userns::UidRange {
+                    shift: 131072,
+                    range: 65536
+                })),
+                Setting::NotifyReady(true),
+                Setting::Hostname("web".into()),
+                Setting::LinkJournal(LinkJournal::TryGuest),
+                Setting::PrivateUsersOwnership(userns::Ownership::Map),
+                Setting::PrivateUsersOwnership(userns::Ownership::Chown),
+                Setting::PrivateUsersOwnership(userns::Ownership::Off),
+                Setting::Bind(vec!["/a".into(), "/b:/c".into()]),
+                Setting::TemporaryFileSystem(vec!["/tmp:mode=1777".into()]),
+            ]
         );
-        assert_eq!(a.bind_ro, ["/nix/store", "/etc/hosts:/etc/hosts"]);
     }
 
     #[test]
     fn untrusted_files_lose_privileged_settings() {
-        let entries = parse(FILE, Path::new("t.nspawn")).unwrap();
-        let mut a = args("-D /tmp");
-        let warnings = apply(&entries, Path::new("t.nspawn"), false, Mode::Yes, &mut a).unwrap();
-        assert!(a.capability.is_empty() && a.bind_ro.is_empty());
-        assert!(a.system_call_filter.is_empty() && !a.private_network);
+        let got = read_text(FILE, Trust::Untrusted, &nothing_masked).unwrap();
         assert_eq!(
-            warnings,
+            got.warnings,
             [
                 "Ignoring Capability= setting, file t.nspawn is not trusted.",
                 "Ignoring TemporaryFileSystem=, Bind= and BindReadOnly= settings, file t.nspawn is not trusted.",
@@ -591,33 +605,52 @@ Private=yes
                 "Ignoring SystemCallFilter= settings, file t.nspawn is not trusted.",
             ]
         );
-        assert!(a.boot, "unprivileged settings still apply");
+        assert_eq!(
+            got.values,
+            [
+                Setting::Boot(true),
+                Setting::Environment(vec!["A=1".into(), "B=two words".into()]),
+                Setting::KillSignal(nixspawn_runtime::spec::signals::rtmin() + 3),
+            ],
+            "unprivileged settings still apply"
+        );
 
         // Only removals: any file may narrow the filter.
-        let entries = parse(
+        let got = read_text(
             "[Exec]\nSystemCallFilter=~@mount\nDropCapability=CAP_SYS_PTRACE\n",
-            Path::new("t.nspawn"),
+            Trust::Untrusted,
+            &nothing_masked,
         )
         .unwrap();
-        let mut a = args("-D /tmp");
-        let warnings = apply(&entries, Path::new("t.nspawn"), false, Mode::Yes, &mut a).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(a.system_call_filter, ["~@mount"]);
-        assert_eq!(a.drop_capability, ["CAP_SYS_PTRACE"]);
+        assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+        assert_eq!(
+            got.values,
+            [
+                Setting::SystemCallFilter("~@mount".into()),
+                Setting::DropCapability("CAP_SYS_PTRACE".into()),
+            ]
+        );
+        // One allowing line spoils the lot.
+        let got = read_text(
+            "[Exec]\nSystemCallFilter=~@mount\nSystemCallFilter=bpf\n",
+            Trust::Untrusted,
+            &nothing_masked,
+        )
+        .unwrap();
+        assert!(got.values.is_empty());
+        assert_eq!(got.warnings.len(), 1);
+    }
 
+    #[test]
+    fn ignored_groups_warn_in_nspawns_order_and_masked_ones_not_at_all() {
         // What nixspawn does not implement is ignored like the rest, with
         // nspawn's warnings in nspawn's order; settings the command line
         // made give no warning.
-        let entries = parse(
-            "[Exec]\nLinkJournal=host\nLimitNOFILE=10\nLimitCPU=1\nPrivateUsers=pick\n\
-             [Network]\nPort=80\nVirtualEthernet=yes\n[Files]\nBindUser=root\n",
-            Path::new("t.nspawn"),
-        )
-        .unwrap();
-        let mut a = args("-D /tmp -U");
-        let warnings = apply(&entries, Path::new("t.nspawn"), false, Mode::Yes, &mut a).unwrap();
+        let text = "[Exec]\nLinkJournal=host\nLimitNOFILE=10\nLimitCPU=1\nPrivateUsers=pick\n\
+                    [Network]\nPort=80\nVirtualEthernet=yes\n[Files]\nBindUser=root\n";
+        let got = read_text(text, Trust::Untrusted, &|g| g == Group::Userns).unwrap();
         assert_eq!(
-            warnings,
+            got.warnings,
             [
                 "Ignoring network settings, file t.nspawn is not trusted.",
                 "Ignoring Port= setting, file t.nspawn is not trusted.",
@@ -627,43 +660,39 @@ Private=yes
                 "Ignoring journal link setting, file 't.nspawn' is not trusted.",
             ]
         );
-        assert!(a.link_journal.is_none() && a.private_users.is_none());
+        assert!(got.values.is_empty());
+
+        // A masked group is dropped before its value is even looked at,
+        // from a trusted file too.
+        let got = read_text(
+            "[Exec]\nPrivateUsers=sideways\nBoot=yes\n",
+            Trust::Trusted,
+            &|g| g == Group::Userns,
+        )
+        .unwrap();
+        assert_eq!(got.values, [Setting::Boot(true)]);
 
         // systemd-nspawn 262's additions, in its words; a restriction
         // nixspawn cannot honour is refused rather than dropped.
-        let entries = parse(
+        let got = read_text(
             "[Exec]\nPrivateUsersDelegate=2\n[Files]\nBindUserShell=/bin/sh\n\
              [Network]\nNamespacePath=/run/netns/x\n",
-            Path::new("t.nspawn"),
-        )
-        .unwrap();
-        let warnings = apply(
-            &entries,
-            Path::new("t.nspawn"),
-            false,
-            Mode::Yes,
-            &mut args("-D /tmp"),
+            Trust::Untrusted,
+            &nothing_masked,
         )
         .unwrap();
         assert_eq!(
-            warnings,
+            got.warnings,
             [
                 "Ignoring network settings, file t.nspawn is not trusted.",
                 "Ignoring PrivateUsers= and PrivateUsersChown= settings, file t.nspawn is not trusted.",
                 "Ignoring bind user shell setting, file t.nspawn is not trusted.",
             ]
         );
-        let entries = parse(
+        let err = read_text(
             "[Exec]\nRestrictAddressFamilies=AF_INET\n",
-            Path::new("t.nspawn"),
-        )
-        .unwrap();
-        let err = apply(
-            &entries,
-            Path::new("t.nspawn"),
-            false,
-            Mode::Yes,
-            &mut args("-D /tmp"),
+            Trust::Untrusted,
+            &nothing_masked,
         )
         .unwrap_err()
         .to_string();
@@ -671,7 +700,7 @@ Private=yes
     }
 
     #[test]
-    fn bad_files_are_refused_with_file_and_line() {
+    fn bad_files_are_refused_with_file_line_and_key() {
         for (text, needle) in [
             (
                 "[Exec]\nVolatile=yes\n",
@@ -681,24 +710,43 @@ Private=yes
             ("Boot=yes\n", "outside of any section"),
             ("[Bogus]\n", "unknown section"),
             ("[Exec\n", "malformed section"),
-            ("[Exec]\nBoot=maybe\n", "expected yes or no"),
-            ("[Exec]\nParameters=\"unterminated\n", "unterminated quote"),
+            (
+                "[Exec]\nBoot=maybe\n",
+                "t.nspawn:2: invalid Boot= value \"maybe\": expected yes or no",
+            ),
+            (
+                "[Exec]\nParameters=\"unterminated\n",
+                "t.nspawn:2: Parameters=: an unterminated quote",
+            ),
             ("[Exec]\nBoot=yes \\\n", "ends inside a continued line"),
+            (
+                "\n[Exec]\nKillSignal=SIGFOO\n",
+                "t.nspawn:3: invalid KillSignal= value \"SIGFOO\": unknown signal name",
+            ),
+            ("[Exec]\nMachineID=0\n", "invalid MachineID= value \"0\""),
+            (
+                "[Exec]\nPrivateUsers=131073\n",
+                "invalid PrivateUsers= value \"131073\": the shift and the range must be non-zero multiples of 65536",
+            ),
+            (
+                "[Files]\nPrivateUsersOwnership=sideways\n",
+                "expected off, chown, map or auto",
+            ),
+            (
+                "[Exec]\nLinkJournal=sometimes\n",
+                "expected no, auto, host, guest, try-host or try-guest",
+            ),
+            (
+                "[Files]\nBind=\"/a b\n",
+                "t.nspawn:2: Bind=: an unterminated quote",
+            ),
         ] {
-            let err = parse(text, Path::new("t.nspawn"))
-                .and_then(|e| {
-                    apply(
-                        &e,
-                        Path::new("t.nspawn"),
-                        true,
-                        Mode::Yes,
-                        &mut args("-D /tmp"),
-                    )
-                    .map(drop)
-                })
+            let err = read_text(text, Trust::Trusted, &nothing_masked)
+                .map(drop)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
         }
     }
 
@@ -709,5 +757,44 @@ Private=yes
             ["a", "b c", "d e", "f g"]
         );
         assert!(words("\"x").is_err());
+        assert_eq!(words("  ").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_file_beside_the_tree_is_trusted_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let machine = format!("nixspawn-unit-{}", std::process::id());
+        std::fs::write(dir.path().join(format!("{machine}.nspawn")), "").unwrap();
+        let beside = dir.path().join(format!("{machine}.nspawn"));
+        assert_eq!(
+            find(&machine, Some(&tree), Mode::Yes),
+            Some((beside.clone(), Trust::Untrusted))
+        );
+        assert_eq!(
+            find(&machine, Some(&tree), Mode::Override),
+            Some((beside.clone(), Trust::Untrusted))
+        );
+        assert_eq!(
+            find(&machine, Some(&tree), Mode::Trusted),
+            Some((beside, Trust::Trusted))
+        );
+        assert_eq!(find(&machine, Some(&tree), Mode::No), None);
+        assert_eq!(
+            find(&machine, None, Mode::Yes),
+            None,
+            "no tree, nothing beside it"
+        );
+        assert_eq!(find("nixspawn-unit-none", Some(&tree), Mode::Yes), None);
+    }
+
+    #[test]
+    fn settings_mode_spellings() {
+        assert_eq!(MODE.parse("override"), Some(Mode::Override));
+        assert_eq!(MODE.parse("trusted"), Some(Mode::Trusted));
+        assert_eq!(MODE.parse("1"), Some(Mode::Yes));
+        assert_eq!(MODE.parse("off"), Some(Mode::No));
+        assert_eq!(MODE.parse("maybe"), None);
+        assert_eq!(Mode::default(), Mode::Yes);
     }
 }

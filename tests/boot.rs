@@ -321,8 +321,8 @@ fn nixspawnctl_poweroff_and_reboot(suite: &str) {
 
 macro_rules! per_suite {
     ($($test:ident),*) => {
-        mod bookworm { $( #[test] fn $test() { super::$test("bookworm") } )* }
-        mod sid { $( #[test] fn $test() { super::$test("sid") } )* }
+        mod bookworm { $( #[test] fn $test() { crate::common::privileged!(); super::$test("bookworm") } )* }
+        mod sid { $( #[test] fn $test() { crate::common::privileged!(); super::$test("sid") } )* }
     };
 }
 

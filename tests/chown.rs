@@ -75,6 +75,7 @@ impl Victims {
 
 #[test]
 fn chown_never_follows_a_symlink_out_of_the_tree() {
+    privileged!();
     let tree = busybox_tree();
     let victims = Victims::new(&["target".into()]);
     let victim = victims.dir.path().join("target");
@@ -107,6 +108,7 @@ fn chown_never_follows_a_symlink_out_of_the_tree() {
 /// owns a tree can do that at will.
 #[test]
 fn chown_is_not_redirected_by_a_directory_swapped_mid_walk() {
+    privileged!();
     let tree = busybox_tree();
     let names: Vec<String> = (0..20_000).map(|i| format!("f{i:05}")).collect();
     let dir = tree.path().join("data");
@@ -159,6 +161,7 @@ fn names_shifted(dir: &Path, n: usize) -> bool {
 /// (the same st_dev): still not the tree's to change.
 #[test]
 fn chown_stays_out_of_mounts_inside_the_tree() {
+    privileged!();
     let tree = busybox_tree();
     let victims = Victims::new(&["mounted-file".into()]);
     let tmpfs_dir = tree.path().join("mnt/tmpfs");
@@ -213,6 +216,7 @@ impl Drop for HostMounts {
 /// (every file shifted, the root last), not take the tree as done.
 #[test]
 fn a_chown_killed_mid_walk_is_finished_by_the_next_run() {
+    privileged!();
     let tree = busybox_tree();
     let mut files = Vec::new();
     for d in 0..40 {

@@ -64,6 +64,7 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> i32 {
 
 #[test]
 fn interactive_forwards_input_and_escape_kills() {
+    privileged!();
     let tree = busybox_tree();
     let name = unique_name("tty");
     let script = "read line; echo got:$line; exec sleep 1000";
@@ -107,6 +108,7 @@ fn interactive_forwards_input_and_escape_kills() {
 
 #[test]
 fn read_only_ignores_input_and_passive_shows_nothing() {
+    privileged!();
     let tree = busybox_tree();
     let d = tree.path().to_str().unwrap();
     // read-only: output reaches the terminal, typed input does not reach the guest.
@@ -143,6 +145,7 @@ fn read_only_ignores_input_and_passive_shows_nothing() {
 
 #[test]
 fn second_sigterm_kills_a_guest_that_ignores_the_first() {
+    privileged!();
     let tree = busybox_tree();
     let name = unique_name("stubborn");
     // PID 1 ignores its kill signal.

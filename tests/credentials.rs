@@ -104,16 +104,19 @@ fn debian_boot_args(suite: &str) -> Vec<String> {
 
 #[test]
 fn bookworm_guest_receives_credentials() {
+    privileged!();
     guest_receives_credentials(debian_boot_args("bookworm"), &unique_name("cred-bookworm"));
 }
 
 #[test]
 fn sid_guest_receives_credentials() {
+    privileged!();
     guest_receives_credentials(debian_boot_args("sid"), &unique_name("cred-sid"));
 }
 
 #[test]
 fn nixos_toplevel_receives_credentials() {
+    privileged!();
     let fx = nixos();
     guest_receives_credentials(
         vec![format!("--toplevel={}", fx.systemd)],
@@ -123,6 +126,7 @@ fn nixos_toplevel_receives_credentials() {
 
 #[test]
 fn bad_credentials_are_refused_before_anything_starts() {
+    privileged!();
     let tree = busybox_tree();
     let d = tree.path().to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -159,6 +163,7 @@ fn bad_credentials_are_refused_before_anything_starts() {
 
 #[test]
 fn credentials_under_a_user_namespace_belong_to_the_guests_root() {
+    privileged!();
     let mut args = debian_boot_args("bookworm");
     args.insert(0, "-U".into());
     guest_receives_credentials(args, &unique_name("cred-userns"));

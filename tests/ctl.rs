@@ -49,6 +49,7 @@ fn status_json(name: &str) -> serde_json::Value {
 
 #[test]
 fn status_escapes_the_guests_terminal_sequences() {
+    privileged!();
     let tree = tool_tree();
     let name = unique_name("esc");
     // A title change, a screen clear, colour, a carriage return that would
@@ -180,6 +181,7 @@ fn assert_every_verb_refused(
 
 #[test]
 fn a_stale_state_naming_reused_pids_is_refused() {
+    privileged!();
     let tree = tool_tree();
     let name = unique_name("live");
     let mut guest = Guest::start(
@@ -216,6 +218,7 @@ fn a_stale_state_naming_reused_pids_is_refused() {
 
 #[test]
 fn across_a_reboot_ctl_follows_the_new_leader_only() {
+    privileged!();
     let tree = tool_tree();
     let name = unique_name("reboot");
     // The first boot reboots (through nixspawnctl exec), the second stays.

@@ -134,7 +134,7 @@ fn assert_closed(report: &str, disk: &HostLoop, node_in_tree: bool, what: &str) 
 
 #[test]
 fn guests_cannot_read_a_host_block_device() {
-    require_root();
+    privileged!();
     let disk = HostLoop::new();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());
@@ -179,7 +179,7 @@ fn guests_cannot_read_a_host_block_device() {
 
 #[test]
 fn a_bound_device_node_is_allowed_read_only_as_bound() {
-    require_root();
+    privileged!();
     let disk = HostLoop::new();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());
@@ -205,7 +205,7 @@ fn a_bound_device_node_is_allowed_read_only_as_bound() {
 
 #[test]
 fn the_policy_holds_across_reboots_and_under_keep_unit() {
-    require_root();
+    privileged!();
     let disk = HostLoop::new();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());

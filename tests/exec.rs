@@ -197,16 +197,19 @@ fn tiocsti_cannot_reach_the_callers_terminal(extra: &[&str]) {
 
 #[test]
 fn tiocsti_cannot_reach_the_callers_terminal_without_userns() {
+    privileged!();
     tiocsti_cannot_reach_the_callers_terminal(&[]);
 }
 
 #[test]
 fn tiocsti_cannot_reach_the_callers_terminal_under_userns() {
+    privileged!();
     tiocsti_cannot_reach_the_callers_terminal(&["-U"]);
 }
 
 #[test]
 fn on_a_terminal_exec_relays_a_pty_with_size_raw_mode_and_status() {
+    privileged!();
     let tree = tool_tree();
     let name = unique_name("pty");
     let _guest = sleeping_guest(tree.path(), &name, &[]);
@@ -240,6 +243,7 @@ fn on_a_terminal_exec_relays_a_pty_with_size_raw_mode_and_status() {
 
 #[test]
 fn pipes_stay_pipes_and_are_byte_exact() {
+    privileged!();
     let tree = tool_tree();
     let name = unique_name("pipe");
     let _guest = sleeping_guest(tree.path(), &name, &[]);
@@ -389,16 +393,19 @@ fn exec_is_restricted_before_the_guest_can_see_it(extra: &[&str]) {
 
 #[test]
 fn exec_is_restricted_before_the_guest_can_see_it_without_userns() {
+    privileged!();
     exec_is_restricted_before_the_guest_can_see_it(&[]);
 }
 
 #[test]
 fn exec_is_restricted_before_the_guest_can_see_it_under_userns() {
+    privileged!();
     exec_is_restricted_before_the_guest_can_see_it(&["-U"]);
 }
 
 #[test]
 fn a_failure_to_enter_is_one_line_and_runs_nothing() {
+    privileged!();
     let tree = tool_tree();
     let name = unique_name("nouserns");
     let _guest = sleeping_guest(tree.path(), &name, &[]);

@@ -71,6 +71,7 @@ fn run_against(tree: &Path, sentinel: &Sentinel, args: &[&str]) -> (i32, String,
 
 #[test]
 fn api_mount_points_symlinked_to_the_host() {
+    privileged!();
     for point in ["run", "tmp", "dev", "proc", "sys"] {
         let tree = busybox_tree();
         let sentinel = Sentinel::new();
@@ -96,6 +97,7 @@ fn api_mount_points_symlinked_to_the_host() {
 
 #[test]
 fn run_host_and_resolv_conf_links_are_harmless() {
+    privileged!();
     let tree = busybox_tree();
     let sentinel = Sentinel::new();
     std::fs::create_dir_all(tree.path().join("run")).unwrap();
@@ -115,6 +117,7 @@ fn run_host_and_resolv_conf_links_are_harmless() {
 
 #[test]
 fn bind_target_symlinked_to_the_host_lands_inside_the_tree() {
+    privileged!();
     let tree = busybox_tree();
     let sentinel = Sentinel::new();
     let source = tempfile::tempdir().unwrap();
@@ -145,6 +148,7 @@ fn bind_target_symlinked_to_the_host_lands_inside_the_tree() {
 
 #[test]
 fn profile_directory_symlinked_to_the_host() {
+    privileged!();
     let fx = nixos();
     let tree = tempfile::tempdir().unwrap();
     let sentinel = Sentinel::new();
@@ -169,6 +173,7 @@ fn profile_directory_symlinked_to_the_host() {
 
 #[test]
 fn machine_id_symlinked_to_a_host_file_is_not_read() {
+    privileged!();
     let tree = busybox_tree();
     let sentinel = Sentinel::new();
     let host_id = "0123456789abcdef0123456789abcdef";
@@ -193,6 +198,7 @@ fn machine_id_symlinked_to_a_host_file_is_not_read() {
 
 #[test]
 fn init_symlink_loop_fails_cleanly() {
+    privileged!();
     let tree = busybox_tree();
     let sentinel = Sentinel::new();
     std::fs::write(tree.path().join("etc/os-release"), "ID=hostile\n").unwrap();
@@ -214,6 +220,7 @@ fn init_symlink_loop_fails_cleanly() {
 /// through their descriptors, never again through the tree's paths.
 #[test]
 fn a_tree_swapped_during_setup_cannot_redirect_anything_to_the_host() {
+    privileged!();
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -83,6 +83,7 @@ fn run_in_guest(tree: &Path, mode: &str, script: &str) -> (i32, String, String) 
 
 #[test]
 fn host_mode_binds_the_hosts_directory() {
+    common::privileged!();
     let (tree, id) = tree_with_id();
     let host = HostJournalDir::new(&id);
     let host_dir = host.path.clone();
@@ -107,6 +108,7 @@ fn host_mode_binds_the_hosts_directory() {
 
 #[test]
 fn guest_mode_links_the_host_to_the_tree() {
+    common::privileged!();
     let (tree, id) = tree_with_id();
     let host = HostJournalDir::new(&id);
     let host_link = host.path.clone();
@@ -124,6 +126,7 @@ fn guest_mode_links_the_host_to_the_tree() {
 
 #[test]
 fn try_modes_and_auto_skip_what_they_cannot_do_and_strict_modes_say_why() {
+    common::privileged!();
     let tree = common::busybox_tree();
     // No machine id in the tree: try-* and auto run without a link ...
     for mode in ["try-host", "try-guest", "auto", "no"] {

@@ -15,6 +15,7 @@ fn dir(t: &tempfile::TempDir) -> &str {
 
 #[test]
 fn command_exit_status_and_pipe_stdio() {
+    privileged!();
     let tree = busybox_tree();
     let (code, out, err) = run_nixspawn(
         &[
@@ -51,6 +52,7 @@ fn command_exit_status_and_pipe_stdio() {
 
 #[test]
 fn read_only_console_is_a_pty() {
+    privileged!();
     let tree = busybox_tree();
     // Not a terminal here, so the default console mode is read-only.
     let (code, out, err) = run_nixspawn(
@@ -75,6 +77,7 @@ fn read_only_console_is_a_pty() {
 
 #[test]
 fn options_reach_the_payload() {
+    privileged!();
     let tree = busybox_tree();
     let (code, out, err) = run_nixspawn(
         &[
@@ -104,6 +107,7 @@ fn options_reach_the_payload() {
 
 #[test]
 fn private_network_has_only_loopback_and_net_admin() {
+    privileged!();
     let tree = busybox_tree();
     let script =
         "ls /sys/class/net; cat /sys/class/net/lo/operstate; grep CapBnd /proc/self/status";
@@ -134,6 +138,7 @@ fn private_network_has_only_loopback_and_net_admin() {
 
 #[test]
 fn ephemeral_never_touches_the_tree_and_plain_runs_do() {
+    privileged!();
     let tree = busybox_tree();
     let (code, out, err) = run_nixspawn(
         &[
@@ -179,6 +184,7 @@ fn ephemeral_never_touches_the_tree_and_plain_runs_do() {
 
 #[test]
 fn sigterm_kills_a_command_payload_and_cleans_up() {
+    privileged!();
     let tree = busybox_tree();
     let name = unique_name("term");
     let mut guest = Guest::start(tree.path(), &name, &["--pipe", "/bin/sleep", "1000"]);
@@ -216,6 +222,7 @@ fn sigterm_kills_a_command_payload_and_cleans_up() {
 
 #[test]
 fn kill_signal_and_stop_via_nixspawnctl() {
+    privileged!();
     let tree = busybox_tree();
     let name = unique_name("stop");
     // PID 1 exits 3 when it receives SIGUSR1.
@@ -240,6 +247,7 @@ fn kill_signal_and_stop_via_nixspawnctl() {
 
 #[test]
 fn notify_messages_are_forwarded_upwards() {
+    privileged!();
     let tree = common::tree("bookworm");
     let sockdir = tempfile::tempdir().unwrap();
     let sock_path = sockdir.path().join("notify");
@@ -294,6 +302,7 @@ fn notify_messages_are_forwarded_upwards() {
 
 #[test]
 fn bad_input_is_refused_clearly_and_leaves_nothing() {
+    privileged!();
     let tree = busybox_tree();
     let d = dir(&tree);
     let cases: &[(&[&str], &str)] = &[
@@ -356,6 +365,7 @@ fn bad_input_is_refused_clearly_and_leaves_nothing() {
 
 #[test]
 fn a_running_name_or_tree_cannot_be_taken_twice() {
+    privileged!();
     let tree = busybox_tree();
     let name = unique_name("twice");
     let _guest = Guest::start(tree.path(), &name, &["--pipe", "/bin/sleep", "1000"]);
@@ -395,6 +405,7 @@ fn run_with_bus(bus_socket: &Path, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn register_auto_runs_standalone_and_yes_names_what_is_missing() {
+    privileged!();
     let tree = busybox_tree();
     let d = dir(&tree);
     let sockets = tempfile::tempdir().unwrap();
@@ -454,6 +465,7 @@ fn register_auto_runs_standalone_and_yes_names_what_is_missing() {
 /// all when the caller has none (as systemd-nspawn 252 does).
 #[test]
 fn pid1_term_follows_the_caller() {
+    privileged!();
     let tree = busybox_tree();
     let run = |term: Option<&str>, console: &str| {
         let mut cmd = std::process::Command::new(NIXSPAWN);

@@ -38,10 +38,12 @@ fn host_scenario(suite: &str) {
 
 #[test]
 fn machined_in_a_bookworm_host() {
+    common::privileged!();
     host_scenario("bookworm");
 }
 
 #[test]
 fn machined_in_a_sid_host() {
+    common::privileged!();
     host_scenario("sid");
 }

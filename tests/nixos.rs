@@ -100,6 +100,7 @@ fn assert_closure_only(r: &Report, toplevel: &str, fx: &NixosFixtures) {
 
 #[test]
 fn tiny_toplevel_sees_exactly_its_closure_ephemeral_and_persistent() {
+    privileged!();
     let fx = nixos();
     let r = report(&["--toplevel", &fx.tiny]);
     assert_closure_only(&r, &fx.tiny, &fx);
@@ -126,6 +127,7 @@ fn tiny_toplevel_sees_exactly_its_closure_ephemeral_and_persistent() {
 
 #[test]
 fn closure_file_shared_store_and_extra_binds() {
+    privileged!();
     let fx = nixos();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("store-paths");
@@ -210,16 +212,19 @@ fn systemd_toplevel_boots(persistent: bool) {
 
 #[test]
 fn systemd_toplevel_boots_from_an_empty_root() {
+    privileged!();
     systemd_toplevel_boots(false);
 }
 
 #[test]
 fn systemd_toplevel_boots_in_a_state_directory() {
+    privileged!();
     systemd_toplevel_boots(true);
 }
 
 #[test]
 fn update_adds_the_new_closure_and_switches() {
+    privileged!();
     let fx = nixos();
     let name = unique_name("update");
     let mut guest = Guest::launch(
@@ -304,6 +309,7 @@ fn busybox_store_path(toplevel: &str) -> String {
 
 #[test]
 fn bad_toplevels_fail_clearly_and_leave_nothing() {
+    privileged!();
     let fx = nixos();
     let scratch = tempfile::tempdir().unwrap();
     let not_in_store = scratch.path().join("system");
@@ -404,6 +410,7 @@ impl Drop for Daemon {
 
 #[test]
 fn nix_daemon_passes_socket_and_read_only_database() {
+    privileged!();
     let fx = nixos();
     let _daemon = Daemon::ensure();
     let name = unique_name("nixd");

@@ -85,6 +85,7 @@ fn remount_attempt(dir: &str, write: bool) -> String {
 
 #[test]
 fn a_submount_below_a_bind_ro_source_is_read_only_too() {
+    privileged!();
     let src = SourceWithSubmount::new();
     for opts in [&[][..], &["-U"][..]] {
         let tree = busybox_tree();
@@ -112,6 +113,7 @@ fn a_submount_below_a_bind_ro_source_is_read_only_too() {
 
 #[test]
 fn under_userns_even_a_guest_with_every_capability_cannot_make_them_writable() {
+    privileged!();
     let fx = nixos();
     let src = SourceWithSubmount::new();
     let state = busybox_tree();
@@ -155,6 +157,7 @@ fn under_userns_even_a_guest_with_every_capability_cannot_make_them_writable() {
 
 #[test]
 fn store_paths_added_by_update_under_userns_are_locked_read_only() {
+    privileged!();
     let fx = nixos();
     let name = unique_name("ro-update");
     let mut guest = Guest::launch(

@@ -71,7 +71,7 @@ fn line<'a>(report: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn probe_results_match_systemd_nspawn() {
-    require_root();
+    privileged!();
     assert!(
         nspawn_available(),
         "systemd-nspawn is missing: apt-get install systemd-container (integration/setup-host.sh does)"
@@ -153,7 +153,7 @@ fn probe_results_match_systemd_nspawn() {
 
 #[test]
 fn seccomp_can_be_turned_off_and_bad_filters_are_refused() {
-    require_root();
+    privileged!();
     let tree = busybox_tree();
     let scratch = tempfile::tempdir().unwrap();
     let probe_bin = build_probe(scratch.path());
@@ -210,7 +210,7 @@ fn kernel_runs(binary: &Path) -> bool {
 
 #[test]
 fn probe_results_match_systemd_nspawn_for_32_bit_programs() {
-    require_root();
+    privileged!();
     assert!(
         nspawn_available(),
         "systemd-nspawn is missing: apt-get install systemd-container (integration/setup-host.sh does)"

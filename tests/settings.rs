@@ -44,6 +44,7 @@ fn settings_text(bind_src: &Path) -> String {
 
 #[test]
 fn trusted_untrusted_no_and_override() {
+    privileged!();
     let tree = busybox_tree();
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("file"), "bound-by-settings\n").unwrap();
@@ -132,6 +133,7 @@ fn trusted_untrusted_no_and_override() {
 
 #[test]
 fn unsupported_settings_are_refused_by_name() {
+    privileged!();
     let tree = busybox_tree();
     let name = unique_name("badsettings");
     let _file = SettingsFile::write(
@@ -251,7 +253,7 @@ fn tree_with_settings(
 /// nspawn's filter refuses. As under systemd-nspawn, they stay refused.
 #[test]
 fn an_untrusted_file_cannot_widen_the_syscall_filter() {
-    require_root();
+    privileged!();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());
     let (tree, file) = tree_with_settings(
@@ -281,7 +283,7 @@ fn an_untrusted_file_cannot_widen_the_syscall_filter() {
 /// ignore each, say so in the same words, and run the same guest.
 #[test]
 fn untrusted_settings_are_ignored_as_systemd_nspawn_ignores_them() {
-    require_root();
+    privileged!();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());
     let src = tempfile::tempdir().unwrap();
@@ -378,7 +380,7 @@ fn untrusted_settings_are_ignored_as_systemd_nspawn_ignores_them() {
 /// as with systemd-nspawn.
 #[test]
 fn untrusted_settings_may_narrow_the_syscall_filter() {
-    require_root();
+    privileged!();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());
     let (tree, _file) =
@@ -395,7 +397,7 @@ fn untrusted_settings_may_narrow_the_syscall_filter() {
 /// do apply, under both launchers alike.
 #[test]
 fn trusted_privileged_settings_apply_as_under_systemd_nspawn() {
-    require_root();
+    privileged!();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());
     let src = tempfile::tempdir().unwrap();

@@ -73,7 +73,7 @@ fn mask(hex: &str) -> u64 {
 
 #[test]
 fn pid1_starts_with_default_signal_dispositions_as_under_nspawn() {
-    require_root();
+    privileged!();
     let tree = busybox_tree();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());
@@ -97,7 +97,7 @@ fn pid1_starts_with_default_signal_dispositions_as_under_nspawn() {
 
 #[test]
 fn pid1_dies_with_the_launcher_also_under_userns() {
-    require_root();
+    privileged!();
     let tree = busybox_tree();
     let scratch = tempfile::tempdir().unwrap();
     let probe = build_probe(scratch.path());

@@ -37,6 +37,7 @@ fn started(name: &str) {
 
 #[test]
 fn picked_ranges_differ_are_locked_and_released_even_after_sigkill() {
+    privileged!();
     let tree = busybox_tree();
     // Both guests contend for one range for real: a tree owned by a shift
     // makes that shift the first candidate of every pick (the names'
@@ -100,6 +101,7 @@ fn picked_ranges_differ_are_locked_and_released_even_after_sigkill() {
 
 #[test]
 fn mapped_tree_stays_host_owned_and_chowned_tree_is_shifted() {
+    privileged!();
     // map (what -U's auto picks here): what the guest's root creates is
     // owned on disk by host root, and host root's files are the guest's root's.
     let tree = busybox_tree();
@@ -193,6 +195,7 @@ fn mapped_tree_stays_host_owned_and_chowned_tree_is_shifted() {
 
 #[test]
 fn bind_mounts_noidmap_idmap_and_rootidmap() {
+    privileged!();
     let tree = busybox_tree();
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("file"), "x").unwrap();
@@ -228,6 +231,7 @@ fn bind_mounts_noidmap_idmap_and_rootidmap() {
 
 #[test]
 fn debian_guests_and_nixos_toplevel_boot_under_userns() {
+    privileged!();
     let fx = nixos();
     let (sid, bookworm) = (tree("sid"), tree("bookworm"));
     for (name, args) in [
@@ -301,6 +305,7 @@ impl Drop for RamfsTree {
 
 #[test]
 fn bad_userns_input_is_refused_and_leaves_nothing() {
+    privileged!();
     let tree = busybox_tree();
     let d = tree.path().to_str().unwrap();
     let name = unique_name("bad-userns");
@@ -424,6 +429,7 @@ impl Drop for StopOnDrop {
 
 #[test]
 fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
+    privileged!();
     let tree = busybox_tree();
     let locks = || -> std::collections::BTreeSet<String> {
         std::fs::read_dir(LOCK_DIR)
@@ -492,6 +498,7 @@ fn a_range_systemd_nspawn_picked_is_not_handed_out_again() {
 
 #[test]
 fn reboot_under_userns_boots_again_with_fresh_mounts_and_cgroup() {
+    privileged!();
     let bookworm = tree("bookworm");
     let name = unique_name("u-reboot");
     let mut guest = Guest::start(&bookworm, &name, &["-x", "-U", "-b"]);
@@ -517,6 +524,7 @@ fn reboot_under_userns_boots_again_with_fresh_mounts_and_cgroup() {
 
 #[test]
 fn update_under_userns_maps_the_new_store_paths_too() {
+    privileged!();
     let fx = nixos();
     let name = unique_name("u-update");
     let mut guest = Guest::launch(
@@ -574,6 +582,7 @@ fn guest_shift_below(dir: &Path) -> Option<u32> {
 /// kept CAP_NET_BIND_SERVICE that PID 1 had been denied.
 #[test]
 fn pid1_and_exec_hold_the_same_capabilities_under_userns() {
+    privileged!();
     let tree = busybox_tree();
     for extra in [&[][..], &["--private-network"][..]] {
         let name = unique_name("capsame");

@@ -4,11 +4,16 @@
 //! - an accepted argv round-trips: its canonical form parses to the same;
 //! - a refused one gives one printable line that names an argument given;
 //! - turning accepted arguments into a Spec never panics, and its refusals
-//!   are one line too (the steps that reach outside — machined, the Nix
-//!   database, credential files, settings files — are switched off here).
+//!   are one line too. The steps that reach outside (finding the tree and
+//!   its settings file, probing machined, the Nix database, credential
+//!   files) are stood in for: the pure steps, `Plan::new` and
+//!   `Plan::into_spec`, get a made-up place and made-up facts.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use nixspawn_cli::launcher_args::{self, ArgvError};
+use nixspawn_cli::launcher_spec::{Facts, Place, Plan};
+use nixspawn_runtime::host::machined::Reach;
+use nixspawn_runtime::{MachineName, Uuid};
 
 fn one_printable_line(text: &str) -> bool {
     !text.is_empty() && !text.contains(|c: char| c.is_control())
@@ -73,21 +78,27 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => panic!("canonical form {canonical:?} of {argv:?} refused: {e}"),
     }
 
-    let mut args = args;
-    let harmless =
-        |v: Option<&str>| v.is_none_or(|v| v == "auto" || launcher_args::parse_bool("", v).is_ok());
-    if harmless(args.register.as_deref()) {
-        args.register = Some("no".into());
-    }
-    if matches!(
-        args.settings.as_deref(),
-        None | Some("yes" | "override" | "trusted")
-    ) {
-        args.settings = Some("no".into());
-    }
-    args.toplevel = None;
-    args.load_credential.clear();
-    if let Err(e) = launcher_args::to_spec(args) {
+    let place = Place {
+        directory: Some("/srv/fuzz".into()),
+        toplevel: args
+            .toplevel
+            .as_ref()
+            .map(|_| "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-fuzz".into()),
+        machine: MachineName::new("fuzz").unwrap(),
+        settings: None,
+    };
+    let facts = Facts {
+        machined: Some(Reach::NoSystemBus {
+            socket: "/run/dbus/system_bus_socket".into(),
+        }),
+        store: None,
+        loaded_credentials: Vec::new(),
+        uuid: Uuid::parse("0123456789abcdef0123456789abcdef").unwrap(),
+        terminal: data.len() % 2 == 0,
+        seccomp: true,
+        term: None,
+    };
+    if let Err(e) = Plan::new(args, place).and_then(|plan| plan.into_spec(facts)) {
         let line = nixspawn_cli::error_line(&e);
         assert!(
             one_printable_line(&line),

@@ -2,7 +2,7 @@
 #![no_main]
 use clap::Parser;
 use libfuzzer_sys::fuzz_target;
-use nixspawn_cli::nspawn_settings::{self, Mode};
+use nixspawn_cli::nspawn_settings::{self, Mode, Trust};
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,11 +16,39 @@ fuzz_target!(|data: &[u8]| {
                 !e.key.contains('\n') && matches!(e.section.as_str(), "Exec" | "Files" | "Network")
             );
         }
-        for mode in [Mode::Yes, Mode::Override] {
+        for (trust, mode) in [(Trust::Untrusted, Mode::Yes), (Trust::Trusted, Mode::Override)] {
             let mut args =
                 nixspawn_cli::launcher_args::Args::try_parse_from(["nixspawn", "-D", "/tmp"])
                     .unwrap();
-            let _ = nspawn_settings::apply(&entries, path, false, mode, &mut args);
+            let masked = |g| mode != Mode::Override && args.sets(g);
+            if let Ok(settings) = nspawn_settings::read(&entries, path, trust, &masked) {
+                // An untrusted file never gets a privileged setting through.
+                if trust == Trust::Untrusted {
+                    for s in &settings.values {
+                        use nspawn_settings::Setting::*;
+                        assert!(
+                            !matches!(
+                                s,
+                                Ephemeral(_)
+                                    | Capability(_)
+                                    | MachineId(_)
+                                    | PrivateUsers(_)
+                                    | PrivateUsersOwnership(_)
+                                    | LinkJournal(_)
+                                    | Bind(_)
+                                    | BindReadOnly(_)
+                                    | TemporaryFileSystem(_)
+                                    | PrivateNetwork(_)
+                            ),
+                            "untrusted {s:?}"
+                        );
+                        if let SystemCallFilter(f) = s {
+                            assert!(f.trim_start().starts_with('~'), "untrusted filter {f:?}");
+                        }
+                    }
+                }
+                args.merge(&settings.values, mode);
+            }
         }
     }
     let _ = nspawn_settings::words(text);

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use nixspawn_cli::launcher_args::{self, Options};
+use nixspawn_cli::launcher_args;
+use nixspawn_cli::launcher_spec::{self, Options};
 use nixspawn_runtime::{Event, Outcome, Spec, spec::signals};
 
 fn report<'a>(spec: &'a Spec, opts: &'a Options) -> impl FnMut(Event<'_>) + 'a {
@@ -51,7 +52,10 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let run = || -> anyhow::Result<(Spec, bool, Outcome)> {
         let args = launcher_args::parse(&argv)?;
-        let (spec, opts) = launcher_args::to_spec(args)?;
+        let (spec, opts) = launcher_spec::to_spec(args)?;
+        for warning in &opts.warnings {
+            eprintln!("nixspawn: {warning}");
+        }
         if opts.debug {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -72,6 +76,56 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("nixspawn: {}", nixspawn_cli::error_line(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixspawn_cli::launcher_args;
+    use nixspawn_cli::launcher_spec::{Facts, Place, Plan};
+    use nixspawn_runtime::{MachineName, Uuid};
+
+    #[test]
+    fn the_last_line_speaks_as_systemd_nspawn_does() {
+        let argv: Vec<String> = ["nixspawn", "/bin/true"].map(String::from).into();
+        let place = Place {
+            directory: Some("/srv/web".into()),
+            toplevel: None,
+            machine: MachineName::new("web").unwrap(),
+            settings: None,
+        };
+        let facts = Facts {
+            machined: None,
+            store: None,
+            loaded_credentials: Vec::new(),
+            uuid: Uuid::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            terminal: false,
+            seccomp: true,
+            term: None,
+        };
+        let (spec, _) = Plan::new(launcher_args::parse(&argv).unwrap(), place)
+            .unwrap()
+            .into_spec(facts)
+            .unwrap();
+        for (outcome, line) in [
+            (Outcome::Exited(0), "Container web exited successfully."),
+            (Outcome::PoweredOff, "Container web exited successfully."),
+            (
+                Outcome::Exited(7),
+                "Container web failed with error code 7.",
+            ),
+            (
+                Outcome::Killed(libc::SIGKILL),
+                "Container web terminated by signal SIGKILL.",
+            ),
+            (
+                Outcome::Rebooted,
+                "Container web is being rebooted (exit status 133 for the unit to restart it).",
+            ),
+        ] {
+            assert_eq!(describe(&spec, outcome), line);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use nixspawn_cli::terminal_safe;
 use nixspawn_runtime::nixos::closure::ClosureSource;
 use nixspawn_runtime::state::{self, State};
@@ -58,11 +58,11 @@ enum Command {
     Update {
         name: String,
         /// The new system toplevel
-        #[arg(long, value_name = "STOREPATH")]
+        #[arg(long, value_name = "STOREPATH", value_hint = clap::ValueHint::DirPath)]
         toplevel: PathBuf,
-        /// switch, test, boot or dry-activate
-        #[arg(long, default_value = "switch")]
-        action: String,
+        /// What switch-to-configuration is to do
+        #[arg(long, value_enum, default_value_t = Action::Switch)]
+        action: Action,
         /// Take the closure from a closureInfo store-paths file instead of the Nix database
         #[arg(long, value_name = "FILE")]
         closure_file: Option<PathBuf>,
@@ -74,6 +74,26 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+}
+
+/// switch-to-configuration's actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Action {
+    Switch,
+    Test,
+    Boot,
+    DryActivate,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Switch => "switch",
+            Action::Test => "test",
+            Action::Boot => "boot",
+            Action::DryActivate => "dry-activate",
+        }
+    }
 }
 
 fn name(s: &str) -> Result<MachineName> {
@@ -208,10 +228,15 @@ fn run(cli: Cli) -> Result<i32> {
             command,
         } => {
             let st = state::load(&name(&n)?)?;
-            let env = setenv
-                .iter()
-                .map(|s| nixspawn_runtime::spec::environment::parse_assignment(s))
-                .collect::<Result<Vec<_>, _>>()?;
+            // The caller's terminal type, as machinectl passes it; -E may
+            // still say otherwise.
+            let mut env: Vec<(String, String)> = std::env::var("TERM")
+                .map(|term| ("TERM".to_owned(), term))
+                .into_iter()
+                .collect();
+            for s in &setenv {
+                env.push(nixspawn_runtime::spec::environment::parse_assignment(s)?);
+            }
             return Ok(enter::exec(&st, &command, &env)?);
         }
         Command::Poweroff { name: n } => {
@@ -234,15 +259,13 @@ fn run(cli: Cli) -> Result<i32> {
             action,
             closure_file,
         } => {
-            if !matches!(action.as_str(), "switch" | "test" | "boot" | "dry-activate") {
-                bail!("invalid --action {action:?}: expected switch, test, boot or dry-activate");
-            }
             let st = state::load(&name(&n)?)?;
             if st.toplevel.is_none() {
                 bail!("{n} was not started with --toplevel; there is no NixOS system to update");
             }
             let source = closure_file.map_or(ClosureSource::Database, ClosureSource::File);
-            let done = update::update(&st, &toplevel, &source, &action)?;
+            let action = action.as_str();
+            let done = update::update(&st, &toplevel, &source, action)?;
             if cli.json {
                 let added: Vec<String> = done
                     .added
@@ -279,5 +302,98 @@ fn main() -> ExitCode {
             eprintln!("nixspawnctl: {}", nixspawn_cli::error_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn update_actions_are_switch_to_configurations_own() {
+        for (text, action) in [
+            ("switch", Action::Switch),
+            ("test", Action::Test),
+            ("boot", Action::Boot),
+            ("dry-activate", Action::DryActivate),
+        ] {
+            let cli = Cli::try_parse_from([
+                "nixspawnctl",
+                "update",
+                "web",
+                "--toplevel",
+                "/x",
+                "--action",
+                text,
+            ])
+            .unwrap();
+            let Command::Update { action: got, .. } = cli.command else {
+                panic!("{text}: not an update");
+            };
+            assert_eq!((got, got.as_str()), (action, text));
+        }
+        let cli =
+            Cli::try_parse_from(["nixspawnctl", "update", "web", "--toplevel", "/x"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Update {
+                action: Action::Switch,
+                ..
+            }
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "nixspawnctl",
+                "update",
+                "web",
+                "--toplevel",
+                "/x",
+                "--action",
+                "reboot"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn exec_keeps_the_command_whole() {
+        let cli = Cli::try_parse_from([
+            "nixspawnctl",
+            "exec",
+            "web",
+            "-E",
+            "A=1",
+            "--",
+            "ls",
+            "-l",
+            "--all",
+        ])
+        .unwrap();
+        let Command::Exec {
+            name,
+            setenv,
+            command,
+        } = cli.command
+        else {
+            panic!("not an exec");
+        };
+        assert_eq!(
+            (name.as_str(), setenv, command),
+            (
+                "web",
+                vec!["A=1".to_owned()],
+                vec!["ls".to_owned(), "-l".into(), "--all".into()]
+            )
+        );
+        assert!(
+            Cli::try_parse_from(["nixspawnctl", "exec", "web"]).is_err(),
+            "a command is required"
+        );
     }
 }

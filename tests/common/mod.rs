@@ -1,5 +1,7 @@
 //! Shared helpers for the privileged tests: fixture trees, launching
-//! guests, running commands in them, and checking that nothing is left.
+//! guests, running commands in them, and checking that nothing is left;
+//! and `privileged!()`, with which each of them skips itself where it
+//! cannot run.
 
 #![allow(dead_code)]
 
@@ -11,11 +13,56 @@ use std::time::{Duration, Instant};
 pub const NIXSPAWN: &str = env!("CARGO_BIN_EXE_nixspawn");
 pub const NIXSPAWNCTL: &str = env!("CARGO_BIN_EXE_nixspawnctl");
 
+/// Set (to 1) where every privileged test must run, as in CI
+/// (integration/test.sh): there a test that would skip itself fails.
+pub const REQUIRE_PRIVILEGED: &str = "NIXSPAWN_REQUIRE_PRIVILEGED";
+
+/// Why a privileged test cannot run here, if it cannot.
+pub fn privileged_skip_reason() -> Option<&'static str> {
+    (!nix::unistd::geteuid().is_root()).then_some(
+        "needs root (it boots containers: namespaces, mounts, cgroups); run the suite as root, e.g. sudo integration/test.sh",
+    )
+}
+
+/// Say that the calling test is skipped and why, where the person running
+/// the tests sees it: straight to stderr, past libtest's capture, so
+/// `cargo test` shows it next to the test's `ok` (nextest shows it with
+/// `--no-capture` or `--success-output=immediate`). Where skipping is not
+/// allowed, fail instead.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("a privileged test");
+    if std::env::var_os(REQUIRE_PRIVILEGED).is_some_and(|v| v == "1") {
+        panic!("{test} would be skipped, which {REQUIRE_PRIVILEGED}=1 forbids: it {reason}");
+    }
+    // One write, so that parallel tests do not cut into the line.
+    let _ = std::io::stderr().write_all(format!("{test}: skipped: {reason}\n").as_bytes());
+}
+
+/// The first statement of every privileged test: returns from the test,
+/// saying why, where it cannot run (not root), and fails instead under
+/// `NIXSPAWN_REQUIRE_PRIVILEGED=1`. A test that needs nothing of the kind
+/// goes without it.
+macro_rules! privileged {
+    () => {
+        if let Some(reason) = $crate::common::privileged_skip_reason() {
+            $crate::common::skip(reason);
+            return;
+        }
+    };
+}
+pub(crate) use privileged;
+
 /// These tests create namespaces and mounts: they need root, and say so.
+/// (A test that starts with `privileged!()` never gets here without it.)
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "privileged test: run the suite as root (see README.md, `sudo integration/test.sh`)"
+        "privileged test: start it with privileged!() and run the suite as root (see README.md, `sudo integration/test.sh`)"
     );
 }
 

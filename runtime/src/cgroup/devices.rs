@@ -479,7 +479,10 @@ mod tests {
 
     #[test]
     fn the_closed_policy_has_the_standard_nodes_and_bound_devices() {
-        let mounts = vec![CustomMount::parse_bind("/dev/null:/x", true).unwrap()];
+        let mounts = vec![
+            CustomMount::parse_bind("/dev/null:/x", crate::spec::mounts::BindAccess::ReadOnly)
+                .unwrap(),
+        ];
         let rules = closed_policy(&mounts);
         assert!(rules.contains(&Rule::device(Kind::Char, 1, 9, READ | WRITE | MKNOD)));
         assert!(rules.contains(&Rule::device(Kind::Char, 1, 3, READ)));

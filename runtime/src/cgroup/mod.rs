@@ -165,7 +165,8 @@ impl CgroupLayout {
                 None,
             )
         } else {
-            let scope = crate::host::scope::unit_name(facts.name, true);
+            let scope =
+                crate::host::scope::unit_name(facts.name, crate::host::scope::Naming::Machined);
             (
                 mount.join("machine.slice").join(scope),
                 Placement::OwnScope,

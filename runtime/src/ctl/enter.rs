@@ -208,7 +208,7 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
     }
     let started = receive_start(&ours, state);
     // The helper ends right after the fork (or a failure); reap it.
-    let _ = sys::pidfd_wait(helper.as_fd(), false);
+    let _ = sys::pidfd_wait(helper.as_fd(), sys::Wait::Block);
     let (command, master) = started?;
     relay(&command, master, stdio, &signals)
 }
@@ -254,7 +254,7 @@ fn receive_start(channel: &Channel, state: &State) -> Result<(OwnedFd, Option<Ow
             Some((FromHelper::Started, mut fds)) if fds.len() == 1 => {
                 let command = fds.remove(0);
                 // Only our own child can be waited for: anything else is a forgery.
-                sys::pidfd_peek_exit(command.as_fd())
+                sys::pidfd_wait(command.as_fd(), sys::Wait::Peek)
                     .map_err(|e| Error::syscall("waitid on the command", e))?;
                 return Ok((command, master));
             }
@@ -641,8 +641,8 @@ fn relay(
             }
         }
         if ready[0]
-            && let Some(exit) =
-                sys::pidfd_wait(command.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?
+            && let Some(exit) = sys::pidfd_wait(command.as_fd(), sys::Wait::Poll)
+                .map_err(|e| Error::syscall("waitid", e))?
         {
             break exit;
         }

@@ -503,7 +503,7 @@ mod tests {
         let mut sp = spec();
         sp.mounts = vec![
             CustomMount::parse_tmpfs("/a").unwrap(),
-            CustomMount::parse_bind("/tmp:/b", true).unwrap(),
+            CustomMount::parse_bind("/tmp:/b", crate::spec::mounts::BindAccess::ReadOnly).unwrap(),
         ];
         let s = outer(&sp, PLAIN);
         assert!(pos(&s, Step::CustomMount(0)) < pos(&s, Step::CustomMount(1)));

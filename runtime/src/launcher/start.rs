@@ -29,7 +29,7 @@ pub(crate) struct Started {
 /// A process that must not outlive a failed start.
 pub(crate) fn kill_and_reap(pidfd: BorrowedFd<'_>) {
     let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
-    let _ = sys::pidfd_wait(pidfd, false);
+    let _ = sys::pidfd_wait(pidfd, sys::Wait::Block);
 }
 
 /// Kills and reaps the processes it holds unless defused.
@@ -100,7 +100,7 @@ pub(crate) fn start(
         let mut pidfds = reaper.defuse();
         let pidfd = pidfds.remove(1);
         // The outer process is done once PID 1 has exec'd.
-        let _ = sys::pidfd_wait(pidfds[0].as_fd(), false);
+        let _ = sys::pidfd_wait(pidfds[0].as_fd(), sys::Wait::Block);
         Started {
             leader,
             pidfd,

@@ -345,8 +345,8 @@ impl Watch<'_, '_> {
     fn reap(&mut self) -> Result<Option<Outcome>> {
         // Take the leader out of the state while it is still a zombie, so
         // its PID is never recorded once it can belong to someone else.
-        let Some(exit) =
-            sys::pidfd_peek_exit(self.pidfd.as_fd()).map_err(|e| Error::syscall("waitid", e))?
+        let Some(exit) = sys::pidfd_wait(self.pidfd.as_fd(), sys::Wait::Peek)
+            .map_err(|e| Error::syscall("waitid", e))?
         else {
             return Ok(None);
         };
@@ -356,7 +356,8 @@ impl Watch<'_, '_> {
         self.state.leader_identity = None;
         self.state.ready = false;
         let _ = self.state_dir.write(&self.state);
-        sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?;
+        sys::pidfd_wait(self.pidfd.as_fd(), sys::Wait::Poll)
+            .map_err(|e| Error::syscall("waitid", e))?;
         // What the guest wrote before it ended (nobody can write more now).
         self.console_output(CONSOLE_BYTES_AT_EXIT);
         Ok(Some(match exit {

@@ -443,8 +443,8 @@ fn in_mount_namespace(ns: &OwnedFd, work: impl FnOnce(&Path) -> Result<()>) -> R
             drop(theirs);
             let child = child.ok_or_else(|| Error::Protocol("clone3 returned no pidfd".into()))?;
             let msg = ours.recv::<Failure>();
-            let status =
-                sys::pidfd_wait(child.as_fd(), false).map_err(|e| Error::syscall("waitid", e))?;
+            let status = sys::pidfd_wait(child.as_fd(), sys::Wait::Block)
+                .map_err(|e| Error::syscall("waitid", e))?;
             match msg? {
                 Some((failure, _)) => Err(Error::Child(failure)),
                 None if status == Some(sys::ExitKind::Exited(0)) => Ok(()),

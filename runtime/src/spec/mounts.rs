@@ -18,6 +18,13 @@ pub enum BindIdmap {
     RootIdmap,
 }
 
+/// Whether a bind may be written through: `--bind` or `--bind-ro`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindAccess {
+    ReadWrite,
+    ReadOnly,
+}
+
 /// One of the user's extra mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomMount {
@@ -76,7 +83,8 @@ fn absolute_path(what: &'static str, value: &str, p: &str) -> Result<PathBuf> {
 
 impl CustomMount {
     /// `SRC[:DST[:OPTIONS]]` as for `--bind`/`--bind-ro`.
-    pub fn parse_bind(value: &str, read_only: bool) -> Result<Self> {
+    pub fn parse_bind(value: &str, access: BindAccess) -> Result<Self> {
+        let read_only = access == BindAccess::ReadOnly;
         let what = if read_only { "--bind-ro" } else { "--bind" };
         let parts = split_colons(value);
         if parts.len() > 3 {
@@ -150,7 +158,7 @@ mod tests {
     #[test]
     fn bind_specs() {
         assert_eq!(
-            CustomMount::parse_bind("/a", false).unwrap(),
+            CustomMount::parse_bind("/a", BindAccess::ReadWrite).unwrap(),
             CustomMount::Bind {
                 source: "/a".into(),
                 target: "/a".into(),
@@ -160,7 +168,7 @@ mod tests {
             }
         );
         assert_eq!(
-            CustomMount::parse_bind("/a\\:b:/c:norbind", true).unwrap(),
+            CustomMount::parse_bind("/a\\:b:/c:norbind", BindAccess::ReadOnly).unwrap(),
             CustomMount::Bind {
                 source: "/a:b".into(),
                 target: "/c".into(),
@@ -169,23 +177,23 @@ mod tests {
                 idmap: BindIdmap::None
             }
         );
-        assert!(CustomMount::parse_bind("rel", false).is_err());
-        assert!(CustomMount::parse_bind("/a:/b/../c", false).is_err());
-        assert!(CustomMount::parse_bind("/a:/b:bogus", false).is_err());
+        assert!(CustomMount::parse_bind("rel", BindAccess::ReadWrite).is_err());
+        assert!(CustomMount::parse_bind("/a:/b/../c", BindAccess::ReadWrite).is_err());
+        assert!(CustomMount::parse_bind("/a:/b:bogus", BindAccess::ReadWrite).is_err());
         assert!(matches!(
-            CustomMount::parse_bind("/a:/b:rootidmap", false).unwrap(),
+            CustomMount::parse_bind("/a:/b:rootidmap", BindAccess::ReadWrite).unwrap(),
             CustomMount::Bind {
                 idmap: BindIdmap::RootIdmap,
                 ..
             }
         ));
         assert!(
-            CustomMount::parse_bind("/a:/b:owneridmap", false)
+            CustomMount::parse_bind("/a:/b:owneridmap", BindAccess::ReadWrite)
                 .unwrap_err()
                 .to_string()
                 .contains("not implemented")
         );
-        assert!(CustomMount::parse_bind("/a:/b:c:d", false).is_err());
+        assert!(CustomMount::parse_bind("/a:/b:c:d", BindAccess::ReadWrite).is_err());
     }
 
     #[test]

@@ -110,19 +110,28 @@ pub fn lock_path(name: &MachineName) -> PathBuf {
     Path::new(LOCK_DIR).join(name.as_str())
 }
 
+/// What [`ensure_root_dir`] does with the mode of a directory that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Set it to the mode asked for: the directory is ours.
+    SetMode,
+    /// Leave it: the directory is shared with others (such as `/run`).
+    KeepMode,
+}
+
 /// Create `dir` (and what is missing above it) with `mode`, whatever the
 /// umask. One that exists must be a directory (not a symlink) owned by
-/// root; with `enforce`, its mode is set to `mode` too (it is ours).
-pub(crate) fn ensure_root_dir(dir: &Path, mode: u32, enforce: bool) -> Result<()> {
+/// root; `existing` says whether its mode is set to `mode` too.
+pub(crate) fn ensure_root_dir(dir: &Path, mode: u32, existing: Existing) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let created = match fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(parent) = dir.parent() {
-                ensure_root_dir(parent, 0o755, false)?;
+                ensure_root_dir(parent, 0o755, Existing::KeepMode)?;
             }
-            return ensure_root_dir(dir, mode, enforce);
+            return ensure_root_dir(dir, mode, existing);
         }
         Err(e) => return Err(Error::io("creating", dir, e)),
     };
@@ -142,7 +151,7 @@ pub(crate) fn ensure_root_dir(dir: &Path, mode: u32, enforce: bool) -> Result<()
             )),
         ));
     }
-    if (created || enforce) && meta.mode() & 0o7777 != mode {
+    if (created || existing == Existing::SetMode) && meta.mode() & 0o7777 != mode {
         f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("chmod", dir, e))?;
     }
@@ -166,8 +175,8 @@ impl StateDir {
     /// Claim the name and its directory, refusing if a live container
     /// holds it. The janitor hears of the lock before and after it is taken.
     pub(crate) fn claim(name: &MachineName, janitor: &JanitorLink) -> Result<Self> {
-        ensure_root_dir(Path::new(STATE_ROOT), 0o755, true)?;
-        ensure_root_dir(Path::new(LOCK_DIR), 0o755, true)?;
+        ensure_root_dir(Path::new(STATE_ROOT), 0o755, Existing::SetMode)?;
+        ensure_root_dir(Path::new(LOCK_DIR), 0o755, Existing::SetMode)?;
         let path = Self::path_for(name);
         let lock_path = lock_path(name);
         janitor.note(

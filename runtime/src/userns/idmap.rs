@@ -58,7 +58,7 @@ pub fn userns_with_map(map: &str) -> Result<OwnedFd> {
             })();
             drop(tx);
             if let Some(pidfd) = pidfd {
-                let _ = sys::pidfd_wait(pidfd.as_fd(), false);
+                let _ = sys::pidfd_wait(pidfd.as_fd(), sys::Wait::Block);
             }
             result
         }

@@ -43,7 +43,7 @@ impl Drop for RangeLock {
 /// Try to lock one block's file: Ok(None) if another holder has it. The
 /// janitor hears of the attempt before and of the lock after.
 fn lock_block(base: u32, janitor: &JanitorLink) -> Result<Option<(PathBuf, File)>> {
-    crate::state::ensure_root_dir(Path::new(LOCK_DIR), 0o755, false)?;
+    crate::state::ensure_root_dir(Path::new(LOCK_DIR), 0o755, crate::state::Existing::KeepMode)?;
     let path = Path::new(LOCK_DIR).join(base.to_string());
     janitor.note(&Claim::Range { path: path.clone() }, None)?;
     let Some(f) = crate::state::lockfile::acquire(&path)? else {
