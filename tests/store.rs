@@ -354,6 +354,7 @@ fn check_probe(out: &str, h: &Hostile, expected: &BTreeSet<String>, what: &str) 
 /// store), and with chown ownership (the store's paths stay the host's).
 #[test]
 fn the_guest_store_is_exactly_the_closure_one_read_only_mount() {
+    privileged!();
     let fx = nixos();
     let mut s = Synthetic::new("exact");
     let bb = busybox(&fx.tiny);
@@ -458,6 +459,7 @@ fn the_guest_store_is_exactly_the_closure_one_read_only_mount() {
 /// it in systemd, and the guest reaches `running` and powers off.
 #[test]
 fn a_thousand_paths_are_one_mount_and_one_mount_unit() {
+    privileged!();
     let fx = nixos();
     let mut s = Synthetic::new("thousand");
     let extra = s.many(1000);
@@ -515,6 +517,7 @@ fn a_thousand_paths_are_one_mount_and_one_mount_unit() {
 /// locked below the newest).
 #[test]
 fn update_adds_exactly_the_new_paths_and_keeps_the_mount_count() {
+    privileged!();
     let fx = nixos();
     let mut s = Synthetic::new("update");
     let base = s.dir("base", &[("share/data", "base\n", 0o444)]);
@@ -658,6 +661,7 @@ fn update_adds_exactly_the_new_paths_and_keeps_the_mount_count() {
 /// record of the closure is what the new overlay is built from.
 #[test]
 fn update_never_takes_names_from_the_guest() {
+    privileged!();
     let fx = nixos();
     let mut s = Synthetic::new("inject");
     let bb = busybox(&fx.tiny);
@@ -737,6 +741,7 @@ fn update_never_takes_names_from_the_guest() {
 /// the guest sees what is mounted there. Update works the per-path way.
 #[test]
 fn a_mount_in_a_closure_path_falls_back_to_per_path_binds() {
+    privileged!();
     let fx = nixos();
     let mut s = Synthetic::new("fallback");
     let bb = busybox(&fx.tiny);
@@ -839,6 +844,7 @@ fn a_mount_in_a_closure_path_falls_back_to_per_path_binds() {
 /// (the launcher as a whole needs more than such a namespace gives).
 #[test]
 fn in_a_user_namespace_the_overlay_is_refused_with_a_reason() {
+    privileged!();
     let fx = nixos();
     let out = Command::new("unshare")
         .args([
@@ -878,6 +884,7 @@ fn in_a_user_namespace_the_overlay_is_refused_with_a_reason() {
 #[test]
 #[ignore = "run by in_a_user_namespace_the_overlay_is_refused_with_a_reason"]
 fn overlay_builder_in_this_namespace() {
+    privileged!();
     use nixspawn_runtime::nixos::{closure, overlay};
     let Some(toplevel) = std::env::var_os("NIXSPAWN_TEST_TOPLEVEL") else {
         return;
@@ -907,6 +914,7 @@ fn overlay_builder_in_this_namespace() {
 /// directory); when it ends — or its launcher is killed — the root goes.
 #[test]
 fn the_toplevel_is_a_gc_root_while_the_guest_runs() {
+    privileged!();
     let fx = nixos();
     let auto = Path::new("/nix/var/nix/gcroots/auto");
     for kill in [false, true] {

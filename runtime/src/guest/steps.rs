@@ -464,7 +464,13 @@ mod tests {
             closure: Some(Vec::new()),
             nix_daemon: false,
         });
-        sp.mounts = vec![CustomMount::parse_bind("/tmp:/nix/store/y", true).unwrap()];
+        sp.mounts = vec![
+            CustomMount::parse_bind(
+                "/tmp:/nix/store/y",
+                crate::spec::mounts::BindAccess::ReadOnly,
+            )
+            .unwrap(),
+        ];
         for shape in [PLAIN, USERNS] {
             let shape = Shape {
                 store_overlay: true,
