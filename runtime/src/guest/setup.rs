@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::guest::apifs::{devfs, procfs, runhost, sysfs};
 use crate::guest::rootfs::mounts::{MountContext, Mounted, Owner, Target};
 use crate::guest::rootfs::resolve::Create;
-use crate::guest::steps::{Ops, Step};
+use crate::guest::steps::{Ops, Step, StoreKind};
 use crate::guest::{Plan, credentials, environment, exec, rootfs};
 use crate::handshake::{ContainerEnd, InnerEnd};
 use crate::nixos::store;
@@ -236,6 +236,16 @@ impl Ops for Setup<'_> {
             }
             Step::MountPtsAndMqueue => devfs::mount_pts_and_mqueue(&self.dev_path()?),
             Step::PinApiFilesystems => runhost::pin_api_filesystems(&self.host_path()?),
+            Step::MountStore {
+                kind: StoreKind::Overlay,
+                ..
+            } => {
+                let overlay = self
+                    .plan
+                    .store_overlay
+                    .ok_or_else(|| missing("the store overlay"))?;
+                store::attach_overlay(self.root()?, overlay)
+            }
             Step::MountStore { idmapped, .. } => {
                 let store = spec.store.as_ref().ok_or_else(|| missing("a store"))?;
                 let clone = self.plan.userns.and_then(|u| u.store.as_ref());

@@ -49,9 +49,11 @@ pub(crate) enum Step {
     /// Full /proc and /sys pinned at /run/host, so the guest's PID 1 (in a
     /// user namespace) may mount its own.
     PinApiFilesystems,
-    /// /nix/store: the closure only, or the host's whole store.
+    /// /nix/store: the closure only (one overlay, or a bind per path), or
+    /// the host's whole store; `idmapped` takes it from the launcher's
+    /// idmapped clone of the store (the overlay has its layers idmapped).
     MountStore {
-        closure_only: bool,
+        kind: StoreKind,
         idmapped: bool,
     },
     /// The user's `--bind`/`--tmpfs` number `n` (in the spec's order).
@@ -62,8 +64,8 @@ pub(crate) enum Step {
     SetUpTimezone,
     SetUpResolvConf,
     LinkJournal,
-    /// The store read-only (before the guest's user namespace exists, so
-    /// the kernel locks the flag there).
+    /// The per-path store's tmpfs read-only (before the guest's user
+    /// namespace exists, so the kernel locks the flag there).
     SealStore,
     LinkProfile,
     PassNixDaemon,
@@ -146,6 +148,20 @@ impl Step {
     }
 }
 
+/// Which /nix/store the guest gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    /// The host's whole store (`--shared-store`), bound read-only.
+    Shared,
+    /// The closure as the launcher's one read-only overlay mount, attached
+    /// as it is: read-only down to its superblock, nothing to seal.
+    Overlay,
+    /// The closure as one bind per path on a tmpfs (the launcher could not
+    /// make the overlay and said why); the tmpfs is sealed after the
+    /// user's mounts, which may need mount points in it.
+    PerPath,
+}
+
 /// What the plan depends on besides the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shape {
@@ -160,6 +176,8 @@ pub(crate) struct Shape {
     /// `--resolv-conf=`/`--timezone=` came out as something to do.
     pub resolv_conf: bool,
     pub timezone: bool,
+    /// The launcher made the closure-only store as one overlay mount.
+    pub store_overlay: bool,
 }
 
 /// Who carries the steps out: the real setup, or a recorder in tests.
@@ -209,9 +227,9 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     } else {
         s.push(Step::PinApiFilesystems);
     }
-    if let Some(store) = &spec.store {
+    if let Some(kind) = store_kind(spec, shape) {
         s.push(Step::MountStore {
-            closure_only: store.closure.is_some(),
+            kind,
             idmapped: shape.idmapped,
         });
     }
@@ -227,7 +245,10 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
         s.push(Step::LinkJournal);
     }
     if let Some(store) = &spec.store {
-        s.extend([Step::SealStore, Step::LinkProfile]);
+        if let Some(StoreKind::PerPath) = store_kind(spec, shape) {
+            s.push(Step::SealStore);
+        }
+        s.push(Step::LinkProfile);
         if store.nix_daemon {
             s.push(Step::PassNixDaemon);
         }
@@ -243,6 +264,15 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
         }
     }
     s
+}
+
+/// Which store the guest gets, if any.
+fn store_kind(spec: &Spec, shape: Shape) -> Option<StoreKind> {
+    spec.store.as_ref().map(|store| match &store.closure {
+        None => StoreKind::Shared,
+        Some(_) if shape.store_overlay => StoreKind::Overlay,
+        Some(_) => StoreKind::PerPath,
+    })
 }
 
 /// The steps of the guest's PID 1 in its own user namespace, once cloned
@@ -351,6 +381,7 @@ mod tests {
         await_links: false,
         resolv_conf: false,
         timezone: false,
+        store_overlay: false,
     };
     const USERNS: Shape = Shape {
         userns: true,
@@ -359,6 +390,7 @@ mod tests {
         await_links: false,
         resolv_conf: false,
         timezone: false,
+        store_overlay: false,
     };
 
     fn pos(steps: &[Step], step: Step) -> usize {
@@ -453,7 +485,7 @@ mod tests {
             let mount = pos(
                 &s,
                 Step::MountStore {
-                    closure_only: true,
+                    kind: StoreKind::PerPath,
                     idmapped: shape.idmapped,
                 },
             );
@@ -462,6 +494,54 @@ mod tests {
             assert!(s.contains(&Step::PassNixDaemon));
         }
         assert!(!inner(&sp).contains(&Step::SealStore));
+    }
+
+    #[test]
+    fn an_overlay_store_is_attached_as_it_is_and_never_sealed() {
+        let mut sp = spec();
+        sp.store = Some(StoreSpec {
+            toplevel: "/nix/store/00000000000000000000000000000000-x".into(),
+            closure: Some(Vec::new()),
+            nix_daemon: false,
+        });
+        sp.mounts = vec![
+            CustomMount::parse_bind(
+                "/tmp:/nix/store/y",
+                crate::spec::mounts::BindAccess::ReadOnly,
+            )
+            .unwrap(),
+        ];
+        for shape in [PLAIN, USERNS] {
+            let shape = Shape {
+                store_overlay: true,
+                ..shape
+            };
+            let s = outer(&sp, shape);
+            let mount = pos(
+                &s,
+                Step::MountStore {
+                    kind: StoreKind::Overlay,
+                    idmapped: shape.idmapped,
+                },
+            );
+            // The user's mounts on the store land in the overlay's mount
+            // points; its superblock is read-only, so no seal follows.
+            assert!(mount < pos(&s, Step::CustomMount(0)));
+            assert!(!s.contains(&Step::SealStore));
+            assert!(pos(&s, Step::CustomMount(0)) < pos(&s, Step::LinkProfile));
+        }
+        // Without a closure there is no overlay, whatever the launcher says.
+        sp.store.as_mut().unwrap().closure = None;
+        let shape = Shape {
+            store_overlay: true,
+            ..PLAIN
+        };
+        let s = outer(&sp, shape);
+        assert!(s.contains(&Step::MountStore {
+            kind: StoreKind::Shared,
+            idmapped: false
+        }));
+        assert!(!s.contains(&Step::SealStore));
     }
 
     #[test]

@@ -23,8 +23,28 @@ use crate::sys::{self, ExitKind};
 
 /// Start the payload and supervise it until it ends.
 pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) -> Result<Outcome> {
+    // The closure-only store, made here with the host's privileges (one
+    // overlay, or word of why it is one bind per path).
+    let first_boot = launch.boot == 1;
+    let boot_store = crate::nixos::store::prepare_boot_store(
+        launch.spec,
+        launch.userns.as_ref(),
+        launch.state_dir.path(),
+        &mut |n| {
+            if first_boot {
+                observer.event(Event::Notice(n));
+            }
+        },
+    )?;
+    let store_overlay = match &boot_store {
+        Some(crate::nixos::store::BootStore::Overlay(fd)) => Some(fd),
+        _ => None,
+    };
+    let store_is_overlay = store_overlay.is_some();
     let mut notices = Vec::new();
-    let started = start::start(launch, &mut |n| notices.push(n))?;
+    let started = start::start(launch, store_overlay, &mut |n| notices.push(n));
+    drop(boot_store);
+    let started = started?;
     for n in &notices {
         observer.event(Event::Notice(n));
     }
@@ -69,6 +89,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
+        store_overlay: store_is_overlay,
         capabilities: crate::spec::capabilities::mask(&launch.capabilities),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,

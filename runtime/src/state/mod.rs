@@ -66,6 +66,10 @@ pub struct State {
     /// The guest's store is an idmapped view (root-owned files are its root's).
     #[serde(default)]
     pub store_idmapped: bool,
+    /// The closure-only store is one overlay mount (not one bind per path);
+    /// what it holds is recorded in the state directory.
+    #[serde(default)]
+    pub store_overlay: bool,
     /// The payload's capabilities (bit mask, as /proc/PID/status shows them).
     pub capabilities: u64,
     /// The seccomp filter's adjustments; None when seccomp is off.
@@ -302,6 +306,7 @@ impl Drop for StateDir {
 
 /// Remove a state directory (or whatever stands at its path).
 pub fn remove_state_dir(path: &Path) -> Result<()> {
+    crate::nixos::store::remove_gc_roots(path);
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
