@@ -156,3 +156,105 @@ fn a_debian_tree_from_the_store_boots_with_systemd_in_a_build() {
     assert!(log.contains("state: running"), "{log}");
     assert!(log.contains("launcher exit: 0"), "{log}");
 }
+
+/// The sid tree with Nix of integration/nix-sandbox/setup.sh.
+fn nix_tree() -> PathBuf {
+    let out = Command::new(repo().join("integration/nix-sandbox/setup.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "setup.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Builds a derivation with Nix's sandbox on (its own user, mount, PID
+/// and network namespaces and a fresh /proc) inside the guest, and probes
+/// what an unmasked /proc would give the guest's root. Writes nothing: a
+/// sysctl gets its own value back, sysrq-trigger is only opened.
+const NESTED: &str = r#"
+export HOME=/root NIX_CONFIG='build-users-group =
+sandbox = true
+sandbox-fallback = false
+auto-allocate-uids = false
+use-cgroups = false
+system-features =
+substituters ='
+cat >/tmp/d.nix <<'NIX'
+derivation {
+  name = "nested"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo sandboxed builder pid $$ > $out" ];
+}
+NIX
+if out=$(nix-build --no-out-link /tmp/d.nix 2>/tmp/err); then cat $out; else echo "nix-build failed: $(tail -n 3 /tmp/err)"; fi
+echo "proc submounts: $(awk '$5 ~ "^/proc/" {n++} END {print n+0}' /proc/self/mountinfo)"
+v=$(cat /proc/sys/kernel/printk_ratelimit)
+if echo "$v" >/proc/sys/kernel/printk_ratelimit 2>/dev/null; then echo "sysctl writable"; else echo "sysctl refused"; fi
+if sh -c 'exec 3>/proc/sysrq-trigger' 2>/dev/null; then echo "sysrq writable"; else echo "sysrq refused"; fi
+if head -c 1 /proc/kcore >/dev/null 2>&1; then echo "kcore readable"; else echo "kcore refused"; fi
+"#;
+
+fn nested_run(extra: &[&str]) -> String {
+    let tree = nix_tree();
+    let name = unique_name("s15-nest");
+    let mut args = vec!["-x", "-b", "-U"];
+    args.extend_from_slice(extra);
+    let mut g = Guest::start(&tree, &name, &args);
+    g.wait_ready();
+    let (_, out) = g.exec(&["/bin/sh", "-c", NESTED]);
+    g.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(g.wait_exit(std::time::Duration::from_secs(30)), 0);
+    let leader = None;
+    assert_cleaned_up(&name, leader);
+    out
+}
+
+#[test]
+fn nix_builds_in_its_sandbox_inside_a_guest_with_nested_sandbox() {
+    privileged!();
+    require_root();
+    let out = nested_run(&["--nested-sandbox"]);
+    assert!(
+        out.contains("sandboxed builder pid 1"),
+        "no sandboxed build:\n{out}"
+    );
+    assert!(out.contains("proc submounts: 0"), "{out}");
+    // What the masks hid stays out of the guest root's reach.
+    for refused in ["sysctl refused", "sysrq refused", "kcore refused"] {
+        assert!(out.contains(refused), "{refused}:\n{out}");
+    }
+}
+
+#[test]
+fn without_nested_sandbox_nix_refuses_to_sandbox_as_under_nspawn() {
+    privileged!();
+    require_root();
+    let out = nested_run(&[]);
+    assert!(out.contains("nix-build failed"), "{out}");
+    assert!(!out.contains("proc submounts: 0"), "{out}");
+}
+
+#[test]
+fn nested_sandbox_is_refused_where_the_guest_root_is_the_hosts() {
+    privileged!();
+    require_root();
+    let bb = busybox_tree();
+    for extra in [&[][..], &["--private-users=identity"][..]] {
+        let name = unique_name("s15-nref");
+        let mut args = vec!["--nested-sandbox", "--pipe", "-M", &name, "-D"];
+        let dir = bb.path().to_str().unwrap();
+        args.push(dir);
+        args.extend_from_slice(extra);
+        args.push("/bin/true");
+        let (code, _, err) = run_nixspawn(&args, "");
+        assert_ne!(code, 0, "{extra:?} accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("--nested-sandbox") && err.contains("-U"),
+            "{err}"
+        );
+        assert_cleaned_up(&name, None);
+    }
+}
