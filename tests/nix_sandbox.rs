@@ -25,7 +25,10 @@ fn bin_dir() -> PathBuf {
     Path::new(NIXSPAWN).parent().unwrap().to_path_buf()
 }
 
-/// What a run left on the host: mounts, cgroups, scratch directories.
+/// What a run could leave on the host (other helpers' guests come and go
+/// meanwhile, so only ours count): mounts of the runner's scratch root or
+/// the fixture, Nix's build cgroups and our machines' scopes, scratch
+/// directories.
 fn host_traces() -> (Vec<String>, Vec<PathBuf>, Vec<String>) {
     let scratch = std::fs::read_dir("/var/tmp")
         .unwrap()
@@ -33,7 +36,18 @@ fn host_traces() -> (Vec<String>, Vec<PathBuf>, Vec<String>) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("nixspawn-nix-sandbox."))
         .collect();
-    (host_mounts(), host_cgroups(), scratch)
+    let mounts = host_mounts()
+        .into_iter()
+        .filter(|m| m.contains("nixspawn-nix-sandbox") || m.contains("nix-sandbox-sid"))
+        .collect();
+    let cgroups = host_cgroups()
+        .into_iter()
+        .filter(|c| {
+            let s = c.to_string_lossy();
+            s.contains("nix-build-uid") || s.contains("s15-")
+        })
+        .collect();
+    (mounts, cgroups, scratch)
 }
 
 /// `nix-build cases.nix -A ATTR` in the sandbox fixture: (status, log).
@@ -59,6 +73,12 @@ fn nix_build(attr: &str, binds: &[String]) -> (i32, String) {
 
 /// Build `attr`, check nothing stays behind, return (status, log).
 fn build_leaving_nothing(attr: &str, binds: &[String]) -> (i32, String) {
+    // nextest runs tests in parallel processes: one build between the
+    // snapshots, or another's scratch directory counts as ours.
+    let f = std::fs::File::create("/var/cache/nixspawn/fixtures/.lock-nix-sandbox-test").unwrap();
+    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
     let before = host_traces();
     let (code, log) = nix_build(attr, binds);
     let after = host_traces();

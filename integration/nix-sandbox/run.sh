@@ -31,6 +31,12 @@ done
 [ $# -gt 0 ] || { echo "usage: run.sh [--bind SRC:DST]... [--keep DIR] CMD..." >&2; exit 2; }
 
 tree=$("$here/setup.sh")
+# One run at a time: every run's Nix allocates the same first build uid
+# (auto-allocate-uids, a fresh store each time) and so the same
+# nix-build-uid-N cgroup below ours, whose processes Nix kills when a
+# build ends — another run's builder with them.
+exec 8>"${NIXSPAWN_FIXTURES:-/var/cache/nixspawn/fixtures}/.lock-nix-sandbox-run"
+flock 8
 scratch=$(mktemp -d /var/tmp/nixspawn-nix-sandbox.XXXXXX)
 cleanup() { [ -n "$keep" ] || rm -rf --one-file-system "$scratch"; }
 trap cleanup EXIT
