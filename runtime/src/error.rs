@@ -145,6 +145,11 @@ pub enum Error {
     #[error("{step}: {message}")]
     Bus { step: String, message: String },
 
+    /// A network option or operation failed (one line, often in
+    /// systemd-nspawn's own words).
+    #[error("{message}")]
+    Network { message: String },
+
     #[error("talking to the container process: {0}")]
     Protocol(String),
 

@@ -107,6 +107,10 @@ impl<'a> Setup<'a> {
         self.plan.spec
     }
 
+    pub fn plan(&self) -> &'a Plan<'a> {
+        self.plan
+    }
+
     pub fn root(&self) -> Result<&Path> {
         self.root.as_deref().ok_or_else(|| missing("the root"))
     }
@@ -153,6 +157,12 @@ impl Ops for Setup<'_> {
         match step {
             Step::DieWithLauncher => die_with_parent(self.end),
             Step::AwaitPlacement => self.end.wait_placed(),
+            Step::JoinNetworkNamespace => {
+                let netns = self.plan.network.namespace.as_ref();
+                let netns = netns.ok_or_else(|| missing("the network namespace"))?;
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e))
+            }
             Step::UnshareCgroupNamespace => sys::unshare(libc::CLONE_NEWCGROUP)
                 .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e)),
             Step::IsolateMounts => {
@@ -255,6 +265,16 @@ impl Ops for Setup<'_> {
                 };
                 m.apply(self.root()?, &ctx)
             }
+            Step::SetUpTimezone => crate::network::resolv::apply_timezone(
+                self.root()?,
+                &self.plan.network.timezone,
+                owner,
+            )
+            .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}"))),
+            Step::SetUpResolvConf => {
+                crate::network::resolv::apply_resolv(self.root()?, self.plan.network.resolv, owner)
+                    .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
+            }
             Step::LinkJournal => {
                 let tree = spec.directory.as_ref().ok_or_else(|| missing("a tree"))?;
                 crate::guest::journal::link(spec.link_journal, self.root()?, tree, owner)
@@ -301,6 +321,7 @@ impl Ops for Setup<'_> {
                 Path::new("/"),
                 nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC,
             ),
+            Step::AwaitNetworkLinks => self.end.wait_network_ready(),
             Step::AttachConsole => {
                 // The master went to the launcher; the peer is the console.
                 let peer = self.console.take().map(|(_, peer)| peer);

@@ -15,6 +15,10 @@ pub(crate) enum Step {
     DieWithLauncher,
     /// Wait until the launcher registered us and moved us into `payload`.
     AwaitPlacement,
+    /// `--network-namespace-path`: join it before /sys is mounted (sysfs
+    /// shows the namespace of whoever mounts it); PID 1 under a user
+    /// namespace inherits it.
+    JoinNetworkNamespace,
     UnshareCgroupNamespace,
     /// Make every mount private (nothing propagates to the host).
     IsolateMounts,
@@ -55,6 +59,11 @@ pub(crate) enum Step {
     },
     /// The user's `--bind`/`--tmpfs` number `n` (in the spec's order).
     CustomMount(usize),
+    /// /etc/localtime and /etc/resolv.conf as `--timezone=`/`--resolv-conf=`
+    /// decided, in systemd-nspawn's order, after the user's mounts (a bind
+    /// over either stacks up on them).
+    SetUpTimezone,
+    SetUpResolvConf,
     LinkJournal,
     /// The store read-only (before the guest's user namespace exists, so
     /// the kernel locks the flag there).
@@ -74,6 +83,9 @@ pub(crate) enum Step {
     WaitForPins,
     HandOverConsole,
     ShareMounts,
+    /// The launcher made this boot's links (it can only once the guest's
+    /// network namespace exists, which under a user namespace PID 1 makes).
+    AwaitNetworkLinks,
     /// The last steps before exec, in the pivoted root.
     AttachConsole,
     Chdir,
@@ -93,6 +105,7 @@ impl Step {
         match self {
             Step::DieWithLauncher => "die with the launcher",
             Step::AwaitPlacement => "wait for registration",
+            Step::JoinNetworkNamespace => "join the network namespace",
             Step::UnshareCgroupNamespace => "unshare the cgroup namespace",
             Step::IsolateMounts => "isolate mounts from the host",
             Step::AssembleRoot { .. } => "assemble the root",
@@ -108,6 +121,8 @@ impl Step {
             Step::PinApiFilesystems => "pin /proc and /sys",
             Step::MountStore { .. } => "mount the store",
             Step::CustomMount(_) => "apply custom mounts",
+            Step::SetUpTimezone => "set up the timezone",
+            Step::SetUpResolvConf => "set up resolv.conf",
             Step::LinkJournal => "link the journal",
             Step::SealStore => "seal the store",
             Step::LinkProfile => "link the system profile",
@@ -121,6 +136,7 @@ impl Step {
             Step::WaitForPins => "wait for the pins to go",
             Step::HandOverConsole => "hand over the console",
             Step::ShareMounts => "share mounts",
+            Step::AwaitNetworkLinks => "wait for the network links",
             Step::AttachConsole => "attach the console",
             Step::Chdir => "chdir",
             Step::FindPayload => "find the payload",
@@ -142,6 +158,11 @@ pub(crate) struct Shape {
     pub idmapped: bool,
     /// Wait for placement in a systemd scope before the cgroup namespace.
     pub await_placement: bool,
+    /// The launcher makes links in the guest's network namespace.
+    pub await_links: bool,
+    /// `--resolv-conf=`/`--timezone=` came out as something to do.
+    pub resolv_conf: bool,
+    pub timezone: bool,
 }
 
 /// Who carries the steps out: the real setup, or a recorder in tests.
@@ -157,6 +178,9 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     let mut s = vec![Step::DieWithLauncher];
     if shape.await_placement && plain {
         s.push(Step::AwaitPlacement);
+    }
+    if spec.network.namespace_path.is_some() {
+        s.push(Step::JoinNetworkNamespace);
     }
     if plain {
         s.push(Step::UnshareCgroupNamespace);
@@ -196,6 +220,12 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
         });
     }
     s.extend((0..spec.mounts.len()).map(Step::CustomMount));
+    if shape.timezone {
+        s.push(Step::SetUpTimezone);
+    }
+    if shape.resolv_conf {
+        s.push(Step::SetUpResolvConf);
+    }
     // An ephemeral run's journal goes with it, as with nspawn.
     if spec.directory.is_some() && !spec.ephemeral {
         s.push(Step::LinkJournal);
@@ -259,8 +289,12 @@ pub(crate) fn inner(spec: &Spec) -> Vec<Step> {
 /// The last steps before exec, in the pivoted root. The filter goes on
 /// before the capabilities are dropped: without no_new_privs loading it
 /// needs CAP_SYS_ADMIN, which `--drop-capability` may take.
-pub(crate) fn last(spec: &Spec) -> Vec<Step> {
-    let mut s = vec![Step::AttachConsole, Step::Chdir, Step::FindPayload];
+pub(crate) fn last(spec: &Spec, shape: Shape) -> Vec<Step> {
+    let mut s = Vec::new();
+    if shape.await_links {
+        s.push(Step::AwaitNetworkLinks);
+    }
+    s.extend([Step::AttachConsole, Step::Chdir, Step::FindPayload]);
     if spec.seccomp {
         s.push(Step::InstallSeccomp);
     }
@@ -321,11 +355,17 @@ mod tests {
         userns: false,
         idmapped: false,
         await_placement: false,
+        await_links: false,
+        resolv_conf: false,
+        timezone: false,
     };
     const USERNS: Shape = Shape {
         userns: true,
         idmapped: true,
         await_placement: true,
+        await_links: false,
+        resolv_conf: false,
+        timezone: false,
     };
 
     fn pos(steps: &[Step], step: Step) -> usize {
@@ -492,16 +532,96 @@ mod tests {
     }
 
     #[test]
+    fn network_steps_join_first_set_up_etc_after_the_users_mounts_and_wait_for_links_last() {
+        let mut sp = spec();
+        sp.private_network = true;
+        sp.mounts = vec![
+            CustomMount::parse_bind(
+                "/tmp:/etc/resolv.conf",
+                crate::spec::mounts::BindAccess::ReadOnly,
+            )
+            .unwrap(),
+        ];
+        sp.directory = Some("/srv/tree".into());
+        let net = Shape {
+            await_links: true,
+            resolv_conf: true,
+            timezone: true,
+            ..PLAIN
+        };
+        // Nothing about the network without a reason.
+        let s = outer(&sp, PLAIN);
+        for absent in [
+            Step::JoinNetworkNamespace,
+            Step::SetUpTimezone,
+            Step::SetUpResolvConf,
+        ] {
+            assert!(!s.contains(&absent), "{absent:?} in {s:?}");
+        }
+        assert!(!last(&sp, PLAIN).contains(&Step::AwaitNetworkLinks));
+        // systemd-nspawn's order: the user's mounts, timezone, resolv.conf;
+        // all before the tree's journal link and /run/host is sealed.
+        for shape in [
+            net,
+            Shape {
+                userns: true,
+                ..net
+            },
+        ] {
+            let s = outer(&sp, shape);
+            assert!(pos(&s, Step::CustomMount(0)) < pos(&s, Step::SetUpTimezone));
+            assert!(pos(&s, Step::SetUpTimezone) < pos(&s, Step::SetUpResolvConf));
+            assert!(pos(&s, Step::SetUpResolvConf) < pos(&s, Step::LinkJournal));
+            assert!(pos(&s, Step::SetUpResolvConf) < pos(&s, Step::SealRunHost));
+            assert!(!inner(&sp).contains(&Step::SetUpResolvConf));
+            // The links come before anything of the payload's.
+            assert_eq!(last(&sp, shape)[0], Step::AwaitNetworkLinks);
+        }
+        // A private network: lo up and /proc/sys/net writable where the
+        // namespace is made; the launcher's links are awaited only there.
+        assert!(outer(&sp, net).contains(&Step::LoopbackUp));
+        assert!(outer(&sp, net).contains(&Step::MountProc {
+            private_network: true,
+            masked: true
+        }));
+        // --network-namespace-path: joined before /sys is mounted and before
+        // the cgroup namespace, after placement; under a user namespace by
+        // the outer process (PID 1 inherits it), which mounts no /sys.
+        sp.private_network = false;
+        sp.network.namespace_path = Some("/run/netns/x".into());
+        let placed = Shape {
+            await_placement: true,
+            ..PLAIN
+        };
+        let s = outer(&sp, placed);
+        assert_eq!(
+            &s[..4],
+            &[
+                Step::DieWithLauncher,
+                Step::AwaitPlacement,
+                Step::JoinNetworkNamespace,
+                Step::UnshareCgroupNamespace
+            ]
+        );
+        assert!(pos(&s, Step::JoinNetworkNamespace) < pos(&s, Step::MountSys));
+        assert!(!s.contains(&Step::LoopbackUp));
+        let s = outer(&sp, USERNS);
+        assert!(pos(&s, Step::JoinNetworkNamespace) < pos(&s, Step::PinApiFilesystems));
+        assert!(!inner(&sp).contains(&Step::JoinNetworkNamespace));
+        assert!(inner(&sp).contains(&Step::BindHostSys));
+    }
+
+    #[test]
     fn the_filter_goes_on_before_capabilities_are_dropped() {
         let mut sp = spec();
-        let l = last(&sp);
+        let l = last(&sp, PLAIN);
         assert!(pos(&l, Step::FindPayload) < pos(&l, Step::InstallSeccomp));
         assert!(pos(&l, Step::InstallSeccomp) < pos(&l, Step::DropCapabilities));
         assert!(!l.contains(&Step::NoNewPrivileges));
         assert_eq!(*l.last().unwrap(), Step::ResetSignals);
         sp.seccomp = false;
         sp.no_new_privileges = true;
-        let l = last(&sp);
+        let l = last(&sp, PLAIN);
         assert!(!l.contains(&Step::InstallSeccomp));
         assert!(pos(&l, Step::DropCapabilities) < pos(&l, Step::NoNewPrivileges));
     }

@@ -34,6 +34,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         notify: notify_sock,
         console,
         outer_mounts,
+        network,
     } = started;
     // The leader is our child (or, under a user namespace, one we reap):
     // its PID cannot be reused before we wait for it.
@@ -102,6 +103,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         handlers_ready: false,
         resend_kill_signal: false,
         host: launch.host.as_mut(),
+        network,
     };
     watch.run(launch.signals)
 }
@@ -122,6 +124,7 @@ struct Slots {
     console: Option<usize>,
     stdin: Option<usize>,
     host: Option<usize>,
+    network: Option<usize>,
 }
 
 /// Which of them woke us.
@@ -132,6 +135,7 @@ struct Ready {
     console: bool,
     stdin: bool,
     host: bool,
+    network: bool,
 }
 
 struct Watch<'a, 'h> {
@@ -154,6 +158,9 @@ struct Watch<'a, 'h> {
     resend_kill_signal: bool,
     /// The systemd host, which may ask us to stop the guest's scope.
     host: Option<&'a mut HostLink<'h>>,
+    /// This boot's links and port map; dropped (its cleanup done) with
+    /// the watch, once PID 1 is reaped.
+    network: Option<crate::launcher::network::BootNetwork>,
 }
 
 impl Watch<'_, '_> {
@@ -185,6 +192,11 @@ impl Watch<'_, '_> {
             if ready.notify {
                 self.notify_messages();
             }
+            if ready.network
+                && let Some(line) = self.network.as_mut().and_then(|n| n.addresses_changed())
+            {
+                self.observer.event(Event::Notice(&line));
+            }
             if ready.leader
                 && let Some(outcome) = self.reap()?
             {
@@ -211,6 +223,7 @@ impl Watch<'_, '_> {
             console: slot(&mut fds, self.console.as_ref().map(|c| c.master.as_fd())),
             stdin: slot(&mut fds, reads_stdin.then(|| sys::stdio(0))),
             host: slot(&mut fds, host_fd),
+            network: slot(&mut fds, self.network.as_ref().and_then(|n| n.watch_fd())),
         };
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -225,6 +238,7 @@ impl Watch<'_, '_> {
             console: fired(slots.console),
             stdin: fired(slots.stdin),
             host: fired(slots.host),
+            network: fired(slots.network),
         })
     }
 

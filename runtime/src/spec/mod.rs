@@ -9,6 +9,7 @@ pub mod filter;
 pub mod identity;
 pub mod journal;
 pub mod mounts;
+pub mod network;
 pub mod signals;
 pub mod syscalls;
 pub mod userns;
@@ -90,6 +91,8 @@ pub struct Spec {
     /// (read by the binary, never from the library's environment).
     pub term: Option<String>,
     pub private_network: bool,
+    /// Links, ports, namespace path, resolv.conf and timezone.
+    pub network: crate::spec::network::Network,
     /// Signal sent to PID 1 to ask it to stop; None means SIGKILL at once.
     pub kill_signal: Option<i32>,
     /// Wait for the guest's READY=1 before reporting readiness upwards.
@@ -170,6 +173,7 @@ pub(crate) mod tests {
             console: ConsoleMode::Interactive,
             term: None,
             private_network: false,
+            network: Default::default(),
             kill_signal: None,
             notify_ready: false,
             keep_unit: false,

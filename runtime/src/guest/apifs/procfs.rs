@@ -7,7 +7,7 @@ use nix::mount::MsFlags;
 
 use crate::error::Result;
 use crate::guest::apifs::runhost::inaccessible_file;
-use crate::guest::rootfs::mounts::{Target, bind, mount_fs, mount_new};
+use crate::guest::rootfs::mounts::{Target, bind, clone_tree, mount_fs, mount_new};
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
 const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
@@ -55,9 +55,24 @@ fn restrict(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
     let sys = proc.join("sys");
     bind(&sys, &sys, true, true)?;
     if private_network {
-        // The guest owns its network namespace, so it may tune it.
+        // The guest owns its network namespace, so it may tune it: a
+        // clone of /proc/sys/net with the read-only flag it inherited from
+        // /proc/sys taken off again (a bind of a read-only mount is
+        // read-only too).
         let net = sys.join("net");
-        bind(&net, &net, true, false)?;
+        let writable = clone_tree(&net, true)?;
+        crate::sys::mount_setattr(
+            std::os::fd::AsFd::as_fd(&writable),
+            true,
+            0,
+            crate::sys::MOUNT_ATTR_RDONLY,
+        )
+        .map_err(|e| crate::error::Error::Mount {
+            what: "a writable bind of /proc/sys/net".into(),
+            target: net.clone(),
+            source: e,
+        })?;
+        crate::guest::rootfs::mounts::attach(&writable, &net)?;
     }
     // Our own boot id, so the guest's journal has its own boots.
     let boot_id = sys.join("kernel/random/boot_id");
