@@ -166,6 +166,11 @@ pub struct Args {
     #[arg(long)]
     pub nix_daemon: bool,
 
+    /// Leave the guest's /proc unmasked so it can run sandboxes of its own
+    /// (Nix builds); needs -U with a range other than identity
+    #[arg(long)]
+    pub nested_sandbox: bool,
+
     /// Trace and time every setup step on stderr
     #[arg(long)]
     pub debug: bool,
@@ -471,6 +476,7 @@ impl Args {
             ("-U", self.pick_users),
             ("--shared-store", self.shared_store),
             ("--nix-daemon", self.nix_daemon),
+            ("--nested-sandbox", self.nested_sandbox),
             ("--debug", self.debug),
         ] {
             if set {

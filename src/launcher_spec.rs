@@ -217,6 +217,7 @@ pub struct Plan {
     pub dropped_capabilities: HashSet<caps::Capability>,
     pub syscall_filter: Adjustments,
     pub no_new_privileges: bool,
+    pub nested_sandbox: bool,
     /// `--set-credential`s, parsed.
     pub credentials: Vec<Credential>,
     /// `--load-credential`s, to be read by the probe.
@@ -367,6 +368,7 @@ impl Plan {
             dropped_capabilities,
             syscall_filter,
             no_new_privileges: args.no_new_privileges.unwrap_or(false),
+            nested_sandbox: args.nested_sandbox,
             credentials,
             load_credentials: args.load_credential,
             working_directory: args.chdir,
@@ -417,6 +419,7 @@ impl Plan {
             syscall_filter: self.syscall_filter,
             seccomp: facts.seccomp,
             no_new_privileges: self.no_new_privileges,
+            nested_sandbox: self.nested_sandbox,
             credentials,
             directory: self.directory,
             store: facts.store,

@@ -47,8 +47,11 @@ pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<Mounted> {
         .iter()
         .chain(OPTIONAL_NODES.iter().filter(|n| openable(n)))
     {
-        copy_node(name, &dev)?;
-        owner.chown(&dev.join(name))?;
+        // A bound host node is the host's, and chowning it would change
+        // the host's: only nodes we made are given to the guest's root.
+        if copy_node(name, &dev)? == Node::Made {
+            owner.chown(&dev.join(name))?;
+        }
     }
     if dev.join("net").exists() {
         owner.chown(&dev.join("net"))?;
@@ -99,7 +102,18 @@ pub(crate) fn mount_pts_and_mqueue(dev: &Path) -> Result<()> {
     )
 }
 
-fn copy_node(name: &str, dev: &Path) -> Result<()> {
+/// How a device node got into the guest's /dev.
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    /// mknod: a node of our own.
+    Made,
+    /// The host's node bound onto an empty file, where mknod is refused
+    /// (a user namespace without the host's CAP_MKNOD, such as a Nix
+    /// `uid-range` build sandbox).
+    Bound,
+}
+
+fn copy_node(name: &str, dev: &Path) -> Result<Node> {
     let host = Path::new("/dev").join(name);
     let meta = std::fs::metadata(&host).map_err(|e| Error::io("stat", &host, e))?;
     if !meta.file_type().is_char_device() {
@@ -112,13 +126,20 @@ fn copy_node(name: &str, dev: &Path) -> Result<()> {
     if let Some(parent) = dst.parent() {
         ensure_dir(parent, 0o755)?;
     }
-    mknod(
+    match mknod(
         &dst,
         SFlag::S_IFCHR,
         Mode::from_bits_truncate(meta.mode() & 0o777),
         meta.rdev(),
-    )
-    .map_err(|e| Error::io("mknod", &dst, e.into()))
+    ) {
+        Ok(()) => Ok(Node::Made),
+        Err(nix::errno::Errno::EPERM) => {
+            ensure_file(&dst, 0o000)?;
+            bind(&host, &dst, false, false)?;
+            Ok(Node::Bound)
+        }
+        Err(e) => Err(Error::io("mknod", &dst, e.into())),
+    }
 }
 
 /// The console: a pty of the guest's own devpts, its peer bound onto
