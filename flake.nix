@@ -43,6 +43,27 @@
         default = nixspawn;
       });
 
+      # lib.<system>.runTest { name; nodes; testScript; }: a nixspawn-test
+      # run as a derivation (nix/test.nix), built on any builder with the
+      # `uid-range` system feature; logs and JUnit in $out.
+      lib = forAll (pkgs:
+        let
+          nixspawn = self.packages.${pkgs.stdenv.hostPlatform.system}.nixspawn;
+          # nix/test.nix's bundle: Nix-built binaries need no lib/ of their own.
+          bundle = pkgs.runCommand "nixspawn-bundle" { } ''
+            mkdir -p $out/bin $out/lib
+            ln -s ${nixspawn}/bin/* $out/bin/
+            ln -s ${pkgs.pkgsStatic.busybox}/bin/busybox $out/bin/busybox
+          '';
+        in
+        {
+          runTest = import ./nix/test.nix {
+            nixspawn = bundle;
+            python3 = pkgs.python3;
+            system = pkgs.stdenv.hostPlatform.system;
+          };
+        });
+
       devShells = forAll (pkgs: {
         default = pkgs.mkShell {
           inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.nixspawn ];

@@ -167,10 +167,65 @@ pub struct Args {
     #[arg(long)]
     pub nix_daemon: bool,
 
+    /// Leave the guest's /proc unmasked so it can run sandboxes of its own
+    /// (Nix builds); needs -U with a range other than identity
+    #[arg(long)]
+    pub nested_sandbox: bool,
+
     /// Trace and time every setup step on stderr
     #[arg(long)]
     pub debug: bool,
 
+    // ---- network options (issue 13): systemd-nspawn's, plus --network-address.
+    // Their values are checked in launcher_spec, in systemd-nspawn's words.
+    /// Create a veth pair: ve-NAME on the host, host0 in the container
+    #[arg(short = 'n', long = "network-veth")]
+    pub network_veth: bool,
+
+    /// An extra veth pair: HOSTIF[:CONTAINERIF]
+    #[arg(long = "network-veth-extra", value_name = "HOSTIF[:CONTAINERIF]")]
+    pub network_veth_extra: Vec<String>,
+
+    /// A veth whose host side (vb-NAME) is a port of this existing bridge
+    #[arg(long = "network-bridge", value_name = "BRIDGE")]
+    pub network_bridge: Option<String>,
+
+    /// A veth whose host side is a port of the bridge vz-ZONE (made as needed)
+    #[arg(long = "network-zone", value_name = "ZONE")]
+    pub network_zone: Option<String>,
+
+    /// Move host interfaces into the container: IF[:NEWNAME] (space-separated list)
+    #[arg(long = "network-interface", value_name = "IF[:NEW]")]
+    pub network_interface: Vec<String>,
+
+    /// A macvlan on a host interface in the container: IF[:NEWNAME]
+    #[arg(long = "network-macvlan", value_name = "IF[:NEW]")]
+    pub network_macvlan: Vec<String>,
+
+    /// An ipvlan on a host interface in the container: IF[:NEWNAME]
+    #[arg(long = "network-ipvlan", value_name = "IF[:NEW]")]
+    pub network_ipvlan: Vec<String>,
+
+    /// Run in this existing network namespace (a /proc/PID/ns/net or /run/netns/NAME)
+    #[arg(long = "network-namespace-path", value_name = "PATH", value_hint = ValueHint::FilePath)]
+    pub network_namespace_path: Option<PathBuf>,
+
+    /// Forward a host port to the container: [tcp:|udp:]HOSTPORT[:CONTAINERPORT]
+    #[arg(short = 'p', long = "port", value_name = "[PROTO:]HOST[:CONTAINER]")]
+    pub port: Vec<String>,
+
+    /// nixspawn: address both ends of host0's link: HOST[/PREFIX],GUEST[/PREFIX]
+    #[arg(long = "network-address", value_name = "HOST,GUEST")]
+    pub network_address: Vec<String>,
+
+    /// The container's /etc/resolv.conf: off, copy-host, replace-stub, bind-uplink, ..., auto
+    #[arg(long = "resolv-conf", value_name = "MODE")]
+    pub resolv_conf: Option<String>,
+
+    /// The container's /etc/localtime: off, copy, bind, symlink, delete or auto
+    #[arg(long = "timezone", value_name = "MODE")]
+    pub timezone: Option<String>,
+    // ---- end of network options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
@@ -180,8 +235,6 @@ pub struct Args {
 /// 262 spell them (obsolete spellings included). They are refused by name
 /// rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
-    "-n",
-    "-p",
     "-i",
     "-a",
     "-u",
@@ -206,23 +259,12 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--private-users-chown",
     "--private-users-delegate",
     "--share-system",
-    "--network-interface",
-    "--network-macvlan",
-    "--network-ipvlan",
-    "--network-veth",
-    "--network-veth-extra",
-    "--network-bridge",
-    "--network-zone",
-    "--network-namespace-path",
-    "--port",
     "--ambient-capability",
     "--restrict-address-families",
     "--rlimit",
     "--oom-score-adjust",
     "--cpu-affinity",
     "--personality",
-    "--resolv-conf",
-    "--timezone",
     "--overlay",
     "--overlay-ro",
     "--inaccessible",
@@ -278,7 +320,8 @@ fn refusal(e: &clap::Error) -> String {
     let arg = text(ContextKind::InvalidArg);
     let name = arg.as_deref().map(|a| match e.kind() {
         ErrorKind::UnknownArgument => a.to_owned(),
-        _ => a.split(' ').next().unwrap_or(a).to_owned(),
+        // (and one with an optional value as "--private-users[=<MODE>]")
+        _ => a.split([' ', '[']).next().unwrap_or(a).to_owned(),
     });
     // clap reports a missing value as an empty invalid one.
     let value = text(ContextKind::InvalidValue).filter(|v| !v.is_empty());
@@ -398,6 +441,11 @@ impl Args {
         opt("no-new-privileges", yes_no(self.no_new_privileges));
         opt("toplevel", path(&self.toplevel));
         opt("closure-file", path(&self.closure_file));
+        opt("network-bridge", self.network_bridge.clone());
+        opt("network-zone", self.network_zone.clone());
+        opt("network-namespace-path", path(&self.network_namespace_path));
+        opt("resolv-conf", self.resolv_conf.clone());
+        opt("timezone", self.timezone.clone());
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),
@@ -408,6 +456,12 @@ impl Args {
             ("system-call-filter", &self.system_call_filter),
             ("set-credential", &self.set_credential),
             ("load-credential", &self.load_credential),
+            ("network-veth-extra", &self.network_veth_extra),
+            ("network-interface", &self.network_interface),
+            ("network-macvlan", &self.network_macvlan),
+            ("network-ipvlan", &self.network_ipvlan),
+            ("port", &self.port),
+            ("network-address", &self.network_address),
         ] {
             for v in values {
                 opt(name, Some(v.clone()));
@@ -419,10 +473,12 @@ impl Args {
             ("--pipe", self.pipe),
             ("--quiet", self.quiet),
             ("--private-network", self.private_network),
+            ("--network-veth", self.network_veth),
             ("--keep-unit", self.keep_unit),
             ("-U", self.pick_users),
             ("--shared-store", self.shared_store),
             ("--nix-daemon", self.nix_daemon),
+            ("--nested-sandbox", self.nested_sandbox),
             ("--debug", self.debug),
         ] {
             if set {
@@ -436,6 +492,19 @@ impl Args {
         out
     }
 
+    /// Forget the command line's network options (not `--port`).
+    fn clear_network(&mut self) {
+        self.private_network = false;
+        self.network_veth = false;
+        self.network_bridge = None;
+        self.network_zone = None;
+        self.network_namespace_path = None;
+        self.network_veth_extra.clear();
+        self.network_interface.clear();
+        self.network_macvlan.clear();
+        self.network_ipvlan.clear();
+    }
+
     /// Whether the command line set `group`, which then wins over a
     /// settings file (nspawn's settings mask).
     pub fn sets(&self, group: Group) -> bool {
@@ -446,7 +515,18 @@ impl Args {
             Group::CustomMounts => {
                 !self.bind.is_empty() || !self.bind_ro.is_empty() || !self.tmpfs.is_empty()
             }
-            Group::Network => self.private_network,
+            Group::Network => {
+                self.private_network
+                    || self.network_veth
+                    || self.network_bridge.is_some()
+                    || self.network_zone.is_some()
+                    || self.network_namespace_path.is_some()
+                    || !self.network_veth_extra.is_empty()
+                    || !self.network_interface.is_empty()
+                    || !self.network_macvlan.is_empty()
+                    || !self.network_ipvlan.is_empty()
+            }
+            Group::Port => !self.port.is_empty(),
             Group::Userns => {
                 self.private_users.is_some()
                     || self.pick_users
@@ -456,7 +536,6 @@ impl Args {
             Group::LinkJournal => self.link_journal.is_some(),
             // Options nixspawn refuses on its command line never set these.
             Group::AmbientCapability
-            | Group::Port
             | Group::BindUser
             | Group::BindUserShell
             | Group::Limit(_)
@@ -481,7 +560,18 @@ impl Args {
         let mut caps = Vec::new();
         let mut drop_caps = Vec::new();
         let mut filters = Vec::new();
+        // The first [Network] setting (or Port=) taken from the file
+        // replaces what the command line said about it as a whole, as
+        // nspawn's merge does (which matters under override).
+        let mut network_taken = false;
+        let mut ports_taken = false;
         for setting in settings {
+            if setting.is_network() && !std::mem::replace(&mut network_taken, true) {
+                self.clear_network();
+            }
+            if matches!(setting, Setting::Port(_)) && !std::mem::replace(&mut ports_taken, true) {
+                self.port.clear();
+            }
             match setting {
                 Setting::Boot(b) => {
                     if over || !self.boot {
@@ -522,6 +612,17 @@ impl Args {
                 Setting::BindReadOnly(words) => binds_ro.extend(words.iter().cloned()),
                 Setting::TemporaryFileSystem(words) => tmpfs.extend(words.iter().cloned()),
                 Setting::PrivateNetwork(b) => self.private_network = *b,
+                Setting::VirtualEthernet(b) => self.network_veth = *b,
+                Setting::VirtualEthernetExtra(v) => self.network_veth_extra.push(v.clone()),
+                Setting::Interface(v) => self.network_interface.push(v.clone()),
+                Setting::MacVlan(v) => self.network_macvlan.push(v.clone()),
+                Setting::IpVlan(v) => self.network_ipvlan.push(v.clone()),
+                Setting::Bridge(v) => self.network_bridge = Some(v.clone()),
+                Setting::Zone(v) => self.network_zone = Some(v.clone()),
+                Setting::NamespacePath(p) => self.network_namespace_path = Some(p.clone()),
+                Setting::Port(v) => self.port.push(v.clone()),
+                Setting::ResolvConf(v) => fill(&mut self.resolv_conf, v.clone(), over),
+                Setting::Timezone(v) => fill(&mut self.timezone, v.clone(), over),
             }
         }
         for (from_file, slot) in [
@@ -647,22 +748,22 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_named() {
-        let err = parse(&argv("-D /tmp --network-veth -b"))
+        let err = parse(&argv("-D /tmp --read-only -b"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--network-veth") && err.contains("not implemented"),
+            err.contains("--read-only") && err.contains("not implemented"),
             "{err}"
         );
-        let err = parse(&argv("-D /tmp --port=80 -b"))
+        let err = parse(&argv("-D /tmp --volatile=yes -b"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--port"), "{err}");
-        let err = parse(&argv("-D /tmp --network-veth /bin/true"))
+        assert!(err.contains("--volatile"), "{err}");
+        let err = parse(&argv("-D /tmp --read-only /bin/true"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--network-veth"),
+            err.contains("--read-only"),
             "an option before the command is never the command: {err}"
         );
         for obsolete in ["-j", "--private-users-chown", "--share-system"] {
@@ -693,7 +794,8 @@ mod tests {
             (&["--machine"], "--machine needs a value"),
             (&["-D"], "--directory needs a value"),
             (&["--console"], "--console needs a value"),
-            (&["--network-veth"], "--network-veth is not implemented"),
+            (&["--read-only"], "--read-only is not implemented"),
+            (&["--port"], "--port needs a value"),
             (&["--bootx"], "did you mean"),
         ] {
             let line = refused(argv);
@@ -776,6 +878,8 @@ mod tests {
             "--kill-signal=15 --notify-ready=on --register=auto --uuid=0123456789ABCDEF0123456789ABCDEF",
             "--private-users=131072:65536 --private-users-ownership=no --link-journal=guest --settings=override --no-new-privileges=0",
             "--console=autopipe --kill-signal=SIGRTMIN+4 --register=1 --settings=trusted",
+            "-D / -n -p 80 -p udp:53:5353 --network-zone=z --network-veth-extra=a:b --network-interface=eth1 --network-macvlan=eth2:mv0 --network-address=10.0.0.1,10.0.0.2 --resolv-conf=copy-host --timezone=off",
+            "-D / --network-bridge=br0 --network-ipvlan=eth0 --network-namespace-path=/run/netns/x",
         ] {
             let a = parse(&argv(line)).unwrap();
             let again = try_parse(&a.to_argv()).unwrap();
@@ -885,6 +989,53 @@ mod tests {
         assert!(merged("-b", &[Setting::Boot(false)], Mode::Yes).boot);
         assert!(!merged("-b", &[Setting::Boot(false)], Mode::Override).boot);
         assert!(merged("", &[Setting::Boot(true)], Mode::Yes).boot);
+    }
+
+    #[test]
+    fn a_files_network_section_replaces_the_command_lines_as_a_whole() {
+        use nspawn_settings::Mode;
+        let file = [
+            Setting::ResolvConf("copy-host".into()),
+            Setting::Timezone("off".into()),
+            Setting::Zone("web".into()),
+            Setting::Port("tcp:8080:80".into()),
+            Setting::Port("53".into()),
+            Setting::VirtualEthernetExtra("x0:y0".into()),
+            Setting::MacVlan("eth1".into()),
+        ];
+        let a = merged("-D /tmp", &file, Mode::Yes);
+        assert_eq!(a.network_zone.as_deref(), Some("web"));
+        assert_eq!(a.port, ["tcp:8080:80", "53"]);
+        assert_eq!(a.network_veth_extra, ["x0:y0"]);
+        assert_eq!(a.network_macvlan, ["eth1"]);
+        assert_eq!(a.resolv_conf.as_deref(), Some("copy-host"));
+        assert_eq!(a.timezone.as_deref(), Some("off"));
+        // What the command line set is masked before the merge (see
+        // `sets`): a network option masks the section, -p masks Port=.
+        let cli = parse(&argv("-D /tmp -n -p 1:2 --timezone=copy")).unwrap();
+        assert!(cli.sets(Group::Network) && cli.sets(Group::Port));
+        assert!(!parse(&argv("-D /tmp")).unwrap().sets(Group::Network));
+        assert!(
+            parse(&argv("-D /tmp --network-namespace-path=/x"))
+                .unwrap()
+                .sets(Group::Network)
+        );
+        let a = merged("-D /tmp --timezone=copy", &file, Mode::Yes);
+        assert_eq!(
+            a.timezone.as_deref(),
+            Some("copy"),
+            "not privileged: filled"
+        );
+        // Under override the file's section replaces the command line's:
+        // -n goes, its zone comes; its ports replace -p's.
+        let a = merged(
+            "-D /tmp -n -p 1:2 --network-interface=eth9",
+            &file,
+            Mode::Override,
+        );
+        assert!(!a.network_veth && a.network_interface.is_empty());
+        assert_eq!(a.network_zone.as_deref(), Some("web"));
+        assert_eq!(a.port, ["tcp:8080:80", "53"]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use nixspawn_runtime::spec::credentials::{self, Credential};
 use nixspawn_runtime::spec::filter::Adjustments;
 use nixspawn_runtime::spec::journal::LinkJournal;
 use nixspawn_runtime::spec::mounts::{BindAccess, CustomMount};
+use nixspawn_runtime::spec::network::Network;
 use nixspawn_runtime::spec::{capabilities, environment, signals, userns};
 use nixspawn_runtime::{ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid};
 
@@ -225,7 +226,9 @@ pub struct Plan {
     pub environment: Vec<(String, String)>,
     /// None: interactive on a terminal, else read-only (nspawn's default).
     pub console: Option<Console>,
+    /// `--private-network`, or implied by a network option.
     pub private_network: bool,
+    pub network: Network,
     pub kill_signal: Option<i32>,
     pub notify_ready: bool,
     pub keep_unit: bool,
@@ -239,6 +242,7 @@ pub struct Plan {
     pub dropped_capabilities: HashSet<caps::Capability>,
     pub syscall_filter: Adjustments,
     pub no_new_privileges: bool,
+    pub nested_sandbox: bool,
     /// `--set-credential`s, parsed.
     pub credentials: Vec<Credential>,
     /// `--load-credential`s, to be read by the probe.
@@ -353,6 +357,9 @@ impl Plan {
         } else {
             args.console
         };
+        let network = network(&args)?;
+        let private_network = args.private_network || network.implies_private();
+        network.verify(private_network)?;
         let store = toplevel.map(|toplevel| StorePlan {
             toplevel,
             closure: (!args.shared_store).then(|| {
@@ -372,7 +379,8 @@ impl Plan {
             payload,
             environment,
             console,
-            private_network: args.private_network,
+            private_network,
+            network,
             kill_signal,
             notify_ready: args.notify_ready.unwrap_or(false),
             keep_unit: args.keep_unit,
@@ -385,6 +393,7 @@ impl Plan {
             dropped_capabilities,
             syscall_filter,
             no_new_privileges: args.no_new_privileges.unwrap_or(false),
+            nested_sandbox: args.nested_sandbox,
             credentials,
             load_credentials: args.load_credential,
             working_directory: args.chdir,
@@ -435,6 +444,7 @@ impl Plan {
             syscall_filter: self.syscall_filter,
             seccomp: facts.seccomp,
             no_new_privileges: self.no_new_privileges,
+            nested_sandbox: self.nested_sandbox,
             credentials,
             directory: self.directory,
             store: facts.store,
@@ -447,6 +457,7 @@ impl Plan {
             console,
             term: facts.term,
             private_network: self.private_network,
+            network: self.network,
             kill_signal: self.kill_signal,
             notify_ready: self.notify_ready,
             keep_unit: self.keep_unit,
@@ -465,6 +476,58 @@ impl Plan {
             },
         ))
     }
+}
+
+/// The network options as the runtime takes them, each value checked as
+/// systemd-nspawn checks it (and refused in its words).
+fn network(args: &Args) -> Result<Network> {
+    use nixspawn_runtime::spec::network::{
+        AddressPair, IfacePair, PairKind, Port, ResolvConf, Timezone, VethExtra, parse_bridge,
+        parse_zone,
+    };
+    let mut net = Network {
+        veth: args.network_veth,
+        bridge: args
+            .network_bridge
+            .as_deref()
+            .map(parse_bridge)
+            .transpose()?,
+        zone: match args.network_zone.as_deref() {
+            Some(z) => parse_zone(z)?,
+            None => None,
+        },
+        namespace_path: args.network_namespace_path.clone(),
+        ..Network::default()
+    };
+    for v in &args.network_veth_extra {
+        net.veth_extra.push(VethExtra::parse(v)?);
+    }
+    for (list, kind, out) in [
+        (
+            &args.network_interface,
+            PairKind::Interface,
+            &mut net.interfaces,
+        ),
+        (&args.network_macvlan, PairKind::MacVlan, &mut net.macvlans),
+        (&args.network_ipvlan, PairKind::IpVlan, &mut net.ipvlans),
+    ] {
+        for v in list {
+            out.extend(IfacePair::parse_list(kind, v)?);
+        }
+    }
+    for p in &args.port {
+        Port::parse_into(&mut net.ports, p)?;
+    }
+    for a in &args.network_address {
+        net.addresses.push(AddressPair::parse(a)?);
+    }
+    if let Some(r) = &args.resolv_conf {
+        net.resolv_conf = ResolvConf::parse(r)?;
+    }
+    if let Some(t) = &args.timezone {
+        net.timezone = Timezone::parse(t)?;
+    }
+    Ok(net)
 }
 
 /// Step 3: the system's answers to what the plan leaves open.
@@ -605,6 +668,51 @@ mod tests {
 
     fn spec(line: &str) -> Spec {
         plan(line).into_spec(facts()).unwrap().0
+    }
+
+    #[test]
+    fn network_options_as_nspawn_takes_them() {
+        let s = spec("-D / -M t --network-zone=z -p 8080:80");
+        assert!(s.private_network, "a zone makes the network private");
+        assert!(s.network.has_veth());
+        assert_eq!(s.network.zone.as_deref(), Some("z"));
+        assert_eq!(s.network.ports.len(), 1);
+        let s = spec("-D / -M t --network-namespace-path=/run/netns/x");
+        assert!(!s.private_network, "a namespace path alone is not private");
+        let s = spec("-D / -M t --network-macvlan=eth0");
+        assert!(s.private_network && !s.network.has_veth());
+        for (line, want) in [
+            (
+                "-D / -M t -p 80",
+                "Cannot use --port= without private networking.",
+            ),
+            (
+                "-D / -M t --network-bridge=br0 --network-zone=z",
+                "--network-bridge= and --network-zone= may not be combined.",
+            ),
+            (
+                "-D / -M t -n --network-namespace-path=/x",
+                "--network-namespace-path= cannot be combined with other network options.",
+            ),
+            (
+                "-D / -M t --network-zone=abcdefghijklm",
+                "Network zone name not valid: vz-abcdefghijklm",
+            ),
+            (
+                "-D / -M t -n -p tcp:80 -p 80",
+                "Duplicate port specification: 80",
+            ),
+            (
+                "-D / -M t --network-veth-extra=a:b:c",
+                "Failed to parse --network-veth-extra= parameter: a:b:c",
+            ),
+            (
+                "-D / -M t --resolv-conf=bogus",
+                "Failed to parse /etc/resolv.conf mode: bogus",
+            ),
+        ] {
+            assert_eq!(refusal(line), want, "{line}");
+        }
     }
 
     fn unreachable_bus() -> Reach {
@@ -931,7 +1039,7 @@ mod tests {
             ("--bind=relative", "not an absolute path"),
             ("--bind-ro=/a:/b:bogus", "unknown option \"bogus\""),
             ("--tmpfs=x", "--tmpfs"),
-            ("-E novalue", "NAME=VALUE"),
+            ("-E 1bad=x", "the name must be letters"),
             (
                 "--chdir=srv",
                 "invalid --chdir srv: must be an absolute path",

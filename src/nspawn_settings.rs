@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use nixspawn_runtime::Uuid;
 use nixspawn_runtime::spec::journal::LinkJournal;
+use nixspawn_runtime::spec::network as net;
 use nixspawn_runtime::spec::userns;
 
 use crate::values::{self, Choice, Invalid, Spelling, YES_NO};
@@ -353,6 +354,39 @@ pub enum Setting {
     BindReadOnly(Vec<String>),
     TemporaryFileSystem(Vec<String>),
     PrivateNetwork(bool),
+    // [Network], each value checked as its option's (the launcher parses
+    // them again with the command line's).
+    VirtualEthernet(bool),
+    VirtualEthernetExtra(String),
+    Interface(String),
+    MacVlan(String),
+    IpVlan(String),
+    Bridge(String),
+    Zone(String),
+    NamespacePath(PathBuf),
+    Port(String),
+    // Not privileged: any file may set these.
+    ResolvConf(String),
+    Timezone(String),
+}
+
+impl Setting {
+    /// Part of `[Network]` but `Port=`: the first one taken from a file
+    /// replaces the command line's network as a whole (nspawn's merge).
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            Setting::PrivateNetwork(_)
+                | Setting::VirtualEthernet(_)
+                | Setting::VirtualEthernetExtra(_)
+                | Setting::Interface(_)
+                | Setting::MacVlan(_)
+                | Setting::IpVlan(_)
+                | Setting::Bridge(_)
+                | Setting::Zone(_)
+                | Setting::NamespacePath(_)
+        )
+    }
 }
 
 /// What one file contributes: its settings in the file's order, and
@@ -443,6 +477,65 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
         ("Files", "BindReadOnly") => Setting::BindReadOnly(words()?),
         ("Files", "TemporaryFileSystem") => Setting::TemporaryFileSystem(words()?),
         ("Network", "Private") => Setting::PrivateNetwork(yes_no()?),
+        ("Network", "VirtualEthernet") => Setting::VirtualEthernet(yes_no()?),
+        ("Network", "VirtualEthernetExtra") => {
+            checked(
+                e,
+                &at,
+                net::VethExtra::parse(&e.value).map_err(Invalid::from),
+            )?;
+            Setting::VirtualEthernetExtra(text())
+        }
+        ("Network", key @ ("Interface" | "MACVLAN" | "IPVLAN")) => {
+            let kind = match key {
+                "Interface" => net::PairKind::Interface,
+                "MACVLAN" => net::PairKind::MacVlan,
+                _ => net::PairKind::IpVlan,
+            };
+            checked(
+                e,
+                &at,
+                net::IfacePair::parse_list(kind, &e.value).map_err(Invalid::from),
+            )?;
+            match kind {
+                net::PairKind::Interface => Setting::Interface(text()),
+                net::PairKind::MacVlan => Setting::MacVlan(text()),
+                net::PairKind::IpVlan => Setting::IpVlan(text()),
+            }
+        }
+        ("Network", "Bridge") => {
+            checked(e, &at, net::parse_bridge(&e.value).map_err(Invalid::from))?;
+            Setting::Bridge(text())
+        }
+        ("Network", "Zone") => {
+            checked(e, &at, net::parse_zone(&e.value).map_err(Invalid::from))?;
+            Setting::Zone(text())
+        }
+        ("Network", "NamespacePath") => Setting::NamespacePath(PathBuf::from(&e.value)),
+        ("Network", "Port") => {
+            checked(
+                e,
+                &at,
+                net::Port::parse_into(&mut Vec::new(), &e.value).map_err(Invalid::from),
+            )?;
+            Setting::Port(text())
+        }
+        ("Exec", "ResolvConf") => {
+            checked(
+                e,
+                &at,
+                net::ResolvConf::parse(&e.value).map_err(Invalid::from),
+            )?;
+            Setting::ResolvConf(text())
+        }
+        ("Exec", "Timezone") => {
+            checked(
+                e,
+                &at,
+                net::Timezone::parse(&e.value).map_err(Invalid::from),
+            )?;
+            Setting::Timezone(text())
+        }
         (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
             bail!(
                 "{at}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet"
@@ -478,8 +571,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "LimitRTTIME",
     "OOMScoreAdjust",
     "CPUAffinity",
-    "ResolvConf",
-    "Timezone",
     "SuppressSync",
     "ReadOnly",
     "Volatile",
@@ -487,18 +578,9 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "Inaccessible",
     "Overlay",
     "OverlayReadOnly",
-    "VirtualEthernet",
-    "VirtualEthernetExtra",
-    "Interface",
-    "MACVLAN",
-    "IPVLAN",
-    "Bridge",
-    "Zone",
-    "Port",
     "PrivateUsersDelegate",
     "RestrictAddressFamilies",
     "BindUserShell",
-    "NamespacePath",
 ];
 
 #[cfg(test)]
@@ -591,6 +673,65 @@ Private=yes
                 Setting::TemporaryFileSystem(vec!["/tmp:mode=1777".into()]),
             ]
         );
+    }
+
+    #[test]
+    fn network_settings_are_checked_and_kept_only_from_trusted_files() {
+        let text = "[Exec]\nResolvConf=copy-host\nTimezone=off\n[Network]\nZone=web\nPort=tcp:8080:80\n\
+                    Port=53\nVirtualEthernetExtra=x0:y0\nMACVLAN=eth1 eth2:mv0\nVirtualEthernet=yes\n";
+        let got = read_text(text, Trust::Trusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.values,
+            [
+                Setting::ResolvConf("copy-host".into()),
+                Setting::Timezone("off".into()),
+                Setting::Zone("web".into()),
+                Setting::Port("tcp:8080:80".into()),
+                Setting::Port("53".into()),
+                Setting::VirtualEthernetExtra("x0:y0".into()),
+                Setting::MacVlan("eth1 eth2:mv0".into()),
+                Setting::VirtualEthernet(true),
+            ]
+        );
+        // Untrusted: the section and Port= go, in nspawn's words;
+        // ResolvConf= and Timezone= are anyone's to set.
+        let got = read_text(text, Trust::Untrusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.values,
+            [
+                Setting::ResolvConf("copy-host".into()),
+                Setting::Timezone("off".into()),
+            ]
+        );
+        assert_eq!(
+            got.warnings,
+            [
+                "Ignoring network settings, file t.nspawn is not trusted.",
+                "Ignoring Port= setting, file t.nspawn is not trusted.",
+            ]
+        );
+        // Masked by the command line: nothing from the section.
+        let got = read_text(text, Trust::Trusted, &|g| g == Group::Network).unwrap();
+        assert!(!got.values.iter().any(Setting::is_network), "{got:?}");
+        assert!(got.values.contains(&Setting::Port("53".into())));
+        // A bad value is refused with file and line.
+        for (text, needle) in [
+            (
+                "[Network]\nZone=abcdefghijklm\n",
+                "t.nspawn:2: invalid Zone= value",
+            ),
+            ("[Network]\nPort=0\n", "t.nspawn:2: invalid Port= value"),
+            (
+                "[Exec]\nTimezone=sideways\n",
+                "t.nspawn:2: invalid Timezone= value",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                read_text(text, Trust::Trusted, &nothing_masked).unwrap_err()
+            );
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 # starts each guest under systemd-nspawn and under nixspawn and compares
 # what machinectl, systemctl -M and journalctl -M say about them.
 #   sudo integration/machined/run.sh bookworm|sid [NIXSPAWN_BINARY]
+# NIXSPAWN_HARNESS_ONLY=network runs the network part alone.
 # bookworm: machined 252 (D-Bus API), hybrid cgroups as on this host.
 # sid: machined 262 (Varlink), pure cgroup v2 (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1).
 # Exit status: the scenario's. Its log is printed.
@@ -56,6 +57,7 @@ trap cleanup EXIT
 cat >"$results/env" <<EOF
 HOST_SUITE=$suite
 NIXOS_SYSTEMD=$NIXOS_SYSTEMD
+HARNESS_ONLY=${NIXSPAWN_HARNESS_ONLY:-}
 EOF
 
 # The host: a throw-away copy of the tree, made here (nspawn's -x would
@@ -64,6 +66,23 @@ EOF
 # seccomp filter (it runs containers itself), its console on our stderr
 # only when asked (NIXSPAWN_HARNESS_CONSOLE=1).
 cp -a "$host_tree" "$work/root"
+# The host runs systemd-networkd (DHCP for its guests' ve-/vz- links, as
+# for systemd-nspawn's), in a network namespace of its own: nothing of the
+# machine's network is touched. nixos-container's guests (ve-nc-*) are
+# addressed by its scripts, which networkd must leave alone.
+chroot "$work/root" systemctl enable systemd-networkd.service >/dev/null 2>&1
+mkdir -p "$work/root/etc/systemd/network"
+cat >"$work/root/etc/systemd/network/10-nixos-containers.network" <<'EOF'
+[Match]
+Name=ve-nc-*
+
+[Link]
+Unmanaged=yes
+EOF
+busybox=$(command -v busybox) || {
+	echo "run.sh: busybox is missing (ping, nc and ip for the network checks); install busybox-static" >&2
+	exit 1
+}
 # NIXSPAWN_HARNESS_HOLD=1: boot the host and idle, for poking at it by hand
 # (nsenter -t HOST-LEADER -a), instead of running the scenario.
 [ "${NIXSPAWN_HARNESS_HOLD:-0}" = 1 ] && touch "$results/hold"
@@ -72,7 +91,8 @@ console=/dev/null
 set +e
 env SYSTEMD_SECCOMP=0 "${host_env[@]}" \
 	timeout 1200 systemd-nspawn -q --console=pipe -M "$machine" \
-	-D "$work/root" --capability=all --keep-unit --register=no \
+	-D "$work/root" --capability=all --keep-unit --register=no --private-network \
+	--bind-ro="$busybox":/usr/local/bin/busybox \
 	--bind-ro="$bin":/usr/local/bin/nixspawn \
 	--bind-ro="$here":/harness \
 	--bind-ro="$repo/dist/systemd":/harness-units \

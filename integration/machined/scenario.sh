@@ -223,6 +223,14 @@ exercise() {
 	until_ok 10 gone "$name" || fail "$launcher/$guest: $name still listed after kill"
 }
 
+# run.sh with NIXSPAWN_HARNESS_ONLY=network: the network part alone.
+if [ "${HARNESS_ONLY:-}" = network ]; then
+	# shellcheck source=integration/machined/network.sh
+	. /harness/network.sh
+	say "$failures failed checks"
+	exit "$failures"
+fi
+
 for guest in bookworm sid nixos; do
 	exercise nspawn "$guest" "ns-$guest"
 	exercise nixspawn "$guest" "nx-$guest"
@@ -370,6 +378,11 @@ for how in template machinectl; do
 		fail "$how: $unit ended with $result"
 	until_ok 10 gone tmpl || fail "$how: tmpl still listed"
 done
+
+# Networks: DHCP from the host's networkd, Iface:/Address:, names, ports,
+# zones, nixos-container's addressing.
+# shellcheck source=integration/machined/network.sh
+. /harness/network.sh
 
 say "$failures failed checks"
 exit "$failures"

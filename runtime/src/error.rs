@@ -103,6 +103,10 @@ pub enum Error {
     )]
     NoCgroup2,
 
+    /// No cgroup2 anywhere and /sys/fs/cgroup is not ours to mount it on.
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo); {fix}")]
+    Cgroup2NotMounted { fix: String },
+
     #[error("mounting {what} on {target}: {source}")]
     Mount {
         what: String,
@@ -140,6 +144,11 @@ pub enum Error {
 
     #[error("{step}: {message}")]
     Bus { step: String, message: String },
+
+    /// A network option or operation failed (one line, often in
+    /// systemd-nspawn's own words).
+    #[error("{message}")]
+    Network { message: String },
 
     #[error("talking to the container process: {0}")]
     Protocol(String),

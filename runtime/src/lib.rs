@@ -13,8 +13,9 @@
 //!   filesystem, the API filesystems, `security` (capabilities, seccomp),
 //!   then exec.
 //! - `nixos`: NixOS toplevels and their store; `ctl`: entering a running
-//!   guest. `sys` holds every unsafe call (and is the only module allowed
-//!   one); `os` is the little of it the binaries need.
+//!   guest. `network`: links, port forwarding, resolv.conf and timezone.
+//!   `sys` holds every unsafe call (and is the only module allowed one);
+//!   `os` is the little of it the binaries need.
 
 #![deny(unsafe_code)]
 #![warn(
@@ -46,6 +47,8 @@ pub mod security;
 pub mod nixos;
 // Entering a running guest (nixspawnctl).
 pub mod ctl;
+// Links, port forwarding, resolv.conf and timezone.
+pub mod network;
 
 pub mod error;
 // The few system calls the binaries use.

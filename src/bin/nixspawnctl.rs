@@ -224,8 +224,10 @@ fn print_status(st: &State) {
         }
         println!(
             "     Store: {}",
-            if st.closure_only {
-                "closure only"
+            if st.closure_only && st.store_overlay {
+                "closure only (one overlay mount)"
+            } else if st.closure_only {
+                "closure only (one bind mount per path)"
             } else {
                 "shared with the host"
             }

@@ -31,12 +31,34 @@ pub(crate) struct Plan<'a> {
     pub mount_point: PathBuf,
     /// An empty directory outside the root for assembling the store.
     pub store_staging: PathBuf,
+    /// The closure-only store as one detached overlay mount, if the
+    /// launcher could make it (else one bind per path is made here).
+    pub store_overlay: Option<&'a OwnedFd>,
     /// What the payload keeps (decided once by the launcher).
     pub capabilities: &'a std::collections::HashSet<caps::Capability>,
     pub userns: Option<&'a crate::userns::Plan>,
     /// Started in the scope's root: wait until the launcher registered the
     /// machine and moved us into `payload` before taking a cgroup namespace.
     pub await_placement: bool,
+    /// The network namespace to join, links to wait for, resolv.conf and
+    /// timezone (see `launcher::network`).
+    pub network: &'a crate::launcher::network::GuestNetwork,
+}
+
+impl Plan<'_> {
+    /// What the step plan depends on besides the spec.
+    fn shape(&self) -> Shape {
+        use crate::network::resolv::{ResolvAction, TimezoneAction};
+        Shape {
+            userns: self.userns.is_some(),
+            idmapped: self.userns.is_some_and(|u| u.mapping.is_some()),
+            await_placement: self.await_placement,
+            await_links: self.network.await_links,
+            resolv_conf: self.network.resolv != ResolvAction::Off,
+            timezone: self.network.timezone != TimezoneAction::Off,
+            store_overlay: self.store_overlay.is_some(),
+        }
+    }
 }
 
 /// Run the setup and exec the payload; report failure and exit otherwise.
@@ -71,11 +93,7 @@ fn step<T>(name: &str, f: impl FnOnce() -> crate::error::Result<T>) -> StepResul
 /// runs in the outer process, which then hands over to the guest's PID 1.
 fn setup_and_exec(plan: &Plan<'_>, end: &ContainerEnd) -> StepResult<Never> {
     let spec = plan.spec;
-    let shape = Shape {
-        userns: plan.userns.is_some(),
-        idmapped: plan.userns.is_some_and(|u| u.mapping.is_some()),
-        await_placement: plan.await_placement,
-    };
+    let shape = plan.shape();
     let mut setup = Setup::new(plan, end);
     steps::drive(&mut setup, &steps::outer(spec, shape))?;
     let notify = step("hand over the notify socket", || {
@@ -185,7 +203,8 @@ fn pid1(plan: &Plan<'_>, end: &ContainerEnd, at: Assembled, outer: InnerEnd) -> 
 /// payload, seccomp, capabilities, descriptors, signals), then exec.
 fn finish(mut setup: Setup<'_>) -> StepResult<Never> {
     let spec: &Spec = setup.spec();
-    steps::drive(&mut setup, &steps::last(spec))?;
+    let shape = setup.plan().shape();
+    steps::drive(&mut setup, &steps::last(spec, shape))?;
     let payload = step("exec the payload", || setup.payload())?;
     Err(("exec the payload".to_owned(), payload.exec()))
 }

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::guest::apifs::{devfs, procfs, runhost, sysfs};
 use crate::guest::rootfs::mounts::{MountContext, Mounted, Owner, Target};
 use crate::guest::rootfs::resolve::Create;
-use crate::guest::steps::{Ops, Step};
+use crate::guest::steps::{Ops, Step, StoreKind};
 use crate::guest::{Plan, credentials, environment, exec, rootfs};
 use crate::handshake::{ContainerEnd, InnerEnd};
 use crate::nixos::store;
@@ -107,6 +107,10 @@ impl<'a> Setup<'a> {
         self.plan.spec
     }
 
+    pub fn plan(&self) -> &'a Plan<'a> {
+        self.plan
+    }
+
     pub fn root(&self) -> Result<&Path> {
         self.root.as_deref().ok_or_else(|| missing("the root"))
     }
@@ -153,6 +157,12 @@ impl Ops for Setup<'_> {
         match step {
             Step::DieWithLauncher => die_with_parent(self.end),
             Step::AwaitPlacement => self.end.wait_placed(),
+            Step::JoinNetworkNamespace => {
+                let netns = self.plan.network.namespace.as_ref();
+                let netns = netns.ok_or_else(|| missing("the network namespace"))?;
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e))
+            }
             Step::UnshareCgroupNamespace => sys::unshare(libc::CLONE_NEWCGROUP)
                 .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e)),
             Step::IsolateMounts => {
@@ -208,14 +218,20 @@ impl Ops for Setup<'_> {
                 (self.proc, self.sys) = (Some(proc), Some(sys));
                 Ok(())
             }
-            Step::MountProc { private_network } => match &self.proc {
-                Some(proc) => procfs::mount_proc_on(proc, &self.host_path()?, private_network),
-                // PID 1, pivoted: the pinned /proc at /run/host allows it.
-                None => {
-                    let at = self.at()?;
-                    procfs::mount_proc(&at.proc, &at.host, private_network)
+            Step::MountProc {
+                private_network,
+                masked,
+            } => {
+                let masks = masked.then_some(procfs::Masks { private_network });
+                match &self.proc {
+                    Some(proc) => procfs::mount_proc_on(proc, &self.host_path()?, masks),
+                    // PID 1, pivoted: the pinned /proc at /run/host allows it.
+                    None => {
+                        let at = self.at()?;
+                        procfs::mount_proc(&at.proc, &at.host, masks)
+                    }
                 }
-            },
+            }
             Step::MountSys => match &self.sys {
                 Some(sys) => sysfs::mount_sys_on(sys),
                 None => sysfs::mount_sys(&self.at()?.sys),
@@ -226,6 +242,16 @@ impl Ops for Setup<'_> {
             }
             Step::MountPtsAndMqueue => devfs::mount_pts_and_mqueue(&self.dev_path()?),
             Step::PinApiFilesystems => runhost::pin_api_filesystems(&self.host_path()?),
+            Step::MountStore {
+                kind: StoreKind::Overlay,
+                ..
+            } => {
+                let overlay = self
+                    .plan
+                    .store_overlay
+                    .ok_or_else(|| missing("the store overlay"))?;
+                store::attach_overlay(self.root()?, overlay)
+            }
             Step::MountStore { idmapped, .. } => {
                 let store = spec.store.as_ref().ok_or_else(|| missing("a store"))?;
                 let clone = self.plan.userns.and_then(|u| u.store.as_ref());
@@ -248,6 +274,16 @@ impl Ops for Setup<'_> {
                         .and_then(|u| u.mapping.as_ref().map(|m| (u.range, m))),
                 };
                 m.apply(self.root()?, &ctx)
+            }
+            Step::SetUpTimezone => crate::network::resolv::apply_timezone(
+                self.root()?,
+                &self.plan.network.timezone,
+                owner,
+            )
+            .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}"))),
+            Step::SetUpResolvConf => {
+                crate::network::resolv::apply_resolv(self.root()?, self.plan.network.resolv, owner)
+                    .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
             }
             Step::LinkJournal => {
                 let tree = spec.directory.as_ref().ok_or_else(|| missing("a tree"))?;
@@ -295,6 +331,7 @@ impl Ops for Setup<'_> {
                 Path::new("/"),
                 nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC,
             ),
+            Step::AwaitNetworkLinks => self.end.wait_network_ready(),
             Step::AttachConsole => {
                 // The master went to the launcher; the peer is the console.
                 let peer = self.console.take().map(|(_, peer)| peer);

@@ -15,6 +15,10 @@ pub(crate) enum Step {
     DieWithLauncher,
     /// Wait until the launcher registered us and moved us into `payload`.
     AwaitPlacement,
+    /// `--network-namespace-path`: join it before /sys is mounted (sysfs
+    /// shows the namespace of whoever mounts it); PID 1 under a user
+    /// namespace inherits it.
+    JoinNetworkNamespace,
     UnshareCgroupNamespace,
     /// Make every mount private (nothing propagates to the host).
     IsolateMounts,
@@ -32,9 +36,12 @@ pub(crate) enum Step {
     PopulateRunHost,
     MountDev,
     ResolveProcAndSys,
-    /// The guest's own /proc, `/proc/sys/net` writable with a private network.
+    /// The guest's own /proc, `/proc/sys/net` writable with a private
+    /// network; `masked`: nspawn's read-only and masked entries (all but
+    /// `--nested-sandbox`).
     MountProc {
         private_network: bool,
+        masked: bool,
     },
     /// A read-only /sys of the guest's network namespace, with cgroup2.
     MountSys,
@@ -45,16 +52,23 @@ pub(crate) enum Step {
     /// Full /proc and /sys pinned at /run/host, so the guest's PID 1 (in a
     /// user namespace) may mount its own.
     PinApiFilesystems,
-    /// /nix/store: the closure only, or the host's whole store.
+    /// /nix/store: the closure only (one overlay, or a bind per path), or
+    /// the host's whole store; `idmapped` takes it from the launcher's
+    /// idmapped clone of the store (the overlay has its layers idmapped).
     MountStore {
-        closure_only: bool,
+        kind: StoreKind,
         idmapped: bool,
     },
     /// The user's `--bind`/`--tmpfs` number `n` (in the spec's order).
     CustomMount(usize),
+    /// /etc/localtime and /etc/resolv.conf as `--timezone=`/`--resolv-conf=`
+    /// decided, in systemd-nspawn's order, after the user's mounts (a bind
+    /// over either stacks up on them).
+    SetUpTimezone,
+    SetUpResolvConf,
     LinkJournal,
-    /// The store read-only (before the guest's user namespace exists, so
-    /// the kernel locks the flag there).
+    /// The per-path store's tmpfs read-only (before the guest's user
+    /// namespace exists, so the kernel locks the flag there).
     SealStore,
     LinkProfile,
     PassNixDaemon,
@@ -71,6 +85,9 @@ pub(crate) enum Step {
     WaitForPins,
     HandOverConsole,
     ShareMounts,
+    /// The launcher made this boot's links (it can only once the guest's
+    /// network namespace exists, which under a user namespace PID 1 makes).
+    AwaitNetworkLinks,
     /// The last steps before exec, in the pivoted root.
     AttachConsole,
     Chdir,
@@ -90,6 +107,7 @@ impl Step {
         match self {
             Step::DieWithLauncher => "die with the launcher",
             Step::AwaitPlacement => "wait for registration",
+            Step::JoinNetworkNamespace => "join the network namespace",
             Step::UnshareCgroupNamespace => "unshare the cgroup namespace",
             Step::IsolateMounts => "isolate mounts from the host",
             Step::AssembleRoot { .. } => "assemble the root",
@@ -105,6 +123,8 @@ impl Step {
             Step::PinApiFilesystems => "pin /proc and /sys",
             Step::MountStore { .. } => "mount the store",
             Step::CustomMount(_) => "apply custom mounts",
+            Step::SetUpTimezone => "set up the timezone",
+            Step::SetUpResolvConf => "set up resolv.conf",
             Step::LinkJournal => "link the journal",
             Step::SealStore => "seal the store",
             Step::LinkProfile => "link the system profile",
@@ -118,6 +138,7 @@ impl Step {
             Step::WaitForPins => "wait for the pins to go",
             Step::HandOverConsole => "hand over the console",
             Step::ShareMounts => "share mounts",
+            Step::AwaitNetworkLinks => "wait for the network links",
             Step::AttachConsole => "attach the console",
             Step::Chdir => "chdir",
             Step::FindPayload => "find the payload",
@@ -130,6 +151,20 @@ impl Step {
     }
 }
 
+/// Which /nix/store the guest gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    /// The host's whole store (`--shared-store`), bound read-only.
+    Shared,
+    /// The closure as the launcher's one read-only overlay mount, attached
+    /// as it is: read-only down to its superblock, nothing to seal.
+    Overlay,
+    /// The closure as one bind per path on a tmpfs (the launcher could not
+    /// make the overlay and said why); the tmpfs is sealed after the
+    /// user's mounts, which may need mount points in it.
+    PerPath,
+}
+
 /// What the plan depends on besides the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shape {
@@ -139,6 +174,13 @@ pub(crate) struct Shape {
     pub idmapped: bool,
     /// Wait for placement in a systemd scope before the cgroup namespace.
     pub await_placement: bool,
+    /// The launcher makes links in the guest's network namespace.
+    pub await_links: bool,
+    /// `--resolv-conf=`/`--timezone=` came out as something to do.
+    pub resolv_conf: bool,
+    pub timezone: bool,
+    /// The launcher made the closure-only store as one overlay mount.
+    pub store_overlay: bool,
 }
 
 /// Who carries the steps out: the real setup, or a recorder in tests.
@@ -154,6 +196,9 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     let mut s = vec![Step::DieWithLauncher];
     if shape.await_placement && plain {
         s.push(Step::AwaitPlacement);
+    }
+    if spec.network.namespace_path.is_some() {
+        s.push(Step::JoinNetworkNamespace);
     }
     if plain {
         s.push(Step::UnshareCgroupNamespace);
@@ -178,6 +223,7 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
         s.extend([
             Step::MountProc {
                 private_network: spec.private_network,
+                masked: true,
             },
             Step::MountSys,
             Step::MountPtsAndMqueue,
@@ -185,19 +231,28 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     } else {
         s.push(Step::PinApiFilesystems);
     }
-    if let Some(store) = &spec.store {
+    if let Some(kind) = store_kind(spec, shape) {
         s.push(Step::MountStore {
-            closure_only: store.closure.is_some(),
+            kind,
             idmapped: shape.idmapped,
         });
     }
     s.extend((0..spec.mounts.len()).map(Step::CustomMount));
+    if shape.timezone {
+        s.push(Step::SetUpTimezone);
+    }
+    if shape.resolv_conf {
+        s.push(Step::SetUpResolvConf);
+    }
     // An ephemeral run's journal goes with it, as with nspawn.
     if spec.directory.is_some() && !spec.ephemeral {
         s.push(Step::LinkJournal);
     }
     if let Some(store) = &spec.store {
-        s.extend([Step::SealStore, Step::LinkProfile]);
+        if let Some(StoreKind::PerPath) = store_kind(spec, shape) {
+            s.push(Step::SealStore);
+        }
+        s.push(Step::LinkProfile);
         if store.nix_daemon {
             s.push(Step::PassNixDaemon);
         }
@@ -215,6 +270,15 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     s
 }
 
+/// Which store the guest gets, if any.
+fn store_kind(spec: &Spec, shape: Shape) -> Option<StoreKind> {
+    spec.store.as_ref().map(|store| match &store.closure {
+        None => StoreKind::Shared,
+        Some(_) if shape.store_overlay => StoreKind::Overlay,
+        Some(_) => StoreKind::PerPath,
+    })
+}
+
 /// The steps of the guest's PID 1 in its own user namespace, once cloned
 /// by the outer process, up to the final ones.
 pub(crate) fn inner(spec: &Spec) -> Vec<Step> {
@@ -229,8 +293,11 @@ pub(crate) fn inner(spec: &Spec) -> Vec<Step> {
     if spec.private_network {
         s.push(Step::LoopbackUp);
     }
+    // Only the guest's own procfs may go unmasked: the outer process's
+    // (no user namespace) keeps nspawn's masks whatever is asked.
     s.push(Step::MountProc {
         private_network: spec.private_network,
+        masked: !spec.nested_sandbox,
     });
     s.push(if spec.private_network {
         Step::MountSys
@@ -252,8 +319,12 @@ pub(crate) fn inner(spec: &Spec) -> Vec<Step> {
 /// The last steps before exec, in the pivoted root. The filter goes on
 /// before the capabilities are dropped: without no_new_privs loading it
 /// needs CAP_SYS_ADMIN, which `--drop-capability` may take.
-pub(crate) fn last(spec: &Spec) -> Vec<Step> {
-    let mut s = vec![Step::AttachConsole, Step::Chdir, Step::FindPayload];
+pub(crate) fn last(spec: &Spec, shape: Shape) -> Vec<Step> {
+    let mut s = Vec::new();
+    if shape.await_links {
+        s.push(Step::AwaitNetworkLinks);
+    }
+    s.extend([Step::AttachConsole, Step::Chdir, Step::FindPayload]);
     if spec.seccomp {
         s.push(Step::InstallSeccomp);
     }
@@ -314,11 +385,19 @@ mod tests {
         userns: false,
         idmapped: false,
         await_placement: false,
+        await_links: false,
+        resolv_conf: false,
+        timezone: false,
+        store_overlay: false,
     };
     const USERNS: Shape = Shape {
         userns: true,
         idmapped: true,
         await_placement: true,
+        await_links: false,
+        resolv_conf: false,
+        timezone: false,
+        store_overlay: false,
     };
 
     fn pos(steps: &[Step], step: Step) -> usize {
@@ -334,7 +413,8 @@ mod tests {
         assert_eq!(s[0], Step::DieWithLauncher);
         assert!(s.contains(&Step::UnshareCgroupNamespace));
         assert!(s.contains(&Step::MountProc {
-            private_network: false
+            private_network: false,
+            masked: true
         }));
         assert!(s.contains(&Step::MountSys));
         assert!(!s.contains(&Step::PinApiFilesystems));
@@ -356,6 +436,7 @@ mod tests {
             Step::CreateConsole,
             Step::MountProc {
                 private_network: false,
+                masked: true,
             },
         ] {
             assert!(!s.contains(&absent), "{absent:?} in {s:?}");
@@ -378,7 +459,8 @@ mod tests {
             pos(
                 &i,
                 Step::MountProc {
-                    private_network: false
+                    private_network: false,
+                    masked: true
                 }
             ) < pos(&i, Step::WaitForPins)
         );
@@ -396,7 +478,8 @@ mod tests {
         assert!(i.contains(&Step::LoopbackUp));
         assert!(i.contains(&Step::MountSys) && !i.contains(&Step::BindHostSys));
         assert!(i.contains(&Step::MountProc {
-            private_network: true
+            private_network: true,
+            masked: true
         }));
     }
 
@@ -413,7 +496,7 @@ mod tests {
             let mount = pos(
                 &s,
                 Step::MountStore {
-                    closure_only: true,
+                    kind: StoreKind::PerPath,
                     idmapped: shape.idmapped,
                 },
             );
@@ -422,6 +505,54 @@ mod tests {
             assert!(s.contains(&Step::PassNixDaemon));
         }
         assert!(!inner(&sp).contains(&Step::SealStore));
+    }
+
+    #[test]
+    fn an_overlay_store_is_attached_as_it_is_and_never_sealed() {
+        let mut sp = spec();
+        sp.store = Some(StoreSpec {
+            toplevel: "/nix/store/00000000000000000000000000000000-x".into(),
+            closure: Some(Vec::new()),
+            nix_daemon: false,
+        });
+        sp.mounts = vec![
+            CustomMount::parse_bind(
+                "/tmp:/nix/store/y",
+                crate::spec::mounts::BindAccess::ReadOnly,
+            )
+            .unwrap(),
+        ];
+        for shape in [PLAIN, USERNS] {
+            let shape = Shape {
+                store_overlay: true,
+                ..shape
+            };
+            let s = outer(&sp, shape);
+            let mount = pos(
+                &s,
+                Step::MountStore {
+                    kind: StoreKind::Overlay,
+                    idmapped: shape.idmapped,
+                },
+            );
+            // The user's mounts on the store land in the overlay's mount
+            // points; its superblock is read-only, so no seal follows.
+            assert!(mount < pos(&s, Step::CustomMount(0)));
+            assert!(!s.contains(&Step::SealStore));
+            assert!(pos(&s, Step::CustomMount(0)) < pos(&s, Step::LinkProfile));
+        }
+        // Without a closure there is no overlay, whatever the launcher says.
+        sp.store.as_mut().unwrap().closure = None;
+        let shape = Shape {
+            store_overlay: true,
+            ..PLAIN
+        };
+        let s = outer(&sp, shape);
+        assert!(s.contains(&Step::MountStore {
+            kind: StoreKind::Shared,
+            idmapped: false
+        }));
+        assert!(!s.contains(&Step::SealStore));
     }
 
     #[test]
@@ -481,18 +612,126 @@ mod tests {
     }
 
     #[test]
+    fn network_steps_join_first_set_up_etc_after_the_users_mounts_and_wait_for_links_last() {
+        let mut sp = spec();
+        sp.private_network = true;
+        sp.mounts = vec![
+            CustomMount::parse_bind(
+                "/tmp:/etc/resolv.conf",
+                crate::spec::mounts::BindAccess::ReadOnly,
+            )
+            .unwrap(),
+        ];
+        sp.directory = Some("/srv/tree".into());
+        let net = Shape {
+            await_links: true,
+            resolv_conf: true,
+            timezone: true,
+            ..PLAIN
+        };
+        // Nothing about the network without a reason.
+        let s = outer(&sp, PLAIN);
+        for absent in [
+            Step::JoinNetworkNamespace,
+            Step::SetUpTimezone,
+            Step::SetUpResolvConf,
+        ] {
+            assert!(!s.contains(&absent), "{absent:?} in {s:?}");
+        }
+        assert!(!last(&sp, PLAIN).contains(&Step::AwaitNetworkLinks));
+        // systemd-nspawn's order: the user's mounts, timezone, resolv.conf;
+        // all before the tree's journal link and /run/host is sealed.
+        for shape in [
+            net,
+            Shape {
+                userns: true,
+                ..net
+            },
+        ] {
+            let s = outer(&sp, shape);
+            assert!(pos(&s, Step::CustomMount(0)) < pos(&s, Step::SetUpTimezone));
+            assert!(pos(&s, Step::SetUpTimezone) < pos(&s, Step::SetUpResolvConf));
+            assert!(pos(&s, Step::SetUpResolvConf) < pos(&s, Step::LinkJournal));
+            assert!(pos(&s, Step::SetUpResolvConf) < pos(&s, Step::SealRunHost));
+            assert!(!inner(&sp).contains(&Step::SetUpResolvConf));
+            // The links come before anything of the payload's.
+            assert_eq!(last(&sp, shape)[0], Step::AwaitNetworkLinks);
+        }
+        // A private network: lo up and /proc/sys/net writable where the
+        // namespace is made; the launcher's links are awaited only there.
+        assert!(outer(&sp, net).contains(&Step::LoopbackUp));
+        assert!(outer(&sp, net).contains(&Step::MountProc {
+            private_network: true,
+            masked: true
+        }));
+        // --network-namespace-path: joined before /sys is mounted and before
+        // the cgroup namespace, after placement; under a user namespace by
+        // the outer process (PID 1 inherits it), which mounts no /sys.
+        sp.private_network = false;
+        sp.network.namespace_path = Some("/run/netns/x".into());
+        let placed = Shape {
+            await_placement: true,
+            ..PLAIN
+        };
+        let s = outer(&sp, placed);
+        assert_eq!(
+            &s[..4],
+            &[
+                Step::DieWithLauncher,
+                Step::AwaitPlacement,
+                Step::JoinNetworkNamespace,
+                Step::UnshareCgroupNamespace
+            ]
+        );
+        assert!(pos(&s, Step::JoinNetworkNamespace) < pos(&s, Step::MountSys));
+        assert!(!s.contains(&Step::LoopbackUp));
+        let s = outer(&sp, USERNS);
+        assert!(pos(&s, Step::JoinNetworkNamespace) < pos(&s, Step::PinApiFilesystems));
+        assert!(!inner(&sp).contains(&Step::JoinNetworkNamespace));
+        assert!(inner(&sp).contains(&Step::BindHostSys));
+    }
+
+    #[test]
     fn the_filter_goes_on_before_capabilities_are_dropped() {
         let mut sp = spec();
-        let l = last(&sp);
+        let l = last(&sp, PLAIN);
         assert!(pos(&l, Step::FindPayload) < pos(&l, Step::InstallSeccomp));
         assert!(pos(&l, Step::InstallSeccomp) < pos(&l, Step::DropCapabilities));
         assert!(!l.contains(&Step::NoNewPrivileges));
         assert_eq!(*l.last().unwrap(), Step::ResetSignals);
         sp.seccomp = false;
         sp.no_new_privileges = true;
-        let l = last(&sp);
+        let l = last(&sp, PLAIN);
         assert!(!l.contains(&Step::InstallSeccomp));
         assert!(pos(&l, Step::DropCapabilities) < pos(&l, Step::NoNewPrivileges));
+    }
+
+    #[test]
+    fn a_nested_sandbox_unmasks_only_the_guests_own_proc() {
+        let mut sp = spec();
+        sp.nested_sandbox = true;
+        let i = inner(&sp);
+        assert!(i.contains(&Step::MountProc {
+            private_network: false,
+            masked: false
+        }));
+        assert!(
+            !i.iter()
+                .any(|s| matches!(s, Step::MountProc { masked: true, .. }))
+        );
+        // Without a user namespace the outer process is PID 1: its /proc
+        // keeps the masks (the launcher refuses the option there anyway).
+        assert!(outer(&sp, PLAIN).contains(&Step::MountProc {
+            private_network: false,
+            masked: true
+        }));
+        assert!(
+            !outer(&sp, USERNS)
+                .iter()
+                .any(|s| matches!(s, Step::MountProc { .. }))
+        );
+        // /sys is untouched by the option.
+        assert!(i.contains(&Step::BindHostSys));
     }
 
     #[test]

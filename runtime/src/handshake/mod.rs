@@ -9,7 +9,10 @@
 //!    see the process registered before it takes its cgroup namespace);
 //! 2. container → launcher `Handles`: the notify socket, the console's pty
 //!    master if there is a console;
-//! 3. the container end closes when the payload is exec'd (close-on-exec).
+//! 3. launcher → container `NetworkReady` (only with links to set up: the
+//!    launcher makes them in the container's network namespace, while the
+//!    container sets up its root, and the payload must find them there);
+//! 4. the container end closes when the payload is exec'd (close-on-exec).
 //!
 //! With a user namespace (an outer process with the host's privileges
 //! assembles the root and clones PID 1 into the guest's namespaces):
@@ -21,7 +24,8 @@
 //!    PID 1 `Unpinned` (the host's /proc and /sys pins are gone) over a
 //!    second pair between the two container processes;
 //! 5. PID 1 → launcher `Console`: the pty master, which only it can make;
-//! 6. the container end closes when PID 1 exec'd and the outer one exited.
+//! 6. launcher → PID 1 `NetworkReady` (as step 3 above);
+//! 7. the container end closes when PID 1 exec'd and the outer one exited.
 //!
 //! Any step may instead bring `Failed`: the step's name, the errno and path
 //! where there are, and the message.
@@ -55,6 +59,7 @@ enum ToLauncher {
 enum ToContainer {
     Placed,
     MapsWritten,
+    NetworkReady,
 }
 
 /// Between the outer process and PID 1 under a user namespace.
@@ -138,6 +143,10 @@ impl LauncherEnd {
         self.0.send(&ToContainer::MapsWritten, &[])
     }
 
+    pub fn send_network_ready(&self) -> Result<()> {
+        self.0.send(&ToContainer::NetworkReady, &[])
+    }
+
     pub fn handles(&self) -> Result<Handles> {
         const STEP: &str = "the notify socket and console";
         match self.next(STEP)? {
@@ -216,6 +225,10 @@ impl ContainerEnd {
 
     pub fn wait_maps_written(&self) -> Result<()> {
         self.wait(ToContainer::MapsWritten, "its ID maps")
+    }
+
+    pub fn wait_network_ready(&self) -> Result<()> {
+        self.wait(ToContainer::NetworkReady, "its network links")
     }
 
     pub fn send_handles(

@@ -129,6 +129,7 @@ impl<'a> HostLink<'a> {
         &mut self,
         leader: i32,
         pidfd: BorrowedFd<'_>,
+        ifindices: &[u32],
         notice: &mut dyn FnMut(String),
     ) -> Result<()> {
         if let Some(scope) = &mut self.scope {
@@ -146,7 +147,7 @@ impl<'a> HostLink<'a> {
                 .as_ref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
-            ifindices: Vec::new(),
+            ifindices: ifindices.iter().map(|&i| i.cast_signed()).collect(),
         };
         match machined::register(&self.bus, &machine, leader, pidfd) {
             Ok(via) => {

@@ -29,6 +29,8 @@ pub(crate) struct Launch<'a> {
     pub signals: &'a SignalFd,
     /// 1 for the first boot, one more for each reboot.
     pub boot: u32,
+    /// The guest's network: planned once, its links made for each boot.
+    pub network: crate::launcher::network::NetworkRun,
 }
 
 impl Launch<'_> {

@@ -6,6 +6,7 @@ pub mod console;
 pub(crate) mod context;
 pub mod events;
 pub(crate) mod janitor;
+pub(crate) mod network;
 pub mod notify;
 pub(crate) mod start;
 pub(crate) mod supervise;
@@ -97,6 +98,9 @@ struct Session {
     cgroups: Option<CgroupLayout>,
     /// The UID range's lock, held for the guest's life.
     range_lock: Option<RangeLock>,
+    /// The janitor has links to see gone and maybe a zone to remove once
+    /// the launcher exits (see `Janitor::dismiss`).
+    network_tail: bool,
 }
 
 impl Session {
@@ -115,7 +119,7 @@ impl Session {
             _ => Ok(()),
         };
         if let Some(j) = self.janitor.take() {
-            j.dismiss(cg.is_ok() && st.is_ok());
+            j.dismiss(cg.is_ok() && st.is_ok(), self.network_tail);
         }
         drop(self.range_lock.take());
         drop(self.state_dir.take());
@@ -145,6 +149,8 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     // Declared first, so it is released last (after the cleanup below).
     let signals = BlockedSignals::block()?;
     validate_tree(spec)?;
+    // Network options checked against the host before anything is claimed.
+    let network = network::NetworkRun::prepare(spec)?;
     let _tree_lock = lock_tree(spec)?;
     // Before the first claim, so that every claim is covered.
     let janitor = Janitor::spawn()?;
@@ -155,7 +161,10 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         state_dir: None,
         cgroups: None,
         range_lock: None,
+        network_tail: !network.plan.is_empty(),
     };
+    let mut network = network;
+    network.janitor = Some(link.try_clone()?);
     let state_dir = session
         .state_dir
         .insert(StateDir::claim(&spec.machine, &link)?);
@@ -178,13 +187,26 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     // nspawn's closed device policy, on every host (a systemd host's scope
     // has it too; a host without systemd, or a unit without it, would not).
     // The janitor hears where it goes before, and the program's id after.
-    let rules = crate::cgroup::devices::closed_policy(&spec.mounts);
-    let mut intent = cgroups.clone();
-    intent.devices = Some(cgroups.device_plan(rules.clone()));
-    link.note(&Claim::Cgroups(Box::new(intent)), None)?;
-    let enforced = cgroups.enforce_devices(rules);
-    link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
-    enforced?;
+    //
+    // Not in a nested user namespace (a Nix uid-range builder): the kernel
+    // loads cgroup device programs only for CAP_BPF over the initial one,
+    // and there the policy has nothing to add — neither we nor the guest
+    // may make device nodes (mknod needs the host's CAP_MKNOD) or open one
+    // on a filesystem mounted there (nodev), so the guest reaches only the
+    // nodes its creator already could.
+    if crate::userns::range::OwnMap::read()?.is_initial() {
+        let rules = crate::cgroup::devices::closed_policy(&spec.mounts);
+        let mut intent = cgroups.clone();
+        intent.devices = Some(cgroups.device_plan(rules.clone()));
+        link.note(&Claim::Cgroups(Box::new(intent)), None)?;
+        let enforced = cgroups.enforce_devices(rules);
+        link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
+        enforced?;
+    } else {
+        tracing::debug!(
+            "no device policy: nested user namespace, where no device node can be made"
+        );
+    }
     let (userns, range_lock) = match userns::prepare(spec, cgroups, observer, &link)? {
         Some((plan, lock)) => (Some(plan), lock),
         None => (None, None),
@@ -207,6 +229,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         capabilities,
         signals: &signals.fd,
         boot: 0,
+        network,
     };
     let result = boot_until_done(&mut launch, observer);
     drop(launch);

@@ -12,6 +12,7 @@ use crate::guest;
 use crate::handshake::{self, LauncherEnd};
 use crate::launcher::console::Console;
 use crate::launcher::context::Launch;
+use crate::launcher::network::BootNetwork;
 use crate::sys::{self, Forked};
 
 /// What a started boot hands the supervisor.
@@ -24,6 +25,8 @@ pub(crate) struct Started {
     /// With a user namespace: the outer process's mount namespace, kept
     /// for the guest's life (`nixspawnctl update` mounts there).
     pub outer_mounts: Option<OwnedFd>,
+    /// This boot's links and port map (None without links).
+    pub network: Option<BootNetwork>,
 }
 
 /// A process that must not outlive a failed start.
@@ -49,18 +52,30 @@ impl Drop for Reaper {
     }
 }
 
-/// Start the guest's PID 1 for this boot; `notice` hears what the host
-/// link has to say.
-pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> Result<Started> {
+/// Start the guest's PID 1 for this boot (with this boot's closure-only
+/// store overlay, if there is one); `notice` hears what the host link has
+/// to say.
+pub(crate) fn start(
+    launch: &mut Launch<'_>,
+    store_overlay: Option<&OwnedFd>,
+    notice: &mut dyn FnMut(String),
+) -> Result<Started> {
     let t0 = std::time::Instant::now();
-    let (first, first_pidfd, end) = clone_container(launch)?;
+    let (first, first_pidfd, end) = clone_container(launch, store_overlay)?;
     tracing::debug!("clone3: PID {first}, {} µs", t0.elapsed().as_micros());
     let mut reaper = Reaper(vec![first_pidfd]);
     let own_scope = launch.in_own_scope();
     let started = if launch.userns.is_none() {
+        // The network namespace exists from the clone on: the links are
+        // made while the container process assembles its root.
+        let network = launch.network.attach(launch.spec, first, notice)?;
+        let ifindices = registered(&network);
         if own_scope {
-            place(launch, first, reaper.0[0].as_fd(), notice)?;
+            place(launch, first, reaper.0[0].as_fd(), &ifindices, notice)?;
             end.send_placed()?;
+        }
+        if network.is_some() {
+            end.send_network_ready()?;
         }
         let handles = end.handles()?;
         let console = handles
@@ -75,6 +90,7 @@ pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> 
             notify: handles.notify,
             console,
             outer_mounts: None,
+            network,
         }
     } else {
         let handles = end.handles()?;
@@ -82,10 +98,15 @@ pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> 
         let (leader, outer_mounts) = (pid1.pid, pid1.outer_mounts);
         reaper.0.push(pid1.pidfd);
         write_id_maps(launch, leader)?;
+        let network = launch.network.attach(launch.spec, leader, notice)?;
+        let ifindices = registered(&network);
         if own_scope {
-            place(launch, leader, reaper.0[1].as_fd(), notice)?;
+            place(launch, leader, reaper.0[1].as_fd(), &ifindices, notice)?;
         }
         end.send_maps_written()?;
+        if network.is_some() {
+            end.send_network_ready()?;
+        }
         let console = if launch.spec.console.has_pty() {
             Some(open_console(launch, end.console()?)?)
         } else {
@@ -102,6 +123,7 @@ pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> 
             notify: handles.notify,
             console,
             outer_mounts: Some(outer_mounts),
+            network,
         }
     };
     tracing::debug!(
@@ -109,7 +131,8 @@ pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> 
         t0.elapsed().as_micros()
     );
     if !own_scope && let Some(h) = launch.host.as_mut() {
-        let linked = h.guest_started(started.leader, started.pidfd.as_fd(), notice);
+        let ifindices = registered(&started.network);
+        let linked = h.guest_started(started.leader, started.pidfd.as_fd(), &ifindices, notice);
         if let Err(e) = linked {
             kill_and_reap(started.pidfd.as_fd());
             return Err(e);
@@ -122,7 +145,10 @@ pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> 
 /// With a user namespace only a new mount namespace: the process assembles
 /// the root with the host's privileges and clones the guest's PID 1 into
 /// the guest's own namespaces.
-fn clone_container(launch: &Launch<'_>) -> Result<(i32, OwnedFd, LauncherEnd)> {
+fn clone_container(
+    launch: &Launch<'_>,
+    store_overlay: Option<&OwnedFd>,
+) -> Result<(i32, OwnedFd, LauncherEnd)> {
     let spec = launch.spec;
     let userns = launch.userns.as_ref();
     let (ours, theirs) = handshake::pair()?;
@@ -139,9 +165,11 @@ fn clone_container(launch: &Launch<'_>) -> Result<(i32, OwnedFd, LauncherEnd)> {
         spec,
         mount_point: launch.state_dir.mount_point(),
         store_staging: launch.state_dir.path().join("store"),
+        store_overlay,
         capabilities: &launch.capabilities,
         userns,
         await_placement: launch.in_own_scope() && userns.is_none(),
+        network: &launch.network.guest,
     };
     launch.state_dir.make_mount_point()?;
     let v1_visit = launch.cgroups.visit_v1()?;
@@ -177,15 +205,26 @@ fn write_id_maps(launch: &Launch<'_>, pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// The interface machined hears of, as systemd-nspawn registers it: the
+/// host side of the veth, or its bridge.
+fn registered(network: &Option<BootNetwork>) -> Vec<u32> {
+    network
+        .as_ref()
+        .and_then(BootNetwork::registered_index)
+        .into_iter()
+        .collect()
+}
+
 /// Register the guest from its scope's root, then move it into payload.
 fn place(
     launch: &mut Launch<'_>,
     leader: i32,
     pidfd: BorrowedFd<'_>,
+    ifindices: &[u32],
     notice: &mut dyn FnMut(String),
 ) -> Result<()> {
     if let Some(h) = launch.host.as_mut() {
-        h.guest_started(leader, pidfd, notice)?;
+        h.guest_started(leader, pidfd, ifindices, notice)?;
     }
     launch.cgroups.move_into_payload(leader)
 }

@@ -23,8 +23,28 @@ use crate::sys::{self, ExitKind};
 
 /// Start the payload and supervise it until it ends.
 pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) -> Result<Outcome> {
+    // The closure-only store, made here with the host's privileges (one
+    // overlay, or word of why it is one bind per path).
+    let first_boot = launch.boot == 1;
+    let boot_store = crate::nixos::store::prepare_boot_store(
+        launch.spec,
+        launch.userns.as_ref(),
+        launch.state_dir.path(),
+        &mut |n| {
+            if first_boot {
+                observer.event(Event::Notice(n));
+            }
+        },
+    )?;
+    let store_overlay = match &boot_store {
+        Some(crate::nixos::store::BootStore::Overlay(fd)) => Some(fd),
+        _ => None,
+    };
+    let store_is_overlay = store_overlay.is_some();
     let mut notices = Vec::new();
-    let started = start::start(launch, &mut |n| notices.push(n))?;
+    let started = start::start(launch, store_overlay, &mut |n| notices.push(n));
+    drop(boot_store);
+    let started = started?;
     for n in &notices {
         observer.event(Event::Notice(n));
     }
@@ -34,6 +54,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         notify: notify_sock,
         console,
         outer_mounts,
+        network,
     } = started;
     // The leader is our child (or, under a user namespace, one we reap):
     // its PID cannot be reused before we wait for it.
@@ -68,6 +89,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
+        store_overlay: store_is_overlay,
         capabilities: crate::spec::capabilities::mask(&launch.capabilities),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
@@ -102,6 +124,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         handlers_ready: false,
         resend_kill_signal: false,
         host: launch.host.as_mut(),
+        network,
     };
     watch.run(launch.signals)
 }
@@ -122,6 +145,7 @@ struct Slots {
     console: Option<usize>,
     stdin: Option<usize>,
     host: Option<usize>,
+    network: Option<usize>,
 }
 
 /// Which of them woke us.
@@ -132,6 +156,7 @@ struct Ready {
     console: bool,
     stdin: bool,
     host: bool,
+    network: bool,
 }
 
 struct Watch<'a, 'h> {
@@ -154,6 +179,9 @@ struct Watch<'a, 'h> {
     resend_kill_signal: bool,
     /// The systemd host, which may ask us to stop the guest's scope.
     host: Option<&'a mut HostLink<'h>>,
+    /// This boot's links and port map; dropped (its cleanup done) with
+    /// the watch, once PID 1 is reaped.
+    network: Option<crate::launcher::network::BootNetwork>,
 }
 
 impl Watch<'_, '_> {
@@ -185,6 +213,11 @@ impl Watch<'_, '_> {
             if ready.notify {
                 self.notify_messages();
             }
+            if ready.network
+                && let Some(line) = self.network.as_mut().and_then(|n| n.addresses_changed())
+            {
+                self.observer.event(Event::Notice(&line));
+            }
             if ready.leader
                 && let Some(outcome) = self.reap()?
             {
@@ -211,6 +244,7 @@ impl Watch<'_, '_> {
             console: slot(&mut fds, self.console.as_ref().map(|c| c.master.as_fd())),
             stdin: slot(&mut fds, reads_stdin.then(|| sys::stdio(0))),
             host: slot(&mut fds, host_fd),
+            network: slot(&mut fds, self.network.as_ref().and_then(|n| n.watch_fd())),
         };
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -225,6 +259,7 @@ impl Watch<'_, '_> {
             console: fired(slots.console),
             stdin: fired(slots.stdin),
             host: fired(slots.host),
+            network: fired(slots.network),
         })
     }
 

@@ -9,6 +9,7 @@ pub mod filter;
 pub mod identity;
 pub mod journal;
 pub mod mounts;
+pub mod network;
 pub mod signals;
 pub mod syscalls;
 pub mod userns;
@@ -90,6 +91,8 @@ pub struct Spec {
     /// (read by the binary, never from the library's environment).
     pub term: Option<String>,
     pub private_network: bool,
+    /// Links, ports, namespace path, resolv.conf and timezone.
+    pub network: crate::spec::network::Network,
     /// Signal sent to PID 1 to ask it to stop; None means SIGKILL at once.
     pub kill_signal: Option<i32>,
     /// Wait for the guest's READY=1 before reporting readiness upwards.
@@ -115,6 +118,12 @@ pub struct Spec {
     pub seccomp: bool,
     /// Set no_new_privs for the payload (`--no-new-privileges=yes`).
     pub no_new_privileges: bool,
+    /// `--nested-sandbox`: /proc without nspawn's masks, so that a fresh
+    /// procfs is not "too revealing" for the guest's own sandboxes (Nix's
+    /// PID namespace). Only with a shifted user namespace: there the kernel
+    /// refuses the guest's root what the masks hid (files of the host's
+    /// root, kernel-wide sysctls), and the launcher refuses it otherwise.
+    pub nested_sandbox: bool,
     /// systemd credentials for /run/host/credentials.
     pub credentials: Vec<crate::spec::credentials::Credential>,
     pub working_directory: Option<PathBuf>,
@@ -164,6 +173,7 @@ pub(crate) mod tests {
             console: ConsoleMode::Interactive,
             term: None,
             private_network: false,
+            network: Default::default(),
             kill_signal: None,
             notify_ready: false,
             keep_unit: false,
@@ -177,6 +187,7 @@ pub(crate) mod tests {
             syscall_filter: Default::default(),
             seccomp: true,
             no_new_privileges: false,
+            nested_sandbox: false,
             credentials: Vec::new(),
             working_directory: None,
         }

@@ -70,6 +70,30 @@ pub fn acquire(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Lock `path`, creating it if needed, waiting for whoever holds it.
+pub fn acquire_blocking(path: &Path) -> Result<File> {
+    loop {
+        let f = open(path, true).map_err(|e| Error::io("opening", path, e))?;
+        loop {
+            match nix::fcntl::fcntl(
+                &f,
+                nix::fcntl::FcntlArg::F_OFD_SETLKW(&whole_file(libc::F_WRLCK)),
+            ) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::io("locking", path, e.into())),
+            }
+        }
+        if f.metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .nlink()
+            > 0
+        {
+            return Ok(f);
+        }
+    }
+}
+
 /// Whether `path` is still the file `held` (so that its holder, and only
 /// its holder, may remove it).
 pub fn names(path: &Path, held: &File) -> bool {

@@ -24,3 +24,26 @@ pub fn interface_up(sock: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }.into()).map(drop)
 }
+
+/// `setsockopt(fd, level, name, &value, sizeof(int))`, for the integer
+/// options `nix` has no type for (netlink's NETLINK_EXT_ACK,
+/// NETLINK_CAP_ACK, NETLINK_ADD_MEMBERSHIP).
+pub fn setsockopt_int(
+    sock: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a live c_int of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+                .expect("an int's size fits"),
+        )
+    };
+    check(ret.into()).map(drop)
+}

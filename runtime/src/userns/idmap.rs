@@ -137,7 +137,7 @@ fn unsupported(e: &std::io::Error) -> bool {
 /// The host-side mark file for the tree root `root`.
 fn mark_file(root: &OwnedFd) -> std::io::Result<std::path::PathBuf> {
     let st = nix::sys::stat::fstat(root)?;
-    Ok(Path::new(CHOWN_MARK_DIR).join(format!("{}-{}", st.st_dev, st.st_ino)))
+    Ok(crate::state::run_path(CHOWN_MARK_DIR).join(format!("{}-{}", st.st_dev, st.st_ino)))
 }
 
 fn get_mark(root: &OwnedFd) -> std::io::Result<Option<Vec<u8>>> {
@@ -158,7 +158,7 @@ fn set_mark(root: &OwnedFd, value: &[u8]) -> std::io::Result<()> {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(CHOWN_MARK_DIR)?;
+                .create(crate::state::run_path(CHOWN_MARK_DIR))?;
             let file = mark_file(root)?;
             let tmp = file.with_extension("tmp");
             std::fs::write(&tmp, value)?;

@@ -51,8 +51,12 @@ pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<Mounted> {
         .iter()
         .chain(OPTIONAL_NODES.iter().filter(|n| openable(n)))
     {
-        let rdev = copy_node(name, &dev)?;
-        owner.chown(&dev.join(name))?;
+        // A bound host node is the host's, and chowning it would change
+        // the host's: only nodes we made are given to the guest's root.
+        let (node, rdev) = copy_node(name, &dev)?;
+        if node == Node::Made {
+            owner.chown(&dev.join(name))?;
+        }
         let link = char_dir.join(char_link_name(rdev));
         std::os::unix::fs::symlink(Path::new("..").join(name), &link)
             .map_err(|e| Error::io("symlink", &link, e))?;
@@ -113,8 +117,19 @@ fn char_link_name(rdev: u64) -> String {
     )
 }
 
-/// mknod a copy of the host's `/dev/NAME`; its device number.
-fn copy_node(name: &str, dev: &Path) -> Result<u64> {
+/// How a device node got into the guest's /dev.
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    /// mknod: a node of our own.
+    Made,
+    /// The host's node bound onto an empty file, where mknod is refused
+    /// (a user namespace without the host's CAP_MKNOD, such as a Nix
+    /// `uid-range` build sandbox).
+    Bound,
+}
+
+/// A copy of the host's `/dev/NAME`: how it was made, and its device number.
+fn copy_node(name: &str, dev: &Path) -> Result<(Node, u64)> {
     let host = Path::new("/dev").join(name);
     let meta = std::fs::metadata(&host).map_err(|e| Error::io("stat", &host, e))?;
     if !meta.file_type().is_char_device() {
@@ -127,14 +142,20 @@ fn copy_node(name: &str, dev: &Path) -> Result<u64> {
     if let Some(parent) = dst.parent() {
         ensure_dir(parent, 0o755)?;
     }
-    mknod(
+    match mknod(
         &dst,
         SFlag::S_IFCHR,
         Mode::from_bits_truncate(meta.mode() & 0o777),
         meta.rdev(),
-    )
-    .map_err(|e| Error::io("mknod", &dst, e.into()))?;
-    Ok(meta.rdev())
+    ) {
+        Ok(()) => Ok((Node::Made, meta.rdev())),
+        Err(nix::errno::Errno::EPERM) => {
+            ensure_file(&dst, 0o000)?;
+            bind(&host, &dst, false, false)?;
+            Ok((Node::Bound, meta.rdev()))
+        }
+        Err(e) => Err(Error::io("mknod", &dst, e.into())),
+    }
 }
 
 /// The console: a pty of the guest's own devpts, its peer bound onto

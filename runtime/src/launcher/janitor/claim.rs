@@ -31,6 +31,9 @@ pub(crate) enum Claim {
     Scope(Option<String>),
     /// Registered with machined (and how); None once unregistering.
     Registered(Option<Via>),
+    /// A step of the network setup (see `network::cleanup`); the guest's
+    /// network namespace comes with `Netns(true)`.
+    Network(crate::network::cleanup::NetClaim),
     /// The launcher released everything itself.
     Done,
     /// The launcher could not release everything: release what is left.

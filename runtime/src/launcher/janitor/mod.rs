@@ -63,16 +63,21 @@ impl Janitor {
 
     /// The launcher is done: if it `released` everything itself the
     /// janitor just goes, otherwise it releases what is left (as after a
-    /// SIGKILL). Either way it is waited for, so that nothing of this run
-    /// outlives the launcher.
-    pub fn dismiss(self, released: bool) {
+    /// SIGKILL). It is waited for, so that nothing of this run outlives the
+    /// launcher — unless `network_tail`: then it checks that the links of
+    /// the guest's network namespace went with it and removes an emptied
+    /// zone once the launcher is gone (that takes the kernel tens of
+    /// milliseconds a link, which no launcher's exit should wait for).
+    pub fn dismiss(self, released: bool, network_tail: bool) {
         let last = if released {
             Claim::Done
         } else {
             Claim::ReleaseRest
         };
         let _ = self.link.note(&last, None);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+        if !(released && network_tail) {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+        }
     }
 }
 
@@ -92,6 +97,7 @@ struct Claims {
     cgroups: Option<CgroupLayout>,
     scope: Option<String>,
     registered: Option<Via>,
+    network: crate::network::cleanup::Leftovers,
 }
 
 impl Claims {
@@ -124,12 +130,19 @@ impl Claims {
             Claim::Cgroups(layout) => self.cgroups = Some(*layout),
             Claim::Scope(unit) => self.scope = unit,
             Claim::Registered(via) => self.registered = via,
+            Claim::Network(c) => self.network.apply(c, fd.map(OwnedFd::from)),
             Claim::Done | Claim::ReleaseRest => {}
         }
     }
 
     /// The launcher is gone: release what it still held.
-    fn release(self) {
+    fn release(mut self) {
+        // Network records are only ever this run's (links by index and
+        // name, a zone only once it has no port), so they are undone
+        // whoever holds the name now; with the guest's processes gone first
+        // where they are still ours to kill.
+        let network = std::mem::take(&mut self.network);
+        let mut network = Some(network);
         if let Some(n) = self.name {
             match n.held {
                 // Still ours: the guest, its cgroups, registration and state.
@@ -139,6 +152,9 @@ impl Claims {
                         if self.scope.is_some() {
                             cgroups.kill_scope();
                         }
+                    }
+                    if let Some(net) = network.take() {
+                        net.release();
                     }
                     if let Some(via) = self.registered {
                         crate::host::machined::unregister(None, &n.name, via);
@@ -157,6 +173,9 @@ impl Claims {
                 Some(held) => lockfile::release(&path, held),
                 None => lockfile::clear_if_unheld(&path),
             }
+        }
+        if let Some(net) = network {
+            net.release();
         }
     }
 }
@@ -197,7 +216,12 @@ fn watch(channel: Channel, launcher: libc::pid_t) -> ! {
         // What the launcher sent before it died is still queued: read it first.
         if message {
             match channel.recv::<Claim>() {
-                Ok(Some((Claim::Done, _))) => sys::exit_now(0),
+                Ok(Some((Claim::Done, _))) => {
+                    // What the launcher left to us: host-side links that
+                    // must vanish with the guest's namespace, an emptied zone.
+                    claims.network.release();
+                    sys::exit_now(0)
+                }
                 Ok(Some((Claim::ReleaseRest, _))) => break,
                 Ok(Some((claim, fds))) => claims.apply(claim, fds),
                 Ok(None) | Err(_) => break,
