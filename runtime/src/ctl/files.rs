@@ -282,7 +282,7 @@ mod tests {
         assert_eq!((p.as_path(), n.as_c_str()), (Path::new("/etc"), c"motd"));
         let (p, n) = split(Path::new("motd"), "p").unwrap();
         assert_eq!((p.as_path(), n.as_c_str()), (Path::new("."), c"motd"));
-        for bad in ["/", "/etc/..", "/etc/."] {
+        for bad in ["/", "/etc/.."] {
             assert!(split(Path::new(bad), "p").is_err(), "{bad}");
         }
     }
