@@ -18,6 +18,21 @@
           # The test suite boots containers as root; it runs outside the
           # build sandbox (integration/test.sh), not here.
           doCheck = false;
+          nativeBuildInputs = [ pkgs.installShellFiles ];
+          # Man pages and completions, generated from the clap definitions
+          # by nixspawnctl's hidden generate-docs verb.
+          postInstall = ''
+            $out/bin/nixspawnctl generate-docs docs
+            installManPage docs/man/*.1
+            installShellCompletion --cmd nixspawn \
+              --bash docs/completions/nixspawn.bash \
+              --zsh docs/completions/_nixspawn \
+              --fish docs/completions/nixspawn.fish
+            installShellCompletion --cmd nixspawnctl \
+              --bash docs/completions/nixspawnctl.bash \
+              --zsh docs/completions/_nixspawnctl \
+              --fish docs/completions/nixspawnctl.fish
+          '';
           meta = {
             description = "Container launcher for NixOS toplevels and systemd trees, systemd-nspawn compatible";
             license = with pkgs.lib.licenses; [ mit asl20 ];

@@ -345,7 +345,10 @@ impl Ops for Setup<'_> {
                 nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into()))
             }
             Step::FindPayload => {
-                let env = environment::for_pid1(spec);
+                // The host's os-release, bound in by PopulateRunHost.
+                let host =
+                    std::fs::read_to_string(environment::HOST_OS_RELEASE).unwrap_or_default();
+                let env = environment::for_pid1(spec, &host);
                 self.payload = Some(exec::Payload::resolve(spec, env)?);
                 Ok(())
             }

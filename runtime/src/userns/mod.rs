@@ -133,6 +133,11 @@ pub(crate) fn prepare(
     // Identity and pre-shifted trees need no ownership work.
     let ownership = if range.shift == 0 || spec.private_users == Mode::FromTree {
         Ownership::Off
+    } else if spec.ownership == Ownership::Auto && tree.is_some_and(already_shifted) {
+        // A tree shifted by chown (nspawn's PrivateUsers=pick, or its auto
+        // where idmaps fail): an idmap on top would show it all as nobody.
+        // Chown keeps it (same range) or moves it (another), as nspawn does.
+        Ownership::Chown
     } else {
         spec.ownership
     };
@@ -185,6 +190,11 @@ fn idmapped_mounts(
         None => None,
     };
     Ok((root, store))
+}
+
+/// Is the tree's root owned by the root of a shifted range?
+fn already_shifted(tree: &Path) -> bool {
+    range::tree_shift(tree).is_ok_and(|shift| shift != 0)
 }
 
 fn chown(tree: Option<&Path>, range: UidRange) -> Result<()> {

@@ -6,8 +6,8 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::guest::apifs::runhost::inaccessible_file;
-use crate::guest::rootfs::mounts::{Target, bind, clone_tree, mount_fs, mount_new};
+use crate::guest::apifs::runhost::{inaccessible_file, kmsg_fifo};
+use crate::guest::rootfs::mounts::{Target, bind, bind_sealed, clone_tree, mount_fs, mount_new};
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
 const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
@@ -76,12 +76,12 @@ fn restrict(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
     }
     // Our own boot id, so the guest's journal has its own boots.
     let boot_id = sys.join("kernel/random/boot_id");
-    bind(
-        &host.join("proc-sys-kernel-random-boot-id"),
-        &boot_id,
-        false,
-        true,
-    )?;
+    bind_sealed(&host.join("proc-sys-kernel-random-boot-id"), &boot_id)?;
+    // A FIFO of ours instead of the host's kernel log, as nspawn gives.
+    let kmsg = proc.join("kmsg");
+    if kmsg.exists() {
+        bind(&kmsg_fifo(host), &kmsg, false, false)?;
+    }
     let mask = inaccessible_file(host);
     for name in MASKED {
         let p = proc.join(name);
