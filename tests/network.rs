@@ -762,6 +762,87 @@ fn moved_ifb_and_macvlan_come_and_go() {
     );
 }
 
+/// A guest root hides the link it was given (moves it into a namespace of
+/// its own) and puts an impostor in its place: of the same name and kind,
+/// or of the same index and another kind. At the end of the boot the
+/// launcher and the janitor must not move the impostor to the host under
+/// the host's name; they leave it and say so in one line.
+#[test]
+fn impostor_of_a_moved_link_stays_in_the_guest() {
+    privileged!();
+    for (case, same_index) in [("index", true), ("name", false)] {
+        let ns = Netns::new("h");
+        ns.ip(&["link", "add", "n13hid", "type", "ifb"]);
+        let before = ns.links();
+        let hide = Netns::new("v");
+        let tree = Tree::new();
+        let name = format!("n13h{case}");
+        let mut child = guest(&ns, &tree, &name, &["--network-interface=n13hid"], "true");
+        tree.wait_flag(
+            &format!("ready-{name}"),
+            child.child(),
+            Duration::from_secs(20),
+        );
+        let leader = GuestTrace::of(&name).leader;
+        let in_guest = |args: &[&str]| {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/proc/{leader}/ns/net"))
+                .arg("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?} in the guest: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let shown = in_guest(&["-o", "link", "show", "n13hid"]);
+        let index = shown.split(':').next().unwrap().trim().to_owned();
+        in_guest(&["link", "set", "n13hid", "netns", &hide.name]);
+        let mut add = vec!["link", "add", "n13hid"];
+        if same_index {
+            add.extend(["index", &index]);
+        }
+        // A veth whose peer is in the namespace the guest made (so it does
+        // not die with the guest's), or an ifb like the real one.
+        if same_index {
+            add.extend([
+                "type", "veth", "peer", "name", "n13peer", "netns", &hide.name,
+            ]);
+        } else {
+            add.extend(["type", "ifb"]);
+        }
+        in_guest(&add);
+        std::fs::write(tree.flag("go"), "").unwrap();
+        let out = child.wait_with_output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{case}: {err}");
+        // The janitor's turn too.
+        std::thread::sleep(Duration::from_millis(500));
+        let after = ns.links();
+        assert!(
+            !after.iter().any(|l| l.starts_with("n13hid ")),
+            "{case}: the guest's impostor came to the host: {after:?}"
+        );
+        assert_eq!(
+            after.len() + 1,
+            before.len(),
+            "{case}: nothing else changed: {after:?}"
+        );
+        let said: Vec<&str> = err.lines().filter(|l| l.contains("n13hid")).collect();
+        assert_eq!(said.len(), 1, "{case}: one line about the link: {err}");
+        assert!(said[0].contains("leaving it"), "{case}: {err}");
+        assert!(
+            hide.links()
+                .iter()
+                .any(|l| l.starts_with("n13hid kind=ifb ")),
+            "{case}: the real link is where the guest put it"
+        );
+    }
+}
+
 /// One line on stderr containing `want`, exit status 1, and nothing of
 /// the run anywhere: no state, no links, no cgroups, no processes.
 #[test]
