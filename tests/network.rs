@@ -763,7 +763,8 @@ fn moved_ifb_and_macvlan_come_and_go() {
 }
 
 /// A guest root hides the link it was given (moves it into a namespace of
-/// its own) and puts an impostor in its place: of the same name and kind,
+/// its own) and puts an impostor in its place: of the same name and kind
+/// (the kernel hands it the freed index too, only its address differs),
 /// or of the same index and another kind. At the end of the boot the
 /// launcher and the janitor must not move the impostor to the host under
 /// the host's name; they leave it and say so in one line.
@@ -777,7 +778,21 @@ fn impostor_of_a_moved_link_stays_in_the_guest() {
         let hide = Netns::new("v");
         let tree = Tree::new();
         let name = format!("n13h{case}");
-        let mut child = guest(&ns, &tree, &name, &["--network-interface=n13hid"], "true");
+        // Not quiet: the launcher's notices are what it says.
+        let mut child = Launched(Some(
+            nixspawn_in(&ns)
+                .args(["-x", "--pipe", "-M", &name, "-D", tree.path()])
+                .arg(tree.bind())
+                .args(["--network-interface=n13hid", "/bin/sh", "-c"])
+                .arg(format!(
+                    "touch /sync/ready-{name}; while [ ! -e /sync/go ]; do sleep 0.05; done"
+                ))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
         tree.wait_flag(
             &format!("ready-{name}"),
             child.child(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use netlink_packet_route::link::InfoKind;
 
 use crate::error::{Error, Result};
-use crate::network::cleanup::{MovedRef, NetClaim, zone_lock_path};
+use crate::network::cleanup::{NetClaim, zone_lock_path};
 use crate::network::names::{self, HostId, LinkName, Mac, keys};
 use crate::network::netlink::NlError;
 use crate::network::rtnl::{Netns, Route, Rtnl};
@@ -287,17 +287,30 @@ impl Plan {
     }
 }
 
-/// A link moved into the guest for this boot.
+/// A link moved into the guest for this boot, and what it was on the
+/// host (to tell it from one the guest makes in its place).
 #[derive(Debug, Clone)]
 pub struct MovedLink {
     pub host: String,
     pub guest: String,
     pub guest_index: Option<u32>,
+    pub kind: Option<String>,
+    pub perm_mac: Option<Mac>,
+    /// Its address as moved in (what tells a virtual link, which has no
+    /// permanent one).
+    pub mac: Option<Mac>,
 }
 
-impl MovedRef for MovedLink {
-    fn parts(&self) -> (&str, &str, Option<u32>) {
-        (&self.host, &self.guest, self.guest_index)
+impl MovedLink {
+    fn claim(&self) -> NetClaim {
+        NetClaim::Moved {
+            host: self.host.clone(),
+            guest: self.guest.clone(),
+            guest_index: self.guest_index,
+            kind: self.kind.clone(),
+            perm_mac: self.perm_mac,
+            mac: self.mac,
+        }
     }
 }
 
@@ -346,20 +359,21 @@ impl Boot {
     ) -> Result<()> {
         journal(NetClaim::Netns(true), Some(self.netns.as_fd()))?;
         for m in &plan.moves {
-            journal(
-                NetClaim::Moved {
-                    host: m.host.clone(),
-                    guest: m.guest.clone(),
-                    guest_index: None,
-                },
-                None,
-            )?;
             let link = host
                 .link(&m.host)
                 .map_err(nl)?
                 .ok_or_else(|| Error::Network {
                     message: format!("Failed to resolve interface \"{}\": No such device", m.host),
                 })?;
+            let mut moved = MovedLink {
+                host: m.host.clone(),
+                guest: m.guest.clone(),
+                guest_index: None,
+                kind: link.kind.clone(),
+                perm_mac: link.perm_mac,
+                mac: link.mac,
+            };
+            journal(moved.claim(), None)?;
             let rename = (m.guest != link.name).then_some(m.guest.as_str());
             host.move_link(link.index, Netns::Fd(self.netns.as_fd()), rename)
                 .map_err(|e| Error::Network {
@@ -369,20 +383,9 @@ impl Boot {
                         std::io::Error::from_raw_os_error(e.errno)
                     ),
                 })?;
-            let guest_index = self.guest.link(&m.guest).ok().flatten().map(|l| l.index);
-            self.moved.push(MovedLink {
-                host: m.host.clone(),
-                guest: m.guest.clone(),
-                guest_index,
-            });
-            journal(
-                NetClaim::Moved {
-                    host: m.host.clone(),
-                    guest: m.guest.clone(),
-                    guest_index,
-                },
-                None,
-            )?;
+            moved.guest_index = self.guest.link(&m.guest).ok().flatten().map(|l| l.index);
+            journal(moved.claim(), None)?;
+            self.moved.push(moved);
         }
         if let Some(v) = &plan.veth {
             let index = match &v.attach {
@@ -588,17 +591,19 @@ impl Boot {
 
     /// Before the namespace may go: moved links back to the host under
     /// their names (as systemd-nspawn 254+ does; they would otherwise be
-    /// destroyed with it). Returns the records that are settled.
-    pub fn detach(&mut self) -> Vec<NetClaim> {
+    /// destroyed with it). Returns the records that are settled and a
+    /// line for each link that was not returned.
+    pub fn detach(&mut self) -> (Vec<NetClaim>, Vec<String>) {
         let moved = std::mem::take(&mut self.moved);
         if moved.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
-        crate::network::cleanup::return_moved(&moved, self.netns.as_fd());
-        moved
+        let lines = crate::network::cleanup::return_moved(&moved, self.netns.as_fd());
+        let settled = moved
             .into_iter()
             .map(|m| NetClaim::Returned { host: m.host })
-            .collect()
+            .collect();
+        (settled, lines)
     }
 }
 
