@@ -705,6 +705,74 @@ fn host_pings_guests_and_port_forward_answers_from_another_namespace() {
     assert_cleaned_up("n13fw", None);
 }
 
+/// The port map's IPv4 entry goes in, its IPv6 entry is refused (one for
+/// the same port is there already, someone else's): once the guest is
+/// gone, its IPv4 entry must be gone too, and the other IPv6 one stays.
+#[test]
+fn port_map_half_refused_leaves_nothing() {
+    privileged!();
+    let ns = Netns::new("p");
+    let tree = Tree::new();
+    let args = [
+        "-n",
+        "-p",
+        "8082:80",
+        "--network-address=10.46.0.1,10.46.0.2",
+        "--network-address=fd46::1/64,fd46::2",
+    ];
+    // A first run makes the tables (they stay, as nspawn's).
+    let out = nixspawn_in(&ns)
+        .args(["-q", "--pipe", "-M", "n13half", "-D", tree.path()])
+        .args(args)
+        .arg("/bin/true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = "tcp . 8082 : fd46::99 . 80";
+    let add = ns
+        .command("nft")
+        .args([
+            "add",
+            "element",
+            "ip6",
+            "io.systemd.nat",
+            "map_port_ipport",
+            &format!("{{ {theirs} }}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{add:?}");
+    let mut child = guest(&ns, &tree, "n13half", &args, "true");
+    tree.wait_flag("ready-n13half", child.child(), Duration::from_secs(20));
+    let v4 = ns.nft(&["list", "map", "ip", "io.systemd.nat", "map_port_ipport"]);
+    assert!(v4.contains("tcp . 8082 : 10.46.0.2 . 80"), "{v4}");
+    std::fs::write(tree.flag("go"), "").unwrap();
+    let out = child.wait_with_output();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v4 = loop {
+        let v4 = ns.nft(&["list", "map", "ip", "io.systemd.nat", "map_port_ipport"]);
+        if !v4.contains("elements") || Instant::now() > deadline {
+            break v4;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !v4.contains("elements"),
+        "the guest's IPv4 entry stayed: {v4}"
+    );
+    let v6 = ns.nft(&["list", "map", "ip6", "io.systemd.nat", "map_port_ipport"]);
+    assert!(v6.contains(theirs), "the other entry is left alone: {v6}");
+}
+
 fn signal_and_wait(child: &mut std::process::Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
