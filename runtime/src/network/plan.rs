@@ -267,7 +267,26 @@ impl Plan {
                         h.name
                     )));
                 }
-                Some(_) => {}
+                Some(br) => {
+                    // A bridge we did not make is the admin's, and so is its
+                    // addressing: we would not know when an address we added
+                    // is no longer used by any guest on it.
+                    let on_it: Vec<(IpAddr, u8)> = host
+                        .addresses()
+                        .map_err(nl)?
+                        .into_iter()
+                        .filter(|a| a.index == br.index)
+                        .map(|a| (a.address, a.prefix))
+                        .collect();
+                    for a in &self.addresses {
+                        if !on_it.contains(&(a.host, a.prefix)) {
+                            return Err(fail(format!(
+                                "--network-address={}/{},{}: bridge {bridge} does not carry {}/{}; nixspawn does not change a bridge it did not create: add the address to it, or use --network-zone=",
+                                a.host, a.prefix, a.guest, a.host, a.prefix
+                            )));
+                        }
+                    }
+                }
             }
         }
         if let Some(Veth {
@@ -547,25 +566,34 @@ impl Boot {
             Some(i) => i,
             None => return Ok(()),
         };
+        // The admin's bridge carries the host addresses already (checked
+        // before): nothing of it is changed.
+        let ours = !matches!(v.attach, Attach::Bridge(_));
         let host0 = self.guest.require(&v.guest).map_err(nl)?;
         for a in addresses {
-            host.add_address(host_index, a.host, a.prefix).map_err(nl)?;
+            if ours {
+                host.add_address(host_index, a.host, a.prefix).map_err(nl)?;
+            }
             self.guest
                 .add_address(host0.index, a.guest, a.prefix)
                 .map_err(nl)?;
         }
-        host.set_up(host_index, None).map_err(nl)?;
+        if ours {
+            host.set_up(host_index, None).map_err(nl)?;
+        }
         self.guest.set_up(host0.index, None).map_err(nl)?;
         for a in addresses {
             let full = if a.host.is_ipv4() { 32 } else { 128 };
             if a.peer_routes {
-                host.add_route(&Route {
-                    destination: Some((a.guest, full)),
-                    gateway: None,
-                    oif: host_index,
-                    ipv6: a.guest.is_ipv6(),
-                })
-                .map_err(nl)?;
+                if ours {
+                    host.add_route(&Route {
+                        destination: Some((a.guest, full)),
+                        gateway: None,
+                        oif: host_index,
+                        ipv6: a.guest.is_ipv6(),
+                    })
+                    .map_err(nl)?;
+                }
                 self.guest
                     .add_route(&Route {
                         destination: Some((a.host, full)),
