@@ -20,3 +20,14 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Resu
 pub fn namespace_id(ns: BorrowedFd<'_>) -> io::Result<u64> {
     crate::sys::namespace_id(ns)
 }
+
+/// Let `fd` survive exec (clear FD_CLOEXEC), to hand it to a program we
+/// run by its /proc/self/fd path.
+pub fn inheritable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map(drop)
+    .map_err(io::Error::from)
+}

@@ -218,14 +218,20 @@ impl Ops for Setup<'_> {
                 (self.proc, self.sys) = (Some(proc), Some(sys));
                 Ok(())
             }
-            Step::MountProc { private_network } => match &self.proc {
-                Some(proc) => procfs::mount_proc_on(proc, &self.host_path()?, private_network),
-                // PID 1, pivoted: the pinned /proc at /run/host allows it.
-                None => {
-                    let at = self.at()?;
-                    procfs::mount_proc(&at.proc, &at.host, private_network)
+            Step::MountProc {
+                private_network,
+                masked,
+            } => {
+                let masks = masked.then_some(procfs::Masks { private_network });
+                match &self.proc {
+                    Some(proc) => procfs::mount_proc_on(proc, &self.host_path()?, masks),
+                    // PID 1, pivoted: the pinned /proc at /run/host allows it.
+                    None => {
+                        let at = self.at()?;
+                        procfs::mount_proc(&at.proc, &at.host, masks)
+                    }
                 }
-            },
+            }
             Step::MountSys => match &self.sys {
                 Some(sys) => sysfs::mount_sys_on(sys),
                 None => sysfs::mount_sys(&self.at()?.sys),
@@ -339,7 +345,10 @@ impl Ops for Setup<'_> {
                 nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into()))
             }
             Step::FindPayload => {
-                let env = environment::for_pid1(spec);
+                // The host's os-release, bound in by PopulateRunHost.
+                let host =
+                    std::fs::read_to_string(environment::HOST_OS_RELEASE).unwrap_or_default();
+                let env = environment::for_pid1(spec, &host);
                 self.payload = Some(exec::Payload::resolve(spec, env)?);
                 Ok(())
             }

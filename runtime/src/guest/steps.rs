@@ -36,9 +36,12 @@ pub(crate) enum Step {
     PopulateRunHost,
     MountDev,
     ResolveProcAndSys,
-    /// The guest's own /proc, `/proc/sys/net` writable with a private network.
+    /// The guest's own /proc, `/proc/sys/net` writable with a private
+    /// network; `masked`: nspawn's read-only and masked entries (all but
+    /// `--nested-sandbox`).
     MountProc {
         private_network: bool,
+        masked: bool,
     },
     /// A read-only /sys of the guest's network namespace, with cgroup2.
     MountSys,
@@ -220,6 +223,7 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
         s.extend([
             Step::MountProc {
                 private_network: spec.private_network,
+                masked: true,
             },
             Step::MountSys,
             Step::MountPtsAndMqueue,
@@ -289,8 +293,11 @@ pub(crate) fn inner(spec: &Spec) -> Vec<Step> {
     if spec.private_network {
         s.push(Step::LoopbackUp);
     }
+    // Only the guest's own procfs may go unmasked: the outer process's
+    // (no user namespace) keeps nspawn's masks whatever is asked.
     s.push(Step::MountProc {
         private_network: spec.private_network,
+        masked: !spec.nested_sandbox,
     });
     s.push(if spec.private_network {
         Step::MountSys
@@ -406,7 +413,8 @@ mod tests {
         assert_eq!(s[0], Step::DieWithLauncher);
         assert!(s.contains(&Step::UnshareCgroupNamespace));
         assert!(s.contains(&Step::MountProc {
-            private_network: false
+            private_network: false,
+            masked: true
         }));
         assert!(s.contains(&Step::MountSys));
         assert!(!s.contains(&Step::PinApiFilesystems));
@@ -428,6 +436,7 @@ mod tests {
             Step::CreateConsole,
             Step::MountProc {
                 private_network: false,
+                masked: true,
             },
         ] {
             assert!(!s.contains(&absent), "{absent:?} in {s:?}");
@@ -450,7 +459,8 @@ mod tests {
             pos(
                 &i,
                 Step::MountProc {
-                    private_network: false
+                    private_network: false,
+                    masked: true
                 }
             ) < pos(&i, Step::WaitForPins)
         );
@@ -468,7 +478,8 @@ mod tests {
         assert!(i.contains(&Step::LoopbackUp));
         assert!(i.contains(&Step::MountSys) && !i.contains(&Step::BindHostSys));
         assert!(i.contains(&Step::MountProc {
-            private_network: true
+            private_network: true,
+            masked: true
         }));
     }
 
@@ -650,7 +661,8 @@ mod tests {
         // namespace is made; the launcher's links are awaited only there.
         assert!(outer(&sp, net).contains(&Step::LoopbackUp));
         assert!(outer(&sp, net).contains(&Step::MountProc {
-            private_network: true
+            private_network: true,
+            masked: true
         }));
         // --network-namespace-path: joined before /sys is mounted and before
         // the cgroup namespace, after placement; under a user namespace by
@@ -692,6 +704,34 @@ mod tests {
         let l = last(&sp, PLAIN);
         assert!(!l.contains(&Step::InstallSeccomp));
         assert!(pos(&l, Step::DropCapabilities) < pos(&l, Step::NoNewPrivileges));
+    }
+
+    #[test]
+    fn a_nested_sandbox_unmasks_only_the_guests_own_proc() {
+        let mut sp = spec();
+        sp.nested_sandbox = true;
+        let i = inner(&sp);
+        assert!(i.contains(&Step::MountProc {
+            private_network: false,
+            masked: false
+        }));
+        assert!(
+            !i.iter()
+                .any(|s| matches!(s, Step::MountProc { masked: true, .. }))
+        );
+        // Without a user namespace the outer process is PID 1: its /proc
+        // keeps the masks (the launcher refuses the option there anyway).
+        assert!(outer(&sp, PLAIN).contains(&Step::MountProc {
+            private_network: false,
+            masked: true
+        }));
+        assert!(
+            !outer(&sp, USERNS)
+                .iter()
+                .any(|s| matches!(s, Step::MountProc { .. }))
+        );
+        // /sys is untouched by the option.
+        assert!(i.contains(&Step::BindHostSys));
     }
 
     #[test]

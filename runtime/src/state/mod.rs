@@ -25,6 +25,26 @@ use process::{host_boot_id, open_verified};
 
 pub const STATE_ROOT: &str = "/run/nixspawn";
 
+/// Names the directory that stands for `/run` in every path nixspawn and
+/// nixspawnctl keep state in (`/run/nixspawn`, the UID range locks of
+/// `/run/systemd/nspawn-uid`, `/run/nixspawn-chown`), for callers whose
+/// `/run` is not the host's — a Nix build sandbox, a test harness. Unset,
+/// the paths are systemd-nspawn's and its range locks are shared.
+pub const RUNTIME_DIR_ENV: &str = "NIXSPAWN_RUNTIME_DIR";
+
+/// `path` (one of the `/run/...` defaults) with `/run` replaced by
+/// `$NIXSPAWN_RUNTIME_DIR` when that is set to an absolute path.
+pub fn run_path(path: &str) -> PathBuf {
+    relocate(path, std::env::var_os(RUNTIME_DIR_ENV).as_deref())
+}
+
+fn relocate(path: &str, dir: Option<&std::ffi::OsStr>) -> PathBuf {
+    match (dir.map(Path::new), path.strip_prefix("/run/")) {
+        (Some(dir), Some(rest)) if dir.is_absolute() => dir.join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
 /// What nixspawnctl can know about a running container.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -107,7 +127,7 @@ pub const LOCK_DIR: &str = "/run/nixspawn/.locks";
 
 /// The lock file of a machine name.
 pub fn lock_path(name: &MachineName) -> PathBuf {
-    Path::new(LOCK_DIR).join(name.as_str())
+    run_path(LOCK_DIR).join(name.as_str())
 }
 
 /// What [`ensure_root_dir`] does with the mode of a directory that exists.
@@ -169,14 +189,14 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn path_for(name: &MachineName) -> PathBuf {
-        Path::new(STATE_ROOT).join(name.as_str())
+        run_path(STATE_ROOT).join(name.as_str())
     }
 
     /// Claim the name and its directory, refusing if a live container
     /// holds it. The janitor hears of the lock before and after it is taken.
     pub(crate) fn claim(name: &MachineName, janitor: &JanitorLink) -> Result<Self> {
-        ensure_root_dir(Path::new(STATE_ROOT), 0o755, Existing::SetMode)?;
-        ensure_root_dir(Path::new(LOCK_DIR), 0o755, Existing::SetMode)?;
+        ensure_root_dir(&run_path(STATE_ROOT), 0o755, Existing::SetMode)?;
+        ensure_root_dir(&run_path(LOCK_DIR), 0o755, Existing::SetMode)?;
         let path = Self::path_for(name);
         let lock_path = lock_path(name);
         janitor.note(
@@ -339,10 +359,11 @@ pub fn load(name: &MachineName) -> Result<State> {
 
 /// All live containers, sorted by name. Stale directories are skipped.
 pub fn list() -> Result<Vec<State>> {
-    let entries = match fs::read_dir(STATE_ROOT) {
+    let root = run_path(STATE_ROOT);
+    let entries = match fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("listing", STATE_ROOT, e)),
+        Err(e) => return Err(Error::io("listing", &root, e)),
     };
     let mut out: Vec<State> = entries
         .flatten()
@@ -410,5 +431,24 @@ impl State {
             pid: self.leader.unwrap_or(0),
             reason: "gone".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod run_path_tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_dir_replaces_run_in_every_state_path() {
+        let d = Some(std::ffi::OsStr::new("/build/run"));
+        assert_eq!(relocate(STATE_ROOT, d), Path::new("/build/run/nixspawn"));
+        assert_eq!(
+            relocate("/run/systemd/nspawn-uid", d),
+            Path::new("/build/run/systemd/nspawn-uid")
+        );
+        assert_eq!(relocate(STATE_ROOT, None), Path::new(STATE_ROOT));
+        // A relative value is ignored rather than resolved against the cwd.
+        let rel = Some(std::ffi::OsStr::new("run"));
+        assert_eq!(relocate(STATE_ROOT, rel), Path::new(STATE_ROOT));
     }
 }

@@ -211,6 +211,8 @@ pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 }
 
 pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x0000_0080;
 
 /// move_mount(2) of a detached mount onto exactly what `to` refers to (an
 /// O_PATH descriptor of the target, MOVE_MOUNT_T_EMPTY_PATH): whatever
