@@ -374,6 +374,11 @@ impl Watch<'_, '_> {
             .map_err(|e| Error::syscall("waitid", e))?;
         // What the guest wrote before it ended (nobody can write more now).
         self.console_output(CONSOLE_BYTES_AT_EXIT);
+        if let Some(network) = self.network.take() {
+            for line in network.finish() {
+                self.observer.event(Event::Notice(&line));
+            }
+        }
         Ok(Some(match exit {
             ExitKind::Exited(n) => Outcome::Exited(n),
             ExitKind::Signaled(libc::SIGINT) => Outcome::PoweredOff,

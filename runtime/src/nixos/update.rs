@@ -154,8 +154,8 @@ fn update_overlay(
         swap_store(&new_store, &proc, in_userns)?;
         store::link_profile(Path::new("/"), toplevel)
     })?;
-    store::write_record(&state_dir, &paths, &mount_points)?;
-    // They must have reached the guest (it may have cut its propagation).
+    // They must have reached the guest (it may have cut its propagation);
+    // only then is the record (the guest's GC roots among it) the new one.
     let leader = state.leader.unwrap_or_default();
     let guest_store = PathBuf::from(format!("/proc/{leader}/root{STORE}"));
     let missing = added
@@ -171,6 +171,7 @@ fn update_overlay(
             ),
         ));
     }
+    store::write_record(&state_dir, &paths, &mount_points)?;
     Ok(added)
 }
 
