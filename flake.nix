@@ -18,6 +18,21 @@
           # The test suite boots containers as root; it runs outside the
           # build sandbox (integration/test.sh), not here.
           doCheck = false;
+          nativeBuildInputs = [ pkgs.installShellFiles ];
+          # Man pages and completions, generated from the clap definitions
+          # by nixspawnctl's hidden generate-docs verb.
+          postInstall = ''
+            $out/bin/nixspawnctl generate-docs docs
+            installManPage docs/man/*.1
+            installShellCompletion --cmd nixspawn \
+              --bash docs/completions/nixspawn.bash \
+              --zsh docs/completions/_nixspawn \
+              --fish docs/completions/nixspawn.fish
+            installShellCompletion --cmd nixspawnctl \
+              --bash docs/completions/nixspawnctl.bash \
+              --zsh docs/completions/_nixspawnctl \
+              --fish docs/completions/nixspawnctl.fish
+          '';
           meta = {
             description = "Container launcher for NixOS toplevels and systemd trees, systemd-nspawn compatible";
             license = with pkgs.lib.licenses; [ mit asl20 ];
@@ -27,6 +42,27 @@
         };
         default = nixspawn;
       });
+
+      # lib.<system>.runTest { name; nodes; testScript; }: a nixspawn-test
+      # run as a derivation (nix/test.nix), built on any builder with the
+      # `uid-range` system feature; logs and JUnit in $out.
+      lib = forAll (pkgs:
+        let
+          nixspawn = self.packages.${pkgs.stdenv.hostPlatform.system}.nixspawn;
+          # nix/test.nix's bundle: Nix-built binaries need no lib/ of their own.
+          bundle = pkgs.runCommand "nixspawn-bundle" { } ''
+            mkdir -p $out/bin $out/lib
+            ln -s ${nixspawn}/bin/* $out/bin/
+            ln -s ${pkgs.pkgsStatic.busybox}/bin/busybox $out/bin/busybox
+          '';
+        in
+        {
+          runTest = import ./nix/test.nix {
+            nixspawn = bundle;
+            python3 = pkgs.python3;
+            system = pkgs.stdenv.hostPlatform.system;
+          };
+        });
 
       devShells = forAll (pkgs: {
         default = pkgs.mkShell {

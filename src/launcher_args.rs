@@ -50,8 +50,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
 
-    /// Set an environment variable for PID 1
-    #[arg(short = 'E', long = "setenv", value_name = "NAME=VALUE")]
+    /// Set an environment variable for PID 1 (NAME alone: its value here, as nspawn)
+    #[arg(short = 'E', long = "setenv", value_name = "NAME[=VALUE]", value_parser = values::setenv)]
     pub setenv: Vec<String>,
 
     /// How the console is set up (default: interactive on a terminal, else read-only)
@@ -102,8 +102,9 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub chdir: Option<PathBuf>,
 
-    /// User namespacing: no, yes, pick, identity or SHIFT[:RANGE]
-    #[arg(long, value_name = "MODE", value_parser = values::private_users)]
+    /// User namespacing: no, yes, pick, identity or SHIFT[:RANGE] (alone: yes)
+    #[arg(long, value_name = "MODE", value_parser = values::private_users,
+          num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
     pub private_users: Option<userns::Mode>,
 
     /// Same as --private-users=pick --private-users-ownership=auto
@@ -165,6 +166,11 @@ pub struct Args {
     /// With --toplevel: pass the host's nix-daemon socket and database in
     #[arg(long)]
     pub nix_daemon: bool,
+
+    /// Leave the guest's /proc unmasked so it can run sandboxes of its own
+    /// (Nix builds); needs -U with a range other than identity
+    #[arg(long)]
+    pub nested_sandbox: bool,
 
     /// Trace and time every setup step on stderr
     #[arg(long)]
@@ -314,7 +320,8 @@ fn refusal(e: &clap::Error) -> String {
     let arg = text(ContextKind::InvalidArg);
     let name = arg.as_deref().map(|a| match e.kind() {
         ErrorKind::UnknownArgument => a.to_owned(),
-        _ => a.split(' ').next().unwrap_or(a).to_owned(),
+        // (and one with an optional value as "--private-users[=<MODE>]")
+        _ => a.split([' ', '[']).next().unwrap_or(a).to_owned(),
     });
     // clap reports a missing value as an empty invalid one.
     let value = text(ContextKind::InvalidValue).filter(|v| !v.is_empty());
@@ -471,6 +478,7 @@ impl Args {
             ("-U", self.pick_users),
             ("--shared-store", self.shared_store),
             ("--nix-daemon", self.nix_daemon),
+            ("--nested-sandbox", self.nested_sandbox),
             ("--debug", self.debug),
         ] {
             if set {
@@ -661,6 +669,15 @@ mod tests {
         // clap's own checks (conflicting names, value hints, ...), which it
         // otherwise runs only in debug builds when parsing.
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bare_private_users_means_yes_and_keeps_the_command_apart() {
+        let a = parse(&argv("--private-users -D /tmp /bin/true")).unwrap();
+        assert_eq!(a.private_users, Some(userns::Mode::FromTree));
+        assert_eq!(a.command, ["/bin/true"]);
+        let a = parse(&argv("-D /tmp --private-users=pick")).unwrap();
+        assert_eq!(a.private_users, Some(userns::Mode::Pick));
     }
 
     #[test]

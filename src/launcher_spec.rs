@@ -97,11 +97,16 @@ impl Place {
                     .with_context(|| format!("directory {}: cannot be resolved", d.display()))
             })
             .transpose()?;
-        let machine = machine_name(
+        let mut machine = machine_name(
             args.machine.as_deref(),
             directory.as_deref(),
             toplevel.as_deref(),
         )?;
+        // As nspawn: an ephemeral run named after its tree gets a random
+        // suffix, so that many can run from one tree at once.
+        if args.ephemeral && args.machine.is_none() {
+            machine = ephemeral_name(&machine, random_u64()?)?;
+        }
         let mode = args.settings.unwrap_or_default();
         let settings = nspawn_settings::find(machine.as_str(), directory.as_deref(), mode)
             .map(|(path, trust)| -> Result<SettingsFile> {
@@ -168,6 +173,26 @@ fn machine_name(
     })
 }
 
+/// `NAME-XXXXXXXXXXXXXXXX` (16 hex digits), the name shortened so the
+/// whole stays a valid machine name.
+fn ephemeral_name(base: &MachineName, suffix: u64) -> Result<MachineName> {
+    let base = base.as_str();
+    let base = base.get(..base.len().min(64 - 17)).unwrap_or(base);
+    Ok(MachineName::new(&format!(
+        "{}-{suffix:016x}",
+        base.trim_end_matches(['.', '-'])
+    ))?)
+}
+
+fn random_u64() -> Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    Ok(u64::from_ne_bytes(b))
+}
+
 /// A toplevel's name without its hash (`nixos-system-web-24.11`).
 fn toplevel_name(toplevel: &Path) -> &str {
     let name = toplevel
@@ -195,7 +220,7 @@ pub struct Plan {
     pub store: Option<StorePlan>,
     pub machine: MachineName,
     pub hostname: String,
-    /// Given (`--uuid`, `MachineID=`); else the tree's machine-id or random.
+    /// Given (`--uuid`, `MachineID=`): used unless the tree has a machine-id.
     pub uuid: Option<Uuid>,
     pub payload: Payload,
     pub environment: Vec<(String, String)>,
@@ -217,6 +242,7 @@ pub struct Plan {
     pub dropped_capabilities: HashSet<caps::Capability>,
     pub syscall_filter: Adjustments,
     pub no_new_privileges: bool,
+    pub nested_sandbox: bool,
     /// `--set-credential`s, parsed.
     pub credentials: Vec<Credential>,
     /// `--load-credential`s, to be read by the probe.
@@ -367,6 +393,7 @@ impl Plan {
             dropped_capabilities,
             syscall_filter,
             no_new_privileges: args.no_new_privileges.unwrap_or(false),
+            nested_sandbox: args.nested_sandbox,
             credentials,
             load_credentials: args.load_credential,
             working_directory: args.chdir,
@@ -417,6 +444,7 @@ impl Plan {
             syscall_filter: self.syscall_filter,
             seccomp: facts.seccomp,
             no_new_privileges: self.no_new_privileges,
+            nested_sandbox: self.nested_sandbox,
             credentials,
             directory: self.directory,
             store: facts.store,
@@ -513,7 +541,7 @@ pub struct Facts {
     pub store: Option<StoreSpec>,
     /// What `--load-credential` read, in order.
     pub loaded_credentials: Vec<Credential>,
-    /// The UUID given, else the tree's /etc/machine-id, else a random one.
+    /// The tree's /etc/machine-id, else the UUID given, else a random one.
     pub uuid: Uuid,
     /// Whether stdin and stdout are both terminals.
     pub terminal: bool,
@@ -555,12 +583,15 @@ impl Facts {
         for c in &plan.load_credentials {
             loaded_credentials.extend(credentials::load(c)?);
         }
-        let uuid = match plan.uuid {
-            Some(given) => given,
-            None => match plan.directory.as_deref().and_then(tree_machine_id) {
-                Some(tree) => tree,
-                None => Uuid::random()?,
-            },
+        // As nspawn: the tree's own machine-id wins; --uuid (MachineID=)
+        // applies only while it is unpopulated.
+        let uuid = match (
+            plan.directory.as_deref().and_then(tree_machine_id),
+            plan.uuid,
+        ) {
+            (Some(tree), _) => tree,
+            (None, Some(given)) => given,
+            (None, None) => Uuid::random()?,
         };
         Ok(Facts {
             machined,
@@ -824,6 +855,25 @@ mod tests {
     }
 
     #[test]
+    fn ephemeral_runs_named_after_their_tree_get_nspawns_random_suffix() {
+        let n = |s: &str| MachineName::new(s).unwrap();
+        assert_eq!(
+            ephemeral_name(&n("tree"), 0xd9a4895b4a52d075)
+                .unwrap()
+                .as_str(),
+            "tree-d9a4895b4a52d075"
+        );
+        assert_eq!(
+            ephemeral_name(&n("t"), 1).unwrap().as_str(),
+            "t-0000000000000001"
+        );
+        let long = "a".repeat(64);
+        let named = ephemeral_name(&n(&long), u64::MAX).unwrap();
+        assert_eq!(named.as_str().len(), 64);
+        assert!(named.as_str().ends_with("-ffffffffffffffff"));
+    }
+
+    #[test]
     fn hostnames_default_to_the_machine_and_are_checked() {
         assert_eq!(spec("").hostname, "web");
         assert_eq!(spec("--hostname=db").hostname, "db");
@@ -989,7 +1039,7 @@ mod tests {
             ("--bind=relative", "not an absolute path"),
             ("--bind-ro=/a:/b:bogus", "unknown option \"bogus\""),
             ("--tmpfs=x", "--tmpfs"),
-            ("-E novalue", "NAME=VALUE"),
+            ("-E 1bad=x", "the name must be letters"),
             (
                 "--chdir=srv",
                 "invalid --chdir srv: must be an absolute path",
@@ -1143,9 +1193,18 @@ mod tests {
         assert!(facts.store.is_none() && facts.loaded_credentials.is_empty());
 
         p.uuid = Some(uuid());
-        assert_eq!(Facts::probe(&p).unwrap().uuid, uuid(), "a given UUID wins");
+        assert_eq!(
+            Facts::probe(&p).unwrap().uuid,
+            Uuid::parse("fedcba9876543210fedcba9876543210").unwrap(),
+            "the tree's machine-id wins over a given UUID"
+        );
 
         std::fs::write(dir.path().join("etc/machine-id"), "uninitialized\n").unwrap();
+        assert_eq!(
+            Facts::probe(&p).unwrap().uuid,
+            uuid(),
+            "a given UUID fills an unpopulated machine-id"
+        );
         p.uuid = None;
         let random = Facts::probe(&p).unwrap().uuid;
         assert_ne!(random, Facts::probe(&p).unwrap().uuid, "random without one");

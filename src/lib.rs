@@ -29,12 +29,44 @@ pub fn terminal_safe(text: &str) -> String {
 
 /// An error as the binaries print it: its whole chain on one line.
 pub fn error_line(e: &anyhow::Error) -> String {
-    terminal_safe(&format!("{e:#}"))
+    // The runtime's errors already end in their source's text ("bind
+    // source /x: No such file..."); anyhow's `{:#}` would say it twice.
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    terminal_safe(&line)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::terminal_safe;
+    use super::{error_line, terminal_safe};
+
+    #[test]
+    fn a_source_the_message_already_ends_in_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::from(nixspawn_runtime::Error::Io {
+            what: "opening",
+            path: "/x".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_line(&e),
+            "opening /x: No such file or directory (os error 2)"
+        );
+        let e = e.context("reading the tree");
+        assert_eq!(
+            error_line(&e),
+            "reading the tree: opening /x: No such file or directory (os error 2)"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped() {

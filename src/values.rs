@@ -267,6 +267,20 @@ pub fn private_users_name(mode: userns::Mode) -> String {
     }
 }
 
+/// `-E NAME=VALUE` as given; `-E NAME` takes NAME's value from our own
+/// environment (empty if unset), as systemd-nspawn does.
+pub fn setenv(text: &str) -> Result<String, Invalid> {
+    Ok(setenv_from(text, |k| std::env::var(k).ok()))
+}
+
+fn setenv_from(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    if text.contains('=') {
+        text.to_owned()
+    } else {
+        format!("{text}={}", lookup(text).unwrap_or_default())
+    }
+}
+
 /// A signal as systemd spells it: SIGTERM, TERM, SIGRTMIN+3 or a number.
 pub fn signal(text: &str) -> Result<i32, Invalid> {
     Ok(signals::parse(text)?)
@@ -280,6 +294,14 @@ pub fn uuid(text: &str) -> Result<Uuid, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_setenv_name_takes_the_launchers_value() {
+        let env = |k: &str| (k == "SET").then(|| "v=1".to_owned());
+        assert_eq!(setenv_from("A=b", env), "A=b");
+        assert_eq!(setenv_from("SET", env), "SET=v=1");
+        assert_eq!(setenv_from("UNSET", env), "UNSET=");
+    }
 
     #[test]
     fn booleans_take_systemds_spellings_and_nothing_else() {

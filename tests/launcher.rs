@@ -312,8 +312,8 @@ fn bad_input_is_refused_clearly_and_leaves_nothing() {
         ),
         (&["-D", d, "-b"], "os-release"),
         (
-            &["-D", d, "--network-veth", "/bin/true"],
-            "--network-veth is not implemented",
+            &["-D", d, "--oci-bundle=/x", "/bin/true"],
+            "--oci-bundle is not implemented",
         ),
         (
             &["-D", d, "-M", "bad/name", "/bin/true"],

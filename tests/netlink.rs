@@ -283,8 +283,9 @@ fn bridge_ports_macvlan_and_moved_links() {
     // key is the macvlan one (checked by the unit vectors).
     assert_ne!(mv.mac, None);
     // Back with its name at the end of the boot.
-    let returned = boot.detach();
+    let (returned, said) = boot.detach();
     assert_eq!(returned.len(), 1);
+    assert!(said.is_empty(), "{said:?}");
     let back = link(&mut host, "r13mov");
     assert_eq!(back.kind.as_deref(), Some("ifb"));
     assert!(boot.guest.link("eth7").unwrap().is_none());

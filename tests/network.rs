@@ -510,7 +510,12 @@ fn standalone_zone_and_bridge_guests_reach_each_other_and_the_host() {
         .status()
         .unwrap();
     ns.ip(&["link", "add", "n13br", "type", "bridge"]);
+    // The admin's bridge with the admin's address: nixspawn adds none to
+    // a bridge it did not make.
+    ns.ip(&["addr", "add", "10.66.0.1/24", "dev", "n13br"]);
+    ns.ip(&["link", "set", "n13br", "up"]);
     let before = ns.links();
+    let addresses_before = ns.ip(&["-o", "addr", "show", "dev", "n13br"]);
     let tree = Tree::new();
     let everyone = [
         "10.55.0.1",
@@ -601,20 +606,18 @@ fn standalone_zone_and_bridge_guests_reach_each_other_and_the_host() {
         );
         assert_cleaned_up(name, None);
     }
-    // The bridge that was there stays, up and with the host address the
-    // guests shared on it (other guests may use it); the zone and every
-    // port go.
-    let kept: Vec<String> = before
-        .iter()
-        .map(|l| {
-            l.replace(
-                "n13br kind=bridge mac=(bridge) down",
-                "n13br kind=bridge mac=(bridge) UP",
-            )
-        })
-        .collect();
-    let after = ns.settle(&kept, Duration::from_secs(5));
-    assert_eq!(after, kept, "the zone and the ports gone, the bridge kept");
+    // The bridge that was there stays as it was, with its addresses and
+    // no more; the zone and every port go.
+    let after = ns.settle(&before, Duration::from_secs(5));
+    assert_eq!(
+        after, before,
+        "the zone and the ports gone, the bridge kept"
+    );
+    assert_eq!(
+        ns.ip(&["-o", "addr", "show", "dev", "n13br"]),
+        addresses_before,
+        "the admin's bridge has the addresses it had"
+    );
 }
 
 #[test]
@@ -705,6 +708,74 @@ fn host_pings_guests_and_port_forward_answers_from_another_namespace() {
     assert_cleaned_up("n13fw", None);
 }
 
+/// The port map's IPv4 entry goes in, its IPv6 entry is refused (one for
+/// the same port is there already, someone else's): once the guest is
+/// gone, its IPv4 entry must be gone too, and the other IPv6 one stays.
+#[test]
+fn port_map_half_refused_leaves_nothing() {
+    privileged!();
+    let ns = Netns::new("p");
+    let tree = Tree::new();
+    let args = [
+        "-n",
+        "-p",
+        "8082:80",
+        "--network-address=10.46.0.1,10.46.0.2",
+        "--network-address=fd46::1/64,fd46::2",
+    ];
+    // A first run makes the tables (they stay, as nspawn's).
+    let out = nixspawn_in(&ns)
+        .args(["-q", "--pipe", "-M", "n13half", "-D", tree.path()])
+        .args(args)
+        .arg("/bin/true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = "tcp . 8082 : fd46::99 . 80";
+    let add = ns
+        .command("nft")
+        .args([
+            "add",
+            "element",
+            "ip6",
+            "io.systemd.nat",
+            "map_port_ipport",
+            &format!("{{ {theirs} }}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{add:?}");
+    let mut child = guest(&ns, &tree, "n13half", &args, "true");
+    tree.wait_flag("ready-n13half", child.child(), Duration::from_secs(20));
+    let v4 = ns.nft(&["list", "map", "ip", "io.systemd.nat", "map_port_ipport"]);
+    assert!(v4.contains("tcp . 8082 : 10.46.0.2 . 80"), "{v4}");
+    std::fs::write(tree.flag("go"), "").unwrap();
+    let out = child.wait_with_output();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v4 = loop {
+        let v4 = ns.nft(&["list", "map", "ip", "io.systemd.nat", "map_port_ipport"]);
+        if !v4.contains("elements") || Instant::now() > deadline {
+            break v4;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !v4.contains("elements"),
+        "the guest's IPv4 entry stayed: {v4}"
+    );
+    let v6 = ns.nft(&["list", "map", "ip6", "io.systemd.nat", "map_port_ipport"]);
+    assert!(v6.contains(theirs), "the other entry is left alone: {v6}");
+}
+
 fn signal_and_wait(child: &mut std::process::Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -762,6 +833,102 @@ fn moved_ifb_and_macvlan_come_and_go() {
     );
 }
 
+/// A guest root hides the link it was given (moves it into a namespace of
+/// its own) and puts an impostor in its place: of the same name and kind
+/// (the kernel hands it the freed index too, only its address differs),
+/// or of the same index and another kind. At the end of the boot the
+/// launcher and the janitor must not move the impostor to the host under
+/// the host's name; they leave it and say so in one line.
+#[test]
+fn impostor_of_a_moved_link_stays_in_the_guest() {
+    privileged!();
+    for (case, same_index) in [("index", true), ("name", false)] {
+        let ns = Netns::new("h");
+        ns.ip(&["link", "add", "n13hid", "type", "ifb"]);
+        let before = ns.links();
+        let hide = Netns::new("v");
+        let tree = Tree::new();
+        let name = format!("n13h{case}");
+        // Not quiet: the launcher's notices are what it says.
+        let mut child = Launched(Some(
+            nixspawn_in(&ns)
+                .args(["-x", "--pipe", "-M", &name, "-D", tree.path()])
+                .arg(tree.bind())
+                .args(["--network-interface=n13hid", "/bin/sh", "-c"])
+                .arg(format!(
+                    "touch /sync/ready-{name}; while [ ! -e /sync/go ]; do sleep 0.05; done"
+                ))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
+        tree.wait_flag(
+            &format!("ready-{name}"),
+            child.child(),
+            Duration::from_secs(20),
+        );
+        let leader = GuestTrace::of(&name).leader;
+        let in_guest = |args: &[&str]| {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/proc/{leader}/ns/net"))
+                .arg("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?} in the guest: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let shown = in_guest(&["-o", "link", "show", "n13hid"]);
+        let index = shown.split(':').next().unwrap().trim().to_owned();
+        in_guest(&["link", "set", "n13hid", "netns", &hide.name]);
+        let mut add = vec!["link", "add", "n13hid"];
+        if same_index {
+            add.extend(["index", &index]);
+        }
+        // A veth whose peer is in the namespace the guest made (so it does
+        // not die with the guest's), or an ifb like the real one.
+        if same_index {
+            add.extend([
+                "type", "veth", "peer", "name", "n13peer", "netns", &hide.name,
+            ]);
+        } else {
+            add.extend(["type", "ifb"]);
+        }
+        in_guest(&add);
+        std::fs::write(tree.flag("go"), "").unwrap();
+        let out = child.wait_with_output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{case}: {err}");
+        // The janitor's turn too.
+        std::thread::sleep(Duration::from_millis(500));
+        let after = ns.links();
+        assert!(
+            !after.iter().any(|l| l.starts_with("n13hid ")),
+            "{case}: the guest's impostor came to the host: {after:?}"
+        );
+        assert_eq!(
+            after.len() + 1,
+            before.len(),
+            "{case}: nothing else changed: {after:?}"
+        );
+        let said: Vec<&str> = err.lines().filter(|l| l.contains("n13hid")).collect();
+        assert_eq!(said.len(), 1, "{case}: one line about the link: {err}");
+        assert!(said[0].contains("leaving it"), "{case}: {err}");
+        assert!(
+            hide.links()
+                .iter()
+                .any(|l| l.starts_with("n13hid kind=ifb ")),
+            "{case}: the real link is where the guest put it"
+        );
+    }
+}
+
 /// One line on stderr containing `want`, exit status 1, and nothing of
 /// the run anywhere: no state, no links, no cgroups, no processes.
 #[test]
@@ -769,6 +936,7 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     privileged!();
     let ns = Netns::new("b");
     ns.ip(&["link", "add", "n13ifb", "type", "ifb"]);
+    ns.ip(&["link", "add", "n13brb", "type", "bridge"]);
     let before = ns.links();
     let tree = Tree::new();
     for (args, want) in [
@@ -819,6 +987,15 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         (
             vec!["-n", "--network-address=10.0.0.1"],
             "invalid --network-address=10.0.0.1: no comma between the two addresses",
+        ),
+        (
+            // The admin's bridge does not carry the host address: nixspawn
+            // would have to add it and could not know when to remove it.
+            vec![
+                "--network-bridge=n13brb",
+                "--network-address=10.77.0.1/24,10.77.0.2",
+            ],
+            "--network-address=10.77.0.1/24,10.77.0.2: bridge n13brb does not carry 10.77.0.1/24",
         ),
         (
             vec!["-n", "--resolv-conf=sometimes"],

@@ -132,7 +132,9 @@ fn under_userns_even_a_guest_with_every_capability_cannot_make_them_writable() {
         args.extend_from_slice(store);
         let mut guest = Guest::start(state.path(), &name, &args);
         started(&name);
-        // The closure-only store is a tmpfs of its own; the shared one is the host's.
+        // The closure-only store is an overlay of its own (read-only down
+        // to its superblock, writes cannot reach the host's store); the
+        // shared one is the host's.
         let store_is_tmpfs = store.is_empty();
         let script = format!(
             "{}{}{}{}",

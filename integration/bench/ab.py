@@ -3,11 +3,14 @@
 so that drift of a busy machine hits each the same, and print a markdown
 table of medians, quartiles and the ratio of each median to the first's.
 
-    ab.py [--runs N] [--warmup N] [--title T] NAME=COMMAND NAME=COMMAND ...
+    ab.py [--runs N] [--warmup N] [--title T] [--json OUT] NAME=COMMAND ...
 
 COMMAND is run with /bin/sh -c; a non-zero exit aborts with its output.
+--json writes every run's time ({"NAME": [seconds, ...]}) for further
+arithmetic (slopes, say).
 """
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -32,6 +35,7 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--title", default="")
+    ap.add_argument("--json", default="")
     ap.add_argument("commands", nargs="+")
     a = ap.parse_args()
     named = [c.split("=", 1) for c in a.commands]
@@ -49,9 +53,13 @@ def main():
     print("|---|---:|---:|---:|---:|")
     for name, _ in named:
         t = sorted(times[name])
-        q = statistics.quantiles(t, n=4)
+        # One run has no quartiles: its time stands for both.
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0], t[0], t[0]]
         med = statistics.median(t)
         print(f"| {name} | {fmt(med)} | {fmt(q[0])} | {fmt(q[2])} | {med / base:.2f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(times, f)
 
 
 if __name__ == "__main__":

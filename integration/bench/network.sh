@@ -3,13 +3,17 @@
 # systemd-nspawn (hyperfine, same tree and argv), and 50 guests on one
 # zone started and stopped. Everything runs inside a network namespace
 # made here, never on the machine's own network.
-#   sudo integration/bench/network.sh [RUNS]      (not run in CI)
+#   sudo [NIXSPAWN_BIN=...] integration/bench/network.sh [RUNS]      (not run in CI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-100}
 [ "$(id -u)" = 0 ] || { echo "network.sh: needs root" >&2; exit 1; }
-cargo build --release --quiet
-nixspawn=$PWD/target/release/nixspawn
+# NIXSPAWN_BIN: a nixspawn built already (no cargo run under the lock).
+nixspawn=${NIXSPAWN_BIN:-}
+if [ -z "$nixspawn" ]; then
+	cargo build --release --quiet
+	nixspawn=$PWD/target/release/nixspawn
+fi
 bookworm=$(integration/fixtures/debian-tree.sh bookworm)
 ns=nixspawn-bench-$$
 work=$(mktemp -d /tmp/nixspawn-netbench.XXXXXX)
@@ -53,7 +57,8 @@ for x in r:
 PY
 
 # 50 guests on one zone: a busybox tree each guest runs on ephemerally,
-# waiting for a file before it exits.
+# waiting for a file before it exits. Without --keep-unit: concurrent
+# launchers in one cgroup would each make its payload/ there and collide.
 n=50
 tree=$work/tree
 mkdir -p "$tree/usr/bin" "$tree/etc" "$work/sync"
@@ -68,17 +73,28 @@ zone_run() {
 	t0=$(now)
 	for ((i = 0; i < n; i++)); do
 		if [ "$launcher" = nixspawn ]; then
-			inside "$nixspawn" -q --register=no --keep-unit -x -M "zb$i" -D "$tree" \
+			inside "$nixspawn" -q --register=no -x -M "zb$i" -D "$tree" \
 				--bind="$work/sync:/sync" --network-zone=bench --pipe \
 				/bin/sh -c "touch /sync/up-$i; while ! test -e /sync/go; do sleep 0.1; done" &
 		else
-			nspawn_inside -q --register=no --keep-unit -x -M "zb$i" -D "$tree" \
+			nspawn_inside -q --register=no -x -M "zb$i" -D "$tree" \
 				--bind="$work/sync:/sync" --network-zone=bench --pipe \
 				/bin/sh -c "touch /sync/up-$i; while ! test -e /sync/go; do sleep 0.1; done" &
 		fi
 		pids+=($!)
 	done
-	while [ "$(ls "$work/sync" | grep -c '^up-')" -lt "$n" ]; do sleep 0.01; done
+	# A launcher that failed never says "up": give up after 120 s.
+	local waited=0
+	while [ "$(ls "$work/sync" | grep -c '^up-')" -lt "$n" ]; do
+		sleep 0.01
+		waited=$((waited + 1))
+		if [ "$waited" -gt 12000 ]; then
+			echo "network.sh: $launcher: only $(ls "$work/sync" | grep -c '^up-') of $n guests came up" >&2
+			touch "$work/sync/go"
+			for p in "${pids[@]}"; do wait "$p" || true; done
+			return 1
+		fi
+	done
 	t1=$(now)
 	touch "$work/sync/go"
 	for p in "${pids[@]}"; do wait "$p" || true; done

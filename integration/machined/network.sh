@@ -51,10 +51,12 @@ net_stop() {
 	until_ok 20 gone "$1" || fail "$1 still listed after poweroff"
 }
 
-# The guest's first IPv4 address as machined reports it (DHCP from the host).
+# The guest's first IPv4 address as machined reports it (DHCP from the
+# host), not an IPv4LL one (169.254/16) the guest may take meanwhile.
 ipv4_of() {
 	machinectl status "$1" --no-pager -n 0 2>/dev/null |
-		sed -n -E 's/^[[:space:]]*(Address:)?[[:space:]]*([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$/\2/p' | head -n 1
+		sed -n -E 's/^[[:space:]]*(Address:)?[[:space:]]*([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$/\2/p' |
+		grep -v '^169\.254\.' | head -n 1
 }
 has_ipv4() { [ -n "$(ipv4_of "$1")" ]; }
 
@@ -68,6 +70,12 @@ net_facts() {
 			-e 's/[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/IPV4/g' \
 			-e 's/[0-9a-f]{1,4}(:[0-9a-f]{0,4}){2,7}(%[0-9a-z-]+)?/IPV6/g'
 	echo "NetworkInterfaces: $(machinectl show "$name" -p NetworkInterfaces --value | sed -E 's/[0-9]+/N/g')"
+	# Both ends' MACs (nspawn's hash of the host's machine-id and the name).
+	local iface leader
+	iface=$(machinectl status "$name" --no-pager -n 0 | sed -n -E 's/^[[:space:]]*Iface:[[:space:]]*//p')
+	leader=$(leader_of "$name")
+	echo "host side $iface: $($bb ip -o link show "$iface" | grep -o 'link/ether [0-9a-f:]*')"
+	echo "guest host0: $(nsenter -t "$leader" -n $bb ip -o link show host0 | grep -o 'link/ether [0-9a-f:]*')"
 }
 
 say "networking: systemd-networkd on the host"
@@ -79,7 +87,9 @@ fi
 
 for guest in bookworm sid; do
 	for launcher in nspawn nixspawn; do
-		name=net-${launcher:0:2}-$guest
+		# One name under both launchers: the same ve- name (shortened
+		# with nspawn's hash for bookworm's 15+ bytes) and the same MACs.
+		name=net-$guest-machine
 		say "networking: $launcher/$guest -n as $name"
 		dir=$(net_tree "$launcher" "$guest" server)
 		net_start "$launcher" "$name" -D "$dir" -b -n -p 8080:80 \
@@ -94,6 +104,7 @@ for guest in bookworm sid; do
 			addr=
 		fi
 		net_facts "$name" >"$out/net-$launcher-$guest.facts"
+		ve=$(machinectl status "$name" --no-pager -n 0 | sed -n -E 's/^[[:space:]]*Iface:[[:space:]]*//p')
 		sed "s/^/  $launcher\/$guest: /" "$out/net-$launcher-$guest.facts"
 		# By name, through nss-mymachines (machined asks the guest's namespace).
 		resolved=$(getent ahostsv4 "$name" 2>/dev/null | awk 'NR == 1 { print $1 }')
@@ -138,10 +149,12 @@ for guest in bookworm sid; do
 		net_stop "$name"
 		rm -rf "$dir"
 		if [ "$launcher" = nixspawn ]; then
-			if until_ok 10 bash -c "! $bb ip link show | grep -q 've-$name'"; then
-				pass "$launcher/$guest: ve- link gone after exit"
+			if [ -z "$ve" ]; then
+				fail "$launcher/$guest: machinectl named no Iface"
+			elif until_ok 10 bash -c "! $bb ip link show '$ve' >/dev/null 2>&1"; then
+				pass "$launcher/$guest: $ve gone after exit"
 			else
-				fail "$launcher/$guest: ve- link left: $($bb ip link show | grep ve-)"
+				fail "$launcher/$guest: $ve left: $($bb ip link show | grep ve-)"
 			fi
 		fi
 	done
@@ -207,7 +220,8 @@ for launcher in nspawn nixspawn; do
 		$bb ip addr add 10.233.1.2 dev eth0 && $bb ip route add 10.233.1.1 dev eth0 &&
 		$bb ip route add default via 10.233.1.1"
 	{
-		echo "guest links: $(nsenter -t "$leader" -n $bb ip -o link | $bb awk '{ print $2 }' | tr '\n' ' ')"
+		# Without the peer's index (@ifN), which counts the host's links.
+		echo "guest links: $(nsenter -t "$leader" -n $bb ip -o link | $bb awk '{ sub(/@if[0-9]+/, "@ifN", $2); print $2 }' | tr '\n' ' ')"
 		echo "guest addresses: $(nsenter -t "$leader" -n $bb ip -o -4 addr | $bb awk '{ print $2, $4 }' | tr '\n' ' ')"
 		echo "guest routes: $(nsenter -t "$leader" -n $bb ip route | tr '\n' ';')"
 		echo "host side: $($bb ip -o -4 addr show dev "ve-$name" | $bb awk '{ print $4 }')"

@@ -103,6 +103,10 @@ pub enum Error {
     )]
     NoCgroup2,
 
+    /// No cgroup2 anywhere and /sys/fs/cgroup is not ours to mount it on.
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo); {fix}")]
+    Cgroup2NotMounted { fix: String },
+
     #[error("mounting {what} on {target}: {source}")]
     Mount {
         what: String,

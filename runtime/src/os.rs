@@ -27,3 +27,14 @@ pub fn namespace_id(ns: BorrowedFd<'_>) -> io::Result<u64> {
 pub fn die_with_parent(cmd: &mut std::process::Command, signal: libc::c_int) {
     crate::sys::set_pdeathsig_on_spawn(cmd, signal)
 }
+
+/// Let `fd` survive exec (clear FD_CLOEXEC), to hand it to a program we
+/// run by its /proc/self/fd path.
+pub fn inheritable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map(drop)
+    .map_err(io::Error::from)
+}

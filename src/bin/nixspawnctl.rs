@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use nixspawn_cli::terminal_safe;
+use nixspawn_runtime::ctl::{files, users};
 use nixspawn_runtime::nixos::closure::ClosureSource;
 use nixspawn_runtime::state::{self, State};
 use nixspawn_runtime::{MachineName, ctl::enter, nixos::update, os, spec::signals};
@@ -67,6 +68,68 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         closure_file: Option<PathBuf>,
     },
+    // --- shell, login, copy-to, copy-from, bind, logs (issue 16) ---
+    /// Open a login shell (or run CMD) as USER (default root) in the guest:
+    /// the user's shell from the guest's passwd, HOME, USER, LOGNAME, SHELL,
+    /// the caller's TERM, the home directory as working directory; a pty
+    /// when stdin and stdout are terminals. Returns the command's status.
+    Shell {
+        /// [USER@]NAME
+        #[arg(value_name = "[USER@]NAME")]
+        target: String,
+        /// Set an environment variable for the command
+        #[arg(short = 'E', long = "setenv", value_name = "NAME=VALUE")]
+        setenv: Vec<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Attach to the guest's getty (container-getty@N.service) on a new pty;
+    /// type ^] three times within a second to leave
+    Login { name: String },
+    /// Copy a file or directory from the host into the guest (GUEST defaults
+    /// to HOST; it must not exist)
+    CopyTo {
+        name: String,
+        #[arg(value_hint = clap::ValueHint::AnyPath)]
+        host: PathBuf,
+        guest: Option<PathBuf>,
+    },
+    /// Copy a file or directory from the guest to the host (HOST defaults to
+    /// GUEST; it must not exist)
+    CopyFrom {
+        name: String,
+        guest: PathBuf,
+        #[arg(value_hint = clap::ValueHint::AnyPath)]
+        host: Option<PathBuf>,
+    },
+    /// Bind-mount a host directory or file into the running guest (GUEST
+    /// defaults to HOSTPATH)
+    Bind {
+        name: String,
+        #[arg(value_hint = clap::ValueHint::AnyPath)]
+        host: PathBuf,
+        guest: Option<PathBuf>,
+        /// Make the mount read-only
+        #[arg(long)]
+        read_only: bool,
+        /// Create the mount point in the guest if it is missing
+        #[arg(long)]
+        mkdir: bool,
+    },
+    /// Show the guest's journal (its /var/log/journal, else /run/log/journal)
+    /// with the host's journalctl; further arguments go to journalctl
+    Logs {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        journalctl_args: Vec<String>,
+    },
+    /// Write man pages and shell completions for nixspawn and nixspawnctl
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write man/ and completions/ into
+        dir: PathBuf,
+    },
+    // --- end of issue 16's verbs ---
     /// Wait until the guest has reported READY=1
     WaitReady {
         name: String,
@@ -161,8 +224,10 @@ fn print_status(st: &State) {
         }
         println!(
             "     Store: {}",
-            if st.closure_only {
-                "closure only"
+            if st.closure_only && st.store_overlay {
+                "closure only (one overlay mount)"
+            } else if st.closure_only {
+                "closure only (one bind mount per path)"
             } else {
                 "shared with the host"
             }
@@ -283,6 +348,45 @@ fn run(cli: Cli) -> Result<i32> {
             }
             return Ok(done.switch_status);
         }
+        Command::Shell {
+            target,
+            setenv,
+            command,
+        } => return shell(&target, &setenv, command),
+        Command::Login { name: n } => {
+            return Ok(enter::login(&state::load(&name(&n)?)?)?);
+        }
+        Command::CopyTo {
+            name: n,
+            host,
+            guest,
+        } => {
+            let guest = guest.unwrap_or_else(|| host.clone());
+            files::copy_to(&state::load(&name(&n)?)?, &host, &guest)?;
+        }
+        Command::CopyFrom {
+            name: n,
+            guest,
+            host,
+        } => {
+            let host = host.unwrap_or_else(|| guest.clone());
+            files::copy_from(&state::load(&name(&n)?)?, &guest, &host)?;
+        }
+        Command::Bind {
+            name: n,
+            host,
+            guest,
+            read_only,
+            mkdir,
+        } => {
+            let guest = guest.unwrap_or_else(|| host.clone());
+            files::bind(&state::load(&name(&n)?)?, &host, &guest, read_only, mkdir)?;
+        }
+        Command::Logs {
+            name: n,
+            journalctl_args,
+        } => return logs(&state::load(&name(&n)?)?, &journalctl_args),
+        Command::GenerateDocs { dir } => generate_docs(&dir)?,
         Command::WaitReady { name: n, timeout } => {
             let n = name(&n)?;
             wait_until(timeout, &format!("{n} to report READY=1"), || {
@@ -291,6 +395,90 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `shell [USER@]NAME [CMD...]`.
+fn shell(target: &str, setenv: &[String], command: Vec<String>) -> Result<i32> {
+    let (user, machine) = match target.split_once('@') {
+        Some((u, m)) if !u.is_empty() => (u, m),
+        Some((_, m)) => ("root", m),
+        None => ("root", target),
+    };
+    let st = state::load(&name(machine)?)?;
+    let account = users::lookup(&st, user)?;
+    let mut env = vec![
+        ("HOME".to_owned(), account.user.home.clone()),
+        ("USER".to_owned(), account.name.clone()),
+        ("LOGNAME".to_owned(), account.name.clone()),
+        ("SHELL".to_owned(), account.shell.clone()),
+    ];
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".to_owned(), term));
+    }
+    for s in setenv {
+        env.push(nixspawn_runtime::spec::environment::parse_assignment(s)?);
+    }
+    // No command: the user's shell as a login shell ("-bash").
+    let (argv, argv0) = if command.is_empty() {
+        let base = account.shell.rsplit('/').next().unwrap_or("sh");
+        (vec![account.shell.clone()], Some(format!("-{base}")))
+    } else {
+        (command, None)
+    };
+    let opts = enter::ExecOptions {
+        user: Some(account.user.clone()),
+        argv0,
+    };
+    Ok(enter::exec_with(&st, &argv, &env, &opts)?)
+}
+
+/// `logs NAME [ARGS...]`: the host's journalctl on the guest's journal
+/// directory, resolved inside the guest's root and passed as a descriptor
+/// (`-D /proc/self/fd/N`), so a guest's symlink cannot point it at the
+/// host's own journal directory.
+fn logs(st: &State, args: &[String]) -> Result<i32> {
+    use nixspawn_runtime::guest::rootfs::resolve::{Create, open_in};
+    let leader = st.open_leader()?;
+    let root = PathBuf::from(format!("/proc/{}/root", st.leader.unwrap_or_default()));
+    let dir = ["/var/log/journal", "/run/log/journal"]
+        .iter()
+        .find_map(|d| open_in(&root, std::path::Path::new(d), Create::Nothing).ok())
+        .with_context(|| format!("{} has no /var/log/journal or /run/log/journal", st.name))?;
+    st.leader_alive(&leader)?;
+    os::inheritable(std::os::fd::AsFd::as_fd(&dir))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    let status = std::process::Command::new("journalctl")
+        .arg(format!("--directory=/proc/self/fd/{fd}"))
+        .args(args)
+        .status()
+        .context("running journalctl (is systemd's journalctl installed on the host?)")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// Man pages (section 1, a page per subcommand) and bash, zsh and fish
+/// completions for both binaries, from their clap definitions.
+fn generate_docs(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    for cmd in [
+        Cli::command(),
+        nixspawn_cli::launcher_args::Args::command().name("nixspawn"),
+    ] {
+        clap_mangen::generate_to(cmd.clone(), &man)
+            .with_context(|| format!("writing man pages into {}", man.display()))?;
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let mut cmd = cmd.clone();
+            let bin = cmd.get_name().to_owned();
+            clap_complete::generate_to(shell, &mut cmd, bin, &completions)
+                .with_context(|| format!("writing completions into {}", completions.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

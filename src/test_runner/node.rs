@@ -402,9 +402,13 @@ impl Node {
         if let Some((bash, env)) = &self.life.lock().unwrap().shell {
             // The profile's environment as read at boot: one exec less
             // and no profile to source per command.
-            cmd.args([bash.as_str(), "-c", &format!("set -euo pipefail; {command}")])
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .env("TERM", "dumb");
+            cmd.args([
+                bash.as_str(),
+                "-c",
+                &format!("set -euo pipefail; {command}"),
+            ])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("TERM", "dumb");
             return cmd;
         }
         // /etc/profile for the guest's PATH (NixOS puts its tools there),

@@ -19,6 +19,113 @@ pub fn v2_mount() -> Result<PathBuf> {
         .ok_or(Error::NoCgroup2)
 }
 
+/// Where a cgroup v2 hierarchy is the only one (pure v2 hosts, and where
+/// we mount it ourselves).
+pub const UNIFIED_ROOT: &str = "/sys/fs/cgroup";
+
+/// What to do about a missing cgroup2 mount, decided from facts alone.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MissingV2 {
+    /// Mount cgroup2 on /sys/fs/cgroup ourselves.
+    Mount,
+    /// Tell the user how; the message names the command.
+    Refuse(String),
+}
+
+/// Facts about a system with no cgroup2 mounted, for [`missing_v2`].
+#[derive(Debug)]
+pub(crate) struct V2Facts {
+    /// Our `0::` path from /proc/self/cgroup.
+    pub own: Option<PathBuf>,
+    /// /sys/fs/cgroup is a directory.
+    pub dir: bool,
+    /// Something is mounted on it (a hybrid or v1 host's tmpfs).
+    pub mounted_on: bool,
+    /// It has entries.
+    pub populated: bool,
+}
+
+/// No cgroup2 is mounted: mount it where we are the root of our own cgroup
+/// namespace (`0::/`, as a Nix `uid-range` builder is, whose sandbox
+/// mounts none) and /sys/fs/cgroup is the sysfs's own empty directory —
+/// exactly what a pure cgroup v2 host has there. Anything else (a v1 or
+/// hybrid layout on /sys/fs/cgroup, a cgroup below the root whose
+/// hierarchy someone else manages) is not ours to guess at.
+pub(crate) fn missing_v2(f: &V2Facts) -> MissingV2 {
+    let at_root = f.own.as_deref() == Some(Path::new("/"));
+    if at_root && f.dir && !f.mounted_on && !f.populated {
+        return MissingV2::Mount;
+    }
+    let fix = if f.mounted_on || f.populated {
+        "mount one with: mount -t cgroup2 none /sys/fs/cgroup/unified".to_owned()
+    } else if !f.dir {
+        "/sys/fs/cgroup is missing (is sysfs mounted on /sys?); mount sysfs, then: mount -t cgroup2 none /sys/fs/cgroup".to_owned()
+    } else {
+        "mount one with: mount -t cgroup2 none /sys/fs/cgroup".to_owned()
+    };
+    MissingV2::Refuse(fix)
+}
+
+/// The cgroup v2 mount point, mounting cgroup2 on /sys/fs/cgroup first
+/// where [`missing_v2`] says it is ours to do (a Nix build sandbox). The
+/// mount stays in the caller's mount namespace, as on a systemd host:
+/// other launchers and `nixspawnctl` there use it too.
+pub fn ensure_v2_mount() -> Result<PathBuf> {
+    match v2_mount() {
+        Err(Error::NoCgroup2) => {}
+        other => return other,
+    }
+    let dir = Path::new(UNIFIED_ROOT);
+    let meta = fs::metadata(dir).ok();
+    let parent = fs::metadata("/sys/fs").ok();
+    let facts = V2Facts {
+        own: own_v2_cgroup().ok(),
+        dir: meta.as_ref().is_some_and(|m| m.is_dir()),
+        mounted_on: match (&meta, &parent) {
+            (Some(m), Some(p)) => {
+                std::os::unix::fs::MetadataExt::dev(m) != std::os::unix::fs::MetadataExt::dev(p)
+            }
+            _ => false,
+        },
+        populated: fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()),
+    };
+    match missing_v2(&facts) {
+        MissingV2::Refuse(fix) => Err(Error::Cgroup2NotMounted { fix }),
+        MissingV2::Mount => {
+            nix::mount::mount(
+                Some("cgroup2"),
+                dir,
+                Some("cgroup2"),
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
+                Some("nsdelegate"),
+            )
+            .or_else(|_| {
+                // nsdelegate is only accepted in the initial cgroup namespace.
+                nix::mount::mount(
+                    Some("cgroup2"),
+                    dir,
+                    Some("cgroup2"),
+                    nix::mount::MsFlags::MS_NOSUID
+                        | nix::mount::MsFlags::MS_NODEV
+                        | nix::mount::MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                )
+            })
+            .map_err(|e| Error::Mount {
+                what: "cgroup2".into(),
+                target: dir.to_path_buf(),
+                source: e.into(),
+            })?;
+            tracing::info!(
+                "mounted cgroup2 on {UNIFIED_ROOT}: none was mounted and this cgroup namespace is ours"
+            );
+            v2_mount()
+        }
+    }
+}
+
 /// Our own cgroup v2 path, relative to the hierarchy root.
 pub fn own_v2_cgroup() -> Result<PathBuf> {
     v2_cgroup_of("self")
@@ -78,6 +185,46 @@ pub(crate) fn unescape(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts(own: &str, dir: bool, mounted_on: bool, populated: bool) -> V2Facts {
+        V2Facts {
+            own: Some(PathBuf::from(own)),
+            dir,
+            mounted_on,
+            populated,
+        }
+    }
+
+    #[test]
+    fn cgroup2_is_mounted_only_at_the_root_of_our_own_namespace_on_an_empty_sysfs_dir() {
+        // A Nix uid-range builder: 0::/ and sysfs's own empty directory.
+        assert_eq!(
+            missing_v2(&facts("/", true, false, false)),
+            MissingV2::Mount
+        );
+        // A hybrid or v1 host without the unified hierarchy.
+        let MissingV2::Refuse(fix) = missing_v2(&facts("/", true, true, true)) else {
+            panic!("mounted over a v1 tmpfs")
+        };
+        assert!(fix.ends_with("/sys/fs/cgroup/unified"), "{fix}");
+        // Below the root of the namespace: someone else's hierarchy.
+        let MissingV2::Refuse(fix) = missing_v2(&facts("/user.slice", true, false, false)) else {
+            panic!("mounted below the namespace root")
+        };
+        assert!(
+            fix.ends_with("mount -t cgroup2 none /sys/fs/cgroup"),
+            "{fix}"
+        );
+        let MissingV2::Refuse(fix) = missing_v2(&facts("/", false, false, false)) else {
+            panic!("mounted without sysfs")
+        };
+        assert!(fix.contains("is sysfs mounted"), "{fix}");
+        let unknown = V2Facts {
+            own: None,
+            ..facts("/", true, false, false)
+        };
+        assert!(matches!(missing_v2(&unknown), MissingV2::Refuse(_)));
+    }
 
     #[test]
     fn mountinfo_unescape() {

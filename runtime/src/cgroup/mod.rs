@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::spec::identity::MachineName;
-use hierarchy::{SYSTEMD_V1, own_v1_systemd_cgroup, own_v2_cgroup, v2_mount};
+use hierarchy::{SYSTEMD_V1, ensure_v2_mount, own_v1_systemd_cgroup, own_v2_cgroup};
 
 /// Where the guest's cgroups live, as paths on the host.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -134,7 +134,7 @@ impl CgroupLayout {
             name,
             keep_unit,
             scope_unit,
-            mount: v2_mount()?,
+            mount: ensure_v2_mount()?,
             own: own_v2_cgroup()?,
             own_v1: scope_unit.and_then(|_| own_v1_systemd_cgroup()),
         }))
@@ -165,7 +165,8 @@ impl CgroupLayout {
                 None,
             )
         } else {
-            let scope = crate::host::scope::unit_name(facts.name, true);
+            let scope =
+                crate::host::scope::unit_name(facts.name, crate::host::scope::Naming::Machined);
             (
                 mount.join("machine.slice").join(scope),
                 Placement::OwnScope,

@@ -68,6 +68,25 @@ fn leader_path(leader: i32) -> String {
         .unwrap_or_else(|| DEFAULT_PATH.to_owned())
 }
 
+/// A guest user the command runs as (from the guest's passwd and group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The working directory (the user's home; `/` if it cannot be entered).
+    pub home: String,
+}
+
+/// How `exec_with` runs the command beyond `exec`'s defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// Run as this guest user (default: the guest's root, in `/`).
+    pub user: Option<GuestUser>,
+    /// argv[0] if not the program's name (`-bash` for a login shell).
+    pub argv0: Option<String>,
+}
+
 /// How the command's standard descriptors are connected.
 enum Stdio {
     /// stdin and stdout are terminals: a pty of the guest's, relayed; the
@@ -77,6 +96,9 @@ enum Stdio {
     /// a pipe the caller relays, and the others are passed as they are, so
     /// pipes and files stay byte-exact.
     Pipes { relayed: Vec<Relay> },
+    /// `login`: a pty of the guest's is made and handed over unattached (a
+    /// getty opens it); the command (systemctl) gets the host's /dev/null.
+    Login { null: OwnedFd },
 }
 
 /// One relayed pipe: `theirs` becomes the command's descriptor `fd`.
@@ -115,11 +137,125 @@ struct Plan<'a> {
     env: Vec<CString>,
     stdio: &'a Stdio,
     caller: libc::pid_t,
+    user: Option<&'a GuestUser>,
+    home: Option<CString>,
 }
 
 /// Run `argv` in the container and return its exit status (128+N if it
 /// was killed by signal N).
 pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> Result<i32> {
+    exec_with(state, argv, extra_env, &ExecOptions::default())
+}
+
+/// `exec` as a guest user and with a chosen argv[0] (`nixspawnctl shell`).
+pub fn exec_with(
+    state: &State,
+    argv: &[String],
+    extra_env: &[(String, String)],
+    opts: &ExecOptions,
+) -> Result<i32> {
+    let stdio = plan_stdio()?;
+    let (command, master, stdio, signals, _blocked) = start(state, argv, extra_env, opts, stdio)?;
+    relay(&command, master, stdio, &signals)
+}
+
+/// `nixspawnctl login`: a pty of the guest's, the guest's
+/// `container-getty@N.service` started on it (by its own systemctl), and
+/// the pty relayed to our terminal until `^]^]^]` or the guest's end, as
+/// `machinectl login` does.
+pub fn login(state: &State) -> Result<i32> {
+    let null: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("opening", "/dev/null", e))?
+        .into();
+    // The argv is made by the helper, which learns the pty's number.
+    let argv = ["systemctl".to_owned()];
+    let (command, master, _, signals, _blocked) = start(
+        state,
+        &argv,
+        &[],
+        &ExecOptions::default(),
+        Stdio::Login { null },
+    )?;
+    let master = master.ok_or_else(|| Error::Protocol("no pty for the login".into()))?;
+    let exit = loop {
+        if let Some(exit) = sys::pidfd_wait(command.as_fd(), sys::Wait::Block)
+            .map_err(|e| Error::syscall("waitid", e))?
+        {
+            break exit;
+        }
+    };
+    if exit != ExitKind::Exited(0) {
+        return Err(Error::Enter {
+            name: state.name.to_string(),
+            step: "start container-getty@.service".into(),
+            message: format!(
+                "systemctl in the guest ended with {exit:?} (is systemd running there?)"
+            ),
+        });
+    }
+    let leader = state.open_leader()?;
+    relay_login(master, &leader, &signals)
+}
+
+/// Relay a login's pty until the escape, a stop signal or the guest's end.
+fn relay_login(master: OwnedFd, leader: &OwnedFd, signals: &SignalFd) -> Result<i32> {
+    use crate::launcher::console::{Action, Console};
+    let _raw = RawTerminal::enter();
+    let mut console = Console::new(master, crate::spec::ConsoleMode::Interactive)
+        .map_err(|e| Error::syscall("opening the login's pty", e))?;
+    loop {
+        let mut fds = [
+            PollFd::new(console.master.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sys::stdio(0), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(leader.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::syscall("poll", e)),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        if ready[0] {
+            console.drain_output(64 * 1024);
+        }
+        if ready[1] && console.forward_input() == Action::Kill {
+            return Ok(0);
+        }
+        if ready[2] {
+            while let Ok(Some(info)) = signals.read_signal() {
+                if info.ssi_signo.cast_signed() == libc::SIGWINCH {
+                    console.sync_size();
+                } else {
+                    return Ok(0);
+                }
+            }
+        }
+        if ready[3] {
+            // The guest's PID 1 ended: nothing more will come.
+            console.drain_output(64 * 1024);
+            return Ok(0);
+        }
+    }
+}
+
+type Started = (OwnedFd, Option<OwnedFd>, Stdio, SignalFd, Blocked);
+
+/// Fork the helper and have it start the command; the command's pidfd,
+/// the pty master (if any), the stdio plan, and the signals blocked for
+/// the relay.
+fn start(
+    state: &State,
+    argv: &[String],
+    extra_env: &[(String, String)],
+    opts: &ExecOptions,
+    mut stdio: Stdio,
+) -> Result<Started> {
     if argv.is_empty() {
         return Err(Error::InvalidValue {
             what: "command",
@@ -141,6 +277,7 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
         ("HOME".into(), "/root".into()),
         ("USER".into(), "root".into()),
         ("LOGNAME".into(), "root".into()),
+        // (`shell` overrides these four with the user's own.)
         (
             "TERM".into(),
             std::env::var("TERM").unwrap_or_else(|_| "vt220".into()),
@@ -157,13 +294,15 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
             reason: "contains a NUL byte".into(),
         })
     };
-    let c_argv = argv.iter().map(|a| to_c(a)).collect::<Result<Vec<_>>>()?;
+    let mut c_argv = argv.iter().map(|a| to_c(a)).collect::<Result<Vec<_>>>()?;
+    if let Some(a0) = &opts.argv0 {
+        c_argv[0] = to_c(a0)?;
+    }
+    let home = opts.user.as_ref().map(|u| to_c(&u.home)).transpose()?;
     let c_env = env
         .iter()
         .map(|(k, v)| to_c(&format!("{k}={v}")))
         .collect::<Result<Vec<_>>>()?;
-    let mut stdio = plan_stdio()?;
-
     // Blocked before the fork, so none is lost; the command unblocks them.
     let mut mask = SigSet::empty();
     for s in [
@@ -188,6 +327,8 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
         env: c_env,
         stdio: &stdio,
         caller: std::process::id().cast_signed(),
+        user: opts.user.as_ref(),
+        home,
     };
     let helper =
         match sys::clone3(0, libc::SIGCHLD, None).map_err(|e| Error::syscall("clone3", e))? {
@@ -208,9 +349,9 @@ pub fn exec(state: &State, argv: &[String], extra_env: &[(String, String)]) -> R
     }
     let started = receive_start(&ours, state);
     // The helper ends right after the fork (or a failure); reap it.
-    let _ = sys::pidfd_wait(helper.as_fd(), false);
+    let _ = sys::pidfd_wait(helper.as_fd(), sys::Wait::Block);
     let (command, master) = started?;
-    relay(&command, master, stdio, &signals)
+    Ok((command, master, stdio, signals, _blocked))
 }
 
 /// Signals blocked for as long as this lives (the caller may go on after
@@ -254,7 +395,7 @@ fn receive_start(channel: &Channel, state: &State) -> Result<(OwnedFd, Option<Ow
             Some((FromHelper::Started, mut fds)) if fds.len() == 1 => {
                 let command = fds.remove(0);
                 // Only our own child can be waited for: anything else is a forgery.
-                sys::pidfd_peek_exit(command.as_fd())
+                sys::pidfd_wait(command.as_fd(), sys::Wait::Peek)
                     .map_err(|e| Error::syscall("waitid on the command", e))?;
                 return Ok((command, master));
             }
@@ -396,9 +537,35 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
         )?;
     }
     let _ = nix::unistd::chdir("/");
-    let program = resolve(&plan.program, path);
+    let mut program = resolve(&plan.program, path);
+    let mut login_argv = None;
 
     match plan.stdio {
+        Stdio::Login { null } => {
+            let master = at("open a pty in the guest", open_guest_pty())?;
+            let n = at(
+                "number the pty",
+                sys::pty_number(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTN)", e)),
+            )?;
+            at(
+                "hand over the pty",
+                channel.send(&FromHelper::Pty, &[master.as_fd()]),
+            )?;
+            drop(master);
+            for fd in [0, 1, 2] {
+                at(
+                    "attach /dev/null",
+                    sys::dup_onto_stdio(null.as_fd(), fd).map_err(|e| Error::syscall("dup2", e)),
+                )?;
+            }
+            let unit = format!("container-getty@{n}.service");
+            let argv: Vec<CString> = ["systemctl", "start", unit.as_str()]
+                .iter()
+                .filter_map(|a| CString::new(*a).ok())
+                .collect();
+            program = resolve(&argv[0], path);
+            login_argv = Some(argv);
+        }
         Stdio::Pty { stderr_too } => {
             let master = at("open a pty in the guest", open_guest_pty())?;
             // The caller's size, before the command can ask for it.
@@ -450,7 +617,7 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
     match sys::clone3(libc::CLONE_PARENT as u64, 0, None)
         .map_err(|e| ("fork the command", Error::syscall("clone3", e)))?
     {
-        Forked::Child => command(plan, &program),
+        Forked::Child => command(plan, &program, login_argv.as_deref().unwrap_or(&plan.argv)),
         Forked::Parent { pidfd, .. } => {
             let pidfd = pidfd.ok_or(("fork the command", Error::Protocol("no pidfd".into())))?;
             at(
@@ -463,7 +630,7 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
 
 /// The command's own steps: a session of its own (with the pty as its
 /// controlling terminal), default signal handling, exec.
-fn command(plan: &Plan<'_>, program: &CString) -> ! {
+fn command(plan: &Plan<'_>, program: &CString, argv: &[CString]) -> ! {
     let fail = |what: &str, err: &dyn std::fmt::Display| -> ! {
         let _ = nix::unistd::write(
             sys::stdio(2),
@@ -482,11 +649,32 @@ fn command(plan: &Plan<'_>, program: &CString) -> ! {
     if let Err(e) = sys::reset_signal_handling() {
         fail("resetting signal handling", &e);
     }
-    let err = nix::unistd::execve(program, &plan.argv, &plan.env).unwrap_err();
-    fail(
-        &format!("executing {}", plan.argv[0].to_string_lossy()),
-        &err,
-    )
+    if let Some(user) = plan.user {
+        // As login(1): the user's groups, then its gid and uid (which
+        // clears every capability of the guest's root).
+        let groups: Vec<nix::unistd::Gid> = user
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        let (u, g) = (
+            nix::unistd::Uid::from_raw(user.uid),
+            nix::unistd::Gid::from_raw(user.gid),
+        );
+        if let Err(e) = nix::unistd::setgroups(&groups)
+            .and_then(|()| nix::unistd::setresgid(g, g, g))
+            .and_then(|()| nix::unistd::setresuid(u, u, u))
+        {
+            fail("becoming the user", &e);
+        }
+    }
+    if let Some(home) = &plan.home
+        && nix::unistd::chdir(home.as_c_str()).is_err()
+    {
+        let _ = nix::unistd::chdir("/");
+    }
+    let err = nix::unistd::execve(program, argv, &plan.env).unwrap_err();
+    fail(&format!("executing {}", argv[0].to_string_lossy()), &err)
 }
 
 /// A new pty of the guest's devpts instance (its /dev/pts/ptmx), checked to
@@ -641,8 +829,8 @@ fn relay(
             }
         }
         if ready[0]
-            && let Some(exit) =
-                sys::pidfd_wait(command.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?
+            && let Some(exit) = sys::pidfd_wait(command.as_fd(), sys::Wait::Poll)
+                .map_err(|e| Error::syscall("waitid", e))?
         {
             break exit;
         }

@@ -9,16 +9,14 @@ use crate::spec::environment::parse_os_release;
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn host_os_release() -> Vec<(String, String)> {
-    ["/etc/os-release", "/usr/lib/os-release"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| parse_os_release(&t))
-        .unwrap_or_default()
-}
+/// The host's os-release as the guest's PID 1 finds it: the read-only bind
+/// of the host's file at /run/host/os-release (read after the pivot, where
+/// /etc/os-release would be the guest's own).
+pub(crate) const HOST_OS_RELEASE: &str = "/run/host/os-release";
 
-/// The environment PID 1 starts with.
-pub fn for_pid1(spec: &Spec) -> Vec<(String, String)> {
+/// The environment PID 1 starts with; `host_os_release` is the text of
+/// the host's os-release.
+pub fn for_pid1(spec: &Spec, host_os_release: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| {
         env.retain(|(key, _)| key != k);
@@ -38,7 +36,7 @@ pub fn for_pid1(spec: &Spec) -> Vec<(String, String)> {
     if !spec.is_boot() {
         set("LANG", "C.UTF-8".to_owned());
     }
-    let host = host_os_release();
+    let host = parse_os_release(host_os_release);
     for (key, var) in [
         ("ID", "id"),
         ("VERSION_ID", "version_id"),
@@ -71,4 +69,26 @@ pub fn tree_os_release(root: &Path) -> Option<std::path::PathBuf> {
         .map(Path::new)
         .find(|p| crate::guest::rootfs::resolve::exists_in_root(root, p))
         .map(|p| root.join(p.strip_prefix("/").unwrap_or(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_identity_comes_from_the_text_given_not_the_guests_files() {
+        let spec = crate::spec::tests::minimal();
+        let env = for_pid1(&spec, "ID=arch\nVERSION_ID=\"7\"\nBUILD_ID=rolling\n");
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("container_host_id"), Some("arch"));
+        assert_eq!(get("container_host_version_id"), Some("7"));
+        assert_eq!(get("container_host_build_id"), Some("rolling"));
+        assert_eq!(get("container_host_variant_id"), None);
+        let env = for_pid1(&spec, "");
+        assert!(!env.iter().any(|(k, _)| k.starts_with("container_host_")));
+    }
 }

@@ -31,6 +31,9 @@ pub(crate) struct Plan<'a> {
     pub mount_point: PathBuf,
     /// An empty directory outside the root for assembling the store.
     pub store_staging: PathBuf,
+    /// The closure-only store as one detached overlay mount, if the
+    /// launcher could make it (else one bind per path is made here).
+    pub store_overlay: Option<&'a OwnedFd>,
     /// What the payload keeps (decided once by the launcher).
     pub capabilities: &'a std::collections::HashSet<caps::Capability>,
     pub userns: Option<&'a crate::userns::Plan>,
@@ -53,6 +56,7 @@ impl Plan<'_> {
             await_links: self.network.await_links,
             resolv_conf: self.network.resolv != ResolvAction::Off,
             timezone: self.network.timezone != TimezoneAction::Off,
+            store_overlay: self.store_overlay.is_some(),
         }
     }
 }

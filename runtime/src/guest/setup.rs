@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::guest::apifs::{devfs, procfs, runhost, sysfs};
 use crate::guest::rootfs::mounts::{MountContext, Mounted, Owner, Target};
 use crate::guest::rootfs::resolve::Create;
-use crate::guest::steps::{Ops, Step};
+use crate::guest::steps::{Ops, Step, StoreKind};
 use crate::guest::{Plan, credentials, environment, exec, rootfs};
 use crate::handshake::{ContainerEnd, InnerEnd};
 use crate::nixos::store;
@@ -218,14 +218,20 @@ impl Ops for Setup<'_> {
                 (self.proc, self.sys) = (Some(proc), Some(sys));
                 Ok(())
             }
-            Step::MountProc { private_network } => match &self.proc {
-                Some(proc) => procfs::mount_proc_on(proc, &self.host_path()?, private_network),
-                // PID 1, pivoted: the pinned /proc at /run/host allows it.
-                None => {
-                    let at = self.at()?;
-                    procfs::mount_proc(&at.proc, &at.host, private_network)
+            Step::MountProc {
+                private_network,
+                masked,
+            } => {
+                let masks = masked.then_some(procfs::Masks { private_network });
+                match &self.proc {
+                    Some(proc) => procfs::mount_proc_on(proc, &self.host_path()?, masks),
+                    // PID 1, pivoted: the pinned /proc at /run/host allows it.
+                    None => {
+                        let at = self.at()?;
+                        procfs::mount_proc(&at.proc, &at.host, masks)
+                    }
                 }
-            },
+            }
             Step::MountSys => match &self.sys {
                 Some(sys) => sysfs::mount_sys_on(sys),
                 None => sysfs::mount_sys(&self.at()?.sys),
@@ -236,6 +242,16 @@ impl Ops for Setup<'_> {
             }
             Step::MountPtsAndMqueue => devfs::mount_pts_and_mqueue(&self.dev_path()?),
             Step::PinApiFilesystems => runhost::pin_api_filesystems(&self.host_path()?),
+            Step::MountStore {
+                kind: StoreKind::Overlay,
+                ..
+            } => {
+                let overlay = self
+                    .plan
+                    .store_overlay
+                    .ok_or_else(|| missing("the store overlay"))?;
+                store::attach_overlay(self.root()?, overlay)
+            }
             Step::MountStore { idmapped, .. } => {
                 let store = spec.store.as_ref().ok_or_else(|| missing("a store"))?;
                 let clone = self.plan.userns.and_then(|u| u.store.as_ref());
@@ -329,7 +345,10 @@ impl Ops for Setup<'_> {
                 nix::unistd::chdir(&cwd).map_err(|e| Error::io("chdir", &cwd, e.into()))
             }
             Step::FindPayload => {
-                let env = environment::for_pid1(spec);
+                // The host's os-release, bound in by PopulateRunHost.
+                let host =
+                    std::fs::read_to_string(environment::HOST_OS_RELEASE).unwrap_or_default();
+                let env = environment::for_pid1(spec, &host);
                 self.payload = Some(exec::Payload::resolve(spec, env)?);
                 Ok(())
             }

@@ -36,9 +36,12 @@ pub(crate) enum Step {
     PopulateRunHost,
     MountDev,
     ResolveProcAndSys,
-    /// The guest's own /proc, `/proc/sys/net` writable with a private network.
+    /// The guest's own /proc, `/proc/sys/net` writable with a private
+    /// network; `masked`: nspawn's read-only and masked entries (all but
+    /// `--nested-sandbox`).
     MountProc {
         private_network: bool,
+        masked: bool,
     },
     /// A read-only /sys of the guest's network namespace, with cgroup2.
     MountSys,
@@ -49,9 +52,11 @@ pub(crate) enum Step {
     /// Full /proc and /sys pinned at /run/host, so the guest's PID 1 (in a
     /// user namespace) may mount its own.
     PinApiFilesystems,
-    /// /nix/store: the closure only, or the host's whole store.
+    /// /nix/store: the closure only (one overlay, or a bind per path), or
+    /// the host's whole store; `idmapped` takes it from the launcher's
+    /// idmapped clone of the store (the overlay has its layers idmapped).
     MountStore {
-        closure_only: bool,
+        kind: StoreKind,
         idmapped: bool,
     },
     /// The user's `--bind`/`--tmpfs` number `n` (in the spec's order).
@@ -62,8 +67,8 @@ pub(crate) enum Step {
     SetUpTimezone,
     SetUpResolvConf,
     LinkJournal,
-    /// The store read-only (before the guest's user namespace exists, so
-    /// the kernel locks the flag there).
+    /// The per-path store's tmpfs read-only (before the guest's user
+    /// namespace exists, so the kernel locks the flag there).
     SealStore,
     LinkProfile,
     PassNixDaemon,
@@ -146,6 +151,20 @@ impl Step {
     }
 }
 
+/// Which /nix/store the guest gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    /// The host's whole store (`--shared-store`), bound read-only.
+    Shared,
+    /// The closure as the launcher's one read-only overlay mount, attached
+    /// as it is: read-only down to its superblock, nothing to seal.
+    Overlay,
+    /// The closure as one bind per path on a tmpfs (the launcher could not
+    /// make the overlay and said why); the tmpfs is sealed after the
+    /// user's mounts, which may need mount points in it.
+    PerPath,
+}
+
 /// What the plan depends on besides the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shape {
@@ -160,6 +179,8 @@ pub(crate) struct Shape {
     /// `--resolv-conf=`/`--timezone=` came out as something to do.
     pub resolv_conf: bool,
     pub timezone: bool,
+    /// The launcher made the closure-only store as one overlay mount.
+    pub store_overlay: bool,
 }
 
 /// Who carries the steps out: the real setup, or a recorder in tests.
@@ -202,6 +223,7 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
         s.extend([
             Step::MountProc {
                 private_network: spec.private_network,
+                masked: true,
             },
             Step::MountSys,
             Step::MountPtsAndMqueue,
@@ -209,9 +231,9 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     } else {
         s.push(Step::PinApiFilesystems);
     }
-    if let Some(store) = &spec.store {
+    if let Some(kind) = store_kind(spec, shape) {
         s.push(Step::MountStore {
-            closure_only: store.closure.is_some(),
+            kind,
             idmapped: shape.idmapped,
         });
     }
@@ -227,7 +249,10 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
         s.push(Step::LinkJournal);
     }
     if let Some(store) = &spec.store {
-        s.extend([Step::SealStore, Step::LinkProfile]);
+        if let Some(StoreKind::PerPath) = store_kind(spec, shape) {
+            s.push(Step::SealStore);
+        }
+        s.push(Step::LinkProfile);
         if store.nix_daemon {
             s.push(Step::PassNixDaemon);
         }
@@ -245,6 +270,15 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     s
 }
 
+/// Which store the guest gets, if any.
+fn store_kind(spec: &Spec, shape: Shape) -> Option<StoreKind> {
+    spec.store.as_ref().map(|store| match &store.closure {
+        None => StoreKind::Shared,
+        Some(_) if shape.store_overlay => StoreKind::Overlay,
+        Some(_) => StoreKind::PerPath,
+    })
+}
+
 /// The steps of the guest's PID 1 in its own user namespace, once cloned
 /// by the outer process, up to the final ones.
 pub(crate) fn inner(spec: &Spec) -> Vec<Step> {
@@ -259,8 +293,11 @@ pub(crate) fn inner(spec: &Spec) -> Vec<Step> {
     if spec.private_network {
         s.push(Step::LoopbackUp);
     }
+    // Only the guest's own procfs may go unmasked: the outer process's
+    // (no user namespace) keeps nspawn's masks whatever is asked.
     s.push(Step::MountProc {
         private_network: spec.private_network,
+        masked: !spec.nested_sandbox,
     });
     s.push(if spec.private_network {
         Step::MountSys
@@ -351,6 +388,7 @@ mod tests {
         await_links: false,
         resolv_conf: false,
         timezone: false,
+        store_overlay: false,
     };
     const USERNS: Shape = Shape {
         userns: true,
@@ -359,6 +397,7 @@ mod tests {
         await_links: false,
         resolv_conf: false,
         timezone: false,
+        store_overlay: false,
     };
 
     fn pos(steps: &[Step], step: Step) -> usize {
@@ -374,7 +413,8 @@ mod tests {
         assert_eq!(s[0], Step::DieWithLauncher);
         assert!(s.contains(&Step::UnshareCgroupNamespace));
         assert!(s.contains(&Step::MountProc {
-            private_network: false
+            private_network: false,
+            masked: true
         }));
         assert!(s.contains(&Step::MountSys));
         assert!(!s.contains(&Step::PinApiFilesystems));
@@ -396,6 +436,7 @@ mod tests {
             Step::CreateConsole,
             Step::MountProc {
                 private_network: false,
+                masked: true,
             },
         ] {
             assert!(!s.contains(&absent), "{absent:?} in {s:?}");
@@ -418,7 +459,8 @@ mod tests {
             pos(
                 &i,
                 Step::MountProc {
-                    private_network: false
+                    private_network: false,
+                    masked: true
                 }
             ) < pos(&i, Step::WaitForPins)
         );
@@ -436,7 +478,8 @@ mod tests {
         assert!(i.contains(&Step::LoopbackUp));
         assert!(i.contains(&Step::MountSys) && !i.contains(&Step::BindHostSys));
         assert!(i.contains(&Step::MountProc {
-            private_network: true
+            private_network: true,
+            masked: true
         }));
     }
 
@@ -453,7 +496,7 @@ mod tests {
             let mount = pos(
                 &s,
                 Step::MountStore {
-                    closure_only: true,
+                    kind: StoreKind::PerPath,
                     idmapped: shape.idmapped,
                 },
             );
@@ -462,6 +505,54 @@ mod tests {
             assert!(s.contains(&Step::PassNixDaemon));
         }
         assert!(!inner(&sp).contains(&Step::SealStore));
+    }
+
+    #[test]
+    fn an_overlay_store_is_attached_as_it_is_and_never_sealed() {
+        let mut sp = spec();
+        sp.store = Some(StoreSpec {
+            toplevel: "/nix/store/00000000000000000000000000000000-x".into(),
+            closure: Some(Vec::new()),
+            nix_daemon: false,
+        });
+        sp.mounts = vec![
+            CustomMount::parse_bind(
+                "/tmp:/nix/store/y",
+                crate::spec::mounts::BindAccess::ReadOnly,
+            )
+            .unwrap(),
+        ];
+        for shape in [PLAIN, USERNS] {
+            let shape = Shape {
+                store_overlay: true,
+                ..shape
+            };
+            let s = outer(&sp, shape);
+            let mount = pos(
+                &s,
+                Step::MountStore {
+                    kind: StoreKind::Overlay,
+                    idmapped: shape.idmapped,
+                },
+            );
+            // The user's mounts on the store land in the overlay's mount
+            // points; its superblock is read-only, so no seal follows.
+            assert!(mount < pos(&s, Step::CustomMount(0)));
+            assert!(!s.contains(&Step::SealStore));
+            assert!(pos(&s, Step::CustomMount(0)) < pos(&s, Step::LinkProfile));
+        }
+        // Without a closure there is no overlay, whatever the launcher says.
+        sp.store.as_mut().unwrap().closure = None;
+        let shape = Shape {
+            store_overlay: true,
+            ..PLAIN
+        };
+        let s = outer(&sp, shape);
+        assert!(s.contains(&Step::MountStore {
+            kind: StoreKind::Shared,
+            idmapped: false
+        }));
+        assert!(!s.contains(&Step::SealStore));
     }
 
     #[test]
@@ -570,7 +661,8 @@ mod tests {
         // namespace is made; the launcher's links are awaited only there.
         assert!(outer(&sp, net).contains(&Step::LoopbackUp));
         assert!(outer(&sp, net).contains(&Step::MountProc {
-            private_network: true
+            private_network: true,
+            masked: true
         }));
         // --network-namespace-path: joined before /sys is mounted and before
         // the cgroup namespace, after placement; under a user namespace by
@@ -612,6 +704,34 @@ mod tests {
         let l = last(&sp, PLAIN);
         assert!(!l.contains(&Step::InstallSeccomp));
         assert!(pos(&l, Step::DropCapabilities) < pos(&l, Step::NoNewPrivileges));
+    }
+
+    #[test]
+    fn a_nested_sandbox_unmasks_only_the_guests_own_proc() {
+        let mut sp = spec();
+        sp.nested_sandbox = true;
+        let i = inner(&sp);
+        assert!(i.contains(&Step::MountProc {
+            private_network: false,
+            masked: false
+        }));
+        assert!(
+            !i.iter()
+                .any(|s| matches!(s, Step::MountProc { masked: true, .. }))
+        );
+        // Without a user namespace the outer process is PID 1: its /proc
+        // keeps the masks (the launcher refuses the option there anyway).
+        assert!(outer(&sp, PLAIN).contains(&Step::MountProc {
+            private_network: false,
+            masked: true
+        }));
+        assert!(
+            !outer(&sp, USERNS)
+                .iter()
+                .any(|s| matches!(s, Step::MountProc { .. }))
+        );
+        // /sys is untouched by the option.
+        assert!(i.contains(&Step::BindHostSys));
     }
 
     #[test]

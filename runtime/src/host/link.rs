@@ -72,8 +72,16 @@ impl<'a> HostLink<'a> {
             bus,
             janitor: janitor.try_clone()?,
             register,
-            scope_unit: allocate_scope
-                .then(|| scope::unit_name(&spec.machine, !machined::has_varlink())),
+            scope_unit: allocate_scope.then(|| {
+                scope::unit_name(
+                    &spec.machine,
+                    if machined::has_varlink() {
+                        scope::Naming::Own
+                    } else {
+                        scope::Naming::Machined
+                    },
+                )
+            }),
             scope: None,
             registered: None,
         }))

@@ -75,12 +75,19 @@ fn manager<A: dbus::arg::AppendAll, R: dbus::arg::ReadAll + 'static>(
 
 /// The scope's unit name. systemd-nspawn up to v258 let machined name it
 /// `machine-NAME.scope` (escaped); from v259 it names it `NAME.scope` itself.
-pub fn unit_name(machine: &MachineName, machined_style: bool) -> String {
-    if machined_style {
-        format!("machine-{}.scope", escape_unit_prefix(machine.as_str()))
-    } else {
-        format!("{machine}.scope")
+pub fn unit_name(machine: &MachineName, naming: Naming) -> String {
+    match naming {
+        Naming::Machined => format!("machine-{}.scope", escape_unit_prefix(machine.as_str())),
+        Naming::Own => format!("{machine}.scope"),
     }
+}
+
+/// Who names the scope: machined (`machine-NAME.scope`, systemd up to
+/// v258's way) or the launcher itself (`NAME.scope`, v259 on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    Machined,
+    Own,
 }
 
 /// systemd's unit-name escaping for a free-form prefix: `/` becomes `-`,
@@ -354,11 +361,11 @@ mod tests {
     #[test]
     fn unit_names_as_systemd_spells_them() {
         let n = |s: &str| MachineName::new(s).unwrap();
-        assert_eq!(unit_name(&n("web"), true), "machine-web.scope");
+        assert_eq!(unit_name(&n("web"), Naming::Machined), "machine-web.scope");
         assert_eq!(
-            unit_name(&n("my-box.1"), true),
+            unit_name(&n("my-box.1"), Naming::Machined),
             "machine-my\\x2dbox.1.scope"
         );
-        assert_eq!(unit_name(&n("my-box.1"), false), "my-box.1.scope");
+        assert_eq!(unit_name(&n("my-box.1"), Naming::Own), "my-box.1.scope");
     }
 }

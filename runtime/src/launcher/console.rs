@@ -47,6 +47,9 @@ pub struct Console {
     _peer: OwnedFd,
     mode: ConsoleMode,
     escapes: Vec<Instant>,
+    /// Read-only relay: a `\r` held back from the last read, in case the
+    /// next starts with `\n`.
+    held_cr: std::cell::Cell<bool>,
 }
 
 /// What the relay wants the launcher to do.
@@ -69,6 +72,7 @@ impl Console {
             _peer: peer,
             mode,
             escapes: Vec::new(),
+            held_cr: std::cell::Cell::new(false),
         };
         c.sync_size();
         Ok(c)
@@ -100,8 +104,14 @@ impl Console {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     moved += n;
-                    if self.mode != ConsoleMode::Passive {
-                        write_all(sys::stdio(1), &buf[..n]);
+                    match self.mode {
+                        ConsoleMode::Passive => {}
+                        ConsoleMode::ReadOnly => {
+                            let (out, held) = plain_newlines(&buf[..n], self.held_cr.get());
+                            self.held_cr.set(held);
+                            write_all(sys::stdio(1), &out);
+                        }
+                        _ => write_all(sys::stdio(1), &buf[..n]),
                     }
                 }
             }
@@ -133,6 +143,28 @@ impl Console {
     }
 }
 
+/// The guest's pty turns `\n` into `\r\n` (systemd resets the console to
+/// do so). Nobody types into a read-only console, and its output usually
+/// lands in a log, a pipe or a Nix build log (which shows a line ending
+/// in `\r\n` as empty): so there, `\r\n` becomes `\n`, as `--pipe` would
+/// have written it. A lone `\r` (a progress line) stays. A terminal shows
+/// the same either way (its own output processing adds the `\r`). Returns
+/// the bytes to write and whether a final `\r` is held for the next read.
+fn plain_newlines(data: &[u8], held_cr: bool) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    let mut held = held_cr;
+    for &b in data {
+        if held && b != b'\n' {
+            out.push(b'\r');
+        }
+        held = b == b'\r';
+        if !held {
+            out.push(b);
+        }
+    }
+    (out, held)
+}
+
 fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) {
     while !data.is_empty() {
         match nix::unistd::write(fd, data) {
@@ -144,5 +176,27 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_newlines;
+
+    #[test]
+    fn crlf_becomes_lf_across_reads_and_lone_crs_stay() {
+        assert_eq!(
+            plain_newlines(b"a\r\nb\r\n", false),
+            (b"a\nb\n".to_vec(), false)
+        );
+        assert_eq!(
+            plain_newlines(b"50%\r60%", false),
+            (b"50%\r60%".to_vec(), false)
+        );
+        // A read ending in \r holds it; the next decides.
+        assert_eq!(plain_newlines(b"x\r", false), (b"x".to_vec(), true));
+        assert_eq!(plain_newlines(b"\ny", true), (b"\ny".to_vec(), false));
+        assert_eq!(plain_newlines(b"y", true), (b"\ry".to_vec(), false));
+        assert_eq!(plain_newlines(b"\r\r\n", false), (b"\r\n".to_vec(), false));
     }
 }

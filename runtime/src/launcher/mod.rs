@@ -187,13 +187,26 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     // nspawn's closed device policy, on every host (a systemd host's scope
     // has it too; a host without systemd, or a unit without it, would not).
     // The janitor hears where it goes before, and the program's id after.
-    let rules = crate::cgroup::devices::closed_policy(&spec.mounts);
-    let mut intent = cgroups.clone();
-    intent.devices = Some(cgroups.device_plan(rules.clone()));
-    link.note(&Claim::Cgroups(Box::new(intent)), None)?;
-    let enforced = cgroups.enforce_devices(rules);
-    link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
-    enforced?;
+    //
+    // Not in a nested user namespace (a Nix uid-range builder): the kernel
+    // loads cgroup device programs only for CAP_BPF over the initial one,
+    // and there the policy has nothing to add — neither we nor the guest
+    // may make device nodes (mknod needs the host's CAP_MKNOD) or open one
+    // on a filesystem mounted there (nodev), so the guest reaches only the
+    // nodes its creator already could.
+    if crate::userns::range::OwnMap::read()?.is_initial() {
+        let rules = crate::cgroup::devices::closed_policy(&spec.mounts);
+        let mut intent = cgroups.clone();
+        intent.devices = Some(cgroups.device_plan(rules.clone()));
+        link.note(&Claim::Cgroups(Box::new(intent)), None)?;
+        let enforced = cgroups.enforce_devices(rules);
+        link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
+        enforced?;
+    } else {
+        tracing::debug!(
+            "no device policy: nested user namespace, where no device node can be made"
+        );
+    }
     let (userns, range_lock) = match userns::prepare(spec, cgroups, observer, &link)? {
         Some((plan, lock)) => (Some(plan), lock),
         None => (None, None),

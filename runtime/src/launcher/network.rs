@@ -184,18 +184,35 @@ impl BootNetwork {
     }
 }
 
-impl Drop for BootNetwork {
-    /// The boot is over (or never got going): the port map entries go,
-    /// moved links return to the host, and the janitor lets go of the
-    /// namespace, which then dies with every link still in it.
-    fn drop(&mut self) {
+impl BootNetwork {
+    /// The boot is over: as on drop, and returns a line for each moved
+    /// link not returned to the host (the guest replaced it, or it is gone).
+    pub fn finish(mut self) -> Vec<String> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Vec<String> {
         let link = &self.janitor;
         if let Some(ports) = self.ports.as_mut() {
             ports.flush(&mut |c| link.note(&Claim::Network(c), None));
         }
-        for settled in self.boot.detach() {
+        let (settled, lines) = self.boot.detach();
+        for settled in settled {
             let _ = link.note(&Claim::Network(settled), None);
         }
         let _ = link.note(&Claim::Network(NetClaim::Netns(false)), None);
+        lines
+    }
+}
+
+impl Drop for BootNetwork {
+    /// The boot is over (or never got going): the port map entries go,
+    /// moved links return to the host, and the janitor lets go of the
+    /// namespace, which then dies with every link still in it. (After
+    /// [`BootNetwork::finish`] there is nothing left to do.)
+    fn drop(&mut self) {
+        for line in self.end() {
+            tracing::warn!("{line}");
+        }
     }
 }

@@ -32,7 +32,7 @@ pub(crate) struct Started {
 /// A process that must not outlive a failed start.
 pub(crate) fn kill_and_reap(pidfd: BorrowedFd<'_>) {
     let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
-    let _ = sys::pidfd_wait(pidfd, false);
+    let _ = sys::pidfd_wait(pidfd, sys::Wait::Block);
 }
 
 /// Kills and reaps the processes it holds unless defused.
@@ -52,11 +52,16 @@ impl Drop for Reaper {
     }
 }
 
-/// Start the guest's PID 1 for this boot; `notice` hears what the host
-/// link has to say.
-pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> Result<Started> {
+/// Start the guest's PID 1 for this boot (with this boot's closure-only
+/// store overlay, if there is one); `notice` hears what the host link has
+/// to say.
+pub(crate) fn start(
+    launch: &mut Launch<'_>,
+    store_overlay: Option<&OwnedFd>,
+    notice: &mut dyn FnMut(String),
+) -> Result<Started> {
     let t0 = std::time::Instant::now();
-    let (first, first_pidfd, end) = clone_container(launch)?;
+    let (first, first_pidfd, end) = clone_container(launch, store_overlay)?;
     tracing::debug!("clone3: PID {first}, {} µs", t0.elapsed().as_micros());
     let mut reaper = Reaper(vec![first_pidfd]);
     let own_scope = launch.in_own_scope();
@@ -111,7 +116,7 @@ pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> 
         let mut pidfds = reaper.defuse();
         let pidfd = pidfds.remove(1);
         // The outer process is done once PID 1 has exec'd.
-        let _ = sys::pidfd_wait(pidfds[0].as_fd(), false);
+        let _ = sys::pidfd_wait(pidfds[0].as_fd(), sys::Wait::Block);
         Started {
             leader,
             pidfd,
@@ -140,7 +145,10 @@ pub(crate) fn start(launch: &mut Launch<'_>, notice: &mut dyn FnMut(String)) -> 
 /// With a user namespace only a new mount namespace: the process assembles
 /// the root with the host's privileges and clones the guest's PID 1 into
 /// the guest's own namespaces.
-fn clone_container(launch: &Launch<'_>) -> Result<(i32, OwnedFd, LauncherEnd)> {
+fn clone_container(
+    launch: &Launch<'_>,
+    store_overlay: Option<&OwnedFd>,
+) -> Result<(i32, OwnedFd, LauncherEnd)> {
     let spec = launch.spec;
     let userns = launch.userns.as_ref();
     let (ours, theirs) = handshake::pair()?;
@@ -157,6 +165,7 @@ fn clone_container(launch: &Launch<'_>) -> Result<(i32, OwnedFd, LauncherEnd)> {
         spec,
         mount_point: launch.state_dir.mount_point(),
         store_staging: launch.state_dir.path().join("store"),
+        store_overlay,
         capabilities: &launch.capabilities,
         userns,
         await_placement: launch.in_own_scope() && userns.is_none(),

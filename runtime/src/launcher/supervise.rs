@@ -23,8 +23,28 @@ use crate::sys::{self, ExitKind};
 
 /// Start the payload and supervise it until it ends.
 pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) -> Result<Outcome> {
+    // The closure-only store, made here with the host's privileges (one
+    // overlay, or word of why it is one bind per path).
+    let first_boot = launch.boot == 1;
+    let boot_store = crate::nixos::store::prepare_boot_store(
+        launch.spec,
+        launch.userns.as_ref(),
+        launch.state_dir.path(),
+        &mut |n| {
+            if first_boot {
+                observer.event(Event::Notice(n));
+            }
+        },
+    )?;
+    let store_overlay = match &boot_store {
+        Some(crate::nixos::store::BootStore::Overlay(fd)) => Some(fd),
+        _ => None,
+    };
+    let store_is_overlay = store_overlay.is_some();
     let mut notices = Vec::new();
-    let started = start::start(launch, &mut |n| notices.push(n))?;
+    let started = start::start(launch, store_overlay, &mut |n| notices.push(n));
+    drop(boot_store);
+    let started = started?;
     for n in &notices {
         observer.event(Event::Notice(n));
     }
@@ -69,6 +89,7 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         private_network: spec.private_network,
         uid_range: userns.map(|u| u.range),
         store_idmapped: userns.is_some_and(|u| u.store.is_some()),
+        store_overlay: store_is_overlay,
         capabilities: crate::spec::capabilities::mask(&launch.capabilities),
         syscall_filter: spec.seccomp.then(|| spec.syscall_filter.clone()),
         no_new_privileges: spec.no_new_privileges,
@@ -338,8 +359,8 @@ impl Watch<'_, '_> {
     fn reap(&mut self) -> Result<Option<Outcome>> {
         // Take the leader out of the state while it is still a zombie, so
         // its PID is never recorded once it can belong to someone else.
-        let Some(exit) =
-            sys::pidfd_peek_exit(self.pidfd.as_fd()).map_err(|e| Error::syscall("waitid", e))?
+        let Some(exit) = sys::pidfd_wait(self.pidfd.as_fd(), sys::Wait::Peek)
+            .map_err(|e| Error::syscall("waitid", e))?
         else {
             return Ok(None);
         };
@@ -349,9 +370,15 @@ impl Watch<'_, '_> {
         self.state.leader_identity = None;
         self.state.ready = false;
         let _ = self.state_dir.write(&self.state);
-        sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| Error::syscall("waitid", e))?;
+        sys::pidfd_wait(self.pidfd.as_fd(), sys::Wait::Poll)
+            .map_err(|e| Error::syscall("waitid", e))?;
         // What the guest wrote before it ended (nobody can write more now).
         self.console_output(CONSOLE_BYTES_AT_EXIT);
+        if let Some(network) = self.network.take() {
+            for line in network.finish() {
+                self.observer.event(Event::Notice(&line));
+            }
+        }
         Ok(Some(match exit {
             ExitKind::Exited(n) => Outcome::Exited(n),
             ExitKind::Signaled(libc::SIGINT) => Outcome::PoweredOff,

@@ -13,7 +13,9 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
+use crate::network::names::Mac;
 use crate::network::nft::{Nft, PortMapping};
+use crate::network::plan::MovedLink;
 use crate::network::rtnl::{Netns, Rtnl};
 
 /// One record the launcher sends its janitor.
@@ -23,11 +25,15 @@ pub enum NetClaim {
     /// which keeps it alive); false: the janitor lets go of it.
     Netns(bool),
     /// A link about to move into the guest: its name on the host and in
-    /// the guest, and once moved, its index there.
+    /// the guest, what it is (to know it again), and once moved, its
+    /// index there.
     Moved {
         host: String,
         guest: String,
         guest_index: Option<u32>,
+        kind: Option<String>,
+        perm_mac: Option<Mac>,
+        mac: Option<Mac>,
     },
     /// That link is back on the host.
     Returned { host: String },
@@ -37,13 +43,6 @@ pub enum NetClaim {
     Zone(String),
     /// The port-map entries in place now (replaces the previous list).
     Ports(Vec<PortMapping>),
-}
-
-#[derive(Debug, Clone)]
-struct MovedLink {
-    host: String,
-    guest: String,
-    guest_index: Option<u32>,
 }
 
 /// What is left to undo, built from the records.
@@ -69,12 +68,18 @@ impl Leftovers {
                 host,
                 guest,
                 guest_index,
+                kind,
+                perm_mac,
+                mac,
             } => {
                 self.moved.retain(|m| m.host != host);
                 self.moved.push(MovedLink {
                     host,
                     guest,
                     guest_index,
+                    kind,
+                    perm_mac,
+                    mac,
                 });
             }
             NetClaim::Returned { host } => self.moved.retain(|m| m.host != host),
@@ -100,7 +105,10 @@ impl Leftovers {
             nft.remove(&self.ports);
         }
         if let Some(netns) = self.netns.take() {
-            return_moved(&self.moved, netns.as_fd());
+            // Nobody to tell (the launcher is gone): the lines are lost.
+            for line in return_moved(&self.moved, netns.as_fd()) {
+                tracing::warn!("{line}");
+            }
         }
         let Ok(mut host) = Rtnl::open() else { return };
         // Those still standing once the namespace is gone.
@@ -118,41 +126,81 @@ impl Leftovers {
     }
 }
 
-/// Move links back from the guest's namespace under their host names.
-/// A link the guest renamed is found by its index there.
-pub fn return_moved(moved: &[impl MovedRef], netns: std::os::fd::BorrowedFd<'_>) {
+/// Move links back from the guest's namespace under their host names,
+/// each only if it is still the link that was moved in: found by its index
+/// there (a link the guest renamed too), by its guest name only when no
+/// index was ever recorded, and of the same kind and permanent address (or,
+/// for a virtual link, which has none, the address it had when moved in).
+/// A guest root can hide the real link and make one of its own in its place,
+/// even with the same index (the kernel gives a freed index out again);
+/// that one stays where it is. What cannot be told apart: a virtual link's
+/// impostor of the same kind to which the guest gave the real one's address. Returns a line for each link not returned.
+pub fn return_moved(moved: &[MovedLink], netns: std::os::fd::BorrowedFd<'_>) -> Vec<String> {
+    let mut lines = Vec::new();
     if moved.is_empty() {
-        return;
+        return lines;
     }
     let Ok(own) = std::fs::File::open("/proc/thread-self/ns/net") else {
-        return;
+        return lines;
     };
     let Ok(mut guest) = Rtnl::open_in(netns) else {
-        return;
+        return lines;
     };
     for m in moved {
-        let (host, guest_name, index) = m.parts();
-        let link = match index {
+        let link = match m.guest_index {
             Some(i) => guest.link_by_index(i).ok().flatten(),
-            None => None,
+            None => guest.link(&m.guest).ok().flatten(),
+        };
+        let Some(link) = link else {
+            let here = match m.guest_index {
+                Some(i) => match guest.link(&m.guest).ok().flatten() {
+                    Some(_) => format!(
+                        "a link named {} there is not it (its index {i} is gone), leaving it there",
+                        m.guest
+                    ),
+                    None => "it is not there any more".to_owned(),
+                },
+                None => "it is not there any more".to_owned(),
+            };
+            lines.push(format!(
+                "Not returning interface {} from the container: {here}.",
+                m.host
+            ));
+            continue;
+        };
+        // A virtual link has no permanent address: its address as moved
+        // in stands for it (so a guest that changes it keeps the link).
+        let (was, is, which) = match m.perm_mac {
+            Some(p) => (Some(p), link.perm_mac, "permanent address"),
+            None => (m.mac, link.mac, "address"),
+        };
+        if link.kind != m.kind || was != is {
+            let show = |k: Option<&str>, a: Option<Mac>| {
+                format!(
+                    "{} {}",
+                    k.unwrap_or("no kind"),
+                    a.map_or("none".into(), |a| a.to_string())
+                )
+            };
+            lines.push(format!(
+                "Not returning interface {} from the container: its link {} ({}) is not the one moved in ({}; kind and {which} differ), leaving it there.",
+                m.host,
+                link.name,
+                show(link.kind.as_deref(), is),
+                show(m.kind.as_deref(), was),
+            ));
+            continue;
         }
-        .or_else(|| guest.link(guest_name).ok().flatten());
-        if let Some(link) = link {
-            let rename = (link.name != host).then_some(host);
-            let _ = guest.move_link(link.index, Netns::Fd(own.as_fd()), rename);
+        let rename = (link.name != m.host).then_some(m.host.as_str());
+        if let Err(e) = guest.move_link(link.index, Netns::Fd(own.as_fd()), rename) {
+            lines.push(format!(
+                "Failed to return interface {} from the container: {}",
+                m.host,
+                std::io::Error::from_raw_os_error(e.errno)
+            ));
         }
     }
-}
-
-/// A moved link's names and guest index, however it is kept.
-pub trait MovedRef {
-    fn parts(&self) -> (&str, &str, Option<u32>);
-}
-
-impl MovedRef for MovedLink {
-    fn parts(&self) -> (&str, &str, Option<u32>) {
-        (&self.host, &self.guest, self.guest_index)
-    }
+    lines
 }
 
 /// The lock systemd-nspawn takes around making and removing zone bridges

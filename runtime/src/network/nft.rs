@@ -494,7 +494,9 @@ impl Nft {
         }
     }
 
-    /// Replace `old` entries by `new` ones in one transaction per family.
+    /// Replace `old` entries by `new` ones in one transaction per family
+    /// (a caller that keeps track of what is in place passes one family:
+    /// an earlier family's transaction stands when a later one fails).
     pub fn swap(&mut self, old: &[PortMapping], new: &[PortMapping]) -> Result<(), String> {
         for family in [Family::V4, Family::V6] {
             let mut msgs: Vec<_> = old

@@ -15,7 +15,7 @@ use std::time::Duration;
 use netlink_packet_route::link::InfoKind;
 
 use crate::error::{Error, Result};
-use crate::network::cleanup::{MovedRef, NetClaim, zone_lock_path};
+use crate::network::cleanup::{NetClaim, zone_lock_path};
 use crate::network::names::{self, HostId, LinkName, Mac, keys};
 use crate::network::netlink::NlError;
 use crate::network::rtnl::{Netns, Route, Rtnl};
@@ -267,7 +267,26 @@ impl Plan {
                         h.name
                     )));
                 }
-                Some(_) => {}
+                Some(br) => {
+                    // A bridge we did not make is the admin's, and so is its
+                    // addressing: we would not know when an address we added
+                    // is no longer used by any guest on it.
+                    let on_it: Vec<(IpAddr, u8)> = host
+                        .addresses()
+                        .map_err(nl)?
+                        .into_iter()
+                        .filter(|a| a.index == br.index)
+                        .map(|a| (a.address, a.prefix))
+                        .collect();
+                    for a in &self.addresses {
+                        if !on_it.contains(&(a.host, a.prefix)) {
+                            return Err(fail(format!(
+                                "--network-address={}/{},{}: bridge {bridge} does not carry {}/{}; nixspawn does not change a bridge it did not create: add the address to it, or use --network-zone=",
+                                a.host, a.prefix, a.guest, a.host, a.prefix
+                            )));
+                        }
+                    }
+                }
             }
         }
         if let Some(Veth {
@@ -287,17 +306,30 @@ impl Plan {
     }
 }
 
-/// A link moved into the guest for this boot.
+/// A link moved into the guest for this boot, and what it was on the
+/// host (to tell it from one the guest makes in its place).
 #[derive(Debug, Clone)]
 pub struct MovedLink {
     pub host: String,
     pub guest: String,
     pub guest_index: Option<u32>,
+    pub kind: Option<String>,
+    pub perm_mac: Option<Mac>,
+    /// Its address as moved in (what tells a virtual link, which has no
+    /// permanent one).
+    pub mac: Option<Mac>,
 }
 
-impl MovedRef for MovedLink {
-    fn parts(&self) -> (&str, &str, Option<u32>) {
-        (&self.host, &self.guest, self.guest_index)
+impl MovedLink {
+    fn claim(&self) -> NetClaim {
+        NetClaim::Moved {
+            host: self.host.clone(),
+            guest: self.guest.clone(),
+            guest_index: self.guest_index,
+            kind: self.kind.clone(),
+            perm_mac: self.perm_mac,
+            mac: self.mac,
+        }
     }
 }
 
@@ -346,20 +378,21 @@ impl Boot {
     ) -> Result<()> {
         journal(NetClaim::Netns(true), Some(self.netns.as_fd()))?;
         for m in &plan.moves {
-            journal(
-                NetClaim::Moved {
-                    host: m.host.clone(),
-                    guest: m.guest.clone(),
-                    guest_index: None,
-                },
-                None,
-            )?;
             let link = host
                 .link(&m.host)
                 .map_err(nl)?
                 .ok_or_else(|| Error::Network {
                     message: format!("Failed to resolve interface \"{}\": No such device", m.host),
                 })?;
+            let mut moved = MovedLink {
+                host: m.host.clone(),
+                guest: m.guest.clone(),
+                guest_index: None,
+                kind: link.kind.clone(),
+                perm_mac: link.perm_mac,
+                mac: link.mac,
+            };
+            journal(moved.claim(), None)?;
             let rename = (m.guest != link.name).then_some(m.guest.as_str());
             host.move_link(link.index, Netns::Fd(self.netns.as_fd()), rename)
                 .map_err(|e| Error::Network {
@@ -369,20 +402,9 @@ impl Boot {
                         std::io::Error::from_raw_os_error(e.errno)
                     ),
                 })?;
-            let guest_index = self.guest.link(&m.guest).ok().flatten().map(|l| l.index);
-            self.moved.push(MovedLink {
-                host: m.host.clone(),
-                guest: m.guest.clone(),
-                guest_index,
-            });
-            journal(
-                NetClaim::Moved {
-                    host: m.host.clone(),
-                    guest: m.guest.clone(),
-                    guest_index,
-                },
-                None,
-            )?;
+            moved.guest_index = self.guest.link(&m.guest).ok().flatten().map(|l| l.index);
+            journal(moved.claim(), None)?;
+            self.moved.push(moved);
         }
         if let Some(v) = &plan.veth {
             let index = match &v.attach {
@@ -544,25 +566,34 @@ impl Boot {
             Some(i) => i,
             None => return Ok(()),
         };
+        // The admin's bridge carries the host addresses already (checked
+        // before): nothing of it is changed.
+        let ours = !matches!(v.attach, Attach::Bridge(_));
         let host0 = self.guest.require(&v.guest).map_err(nl)?;
         for a in addresses {
-            host.add_address(host_index, a.host, a.prefix).map_err(nl)?;
+            if ours {
+                host.add_address(host_index, a.host, a.prefix).map_err(nl)?;
+            }
             self.guest
                 .add_address(host0.index, a.guest, a.prefix)
                 .map_err(nl)?;
         }
-        host.set_up(host_index, None).map_err(nl)?;
+        if ours {
+            host.set_up(host_index, None).map_err(nl)?;
+        }
         self.guest.set_up(host0.index, None).map_err(nl)?;
         for a in addresses {
             let full = if a.host.is_ipv4() { 32 } else { 128 };
             if a.peer_routes {
-                host.add_route(&Route {
-                    destination: Some((a.guest, full)),
-                    gateway: None,
-                    oif: host_index,
-                    ipv6: a.guest.is_ipv6(),
-                })
-                .map_err(nl)?;
+                if ours {
+                    host.add_route(&Route {
+                        destination: Some((a.guest, full)),
+                        gateway: None,
+                        oif: host_index,
+                        ipv6: a.guest.is_ipv6(),
+                    })
+                    .map_err(nl)?;
+                }
                 self.guest
                     .add_route(&Route {
                         destination: Some((a.host, full)),
@@ -588,17 +619,19 @@ impl Boot {
 
     /// Before the namespace may go: moved links back to the host under
     /// their names (as systemd-nspawn 254+ does; they would otherwise be
-    /// destroyed with it). Returns the records that are settled.
-    pub fn detach(&mut self) -> Vec<NetClaim> {
+    /// destroyed with it). Returns the records that are settled and a
+    /// line for each link that was not returned.
+    pub fn detach(&mut self) -> (Vec<NetClaim>, Vec<String>) {
         let moved = std::mem::take(&mut self.moved);
         if moved.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
-        crate::network::cleanup::return_moved(&moved, self.netns.as_fd());
-        moved
+        let lines = crate::network::cleanup::return_moved(&moved, self.netns.as_fd());
+        let settled = moved
             .into_iter()
             .map(|m| NetClaim::Returned { host: m.host })
-            .collect()
+            .collect();
+        (settled, lines)
     }
 }
 

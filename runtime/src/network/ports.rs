@@ -1,7 +1,8 @@
 //! `-p`: the port map follows the guest's addresses. A socket in the
 //! guest's network namespace hears of every address added or removed
 //! there; each time, the address systemd-nspawn would pick is looked up
-//! again per family, and the map's entries are swapped in one transaction.
+//! again per family, and the map's entries are swapped in one transaction
+//! per family.
 //! Entries are removed when the boot ends; the tables stay (as nspawn's).
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -74,7 +75,17 @@ impl PortForward {
                 }
             }
         }
-        if wanted == self.current {
+        let of = |list: &[PortMapping], family: Family| -> Vec<PortMapping> {
+            list.iter()
+                .filter(|p| p.family() == family)
+                .cloned()
+                .collect()
+        };
+        let families: Vec<Family> = [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|&f| of(&self.current, f) != of(&wanted, f))
+            .collect();
+        if families.is_empty() {
             return None;
         }
         let nft = match self.nft.as_mut() {
@@ -97,14 +108,26 @@ impl PortForward {
             }
             self.tables = true;
         }
-        match nft.swap(&self.current, &wanted) {
-            Ok(()) => {
-                self.current = wanted;
+        // One transaction per family: what one of them committed is ours
+        // to remove (and the janitor's to know of) even if the other fails.
+        let mut failed = None;
+        for family in families {
+            let new = of(&wanted, family);
+            match nft.swap(&of(&self.current, family), &new) {
+                Ok(()) => {
+                    self.current.retain(|p| p.family() != family);
+                    self.current.extend(new);
+                    let _ = journal(NetClaim::Ports(self.current.clone()));
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            None => {
                 self.complained = false;
-                let _ = journal(NetClaim::Ports(self.current.clone()));
                 None
             }
-            Err(e) => self.complain(e),
+            Some(e) => self.complain(e),
         }
     }
 

@@ -66,6 +66,9 @@ pub struct Link {
     pub name: String,
     pub altnames: Vec<String>,
     pub mac: Option<Mac>,
+    /// The hardware's own address, where the driver has one (not virtual
+    /// links); unlike `mac`, nobody in the namespace can change it.
+    pub perm_mac: Option<Mac>,
     /// IFF_UP: administratively up.
     pub up: bool,
     /// "veth", "bridge", "macvlan", ... (None for a link without a kind, like lo).
@@ -81,6 +84,7 @@ impl Link {
             name: String::new(),
             altnames: Vec::new(),
             mac: None,
+            perm_mac: None,
             up: m.header.flags.contains(LinkFlags::Up),
             kind: None,
             master: None,
@@ -90,6 +94,9 @@ impl Link {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Address(b) if b.len() == 6 => {
                     link.mac = Some(Mac([b[0], b[1], b[2], b[3], b[4], b[5]]))
+                }
+                LinkAttribute::PermAddress(b) if b.len() == 6 => {
+                    link.perm_mac = Some(Mac([b[0], b[1], b[2], b[3], b[4], b[5]]))
                 }
                 LinkAttribute::Controller(i) => link.master = Some(*i),
                 LinkAttribute::PropList(props) => {

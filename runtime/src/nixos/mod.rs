@@ -2,5 +2,6 @@
 //! or shared), and live updates of a running guest's closure.
 
 pub mod closure;
+pub mod overlay;
 pub(crate) mod store;
 pub mod update;

@@ -1,9 +1,15 @@
 //! Live closure update of a running NixOS guest (`nixspawnctl update`):
-//! mount the new toplevel's missing store paths into the guest's mount
-//! namespace, repoint its system profile, and run the new
-//! `switch-to-configuration`. No restart.
+//! give the guest's store the new toplevel's missing paths, repoint its
+//! system profile, and run the new `switch-to-configuration`. No restart.
+//!
+//! A store that is one overlay gets a new overlay (what it had and the new
+//! closure) slid beneath the old one at /nix/store, which is then taken
+//! away: the guest sees old and new paths at once and keeps one mount,
+//! whatever the number of updates. Open files, mappings and working
+//! directories in the old one keep working; it goes with its last user.
+//! A per-path store gets one more bind per new path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -14,15 +20,15 @@ use crate::error::Failure;
 use crate::error::{Error, Result};
 use crate::handshake::channel;
 use crate::nixos::closure::{self, ClosureSource, STORE};
-use crate::nixos::store;
+use crate::nixos::{overlay, store};
 use crate::spec::closure::{Entry, EntryKind};
-use crate::state::State;
+use crate::state::{State, StateDir};
 use crate::sys::{self, Forked};
 
 /// What an update did.
 #[derive(Debug)]
 pub struct Update {
-    /// Store entries that were mounted into the guest.
+    /// Store entries that were added to the guest's store.
     pub added: Vec<OsString>,
     /// Exit status of switch-to-configuration.
     pub switch_status: i32,
@@ -51,29 +57,254 @@ pub fn update(
         });
     }
     let pidfd = state.open_leader()?;
-    let leader = state.leader.unwrap_or_default();
-
-    let mut prepared = Vec::new();
-    if state.closure_only {
-        let wanted = closure::compute(&toplevel, source)?;
-        let guest_store = PathBuf::from(format!("/proc/{leader}/root{STORE}"));
-        let present: BTreeSet<OsString> = std::fs::read_dir(&guest_store)
-            .map_err(|e| Error::io("listing the guest's store", &guest_store, e))?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        // What was listed through /proc/PID is the guest's only if it still lives.
-        state.leader_alive(&pidfd)?;
-        // New paths look the way the guest's store already does.
-        let mapping = match state.uid_range {
-            Some(range) if state.store_idmapped => {
-                Some(crate::userns::idmap::mapping_userns(range)?)
-            }
-            _ => None,
-        };
-        for entry in wanted.into_iter().filter(|e| !present.contains(&e.name)) {
-            prepared.push(prepare(entry, mapping.as_ref())?);
+    let added = match (state.closure_only, state.store_overlay) {
+        (true, true) => update_overlay(state, &toplevel, source, &pidfd)?,
+        (true, false) => update_binds(state, &toplevel, source, &pidfd)?,
+        (false, _) => {
+            in_mount_namespace(&guest_mounts(state, &pidfd)?, |_| {
+                store::link_profile(Path::new("/"), &toplevel)
+            })?;
+            Vec::new()
         }
+    };
+    // The new toplevel is kept from the host's garbage collector too.
+    store::gc_root(&StateDir::path_for(&state.name), &toplevel);
+
+    let argv = [switch.to_string_lossy().into_owned(), action.to_owned()];
+    let switch_status = enter::exec(state, &argv, &[])?;
+    Ok(Update {
+        added,
+        switch_status,
+    })
+}
+
+/// Under a user namespace the guest's store is locked read-only (its root
+/// could otherwise make it writable): its store changes in the launcher's
+/// outer mount namespace instead, from which mounts propagate into the
+/// guest's as locked copies. Without one, the guest is host root anyway
+/// and they go straight into its namespace.
+fn guest_mounts(state: &State, pidfd: &OwnedFd) -> Result<OwnedFd> {
+    match state.uid_range {
+        Some(_) => outer_mount_namespace(state),
+        None => pidfd.try_clone().map_err(|e| Error::syscall("dup", e)),
+    }
+}
+
+fn update_error(state: &State, reason: String) -> Error {
+    Error::Update {
+        name: state.name.to_string(),
+        reason,
+    }
+}
+
+/// A new overlay of what the guest's store had (as the launcher recorded
+/// it, never as the guest shows it) and the new closure, in place of the
+/// old one.
+fn update_overlay(
+    state: &State,
+    toplevel: &Path,
+    source: &ClosureSource,
+    pidfd: &OwnedFd,
+) -> Result<Vec<OsString>> {
+    let state_dir = StateDir::path_for(&state.name);
+    // One update at a time: each builds on the record the last one wrote.
+    let _lock = lock_updates(&state_dir)?;
+    let (mut paths, mount_points) = store::read_record(&state_dir)?;
+    let have: HashSet<OsString> = paths.iter().map(|e| e.name.clone()).collect();
+    let new: Vec<Entry> = closure::compute(toplevel, source)?
+        .into_iter()
+        .filter(|e| !have.contains(&e.name))
+        .collect();
+    let added: Vec<OsString> = new.iter().map(|e| e.name.clone()).collect();
+    let ns = guest_mounts(state, pidfd)?;
+    if new.is_empty() {
+        in_mount_namespace(&ns, |_| store::link_profile(Path::new("/"), toplevel))?;
+        return Ok(added);
+    }
+    paths.extend(new);
+    paths.sort_by(|a, b| a.name.cmp(&b.name));
+    // New paths look the way the guest's store already does.
+    let mapping = match state.uid_range {
+        Some(range) if state.store_idmapped => Some(crate::userns::idmap::mapping_userns(range)?),
+        _ => None,
+    };
+    let probe = store::toplevel_probe(toplevel);
+    let new_store = overlay::build(
+        &overlay::Layout {
+            paths: &paths,
+            mount_points: &mount_points,
+        },
+        &overlay::Options {
+            idmap: mapping.as_ref().map(AsFd::as_fd),
+            owner: state.uid_range.map(|r| r.shift),
+            probe: &probe,
+        },
+    )
+    .map_err(|why| update_error(state, format!("cannot make its new store overlay: {why}")))?;
+    let in_userns = state.uid_range.is_some();
+    // The host's /proc: the namespace's own shows the guest's processes,
+    // and this helper is none of them.
+    let proc = nix::fcntl::open(
+        "/proc",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening", "/proc", e.into()))?;
+    in_mount_namespace(&ns, |_| {
+        swap_store(&new_store, &proc, in_userns)?;
+        store::link_profile(Path::new("/"), toplevel)
+    })?;
+    // They must have reached the guest (it may have cut its propagation);
+    // only then is the record (the guest's GC roots among it) the new one.
+    let leader = state.leader.unwrap_or_default();
+    let guest_store = PathBuf::from(format!("/proc/{leader}/root{STORE}"));
+    let missing = added
+        .iter()
+        .find(|name| std::fs::symlink_metadata(guest_store.join(name)).is_err());
+    state.leader_alive(pidfd)?;
+    if let Some(name) = missing {
+        return Err(update_error(
+            state,
+            format!(
+                "{} did not reach the guest: its /nix/store no longer receives nixspawn's mounts (unmounted or made private inside); restart it to update",
+                Path::new(STORE).join(name).display()
+            ),
+        ));
+    }
+    store::write_record(&state_dir, &paths, &mount_points)?;
+    Ok(added)
+}
+
+/// Held while an update changes a guest's store.
+fn lock_updates(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = state_dir.join("update.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&p)
+        .map_err(|e| Error::io("opening", &p, e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io("locking", &p, e.into()))
+}
+
+/// openat2: no symbolic link on the way (mount points were resolved when
+/// they were made; mountinfo names them as they are).
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+/// In the mount namespace that holds the guest's store: put `new` (a
+/// detached store overlay) in place of the one at /nix/store, carrying the
+/// user's mounts on it over. Beneath the old one, which then goes, so the
+/// store is never missing and the mount count stays; on top where the old
+/// one cannot go: the launch-time store of a guest in a user namespace,
+/// whose copy in the guest's namespace is locked (that happens once; later
+/// updates go beneath this one).
+fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
+    // Our own mountinfo, now the namespace's, its paths as seen from its root.
+    let info = "/proc/self/mountinfo";
+    let text = nix::fcntl::openat(
+        proc,
+        "self/mountinfo",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|fd| std::io::read_to_string(std::fs::File::from(fd)))
+    .map_err(|e| Error::io("reading", info, e))?;
+    let mounts = overlay::parse_mountinfo(&text);
+    let store = Path::new(STORE);
+    let here: Vec<&overlay::MountInfo> = mounts.iter().filter(|m| m.mount_point == store).collect();
+    let top = here
+        .iter()
+        .find(|m| !here.iter().any(|o| o.parent == m.id))
+        .copied();
+    // The user's mounts on the store, each with what is mounted below it,
+    // and where each goes in the new one.
+    let mut carried = Vec::new();
+    for m in mounts
+        .iter()
+        .filter(|m| top.is_some_and(|t| m.parent == t.id) && m.mount_point != store)
+    {
+        let Ok(rel) = m.mount_point.strip_prefix(store) else {
+            continue;
+        };
+        let clone = crate::guest::rootfs::mounts::clone_tree(&m.mount_point, true)?;
+        let c = CString::new(rel.as_os_str().as_bytes()).map_err(|_| {
+            Error::io(
+                "mount point",
+                &m.mount_point,
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })?;
+        let target = sys::openat2(
+            new.as_fd(),
+            &c,
+            libc::O_PATH,
+            sys::RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS,
+        )
+        .map_err(|e| {
+            Error::io(
+                "finding the mount point in the new store",
+                &m.mount_point,
+                e,
+            )
+        })?;
+        carried.push((clone, target, m.mount_point.clone()));
+    }
+    let c = CString::new(STORE).expect("no NUL");
+    let mut beneath = top.is_some() && !(in_userns && here.len() == 1);
+    if beneath {
+        match sys::move_mount_beneath(new.as_fd(), &c) {
+            Ok(()) => {}
+            // Before Linux 6.5, or a store the guest has replaced by
+            // something we may not go beneath: on top, one more mount.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => beneath = false,
+            Err(e) => return Err(Error::io("move_mount(beneath)", STORE, e)),
+        }
+    }
+    if !beneath {
+        sys::move_mount_fd(new.as_fd(), None, &c).map_err(|e| Error::io("move_mount", STORE, e))?;
+    }
+    for (clone, target, shown) in &carried {
+        sys::move_mount_onto(clone.as_fd(), target.as_fd())
+            .map_err(|e| Error::io("carrying a mount over to the new store", shown, e))?;
+    }
+    if beneath {
+        // The old one, on top: what is open in it stays usable.
+        nix::mount::umount2(STORE, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| Error::io("unmounting the old store", STORE, e.into()))?;
+    }
+    Ok(())
+}
+
+/// One more bind per new path, in the per-path store's tmpfs.
+fn update_binds(
+    state: &State,
+    toplevel: &Path,
+    source: &ClosureSource,
+    pidfd: &OwnedFd,
+) -> Result<Vec<OsString>> {
+    let leader = state.leader.unwrap_or_default();
+    let wanted = closure::compute(toplevel, source)?;
+    let guest_store = PathBuf::from(format!("/proc/{leader}/root{STORE}"));
+    let present: BTreeSet<OsString> = std::fs::read_dir(&guest_store)
+        .map_err(|e| Error::io("listing the guest's store", &guest_store, e))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    // What was listed through /proc/PID is the guest's only if it still lives.
+    state.leader_alive(pidfd)?;
+    // New paths look the way the guest's store already does.
+    let mapping = match state.uid_range {
+        Some(range) if state.store_idmapped => Some(crate::userns::idmap::mapping_userns(range)?),
+        _ => None,
+    };
+    let mut prepared = Vec::new();
+    for entry in wanted.into_iter().filter(|e| !present.contains(&e.name)) {
+        prepared.push(prepare(entry, mapping.as_ref())?);
     }
     let added = prepared
         .iter()
@@ -81,23 +312,14 @@ pub fn update(
             Prepared::Mount(n, _, _) | Prepared::Symlink(n, _) => n.clone(),
         })
         .collect();
-    // Under a user namespace the guest's store is locked read-only (its
-    // root could otherwise make it writable): the paths are mounted in the
-    // launcher's outer mount namespace instead, from which they propagate
-    // into the guest's as locked copies. Without one, the guest is host
-    // root anyway and they go straight into its namespace.
-    let mount_ns = match state.uid_range {
-        Some(_) => outer_mount_namespace(state)?,
-        None => pidfd.try_clone().map_err(|e| Error::syscall("dup", e))?,
-    };
-    in_mount_namespace(&mount_ns, |store_dir| {
+    in_mount_namespace(&guest_mounts(state, pidfd)?, |store_dir| {
         if !prepared.is_empty() {
             store::remount_store_dir(store_dir, false)?;
             let placed = place(store_dir, &prepared);
             store::remount_store_dir(store_dir, true)?;
             placed?;
         }
-        store::link_profile(Path::new("/"), &toplevel)
+        store::link_profile(Path::new("/"), toplevel)
     })?;
     // They must have reached the guest (it may have unmounted its store or
     // cut its propagation).
@@ -115,22 +337,16 @@ pub fn update(
             }
         };
         if !same(&inside, &host) {
-            return Err(Error::Update {
-                name: state.name.to_string(),
-                reason: format!(
+            return Err(update_error(
+                state,
+                format!(
                     "{} did not reach the guest: its /nix/store no longer receives nixspawn's mounts (unmounted or made private inside); restart it to update",
                     host.display()
                 ),
-            });
+            ));
         }
     }
-
-    let argv = [switch.to_string_lossy().into_owned(), action.to_owned()];
-    let switch_status = enter::exec(state, &argv, &[])?;
-    Ok(Update {
-        added,
-        switch_status,
-    })
+    Ok(added)
 }
 
 /// A read-only detached copy of a host store path (or its link target).
@@ -228,8 +444,8 @@ fn in_mount_namespace(ns: &OwnedFd, work: impl FnOnce(&Path) -> Result<()>) -> R
             drop(theirs);
             let child = child.ok_or_else(|| Error::Protocol("clone3 returned no pidfd".into()))?;
             let msg = ours.recv::<Failure>();
-            let status =
-                sys::pidfd_wait(child.as_fd(), false).map_err(|e| Error::syscall("waitid", e))?;
+            let status = sys::pidfd_wait(child.as_fd(), sys::Wait::Block)
+                .map_err(|e| Error::syscall("waitid", e))?;
             match msg? {
                 Some((failure, _)) => Err(Error::Child(failure)),
                 None if status == Some(sys::ExitKind::Exited(0)) => Ok(()),

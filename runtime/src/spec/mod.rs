@@ -118,6 +118,12 @@ pub struct Spec {
     pub seccomp: bool,
     /// Set no_new_privs for the payload (`--no-new-privileges=yes`).
     pub no_new_privileges: bool,
+    /// `--nested-sandbox`: /proc without nspawn's masks, so that a fresh
+    /// procfs is not "too revealing" for the guest's own sandboxes (Nix's
+    /// PID namespace). Only with a shifted user namespace: there the kernel
+    /// refuses the guest's root what the masks hid (files of the host's
+    /// root, kernel-wide sysctls), and the launcher refuses it otherwise.
+    pub nested_sandbox: bool,
     /// systemd credentials for /run/host/credentials.
     pub credentials: Vec<crate::spec::credentials::Credential>,
     pub working_directory: Option<PathBuf>,
@@ -181,6 +187,7 @@ pub(crate) mod tests {
             syscall_filter: Default::default(),
             seccomp: true,
             no_new_privileges: false,
+            nested_sandbox: false,
             credentials: Vec::new(),
             working_directory: None,
         }

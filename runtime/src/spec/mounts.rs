@@ -151,8 +151,58 @@ impl CustomMount {
     }
 }
 
+/// Split mount(8)-style `options` into mount flags (starting from `base`,
+/// each word setting or clearing one, as systemd's option mangling does)
+/// and the rest, the filesystem's own data.
+pub fn split_mount_flags(
+    base: nix::mount::MsFlags,
+    options: &str,
+) -> (nix::mount::MsFlags, String) {
+    use nix::mount::MsFlags as F;
+    const ATIME: F = F::MS_NOATIME.union(F::MS_RELATIME).union(F::MS_STRICTATIME);
+    let mut flags = base;
+    let mut data: Vec<&str> = Vec::new();
+    for word in options.split(',').filter(|w| !w.is_empty()) {
+        let (set, clear) = match word {
+            "ro" => (F::MS_RDONLY, F::empty()),
+            "rw" => (F::empty(), F::MS_RDONLY),
+            "nosuid" => (F::MS_NOSUID, F::empty()),
+            "suid" => (F::empty(), F::MS_NOSUID),
+            "nodev" => (F::MS_NODEV, F::empty()),
+            "dev" => (F::empty(), F::MS_NODEV),
+            "noexec" => (F::MS_NOEXEC, F::empty()),
+            "exec" => (F::empty(), F::MS_NOEXEC),
+            "noatime" => (F::MS_NOATIME, ATIME),
+            "relatime" => (F::MS_RELATIME, ATIME),
+            "strictatime" => (F::MS_STRICTATIME, ATIME),
+            "nodiratime" => (F::MS_NODIRATIME, F::empty()),
+            "diratime" => (F::empty(), F::MS_NODIRATIME),
+            _ => {
+                data.push(word);
+                continue;
+            }
+        };
+        flags = (flags - clear) | set;
+    }
+    (flags, data.join(","))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mount_flags_are_taken_out_of_tmpfs_options() {
+        use nix::mount::MsFlags as F;
+        let base = F::MS_NODEV | F::MS_STRICTATIME;
+        let (f, d) = super::split_mount_flags(base, "rw,nosuid,noexec");
+        assert_eq!((f, d.as_str()), (base | F::MS_NOSUID | F::MS_NOEXEC, ""));
+        let (f, d) = super::split_mount_flags(base, "mode=0700,ro,size=1m,dev,noatime");
+        assert_eq!(
+            (f, d.as_str()),
+            (F::MS_RDONLY | F::MS_NOATIME, "mode=0700,size=1m")
+        );
+        assert_eq!(super::split_mount_flags(base, "mode=0755").0, base);
+    }
+
     use super::*;
 
     #[test]

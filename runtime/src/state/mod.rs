@@ -25,6 +25,26 @@ use process::{host_boot_id, open_verified};
 
 pub const STATE_ROOT: &str = "/run/nixspawn";
 
+/// Names the directory that stands for `/run` in every path nixspawn and
+/// nixspawnctl keep state in (`/run/nixspawn`, the UID range locks of
+/// `/run/systemd/nspawn-uid`, `/run/nixspawn-chown`), for callers whose
+/// `/run` is not the host's — a Nix build sandbox, a test harness. Unset,
+/// the paths are systemd-nspawn's and its range locks are shared.
+pub const RUNTIME_DIR_ENV: &str = "NIXSPAWN_RUNTIME_DIR";
+
+/// `path` (one of the `/run/...` defaults) with `/run` replaced by
+/// `$NIXSPAWN_RUNTIME_DIR` when that is set to an absolute path.
+pub fn run_path(path: &str) -> PathBuf {
+    relocate(path, std::env::var_os(RUNTIME_DIR_ENV).as_deref())
+}
+
+fn relocate(path: &str, dir: Option<&std::ffi::OsStr>) -> PathBuf {
+    match (dir.map(Path::new), path.strip_prefix("/run/")) {
+        (Some(dir), Some(rest)) if dir.is_absolute() => dir.join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
 /// What nixspawnctl can know about a running container.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -66,6 +86,10 @@ pub struct State {
     /// The guest's store is an idmapped view (root-owned files are its root's).
     #[serde(default)]
     pub store_idmapped: bool,
+    /// The closure-only store is one overlay mount (not one bind per path);
+    /// what it holds is recorded in the state directory.
+    #[serde(default)]
+    pub store_overlay: bool,
     /// The payload's capabilities (bit mask, as /proc/PID/status shows them).
     pub capabilities: u64,
     /// The seccomp filter's adjustments; None when seccomp is off.
@@ -103,22 +127,31 @@ pub const LOCK_DIR: &str = "/run/nixspawn/.locks";
 
 /// The lock file of a machine name.
 pub fn lock_path(name: &MachineName) -> PathBuf {
-    Path::new(LOCK_DIR).join(name.as_str())
+    run_path(LOCK_DIR).join(name.as_str())
+}
+
+/// What [`ensure_root_dir`] does with the mode of a directory that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Set it to the mode asked for: the directory is ours.
+    SetMode,
+    /// Leave it: the directory is shared with others (such as `/run`).
+    KeepMode,
 }
 
 /// Create `dir` (and what is missing above it) with `mode`, whatever the
 /// umask. One that exists must be a directory (not a symlink) owned by
-/// root; with `enforce`, its mode is set to `mode` too (it is ours).
-pub(crate) fn ensure_root_dir(dir: &Path, mode: u32, enforce: bool) -> Result<()> {
+/// root; `existing` says whether its mode is set to `mode` too.
+pub(crate) fn ensure_root_dir(dir: &Path, mode: u32, existing: Existing) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let created = match fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(parent) = dir.parent() {
-                ensure_root_dir(parent, 0o755, false)?;
+                ensure_root_dir(parent, 0o755, Existing::KeepMode)?;
             }
-            return ensure_root_dir(dir, mode, enforce);
+            return ensure_root_dir(dir, mode, existing);
         }
         Err(e) => return Err(Error::io("creating", dir, e)),
     };
@@ -138,7 +171,7 @@ pub(crate) fn ensure_root_dir(dir: &Path, mode: u32, enforce: bool) -> Result<()
             )),
         ));
     }
-    if (created || enforce) && meta.mode() & 0o7777 != mode {
+    if (created || existing == Existing::SetMode) && meta.mode() & 0o7777 != mode {
         f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("chmod", dir, e))?;
     }
@@ -156,14 +189,14 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn path_for(name: &MachineName) -> PathBuf {
-        Path::new(STATE_ROOT).join(name.as_str())
+        run_path(STATE_ROOT).join(name.as_str())
     }
 
     /// Claim the name and its directory, refusing if a live container
     /// holds it. The janitor hears of the lock before and after it is taken.
     pub(crate) fn claim(name: &MachineName, janitor: &JanitorLink) -> Result<Self> {
-        ensure_root_dir(Path::new(STATE_ROOT), 0o755, true)?;
-        ensure_root_dir(Path::new(LOCK_DIR), 0o755, true)?;
+        ensure_root_dir(&run_path(STATE_ROOT), 0o755, Existing::SetMode)?;
+        ensure_root_dir(&run_path(LOCK_DIR), 0o755, Existing::SetMode)?;
         let path = Self::path_for(name);
         let lock_path = lock_path(name);
         janitor.note(
@@ -293,6 +326,7 @@ impl Drop for StateDir {
 
 /// Remove a state directory (or whatever stands at its path).
 pub fn remove_state_dir(path: &Path) -> Result<()> {
+    crate::nixos::store::remove_gc_roots(path);
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -325,10 +359,11 @@ pub fn load(name: &MachineName) -> Result<State> {
 
 /// All live containers, sorted by name. Stale directories are skipped.
 pub fn list() -> Result<Vec<State>> {
-    let entries = match fs::read_dir(STATE_ROOT) {
+    let root = run_path(STATE_ROOT);
+    let entries = match fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("listing", STATE_ROOT, e)),
+        Err(e) => return Err(Error::io("listing", &root, e)),
     };
     let mut out: Vec<State> = entries
         .flatten()
@@ -396,5 +431,24 @@ impl State {
             pid: self.leader.unwrap_or(0),
             reason: "gone".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod run_path_tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_dir_replaces_run_in_every_state_path() {
+        let d = Some(std::ffi::OsStr::new("/build/run"));
+        assert_eq!(relocate(STATE_ROOT, d), Path::new("/build/run/nixspawn"));
+        assert_eq!(
+            relocate("/run/systemd/nspawn-uid", d),
+            Path::new("/build/run/systemd/nspawn-uid")
+        );
+        assert_eq!(relocate(STATE_ROOT, None), Path::new(STATE_ROOT));
+        // A relative value is ignored rather than resolved against the cwd.
+        let rel = Some(std::ffi::OsStr::new("run"));
+        assert_eq!(relocate(STATE_ROOT, rel), Path::new(STATE_ROOT));
     }
 }

@@ -1,6 +1,7 @@
-//! The fd-based mount API (open_tree, move_mount, mount_setattr, fsopen/
-//! fsconfig/fsmount), openat2 with resolve restrictions, mount IDs and
-//! extended attributes through descriptors.
+//! The fd-based mount API (open_tree, move_mount also beneath a mount,
+//! mount_setattr, fsopen/fsconfig with strings, flags and descriptors,
+//! fsmount), openat2 with resolve restrictions, mount IDs and extended
+//! attributes through descriptors.
 
 use std::ffi::CStr;
 use std::io;
@@ -210,6 +211,8 @@ pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 }
 
 pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x0000_0080;
 
 /// move_mount(2) of a detached mount onto exactly what `to` refers to (an
 /// O_PATH descriptor of the target, MOVE_MOUNT_T_EMPTY_PATH): whatever
@@ -236,51 +239,143 @@ pub fn move_mount_onto(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<(
 /// with `options` ("key=value" or "flag", comma-separated, as mount(8)
 /// takes them) and MOUNT_ATTR_* `attrs`. The descriptor is its root.
 pub fn new_mount(fstype: &CStr, options: &str, attrs: u64) -> io::Result<OwnedFd> {
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    // SAFETY: fstype is NUL-terminated and lives across the call.
-    let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
-    let config = |cmd: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>| {
+    let cstring =
+        |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let fs = FsContext::open(fstype)?;
+    // Named after its type, as mount(8) and nspawn name such mounts.
+    fs.set_string(c"source", fstype)?;
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some((key, value)) => fs.set_string(&cstring(key)?, &cstring(value)?)?,
+            None => fs.set_flag(&cstring(option)?)?,
+        }
+    }
+    fs.create()?;
+    fs.mount(attrs)
+}
+
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_SET_FD: libc::c_uint = 5;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+/// move_mount(2): mount beneath the topmost mount at the target (Linux 6.5).
+const MOVE_MOUNT_BENEATH: libc::c_uint = 0x200;
+
+/// A filesystem context (fsopen): configured key by key, then created and
+/// turned into a detached mount. The closure-only store's overlay is built
+/// with it, its layers passed by descriptor so that no host path reaches
+/// the overlay's options.
+pub struct FsContext {
+    fd: OwnedFd,
+}
+
+impl FsContext {
+    /// fsopen(2) for a filesystem type, close-on-exec.
+    pub fn open(fstype: &CStr) -> io::Result<FsContext> {
+        // SAFETY: fstype is NUL-terminated and lives across the call.
+        let fd =
+            owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+        Ok(FsContext { fd })
+    }
+
+    fn config(
+        &self,
+        cmd: libc::c_uint,
+        key: Option<&CStr>,
+        value: Option<&CStr>,
+        aux: libc::c_int,
+    ) -> io::Result<()> {
         let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
-        // SAFETY: key and value are NUL-terminated or null, as `cmd` wants.
+        // SAFETY: key and value are NUL-terminated or null, as `cmd` wants,
+        // both alive for the call; aux is an integer (a descriptor for
+        // FSCONFIG_SET_FD, borrowed by the caller for the call).
         check(unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
-                fs.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 cmd,
                 ptr(key),
                 ptr(value),
-                0,
+                aux,
             )
         })
         .map(drop)
-    };
-    let cstring =
-        |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
-    // Named after its type, as mount(8) and nspawn name such mounts.
-    config(FSCONFIG_SET_STRING, Some(c"source"), Some(fstype))?;
-    for option in options.split(',').filter(|o| !o.is_empty()) {
-        match option.split_once('=') {
-            Some((key, value)) => config(
-                FSCONFIG_SET_STRING,
-                Some(&cstring(key)?),
-                Some(&cstring(value)?),
-            )?,
-            None => config(FSCONFIG_SET_FLAG, Some(&cstring(option)?), None)?,
-        }
     }
-    config(FSCONFIG_CMD_CREATE, None, None)?;
-    // SAFETY: plain syscall with integer arguments.
-    owned(unsafe {
+
+    /// fsconfig(FSCONFIG_SET_STRING): `key=value`.
+    pub fn set_string(&self, key: &CStr, value: &CStr) -> io::Result<()> {
+        self.config(FSCONFIG_SET_STRING, Some(key), Some(value), 0)
+    }
+
+    /// fsconfig(FSCONFIG_SET_FLAG): a bare `key`.
+    pub fn set_flag(&self, key: &CStr) -> io::Result<()> {
+        self.config(FSCONFIG_SET_FLAG, Some(key), None, 0)
+    }
+
+    /// fsconfig(FSCONFIG_SET_FD): `key` names what `fd` refers to (an
+    /// overlay layer, `lowerdir+`, since Linux 6.13).
+    pub fn set_fd(&self, key: &CStr, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.config(FSCONFIG_SET_FD, Some(key), None, fd.as_raw_fd())
+    }
+
+    /// fsconfig(FSCONFIG_CMD_CREATE): make the superblock.
+    pub fn create(&self) -> io::Result<()> {
+        self.config(FSCONFIG_CMD_CREATE, None, None, 0)
+    }
+
+    /// fsmount(2): a detached mount of the created superblock with the
+    /// MOUNT_ATTR_* flags `attrs`; the descriptor is its root.
+    pub fn mount(&self, attrs: u64) -> io::Result<OwnedFd> {
+        let attrs = libc::c_uint::try_from(attrs)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: plain syscall with integer arguments.
+        owned(unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                self.fd.as_raw_fd(),
+                FSMOUNT_CLOEXEC,
+                attrs,
+            )
+        })
+    }
+
+    /// What the filesystem logged into the context about a failure
+    /// ("e overlay: ..."), if anything (many log to the kernel log instead).
+    pub fn messages(&self) -> Option<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        // Each read returns one message; ENODATA when there are none left.
+        for _ in 0..8 {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    out.push(text.trim_end().to_owned());
+                }
+                _ => break,
+            }
+        }
+        (!out.is_empty()).then(|| out.join("; "))
+    }
+}
+
+/// move_mount(2) of the detached (or attached) mount `from` onto `to`
+/// (resolved from the caller's root and cwd), beneath the mount on top
+/// there: the new mount goes between that one and its parent, so removing
+/// the top afterwards reveals it without a moment of nothing in between.
+pub fn move_mount_beneath(from: BorrowedFd<'_>, to: &CStr) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: both paths are NUL-terminated and live across the call.
+    let ret = unsafe {
         libc::syscall(
-            libc::SYS_fsmount,
-            fs.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            libc::c_uint::try_from(attrs)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH,
         )
-    })
+    };
+    check(ret).map(drop)
 }

@@ -32,47 +32,29 @@ pub enum ExitKind {
     Signaled(i32),
 }
 
-/// waitid(P_PIDFD, WEXITED); retries on EINTR.
-pub fn pidfd_wait(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<ExitKind>> {
-    loop {
-        // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
-        // SAFETY: info is a valid out pointer; P_PIDFD takes the fd as id.
-        let ret = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd().cast_unsigned(),
-                &mut info,
-                flags,
-            )
-        };
-        if ret < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        // SAFETY: waitid filled a SIGCHLD siginfo (or left it zeroed for WNOHANG).
-        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-        if pid == 0 {
-            return Ok(None);
-        }
-        return Ok(Some(match info.si_code {
-            libc::CLD_EXITED => ExitKind::Exited(status),
-            _ => ExitKind::Signaled(status),
-        }));
-    }
+/// How [`pidfd_wait`] waits for the child behind a pidfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Until it has ended, then reap it.
+    Block,
+    /// Reap it if it has ended; `None` if it still runs.
+    Poll,
+    /// Say whether it has ended but leave it a zombie (WNOWAIT): its PID
+    /// stays taken, so a signal sent by PID meanwhile cannot hit a stranger.
+    Peek,
 }
 
-/// How the child behind `pidfd` ended, if it has, leaving it a zombie
-/// (waitid with WNOWAIT): its PID stays taken until [`pidfd_wait`].
-pub fn pidfd_peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitKind>> {
+/// waitid(P_PIDFD, WEXITED, ...) as `how` says; retries on EINTR.
+pub fn pidfd_wait(pidfd: BorrowedFd<'_>, how: Wait) -> io::Result<Option<ExitKind>> {
+    let flags = libc::WEXITED
+        | match how {
+            Wait::Block => 0,
+            Wait::Poll => libc::WNOHANG,
+            Wait::Peek => libc::WNOHANG | libc::WNOWAIT,
+        };
     loop {
         // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
         // SAFETY: info is a valid out pointer; P_PIDFD takes the fd as id.
         let ret = unsafe {
             libc::waitid(

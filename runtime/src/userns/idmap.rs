@@ -42,6 +42,13 @@ pub fn userns_with_map(map: &str) -> Result<OwnedFd> {
         }
         Forked::Parent { pid, pidfd } => {
             drop(rx);
+            // /proc may be of another PID namespace than ours (the
+            // container process, before its pivot): the pidfd's fdinfo
+            // names the child as that /proc knows it.
+            let pid = pidfd
+                .as_ref()
+                .and_then(|fd| pid_in_proc(fd.as_fd()))
+                .unwrap_or(pid);
             let result = (|| {
                 for file in ["uid_map", "gid_map"] {
                     let p = format!("/proc/{pid}/{file}");
@@ -58,11 +65,22 @@ pub fn userns_with_map(map: &str) -> Result<OwnedFd> {
             })();
             drop(tx);
             if let Some(pidfd) = pidfd {
-                let _ = sys::pidfd_wait(pidfd.as_fd(), false);
+                let _ = sys::pidfd_wait(pidfd.as_fd(), sys::Wait::Block);
             }
             result
         }
     }
+}
+
+/// The PID a pidfd refers to, as the mounted /proc numbers it.
+fn pid_in_proc(pidfd: std::os::fd::BorrowedFd<'_>) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|p| *p > 0)
 }
 
 /// A detached clone of the mount tree at `path`, idmapped through `userns`
@@ -119,7 +137,7 @@ fn unsupported(e: &std::io::Error) -> bool {
 /// The host-side mark file for the tree root `root`.
 fn mark_file(root: &OwnedFd) -> std::io::Result<std::path::PathBuf> {
     let st = nix::sys::stat::fstat(root)?;
-    Ok(Path::new(CHOWN_MARK_DIR).join(format!("{}-{}", st.st_dev, st.st_ino)))
+    Ok(crate::state::run_path(CHOWN_MARK_DIR).join(format!("{}-{}", st.st_dev, st.st_ino)))
 }
 
 fn get_mark(root: &OwnedFd) -> std::io::Result<Option<Vec<u8>>> {
@@ -140,7 +158,7 @@ fn set_mark(root: &OwnedFd, value: &[u8]) -> std::io::Result<()> {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(CHOWN_MARK_DIR)?;
+                .create(crate::state::run_path(CHOWN_MARK_DIR))?;
             let file = mark_file(root)?;
             let tmp = file.with_extension("tmp");
             std::fs::write(&tmp, value)?;

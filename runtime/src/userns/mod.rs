@@ -63,16 +63,43 @@ pub(crate) fn prepare(
         value: format!("{}:{}", range.shift, range.range),
         reason: format!(
             "the range overlaps one in use by another container (locks in {})",
-            range::LOCK_DIR
+            crate::state::run_path(range::LOCK_DIR).display()
         ),
     };
+    let own = range::OwnMap::read()?;
     let locked = |range: UidRange| -> Result<(UidRange, Option<RangeLock>)> {
+        // Checked here rather than left to the kernel, whose EPERM on
+        // writing the child's uid_map (or EINVAL delegating the cgroup)
+        // names neither the range nor what fits.
+        if !own.holds(range) {
+            return Err(own.refusal(format!("{}:{}", range.shift, range.range)));
+        }
         let lock = range::lock(range, janitor)?.ok_or_else(|| busy(range))?;
         Ok((range, Some(lock)))
     };
     let tree = spec.directory.as_deref();
+    // An unmasked /proc is safe only where the guest's root is not the
+    // host's: mapped to host uid 0 (no -U, or identity), it could write
+    // /proc/sysrq-trigger and kernel-wide sysctls, which the kernel lets
+    // uid 0 do by ownership.
+    let nested = |shift: Option<u32>| -> Result<()> {
+        if spec.nested_sandbox && shift.is_none_or(|s| s == 0) {
+            return Err(Error::InvalidValue {
+                what: "--nested-sandbox",
+                value: match shift {
+                    None => "without --private-users".into(),
+                    Some(_) => "with a range starting at 0".into(),
+                },
+                reason: "an unmasked /proc needs a guest root that is not the host's root; add -U (--private-users=pick)".into(),
+            });
+        }
+        Ok(())
+    };
     let (range, lock) = match spec.private_users {
-        Mode::No => return Ok(None),
+        Mode::No => {
+            nested(None)?;
+            return Ok(None);
+        }
         Mode::Identity => (
             UidRange {
                 shift: 0,
@@ -101,10 +128,16 @@ pub(crate) fn prepare(
             (range, Some(lock))
         }
     };
+    nested(Some(range.shift))?;
     let mut plan = Plan::unmapped(range);
     // Identity and pre-shifted trees need no ownership work.
     let ownership = if range.shift == 0 || spec.private_users == Mode::FromTree {
         Ownership::Off
+    } else if spec.ownership == Ownership::Auto && tree.is_some_and(already_shifted) {
+        // A tree shifted by chown (nspawn's PrivateUsers=pick, or its auto
+        // where idmaps fail): an idmap on top would show it all as nobody.
+        // Chown keeps it (same range) or moves it (another), as nspawn does.
+        Ownership::Chown
     } else {
         spec.ownership
     };
@@ -157,6 +190,11 @@ fn idmapped_mounts(
         None => None,
     };
     Ok((root, store))
+}
+
+/// Is the tree's root owned by the root of a shifted range?
+fn already_shifted(tree: &Path) -> bool {
+    range::tree_shift(tree).is_ok_and(|shift| shift != 0)
 }
 
 fn chown(tree: Option<&Path>, range: UidRange) -> Result<()> {

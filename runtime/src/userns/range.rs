@@ -43,8 +43,9 @@ impl Drop for RangeLock {
 /// Try to lock one block's file: Ok(None) if another holder has it. The
 /// janitor hears of the attempt before and of the lock after.
 fn lock_block(base: u32, janitor: &JanitorLink) -> Result<Option<(PathBuf, File)>> {
-    crate::state::ensure_root_dir(Path::new(LOCK_DIR), 0o755, false)?;
-    let path = Path::new(LOCK_DIR).join(base.to_string());
+    let dir = crate::state::run_path(LOCK_DIR);
+    crate::state::ensure_root_dir(&dir, 0o755, crate::state::Existing::KeepMode)?;
+    let path = dir.join(base.to_string());
     janitor.note(&Claim::Range { path: path.clone() }, None)?;
     let Some(f) = crate::state::lockfile::acquire(&path)? else {
         return Ok(None);
@@ -96,13 +97,150 @@ fn in_user_database(base: u32) -> bool {
     })
 }
 
+/// One line of /proc/PID/uid_map: ids [inside, inside+count) are the
+/// parent namespace's [outside, outside+count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// The ids our own user namespace has: where a guest's range must lie
+/// (the kernel refuses a child map naming ids the writer's namespace
+/// lacks). On the host the map is the whole 32-bit space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnMap {
+    pub uid: Vec<Extent>,
+    pub gid: Vec<Extent>,
+    /// The text of uid_map, for messages.
+    pub shown: String,
+}
+
+fn parse_map(text: &str) -> Vec<Extent> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|x| x.parse::<u32>().ok());
+            Some(Extent {
+                inside: f.next()??,
+                outside: f.next()??,
+                count: f.next()??,
+            })
+        })
+        .collect()
+}
+
+impl OwnMap {
+    pub fn parse(uid_map: &str, gid_map: &str) -> OwnMap {
+        OwnMap {
+            uid: parse_map(uid_map),
+            gid: parse_map(gid_map),
+            shown: uid_map.split_whitespace().collect::<Vec<_>>().join(" "),
+        }
+    }
+
+    pub fn read() -> Result<OwnMap> {
+        let read = |p: &str| std::fs::read_to_string(p).map_err(|e| Error::io("reading", p, e));
+        Ok(OwnMap::parse(
+            &read("/proc/self/uid_map")?,
+            &read("/proc/self/gid_map")?,
+        ))
+    }
+
+    /// The initial user namespace's map: every id.
+    pub fn is_initial(&self) -> bool {
+        let all = [Extent {
+            inside: 0,
+            outside: 0,
+            count: u32::MAX,
+        }];
+        self.uid == all && self.gid == all
+    }
+
+    /// Every id of `range` exists here, as uid and as gid.
+    pub fn holds(&self, range: UidRange) -> bool {
+        let within = |ext: &[Extent]| {
+            ext.iter().any(|e| {
+                u64::from(range.shift) >= u64::from(e.inside)
+                    && u64::from(range.shift) + u64::from(range.range)
+                        <= u64::from(e.inside) + u64::from(e.count)
+            })
+        };
+        within(&self.uid) && within(&self.gid)
+    }
+
+    /// The 64K blocks a picked range may use in a nested user namespace:
+    /// every aligned block inside the map but block 0 (our own root's),
+    /// those in systemd's window first.
+    pub fn pickable_blocks(&self, limit: usize) -> Vec<u32> {
+        let mut blocks: Vec<u32> = Vec::new();
+        for e in &self.uid {
+            let first = u64::from(e.inside).div_ceil(u64::from(RANGE)) * u64::from(RANGE);
+            let end = u64::from(e.inside) + u64::from(e.count);
+            let mut b = first.max(u64::from(RANGE));
+            while b + u64::from(RANGE) <= end && blocks.len() < limit * 4 {
+                let base = u32::try_from(b).unwrap_or(u32::MAX);
+                if self.holds(UidRange {
+                    shift: base,
+                    range: RANGE,
+                }) {
+                    blocks.push(base);
+                }
+                b += u64::from(RANGE);
+            }
+        }
+        blocks.sort_by_key(|b| !(PICK_MIN..=PICK_MAX).contains(b));
+        blocks.truncate(limit);
+        blocks
+    }
+
+    /// Why `range` cannot be used here, and what can.
+    pub fn refusal(&self, value: String) -> Error {
+        let fits = if self.pickable_blocks(1).is_empty() {
+            "only --private-users=identity fits".to_owned()
+        } else {
+            "pick a range inside it, or --private-users=pick".to_owned()
+        };
+        Error::InvalidValue {
+            what: "--private-users",
+            value,
+            reason: format!(
+                "this user namespace has only the ids of /proc/self/uid_map ({}); {fits}",
+                self.shown
+            ),
+        }
+    }
+}
+
 /// Pick and lock a free 64K range: the tree's own shift if it is free, then
-/// the machine name's hash, then random candidates (100 tries in all).
+/// the machine name's hash, then random candidates (100 tries in all). In a
+/// nested user namespace (a Nix uid-range builder's has 65536 ids), only
+/// blocks inside our own map are candidates.
 pub(crate) fn pick(
     machine: &str,
     tree_shift: Option<u32>,
     janitor: &JanitorLink,
 ) -> Result<(UidRange, RangeLock)> {
+    let own = OwnMap::read()?;
+    if !own.is_initial() {
+        let candidates = tree_shift
+            .into_iter()
+            .filter(|&b| b != 0 && b % RANGE == 0)
+            .chain(own.pickable_blocks(100));
+        for base in candidates {
+            let range = UidRange {
+                shift: base,
+                range: RANGE,
+            };
+            if !own.holds(range) {
+                continue;
+            }
+            if let Some(lock) = lock(range, janitor)? {
+                return Ok((range, lock));
+            }
+        }
+        return Err(own.refusal("pick".into()));
+    }
     let mut candidates: Vec<u32> = tree_shift
         .into_iter()
         .chain([hashed_candidate(machine)])
@@ -160,6 +298,45 @@ pub fn tree_shift(tree: &Path) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_a_uid_range_builder_only_identity_fits() {
+        // What a Nix 2.34 uid-range build sees.
+        let m = OwnMap::parse("         0  872415232      65536\n", "0 872415232 65536\n");
+        assert!(!m.is_initial());
+        assert!(m.pickable_blocks(100).is_empty());
+        assert!(m.holds(UidRange {
+            shift: 0,
+            range: RANGE
+        }));
+        assert!(!m.holds(UidRange {
+            shift: RANGE,
+            range: RANGE
+        }));
+        let e = m.refusal("pick".into()).to_string();
+        assert!(e.contains("0 872415232 65536"), "{e}");
+        assert!(e.contains("only --private-users=identity fits"), "{e}");
+    }
+
+    #[test]
+    fn a_larger_nested_map_offers_its_aligned_blocks_but_our_own_root() {
+        let m = OwnMap::parse("0 100000 65536\n65536 300000 196608\n", "0 100000 262144\n");
+        assert_eq!(m.pickable_blocks(100), vec![65536, 131072, 196608]);
+        assert!(
+            m.refusal("1:2".into())
+                .to_string()
+                .contains("--private-users=pick")
+        );
+        // A gid map narrower than the uid map limits the blocks.
+        let m = OwnMap::parse("0 100000 262144\n", "0 100000 131072\n");
+        assert_eq!(m.pickable_blocks(100), vec![65536]);
+        let host = OwnMap::parse("0 0 4294967295\n", "0 0 4294967295\n");
+        assert!(host.is_initial());
+        assert!(host.holds(UidRange {
+            shift: PICK_MAX,
+            range: RANGE
+        }));
+    }
 
     #[test]
     fn the_machine_name_hash_matches_systemd_nspawn() {

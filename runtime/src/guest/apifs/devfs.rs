@@ -31,7 +31,7 @@ pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<Mounted> {
         "tmpfs",
         0o755,
         flags,
-        Some(&owner.tmpfs("mode=0755,size=4m")),
+        Some(&owner.tmpfs("mode=0755,size=4m,nr_inodes=64k")),
     )?;
     // Everything below goes into the new tmpfs through its descriptor.
     let dev = mounted.path();
@@ -43,12 +43,24 @@ pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<Mounted> {
             .open(Path::new("/dev").join(name))
             .is_ok()
     };
+    // As nspawn, each node also gets its /dev/char/MAJ:MIN link.
+    let char_dir = dev.join("char");
+    ensure_dir(&char_dir, 0o755)?;
+    owner.chown(&char_dir)?;
     for name in NODES
         .iter()
         .chain(OPTIONAL_NODES.iter().filter(|n| openable(n)))
     {
-        copy_node(name, &dev)?;
-        owner.chown(&dev.join(name))?;
+        // A bound host node is the host's, and chowning it would change
+        // the host's: only nodes we made are given to the guest's root.
+        let (node, rdev) = copy_node(name, &dev)?;
+        if node == Node::Made {
+            owner.chown(&dev.join(name))?;
+        }
+        let link = char_dir.join(char_link_name(rdev));
+        std::os::unix::fs::symlink(Path::new("..").join(name), &link)
+            .map_err(|e| Error::io("symlink", &link, e))?;
+        owner.chown(&link)?;
     }
     if dev.join("net").exists() {
         owner.chown(&dev.join("net"))?;
@@ -71,15 +83,12 @@ pub(crate) fn mount_dev(root: &Path, owner: Owner) -> Result<Mounted> {
         &shm,
         0o1777,
         shm_flags,
-        Some(&owner.tmpfs("mode=01777")),
+        Some(&owner.tmpfs("mode=01777,size=10%,nr_inodes=400k")),
     )?;
     ensure_dir(&dev.join("pts"), 0o755)?;
     owner.chown(&dev.join("pts"))?;
     ensure_dir(&dev.join("mqueue"), 0o755)?;
     owner.chown(&dev.join("mqueue"))?;
-    // The console's mount point: a file the pty's peer is bound onto.
-    ensure_file(&dev.join("console"), 0o600)?;
-    owner.chown(&dev.join("console"))?;
     Ok(mounted)
 }
 
@@ -99,7 +108,28 @@ pub(crate) fn mount_pts_and_mqueue(dev: &Path) -> Result<()> {
     )
 }
 
-fn copy_node(name: &str, dev: &Path) -> Result<()> {
+/// `MAJ:MIN` of a device number.
+fn char_link_name(rdev: u64) -> String {
+    format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    )
+}
+
+/// How a device node got into the guest's /dev.
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    /// mknod: a node of our own.
+    Made,
+    /// The host's node bound onto an empty file, where mknod is refused
+    /// (a user namespace without the host's CAP_MKNOD, such as a Nix
+    /// `uid-range` build sandbox).
+    Bound,
+}
+
+/// A copy of the host's `/dev/NAME`: how it was made, and its device number.
+fn copy_node(name: &str, dev: &Path) -> Result<(Node, u64)> {
     let host = Path::new("/dev").join(name);
     let meta = std::fs::metadata(&host).map_err(|e| Error::io("stat", &host, e))?;
     if !meta.file_type().is_char_device() {
@@ -112,13 +142,20 @@ fn copy_node(name: &str, dev: &Path) -> Result<()> {
     if let Some(parent) = dst.parent() {
         ensure_dir(parent, 0o755)?;
     }
-    mknod(
+    match mknod(
         &dst,
         SFlag::S_IFCHR,
         Mode::from_bits_truncate(meta.mode() & 0o777),
         meta.rdev(),
-    )
-    .map_err(|e| Error::io("mknod", &dst, e.into()))
+    ) {
+        Ok(()) => Ok((Node::Made, meta.rdev())),
+        Err(nix::errno::Errno::EPERM) => {
+            ensure_file(&dst, 0o000)?;
+            bind(&host, &dst, false, false)?;
+            Ok((Node::Bound, meta.rdev()))
+        }
+        Err(e) => Err(Error::io("mknod", &dst, e.into())),
+    }
 }
 
 /// The console: a pty of the guest's own devpts, its peer bound onto
@@ -136,7 +173,22 @@ pub(crate) fn make_console(dev: &Path) -> Result<(OwnedFd, OwnedFd)> {
     let n = sys::pty_number(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTN)", e))?;
     let peer =
         sys::pty_peer(master.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCGPTPEER)", e))?;
+    // Its mount point is made only here: without a console (--console=pipe)
+    // the guest has no /dev/console at all, as under nspawn.
     let console = dev.join("console");
+    ensure_file(&console, 0o600)?;
     bind(&dev.join(format!("pts/{n}")), &console, false, false)?;
     Ok((master, peer))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn char_links_are_named_major_colon_minor() {
+        assert_eq!(super::char_link_name(nix::sys::stat::makedev(1, 3)), "1:3");
+        assert_eq!(
+            super::char_link_name(nix::sys::stat::makedev(10, 200)),
+            "10:200"
+        );
+    }
 }

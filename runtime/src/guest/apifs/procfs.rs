@@ -6,8 +6,8 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::guest::apifs::runhost::inaccessible_file;
-use crate::guest::rootfs::mounts::{Target, bind, clone_tree, mount_fs, mount_new};
+use crate::guest::apifs::runhost::{inaccessible_file, kmsg_fifo};
+use crate::guest::rootfs::mounts::{Target, bind, bind_sealed, clone_tree, mount_fs, mount_new};
 
 /// Overmounted with a mode-0 file: they leak host kernel state.
 const MASKED: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
@@ -18,18 +18,34 @@ const FLAGS: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
+/// nspawn's masks over /proc. Without them (`--nested-sandbox`) the procfs
+/// has no mounts below it, which is what the kernel requires before a user
+/// namespace of the guest's may mount a procfs of its own (else the new
+/// one would be "too revealing": it would show what the masks hide).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Masks {
+    /// `/proc/sys/net` stays writable: the guest owns its network namespace.
+    pub private_network: bool,
+}
+
 /// Mount /proc on `proc` (the guest's /proc, resolved and held); `host`
 /// leads into /run/host (its boot id and masking file).
-pub(crate) fn mount_proc_on(proc: &Target, host: &Path, private_network: bool) -> Result<()> {
+pub(crate) fn mount_proc_on(proc: &Target, host: &Path, masks: Option<Masks>) -> Result<()> {
     let mounted = mount_new("proc", proc, FLAGS, None)?;
-    restrict(&mounted.path(), host, private_network)
+    match masks {
+        Some(m) => restrict(&mounted.path(), host, m.private_network),
+        None => Ok(()),
+    }
 }
 
 /// Mount /proc at the path `proc` (inside the guest's root, after it
 /// pivoted there); `host` is /run/host.
-pub(crate) fn mount_proc(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
+pub(crate) fn mount_proc(proc: &Path, host: &Path, masks: Option<Masks>) -> Result<()> {
     mount_fs("proc", proc, FLAGS, None)?;
-    restrict(proc, host, private_network)
+    match masks {
+        Some(m) => restrict(proc, host, m.private_network),
+        None => Ok(()),
+    }
 }
 
 /// The read-only and masked parts of the procfs at `proc`.
@@ -60,12 +76,12 @@ fn restrict(proc: &Path, host: &Path, private_network: bool) -> Result<()> {
     }
     // Our own boot id, so the guest's journal has its own boots.
     let boot_id = sys.join("kernel/random/boot_id");
-    bind(
-        &host.join("proc-sys-kernel-random-boot-id"),
-        &boot_id,
-        false,
-        true,
-    )?;
+    bind_sealed(&host.join("proc-sys-kernel-random-boot-id"), &boot_id)?;
+    // A FIFO of ours instead of the host's kernel log, as nspawn gives.
+    let kmsg = proc.join("kmsg");
+    if kmsg.exists() {
+        bind(&kmsg_fifo(host), &kmsg, false, false)?;
+    }
     let mask = inaccessible_file(host);
     for name in MASKED {
         let p = proc.join(name);

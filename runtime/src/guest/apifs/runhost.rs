@@ -10,8 +10,8 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 
 use crate::error::{Error, Result};
 use crate::guest::rootfs::mounts::{
-    Mounted, Owner, Target, bind as bind_mount, bind_onto, ensure_dir, ensure_file,
-    mount_fs_in_root, remount, write_file,
+    Mounted, Owner, Target, bind_onto, bind_sealed, ensure_dir, ensure_file, mount_fs_in_root,
+    remount, write_file,
 };
 use crate::spec::identity::Uuid;
 
@@ -29,7 +29,7 @@ pub(crate) fn mount_run_and_tmp(root: &Path, owner: Owner) -> Result<Mounted> {
         "tmpfs",
         0o755,
         flags,
-        Some(&owner.tmpfs("mode=0755,size=20%")),
+        Some(&owner.tmpfs("mode=0755,size=20%,nr_inodes=800k")),
     )?;
     mount_fs_in_root(
         root,
@@ -37,7 +37,7 @@ pub(crate) fn mount_run_and_tmp(root: &Path, owner: Owner) -> Result<Mounted> {
         "tmpfs",
         0o1777,
         flags,
-        Some(&owner.tmpfs("mode=01777")),
+        Some(&owner.tmpfs("mode=01777,size=10%,nr_inodes=400k")),
     )?;
     Ok(run)
 }
@@ -63,9 +63,19 @@ pub(crate) fn populate(run: &Mounted, uuid: &Uuid, owner: Owner) -> Result<(Moun
         ("chr", SFlag::S_IFCHR, nix::sys::stat::makedev(0, 0)),
         ("blk", SFlag::S_IFBLK, nix::sys::stat::makedev(0, 0)),
     ];
+    let mut made = Vec::new();
     for (name, kind, dev) in nodes {
         let p = inacc.join(name);
-        mknod(&p, kind, Mode::empty(), dev).map_err(|e| Error::io("mknod", &p, e.into()))?;
+        match mknod(&p, kind, Mode::empty(), dev) {
+            Ok(()) => made.push(name),
+            // A block node needs the host's CAP_MKNOD (a character 0:0
+            // node, a whiteout, does not): without it, as in a Nix
+            // uid-range sandbox, the guest goes without
+            // inaccessible/blk — systemd only uses it to mask block
+            // devices, which such a guest cannot open anyway.
+            Err(nix::errno::Errno::EPERM) if kind == SFlag::S_IFBLK => {}
+            Err(e) => return Err(Error::io("mknod", &p, e.into())),
+        }
     }
     let dir = inacc.join("dir");
     ensure_dir(&dir, 0)?;
@@ -78,8 +88,21 @@ pub(crate) fn populate(run: &Mounted, uuid: &Uuid, owner: Owner) -> Result<(Moun
         .into_iter()
         .find(|p| Path::new(p).exists());
     if let Some(src) = host_release {
-        bind_mount(Path::new(src), &os_release, false, true)?;
+        bind_sealed(Path::new(src), &os_release)?;
     }
+    // Where machinectl's bind and copy-to look (nixspawnctl binds with the
+    // new mount API straight onto the target); as nspawn's, mode 0600.
+    let incoming = host.join("incoming");
+    ensure_dir(&incoming, 0o600)?;
+    std::fs::set_permissions(
+        &incoming,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| Error::io("chmod", &incoming, e))?;
+    // Bound over /proc/kmsg: the guest must not drain the host's kernel log.
+    let kmsg = kmsg_fifo(&host);
+    mknod(&kmsg, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
+        .map_err(|e| Error::io("mkfifo", &kmsg, e.into()))?;
     write_file(
         &host.join("container-manager"),
         format!("{CONTAINER_MANAGER}\n").as_bytes(),
@@ -123,8 +146,10 @@ pub(crate) fn populate(run: &Mounted, uuid: &Uuid, owner: Owner) -> Result<(Moun
         inacc.clone(),
         dir.clone(),
         notify_path.clone(),
+        incoming,
+        kmsg,
     ];
-    ours.extend(nodes.iter().map(|(name, _, _)| inacc.join(name)));
+    ours.extend(made.iter().map(|name| inacc.join(name)));
     ours.extend(
         [
             "container-manager",
@@ -137,6 +162,11 @@ pub(crate) fn populate(run: &Mounted, uuid: &Uuid, owner: Owner) -> Result<(Moun
         owner.chown(p)?;
     }
     Ok((mounted, sock))
+}
+
+/// The FIFO the guest sees as /proc/kmsg (nspawn's `proc-kmsg`).
+pub(crate) fn kmsg_fifo(host: &Path) -> PathBuf {
+    host.join("proc-kmsg")
 }
 
 /// The mode-0 regular file used to mask /proc entries.

@@ -138,6 +138,8 @@ fn attrs(flags: MsFlags) -> u64 {
         (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
         (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
         (MsFlags::MS_STRICTATIME, MOUNT_ATTR_STRICTATIME),
+        (MsFlags::MS_NOATIME, MOUNT_ATTR_NOATIME),
+        (MsFlags::MS_NODIRATIME, MOUNT_ATTR_NODIRATIME),
     ]
     .into_iter()
     .filter(|(ms, _)| flags.contains(*ms))
@@ -242,19 +244,37 @@ pub(crate) fn mount_fs_in_root(
 /// too) before it is attached, so there is no moment at which it is
 /// writable, and under a user namespace the kernel locks it that way.
 pub(crate) fn bind(src: &Path, dst: &Path, recursive: bool, read_only: bool) -> Result<()> {
+    let attrs = if read_only {
+        crate::sys::MOUNT_ATTR_RDONLY
+    } else {
+        0
+    };
+    bind_with(src, dst, recursive, attrs)
+}
+
+/// A read-only, nosuid, nodev, noexec bind of a single file (nspawn's
+/// flags for what it binds in of the host's: os-release, the boot id).
+pub(crate) fn bind_sealed(src: &Path, dst: &Path) -> Result<()> {
+    use crate::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+    bind_with(
+        src,
+        dst,
+        false,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+    )
+}
+
+/// Bind `src` onto `dst` with the MOUNT_ATTR_* `attrs` set.
+fn bind_with(src: &Path, dst: &Path, recursive: bool, attrs: u64) -> Result<()> {
     let fd = clone_tree(src, recursive)?;
-    if read_only {
-        crate::sys::mount_setattr(
-            std::os::fd::AsFd::as_fd(&fd),
-            recursive,
-            crate::sys::MOUNT_ATTR_RDONLY,
-            0,
-        )
-        .map_err(|e| Error::Mount {
-            what: format!("read-only bind of {}", src.display()),
-            target: dst.to_path_buf(),
-            source: e,
-        })?;
+    if attrs != 0 {
+        crate::sys::mount_setattr(std::os::fd::AsFd::as_fd(&fd), recursive, attrs, 0).map_err(
+            |e| Error::Mount {
+                what: format!("read-only bind of {}", src.display()),
+                target: dst.to_path_buf(),
+                source: e,
+            },
+        )?;
     }
     attach(&fd, dst)
 }
@@ -393,13 +413,18 @@ impl CustomMount {
                     (BindIdmap::None, _) => {
                         return bind_onto(source, &dst, *recursive, *read_only).map(drop);
                     }
-                    (_, None) => {
+                    (BindIdmap::Idmap, None) => {
                         return Err(Error::InvalidValue {
                             what: "bind option",
                             value: format!("{}:{}", source.display(), target.display()),
-                            reason: "idmap and rootidmap need a user namespace (--private-users)"
-                                .into(),
+                            reason: "idmap needs a user namespace (--private-users)".into(),
                         });
+                    }
+                    // As nspawn: without a user namespace the guest's root
+                    // is the host's, so the source's owner appears as 0.
+                    (BindIdmap::RootIdmap, None) => {
+                        use std::os::unix::fs::MetadataExt;
+                        crate::userns::idmap::userns_with_map(&format!("{} 0 1\n", meta.uid()))?
                     }
                     (BindIdmap::Idmap, Some((_, mapping))) => {
                         mapping.try_clone().map_err(|e| Error::syscall("dup", e))?
@@ -419,13 +444,13 @@ impl CustomMount {
             }
             CustomMount::Tmpfs { target, options } => {
                 let dst = Target::resolve(root, target, Create::Dir(0o755))?;
-                mount_new(
-                    "tmpfs",
-                    &dst,
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(&ctx.owner.tmpfs(options)),
-                )
-                .map(drop)
+                // As nspawn: nodev and strictatime, then the flags among
+                // the options (nosuid, ro, ...); the rest goes to tmpfs.
+                let (flags, data) = crate::spec::mounts::split_mount_flags(
+                    MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+                    options,
+                );
+                mount_new("tmpfs", &dst, flags, Some(&ctx.owner.tmpfs(&data))).map(drop)
             }
         }
     }

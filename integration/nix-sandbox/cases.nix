@@ -1,0 +1,94 @@
+# Derivations whose builder runs nixspawn, built by tests/nix_sandbox.rs
+# with integration/nix-sandbox/run.sh (which puts the nixspawn bundle at
+# /nixspawn and, for `boot`, a Debian tree at /guest).
+let
+  nixspawn = builtins.path { path = /nixspawn; name = "nixspawn"; };
+  run = import /nixspawn/nix/run.nix { inherit nixspawn; };
+  bb = "${nixspawn}/bin/busybox";
+  # A busybox tree made in the build directory, for command payloads.
+  mkTree = ''
+    mkdir -p /build/t/bin /build/t/usr /build/t/etc
+    cp ${bb} /build/t/bin/busybox
+    for a in sh cat echo ls id grep mount; do ln -s busybox /build/t/bin/$a; done
+  '';
+  # A NixOS-shaped toplevel built here: init is a busybox script.
+  toplevel = derivation {
+    name = "nixos-system-sandboxed";
+    system = builtins.currentSystem;
+    builder = bb;
+    args = [ "sh" "-c" ''
+      ${bb} mkdir $out
+      printf '#!${bb} sh\necho hello from toplevel init, PID $$\n${bb} ls /nix/store\n' >$out/init
+      ${bb} chmod +x $out/init
+    '' ];
+  };
+in
+{
+  # A command as PID 1 with nixspawn's defaults (read-only console on the
+  # build's pty): the lines reach the log whole.
+  command = run {
+    name = "nixspawn-command";
+    script = mkTree + ''
+      nixspawn -M s15-cmd -D /build/t /bin/sh -c 'echo hello from PID $$; echo uid_map $(cat /proc/self/uid_map); cat /proc/self/cgroup; echo devnull >/dev/null && echo dev ok'
+      echo after the guest
+    '';
+  };
+
+  # The same guest, failing: the build fails with its line in the log.
+  failing = run {
+    name = "nixspawn-failing";
+    script = mkTree + ''
+      nixspawn -M s15-fail -D /build/t /bin/sh -c 'echo about to fail; echo FAILING-LINE-s15 >&2; exit 3'
+      echo not reached
+    '';
+  };
+
+  # -U: only identity fits in the builder's 65536 ids; pick is refused
+  # with that said.
+  userns = run {
+    name = "nixspawn-userns";
+    script = mkTree + ''
+      nixspawn -M s15-idy -U --private-users=identity -D /build/t /bin/sh -c 'echo identity uid_map $(cat /proc/self/uid_map)'
+      if nixspawn -M s15-pick --private-users=pick -D /build/t /bin/true 2>err; then echo pick worked; exit 1; fi
+      echo "pick refused: $(cat err)"
+    '';
+  };
+
+  # A closure-only --toplevel, the closure from exportReferencesGraph
+  # (no Nix database or nix-store in the sandbox).
+  toplevel = run {
+    name = "nixspawn-toplevel";
+    env = { inherit toplevel; exportReferencesGraph = [ "graph" toplevel ]; };
+    script = ''
+      # closureInfo's store-paths: every path named in the graph.
+      grep '^/nix/store/' /build/graph | sort -u >/build/store-paths
+      nixspawn -M s15-top --toplevel=$toplevel --closure-file=/build/store-paths
+    '';
+  };
+
+  # A systemd boot of a Debian tree imported into the store, copied into
+  # the build directory (store files are owned by an id unmapped here).
+  boot = run {
+    name = "nixspawn-boot";
+    env.guest = builtins.path {
+      path = /guest;
+      name = "debian-guest";
+      # Device nodes and sockets cannot be store contents.
+      filter = path: type: type != "unknown";
+    };
+    script = ''
+      cp -a $guest /build/g
+      chown -R 0:0 /build/g
+      chmod 755 /build/g
+      nixspawn -M s15-boot -D /build/g -b >/build/console.log 2>&1 &
+      launcher=$!
+      nixspawnctl wait-ready s15-boot --timeout 60
+      echo "state: $(nixspawnctl exec s15-boot systemctl is-system-running)"
+      nixspawnctl exec s15-boot cat /proc/1/comm
+      nixspawnctl poweroff s15-boot
+      wait $launcher
+      echo "launcher exit: $?"
+      grep -c . /build/console.log
+    '';
+  };
+}

@@ -1,0 +1,260 @@
+//! Privileged: nixspawnctl's shell, login, copy-to, copy-from, bind and
+//! logs against a booted bookworm guest: shell and login on a real pty that
+//! is the caller's controlling terminal, copies and binds moving real files,
+//! and guest symlinks aimed at host paths that must lead nowhere but into
+//! the guest.
+
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn read_available(fd: &OwnedFd, wait: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    while nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).unwrap_or(0) > 0 {
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    out
+}
+
+fn read_until(fd: &OwnedFd, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needle:?}; terminal showed: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend(read_available(fd, Duration::from_millis(50)));
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// `nixspawnctl ARGS` in a session of its own whose controlling terminal
+/// is a new pty; the pty's master and the child.
+fn on_pty(args: &[&str]) -> (OwnedFd, std::process::Child) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let child = Command::new("setsid")
+        .args(["--ctty", "--wait", NIXSPAWNCTL])
+        .args(args)
+        .env("TERM", "xterm-test")
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    (pty.master, child)
+}
+
+fn wait_code(child: &mut std::process::Child, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("nixspawnctl did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn booted(prefix: &str) -> (Guest, String) {
+    let tree = tree("bookworm");
+    let name = unique_name(prefix);
+    let mut g = Guest::start(&tree, &name, &["-x", "-b", "--console=passive"]);
+    g.wait_ready();
+    (g, name)
+}
+
+#[test]
+fn shell_gives_a_login_shell_on_a_pty_and_runs_commands_as_a_user() {
+    privileged!();
+    let (_g, name) = booted("shell");
+    let (master, mut child) = on_pty(&["shell", &name]);
+    nix::unistd::write(
+        &master,
+        b"echo \"u=$USER h=$HOME s=$SHELL t=$TERM d=$(pwd) a=$0 tty=$(tty)\"; exit 7\n",
+    )
+    .unwrap();
+    let shown = read_until(&master, "tty=/dev/pts/", Duration::from_secs(20));
+    assert!(
+        shown.contains("u=root h=/root s=/bin/bash t=xterm-test d=/root a=-bash tty=/dev/pts/"),
+        "{shown}"
+    );
+    assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 7);
+
+    let out = Command::new(NIXSPAWNCTL)
+        .args(["shell", &format!("nobody@{name}"), "/bin/sh", "-c"])
+        .arg("echo $(id -u):$(id -g) $USER $HOME $(grep CapEff /proc/self/status); exit 3")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "65534:65534 nobody /nonexistent CapEff: 0000000000000000\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(NIXSPAWNCTL)
+        .args(["shell", &format!("nosuchuser@{name}"), "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nosuchuser") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn login_shows_the_guests_getty_and_the_escape_leaves() {
+    privileged!();
+    let (_g, name) = booted("login");
+    let (master, mut child) = on_pty(&["login", &name]);
+    nix::unistd::write(&master, b"\r").unwrap();
+    let shown = read_until(&master, " login: ", Duration::from_secs(30));
+    // agetty's prompt: the guest's short host name (up to a dot).
+    let short = name.split('.').next().unwrap();
+    assert!(
+        shown.contains(short),
+        "the getty names the guest: {shown:?}"
+    );
+    // The guest's own getty serves it, started by its systemd.
+    let (_, units) = Guest::exec_in(
+        &name,
+        &[
+            "systemctl",
+            "list-units",
+            "--no-legend",
+            "container-getty@*",
+        ],
+    );
+    assert!(units.contains("container-getty@"), "{units:?}");
+    nix::unistd::write(&master, b"\x1d\x1d\x1d").unwrap();
+    assert_eq!(wait_code(&mut child, Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn copies_and_binds_move_real_files_and_guest_links_stay_in_the_guest() {
+    privileged!();
+    let (_g, name) = booted("copy");
+    let host = tempfile::tempdir().unwrap();
+    let hp = host.path();
+    // A host directory and a host secret the guest aims links at.
+    let victim = hp.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let secret = hp.join("secret");
+    std::fs::write(&secret, "HOST SECRET").unwrap();
+    std::fs::create_dir_all(hp.join("in/sub")).unwrap();
+    std::fs::write(hp.join("in/sub/f"), "payload").unwrap();
+    std::os::unix::fs::symlink("sub/f", hp.join("in/link")).unwrap();
+
+    let ctl = |args: &[&str]| {
+        let out = ctl(args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (v, s) = (victim.display().to_string(), secret.display().to_string());
+    Guest::exec_in(
+        &name,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p {v} && ln -s {v} /root/evil && ln -s {s} /root/leak && echo guest > /root/leak-target-missing-ok"
+            ),
+        ],
+    );
+
+    // A tree in, through a guest link aimed at a host directory: it lands
+    // in the guest's directory of that name.
+    let src = hp.join("in").display().to_string();
+    assert_eq!(ctl(&["copy-to", &name, &src, "/root/evil/in"]).0, 0);
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "host dir untouched"
+    );
+    let (_, inside) = Guest::exec_in(
+        &name,
+        &[
+            "sh",
+            "-c",
+            &format!("cat {v}/in/sub/f; echo; readlink {v}/in/link"),
+        ],
+    );
+    assert_eq!(inside, "payload\nsub/f\n");
+    let (code, err) = ctl(&["copy-to", &name, &src, "/root/evil/in"]);
+    assert!(code == 1 && err.contains("File exists"), "{err}");
+
+    // Out, through a guest link aimed at a host file: the guest's file of
+    // that name (there is none), never the host's.
+    let out = hp.join("out").display().to_string();
+    let (code, err) = ctl(&["copy-from", &name, "/root/leak/x", &out]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!hp.join("out").exists());
+    let (code, _) = ctl(&["copy-from", &name, "/root/leak", &out]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_link(hp.join("out")).unwrap(),
+        secret,
+        "a guest link comes out as a link, not the file it names"
+    );
+    let back = hp.join("back").display().to_string();
+    assert_eq!(ctl(&["copy-from", &name, &format!("{v}/in"), &back]).0, 0);
+    assert_eq!(
+        std::fs::read_to_string(hp.join("back/sub/f")).unwrap(),
+        "payload"
+    );
+
+    // A bind, read-only, onto a mount point it creates.
+    let bsrc = hp.join("in").display().to_string();
+    assert_eq!(
+        ctl(&["bind", &name, &bsrc, "/mnt/b", "--read-only", "--mkdir"]).0,
+        0
+    );
+    let (_, seen) = Guest::exec_in(
+        &name,
+        &[
+            "sh",
+            "-c",
+            "cat /mnt/b/sub/f; echo; touch /mnt/b/new 2>&1 | grep -c Read-only",
+        ],
+    );
+    assert_eq!(seen, "payload\n1\n");
+    assert!(!hp.join("in/new").exists());
+    let (code, err) = ctl(&["bind", &name, &bsrc, "/no/such/dir"]);
+    assert!(code == 1 && err.lines().count() == 1, "{err}");
+
+    // The journal.
+    let out = Command::new(NIXSPAWNCTL)
+        .args(["logs", &name, "--no-pager", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("systemd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "HOST SECRET");
+}
