@@ -78,6 +78,9 @@ impl Spawner {
     }
 }
 
+/// A guest's bash and its login environment.
+type Shell = (String, Vec<(String, String)>);
+
 #[derive(Default)]
 struct Life {
     /// The launcher's PID while it runs.
@@ -90,7 +93,7 @@ struct Life {
     hosts_for_boot: u32,
     /// The guest's login environment (after /etc/profile) and its bash,
     /// read once per boot so commands need not source the profile.
-    shell: Option<(String, Vec<(String, String)>)>,
+    shell: Option<Shell>,
     marks: Vec<Mark>,
     /// A generation counter: one per start, so a stale reaper is ignored.
     generation: u64,
@@ -371,7 +374,7 @@ impl Node {
 
     /// The guest's bash and its environment after /etc/profile; None
     /// where it has no bash (then every command sources the profile).
-    fn read_shell(&self) -> Result<Option<(String, Vec<(String, String)>)>> {
+    fn read_shell(&self) -> Result<Option<Shell>> {
         let o = self.exec(
             "command -v bash || true; printf '\\0'; env -0",
             Some(Duration::from_secs(60)),
