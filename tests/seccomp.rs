@@ -59,7 +59,7 @@ fn probe(launcher: &str, tree: &Path, probe: &Path, opts: &[&str]) -> String {
         "{launcher} {opts:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    console_text(&out.stdout)
 }
 
 fn line<'a>(report: &'a str, name: &str) -> &'a str {

@@ -212,7 +212,7 @@ fn run_beside(launcher: &str, tree: &Path, opts: &[&str]) -> (String, Vec<String
         .filter(|l| l.starts_with("Ignoring "))
         .map(str::to_owned)
         .collect();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), warnings)
+    (console_text(&out.stdout), warnings)
 }
 
 fn field<'a>(report: &'a str, name: &str) -> &'a str {

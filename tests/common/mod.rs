@@ -781,3 +781,12 @@ impl Drop for UnitCgroup {
         remove(&self.path);
     }
 }
+
+/// A guest's console output as text, line endings made plain: in
+/// read-only mode (no terminal on stdin) nixspawn writes `\n` where
+/// systemd-nspawn passes the pty's `\r\n` on (deliberately: logs and Nix's
+/// build log show the lines). Comparisons of what the guest printed use
+/// this for both launchers.
+pub fn console_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace("\r\n", "\n")
+}
