@@ -21,6 +21,13 @@ pub fn namespace_id(ns: BorrowedFd<'_>) -> io::Result<u64> {
     crate::sys::namespace_id(ns)
 }
 
+/// Have `cmd`'s process receive `signal` when the thread that spawns it
+/// ends (PR_SET_PDEATHSIG), so a child dies with a runner that is killed.
+/// Spawn from a thread that lives as long as the child should.
+pub fn die_with_parent(cmd: &mut std::process::Command, signal: libc::c_int) {
+    crate::sys::set_pdeathsig_on_spawn(cmd, signal)
+}
+
 /// Let `fd` survive exec (clear FD_CLOEXEC), to hand it to a program we
 /// run by its /proc/self/fd path.
 pub fn inheritable(fd: BorrowedFd<'_>) -> io::Result<()> {

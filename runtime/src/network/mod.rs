@@ -8,6 +8,7 @@
 //!
 //! - `names`: interface names, shortening and MACs (pure functions);
 //! - `netlink`, `rtnl`, `nft`: the netlink clients;
+//! - `netns`: private network namespaces held by a descriptor;
 //! - `plan`: options → links, carried out for one boot;
 //! - `ports`: `-p`, following the guest's addresses;
 //! - `cleanup`: what the janitor hears of, and undoing it;
@@ -16,6 +17,7 @@
 pub mod cleanup;
 pub mod names;
 pub mod netlink;
+pub mod netns;
 pub mod nft;
 pub mod plan;
 pub mod ports;

@@ -222,3 +222,25 @@ pub fn fork_helper<A: Copy>(
         }
     }
 }
+
+/// See `os::die_with_parent`.
+pub fn set_pdeathsig_on_spawn(cmd: &mut std::process::Command, signal: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes the
+    // prctl system call (async-signal-safe, no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::c_ulong::from(signal.cast_unsigned()),
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

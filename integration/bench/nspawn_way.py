@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+# The nixpkgs container test driver's approach, re-created for the benchmark
+# (our own code, from the documented behaviour in
+# ../shared/reference/test-driver.md §3.2): per node a named network
+# namespace (`ip netns add`), one veth per vlan whose host end is a port of
+# bridge br<vlan> (192.168.<vlan>.254), systemd-nspawn 252 joining the
+# namespace with --network-namespace-path, the guest's PID 1 found as the
+# only child of nspawn, every command through
+# `nsenter -t PID1 --mount --uts --ipc --net --pid --cgroup` with an empty
+# environment, and the driver's one-second retry. Run it inside a private
+# network and mount namespace (multinode.sh does: `unshare -n -m`), as the
+# Nix sandbox would be.
+#
+#   nspawn_way.py TREE NODES   (NODES as multinode.sh names them: a0 a1 ... b0 ...)
+
+import os
+import subprocess
+import sys
+import time
+
+TREE = sys.argv[1]
+NAMES = sys.argv[2:]
+
+
+def sh(*args):
+    subprocess.run(args, check=True)
+
+
+def vlans_of(name):
+    return [1, 2] if name == "a0" else ([1] if name.startswith("a") else [2])
+
+
+class Machine:
+    def __init__(self, name, n):
+        self.name, self.n, self.pid1 = name, n, None
+
+    def start(self):
+        ns = f"nixos-nspawn-{self.name}"
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for k, vlan in enumerate(vlans_of(self.name)):
+            host, guest = f"{self.name}-eth{k + 1}", f"eth{k + 1}"
+            sh("ip", "link", "add", host, "type", "veth", "peer", "name", guest, "netns", ns)
+            sh("ip", "link", "set", host, "master", f"br{vlan}", "up")
+            sh("ip", "-n", ns, "addr", "add", f"192.168.{vlan}.{self.n}/24", "dev", guest)
+            sh("ip", "-n", ns, "link", "set", guest, "up")
+        self.proc = subprocess.Popen(
+            [
+                "systemd-nspawn", "-q", f"--machine={self.name}", "--keep-unit", "--register=no",
+                f"--network-namespace-path=/run/netns/{ns}", "-D", TREE, "--volatile=overlay",
+                "--console=pipe", "-b",
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def connect(self):
+        # PID 1 is nspawn's only child.
+        p = self.proc.pid
+        while self.pid1 is None:
+            try:
+                kids = open(f"/proc/{p}/task/{p}/children").read().split()
+            except OSError:
+                kids = []
+            if len(kids) == 1:
+                self.pid1 = int(kids[0])
+            else:
+                time.sleep(0.01)
+
+    def execute(self, cmd):
+        self.connect()
+        r = subprocess.run(
+            ["nsenter", "-t", str(self.pid1), "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",
+             "/bin/bash", "-c", f"set -eo pipefail; source /etc/profile; set -u; {cmd}"],
+            env={}, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
+        return r.returncode, r.stdout.decode()
+
+    def succeed(self, cmd):
+        rc, out = self.execute(cmd)
+        if rc != 0:
+            raise Exception(f"{self.name}: command `{cmd}` failed (exit code {rc})")
+        return out
+
+    def wait_for_unit(self, unit):
+        # the driver's retry: one try a second
+        while True:
+            rc, out = self.execute(f"systemctl show -p ActiveState {unit}")
+            if out.strip() == "ActiveState=active":
+                return
+            if out.strip() == "ActiveState=failed":
+                raise Exception(f"{unit} failed")
+            time.sleep(1)
+
+
+def main():
+    try:
+        run()
+    finally:
+        for name in NAMES:
+            subprocess.run(["ip", "netns", "del", f"nixos-nspawn-{name}"], check=False,
+                           stderr=subprocess.DEVNULL)
+
+
+def run():
+    for vlan in (1, 2):
+        sh("ip", "link", "add", f"br{vlan}", "type", "bridge")
+        sh("ip", "addr", "add", f"192.168.{vlan}.254/24", "dev", f"br{vlan}")
+        sh("ip", "link", "set", f"br{vlan}", "up")
+    names = sorted(NAMES)
+    machines = {name: Machine(name, i + 1) for i, name in enumerate(names)}
+    hosts = "127.0.0.1 localhost\n" + "".join(
+        f"192.168.{vlans_of(n)[0]}.{m.n} {n}\n" for n, m in machines.items()
+    )
+    for m in machines.values():
+        m.start()
+    for m in machines.values():
+        m.wait_for_unit("multi-user.target")
+        m.succeed(f"printf '{hosts}' > /etc/hosts")
+    run_checks(machines)
+    for m in machines.values():
+        m.proc.terminate()
+    for m in machines.values():
+        m.proc.wait()
+        # as run-nspawn does at exit
+        subprocess.run(["ip", "netns", "del", f"nixos-nspawn-{m.name}"], check=False)
+    print("nspawn-way: passed")
+
+
+def reach(host):
+    return f"out=$(timeout 3 bash -c 'exec 3<>/dev/tcp/{host}/9' 2>&1 || true); [[ $out == *refused* ]]"
+
+
+def unreachable(addr):
+    return f"out=$(timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/9' 2>&1 || true); [[ $out == *unreachable* ]]"
+
+
+def run_checks(machines):
+    m = machines
+    m["a1"].succeed(reach("a2"))
+    m["b1"].succeed(reach("b2"))
+    m["a0"].succeed(reach("b1"))
+    m["b2"].succeed(reach("192.168.2.1"))
+    m["a1"].succeed(unreachable("192.168.2.2"))
+
+
+if __name__ == "__main__":
+    main()

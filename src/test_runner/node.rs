@@ -1,0 +1,669 @@
+//! One node of a run: its nixspawn process (started, watched, stopped,
+//! crashed, rebooted), commands run in it through the runtime's namespace
+//! entry (`nixspawn-test __enter`, a process of its own so the entry's
+//! forks happen single-threaded), and its boot timeline.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nixspawn_runtime::MachineName;
+use nixspawn_runtime::state;
+
+use super::description::NodeDescription;
+
+/// CLOCK_MONOTONIC in microseconds: the guests' clock too (no time
+/// namespace), so systemd's *TimestampMonotonic values compare with it.
+pub fn monotonic_usec() -> u64 {
+    let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return 0;
+    };
+    (t.tv_sec() as u64) * 1_000_000 + (t.tv_nsec() as u64) / 1000
+}
+
+fn realtime_usec() -> u64 {
+    let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) else {
+        return 0;
+    };
+    (t.tv_sec() as u64) * 1_000_000 + (t.tv_nsec() as u64) / 1000
+}
+
+/// A point of a boot timeline (monotonic microseconds).
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub label: String,
+    pub at: u64,
+}
+
+/// Spawns nixspawn processes from one thread that lives as long as the
+/// run: their parent-death signal fires when the spawning thread ends.
+#[derive(Clone)]
+pub struct Spawner {
+    tx: mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>,
+}
+
+impl Spawner {
+    pub fn new(die_with_runner: bool) -> Spawner {
+        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                if die_with_runner {
+                    nixspawn_runtime::os::die_with_parent(&mut cmd, libc::SIGKILL);
+                }
+                let _ = reply.send(cmd.spawn());
+            }
+            // Keep the thread (and so the children's parent-death signal)
+            // until the process ends.
+            loop {
+                std::thread::park();
+            }
+        });
+        Spawner { tx }
+    }
+
+    fn spawn(&self, cmd: Command) -> Result<Child> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send((cmd, tx))
+            .map_err(|_| anyhow!("the spawner thread is gone"))?;
+        Ok(rx
+            .recv()
+            .map_err(|_| anyhow!("the spawner thread is gone"))??)
+    }
+}
+
+/// A guest's bash and its login environment.
+type Shell = (String, Vec<(String, String)>);
+
+#[derive(Default)]
+struct Life {
+    /// The launcher's PID while it runs.
+    pid: Option<i32>,
+    /// The launcher's last exit, once it ended.
+    exited: Option<ExitStatus>,
+    /// Boots the launcher will have done when the current one is ready.
+    boot: u32,
+    /// /etc/hosts written for this boot.
+    hosts_for_boot: u32,
+    /// The guest's login environment (after /etc/profile) and its bash,
+    /// read once per boot so commands need not source the profile.
+    shell: Option<Shell>,
+    marks: Vec<Mark>,
+    /// A generation counter: one per start, so a stale reaper is ignored.
+    generation: u64,
+}
+
+pub struct Node {
+    pub name: String,
+    pub machine: String,
+    pub console_log: PathBuf,
+    argv: Vec<String>,
+    nixspawn: PathBuf,
+    self_exe: PathBuf,
+    hosts: PathBuf,
+    spawner: Spawner,
+    keep: bool,
+    life: Mutex<Life>,
+    changed: Condvar,
+}
+
+/// What a command returned.
+pub struct Outcome {
+    pub rc: i32,
+    pub stdout: Vec<u8>,
+    pub timed_out: bool,
+}
+
+/// Exit status of `__enter` when entering itself failed.
+pub const ENTER_FAILED: i32 = 255;
+
+pub struct NodeSetup<'a> {
+    pub name: &'a str,
+    pub machine: String,
+    pub description: &'a NodeDescription,
+    pub namespace_path: String,
+    pub out_dir: &'a Path,
+    pub nixspawn: PathBuf,
+    pub self_exe: PathBuf,
+    pub hosts: PathBuf,
+    pub spawner: Spawner,
+    pub keep: bool,
+}
+
+impl Node {
+    pub fn new(s: NodeSetup<'_>) -> Node {
+        let d = s.description;
+        let mut argv = vec![
+            "-q".to_owned(),
+            format!("--machine={}", s.machine),
+            format!("--hostname={}", s.name),
+            "--console=read-only".into(),
+            format!("--network-namespace-path={}", s.namespace_path),
+        ];
+        if let Some(t) = &d.tree {
+            argv.push(format!("--directory={}", t.display()));
+            if d.ephemeral.unwrap_or(true) {
+                argv.push("--ephemeral".into());
+            }
+        }
+        match &d.toplevel {
+            // Its init is PID 1 (nixspawn refuses --boot with it).
+            Some(t) => argv.push(format!("--toplevel={}", t.display())),
+            None => argv.push("--boot".into()),
+        }
+        argv.extend(d.options.iter().cloned());
+        Node {
+            name: s.name.to_owned(),
+            console_log: s.out_dir.join(format!("{}.console.log", s.name)),
+            machine: s.machine,
+            argv,
+            nixspawn: s.nixspawn,
+            self_exe: s.self_exe,
+            hosts: s.hosts,
+            spawner: s.spawner,
+            keep: s.keep,
+            life: Mutex::new(Life::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    fn machine_name(&self) -> Result<MachineName> {
+        Ok(MachineName::new(&self.machine)?)
+    }
+
+    pub fn marks(&self) -> Vec<Mark> {
+        self.life.lock().unwrap().marks.clone()
+    }
+
+    pub fn mark(&self, label: &str, at: u64) {
+        self.life.lock().unwrap().marks.push(Mark {
+            label: label.to_owned(),
+            at,
+        });
+    }
+
+    pub fn running(&self) -> bool {
+        self.life.lock().unwrap().pid.is_some()
+    }
+
+    /// Launch nixspawn (returns at once; `wait_booted` waits).
+    pub fn start(self: &Arc<Self>) -> Result<()> {
+        let mut life = self.life.lock().unwrap();
+        if life.pid.is_some() {
+            return Ok(());
+        }
+        let console = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.console_log)
+            .with_context(|| format!("opening {}", self.console_log.display()))?;
+        let mut cmd = Command::new(&self.nixspawn);
+        cmd.args(&self.argv)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone()?)
+            .stderr(console)
+            // Out of the terminal's process group: ^C is for the script.
+            .process_group(0);
+        let launched = monotonic_usec();
+        let mut child = self
+            .spawner
+            .spawn(cmd)
+            .with_context(|| format!("{}: running {}", self.name, self.nixspawn.display()))?;
+        life.generation += 1;
+        let generation = life.generation;
+        life.pid = Some(child.id() as i32);
+        life.exited = None;
+        life.boot = 1;
+        life.hosts_for_boot = 0;
+        life.shell = None;
+        life.marks = vec![Mark {
+            label: "launch".into(),
+            at: launched,
+        }];
+        drop(life);
+        self.watch_ready(generation);
+        let me = Arc::clone(self);
+        std::thread::spawn(move || {
+            let status = child.wait();
+            let mut life = me.life.lock().unwrap();
+            if life.generation == generation {
+                life.pid = None;
+                life.exited = status.ok();
+            }
+            me.changed.notify_all();
+        });
+        Ok(())
+    }
+
+    /// Note READY=1 of each boot for the timeline when it happens, not
+    /// when the script first asks.
+    fn watch_ready(self: &Arc<Self>, generation: u64) {
+        let me = Arc::clone(self);
+        std::thread::spawn(move || {
+            let Ok(name) = me.machine_name() else { return };
+            let mut noted = 0;
+            loop {
+                let (boot, current) = {
+                    let l = me.life.lock().unwrap();
+                    (l.boot, l.generation == generation && l.pid.is_some())
+                };
+                if !current {
+                    return;
+                }
+                if noted >= boot {
+                    // Until a reboot asks for the next one.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                if let Ok(st) = state::load(&name)
+                    && st.ready
+                    && st.phase == "running"
+                    && st.boot_count >= boot
+                {
+                    me.note_ready(&st, st.boot_count);
+                    noted = st.boot_count;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    }
+
+    /// Wait until the current boot sent READY=1 and /etc/hosts is in place.
+    pub fn wait_booted(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let name = self.machine_name()?;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let (pid, boot, exited) = {
+                let l = self.life.lock().unwrap();
+                (l.pid, l.boot, l.exited)
+            };
+            if pid.is_none() {
+                bail!(
+                    "{} is not running{}",
+                    self.name,
+                    exited.map_or(String::new(), |s| format!(
+                        " (nixspawn exited: {s}; see {})",
+                        self.console_log.display()
+                    ))
+                );
+            }
+            if let Ok(st) = state::load(&name)
+                && st.ready
+                && st.phase == "running"
+                && st.boot_count >= boot
+            {
+                self.note_ready(&st, boot);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not report READY=1 within {}s",
+                    self.name,
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        self.write_hosts()
+    }
+
+    fn note_ready(&self, st: &state::State, boot: u32) {
+        let now = monotonic_usec();
+        let mut l = self.life.lock().unwrap();
+        // The state records PID 1's start in wall-clock time.
+        let offset = realtime_usec().saturating_sub(now);
+        let exec = st.started_usec.saturating_sub(offset);
+        let suffix = if boot > 1 {
+            format!(" (boot {boot})")
+        } else {
+            String::new()
+        };
+        if !l
+            .marks
+            .iter()
+            .any(|m| m.label == format!("PID 1 exec{suffix}"))
+        {
+            l.marks.push(Mark {
+                label: format!("PID 1 exec{suffix}"),
+                at: exec,
+            });
+            l.marks.push(Mark {
+                label: format!("READY=1{suffix}"),
+                at: now,
+            });
+        }
+    }
+
+    fn write_hosts(&self) -> Result<()> {
+        let boot = self.life.lock().unwrap().boot;
+        if self.life.lock().unwrap().hosts_for_boot == boot {
+            return Ok(());
+        }
+        // /etc/hosts may be a link into a read-only store (NixOS): replace it.
+        let o = self.exec(
+            "rm -f /etc/hosts; cat > /etc/hosts",
+            Some(Duration::from_secs(60)),
+            Some(&self.hosts),
+            None,
+        )?;
+        if o.rc != 0 {
+            bail!(
+                "{}: writing /etc/hosts failed (exit code {})",
+                self.name,
+                o.rc
+            );
+        }
+        let shell = self.read_shell()?;
+        let mut l = self.life.lock().unwrap();
+        l.hosts_for_boot = boot;
+        l.shell = shell;
+        Ok(())
+    }
+
+    /// The guest's bash and its environment after /etc/profile; None
+    /// where it has no bash (then every command sources the profile).
+    fn read_shell(&self) -> Result<Option<Shell>> {
+        let o = self.exec(
+            "command -v bash || true; printf '\\0'; env -0",
+            Some(Duration::from_secs(60)),
+            None,
+            None,
+        )?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let Some((bash, env)) = text.split_once('\0') else {
+            return Ok(None);
+        };
+        let bash = bash.trim();
+        if o.rc != 0 || !bash.starts_with('/') {
+            return Ok(None);
+        }
+        let skip = ["SHLVL", "PWD", "OLDPWD", "_", "TERM"];
+        let env = env
+            .split('\0')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| !k.is_empty() && !skip.contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(Some((bash.to_owned(), env)))
+    }
+
+    fn enter_command(&self, command: &str) -> Command {
+        let mut cmd = Command::new(&self.self_exe);
+        cmd.arg("__enter").arg(&self.machine).env_clear();
+        if let Some((bash, env)) = &self.life.lock().unwrap().shell {
+            // The profile's environment as read at boot: one exec less
+            // and no profile to source per command.
+            cmd.args([
+                bash.as_str(),
+                "-c",
+                &format!("set -euo pipefail; {command}"),
+            ])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("TERM", "dumb");
+            return cmd;
+        }
+        // /etc/profile for the guest's PATH (NixOS puts its tools there),
+        // then the command in bash with the driver's shell options (sh
+        // where there is no bash).
+        let wrapper = "[ -r /etc/profile ] && . /etc/profile >/dev/null 2>&1; \
+             if command -v bash >/dev/null 2>&1; then exec bash -c \"set -euo pipefail; $1\"; \
+             else exec sh -c \"set -eu; $1\"; fi";
+        cmd.args(["/bin/sh", "-c", wrapper, "nixspawn-test", command])
+            .env("TERM", "dumb");
+        cmd
+    }
+
+    /// Run `command` in the guest: stdout captured (or written to
+    /// `stdout_file`), stderr to the console log, the exit status exact.
+    /// A timeout stops the command and gives 124, as `timeout(1)` would.
+    pub fn exec(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+        stdin: Option<&Path>,
+        stdout_file: Option<&Path>,
+    ) -> Result<Outcome> {
+        if !self.running() {
+            bail!("{} is not running", self.name);
+        }
+        let mut cmd = self.enter_command(command);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.console_log)?;
+        cmd.stderr(log);
+        match stdin {
+            Some(p) => {
+                cmd.stdin(File::open(p).with_context(|| format!("opening {}", p.display()))?)
+            }
+            None => cmd.stdin(Stdio::null()),
+        };
+        match stdout_file {
+            Some(p) => {
+                cmd.stdout(File::create(p).with_context(|| format!("creating {}", p.display()))?)
+            }
+            None => cmd.stdout(Stdio::piped()),
+        };
+        let mut child = cmd.spawn().context("running the namespace entry")?;
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let (eof_tx, eof_rx) = mpsc::channel();
+        if let Some(mut out) = child.stdout.take() {
+            let buffer = Arc::clone(&buffer);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 16384];
+                while let Ok(n) = out.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buffer.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+                let _ = eof_tx.send(());
+            });
+        } else {
+            drop(eof_tx);
+        }
+        let (status, timed_out) = wait_with_timeout(&mut child, timeout)?;
+        // What the command wrote before it ended, without waiting for a
+        // background process that keeps its stdout open.
+        let _ = eof_rx.recv_timeout(Duration::from_millis(100));
+        let stdout = std::mem::take(&mut *buffer.lock().unwrap());
+        let rc = if timed_out {
+            124
+        } else {
+            use std::os::unix::process::ExitStatusExt;
+            status
+                .code()
+                .or(status.signal().map(|s| 128 + s))
+                .unwrap_or(ENTER_FAILED)
+        };
+        if rc == ENTER_FAILED && !self.running() {
+            bail!("{} stopped while running `{command}`", self.name);
+        }
+        Ok(Outcome {
+            rc,
+            stdout,
+            timed_out,
+        })
+    }
+
+    /// Run `command` and do not wait for it (`check_output=False`).
+    pub fn exec_detached(&self, command: &str) -> Result<()> {
+        if !self.running() {
+            bail!("{} is not running", self.name);
+        }
+        let mut cmd = self.enter_command(command);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.console_log)?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        let mut child = cmd.spawn().context("running the namespace entry")?;
+        std::thread::spawn(move || child.wait());
+        Ok(())
+    }
+
+    fn signal_launcher(&self, sig: libc::c_int) -> Result<()> {
+        let st = state::load(&self.machine_name()?)?;
+        let pidfd = st.open_supervisor()?;
+        nixspawn_runtime::os::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), sig)
+            .with_context(|| format!("signalling {}'s nixspawn", self.name))
+    }
+
+    fn signal_leader(&self, sig: libc::c_int) -> Result<()> {
+        let st = state::load(&self.machine_name()?)?;
+        let pidfd = st.open_leader()?;
+        nixspawn_runtime::os::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), sig)
+            .with_context(|| format!("signalling {}'s PID 1", self.name))
+    }
+
+    /// Wait for the launcher to end; its status.
+    pub fn wait_exit(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut life = self.life.lock().unwrap();
+        while life.pid.is_some() {
+            match deadline {
+                None => life = self.changed.wait(life).unwrap(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        bail!(
+                            "{} did not stop within {}s",
+                            self.name,
+                            timeout.unwrap().as_secs()
+                        );
+                    }
+                    life = self.changed.wait_timeout(life, d - now).unwrap().0;
+                }
+            }
+        }
+        Ok(life.exited)
+    }
+
+    /// Power off as `poweroff` in the guest would, and wait for the end.
+    pub fn shutdown(&self, timeout: Duration) -> Result<()> {
+        if !self.running() {
+            return Ok(());
+        }
+        // SIGRTMIN+4 to PID 1 is systemd's poweroff request; fall back to
+        // the launcher's SIGTERM (also a clean poweroff) if PID 1 is between boots.
+        if self
+            .signal_leader(nixspawn_runtime::spec::signals::rtmin() + 4)
+            .is_err()
+        {
+            self.signal_launcher(libc::SIGTERM)?;
+        }
+        self.wait_exit(Some(timeout))?;
+        Ok(())
+    }
+
+    /// Stop abruptly: the launcher is killed, its janitor takes the guest.
+    pub fn crash(&self) -> Result<()> {
+        let pid = self.life.lock().unwrap().pid;
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.wait_exit(Some(Duration::from_secs(30)))?;
+        self.wait_name_free(Duration::from_secs(30))
+    }
+
+    /// Until the janitor released the name (the state directory is gone).
+    fn wait_name_free(&self, timeout: Duration) -> Result<()> {
+        let name = self.machine_name()?;
+        let deadline = Instant::now() + timeout;
+        while state::load(&name).is_ok() || state::lock_path(&name).exists() {
+            if Instant::now() > deadline {
+                bail!("{}: the machine name was not released", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Reboot as `reboot` in the guest would; the next command waits for
+    /// the new boot.
+    pub fn reboot(&self) -> Result<()> {
+        let st = state::load(&self.machine_name()?)?;
+        self.life.lock().unwrap().boot = st.boot_count + 1;
+        self.signal_leader(libc::SIGINT)
+    }
+
+    /// At the end of the run: a clean poweroff, then force.
+    pub fn stop(&self, timeout: Duration) {
+        if self.keep || !self.running() {
+            return;
+        }
+        let _ = self.signal_launcher(libc::SIGTERM);
+        if self.wait_exit(Some(timeout)).is_err() {
+            let _ = self.crash();
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> Result<(ExitStatus, bool)> {
+    let Some(timeout) = timeout else {
+        return Ok((child.wait()?, false));
+    };
+    // A watchdog thread asks the entry to stop the command (it forwards
+    // SIGTERM to it) at the deadline, and kills the entry later still.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let done = Arc::new((Mutex::new(false), Condvar::new()));
+    let fired = Arc::new(Mutex::new(false));
+    {
+        let done = Arc::clone(&done);
+        let fired = Arc::clone(&fired);
+        std::thread::spawn(move || {
+            let (lock, cv) = &*done;
+            let mut finished = lock.lock().unwrap();
+            for (wait, sig) in [
+                (timeout, nix::sys::signal::Signal::SIGTERM),
+                (Duration::from_secs(5), nix::sys::signal::Signal::SIGKILL),
+            ] {
+                let deadline = Instant::now() + wait;
+                while !*finished {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    finished = cv.wait_timeout(finished, deadline - now).unwrap().0;
+                }
+                if *finished {
+                    return;
+                }
+                *fired.lock().unwrap() = true;
+                let _ = nix::sys::signal::kill(pid, sig);
+                // (still holding `finished`: the entry is not reaped yet)
+            }
+        });
+    }
+    // Waited for without reaping, then reaped under the lock the watchdog
+    // signals under, so it never signals a reused PID.
+    let _ = nix::sys::wait::waitid(
+        nix::sys::wait::Id::Pid(pid),
+        nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+    );
+    let status = {
+        let (lock, cv) = &*done;
+        let mut finished = lock.lock().unwrap();
+        let s = child.wait()?;
+        *finished = true;
+        cv.notify_all();
+        s
+    };
+    let timed_out = *fired.lock().unwrap();
+    Ok((status, timed_out))
+}

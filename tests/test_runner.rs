@@ -1,0 +1,633 @@
+//! Privileged: nixspawn-test end to end. Real guests (the bookworm tree,
+//! the NixOS-shaped systemd toplevel) on the runner's private vlans: a
+//! server, a client on its vlan and a third node on another vlan; every
+//! method of the driver API on its success and failure paths, with the
+//! messages and exit statuses checked; --keep, JUnit, the failure report,
+//! the global timeout, bad descriptions; and nothing left behind, also
+//! after SIGKILL of the runner.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const NIXSPAWN_TEST: &str = env!("CARGO_BIN_EXE_nixspawn-test");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Run nixspawn-test on `description` (the script inline) with `args`.
+fn run_test(description: serde_json::Value, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let desc = dir.path().join("test.json");
+    std::fs::write(&desc, serde_json::to_vec_pretty(&description).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let o = Command::new(NIXSPAWN_TEST)
+        .arg("--nixspawn")
+        .arg(NIXSPAWN)
+        .arg("-o")
+        .arg(&out)
+        .args(args)
+        .arg(&desc)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        out,
+        _dir: dir,
+    }
+}
+
+/// The machines of a run with `prefix` are all gone, with every trace.
+fn assert_run_cleaned_up(prefix: &str, nodes: &[&str]) {
+    for n in nodes {
+        assert_cleaned_up(&format!("{prefix}{n}"), None);
+    }
+}
+
+/// Network namespaces (as nsfs inode links) anyone holds, a process's
+/// own or through an open descriptor, with one holder each ("PID comm").
+fn held_netns() -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let who = || {
+            let comm = std::fs::read_to_string(p.path().join("cmdline")).unwrap_or_default();
+            format!("{pid} {}", comm.replace('\0', " "))
+        };
+        if let Ok(l) = std::fs::read_link(p.path().join("ns/net")) {
+            out.entry(l.to_string_lossy().into_owned())
+                .or_insert_with(who);
+        }
+        if let Ok(fds) = std::fs::read_dir(p.path().join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(l) = std::fs::read_link(fd.path()) {
+                    let l = l.to_string_lossy().into_owned();
+                    if l.starts_with("net:[") {
+                        out.entry(l).or_insert_with(who);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Namespaces held now that were not before the run, but those of other
+/// people's processes (helpers run in parallel): a namespace the run left
+/// would be held by one of its own processes (the runner, a launcher, a
+/// janitor, a guest named after the run's prefix, python).
+fn netns_left(before: &std::collections::BTreeMap<String, String>, prefix: &str) -> Vec<String> {
+    held_netns()
+        .into_iter()
+        .filter(|(ns, _)| !before.contains_key(ns))
+        .filter(|(_, who)| {
+            who.contains(prefix)
+                || who.contains("nixspawn-test")
+                || who.contains("nixspawn_test_driver")
+        })
+        .map(|(ns, who)| format!("{ns} held by {who}"))
+        .collect()
+}
+
+/// The listener the server runs: systemd socket activation (the bookworm
+/// tree has no HTTP server, python or nc), answering HTTP/1.0.
+const HTTP_UNITS: &str = r#"
+import base64 as _b64
+def write_file(m, path, text):
+    data = _b64.b64encode(text.encode()).decode()
+    m.succeed(f"mkdir -p $(dirname {path}) && echo {data} | base64 -d > {path}")
+
+def http_server(m, port=80, text="hello from server"):
+    # reads the request (closing with it unread would reset the connection)
+    write_file(m, "/run/http.sh", r"""
+while IFS= read -r line; do
+  case "$line" in ""|"$(printf '\r')") break ;; esac
+done
+printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s\n' "$1"
+""")
+    write_file(m, "/run/systemd/system/http.socket", f"[Socket]\nListenStream={port}\nAccept=yes\n")
+    write_file(m, "/run/systemd/system/http@.service",
+        f"[Service]\nExecStart=/bin/sh /run/http.sh '{text}'\nStandardInput=socket\nStandardOutput=socket\n")
+    m.succeed("systemctl daemon-reload", "systemctl restart http.socket")
+
+def get(m, host, port=80, timeout=900):
+    # curl's job, with bash's /dev/tcp
+    return m.succeed(
+        f"exec 3<>/dev/tcp/{host}/{port}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        timeout=timeout,
+    )
+"#;
+
+#[test]
+fn two_vlans_three_nodes() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14v{}-", std::process::id());
+    let before = held_netns();
+    let script = format!(
+        r#"{HTTP_UNITS}
+start_all()
+server.wait_for_unit("multi-user.target")
+http_server(server)
+server.wait_for_unit("http.socket")
+server.wait_for_open_port(80)
+# names resolve to the first interface, as in the NixOS framework
+assert client.succeed("getent ahostsv4 server").split()[0] == "192.168.1.3"
+assert client.succeed("getent ahostsv4 other").split()[0] == "192.168.2.2"
+out = get(client, "server")
+assert "hello from server" in out, out
+out = get(client, "2001:db8:1::3")
+assert "hello from server" in out, out
+# the interface per vlan, its address and MAC
+assert "192.168.2.2" in other.succeed("cat /proc/net/fib_trie")
+assert other.succeed("cat /sys/class/net/eth1/address").strip() == "52:54:00:12:02:02"
+assert client.succeed("cat /sys/class/net/eth1/address").strip() == "52:54:00:12:01:01"
+other.fail("test -e /sys/class/net/eth2")
+# the third node is on vlan 2 only: the server is out of its reach
+other.fail("exec 3<>/dev/tcp/192.168.1.3/80", timeout=5)
+other.fail("exec 3<>/dev/tcp/server/80", timeout=5)
+print("REACHED-THE-END")
+"#
+    );
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {
+                "server": {"tree": tree, "vlans": [1]},
+                "client": {"tree": tree, "vlans": [1]},
+                "other": {"tree": tree, "vlans": [2]},
+            },
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("REACHED-THE-END"), "{}", r.stdout);
+    // Console lines are prefixed as the driver prints serial lines.
+    assert!(r.stderr.contains("server # "), "{}", r.stderr);
+    assert!(r.out.join("server.console.log").exists());
+    let timeline = std::fs::read_to_string(r.out.join("timeline.svg")).unwrap();
+    assert!(timeline.contains("multi-user.target"), "{timeline}");
+    assert!(r.stderr.contains("server: launch +"), "{}", r.stderr);
+    assert_run_cleaned_up(&prefix, &["server", "client", "other"]);
+    let new = netns_left(&before, &prefix);
+    assert!(new.is_empty(), "network namespaces left: {new:?}");
+}
+
+/// The API's methods, each on its success path and its failure path; the
+/// failures are caught in the script and their messages printed.
+#[test]
+fn every_method_on_both_paths() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14m{}-", std::process::id());
+    let host_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host_file.path(), "from the host\n").unwrap();
+    std::fs::set_permissions(
+        host_file.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let script = format!(
+        r#"{HTTP_UNITS}
+import time
+results = []
+def expect(text, fn, *a, **kw):
+    try:
+        fn(*a, **kw)
+    except Exception as e:
+        assert text in str(e), f"{{text!r}} not in {{e!r}}"
+        results.append(text)
+        print(f"FAILED-AS-EXPECTED {{type(e).__name__}}: {{e}}")
+        return
+    raise Exception(f"{{fn.__name__}} did not fail")
+
+assert machines == [machine]
+with subtest("commands"):
+    machine.start()
+    assert machine.execute("echo out; echo err >&2; exit 3") == (3, "out\n")
+    assert machine.execute("exit 7", check_return=False) == (-1, "")
+    assert machine.execute("touch /tmp/detached", check_output=False) == (-2, "")
+    assert machine.execute("printf 'a\\x01b'")[1] == "a\x01b"
+    assert machine.succeed("echo a", "echo b") == "a\nb\n"
+    expect("command `false` failed (exit code 1)", machine.succeed, "false")
+    expect("command `exit 42` failed (exit code 42)", machine.succeed, "exit 42")
+    assert machine.fail("false") == ""
+    expect("command `true` unexpectedly succeeded", machine.fail, "true")
+    # set -euo pipefail, as the driver's shell
+    assert machine.execute("false | true")[0] == 1
+    assert machine.execute("echo $UNSET_VARIABLE")[0] != 0
+    t0 = time.monotonic()
+    assert machine.execute("sleep 30", timeout=1)[0] == 124
+    assert time.monotonic() - t0 < 10
+    machine.sleep(0.2)
+    machine.wait_for_file("/tmp/detached", timeout=10)
+    expect("action timed out", machine.wait_for_file, "/nonexistent", timeout=2)
+    machine.wait_until_succeeds("test -e /tmp/later || (touch /tmp/later; false)", timeout=10)
+    expect("action timed out", machine.wait_until_succeeds, "false", timeout=2)
+    machine.wait_until_fails("if test -e /tmp/once; then false; else touch /tmp/once; fi", timeout=10)
+    expect("action timed out", machine.wait_until_fails, "true", timeout=2)
+    n = 0
+    def twice(last):
+        global n
+        n += 1
+        return n >= 2
+    retry(twice, timeout_seconds=10)
+    expect("action timed out", retry, lambda last: False, timeout_seconds=1)
+with subtest("units"):
+    machine.wait_for_unit("multi-user.target")
+    machine.succeed("mkdir -p /run/systemd/system",
+        "printf '[Service]\\nExecStart=/bin/false\\n' > /run/systemd/system/broken.service",
+        "systemctl daemon-reload")
+    machine.execute("systemctl start broken.service")
+    expect('unit "broken.service" reached state "failed"', machine.wait_for_unit, "broken.service", timeout=10)
+    expect('unit "never.service" is inactive and there are no pending jobs', machine.wait_for_unit, "never.service", timeout=10)
+    info = machine.get_unit_info("multi-user.target")
+    assert info["ActiveState"] == "active" and info["Id"] == "multi-user.target", info
+    assert machine.get_unit_property("broken.service", "ActiveState") == "failed"
+    machine.require_unit_state("multi-user.target")
+    machine.require_unit_state("broken.service", "failed")
+    expect("to to be in state 'active' but it is in state 'failed'", machine.require_unit_state, "broken.service")
+    rc, out = machine.systemctl("is-active multi-user.target")
+    assert (rc, out) == (0, "active\n"), (rc, out)
+    assert machine.systemctl("is-active broken.service")[0] != 0
+    expect('systemctl show printed no "NoSuchProperty"', machine.get_unit_property, "x.service", "NoSuchProperty")
+with subtest("ports and sockets"):
+    http_server(machine, port=8080)
+    machine.wait_for_open_port(8080, timeout=10)
+    expect("action timed out", machine.wait_for_open_port, 8081, timeout=2)
+    expect("action timed out", machine.wait_for_closed_port, 8080, timeout=2)
+    machine.succeed("systemctl stop http.socket")
+    machine.wait_for_closed_port(8080, timeout=10)
+    machine.wait_for_open_unix_socket("/run/systemd/private", timeout=10)
+    machine.wait_for_open_unix_socket("/run/systemd/notify", is_datagram=True, timeout=10)
+    expect("action timed out", machine.wait_for_open_unix_socket, "/run/nope.sock", timeout=2)
+with subtest("console"):
+    machine.wait_for_console_text("Reached target.*Multi-User", timeout=30)
+    expect("did not appear on the console", machine.wait_for_console_text, "never printed 1234", timeout=2)
+    assert "Multi-User" in machine.get_console_log()
+with subtest("files"):
+    machine.copy_from_host("{host_file}", "/root/dir/copied")
+    assert machine.succeed("cat /root/dir/copied; stat -c '%a %u' /root/dir/copied") == "from the host\n640 0\n"
+    machine.succeed("mkdir -p /root/tree/sub && echo deep > /root/tree/sub/f")
+    machine.copy_from_machine("/root/tree", "fromtree")
+    assert open(os.path.join(machine.out_dir, "fromtree/tree/sub/f")).read() == "deep\n"
+    machine.copy_from_vm("/root/dir/copied")
+    expect("failed (exit code", machine.copy_from_machine, "/nonexistent")
+with subtest("lifecycle"):
+    machine.succeed("touch /run/marker")
+    machine.reboot()
+    machine.fail("test -e /run/marker")
+    assert machine.succeed("hostname").strip() == "machine"
+    machine.shutdown()
+    machine.start()
+    machine.succeed("true")
+    machine.crash()
+    machine.start()
+    machine.wait_for_unit("multi-user.target")
+    machine.execute("poweroff", check_output=False)
+    machine.wait_for_shutdown()
+    assert not machine.is_up()
+    expect("not available in a container", machine.screenshot, "x")
+    expect("not available in a container", machine.send_key, "ctrl-alt-delete")
+    join_all()
+print("RESULTS", len(results))
+"#,
+        host_file = host_file.path().display()
+    );
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 600,
+            "nodes": {"machine": {"tree": tree}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let expected = r.stdout.matches("FAILED-AS-EXPECTED").count();
+    assert!(
+        r.stdout.contains(&format!("RESULTS {expected}")) && expected >= 18,
+        "{}",
+        r.stdout
+    );
+    assert_run_cleaned_up(&prefix, &["machine"]);
+}
+
+/// A failing `succeed`: exit 1 with the failing line, the failure report
+/// of every node, a JUnit report naming the failure, the timeline drawn.
+#[test]
+fn a_failure_exits_1_with_the_line_and_the_report() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14f{}-", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let script = "start_all()\nwith subtest(\"fine\"):\n    a.succeed(\"true\")\n    b.wait_for_unit(\"multi-user.target\")\nwith subtest(\"breaks\"):\n    a.succeed(\"mkdir -p /run/systemd/system && printf '[Service]\\\\nExecStart=/bin/false\\\\n' > /run/systemd/system/bad.service && systemctl daemon-reload && systemctl start bad.service || true\")\n    a.succeed(\"echo to-the-log; exit 3\")\n    print(\"NOT-REACHED\")\n";
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"a": {"tree": tree}, "b": {"tree": tree, "vlans": [1, 2]}},
+            "test_script": script,
+        }),
+        &["--junit", junit.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!r.stdout.contains("NOT-REACHED"));
+    assert!(
+        r.stderr.contains(
+            "!!! RequestedAssertionFailed: command `echo to-the-log; exit 3` failed (exit code 3)"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("test-script.py:7:     a.succeed(\"echo to-the-log; exit 3\")")
+            || r.stderr
+                .contains(":7: a.succeed(\"echo to-the-log; exit 3\")"),
+        "the failing line: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("output: to-the-log"), "{}", r.stderr);
+    assert!(r.stderr.contains("!!! failure report"), "{}", r.stderr);
+    assert!(r.stderr.contains("a: failed units:"), "{}", r.stderr);
+    assert!(r.stderr.contains("bad.service"), "{}", r.stderr);
+    assert!(r.stderr.contains("b: journal tail:"), "{}", r.stderr);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"name="NixOS integration test""#), "{xml}");
+    assert!(xml.contains(r#"<testcase name="fine""#), "{xml}");
+    assert!(xml.contains(r#"<testcase name="breaks""#), "{xml}");
+    assert!(xml.contains("failures=\"1\""), "{xml}");
+    assert!(xml.contains("exit code 3"), "{xml}");
+    assert!(r.out.join("timeline.svg").exists());
+    assert_run_cleaned_up(&prefix, &["a", "b"]);
+}
+
+#[test]
+fn the_global_timeout_ends_the_run_with_143() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14t{}-", std::process::id());
+    let before = held_netns();
+    let t0 = Instant::now();
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 6,
+            "nodes": {"a": {"tree": tree}},
+            "test_script": "a.succeed('true')\nprint('BOOTED')\na.succeed('sleep 600')\n",
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 143, "{}", r.stderr);
+    assert!(r.stdout.contains("BOOTED"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("timeout reached; test terminating..."),
+        "{}",
+        r.stderr
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert_run_cleaned_up(&prefix, &["a"]);
+    let new = netns_left(&before, &prefix);
+    assert!(new.is_empty(), "network namespaces left: {new:?}");
+}
+
+#[test]
+fn keep_leaves_the_nodes_running() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14k{}-", std::process::id());
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "nodes": {"a": {"tree": tree}, "b": {"tree": tree}},
+            "test_script": format!("{HTTP_UNITS}\na.succeed('echo kept > /run/kept')\nhttp_server(a)\nb.succeed('true')\n"),
+        }),
+        &["--keep"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let a = format!("{prefix}a");
+    let b = format!("{prefix}b");
+    let out = ctl(&["exec", &a, "--", "cat", "/run/kept"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    // The vlans are kept too: b reaches a by name.
+    let out = ctl(&[
+        "exec",
+        &b,
+        "--",
+        "bash",
+        "-c",
+        "getent hosts a; exec 3<>/dev/tcp/a/80; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2001:db8:1::1") && text.contains("hello from server"),
+        "{out:?}"
+    );
+    let pin = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("nixspawn-test: vlans kept in network namespace "))
+        .and_then(|l| l.split(' ').next())
+        .map(PathBuf::from)
+        .expect("the pinned namespace is named");
+    for m in [&a, &b] {
+        assert!(ctl(&["stop", m]).status.success());
+        assert_cleaned_up(m, None);
+    }
+    nix::mount::umount(&pin).unwrap();
+    std::fs::remove_file(&pin).unwrap();
+}
+
+/// SIGKILL of the runner: the nodes, their namespaces and the vlans go.
+#[test]
+fn sigkill_of_the_runner_leaves_nothing() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14s{}-", std::process::id());
+    let before = held_netns();
+    let dir = tempfile::tempdir().unwrap();
+    let desc = dir.path().join("t.json");
+    std::fs::write(
+        &desc,
+        serde_json::to_vec(&json!({
+            "machine_prefix": prefix,
+            "nodes": {"a": {"tree": tree}, "b": {"tree": tree, "vlans": [1, 2]}},
+            "test_script": "start_all()\na.succeed('true')\nb.succeed('true')\nprint('UP', flush=True)\nimport time\ntime.sleep(600)\n",
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut child = Command::new(NIXSPAWN_TEST)
+        .args(["--nixspawn", NIXSPAWN])
+        .arg(&desc)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "UP\n");
+    let python: i32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .find(|p: &i32| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("nixspawn_test_driver.py"))
+        })
+        .expect("the driver is the runner's child");
+    let leaders: Vec<i32> = ["a", "b"]
+        .iter()
+        .map(|n| leader_of(&format!("{prefix}{n}")))
+        .collect();
+    // The run's own namespaces: the runner holds each by a descriptor.
+    let ours: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("net:["))
+        .collect();
+    assert_eq!(ours.len(), 3, "the run's, a's and b's: {ours:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    for (n, l) in ["a", "b"].iter().zip(leaders) {
+        // The launcher dies with the runner; its janitor then ends the guest.
+        wait_for("the guest to end", Duration::from_secs(30), || {
+            !Path::new(&format!("/proc/{l}")).exists()
+        });
+        assert_cleaned_up(&format!("{prefix}{n}"), Some(l));
+    }
+    // The driver (python3) dies with the runner too.
+    wait_for("the driver to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{python}")).exists()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = held_netns();
+        let mut new = netns_left(&before, &prefix);
+        new.extend(
+            ours.iter()
+                .filter_map(|ns| held.get(ns).map(|who| format!("{ns} held by {who}"))),
+        );
+        if new.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "network namespaces left: {new:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A NixOS-shaped toplevel (closure-only store, stage 2 execs systemd)
+/// next to a bookworm node on one vlan.
+#[test]
+fn a_nixos_toplevel_node() {
+    privileged!();
+    let tree = tree("bookworm");
+    let fx = nixos();
+    let prefix = format!("t14n{}-", std::process::id());
+    let script = format!(
+        r#"{HTTP_UNITS}
+start_all()
+nixos.wait_for_unit("multi-user.target")
+assert nixos.succeed("readlink /run/current-system").strip() == "{toplevel}"
+http_server(debian)
+debian.wait_for_open_port(80)
+assert "hello from server" in get(nixos, "debian")
+assert nixos.succeed("getent ahostsv4 debian").split()[0] == "192.168.1.1"
+print("NIXOS-OK")
+"#,
+        toplevel = fx.systemd
+    );
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"nixos": {"toplevel": fx.systemd}, "debian": {"tree": tree}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("NIXOS-OK"));
+    assert_run_cleaned_up(&prefix, &["nixos", "debian"]);
+}
+
+#[test]
+fn bad_descriptions_fail_in_one_line_with_nothing_started() {
+    privileged!();
+    let tree = tree("bookworm");
+    for (desc, want) in [
+        (json!({"nodes": {}, "test_script": ""}), "no nodes"),
+        (
+            json!({"nodes": {"a": {"tree": "/nonexistent"}}, "test_script": ""}),
+            "tree /nonexistent is not a directory",
+        ),
+        (
+            json!({"nodes": {"a": {"tree": tree, "options": ["--machine=x"]}}, "test_script": ""}),
+            "option --machine is set by nixspawn-test itself",
+        ),
+        (
+            json!({"nodes": {"a": {"tree": tree}}}),
+            "give exactly one of test_script and test_script_file",
+        ),
+        (
+            json!({"nodes": {"a": {"tree": tree, "vlan": 1}}, "test_script": ""}),
+            "unknown field `vlan`",
+        ),
+    ] {
+        let r = run_test(desc, &[]);
+        assert_eq!(r.code, 2, "{want}: {}", r.stderr);
+        let lines: Vec<_> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(lines[0].contains(want), "{want}: {}", r.stderr);
+    }
+    // A node whose nixspawn refuses its options: MachineError, exit 1.
+    let r = run_test(
+        json!({
+            "machine_prefix": format!("t14b{}-", std::process::id()),
+            "nodes": {"a": {"tree": tree, "options": ["--no-such-option"]}},
+            "test_script": "a.succeed('true')",
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("MachineError: a is not running (nixspawn exited"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("a # "), "{}", r.stderr);
+}
