@@ -5,6 +5,7 @@
 #   sudo integration/bench/compare-builds.sh REV [RUNS]      (not run in CI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. integration/bench/poweroff-unit.sh
 rev=${1:?usage: compare-builds.sh REV [RUNS]}
 runs=${2:-20}
 [ "$(id -u)" = 0 ] || { echo "compare-builds.sh: needs root" >&2; exit 1; }
@@ -21,17 +22,7 @@ bookworm=$(integration/fixtures/debian-tree.sh bookworm)
 
 sys=$work/system
 cp -a "$bookworm/etc/systemd/system" "$sys"
-cat >"$sys/poweroff-after-boot.service" <<'UNIT'
-[Unit]
-Description=Power off once multi-user.target is reached (benchmark)
-After=multi-user.target
-
-[Service]
-Type=oneshot
-ExecStart=/bin/systemctl poweroff --no-block
-UNIT
-mkdir -p "$sys/multi-user.target.wants"
-ln -sf ../poweroff-after-boot.service "$sys/multi-user.target.wants/"
+add_poweroff_unit "$sys"
 
 common="-q --register=no --keep-unit -D $bookworm"
 short=$(git rev-parse --short "$rev")

@@ -5,6 +5,7 @@
 #   sudo integration/bench/run.sh [RUNS]      (not run in CI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. integration/bench/poweroff-unit.sh
 runs=${1:-20}
 
 [ "$(id -u)" = 0 ] || { echo "run.sh: needs root" >&2; exit 1; }
@@ -25,17 +26,7 @@ for suite in bookworm sid; do
 	tree=${!suite}
 	sys=$work/system-$suite
 	cp -a "$tree/etc/systemd/system" "$sys"
-	cat >"$sys/poweroff-after-boot.service" <<'UNIT'
-[Unit]
-Description=Power off once multi-user.target is reached (benchmark)
-After=multi-user.target
-
-[Service]
-Type=oneshot
-ExecStart=/bin/systemctl poweroff --no-block
-UNIT
-	mkdir -p "$sys/multi-user.target.wants"
-	ln -sf ../poweroff-after-boot.service "$sys/multi-user.target.wants/"
+	add_poweroff_unit "$sys"
 done
 
 # nspawn 252 needs this for the sid guest (systemd >= 258 refuses hybrid

@@ -13,6 +13,7 @@
 # per-path; GUESTS=50 unless set in the environment). Default: all.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. integration/bench/poweroff-unit.sh
 runs=${1:-10}
 shift || true
 sections=${*:-launch boot boot-per-path many}
@@ -55,17 +56,7 @@ paths() { wc -l <"$1" | tr -d ' '; }
 sys_etc=$(nix-store --query --requisites "$NIXOS_SYSTEMD" | grep -- '-debian-sid-etc$')
 cp -a "$sys_etc/systemd/system" "$work/nixos-system"
 chmod -R u+w "$work/nixos-system"
-cat >"$work/nixos-system/poweroff-after-boot.service" <<'UNIT'
-[Unit]
-Description=Power off once multi-user.target is reached (benchmark)
-After=multi-user.target
-
-[Service]
-Type=oneshot
-ExecStart=/bin/systemctl poweroff --no-block
-UNIT
-mkdir -p "$work/nixos-system/multi-user.target.wants"
-ln -sf ../poweroff-after-boot.service "$work/nixos-system/multi-user.target.wants/"
+add_poweroff_unit "$work/nixos-system"
 boot="-q --register=no --keep-unit --toplevel=$NIXOS_SYSTEMD --bind-ro=$work/nixos-system:$sys_etc/systemd/system"
 launch="-q --pipe --toplevel=$NIXOS_TINY"
 
