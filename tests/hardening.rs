@@ -582,10 +582,21 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
         .into_iter()
         .filter(|c| c.to_string_lossy().contains(&prefix))
         .collect();
-    let locks: Vec<_> = unheld_range_locks()
-        .difference(&locks_before)
-        .cloned()
-        .collect();
+    // The lock directory is shared with every -U launch on the machine,
+    // other tests' included: a file is briefly unheld between its creation
+    // and its lock, and while a killed launcher's janitor clears it. Only
+    // what stays unheld for a while is ours to count.
+    let mut locks: Vec<_> = Vec::new();
+    for _ in 0..20 {
+        locks = unheld_range_locks()
+            .difference(&locks_before)
+            .cloned()
+            .collect();
+        if locks.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mounts: Vec<_> = host_mounts()
         .into_iter()
         .filter(|m| m.contains(&prefix))
