@@ -6,42 +6,11 @@
 
 mod common;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn read_available(fd: &OwnedFd, wait: Duration) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut fds = [nix::poll::PollFd::new(
-        fd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-    while nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).unwrap_or(0) > 0 {
-        let mut buf = [0u8; 4096];
-        match nix::unistd::read(fd, &mut buf) {
-            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    out
-}
-
-fn read_until(fd: &OwnedFd, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {needle:?}; terminal showed: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend(read_available(fd, Duration::from_millis(50)));
-    }
-    String::from_utf8_lossy(&seen).into_owned()
-}
 
 /// `nixspawnctl ARGS` in a session of its own whose controlling terminal
 /// is a new pty; the pty's master and the child.

@@ -8,13 +8,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, LocalFlags};
 
 fn build_guest_tool(dir: &Path) -> PathBuf {
@@ -52,38 +51,6 @@ fn sleeping_guest(tree: &Path, name: &str, extra: &[&str]) -> Guest {
         ctl(&["status", name]).status.success()
     });
     guest
-}
-
-/// Everything readable from `fd` within `quiet` of the last byte.
-fn read_available(fd: &OwnedFd, quiet: Duration) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        let ms = u16::try_from(quiet.as_millis()).unwrap_or(u16::MAX);
-        if nix::poll::poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) == 0 {
-            return out;
-        }
-        let mut buf = [0u8; 4096];
-        match nix::unistd::read(fd, &mut buf) {
-            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
-            _ => return out,
-        }
-    }
-}
-
-/// Read the pty master until `needle` shows up.
-fn read_until(master: &OwnedFd, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {needle:?}; terminal showed: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend(read_available(master, Duration::from_millis(50)));
-    }
-    String::from_utf8_lossy(&seen).into_owned()
 }
 
 /// A terminal as an administrator's shell has it: a pty whose peer is the

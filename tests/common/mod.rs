@@ -790,3 +790,39 @@ impl Drop for UnitCgroup {
 pub fn console_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).replace("\r\n", "\n")
 }
+
+/// Everything readable from `fd` (a pty master, say) until it has been
+/// quiet for `quiet`, or reads end.
+pub fn read_available(fd: &std::os::fd::OwnedFd, quiet: Duration) -> Vec<u8> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut out = Vec::new();
+    let ms = u16::try_from(quiet.as_millis()).unwrap_or(u16::MAX);
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        if nix::poll::poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) == 0 {
+            return out;
+        }
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => return out,
+        }
+    }
+}
+
+/// Read `fd` until `needle` shows up (failing the test after `timeout`);
+/// returns all that was read.
+pub fn read_until(fd: &std::os::fd::OwnedFd, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needle:?}; terminal showed: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend(read_available(fd, Duration::from_millis(50)));
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
