@@ -11,22 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Build tests/probe/guest-tool.c statically into `dir`.
-pub fn build_guest_tool(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/guest-tool.c");
-    let out = dir.join("guest-tool");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "building the guest tool needs a C compiler and static libc: apt-get install gcc libc6-dev"
-    );
-    out
-}
-
 /// A busybox tree with the guest tool at /usr/bin/guest-tool.
 fn tool_tree() -> tempfile::TempDir {
     let tree = busybox_tree();

@@ -17,21 +17,6 @@ use nix::sys::signal::Signal;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn build_probe(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
-    let out = dir.join("nixspawn-probe");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "building the probe needs a C compiler and static libc: apt-get install gcc libc6-dev"
-    );
-    out
-}
-
 /// A host loop device over a file that starts with a sentinel string;
 /// detached and removed on drop.
 struct HostLoop {

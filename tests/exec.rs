@@ -9,27 +9,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::termios::{self, LocalFlags};
-
-fn build_guest_tool(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/guest-tool.c");
-    let out = dir.join("guest-tool");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "building the guest tool needs a C compiler and static libc: apt-get install gcc libc6-dev"
-    );
-    out
-}
 
 /// A busybox tree with the guest tool at /usr/bin/guest-tool and stty.
 fn tool_tree() -> tempfile::TempDir {

@@ -16,18 +16,7 @@ use nix::sys::signal::Signal;
 
 /// Build tests/probe/notify_flood.c statically into `dir`.
 fn build_flood(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/notify_flood.c");
-    let out = dir.join("notify-flood");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "building the notify flooder needs a C compiler and static libc: apt-get install gcc libc6-dev"
-    );
-    out
+    build_static(dir, "notify_flood.c", "notify-flood", "the notify flooder")
 }
 
 /// The busybox tree with `yes` as well, and the flooder bound at /flood.

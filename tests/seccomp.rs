@@ -12,13 +12,6 @@ use std::process::Command;
 
 use common::*;
 
-/// Build the static probe into `dir`.
-fn build_probe(dir: &Path) -> PathBuf {
-    build_probe_for(dir, None).expect(
-        "building the probe needs a C compiler and static libc: apt-get install gcc libc6-dev",
-    )
-}
-
 /// Build the static probe for an x86 ABI (`-m32`, `-mx32`) into `dir`.
 fn build_probe_for(dir: &Path, abi: Option<&str>) -> Option<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");

@@ -163,22 +163,6 @@ fn unsupported_settings_are_refused_by_name() {
     assert_cleaned_up(&name, None);
 }
 
-/// Build the static probe (tests/probe/probe.c) into `dir`.
-fn build_probe(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
-    let out = dir.join("nixspawn-probe");
-    let status = std::process::Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "building the probe needs a C compiler and static libc: apt-get install gcc libc6-dev"
-    );
-    out
-}
-
 /// What the guest reports about each setting a settings file may try to
 /// change, then the probe's syscall results and capability sets.
 const REPORT: &str = "\

@@ -7,25 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-fn build_probe(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
-    let out = dir.join("nixspawn-probe");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "building the probe needs a C compiler and static libc: apt-get install gcc libc6-dev"
-    );
-    out
-}
 
 /// `probe signals` as PID 1 under `launcher`, run with --keep-unit in a
 /// cgroup of its own as a unit would be, by a caller that ignores SIGHUP

@@ -826,3 +826,32 @@ pub fn read_until(fd: &std::os::fd::OwnedFd, needle: &str, timeout: Duration) ->
     }
     String::from_utf8_lossy(&seen).into_owned()
 }
+
+/// Build `tests/probe/SOURCE` statically into `dir/OUT`; `what` names it
+/// in the failure, which says what to install.
+pub fn build_static(dir: &Path, source: &str, out: &str, what: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/probe")
+        .join(source);
+    let out = dir.join(out);
+    let status = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "building {what} needs a C compiler and static libc: apt-get install gcc libc6-dev"
+    );
+    out
+}
+
+/// The probe (tests/probe/probe.c), built into `dir`.
+pub fn build_probe(dir: &Path) -> PathBuf {
+    build_static(dir, "probe.c", "nixspawn-probe", "the probe")
+}
+
+/// The guest tool (tests/probe/guest-tool.c), built into `dir`.
+pub fn build_guest_tool(dir: &Path) -> PathBuf {
+    build_static(dir, "guest-tool.c", "guest-tool", "the guest tool")
+}
