@@ -92,17 +92,7 @@ pub fn ensure_v2_mount() -> Result<PathBuf> {
     match missing_v2(&facts) {
         MissingV2::Refuse(fix) => Err(Error::Cgroup2NotMounted { fix }),
         MissingV2::Mount => {
-            nix::mount::mount(
-                Some("cgroup2"),
-                dir,
-                Some("cgroup2"),
-                nix::mount::MsFlags::MS_NOSUID
-                    | nix::mount::MsFlags::MS_NODEV
-                    | nix::mount::MsFlags::MS_NOEXEC,
-                Some("nsdelegate"),
-            )
-            .or_else(|_| {
-                // nsdelegate is only accepted in the initial cgroup namespace.
+            let mount = |data: Option<&str>| {
                 nix::mount::mount(
                     Some("cgroup2"),
                     dir,
@@ -110,14 +100,17 @@ pub fn ensure_v2_mount() -> Result<PathBuf> {
                     nix::mount::MsFlags::MS_NOSUID
                         | nix::mount::MsFlags::MS_NODEV
                         | nix::mount::MsFlags::MS_NOEXEC,
-                    None::<&str>,
+                    data,
                 )
-            })
-            .map_err(|e| Error::Mount {
-                what: "cgroup2".into(),
-                target: dir.to_path_buf(),
-                source: e.into(),
-            })?;
+            };
+            // nsdelegate is only accepted in the initial cgroup namespace.
+            mount(Some("nsdelegate"))
+                .or_else(|_| mount(None))
+                .map_err(|e| Error::Mount {
+                    what: "cgroup2".into(),
+                    target: dir.to_path_buf(),
+                    source: e.into(),
+                })?;
             tracing::info!(
                 "mounted cgroup2 on {UNIFIED_ROOT}: none was mounted and this cgroup namespace is ours"
             );
