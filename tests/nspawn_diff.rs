@@ -334,3 +334,44 @@ fn a_bare_private_users_means_yes() {
     let fields: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(fields, ["0", "0", "65536"]);
 }
+
+/// A resolv.conf or timezone that cannot be set up is a warning, not a
+/// failure, as under nspawn, and `-q` does not hide it: a tree whose
+/// /etc/localtime and /etc/resolv.conf are directories runs under both,
+/// for every mode that removes or writes them, and both say so.
+#[test]
+fn resolv_conf_and_timezone_failures_warn_and_go_on() {
+    privileged!();
+    require_nspawn();
+    let tree = tree();
+    for name in ["localtime", "resolv.conf"] {
+        let p = tree.path().join("etc").join(name);
+        let _ = std::fs::remove_file(&p);
+        std::fs::create_dir(&p).unwrap();
+    }
+    for modes in [
+        ["--timezone=delete", "--resolv-conf=delete"],
+        ["--timezone=copy", "--resolv-conf=copy-host"],
+        ["--timezone=copy", "--resolv-conf=replace-host"],
+    ] {
+        for launcher in [NIXSPAWN, NSPAWN] {
+            let (code, out, err) = beside(launcher, tree.path(), &modes, &[], "echo ran");
+            assert_eq!(
+                (code, out.as_str()),
+                (0, "ran\n"),
+                "{launcher} {modes:?}: {err}"
+            );
+            for name in ["localtime", "resolv.conf"] {
+                let line = err.lines().find(|l| l.contains(name));
+                assert!(
+                    line.is_some_and(|l| l.contains("ignoring") && l.contains("Is a directory")),
+                    "{launcher} {modes:?} gave no warning about {name} under -q: {err}"
+                );
+            }
+        }
+        // Nothing was replaced or removed.
+        for name in ["localtime", "resolv.conf"] {
+            assert!(tree.path().join("etc").join(name).is_dir());
+        }
+    }
+}

@@ -8,6 +8,11 @@ use nixspawn_runtime::{Event, Outcome, Spec, spec::signals};
 
 fn report<'a>(spec: &'a Spec, opts: &'a Options) -> impl FnMut(Event<'_>) + 'a {
     move |event| {
+        // nspawn's -q silences its own status lines, not its warnings.
+        if let Event::Warning(text) = event {
+            eprintln!("nixspawn: {text}");
+            return;
+        }
         if opts.quiet {
             return;
         }
@@ -28,7 +33,7 @@ fn report<'a>(spec: &'a Spec, opts: &'a Options) -> impl FnMut(Event<'_>) + 'a {
             }
             Event::Started { .. } => {}
             Event::Notice(text) => eprintln!("nixspawn: {text}"),
-            Event::Ready | Event::Status(_) => {}
+            Event::Ready | Event::Status(_) | Event::Warning(_) => {}
             Event::Stopping => eprintln!("Container {} is being stopped.", spec.machine),
             Event::Rebooting => eprintln!("Container {} is being rebooted.", spec.machine),
             Event::EscapeKill => eprintln!("\r\nKilling container {}.", spec.machine),

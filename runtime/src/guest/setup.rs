@@ -146,6 +146,19 @@ impl<'a> Setup<'a> {
 }
 
 /// A step ran before the one that makes what it needs: a bug in the plan.
+impl Setup<'_> {
+    /// Hand the launcher a step's warning, or its error as one (`what`
+    /// names what was not set up).
+    fn warn_unless_done(&self, what: &str, done: Result<Option<String>>) -> Result<()> {
+        let warning = match done {
+            Ok(None) => return Ok(()),
+            Ok(Some(w)) => w,
+            Err(e) => format!("could not set up {what}, ignoring: {e}"),
+        };
+        self.end.send_warning(warning)
+    }
+}
+
 fn missing(what: &str) -> Error {
     Error::Protocol(format!("setup step out of order: {what} is not there yet"))
 }
@@ -275,15 +288,22 @@ impl Ops for Setup<'_> {
                 };
                 m.apply(self.root()?, &ctx)
             }
-            Step::SetUpTimezone => crate::network::resolv::apply_timezone(
-                self.root()?,
-                &self.plan.network.timezone,
-                owner,
-            )
-            .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}"))),
+            // As nspawn: what cannot be done is a warning, not a failure.
+            Step::SetUpTimezone => {
+                let done = crate::network::resolv::apply_timezone(
+                    self.root()?,
+                    &self.plan.network.timezone,
+                    owner,
+                );
+                self.warn_unless_done("the container's /etc/localtime", done)
+            }
             Step::SetUpResolvConf => {
-                crate::network::resolv::apply_resolv(self.root()?, self.plan.network.resolv, owner)
-                    .map(|w| w.into_iter().for_each(|w| tracing::debug!("{w}")))
+                let done = crate::network::resolv::apply_resolv(
+                    self.root()?,
+                    self.plan.network.resolv,
+                    owner,
+                );
+                self.warn_unless_done("the container's /etc/resolv.conf", done)
             }
             Step::LinkJournal => {
                 let tree = spec.directory.as_ref().ok_or_else(|| missing("a tree"))?;

@@ -51,6 +51,10 @@ enum ToLauncher {
     },
     /// Descriptor: the pty master.
     Console,
+    /// Something that went wrong and was ignored, as nspawn warns and goes
+    /// on (a resolv.conf or timezone it could not set up). May come before
+    /// any other message; the launcher collects them.
+    Warning(String),
     Failed(Failure),
 }
 
@@ -87,7 +91,11 @@ pub(crate) struct Pid1 {
 }
 
 /// The launcher's end.
-pub(crate) struct LauncherEnd(Channel);
+pub(crate) struct LauncherEnd {
+    channel: Channel,
+    /// Warnings received so far, in order, for `take_warnings`.
+    warnings: std::cell::RefCell<Vec<String>>,
+}
 
 /// The container processes' end.
 pub(crate) struct ContainerEnd(Channel);
@@ -95,7 +103,13 @@ pub(crate) struct ContainerEnd(Channel);
 /// A connected pair of ends, close-on-exec both.
 pub(crate) fn pair() -> Result<(LauncherEnd, ContainerEnd)> {
     let (a, b) = channel::pair()?;
-    Ok((LauncherEnd(a), ContainerEnd(b)))
+    Ok((
+        LauncherEnd {
+            channel: a,
+            warnings: Default::default(),
+        },
+        ContainerEnd(b),
+    ))
 }
 
 fn want_fds(step: &'static str, fds: &[OwnedFd], want: usize) -> Result<()> {
@@ -114,7 +128,7 @@ fn want_fds(step: &'static str, fds: &[OwnedFd], want: usize) -> Result<()> {
 impl LauncherEnd {
     /// The next message, which must be `expected`'s (or a failure report).
     fn next(&self, expected: &'static str) -> Result<(ToLauncher, Vec<OwnedFd>)> {
-        match self.0.recv::<ToLauncher>()? {
+        match self.recv()? {
             None => Err(HandshakeError::PeerGone {
                 peer: "container process",
                 us: "launcher",
@@ -135,16 +149,31 @@ impl LauncherEnd {
         .into()
     }
 
+    /// The next message that is not a warning (warnings are kept).
+    fn recv(&self) -> Result<Option<(ToLauncher, Vec<OwnedFd>)>> {
+        loop {
+            match self.channel.recv::<ToLauncher>()? {
+                Some((ToLauncher::Warning(w), _)) => self.warnings.borrow_mut().push(w),
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The warnings the container processes sent so far.
+    pub fn take_warnings(&self) -> Vec<String> {
+        self.warnings.take()
+    }
+
     pub fn send_placed(&self) -> Result<()> {
-        self.0.send(&ToContainer::Placed, &[])
+        self.channel.send(&ToContainer::Placed, &[])
     }
 
     pub fn send_maps_written(&self) -> Result<()> {
-        self.0.send(&ToContainer::MapsWritten, &[])
+        self.channel.send(&ToContainer::MapsWritten, &[])
     }
 
     pub fn send_network_ready(&self) -> Result<()> {
-        self.0.send(&ToContainer::NetworkReady, &[])
+        self.channel.send(&ToContainer::NetworkReady, &[])
     }
 
     pub fn handles(&self) -> Result<Handles> {
@@ -192,7 +221,7 @@ impl LauncherEnd {
     /// The container end closed: the payload was exec'd.
     pub fn exec(&self) -> Result<()> {
         const STEP: &str = "the payload's exec";
-        match self.0.recv::<ToLauncher>()? {
+        match self.recv()? {
             None => Ok(()),
             Some((ToLauncher::Failed(f), _)) => Err(Error::Child(f)),
             Some((other, _)) => Err(Self::unexpected(STEP, other)),
@@ -258,6 +287,10 @@ impl ContainerEnd {
 
     pub fn send_console(&self, master: BorrowedFd<'_>) -> Result<()> {
         self.0.send(&ToLauncher::Console, &[master])
+    }
+
+    pub fn send_warning(&self, text: String) -> Result<()> {
+        self.0.send(&ToLauncher::Warning(text), &[])
     }
 
     pub fn send_failure(&self, failure: Failure) -> Result<()> {
@@ -382,6 +415,19 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("went away"), "{e}");
+    }
+
+    #[test]
+    fn warnings_may_come_before_any_step_and_are_kept_in_order() {
+        let (launcher, container) = pair().unwrap();
+        container.send_warning("first".into()).unwrap();
+        container.send_handles(file().as_fd(), None).unwrap();
+        container.send_warning("second".into()).unwrap();
+        launcher.handles().unwrap();
+        drop(container);
+        launcher.exec().unwrap();
+        assert_eq!(launcher.take_warnings(), ["first", "second"]);
+        assert!(launcher.take_warnings().is_empty());
     }
 
     #[test]

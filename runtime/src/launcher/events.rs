@@ -32,6 +32,10 @@ impl Outcome {
 pub enum Event<'a> {
     /// Something the user should know that is not an error.
     Notice(&'a str),
+    /// Something went wrong and was ignored, as nspawn warns and goes on
+    /// (shown even where notices are not, as nspawn's `-q` still shows
+    /// warnings).
+    Warning(&'a str),
     /// Checks passed and resources are claimed; the guest is about to start.
     Spawning,
     Started {

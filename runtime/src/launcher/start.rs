@@ -27,6 +27,8 @@ pub(crate) struct Started {
     pub outer_mounts: Option<OwnedFd>,
     /// This boot's links and port map (None without links).
     pub network: Option<BootNetwork>,
+    /// What the container processes warned about and went on.
+    pub warnings: Vec<String>,
 }
 
 /// A process that must not outlive a failed start.
@@ -91,6 +93,7 @@ pub(crate) fn start(
             console,
             outer_mounts: None,
             network,
+            warnings: end.take_warnings(),
         }
     } else {
         let handles = end.handles()?;
@@ -124,6 +127,7 @@ pub(crate) fn start(
             console,
             outer_mounts: Some(outer_mounts),
             network,
+            warnings: end.take_warnings(),
         }
     };
     tracing::debug!(

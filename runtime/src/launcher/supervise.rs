@@ -55,7 +55,11 @@ pub(crate) fn run_payload(launch: &mut Launch<'_>, observer: &mut dyn Observer) 
         console,
         outer_mounts,
         network,
+        warnings,
     } = started;
+    for w in &warnings {
+        observer.event(Event::Warning(w));
+    }
     // The leader is our child (or, under a user namespace, one we reap):
     // its PID cannot be reused before we wait for it.
     let identities = ProcessIdentity::of(leader, pidfd.as_fd())
