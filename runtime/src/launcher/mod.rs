@@ -171,7 +171,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let mut notices = Vec::new();
     let mut host = HostLink::open(spec, &link, &mut |n| notices.push(n))?;
     for n in &notices {
-        observer.event(Event::Notice(n));
+        observer.event(Event::Warning(n));
     }
     let cgroups = CgroupLayout::plan(
         &spec.machine,

@@ -156,15 +156,22 @@ pub struct Rtnl {
 impl Rtnl {
     /// A client in the caller's network namespace.
     pub fn open() -> NlResult<Rtnl> {
-        Ok(Rtnl::from_socket(Socket::open(SockProtocol::NetlinkRoute)?))
+        Rtnl::answered(Socket::open(SockProtocol::NetlinkRoute)?)
     }
 
     /// A client in the network namespace `netns`.
     pub fn open_in(netns: BorrowedFd<'_>) -> NlResult<Rtnl> {
-        Ok(Rtnl::from_socket(Socket::open_in(
-            SockProtocol::NetlinkRoute,
-            netns,
-        )?))
+        Rtnl::answered(Socket::open_in(SockProtocol::NetlinkRoute, netns)?)
+    }
+
+    /// A client whose requests give up after a while. The kernel answers
+    /// route requests while they are sent, so a wait this long means
+    /// something is badly wrong, and the supervisor (which reads a guest's
+    /// addresses from its loop) must not hang on it; generous, because
+    /// RTNL is one lock for the whole machine and a busy host holds it.
+    fn answered(sock: Socket) -> NlResult<Rtnl> {
+        sock.set_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Rtnl::from_socket(sock))
     }
 
     pub fn from_socket(sock: Socket) -> Rtnl {
