@@ -1,6 +1,7 @@
 //! Privileged: attacks on the launcher process itself — a guest that floods
 //! the notify socket with descriptors or datagrams, a console flood, racing
-//! launches of one name, SIGKILL of the launcher at random points, and a
+//! launches of one name, SIGKILL of the launcher at random points, a second
+//! --keep-unit launcher in a busy unit, and a
 //! hostile umask or a planted symlink in the state directory. Each test
 //! performs the attack and asserts on what the host then sees.
 
@@ -762,4 +763,56 @@ fn state_writes_do_not_follow_a_planted_symlink() {
     assert!(state_is_file, "state.json is not a regular file any more");
     assert_cleaned_up(&name, None);
     assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "host data\n");
+}
+
+/// A second `--keep-unit` launcher in a unit whose payload cgroup holds a
+/// running guest must not take that cgroup over: before, it "reset" the
+/// payload as left over, killing the first guest. Now it is refused in one
+/// line and the first guest runs on to its end.
+#[test]
+fn a_second_keep_unit_launcher_does_not_kill_the_first_guest() {
+    privileged!();
+    let tree = busybox_tree();
+    let unit = UnitCgroup::new("twice");
+    let launch = |name: &str, script: &str| {
+        let mut cmd = unit.command(NIXSPAWN);
+        cmd.args(["-q", "--register=no", "--keep-unit", "-x", "--console=pipe"])
+            .args(["-M", name, "-D"])
+            .arg(tree.path())
+            .args(["/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let (first_name, second_name) = (unique_name("first"), unique_name("second"));
+    let first = launch(&first_name, "touch /tmp/up; sleep 3; echo survived")
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first guest in the payload cgroup",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(unit.path.join("payload/cgroup.events"))
+                .is_ok_and(|e| e.contains("populated 1"))
+        },
+    );
+    let second = launch(&second_name, "echo second").output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("holds another container's processes"), "{err}");
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(
+        (
+            first.status.code(),
+            String::from_utf8_lossy(&first.stdout).as_ref()
+        ),
+        (Some(0), "survived\n"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_cleaned_up(&first_name, None);
+    assert_cleaned_up(&second_name, None);
+    unit.assert_left_clean();
 }

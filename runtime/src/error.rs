@@ -115,6 +115,11 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error(
+        "{path} holds another container's processes (a second --keep-unit launcher in this unit's cgroup?); run each launcher in a unit of its own, or stop the other first"
+    )]
+    PayloadBusy { path: PathBuf },
+
     #[error("cgroup {step} {path}: {source}")]
     Cgroup {
         step: &'static str,
@@ -184,7 +189,9 @@ impl Error {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Error::Io { path, .. } | Error::Idmap { path, .. } => Some(path),
-            Error::BadTree { path, .. } | Error::TreeBusy { path } => Some(path),
+            Error::BadTree { path, .. }
+            | Error::TreeBusy { path }
+            | Error::PayloadBusy { path } => Some(path),
             Error::Child(f) => f.path.as_deref(),
             _ => None,
         }

@@ -314,6 +314,20 @@ impl CgroupLayout {
         )
     }
 
+    /// Refuse a unit's cgroup whose payload has processes in it: that is
+    /// another launcher's guest (systemd-nspawn would put a second guest in
+    /// the same cgroup), never ours to kill. Called before the layout is
+    /// claimed, since whoever claims it destroys the payload at the end.
+    /// (In our own scope, whose name is claimed, a payload can only be left
+    /// over from a killed run, and [`Self::create`] empties it.)
+    pub fn check_unclaimed(&self) -> Result<()> {
+        let payload = self.payload();
+        if matches!(self.placement, Placement::KeepUnit { .. }) && is_populated(&payload)? {
+            return Err(Error::PayloadBusy { path: payload });
+        }
+        Ok(())
+    }
+
     /// Create the directories; with `--keep-unit` move ourselves (and
     /// `companion`, the janitor) to `supervisor`.
     pub fn create(&self, companion: Option<i32>) -> Result<()> {
@@ -342,7 +356,9 @@ impl CgroupLayout {
             match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // A payload left over from a killed run: empty it and reuse it.
+                    // A payload left over from a killed run (see
+                    // `check_unclaimed` for one that is not): empty it and
+                    // reuse it.
                     if dir == self.payload() {
                         self.reset_payload()?;
                     }

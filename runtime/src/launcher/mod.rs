@@ -178,6 +178,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         spec.keep_unit,
         host.as_ref().and_then(|h| h.scope_unit()),
     )?;
+    cgroups.check_unclaimed()?;
     link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
     let cgroups = session.cgroups.insert(cgroups);
     if let Some(h) = host.as_mut() {
@@ -200,6 +201,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         intent.devices = Some(cgroups.device_plan(rules.clone()));
         link.note(&Claim::Cgroups(Box::new(intent)), None)?;
         let enforced = cgroups.enforce_devices(rules);
+        cgroups.check_unclaimed()?;
         link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
         enforced?;
     } else {
