@@ -13,9 +13,10 @@ pub enum Error {
     BadTree { path: PathBuf, reason: String },
 
     #[error(
-        "directory {path} is in use by another container (lock held); stop it first or use --ephemeral"
+        "directory {path} is in use by another container (lock held); stop it first{}",
+        if *ephemeral { " (an ephemeral run shares a tree only with other ephemeral or read-only runs)" } else { " or use --ephemeral" }
     )]
-    TreeBusy { path: PathBuf },
+    TreeBusy { path: PathBuf, ephemeral: bool },
 
     #[error(
         "{path} has no os-release (neither etc/os-release nor usr/lib/os-release); --boot needs one to treat the tree as an OS"
@@ -190,7 +191,7 @@ impl Error {
         match self {
             Error::Io { path, .. } | Error::Idmap { path, .. } => Some(path),
             Error::BadTree { path, .. }
-            | Error::TreeBusy { path }
+            | Error::TreeBusy { path, .. }
             | Error::PayloadBusy { path } => Some(path),
             Error::Child(f) => f.path.as_deref(),
             _ => None,

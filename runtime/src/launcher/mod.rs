@@ -84,9 +84,10 @@ fn lock_tree(spec: &Spec) -> Result<Option<Flock<File>>> {
     } else {
         FlockArg::LockExclusiveNonblock
     };
-    Flock::lock(f, how)
-        .map(Some)
-        .map_err(|_| Error::TreeBusy { path: dir.clone() })
+    Flock::lock(f, how).map(Some).map_err(|_| Error::TreeBusy {
+        path: dir.clone(),
+        ephemeral: spec.ephemeral,
+    })
 }
 
 /// Everything claimed for the container's life. Dropping it releases it
