@@ -54,32 +54,63 @@ fn booted(prefix: &str) -> (Guest, String) {
 fn shell_gives_a_login_shell_on_a_pty_and_runs_commands_as_a_user() {
     privileged!();
     let (_g, name) = booted("shell");
+    // What the guest's PAM session (pam_env) adds, as under machinectl.
+    let out = ctl(&[
+        "exec",
+        &name,
+        "/bin/sh",
+        "-c",
+        "echo FROM_PAM=yes >> /etc/environment",
+    ]);
+    assert!(out.status.success());
     let (master, mut child) = on_pty(&["shell", &name]);
     nix::unistd::write(
         &master,
-        b"echo \"u=$USER h=$HOME s=$SHELL t=$TERM d=$(pwd) a=$0 tty=$(tty)\"; exit 7\n",
+        b"echo \"u=$USER h=$HOME s=$SHELL t=$TERM d=$(pwd) l=$(shopt -q login_shell && echo y) p=$FROM_PAM uid=$(cat /proc/self/loginuid) tty=$(tty)\"; exit 7\n",
     )
     .unwrap();
     let shown = read_until(&master, "tty=/dev/pts/", Duration::from_secs(20));
     assert!(
-        shown.contains("u=root h=/root s=/bin/bash t=xterm-test d=/root a=-bash tty=/dev/pts/"),
+        shown.contains(
+            "u=root h=/root s=/bin/bash t=xterm-test d=/root l=y p=yes uid=0 tty=/dev/pts/"
+        ),
         "{shown}"
     );
     assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 7);
+    // Entered directly: no PAM session, a login shell named "-bash".
+    let (master, mut child) = on_pty(&["shell", "--no-pam", &name]);
+    nix::unistd::write(
+        &master,
+        b"echo \"a=$0 p=${FROM_PAM:-no} tty=$(tty)\"; exit 5\n",
+    )
+    .unwrap();
+    let shown = read_until(&master, "tty=/dev/pts/", Duration::from_secs(20));
+    assert!(shown.contains("a=-bash p=no tty=/dev/pts/"), "{shown}");
+    assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 5);
 
-    let out = Command::new(NIXSPAWNCTL)
-        .args(["shell", &format!("nobody@{name}"), "/bin/sh", "-c"])
-        .arg("echo $(id -u):$(id -g) $USER $HOME $(grep CapEff /proc/self/status); exit 3")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "65534:65534 nobody /nonexistent CapEff: 0000000000000000\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Over pipes, as another user, through PAM and directly: the guest's
+    // systemd sets HOME for nobody as it likes (machinectl's answer too),
+    // so only the direct entry's HOME is asserted.
+    for (how, home) in [(None, ""), (Some("--no-pam"), " /nonexistent")] {
+        let out = Command::new(NIXSPAWNCTL)
+            .arg("shell")
+            .args(how)
+            .args([&format!("nobody@{name}"), "/bin/sh", "-c"])
+            .arg(format!(
+                "echo $(id -u):$(id -g) $USER{} $(grep CapEff /proc/self/status); exit 3",
+                if home.is_empty() { "" } else { " $HOME" }
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{how:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("65534:65534 nobody{home} CapEff: 0000000000000000\n"),
+            "{how:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = Command::new(NIXSPAWNCTL)
         .args(["shell", &format!("nosuchuser@{name}"), "/bin/true"])
         .output()

@@ -80,6 +80,10 @@ enum Command {
         /// Set an environment variable for the command
         #[arg(short = 'E', long = "setenv", value_name = "NAME=VALUE")]
         setenv: Vec<String>,
+        /// Enter directly, without a PAM session through the guest's
+        /// systemd (what happens anyway when its PID 1 is not systemd)
+        #[arg(long)]
+        no_pam: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -351,8 +355,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Shell {
             target,
             setenv,
+            no_pam,
             command,
-        } => return shell(&target, &setenv, command),
+        } => return shell(&target, &setenv, no_pam, command),
         Command::Login { name: n } => {
             return Ok(enter::login(&state::load(&name(&n)?)?)?);
         }
@@ -398,7 +403,7 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 /// `shell [USER@]NAME [CMD...]`.
-fn shell(target: &str, setenv: &[String], command: Vec<String>) -> Result<i32> {
+fn shell(target: &str, setenv: &[String], no_pam: bool, command: Vec<String>) -> Result<i32> {
     let (user, machine) = match target.split_once('@') {
         Some((u, m)) if !u.is_empty() => (u, m),
         Some((_, m)) => ("root", m),
@@ -406,6 +411,9 @@ fn shell(target: &str, setenv: &[String], command: Vec<String>) -> Result<i32> {
     };
     let st = state::load(&name(machine)?)?;
     let account = users::lookup(&st, user)?;
+    if !no_pam && guest_systemd_listens(&st)? {
+        return shell_session(&st, &account, setenv, command);
+    }
     let mut env = vec![
         ("HOME".to_owned(), account.user.home.clone()),
         ("USER".to_owned(), account.name.clone()),
@@ -430,6 +438,69 @@ fn shell(target: &str, setenv: &[String], command: Vec<String>) -> Result<i32> {
         argv0,
     };
     Ok(enter::exec_with(&st, &argv, &env, &opts)?)
+}
+
+/// Is the guest's PID 1 a systemd we can ask for a service (its private
+/// bus socket is there)? Looked up inside the guest's root.
+fn guest_systemd_listens(st: &State) -> Result<bool> {
+    use nixspawn_runtime::guest::rootfs::resolve::{Create, open_in};
+    let leader = st.open_leader()?;
+    let root = PathBuf::from(format!("/proc/{}/root", st.leader.unwrap_or_default()));
+    let found = open_in(
+        &root,
+        std::path::Path::new("/run/systemd/private"),
+        Create::Nothing,
+    )
+    .is_ok();
+    st.leader_alive(&leader)?;
+    Ok(found)
+}
+
+/// `shell` as machinectl's: a transient service of the guest's own systemd
+/// with `PAMName=login` (the guest's PAM session: pam_env, limits,
+/// loginuid, a logind session where it has pam_systemd), as USER in their
+/// home, on a pty of the guest when we are on a terminal (`systemd-run
+/// --pty`, inside our own pty from the guest's devpts), else over pipes
+/// (`--pipe`); its exit status is the command's. systemd-run is the
+/// guest's own, run as its root through our namespace entry: no bus from
+/// the host into the guest is needed.
+fn shell_session(
+    st: &State,
+    account: &users::Account,
+    setenv: &[String],
+    command: Vec<String>,
+) -> Result<i32> {
+    use std::io::IsTerminal;
+    let on_tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let mut argv: Vec<String> = [
+        "systemd-run",
+        "--quiet",
+        "--wait",
+        "--collect",
+        "--service-type=exec",
+        "--property=PAMName=login",
+        "--property=WorkingDirectory=-~",
+    ]
+    .map(String::from)
+    .into();
+    argv.push(format!("--uid={}", account.name));
+    argv.push(format!("--description=Shell for User {}", account.name));
+    if let Ok(term) = std::env::var("TERM") {
+        argv.push(format!("--setenv=TERM={term}"));
+    }
+    for s in setenv {
+        let (k, v) = nixspawn_runtime::spec::environment::parse_assignment(s)?;
+        argv.push(format!("--setenv={k}={v}"));
+    }
+    argv.push(if on_tty { "--pty" } else { "--pipe" }.into());
+    argv.push("--".into());
+    if command.is_empty() {
+        // A login shell; systemd-run cannot set argv[0] ("-bash").
+        argv.extend([account.shell.clone(), "-l".into()]);
+    } else {
+        argv.extend(command);
+    }
+    Ok(enter::exec(st, &argv, &[])?)
 }
 
 /// `logs NAME [ARGS...]`: the host's journalctl on the guest's journal
