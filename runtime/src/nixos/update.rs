@@ -254,10 +254,14 @@ fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
         })?;
         carried.push((clone, target, m.mount_point.clone()));
     }
-    let c = CString::new(STORE).expect("no NUL");
+    // The store as a descriptor, found with no symbolic link on the way
+    // (the guest's root may have made its /nix one) and checked to be the
+    // mount mountinfo shows on top there: every step below acts on it,
+    // never on a path the guest could change meanwhile.
+    let store_fd = open_store(top.map(|t| t.id))?;
     let mut beneath = top.is_some() && !(in_userns && here.len() == 1);
     if beneath {
-        match sys::move_mount_beneath(new.as_fd(), &c) {
+        match sys::move_mount_beneath_onto(new.as_fd(), store_fd.as_fd()) {
             Ok(()) => {}
             // Before Linux 6.5, or a store the guest has replaced by
             // something we may not go beneath: on top, one more mount.
@@ -266,18 +270,59 @@ fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
         }
     }
     if !beneath {
-        sys::move_mount_fd(new.as_fd(), None, &c).map_err(|e| Error::io("move_mount", STORE, e))?;
+        sys::move_mount_onto(new.as_fd(), store_fd.as_fd())
+            .map_err(|e| Error::io("move_mount", STORE, e))?;
     }
     for (clone, target, shown) in &carried {
         sys::move_mount_onto(clone.as_fd(), target.as_fd())
             .map_err(|e| Error::io("carrying a mount over to the new store", shown, e))?;
     }
     if beneath {
-        // The old one, on top: what is open in it stays usable.
-        nix::mount::umount2(STORE, nix::mount::MntFlags::MNT_DETACH)
+        // The old one, on top: what is open in it stays usable. Named by
+        // its descriptor through the host's /proc (this helper is in the
+        // host's PID namespace; the guest's /proc does not show it).
+        let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&store_fd));
+        nix::unistd::fchdir(proc)
+            .and_then(|()| nix::mount::umount2(by_fd.as_str(), nix::mount::MntFlags::MNT_DETACH))
             .map_err(|e| Error::io("unmounting the old store", STORE, e.into()))?;
     }
     Ok(())
+}
+
+/// The guest's /nix/store (we are in its mount namespace), opened with no
+/// symbolic link on the way, and, where `top` names the mount on top
+/// there, that very mount.
+fn open_store(top: Option<u64>) -> Result<OwnedFd> {
+    let root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening", "/", e.into()))?;
+    let store = sys::openat2(
+        root.as_fd(),
+        c"nix/store",
+        libc::O_PATH | libc::O_DIRECTORY,
+        sys::RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        Error::io(
+            "opening (no symbolic link may lead there; restart the guest to update it)",
+            STORE,
+            e,
+        )
+    })?;
+    if let Some(id) = top {
+        let found = sys::mount_id(store.as_fd()).map_err(|e| Error::io("statx", STORE, e))?;
+        if found != id {
+            return Err(Error::io(
+                "finding the store's mount (the path leads elsewhere; restart the guest to update it)",
+                STORE,
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        }
+    }
+    Ok(store)
 }
 
 /// One more bind per new path, in the per-path store's tmpfs.

@@ -360,21 +360,24 @@ impl FsContext {
     }
 }
 
-/// move_mount(2) of the detached (or attached) mount `from` onto `to`
-/// (resolved from the caller's root and cwd), beneath the mount on top
-/// there: the new mount goes between that one and its parent, so removing
-/// the top afterwards reveals it without a moment of nothing in between.
-pub fn move_mount_beneath(from: BorrowedFd<'_>, to: &CStr) -> io::Result<()> {
+/// move_mount(2) of the detached (or attached) mount `from` beneath the
+/// mount whose root `to` is (an O_PATH descriptor: whatever happens
+/// meanwhile to the path it was found by): the new mount goes between that
+/// one and its parent, so removing the top afterwards reveals it without a
+/// moment of nothing in between.
+pub fn move_mount_beneath_onto(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
     let empty = c"";
-    // SAFETY: both paths are NUL-terminated and live across the call.
+    // SAFETY: both paths are empty NUL-terminated strings, as the
+    // *_EMPTY_PATH flags require; the descriptors are borrowed for the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             from.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH,
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH | MOVE_MOUNT_BENEATH,
         )
     };
     check(ret).map(drop)
