@@ -29,13 +29,30 @@ TREE = sys.argv[1]
 NAMES = sys.argv[2:]
 LOGS = os.environ.get("NSPAWN_WAY_LOGS") or tempfile.mkdtemp(prefix="nspawn-way.")
 PID1_TIMEOUT = 60
-UNIT_TIMEOUT = 300
+UNIT_TIMEOUT = 120
 COMMAND_TIMEOUT = 60
 STOP_TIMEOUT = 60
 
 
 class NodeFailed(Exception):
     pass
+
+
+def inotify_instances():
+    """Inotify instances held on the host, by program: all uid 0 here, so
+    all counted against one fs.inotify.max_user_instances."""
+    by = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                comm = open(f"/proc/{pid}/comm").read().strip()
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                        by[comm] = by.get(comm, 0) + 1
+            except OSError:
+                pass
+    top = sorted(by.items(), key=lambda kv: -kv[1])[:6]
+    return f"{sum(by.values())} (" + ", ".join(f"{c}: {n}" for c, n in top) + ")"
 
 
 def sh(*args):
@@ -61,13 +78,15 @@ class Machine:
             sh("ip", "-n", ns, "addr", "add", f"192.168.{vlan}.{self.n}/24", "dev", guest)
             sh("ip", "-n", ns, "link", "set", guest, "up")
         self.stderr_path = os.path.join(LOGS, f"{self.name}.stderr")
+        self.console_path = os.path.join(LOGS, f"{self.name}.console")
         self.proc = subprocess.Popen(
             [
                 "systemd-nspawn", "-q", f"--machine={self.name}", "--keep-unit", "--register=no",
                 f"--network-namespace-path=/run/netns/{ns}", "-D", TREE, "--volatile=overlay",
                 "--console=pipe", "-b",
             ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "w"),
+            # (the console goes to a file, as the driver reads it from a pipe)
+            stdin=subprocess.DEVNULL, stdout=open(self.console_path, "w"), stderr=open(self.stderr_path, "w"),
         )
 
     def failed(self, what):
@@ -77,7 +96,37 @@ class Machine:
             err = ""
         rc = self.proc.poll()
         state = "running" if rc is None else f"exited with {rc}"
-        return NodeFailed(f"{self.name}: {what} (systemd-nspawn {state}; its stderr: {err or '(empty)'})")
+        try:
+            console = open(self.console_path, errors="replace").read().splitlines()
+        except OSError:
+            console = []
+        hints = [line for line in console if "inotify" in line or "Failed" in line][:5]
+        return NodeFailed(
+            f"{self.name}: {what} (systemd-nspawn {state}; its stderr: {err or '(empty)'}; "
+            f"console: {' / '.join(hints) or '(nothing failed there)'}; "
+            f"inotify instances on the host now: {inotify_instances()} "
+            f"(fs.inotify.max_user_instances: {open('/proc/sys/fs/inotify/max_user_instances').read().strip()}))"
+        )
+
+    def stop_hard(self):
+        """Kill the guest's PID 1 (its PID namespace goes with it), then
+        nspawn: SIGKILL of nspawn alone leaves the guest running."""
+        if self.proc.poll() is not None:
+            return
+        try:
+            kids = open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()
+        except OSError:
+            kids = []
+        for k in kids:
+            try:
+                os.kill(int(k), 9)
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def connect(self):
         # PID 1 is nspawn's only child.
@@ -140,9 +189,7 @@ def main():
         sys.exit(1)
     finally:
         for m in machines.values():
-            if m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait()
+            m.stop_hard()
         for name in NAMES:
             subprocess.run(["ip", "netns", "del", f"nixos-nspawn-{name}"], check=False,
                            stderr=subprocess.DEVNULL)
@@ -164,6 +211,14 @@ def run(machines):
         m.wait_for_unit("multi-user.target")
         m.succeed(f"printf '{hosts}' > /etc/hosts")
     run_checks(machines)
+    if os.environ.get("ACCOUNT"):
+        # The guests' own CPU time, as multinode.sh's nixspawn-test script reads it.
+        for m in machines.values():
+            total = 0
+            for line in m.succeed("cat /proc/[0-9]*/stat 2>/dev/null || true").splitlines():
+                f = line.rsplit(")", 1)[1].split()
+                total += sum(int(x) for x in f[11:15])
+            print(f"GUESTCPU {m.name} {total / os.sysconf('SC_CLK_TCK'):.2f}")
     for m in machines.values():
         m.proc.terminate()
     for m in machines.values():
