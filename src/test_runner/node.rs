@@ -460,10 +460,13 @@ impl Node {
 
     /// The entry of the current boot, started if there is none yet.
     fn entry(&self) -> Result<Arc<EntryProcess>> {
-        let mut life = self.life.lock().unwrap();
-        if let Some(e) = &life.entry {
+        if let Some(e) = &self.life.lock().unwrap().entry {
             return Ok(Arc::clone(e));
         }
+        // Started without holding the node's lock (entering takes a few
+        // milliseconds, more on a guest in trouble); a racing twin is
+        // dropped (and killed).
+        let generation = self.life.lock().unwrap().generation;
         let (entry, theirs) = Entry::pair(&self.machine)?;
         let log = File::options()
             .create(true)
@@ -486,7 +489,13 @@ impl Node {
             child: Mutex::new(child),
         });
         process.entry.wait_ready(Duration::from_secs(30))?;
-        life.entry = Some(Arc::clone(&process));
+        let mut life = self.life.lock().unwrap();
+        if let Some(e) = &life.entry {
+            return Ok(Arc::clone(e));
+        }
+        if life.generation == generation {
+            life.entry = Some(Arc::clone(&process));
+        }
         Ok(process)
     }
 
