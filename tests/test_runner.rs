@@ -976,3 +976,41 @@ fn interactive_on_a_pty() {
     assert!(!rest.contains("the script is not run"), "{rest}");
     assert_run_cleaned_up(&prefix, &["a"]);
 }
+
+/// The entry under a guest with its own user namespace (`-U`, what the
+/// nixpkgs nspawn backend's uid-range gives): commands run as the guest's
+/// root (a shifted host uid), with PID 1's bounding set and the guest's
+/// cgroup, plain and through bash alike.
+#[test]
+fn the_entry_under_a_user_namespace() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14u{}-", std::process::id());
+    let script = r#"
+machine.wait_for_unit("multi-user.target")
+assert machine.succeed("id -u") == "0\n"
+assert machine.succeed("id -u;") == "0\n"
+uid_map = machine.succeed("cat /proc/self/uid_map").split()
+assert uid_map[0] == "0" and uid_map[1] != "0", uid_map
+assert machine.succeed("readlink /proc/self/ns/user") == machine.succeed("readlink /proc/1/ns/user")
+mine = machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/self/status")
+assert mine == machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/1/status"), mine
+assert machine.succeed("grep CapBnd /proc/self/status") == machine.succeed("grep CapBnd /proc/1/status")
+v2 = [l for l in machine.succeed("cat /proc/self/cgroup").splitlines() if l.startswith("0::")]
+assert len(v2) == 1 and ".." not in v2[0], v2
+assert machine.execute("no-such-command-14")[0] == 127
+print("USERNS-ENTRY-OK")
+"#;
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"machine": {"tree": tree, "options": ["-U"]}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("USERNS-ENTRY-OK"), "{}", r.stdout);
+    assert_run_cleaned_up(&prefix, &["machine"]);
+}
