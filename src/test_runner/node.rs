@@ -512,7 +512,7 @@ impl Node {
         let entry = self.entry()?;
         match entry.entry.run(&argv, &env, stdin, stdout, stderr) {
             Ok(r) => Ok(r),
-            Err(e) if entry.ended() && self.running() => {
+            Err(_) if entry.ended() && self.running() => {
                 let mut life = self.life.lock().unwrap();
                 if life.entry.as_ref().is_some_and(|x| Arc::ptr_eq(x, &entry)) {
                     life.entry = None;
