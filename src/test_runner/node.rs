@@ -518,7 +518,6 @@ impl Node {
                     life.entry = None;
                 }
                 drop(life);
-                let _ = e;
                 Ok(self
                     .entry()?
                     .entry
