@@ -27,6 +27,11 @@ struct Run {
 
 /// Run nixspawn-test on `description` (the script inline) with `args`.
 fn run_test(description: serde_json::Value, args: &[&str]) -> Run {
+    run_test_env(description, args, &[])
+}
+
+/// `run_test` with more environment.
+fn run_test_env(description: serde_json::Value, args: &[&str], env: &[(&str, &Path)]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let desc = dir.path().join("test.json");
     std::fs::write(&desc, serde_json::to_vec_pretty(&description).unwrap()).unwrap();
@@ -38,6 +43,7 @@ fn run_test(description: serde_json::Value, args: &[&str]) -> Run {
         .arg(&out)
         .args(args)
         .arg(&desc)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -630,4 +636,381 @@ fn bad_descriptions_fail_in_one_line_with_nothing_started() {
         r.stderr
     );
     assert!(r.stderr.contains("a # "), "{}", r.stderr);
+}
+
+/// Commands go through one long-lived entry per node that forks each of
+/// them, plain word lists without bash: the same answers as through bash
+/// (status, stdout, environment, 126/127), and the command has exactly a
+/// guest process's lot (PID 1's bounding set, seccomp, no_new_privs, the
+/// guest's cgroup and namespaces), while the entry stays invisible in
+/// the guest.
+#[test]
+fn the_entry_answers_as_bash_does_with_a_guests_privileges() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14e{}-", std::process::id());
+    let script = r#"
+machine.wait_for_unit("multi-user.target")
+# Each pair: the plain form (run directly) and the same through bash (a
+# trailing ';' makes it shell syntax).
+for cmd in ["true", "false", "ls /", "ls /nonexistent", "no-such-command-14",
+            "/etc/passwd", "/no/such/path", "env", "id", "cat /proc/self/cgroup",
+            "readlink /proc/self/ns/pid /proc/self/ns/net /proc/self/ns/mnt",
+            "stat -L -c %d:%i /proc/self/root", "grep Cap /proc/self/status",
+            "grep Seccomp /proc/self/status", "grep NoNewPrivs /proc/self/status"]:
+    plain = machine.execute(cmd)
+    shell = machine.execute(cmd + ";")
+    if cmd == "env":
+        # bash's $_ is the program it ran; so is ours
+        assert sorted(plain[1].splitlines()) == sorted(shell[1].splitlines()), (plain, shell)
+        plain, shell = plain[0], shell[0]
+    assert plain == shell, (cmd, plain, shell)
+    print("SAME", repr(cmd))
+assert machine.execute("no-such-command-14")[0] == 127
+assert machine.execute("/etc/passwd")[0] == 126
+# what a command has is what the guest's PID 1 has
+mine = machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/self/status")
+init = machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/1/status")
+assert mine == init, (mine, init)
+assert "Seccomp:\t2" in mine, mine
+for ns in ["pid", "net", "mnt", "uts", "ipc", "cgroup"]:
+    assert machine.succeed(f"readlink /proc/self/ns/{ns}") == machine.succeed(f"readlink /proc/1/ns/{ns}"), ns
+assert machine.succeed("stat -L -c %d:%i /proc/self/root") == machine.succeed("stat -L -c %d:%i /proc/1/root")
+cgroup = machine.succeed("cat /proc/self/cgroup")
+# the v2 cgroup is the guest's (outside its namespace root it would read
+# /../..); v1 hierarchies are not joined, as with nixspawnctl exec
+v2 = [l for l in cgroup.splitlines() if l.startswith("0::")]
+assert len(v2) == 1 and ".." not in v2[0], cgroup
+# the entry is not in the guest's PID namespace
+assert "nixspawn-test" not in machine.succeed("cat /proc/[0-9]*/comm 2>/dev/null || true"), "entry visible"
+# a background process holding stdout: the answer does not wait for it
+import time
+t0 = time.monotonic()
+rc, out = machine.execute("echo started; sleep 600 &")
+assert (rc, out) == (0, "started\n"), (rc, out)
+assert time.monotonic() - t0 < 30, "execute waited for the background process"
+machine.succeed("grep -qx sleep /proc/[0-9]*/comm")
+# a reboot gets a new entry
+machine.reboot()
+assert machine.succeed("readlink /proc/self/ns/pid") == machine.succeed("readlink /proc/1/ns/pid")
+print("ENTRY-OK")
+"#;
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"machine": {"tree": tree}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("ENTRY-OK"), "{}", r.stdout);
+    assert_eq!(r.stdout.matches("SAME ").count(), 15, "{}", r.stdout);
+    // command not found goes to the console log, as bash's message does
+    let console = std::fs::read_to_string(r.out.join("machine.console.log")).unwrap();
+    assert!(
+        console.contains("no-such-command-14: command not found"),
+        "{console}"
+    );
+    assert_run_cleaned_up(&prefix, &["machine"]);
+}
+
+/// polling_condition (decorator, with arguments, context manager, wait),
+/// the vlan objects, and the XML log ($LOGFILE) with nests and serial lines.
+#[test]
+fn polling_conditions_vlans_and_the_xml_log() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14p{}-", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let logfile = dir.path().join("log.xml");
+    let script = r#"
+start_all()
+assert [v.nr for v in vlans] == [1, 2], vlans
+assert vlan1.machines == [a, b] and vlan2.machines == [b], (vlan1.machines, vlan2.machines)
+assert machines_nspawn == machines and machines_qemu == []
+a.wait_for_unit("multi-user.target")
+calls = []
+
+@polling_condition
+def a_is_up():
+    "a is up"
+    calls.append(1)
+    a.succeed("true")
+
+with a_is_up:
+    b.succeed("true")
+    b.succeed("true")
+assert len(calls) == 1, calls  # once per 2 s at most
+
+@polling_condition(seconds_interval=0, description="the flag file is absent")
+def no_flag():
+    return a.execute("test -e /run/flag")[0] != 0
+
+with no_flag:
+    b.succeed("true")
+    a.succeed("touch /run/flag")
+    try:
+        b.succeed("true")
+    except PollingConditionError as e:
+        print("POLL-FAILED", e)
+    else:
+        raise Exception("the condition did not stop the command")
+
+@polling_condition(description="the flag file is gone")
+def flag_gone():
+    return a.execute("test -e /run/flag")[0] != 0
+
+a.execute("(sleep 1; rm /run/flag) >/dev/null 2>&1 &")
+flag_gone.wait(timeout=20)
+a.succeed("touch /run/flag")
+try:
+    flag_gone.wait(timeout=2)
+except RequestedAssertionFailed as e:
+    print("WAIT-FAILED", e)
+with no_flag:
+    a.succeed("true")
+print("NOT-REACHED")
+"#;
+    let r = run_test_env(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"a": {"tree": tree, "vlans": [1]}, "b": {"tree": tree, "vlans": [1, 2]}},
+            "test_script": script,
+        }),
+        &[],
+        &[("LOGFILE", &logfile)],
+    );
+    // The last `with no_flag` fails the test, exit 1, with the message.
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("POLL-FAILED Polling condition failed: the flag file is absent"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("WAIT-FAILED action timed out"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("NOT-REACHED"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("PollingConditionError: Polling condition failed: the flag file is absent"),
+        "{}",
+        r.stderr
+    );
+    let xml = std::fs::read_to_string(&logfile).unwrap();
+    assert!(
+        xml.starts_with("<?xml") && xml.trim_end().ends_with("</logfile>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<nest><head machine=\"a\">waiting for unit multi-user.target</head>"),
+        "{xml}"
+    );
+    assert!(xml.contains("checking polling condition a is up"), "{xml}");
+    assert!(xml.contains("type=\"serial\""), "{xml}");
+    let parsed = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1])",
+        ])
+        .arg(&logfile)
+        .status()
+        .unwrap();
+    assert!(parsed.success(), "the XML log does not parse: {xml}");
+    assert_run_cleaned_up(&prefix, &["a", "b"]);
+}
+
+/// Start nixspawn-test on a pty (all three standard descriptors); the
+/// master and the child.
+fn run_on_pty(
+    description: serde_json::Value,
+    args: &[&str],
+    dir: &Path,
+) -> (std::os::fd::OwnedFd, std::process::Child) {
+    let desc = dir.join("test.json");
+    std::fs::write(&desc, serde_json::to_vec_pretty(&description).unwrap()).unwrap();
+    let size = nix::pty::Winsize {
+        ws_row: 50,
+        ws_col: 250,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let child = Command::new(NIXSPAWN_TEST)
+        .arg("--nixspawn")
+        .arg(NIXSPAWN)
+        .arg("-o")
+        .arg(dir.join("out"))
+        .args(args)
+        .arg(&desc)
+        .env("TERM", "xterm")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    (pty.master, child)
+}
+
+/// What a terminal showed, read on from where the last match ended.
+struct Transcript<'a> {
+    fd: &'a std::os::fd::OwnedFd,
+    seen: String,
+    pos: usize,
+}
+
+impl Transcript<'_> {
+    /// Up to and with the next `needle`.
+    fn until(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.seen[self.pos..].find(needle) {
+                let end = self.pos + i + needle.len();
+                let out = self.seen[self.pos..end].to_owned();
+                self.pos = end;
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}; terminal showed: {:?}",
+                &self.seen[self.pos..]
+            );
+            self.seen.push_str(&String::from_utf8_lossy(&read_available(
+                self.fd,
+                Duration::from_millis(50),
+            )));
+        }
+    }
+}
+
+/// On a terminal: the live status line says which node boots and which
+/// command runs for what; off a terminal there is none (the other tests
+/// capture stderr through a pipe and see no status line).
+#[test]
+fn a_status_line_on_a_terminal() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14s{}-", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let (master, mut child) = run_on_pty(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 120,
+            "nodes": {"a": {"tree": tree}},
+            "test_script": "a.wait_for_unit('multi-user.target')\na.wait_until_succeeds('sleep 1; test -e /run/never-14', timeout=3)\n",
+        }),
+        &[],
+        dir.path(),
+    );
+    let mut term = Transcript {
+        fd: &master,
+        seen: String::new(),
+        pos: 0,
+    };
+    let seen = term.until("nixspawn-test: FAILED", Duration::from_secs(120));
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{seen}");
+    assert!(seen.contains("\x1b[7ma: booting"), "{seen}");
+    assert!(
+        seen.contains("a: waiting for success: sleep 1; test -e /run/never-14: `sleep 1; test -e /run/never-14`"),
+        "{seen}"
+    );
+    // (and never through a pipe)
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "nodes": {"a": {"tree": tree}},
+            "test_script": "a.succeed('sleep 0.5')\n",
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("\x1b[7m"), "{}", r.stderr);
+    assert_run_cleaned_up(&prefix, &["a"]);
+}
+
+/// --interactive on a real terminal: a Python prompt with the nodes
+/// defined; a command's output comes back; a failing one raises there
+/// without ending the session; end of input ends the run, nothing left.
+#[test]
+fn interactive_on_a_pty() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14i{}-", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let (master, mut child) = run_on_pty(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 120,
+            "nodes": {"a": {"tree": tree}},
+            "test_script": "raise Exception('the script is not run')\n",
+        }),
+        &["--interactive"],
+        dir.path(),
+    );
+    let write = |s: &str| nix::unistd::write(&master, s.as_bytes()).unwrap();
+    let mut term = Transcript {
+        fd: &master,
+        seen: String::new(),
+        pos: 0,
+    };
+    term.until(">>> ", Duration::from_secs(30));
+    write("print('OUT:' + a.succeed('echo from-the-guest').strip())\n");
+    term.until("OUT:from-the-guest", Duration::from_secs(60));
+    term.until(">>> ", Duration::from_secs(10));
+    write("a.succeed('exit 5')\n");
+    let seen = term.until(">>> ", Duration::from_secs(30));
+    assert!(
+        seen.contains("RequestedAssertionFailed: command `exit 5` failed (exit code 5)"),
+        "{seen}"
+    );
+    write("\x04");
+    let rest = term.until("nixspawn-test: passed", Duration::from_secs(60));
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
+    assert!(!rest.contains("the script is not run"), "{rest}");
+    assert_run_cleaned_up(&prefix, &["a"]);
+}
+
+/// The entry under a guest with its own user namespace (`-U`, what the
+/// nixpkgs nspawn backend's uid-range gives): commands run as the guest's
+/// root (a shifted host uid), with PID 1's bounding set and the guest's
+/// cgroup, plain and through bash alike.
+#[test]
+fn the_entry_under_a_user_namespace() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14u{}-", std::process::id());
+    let script = r#"
+machine.wait_for_unit("multi-user.target")
+assert machine.succeed("id -u") == "0\n"
+assert machine.succeed("id -u;") == "0\n"
+uid_map = machine.succeed("cat /proc/self/uid_map").split()
+assert uid_map[0] == "0" and uid_map[1] != "0", uid_map
+assert machine.succeed("readlink /proc/self/ns/user") == machine.succeed("readlink /proc/1/ns/user")
+mine = machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/self/status")
+assert mine == machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/1/status"), mine
+assert machine.succeed("grep CapBnd /proc/self/status") == machine.succeed("grep CapBnd /proc/1/status")
+v2 = [l for l in machine.succeed("cat /proc/self/cgroup").splitlines() if l.startswith("0::")]
+assert len(v2) == 1 and ".." not in v2[0], v2
+assert machine.execute("no-such-command-14")[0] == 127
+print("USERNS-ENTRY-OK")
+"#;
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"machine": {"tree": tree, "options": ["-U"]}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("USERNS-ENTRY-OK"), "{}", r.stdout);
+    assert_run_cleaned_up(&prefix, &["machine"]);
 }

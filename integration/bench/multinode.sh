@@ -39,6 +39,18 @@ import json, sys
 tree, n, path, names = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split()
 def vlans(x):
     return [1, 2] if x == "a0" else ([1] if x.startswith("a") else [2])
+# With ACCOUNT=1 in the environment, the CPU time the guest's own processes
+# used (living ones with their reaped children; commands forked from the
+# host side are not in it, in either way), as nspawn_way.py measures it.
+ACCOUNT = '''
+if os.environ.get("ACCOUNT"):
+    for m in machines:
+        total = 0
+        for line in m.succeed("cat /proc/[0-9]*/stat 2>/dev/null || true").splitlines():
+            f = line.rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in f[11:15])
+        print(f"GUESTCPU {m.name} {total / os.sysconf('SC_CLK_TCK'):.2f}")
+'''
 script = '''
 def reach(host):
     return f"out=$(timeout 3 bash -c 'exec 3<>/dev/tcp/{host}/9' 2>&1 || true); [[ $out == *refused* ]]"
@@ -52,7 +64,7 @@ b1.succeed(reach("b2"))
 a0.succeed(reach("b1"))
 b2.succeed(reach("192.168.2.1"))
 a1.succeed(unreachable("192.168.2.2"))
-'''
+''' + ACCOUNT
 json.dump({"machine_prefix": "mnb-", "global_timeout": 600,
            "nodes": {x: {"tree": tree, "vlans": vlans(x)} for x in names},
            "test_script": script}, open(path, "w"))
@@ -90,22 +102,62 @@ measure() {
 }
 
 nixspawn_test() { "$bin/nixspawn-test" --nixspawn "$bin/nixspawn" "$@"; }
-nspawn_way() { unshare --net --mount --propagation private python3 "$here/nspawn_way.py" "$tree" $(names "$1"); }
+nspawn_way() { NSPAWN_WAY_LOGS=$work/nspawn-logs-$1 unshare --net --mount --propagation private python3 "$here/nspawn_way.py" "$tree" $(names "$1"); }
 
+mkdir -p "$work/nspawn-logs-$nodes" "$work/nspawn-logs-$big"
 description "$nodes" "$work/n$nodes.json"
 description "$big" "$work/n$big.json"
 echo "# label wall_s cpu_s peak_MiB rc"
+[ -n "${RTT_ONLY:-}" ] && rounds=0
 for ((r = 1; r <= rounds; r++)); do
 	measure "nixspawn-test-$nodes-r$r" nixspawn_test "$work/n$nodes.json"
 	measure "nspawn-way-$nodes-r$r" nspawn_way "$nodes"
 done
-measure "nixspawn-test-$big" nixspawn_test "$work/n$big.json"
-measure "nspawn-way-$big" nspawn_way "$big"
+if [ -z "${RTT_ONLY:-}" ]; then
+	measure "nixspawn-test-$big" nixspawn_test "$work/n$big.json"
+	measure "nspawn-way-$big" nspawn_way "$big"
+	# Where the CPU goes: one more run each way with the guests' own CPU
+	# time read before shutdown (the reading itself costs a little wall).
+	for way in nixspawn-test nspawn-way; do
+		if [ $way = nixspawn-test ]; then
+			ACCOUNT=1 measure "$way-$nodes-account" nixspawn_test "$work/n$nodes.json"
+		else
+			ACCOUNT=1 measure "$way-$nodes-account" nspawn_way "$nodes"
+		fi
+		awk -v l="$way-$nodes" '/^GUESTCPU/ {s += $3; n++} END {printf "guest CPU %s: %.2f s in %d guests\n", l, s, n}' \
+			"$work/$way-$nodes-account.log"
+	done
+	grep -h "launch +\|PID 1 exec +\|READY=1 +\|multi-user.target +" "$work/nixspawn-test-$nodes-account.log" | head -60 || true
+fi
 
-# Round trips on one node: succeed("true") vs nsenter vs a transient unit
-# through the guest's systemd (what machinectl shell does, minus machined).
-cat >"$work/rtt.json" <<EOF
-{"machine_prefix": "mnb-", "nodes": {"machine": {"tree": "$tree"}},
- "test_script": "import json, subprocess, statistics, time\nmachine.wait_for_unit('multi-user.target')\nleader = json.loads(subprocess.run(['$bin/nixspawnctl', 'status', '--json', 'mnb-machine'], capture_output=True).stdout)['leader']\nprint('guest cgroups:', open(f'/proc/{leader}/cgroup').read().replace(chr(10), ' '))\ndef timed(fn, n=200):\n    xs = []\n    for _ in range(n):\n        t = time.perf_counter(); fn(); xs.append((time.perf_counter() - t) * 1000)\n    xs.sort(); return statistics.median(xs), xs[len(xs) * 9 // 10]\nns = ['nsenter', '-t', str(leader), '--mount', '--uts', '--ipc', '--net', '--pid', '--cgroup']\nfor label, fn in [\n    ('succeed', lambda: machine.succeed('true')),\n    ('nsenter-driver-shell', lambda: subprocess.run(ns + ['/bin/bash', '-c', 'set -eo pipefail; source /etc/profile; set -u; true'], env={}, check=True)),\n    ('nsenter-true', lambda: subprocess.run(ns + ['/bin/true'], env={}, check=True)),\n    ('transient-unit', lambda: subprocess.run(ns + ['systemd-run', '--wait', '--pipe', '--quiet', '/bin/true'], env={}, check=True, stdout=subprocess.DEVNULL)),\n]:\n    n = 50 if label == 'transient-unit' else 200\n    med, p90 = timed(fn, n)\n    print(f'RTT {label} median {med:.2f} ms p90 {p90:.2f} ms (n={n})')\n"}
+# Round trips on one node, alternating sample by sample (ab-style):
+# succeed("true") (a plain word list: forked by the node's entry, no bash),
+# succeed("true;") (shell syntax: through bash), nsenter with the nspawn
+# driver's shell line, nsenter /bin/true, and a transient unit through the
+# guest's systemd (what machinectl shell does, minus machined).
+# (RTT_ONLY=1 runs just this part.)
+cat >"$work/rtt.py" <<EOF
+import json, subprocess, statistics, time
+machine.wait_for_unit('multi-user.target')
+leader = json.loads(subprocess.run(['$bin/nixspawnctl', 'status', '--json', 'mnb-machine'], capture_output=True).stdout)['leader']
+ns = ['nsenter', '-t', str(leader), '--mount', '--uts', '--ipc', '--net', '--pid', '--cgroup']
+ways = [
+    ('succeed-plain', lambda: machine.succeed('true')),
+    ('succeed-bash', lambda: machine.succeed('true;')),
+    ('nsenter-driver-shell', lambda: subprocess.run(ns + ['/bin/bash', '-c', 'set -eo pipefail; source /etc/profile; set -u; true'], env={}, check=True)),
+    ('nsenter-true', lambda: subprocess.run(ns + ['/bin/true'], env={}, check=True)),
+    ('transient-unit', lambda: subprocess.run(ns + ['systemd-run', '--wait', '--pipe', '--quiet', '/bin/true'], env={}, check=True, stdout=subprocess.DEVNULL)),
+]
+times = {label: [] for label, _ in ways}
+for i in range(200):
+    for label, fn in ways:
+        if label == 'transient-unit' and i % 4:
+            continue
+        t = time.perf_counter(); fn(); times[label].append((time.perf_counter() - t) * 1000)
+for label, xs in times.items():
+    xs.sort()
+    print(f'RTT {label} median {statistics.median(xs):.2f} ms p90 {xs[len(xs) * 9 // 10]:.2f} ms (n={len(xs)})')
 EOF
-nixspawn_test "$work/rtt.json" 2>/dev/null | grep -E "^(RTT|guest cgroups)"
+python3 -c 'import json, sys; json.dump({"machine_prefix": "mnb-", "nodes": {"machine": {"tree": sys.argv[1]}}, "test_script": open(sys.argv[2]).read()}, open(sys.argv[3], "w"))' \
+	"$tree" "$work/rtt.py" "$work/rtt.json"
+nixspawn_test "$work/rtt.json" 2>/dev/null | grep -E "^RTT"

@@ -9,6 +9,14 @@ pub fn isatty(fd: impl AsFd) -> bool {
     crate::sys::isatty(fd)
 }
 
+/// The width of the terminal `fd` is, in columns.
+pub fn terminal_columns(fd: impl AsFd) -> Option<u16> {
+    crate::sys::get_winsize(fd.as_fd())
+        .ok()
+        .map(|w| w.ws_col)
+        .filter(|c| *c > 0)
+}
+
 /// Send `signal` to the process behind `pidfd` (which cannot have been
 /// replaced by another process meanwhile, as a PID can).
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {

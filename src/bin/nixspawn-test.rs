@@ -39,8 +39,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("__enter") && args.len() > 3 {
-        return ExitCode::from(nixspawn_cli::test_runner::enter(&args[2], &args[3..]));
+    if args.get(1).map(String::as_str) == Some("__entry") && args.len() == 3 {
+        return ExitCode::from(nixspawn_cli::test_runner::entry(&args[2]));
     }
     let cli = Cli::parse();
     let opts = nixspawn_cli::test_runner::Options {

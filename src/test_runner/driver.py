@@ -15,6 +15,7 @@ import socket
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
 import unittest
@@ -23,6 +24,7 @@ import xml.etree.ElementTree as ET
 SOCKET = os.environ["NIXSPAWN_TEST_SOCKET"]
 OUT_DIR = os.environ["NIXSPAWN_TEST_OUT"]
 JUNIT = os.environ.get("NIXSPAWN_TEST_JUNIT")
+LOGFILE = os.environ.get("LOGFILE")
 COLOR = sys.stderr.isatty()
 
 
@@ -40,6 +42,10 @@ class MachineError(Exception):
 
 class NotAvailableInContainer(MachineError):
     pass
+
+
+class PollingConditionError(Exception):
+    """A polling condition did not hold when a command was about to run."""
 
 
 def _call(request):
@@ -69,39 +75,113 @@ def _seconds(t):
     return float(t)
 
 
+class XMLLog:
+    """The driver's XML log ($LOGFILE): <logfile> with a <nest> per nested
+    block (its <head> the message), a <line> per message (machine= when a
+    node's) and the nodes' console lines as type="serial"."""
+
+    def __init__(self, path):
+        from xml.sax.saxutils import XMLGenerator
+
+        self.file = open(path, "w", encoding="utf-8")
+        self.xml = XMLGenerator(self.file, encoding="utf-8")
+        self.lock = threading.Lock()
+        with self.lock:
+            self.xml.startDocument()
+            self.xml.startElement("logfile", {})
+
+    @staticmethod
+    def _clean(text):
+        # XML 1.0 has no place for most control characters.
+        return "".join(c if c in "\t\n" or ord(c) >= 32 else f"\\x{ord(c):02x}" for c in text)
+
+    def line(self, text, attrs):
+        with self.lock:
+            if self.file.closed:
+                return
+            self.xml.startElement("line", attrs)
+            self.xml.characters(self._clean(str(text)))
+            self.xml.endElement("line")
+            self.file.flush()
+
+    def begin(self, head, attrs):
+        with self.lock:
+            self.xml.startElement("nest", {})
+            self.xml.startElement("head", attrs)
+            self.xml.characters(self._clean(head))
+            self.xml.endElement("head")
+            self.file.flush()
+
+    def end(self):
+        with self.lock:
+            self.xml.endElement("nest")
+            self.file.flush()
+
+    def close(self):
+        with self.lock:
+            if self.file.closed:
+                return
+            self.xml.endElement("logfile")
+            self.xml.endDocument()
+            self.file.close()
+
+
 class Logger:
     def __init__(self):
         self.depth = 0
         self.cases = []  # JUnit: (name, seconds, failure or None)
         self._case = None
+        self.xml = XMLLog(LOGFILE) if LOGFILE else None
+        # Messages of the open nested blocks, innermost last: what a
+        # command is run for, for the runner's status line.
+        self.context = []
 
     def _emit(self, text, color=None):
         if COLOR and color:
             text = f"\x1b[{color}m{text}\x1b[0m"
+        if COLOR:
+            # Over the runner's status line.
+            text = "\r\x1b[K" + text
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
     def log(self, message, machine=None):
         prefix = f"{machine}: " if machine else ""
         self._emit("  " * self.depth + prefix + str(message))
+        if self.xml:
+            self.xml.line(message, {"machine": machine} if machine else {})
+
+    def info(self, message, machine=None):
+        self.log(message, machine)
+
+    def warning(self, message, machine=None):
+        self.log(message, machine)
 
     def error(self, message):
         self._emit(f"!!! {message}", "1;31")
+        if self.xml:
+            self.xml.line(message, {"type": "error"})
 
     @contextlib.contextmanager
     def nested(self, message, machine=None):
         prefix = f"{machine}: " if machine else ""
         self._emit("  " * self.depth + prefix + message, "1;32")
+        if self.xml:
+            self.xml.begin(message, {"machine": machine} if machine else {})
         self.depth += 1
+        self.context.append(message)
         start = time.monotonic()
         try:
             yield
         finally:
             self.depth -= 1
+            self.context.pop()
             self._emit(
                 "  " * self.depth
                 + f"(finished: {prefix}{message}, in {time.monotonic() - start:.2f} seconds)"
             )
+            if self.xml:
+                self.xml.end()
 
     @contextlib.contextmanager
     def subtest(self, name):
@@ -169,6 +249,108 @@ def retry(fn, timeout_seconds=900, timeout=None):
         )
 
 
+_polling_conditions = []  # active ones, innermost last
+
+
+class PollingCondition:
+    """A condition checked before each command while it is active (at most
+    once per seconds_interval); a false result (or an exception) raises
+    PollingConditionError from the command."""
+
+    def __init__(self, condition, seconds_interval=2.0, description=None):
+        self.condition = condition
+        self.seconds_interval = seconds_interval
+        self.description = str(description or condition.__doc__ or condition.__name__).strip()
+        self.last_called = float("-inf")
+        self.entered = False
+
+    def status_message(self, ok):
+        return f"Polling condition {'succeeded' if ok else 'failed'}: {self.description}"
+
+    def check(self, force=False):
+        overdue = time.monotonic() - self.last_called >= self.seconds_interval
+        # (entered: the condition's own commands do not check it again)
+        if (self.entered or not overdue) and not force:
+            return True
+        self.entered = True
+        try:
+            with logger.nested(f"checking polling condition {self.description}"):
+                try:
+                    result = self.condition()
+                except Exception as e:  # noqa: B902 - any failure is a false condition
+                    logger.log(f"{type(e).__name__}: {e}")
+                    result = False
+                result = result is None or bool(result)
+                logger.log(self.status_message(result))
+                return result
+        finally:
+            self.entered = False
+            self.last_called = time.monotonic()
+
+    def maybe_raise(self):
+        if not self.check():
+            raise PollingConditionError(self.status_message(False))
+
+    def wait(self, timeout=900):
+        def check(last):
+            if last:
+                logger.log(f"last chance for {self.description}")
+            return self.check(force=True)
+
+        with logger.nested(f"waiting for {self.description}"):
+            retry(check, timeout)
+
+
+def polling_condition(fun_=None, *, seconds_interval=2.0, description=None):
+    """As the driver: @polling_condition or @polling_condition(seconds_interval=...,
+    description=...) makes a function a condition; `with cond:` activates it."""
+
+    class Poll:
+        def __init__(self, fun):
+            self.condition = PollingCondition(fun, seconds_interval, description)
+
+        def __enter__(self):
+            _polling_conditions.append(self.condition)
+            return self
+
+        def __exit__(self, *exc):
+            _polling_conditions.remove(self.condition)
+
+        def __call__(self):
+            return self.condition.condition()
+
+        def wait(self, timeout=900):
+            self.condition.wait(_seconds(timeout))
+
+    if fun_ is None:
+        return Poll
+    return Poll(fun_)
+
+
+def _check_polling_conditions():
+    for condition in list(_polling_conditions):
+        condition.maybe_raise()
+
+
+class VLan:
+    """A vlan of the run: bridge br<nr> in the run's own network namespace
+    (made and removed by nixspawn-test; start and stop do nothing)."""
+
+    def __init__(self, nr, machines):
+        self.nr = nr
+        self.bridge = f"br{nr}"
+        self.machines = machines
+
+    def __repr__(self):
+        return f"<VLan {self.nr}>"
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
 def _not_available(method):
     def refuse(self, *args, **kwargs):
         raise NotAvailableInContainer(
@@ -188,6 +370,7 @@ class Machine:
         self.started = False
         self.booted = False
         self.out_dir = OUT_DIR
+        self.vlans = info.get("vlans", [])
 
     def __repr__(self):
         return f"<Machine '{self.name}'>"
@@ -251,11 +434,18 @@ class Machine:
     # Commands
     def _exec(self, command, timeout, **extra):
         self._wait_booted()
-        request = {"op": "exec", "node": self.name, "command": command, "timeout": _seconds(timeout)}
+        request = {
+            "op": "exec",
+            "node": self.name,
+            "command": command,
+            "timeout": _seconds(timeout),
+            "context": logger.context[-1] if logger.context else "",
+        }
         request.update(extra)
         return _call(request)
 
     def execute(self, command, check_return=True, check_output=True, timeout=900):
+        _check_polling_conditions()
         if not check_output:
             self._exec(command, timeout, detach=True)
             return (-2, "")
@@ -526,6 +716,21 @@ class Machine:
     del _m
 
 
+def _serial_to_xml(machine):
+    """A node's console lines into the XML log, as the driver logs serial lines."""
+    with open(machine.console_log, errors="replace") as f:
+        partial = ""
+        while True:
+            chunk = f.read()
+            if not chunk:
+                time.sleep(0.1)
+                continue
+            partial += chunk
+            *lines, partial = partial.split("\n")
+            for line in lines:
+                logger.xml.line(line.rstrip("\r"), {"machine": machine.name, "type": "serial"})
+
+
 def _variable(name):
     return re.sub(r"^[^A-Za-z_]|[^A-Za-z0-9_]", "_", name)
 
@@ -536,6 +741,14 @@ def _main():
     script_path = info["script_path"]
     with open(script_path) as f:
         script = f.read()
+
+    vlans = [
+        VLan(nr, [m for m in machines if nr in m.vlans])
+        for nr in sorted({nr for m in machines for nr in m.vlans})
+    ]
+    if logger.xml:
+        for m in machines:
+            threading.Thread(target=_serial_to_xml, args=(m,), daemon=True).start()
 
     def start_all():
         with logger.nested("starting all containers"):
@@ -556,6 +769,11 @@ def _main():
     env = {
         "__name__": "__test_script__",
         "machines": machines,
+        "machines_nspawn": machines,
+        "machines_qemu": [],
+        "vlans": vlans,
+        "polling_condition": polling_condition,
+        "PollingConditionError": PollingConditionError,
         "start_all": start_all,
         "join_all": join_all,
         "subtest": subtest,
@@ -571,6 +789,8 @@ def _main():
     }
     for m in machines:
         env[_variable(m.name)] = m
+    for v in vlans:
+        env[f"vlan{v.nr}"] = v
     if len(machines) == 1:
         env["machine"] = machines[0]
 
@@ -613,5 +833,14 @@ def _main():
     return 0
 
 
+def _run():
+    try:
+        return _main()
+    finally:
+        if logger.xml:
+            time.sleep(0.2)  # the last console lines
+            logger.xml.close()
+
+
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(_run())

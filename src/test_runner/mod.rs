@@ -18,6 +18,7 @@ pub mod server;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Seek};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::Arc;
@@ -49,6 +50,11 @@ fn is_tty() -> bool {
     nixspawn_runtime::os::isatty(std::io::stderr())
 }
 
+/// On a terminal, what starts a line over the status line (clears it).
+pub fn clear_line() -> &'static str {
+    if is_tty() { "\r\x1b[K" } else { "" }
+}
+
 /// Print a guest's console lines as the driver prints serial lines:
 /// `name # line`, dim on a terminal.
 fn follow_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
@@ -70,7 +76,7 @@ fn follow_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
                         let text = String::from_utf8_lossy(&line[..line.len() - 1]);
                         let text = nixspawn_cli_safe(text.trim_end_matches('\r'));
                         if dim {
-                            eprintln!("\x1b[2m{name} # {text}\x1b[0m");
+                            eprintln!("\r\x1b[K\x1b[2m{name} # {text}\x1b[0m");
                         } else {
                             eprintln!("{name} # {text}");
                         }
@@ -195,12 +201,18 @@ pub fn run(opts: Options) -> Result<u8> {
     let socket = scratch.path().join("driver.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
+    let status = Arc::new(server::Status::default());
     let server = Arc::new(server::Server {
         nodes: nodes.clone(),
         script_path,
         progress: true,
+        status: Arc::clone(&status),
     });
     server.serve(listener);
+    // The live status line, on a terminal only (and not under the prompt).
+    let stop_status = Arc::new(AtomicBool::new(false));
+    let status_line =
+        (is_tty() && !opts.interactive).then(|| status.show(Arc::clone(&stop_status)));
 
     eprintln!(
         "nixspawn-test: {} node(s), logs in {}",
@@ -275,6 +287,10 @@ pub fn run(opts: Options) -> Result<u8> {
         }
     };
 
+    stop_status.store(true, Ordering::Relaxed);
+    if let Some(t) = status_line {
+        let _ = t.join();
+    }
     if code != 0 {
         failure_report(&nodes);
     }
@@ -418,23 +434,26 @@ fn keep_network(net: &network::RunNetwork, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// `nixspawn-test __enter MACHINE ARGV...`: run a command in a node
-/// through the runtime's namespace entry, with this process's stdio.
-pub fn enter(machine: &str, argv: &[String]) -> u8 {
-    let r = (|| -> Result<i32> {
+/// `nixspawn-test __entry MACHINE`, its socket as stdin: a node's
+/// long-lived namespace entry (`nixspawn_runtime::ctl::entry`), a process
+/// of its own so its forks happen single-threaded.
+pub fn entry(machine: &str) -> u8 {
+    let r = (|| -> Result<()> {
         let st = nixspawn_runtime::state::load(&nixspawn_runtime::MachineName::new(machine)?)?;
-        // The environment the runner gave us is the command's.
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        Ok(nixspawn_runtime::ctl::enter::exec(&st, argv, &env)?)
+        let control = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("taking the entry's socket")?;
+        Ok(nixspawn_runtime::ctl::entry::serve(&st, control)?)
     })();
     match r {
-        Ok(code) => code.clamp(0, 255) as u8,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!(
                 "nixspawn-test: entering {machine}: {}",
                 crate::error_line(&e)
             );
-            node::ENTER_FAILED as u8
+            1
         }
     }
 }

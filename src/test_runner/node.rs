@@ -1,10 +1,11 @@
 //! One node of a run: its nixspawn process (started, watched, stopped,
 //! crashed, rebooted), commands run in it through the runtime's namespace
-//! entry (`nixspawn-test __enter`, a process of its own so the entry's
-//! forks happen single-threaded), and its boot timeline.
+//! entry (`nixspawn-test __entry`: one long-lived process per boot that
+//! entered once and forks each command), and its boot timeline.
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use nixspawn_runtime::MachineName;
+use nixspawn_runtime::ctl::entry::{Entry, Running};
 use nixspawn_runtime::state;
 
 use super::description::NodeDescription;
@@ -45,15 +47,19 @@ pub struct Mark {
 /// run: their parent-death signal fires when the spawning thread ends.
 #[derive(Clone)]
 pub struct Spawner {
-    tx: mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>,
+    tx: mpsc::Sender<Spawn>,
+    die_with_runner: bool,
 }
+
+/// A command, whether it dies with the runner, and where its child goes.
+type Spawn = (Command, bool, mpsc::Sender<std::io::Result<Child>>);
 
 impl Spawner {
     pub fn new(die_with_runner: bool) -> Spawner {
-        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
+        let (tx, rx) = mpsc::channel::<Spawn>();
         std::thread::spawn(move || {
-            for (mut cmd, reply) in rx {
-                if die_with_runner {
+            for (mut cmd, dying, reply) in rx {
+                if dying {
                     nixspawn_runtime::os::die_with_parent(&mut cmd, libc::SIGKILL);
                 }
                 let _ = reply.send(cmd.spawn());
@@ -64,17 +70,30 @@ impl Spawner {
                 std::thread::park();
             }
         });
-        Spawner { tx }
+        Spawner {
+            tx,
+            die_with_runner,
+        }
     }
 
-    fn spawn(&self, cmd: Command) -> Result<Child> {
+    fn spawn_with(&self, cmd: Command, dying: bool) -> Result<Child> {
         let (tx, rx) = mpsc::channel();
         self.tx
-            .send((cmd, tx))
+            .send((cmd, dying, tx))
             .map_err(|_| anyhow!("the spawner thread is gone"))?;
         Ok(rx
             .recv()
             .map_err(|_| anyhow!("the spawner thread is gone"))??)
+    }
+
+    /// A node's nixspawn: it dies with the runner unless the run keeps it.
+    fn spawn(&self, cmd: Command) -> Result<Child> {
+        self.spawn_with(cmd, self.die_with_runner)
+    }
+
+    /// A helper that always dies with the runner.
+    fn spawn_dying(&self, cmd: Command) -> Result<Child> {
+        self.spawn_with(cmd, true)
     }
 }
 
@@ -95,12 +114,16 @@ struct Life {
     /// read once per boot so commands need not source the profile.
     shell: Option<Shell>,
     marks: Vec<Mark>,
+    /// The long-lived namespace entry of the current boot.
+    entry: Option<Arc<EntryProcess>>,
     /// A generation counter: one per start, so a stale reaper is ignored.
     generation: u64,
 }
 
 pub struct Node {
     pub name: String,
+    /// The vlans it is on, in order (eth1, eth2, ...).
+    pub vlans: Vec<u8>,
     pub machine: String,
     pub console_log: PathBuf,
     argv: Vec<String>,
@@ -119,9 +142,6 @@ pub struct Outcome {
     pub stdout: Vec<u8>,
     pub timed_out: bool,
 }
-
-/// Exit status of `__enter` when entering itself failed.
-pub const ENTER_FAILED: i32 = 255;
 
 pub struct NodeSetup<'a> {
     pub name: &'a str,
@@ -160,6 +180,7 @@ impl Node {
         argv.extend(d.options.iter().cloned());
         Node {
             name: s.name.to_owned(),
+            vlans: d.vlans(),
             console_log: s.out_dir.join(format!("{}.console.log", s.name)),
             machine: s.machine,
             argv,
@@ -226,6 +247,7 @@ impl Node {
         life.boot = 1;
         life.hosts_for_boot = 0;
         life.shell = None;
+        life.entry = None;
         life.marks = vec![Mark {
             label: "launch".into(),
             at: launched,
@@ -351,6 +373,8 @@ impl Node {
         if self.life.lock().unwrap().hosts_for_boot == boot {
             return Ok(());
         }
+        // A new boot: a new PID 1 to enter (the old entry ended with the old one).
+        self.life.lock().unwrap().entry = None;
         // /etc/hosts may be a link into a read-only store (NixOS): replace it.
         let o = self.exec(
             "rm -f /etc/hosts; cat > /etc/hosts",
@@ -399,20 +423,28 @@ impl Node {
         Ok(Some((bash.to_owned(), env)))
     }
 
-    fn enter_command(&self, command: &str) -> Command {
-        let mut cmd = Command::new(&self.self_exe);
-        cmd.arg("__enter").arg(&self.machine).env_clear();
-        if let Some((bash, env)) = &self.life.lock().unwrap().shell {
-            // The profile's environment as read at boot: one exec less
-            // and no profile to source per command.
-            cmd.args([
-                bash.as_str(),
-                "-c",
-                &format!("set -euo pipefail; {command}"),
-            ])
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("TERM", "dumb");
-            return cmd;
+    /// The command line and environment `command` runs with.
+    fn command_line(&self, command: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let life = self.life.lock().unwrap();
+        if let Some((bash, env)) = &life.shell {
+            // The profile's environment as read at boot: no profile to
+            // source per command.
+            let mut env = env.clone();
+            env.push(("TERM".into(), "dumb".into()));
+            if let Some(words) = plain_words(command, &env) {
+                // What bash puts in the environment of the last command
+                // it execs (SHLVL back to 0 for the exec; $_ comes from
+                // the entry, which resolves the program).
+                env.push(("PWD".into(), "/".into()));
+                env.push(("SHLVL".into(), "0".into()));
+                return (words, env);
+            }
+            let argv = vec![
+                bash.clone(),
+                "-c".into(),
+                format!("set -euo pipefail; {command}"),
+            ];
+            return (argv, env);
         }
         // /etc/profile for the guest's PATH (NixOS puts its tools there),
         // then the command in bash with the driver's shell options (sh
@@ -420,14 +452,87 @@ impl Node {
         let wrapper = "[ -r /etc/profile ] && . /etc/profile >/dev/null 2>&1; \
              if command -v bash >/dev/null 2>&1; then exec bash -c \"set -euo pipefail; $1\"; \
              else exec sh -c \"set -eu; $1\"; fi";
-        cmd.args(["/bin/sh", "-c", wrapper, "nixspawn-test", command])
-            .env("TERM", "dumb");
-        cmd
+        let argv = ["/bin/sh", "-c", wrapper, "nixspawn-test", command]
+            .map(String::from)
+            .to_vec();
+        (argv, vec![("TERM".into(), "dumb".into())])
+    }
+
+    /// The entry of the current boot, started if there is none yet.
+    fn entry(&self) -> Result<Arc<EntryProcess>> {
+        if let Some(e) = &self.life.lock().unwrap().entry {
+            return Ok(Arc::clone(e));
+        }
+        // Started without holding the node's lock (entering takes a few
+        // milliseconds, more on a guest in trouble); a racing twin is
+        // dropped (and killed).
+        let generation = self.life.lock().unwrap().generation;
+        let (entry, theirs) = Entry::pair(&self.machine)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.console_log)?;
+        let mut cmd = Command::new(&self.self_exe);
+        cmd.arg("__entry")
+            .arg(&self.machine)
+            .env_clear()
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0);
+        let child = self
+            .spawner
+            .spawn_dying(cmd)
+            .context("starting the namespace entry")?;
+        let process = Arc::new(EntryProcess {
+            entry,
+            child: Mutex::new(child),
+        });
+        process.entry.wait_ready(Duration::from_secs(30))?;
+        let mut life = self.life.lock().unwrap();
+        if let Some(e) = &life.entry {
+            return Ok(Arc::clone(e));
+        }
+        if life.generation == generation {
+            life.entry = Some(Arc::clone(&process));
+        }
+        Ok(process)
+    }
+
+    /// Start `command` through the entry, once more with a new entry if
+    /// the old one ended (the guest rebooted by itself).
+    fn start_command(
+        &self,
+        command: &str,
+        stdin: BorrowedFd<'_>,
+        stdout: BorrowedFd<'_>,
+        stderr: BorrowedFd<'_>,
+    ) -> Result<Running> {
+        let (argv, env) = self.command_line(command);
+        let entry = self.entry()?;
+        match entry.entry.run(&argv, &env, stdin, stdout, stderr) {
+            Ok(r) => Ok(r),
+            Err(_) if entry.ended() && self.running() => {
+                let mut life = self.life.lock().unwrap();
+                if life.entry.as_ref().is_some_and(|x| Arc::ptr_eq(x, &entry)) {
+                    life.entry = None;
+                }
+                drop(life);
+                Ok(self
+                    .entry()?
+                    .entry
+                    .run(&argv, &env, stdin, stdout, stderr)?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Run `command` in the guest: stdout captured (or written to
     /// `stdout_file`), stderr to the console log, the exit status exact.
-    /// A timeout stops the command and gives 124, as `timeout(1)` would.
+    /// A timeout stops the command (SIGTERM, SIGKILL 5 s later) and gives
+    /// 124, as `timeout(1)` would. Output is read until its end or, once
+    /// the command ended, 100 ms more: a background process that keeps
+    /// the command's stdout open does not hold the answer back.
     pub fn exec(
         &self,
         command: &str,
@@ -438,59 +543,69 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let mut cmd = self.enter_command(command);
         let log = File::options()
             .create(true)
             .append(true)
             .open(&self.console_log)?;
-        cmd.stderr(log);
-        match stdin {
-            Some(p) => {
-                cmd.stdin(File::open(p).with_context(|| format!("opening {}", p.display()))?)
-            }
-            None => cmd.stdin(Stdio::null()),
+        let input = match stdin {
+            Some(p) => File::open(p).with_context(|| format!("opening {}", p.display()))?,
+            None => File::open("/dev/null")?,
         };
-        match stdout_file {
-            Some(p) => {
-                cmd.stdout(File::create(p).with_context(|| format!("creating {}", p.display()))?)
-            }
-            None => cmd.stdout(Stdio::piped()),
-        };
-        let mut child = cmd.spawn().context("running the namespace entry")?;
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let (eof_tx, eof_rx) = mpsc::channel();
-        if let Some(mut out) = child.stdout.take() {
-            let buffer = Arc::clone(&buffer);
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 16384];
-                while let Ok(n) = out.read(&mut chunk) {
-                    if n == 0 {
-                        break;
+        let output: OwnedFd = match stdout_file {
+            Some(p) => File::create(p)
+                .with_context(|| format!("creating {}", p.display()))?
+                .into(),
+            None => {
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+                let buffer = Arc::clone(&buffer);
+                std::thread::spawn(move || {
+                    let mut out = File::from(r);
+                    let mut chunk = [0u8; 16384];
+                    while let Ok(n) = out.read(&mut chunk) {
+                        if n == 0 {
+                            break;
+                        }
+                        buffer.lock().unwrap().extend_from_slice(&chunk[..n]);
                     }
-                    buffer.lock().unwrap().extend_from_slice(&chunk[..n]);
-                }
-                let _ = eof_tx.send(());
-            });
-        } else {
-            drop(eof_tx);
+                    let _ = eof_tx.send(());
+                });
+                w
+            }
+        };
+        let started = self.start_command(command, input.as_fd(), output.as_fd(), log.as_fd());
+        drop(output);
+        let running = match started {
+            Ok(r) => r,
+            Err(e) if !self.running() => {
+                bail!("{} stopped while running `{command}` ({e:#})", self.name)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut timed_out = false;
+        let mut status = running.wait(timeout);
+        if let Ok(None) = status {
+            timed_out = true;
+            let _ = running.signal(libc::SIGTERM);
+            status = running.wait(Some(Duration::from_secs(5)));
+            if let Ok(None) = status {
+                let _ = running.signal(libc::SIGKILL);
+                status = running.wait(None);
+            }
         }
-        let (status, timed_out) = wait_with_timeout(&mut child, timeout)?;
+        let status = match status {
+            Ok(s) => s.unwrap_or(124),
+            Err(e) if !self.running() => {
+                bail!("{} stopped while running `{command}` ({e:#})", self.name)
+            }
+            Err(e) => return Err(e.into()),
+        };
         // What the command wrote before it ended, without waiting for a
         // background process that keeps its stdout open.
         let _ = eof_rx.recv_timeout(Duration::from_millis(100));
         let stdout = std::mem::take(&mut *buffer.lock().unwrap());
-        let rc = if timed_out {
-            124
-        } else {
-            use std::os::unix::process::ExitStatusExt;
-            status
-                .code()
-                .or(status.signal().map(|s| 128 + s))
-                .unwrap_or(ENTER_FAILED)
-        };
-        if rc == ENTER_FAILED && !self.running() {
-            bail!("{} stopped while running `{command}`", self.name);
-        }
+        let rc = if timed_out { 124 } else { status };
         Ok(Outcome {
             rc,
             stdout,
@@ -503,14 +618,13 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let mut cmd = self.enter_command(command);
         let log = File::options()
             .create(true)
             .append(true)
             .open(&self.console_log)?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        let mut child = cmd.spawn().context("running the namespace entry")?;
-        std::thread::spawn(move || child.wait());
+        let null = File::options().read(true).write(true).open("/dev/null")?;
+        // (Dropping the answer leaves the command running, unreported.)
+        self.start_command(command, null.as_fd(), null.as_fd(), log.as_fd())?;
         Ok(())
     }
 
@@ -570,6 +684,7 @@ impl Node {
 
     /// Stop abruptly: the launcher is killed, its janitor takes the guest.
     pub fn crash(&self) -> Result<()> {
+        self.life.lock().unwrap().entry = None;
         let pid = self.life.lock().unwrap().pid;
         if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(
@@ -614,56 +729,137 @@ impl Node {
     }
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> Result<(ExitStatus, bool)> {
-    let Some(timeout) = timeout else {
-        return Ok((child.wait()?, false));
-    };
-    // A watchdog thread asks the entry to stop the command (it forwards
-    // SIGTERM to it) at the deadline, and kills the entry later still.
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let done = Arc::new((Mutex::new(false), Condvar::new()));
-    let fired = Arc::new(Mutex::new(false));
-    {
-        let done = Arc::clone(&done);
-        let fired = Arc::clone(&fired);
-        std::thread::spawn(move || {
-            let (lock, cv) = &*done;
-            let mut finished = lock.lock().unwrap();
-            for (wait, sig) in [
-                (timeout, nix::sys::signal::Signal::SIGTERM),
-                (Duration::from_secs(5), nix::sys::signal::Signal::SIGKILL),
-            ] {
-                let deadline = Instant::now() + wait;
-                while !*finished {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    finished = cv.wait_timeout(finished, deadline - now).unwrap().0;
-                }
-                if *finished {
-                    return;
-                }
-                *fired.lock().unwrap() = true;
-                let _ = nix::sys::signal::kill(pid, sig);
-                // (still holding `finished`: the entry is not reaped yet)
-            }
-        });
+/// A node's entry process and our end of its socket; killed when the
+/// last command that uses it let go.
+pub struct EntryProcess {
+    entry: Entry,
+    child: Mutex<Child>,
+}
+
+impl EntryProcess {
+    fn ended(&self) -> bool {
+        matches!(self.child.lock().unwrap().try_wait(), Ok(Some(_)))
     }
-    // Waited for without reaping, then reaped under the lock the watchdog
-    // signals under, so it never signals a reused PID.
-    let _ = nix::sys::wait::waitid(
-        nix::sys::wait::Id::Pid(pid),
-        nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
-    );
-    let status = {
-        let (lock, cv) = &*done;
-        let mut finished = lock.lock().unwrap();
-        let s = child.wait()?;
-        *finished = true;
-        cv.notify_all();
-        s
-    };
-    let timed_out = *fired.lock().unwrap();
-    Ok((status, timed_out))
+}
+
+impl Drop for EntryProcess {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Bash's builtins and reserved words: a command starting with one of
+/// these goes to bash even when it is plain words.
+const SHELL_WORDS: &[&str] = &[
+    "alias",
+    "bg",
+    "bind",
+    "break",
+    "builtin",
+    "caller",
+    "cd",
+    "command",
+    "compgen",
+    "complete",
+    "compopt",
+    "continue",
+    "declare",
+    "dirs",
+    "disown",
+    "echo",
+    "enable",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "fc",
+    "fg",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "printf",
+    "pushd",
+    "pwd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "times",
+    "trap",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "wait",
+    ".",
+    ":",
+    "[",
+    "[[",
+    "]]",
+    "if",
+    "then",
+    "else",
+    "elif",
+    "fi",
+    "case",
+    "esac",
+    "for",
+    "select",
+    "while",
+    "until",
+    "do",
+    "done",
+    "in",
+    "function",
+    "time",
+    "coproc",
+    "{",
+    "}",
+    "!",
+];
+
+/// `command` as an argv when bash would run it as exactly that: words of
+/// characters bash gives no meaning to, separated by spaces, the first
+/// neither an assignment nor a builtin or reserved word (`true` and
+/// `false` alone excepted: the programs do what the builtins do). Then
+/// it is run without bash, whose start is most of a short command's cost.
+pub fn plain_words(command: &str, env: &[(String, String)]) -> Option<Vec<String>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:,+@%=-".contains(c);
+    let words: Vec<String> = command
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    let first = words.first()?;
+    if !words.iter().all(|w| w.chars().all(plain))
+        || first.contains('=')
+        || env.iter().any(|(k, _)| k == "BASH_ENV" || k == "ENV")
+    {
+        return None;
+    }
+    if (first == "true" || first == "false") && words.len() == 1 {
+        return Some(words);
+    }
+    if SHELL_WORDS.contains(&first.as_str()) || first == "true" || first == "false" {
+        return None;
+    }
+    Some(words)
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -24,6 +25,94 @@ pub struct Server {
     pub nodes: BTreeMap<String, Arc<Node>>,
     pub script_path: PathBuf,
     pub progress: bool,
+    /// What each node is doing now, for the status line.
+    pub status: Arc<Status>,
+}
+
+/// Per node what it is busy with (booting, which command for what), shown
+/// on a terminal as one line under the log.
+#[derive(Default)]
+pub struct Status {
+    doing: Mutex<BTreeMap<String, Vec<(u64, String)>>>,
+    next: Mutex<u64>,
+}
+
+/// Removes its activity from the status when dropped.
+pub struct Doing<'a> {
+    status: &'a Status,
+    node: String,
+    id: u64,
+}
+
+impl Drop for Doing<'_> {
+    fn drop(&mut self) {
+        let mut d = self.status.doing.lock().unwrap();
+        if let Some(v) = d.get_mut(&self.node) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                d.remove(&self.node);
+            }
+        }
+    }
+}
+
+impl Status {
+    pub fn begin(&self, node: &str, what: String) -> Doing<'_> {
+        let id = {
+            let mut n = self.next.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        self.doing
+            .lock()
+            .unwrap()
+            .entry(node.to_owned())
+            .or_default()
+            .push((id, what));
+        Doing {
+            status: self,
+            node: node.to_owned(),
+            id,
+        }
+    }
+
+    /// The line: `node: what | node: what`, the latest activity per node.
+    pub fn line(&self) -> String {
+        self.doing
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(n, v)| v.last().map(|(_, w)| format!("{n}: {w}")))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// Redraw the line on the terminal (stderr) every 200 ms until `stop`.
+    pub fn show(self: Arc<Self>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut shown = false;
+            while !stop.load(Ordering::Relaxed) {
+                let line = crate::terminal_safe(&self.line());
+                let width = nixspawn_runtime::os::terminal_columns(std::io::stderr())
+                    .map_or(80, usize::from)
+                    .saturating_sub(1);
+                let line: String = line.chars().take(width).collect();
+                if !line.is_empty() {
+                    // Back to the line's start afterwards: the next log
+                    // line (which clears to the end) overwrites it.
+                    eprint!("\r\x1b[K\x1b[7m{line}\x1b[0m\r");
+                    shown = true;
+                } else if shown {
+                    eprint!("\r\x1b[K");
+                    shown = false;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if shown {
+                eprint!("\r\x1b[K");
+            }
+        })
+    }
 }
 
 impl Server {
@@ -62,7 +151,7 @@ impl Server {
 
     fn say(&self, node: &Node, what: &str) {
         if self.progress {
-            eprintln!("{}: {what}", node.name);
+            eprintln!("{}{}: {what}", super::clear_line(), node.name);
         }
     }
 
@@ -75,18 +164,22 @@ impl Server {
                     "name": n.name,
                     "machine": n.machine,
                     "console_log": n.console_log,
+                    "vlans": n.vlans,
                 })).collect::<Vec<_>>(),
                 "script_path": self.script_path,
             })),
             "start" => {
                 let n = self.node(req)?;
+                let _doing = self.status.begin(&n.name, "starting".into());
                 n.start()?;
                 self.say(n, &format!("launched as {}", n.machine));
                 Ok(json!({}))
             }
             "wait_booted" => {
                 let n = self.node(req)?;
+                let doing = self.status.begin(&n.name, "booting".into());
                 n.wait_booted(timeout.unwrap_or(BOOT_TIMEOUT))?;
+                drop(doing);
                 let marks = n.marks();
                 if let (Some(a), Some(b)) = (marks.first(), marks.last()) {
                     self.say(
@@ -103,6 +196,11 @@ impl Server {
             "exec" => {
                 let n = self.node(req)?;
                 let command = req["command"].as_str().context("no command")?;
+                let what = match req["context"].as_str() {
+                    Some(c) if !c.is_empty() => format!("{c}: `{command}`"),
+                    _ => format!("`{command}`"),
+                };
+                let _doing = self.status.begin(&n.name, what);
                 if req["detach"].as_bool() == Some(true) {
                     n.exec_detached(command)?;
                     return Ok(json!({ "rc": -2, "stdout": "" }));
@@ -118,6 +216,7 @@ impl Server {
             }
             "shutdown" => {
                 let n = self.node(req)?;
+                let _doing = self.status.begin(&n.name, "shutting down".into());
                 n.shutdown(timeout.unwrap_or(STOP_TIMEOUT))?;
                 Ok(json!({}))
             }
@@ -131,6 +230,9 @@ impl Server {
             }
             "wait_for_shutdown" => {
                 let n = self.node(req)?;
+                let _doing = self
+                    .status
+                    .begin(&n.name, "waiting for it to power off".into());
                 let status = n.wait_exit(timeout)?;
                 Ok(json!({ "status": status.and_then(|s| s.code()) }))
             }

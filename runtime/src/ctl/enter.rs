@@ -46,7 +46,7 @@ enum FromHelper {
 }
 
 /// The leader's cgroup v2 directory on the host.
-fn leader_cgroup(leader: i32) -> Result<PathBuf> {
+pub(super) fn leader_cgroup(leader: i32) -> Result<PathBuf> {
     let p = format!("/proc/{leader}/cgroup");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))?;
     let rel = text
@@ -57,7 +57,7 @@ fn leader_cgroup(leader: i32) -> Result<PathBuf> {
 }
 
 /// PATH of the guest's PID 1, so NixOS guests find their profile.
-fn leader_path(leader: i32) -> String {
+pub(super) fn leader_path(leader: i32) -> String {
     std::fs::read(format!("/proc/{leader}/environ"))
         .ok()
         .and_then(|env| {
@@ -438,9 +438,9 @@ fn helper(plan: &Plan<'_>, path: &str, channel: Channel) -> ! {
     }
 }
 
-type Step<T> = std::result::Result<T, (&'static str, Error)>;
+pub(super) type Step<T> = std::result::Result<T, (&'static str, Error)>;
 
-fn at<T>(step: &'static str, r: Result<T>) -> Step<T> {
+pub(super) fn at<T>(step: &'static str, r: Result<T>) -> Step<T> {
     r.map_err(|e| (step, e))
 }
 
@@ -473,70 +473,7 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
             source: e,
         }),
     )?;
-    // With a pidfd the kernel joins them all or none, the user namespace
-    // first, so everything after is decided by the guest's namespaces.
-    let mut flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWCGROUP;
-    if state.uid_range.is_some() {
-        flags |= libc::CLONE_NEWUSER;
-    }
-    at(
-        "join the leader's namespaces",
-        sys::setns_pidfd(plan.leader.as_fd(), flags).map_err(|e| Error::syscall("setns", e)),
-    )?;
-    if state.uid_range.is_some() {
-        // Host root has no id in the guest's namespace; its root does.
-        let (u, g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
-        at(
-            "become the guest's root",
-            nix::unistd::setresgid(g, g, g)
-                .and_then(|()| nix::unistd::setresuid(u, u, u))
-                .and_then(|()| nix::unistd::setgroups(&[]))
-                .map_err(|e| Error::syscall("setresuid", e)),
-        )?;
-        // A change of credentials clears the parent-death signal.
-        at(
-            "die with nixspawnctl",
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                .map_err(|e| Error::syscall("prctl(PR_SET_PDEATHSIG)", e)),
-        )?;
-    }
-    // No ptrace or /proc/PID/mem of us or the command until it execs (and
-    // gets the mode its binary calls for).
-    at(
-        "clear the dumpable flag",
-        nix::sys::prctl::set_dumpable(false)
-            .map_err(|e| Error::syscall("prctl(PR_SET_DUMPABLE)", e)),
-    )?;
-    let caps = capabilities::from_mask(state.capabilities);
-    if let Some(adjust) = &state.syscall_filter {
-        // Before the capability drop: without no_new_privs, loading a
-        // filter takes CAP_SYS_ADMIN, which the guest may not keep.
-        let prog = at(
-            "build the seccomp filter",
-            crate::security::seccomp::program(&caps, adjust),
-        )?;
-        at(
-            "install the seccomp filter",
-            crate::security::seccomp::install(&prog),
-        )?;
-    }
-    at(
-        "drop capabilities",
-        crate::security::capabilities::restrict_to(&caps),
-    )?;
-    if state.no_new_privileges {
-        at(
-            "set no_new_privs",
-            nix::sys::prctl::set_no_new_privs()
-                .map_err(|e| Error::syscall("prctl(PR_SET_NO_NEW_PRIVS)", e)),
-        )?;
-    }
-    let _ = nix::unistd::chdir("/");
+    enter_restricted(state, plan.leader.as_fd())?;
     let mut program = resolve(&plan.program, path);
     let mut login_argv = None;
 
@@ -628,6 +565,78 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
     }
 }
 
+/// Join the leader's namespaces (not its cgroup) and take on the guest's
+/// identity, seccomp filter, capabilities and no_new_privs, then go to `/`:
+/// what the exec helper does before it forks, and what the long-lived entry
+/// (`entry`) does once for all its commands.
+pub(super) fn enter_restricted(state: &State, leader: BorrowedFd<'_>) -> Step<()> {
+    // With a pidfd the kernel joins them all or none, the user namespace
+    // first, so everything after is decided by the guest's namespaces.
+    let mut flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWCGROUP;
+    if state.uid_range.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    at(
+        "join the leader's namespaces",
+        sys::setns_pidfd(leader, flags).map_err(|e| Error::syscall("setns", e)),
+    )?;
+    if state.uid_range.is_some() {
+        // Host root has no id in the guest's namespace; its root does.
+        let (u, g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        at(
+            "become the guest's root",
+            nix::unistd::setresgid(g, g, g)
+                .and_then(|()| nix::unistd::setresuid(u, u, u))
+                .and_then(|()| nix::unistd::setgroups(&[]))
+                .map_err(|e| Error::syscall("setresuid", e)),
+        )?;
+        // A change of credentials clears the parent-death signal.
+        at(
+            "die with nixspawnctl",
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .map_err(|e| Error::syscall("prctl(PR_SET_PDEATHSIG)", e)),
+        )?;
+    }
+    // No ptrace or /proc/PID/mem of us or the command until it execs (and
+    // gets the mode its binary calls for).
+    at(
+        "clear the dumpable flag",
+        nix::sys::prctl::set_dumpable(false)
+            .map_err(|e| Error::syscall("prctl(PR_SET_DUMPABLE)", e)),
+    )?;
+    let caps = capabilities::from_mask(state.capabilities);
+    if let Some(adjust) = &state.syscall_filter {
+        // Before the capability drop: without no_new_privs, loading a
+        // filter takes CAP_SYS_ADMIN, which the guest may not keep.
+        let prog = at(
+            "build the seccomp filter",
+            crate::security::seccomp::program(&caps, adjust),
+        )?;
+        at(
+            "install the seccomp filter",
+            crate::security::seccomp::install(&prog),
+        )?;
+    }
+    at(
+        "drop capabilities",
+        crate::security::capabilities::restrict_to(&caps),
+    )?;
+    if state.no_new_privileges {
+        at(
+            "set no_new_privs",
+            nix::sys::prctl::set_no_new_privs()
+                .map_err(|e| Error::syscall("prctl(PR_SET_NO_NEW_PRIVS)", e)),
+        )?;
+    }
+    let _ = nix::unistd::chdir("/");
+    Ok(())
+}
+
 /// The command's own steps: a session of its own (with the pty as its
 /// controlling terminal), default signal handling, exec.
 fn command(plan: &Plan<'_>, program: &CString, argv: &[CString]) -> ! {
@@ -704,7 +713,7 @@ fn open_guest_pty() -> Result<OwnedFd> {
 }
 
 /// Look `name` up in PATH inside the (already joined) guest.
-fn resolve(name: &CString, path: &str) -> CString {
+pub(super) fn resolve(name: &CString, path: &str) -> CString {
     let s = name.to_string_lossy();
     if s.contains('/') {
         return name.clone();

@@ -49,6 +49,16 @@ fn single_threaded() -> io::Result<()> {
     }
 }
 
+/// Check now that this process has one thread and remember it, for a
+/// process that will never start another and is about to lose sight of
+/// its own /proc (it joins a guest's mount namespace), as the long-lived
+/// entry does before it enters.
+pub fn settle_single_threaded() -> io::Result<()> {
+    single_threaded()?;
+    IN_FORKED_CHILD.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 /// clone3(2) with a pidfd and, optionally, straight into a cgroup. Refused
 /// in a multi-threaded process: the child runs ordinary Rust code until it
 /// execs or exits.
