@@ -423,8 +423,11 @@ fn keep_network(net: &network::RunNetwork, prefix: &str) -> Result<()> {
 pub fn enter(machine: &str, argv: &[String]) -> u8 {
     let r = (|| -> Result<i32> {
         let st = nixspawn_runtime::state::load(&nixspawn_runtime::MachineName::new(machine)?)?;
-        // The environment the runner gave us is the command's.
-        let env: Vec<(String, String)> = std::env::vars().collect();
+        // The environment the runner gave us is the command's, but for
+        // the state directory it named for the entry.
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k != nixspawn_runtime::state::RUNTIME_DIR_ENV)
+            .collect();
         Ok(nixspawn_runtime::ctl::enter::exec(&st, argv, &env)?)
     })();
     match r {

@@ -402,6 +402,11 @@ impl Node {
     fn enter_command(&self, command: &str) -> Command {
         let mut cmd = Command::new(&self.self_exe);
         cmd.arg("__enter").arg(&self.machine).env_clear();
+        // Where the nodes' state is, when not /run/nixspawn (a Nix build
+        // sandbox): for the entry itself, which keeps it from the command.
+        if let Some(dir) = std::env::var_os(state::RUNTIME_DIR_ENV) {
+            cmd.env(state::RUNTIME_DIR_ENV, dir);
+        }
         if let Some((bash, env)) = &self.life.lock().unwrap().shell {
             // The profile's environment as read at boot: one exec less
             // and no profile to source per command.
