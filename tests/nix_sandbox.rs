@@ -7,7 +7,8 @@
 //! no Nix database or nix-store (6), `\r\n` in the build log (7), trees
 //! from the store (8), state paths off `/run` (9: the builder sets
 //! `NIXSPAWN_RUNTIME_DIR`), the inherited no_new_privs and seccomp (10:
-//! every case runs under them).
+//! every case runs under them). Beyond single guests: nix/test.nix, a
+//! two-node nixspawn-test as a derivation (passing, and failing the build).
 
 mod common;
 
@@ -50,8 +51,96 @@ fn host_traces() -> (Vec<String>, Vec<PathBuf>, Vec<String>) {
     (mounts, cgroups, scratch)
 }
 
+/// Processes of a run that would outlive it: anything run from a store
+/// bundle of ours (nixspawn, nixspawn-test, the janitors) or the driver.
+fn sandbox_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("-nixspawn/bin/")
+            || cmdline.contains("nixspawn_test_driver")
+            || cmdline.contains("-python3/bin/")
+        {
+            found.push(format!("{} {cmdline}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Network namespaces held by a process of the runs here (by its
+/// descriptor or as its own): none may outlive a build.
+fn netns_of_runs() -> Vec<String> {
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !(cmdline.contains("s15-") || cmdline.contains("/nix/store/")) {
+            continue;
+        }
+        let mut links = vec![p.path().join("ns/net")];
+        if let Ok(fds) = std::fs::read_dir(p.path().join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for l in links {
+            if let Ok(t) = std::fs::read_link(&l)
+                && t.to_string_lossy().starts_with("net:[")
+            {
+                found.push(format!("{} held by {cmdline}", t.display()));
+            }
+        }
+    }
+    found
+}
+
+/// Loop devices with a backing file (none of ours should stay).
+fn loop_devices() -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let f = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            Some(format!("{} {}", e.file_name().to_string_lossy(), f.trim()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// State directories of our machines in the host's /run/nixspawn.
+fn run_state_of_ours() -> Vec<String> {
+    std::fs::read_dir("/run/nixspawn")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("s15-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `nix-build cases.nix -A ATTR` in the sandbox fixture: (status, log).
 fn nix_build(attr: &str, binds: &[String]) -> (i32, String) {
+    let cmd = ["nix-build", "/src/cases.nix", "--no-out-link", "-A", attr];
+    in_nix_builder(&cmd, binds)
+}
+
+/// `nix-build cases.nix -A ATTR`, then what the output holds: the store
+/// path on a line `OUT=PATH`, the listing of $out and $out/logs, JUnit.
+fn nix_build_showing_out(attr: &str, binds: &[String]) -> (i32, String) {
+    let script = format!(
+        "o=$(nix-build /src/cases.nix --no-out-link -A {attr}) || exit $?; \
+         echo OUT=$o; ls $o $o/logs; echo JUNIT-BEGIN; cat $o/junit.xml; echo; echo JUNIT-END"
+    );
+    in_nix_builder(&["sh", "-c", &script], binds)
+}
+
+/// A command in the Nix builder fixture (run.sh): (status, output).
+fn in_nix_builder(argv: &[&str], binds: &[String]) -> (i32, String) {
     let mut cmd = Command::new(repo().join("integration/nix-sandbox/run.sh"));
     cmd.env("NIXSPAWN_BIN_DIR", bin_dir());
     cmd.arg("--bind").arg(format!(
@@ -61,7 +150,7 @@ fn nix_build(attr: &str, binds: &[String]) -> (i32, String) {
     for b in binds {
         cmd.arg("--bind").arg(b);
     }
-    cmd.args(["nix-build", "/src/cases.nix", "--no-out-link", "-A", attr]);
+    cmd.args(argv);
     let out = cmd.output().unwrap();
     let log = format!(
         "{}{}",
@@ -73,6 +162,11 @@ fn nix_build(attr: &str, binds: &[String]) -> (i32, String) {
 
 /// Build `attr`, check nothing stays behind, return (status, log).
 fn build_leaving_nothing(attr: &str, binds: &[String]) -> (i32, String) {
+    leaving_nothing(|| nix_build(attr, binds))
+}
+
+/// Run `build`, check nothing stays behind, return what it returned.
+fn leaving_nothing(build: impl FnOnce() -> (i32, String)) -> (i32, String) {
     // nextest runs tests in parallel processes: one build between the
     // snapshots, or another's scratch directory counts as ours.
     let f = std::fs::File::create("/var/cache/nixspawn/fixtures/.lock-nix-sandbox-test").unwrap();
@@ -80,17 +174,32 @@ fn build_leaving_nothing(attr: &str, binds: &[String]) -> (i32, String) {
         .map_err(|(_, e)| e)
         .unwrap();
     let before = host_traces();
-    let (code, log) = nix_build(attr, binds);
+    let loops = loop_devices();
+    let (code, log) = build();
     let after = host_traces();
     assert_eq!(before.0, after.0, "host mounts changed:\n{log}");
     assert_eq!(before.1, after.1, "host cgroups changed:\n{log}");
     assert_eq!(before.2, after.2, "scratch directories left:\n{log}");
-    for name in ["s15-cmd", "s15-fail", "s15-top", "s15-boot", "s15-idy"] {
+    for name in [
+        "s15-cmd",
+        "s15-fail",
+        "s15-top",
+        "s15-boot",
+        "s15-idy",
+        "s15-two-a",
+        "s15-two-b",
+        "s15-twof-a",
+        "s15-twof-b",
+    ] {
         assert!(
             processes_naming(name).is_empty(),
             "processes of {name} left"
         );
     }
+    assert_eq!(sandbox_processes(), Vec::<String>::new(), "{log}");
+    assert_eq!(netns_of_runs(), Vec::<String>::new(), "{log}");
+    assert_eq!(loops, loop_devices(), "loop devices changed:\n{log}");
+    assert_eq!(run_state_of_ours(), Vec::<String>::new(), "{log}");
     (code, log)
 }
 
@@ -175,6 +284,73 @@ fn a_debian_tree_from_the_store_boots_with_systemd_in_a_build() {
     // Obstacle 8: a copy in the build directory reaches running.
     assert!(log.contains("state: running"), "{log}");
     assert!(log.contains("launcher exit: 0"), "{log}");
+}
+
+/// The bookworm tree as /guest of the builder, for the two-node tests.
+fn bookworm_guest() -> Vec<String> {
+    vec![format!("{}:/guest", tree("bookworm").display())]
+}
+
+#[test]
+fn a_two_node_nixspawn_test_builds_as_a_derivation() {
+    privileged!();
+    require_root();
+    let binds = bookworm_guest();
+    let (code, log) = leaving_nothing(|| nix_build_showing_out("twoNodes", &binds));
+    assert_eq!(code, 0, "{log}");
+    // Each node reached the other by name over the vlan (two-nodes.py).
+    assert!(has_line(&log, "a resolves b to 192.168.1.2"), "{log}");
+    assert!(has_line(&log, "a got from b: hello from b"), "{log}");
+    assert!(has_line(&log, "b got from a: hello from a"), "{log}");
+    assert!(log.contains("nixspawn-test: passed"), "{log}");
+    // Both nodes booted systemd in the build (their console lines).
+    assert!(log.contains("a # ") && log.contains("b # "), "{log}");
+    // $out: the run's log, the status, the console logs, the timeline and
+    // JUnit with the subtest passed.
+    for f in [
+        "log",
+        "status",
+        "junit.xml",
+        "a.console.log",
+        "b.console.log",
+        "timeline.svg",
+    ] {
+        assert!(has_line(&log, f), "{f} not in $out:\n{log}");
+    }
+    let junit = log
+        .split("JUNIT-BEGIN")
+        .nth(1)
+        .and_then(|j| j.split("JUNIT-END").next())
+        .unwrap_or_default();
+    assert!(junit.contains("<testsuite"), "{log}");
+    assert!(junit.contains("b reaches a"), "{junit}");
+    assert!(!junit.contains("<failure"), "{junit}");
+}
+
+#[test]
+fn a_failing_two_node_test_fails_the_build_with_its_line() {
+    privileged!();
+    require_root();
+    let binds = bookworm_guest();
+    let (code, log) = leaving_nothing(|| nix_build("twoNodesFailing", &binds));
+    assert_ne!(code, 0, "{log}");
+    // The driver's frame of the failing line, and its exception.
+    assert!(
+        log.lines().any(|l| l.starts_with("!!! ")
+            && l.contains("test-script.py:6:")
+            && l.ends_with(r#"a.succeed("test -e /FAILING-LINE-s15-two")"#)),
+        "{log}"
+    );
+    assert!(
+        log.contains("command `test -e /FAILING-LINE-s15-two` failed (exit code 1)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("nixspawn-test two-nodes-failing failed with status 1"),
+        "{log}"
+    );
+    assert!(log.contains("builder failed with exit code 1"), "{log}");
+    assert!(!log.contains("not reached"), "{log}");
 }
 
 /// The sid tree with Nix of integration/nix-sandbox/setup.sh.
