@@ -27,6 +27,11 @@ for c in $copies; do
 	chown -R 0:0 "$dest"
 	chmod 755 "$dest"
 done
+# exportReferencesGraph's records are: path, deriver, count, references.
+for n in $toplevels; do
+	awk 'r == 0 { print; r = -1; next } r == -1 { r = -2; next }
+	     r == -2 { r = $1; next } { r-- }' "/build/graph-$n" >"/build/closure-$n"
+done
 mkdir -p "$out"
 cd /build
 {

@@ -39,10 +39,19 @@ let
     if node.ephemeral or true
     then "/build/trees/${builtins.baseNameOf node.tree}"
     else "/build/trees/node-${n}";
+  # A toplevel's closure, for --closure-file: the sandbox has no Nix
+  # database or nix-store to ask (obstacle 6); exportReferencesGraph
+  # writes it to graph-NODE, the builder keeps its paths in closure-NODE.
+  toplevelNodes = builtins.filter (n: nodes.${n} ? toplevel) (builtins.attrNames nodes);
+  closureOption = n: "--closure-file=/build/closure-${n}";
   description = {
     inherit name;
     nodes = builtins.mapAttrs
-      (n: node: node // (if node ? tree then { tree = copyOf n node; } else { }))
+      (n: node: node
+        // (if node ? tree then { tree = copyOf n node; } else { })
+        // (if node ? toplevel
+        then { options = (node.options or [ ]) ++ [ (closureOption n) ]; }
+        else { }))
       nodes;
     test_script = testScript;
   }
@@ -66,6 +75,9 @@ derivation {
   builder = "${nixspawn}/bin/busybox";
   args = [ "sh" "-e" ./test-builder.sh ];
   copies = builtins.concatStringsSep " " copies;
+  toplevels = builtins.concatStringsSep " " toplevelNodes;
+  exportReferencesGraph = builtins.concatLists
+    (map (n: [ "graph-${n}" nodes.${n}.toplevel ]) toplevelNodes);
   description = builtins.toJSON description;
   passAsFile = [ "description" ];
   requiredSystemFeatures = [ "uid-range" ];

@@ -188,6 +188,7 @@ fn leaving_nothing(build: impl FnOnce() -> (i32, String)) -> (i32, String) {
         "s15-idy",
         "s15-two-a",
         "s15-two-b",
+        "s15-two-c",
         "s15-twof-a",
         "s15-twof-b",
     ] {
@@ -292,16 +293,23 @@ fn bookworm_guest() -> Vec<String> {
 }
 
 #[test]
-fn a_two_node_nixspawn_test_builds_as_a_derivation() {
+fn a_multi_node_nixspawn_test_builds_as_a_derivation() {
     privileged!();
     require_root();
     let binds = bookworm_guest();
-    let (code, log) = leaving_nothing(|| nix_build_showing_out("twoNodes", &binds));
+    let (code, log) = leaving_nothing(|| nix_build_showing_out("twoNodesAndToplevel", &binds));
     assert_eq!(code, 0, "{log}");
     // Each node reached the other by name over the vlan (two-nodes.py).
     assert!(has_line(&log, "a resolves b to 192.168.1.2"), "{log}");
     assert!(has_line(&log, "a got from b: hello from b"), "{log}");
     assert!(has_line(&log, "b got from a: hello from a"), "{log}");
+    // The third node, a toplevel from its closure (--closure-file from
+    // exportReferencesGraph), ran its init as PID 1.
+    assert!(
+        has_line(&log, "c # hello from toplevel init, PID 1"),
+        "{log}"
+    );
+    assert!(has_line(&log, "c says hello from its toplevel"), "{log}");
     assert!(log.contains("nixspawn-test: passed"), "{log}");
     // Both nodes booted systemd in the build (their console lines).
     assert!(log.contains("a # ") && log.contains("b # "), "{log}");
@@ -313,6 +321,7 @@ fn a_two_node_nixspawn_test_builds_as_a_derivation() {
         "junit.xml",
         "a.console.log",
         "b.console.log",
+        "c.console.log",
         "timeline.svg",
     ] {
         assert!(has_line(&log, f), "{f} not in $out:\n{log}");
@@ -324,6 +333,10 @@ fn a_two_node_nixspawn_test_builds_as_a_derivation() {
         .unwrap_or_default();
     assert!(junit.contains("<testsuite"), "{log}");
     assert!(junit.contains("b reaches a"), "{junit}");
+    assert!(
+        junit.contains("a toplevel node from its closure"),
+        "{junit}"
+    );
     assert!(!junit.contains("<failure"), "{junit}");
 }
 

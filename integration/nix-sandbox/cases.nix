@@ -32,6 +32,18 @@ let
       ${bb} chmod +x $out/init
     '' ];
   };
+  # For nixspawn-test: an init that says hello on the console and stays
+  # until the halt or poweroff signal (SIGRTMIN+3 or +4: 37, 38) or SIGTERM.
+  staysToplevel = derivation {
+    name = "nixos-system-stays";
+    system = builtins.currentSystem;
+    builder = bb;
+    args = [ "sh" "-c" ''
+      ${bb} mkdir $out
+      printf '#!${bb} sh\ntrap "exit 0" TERM 37 38\necho hello from toplevel init, PID $$\nwhile :; do ${bb} sleep 0.2; done\n' >$out/init
+      ${bb} chmod +x $out/init
+    '' ];
+  };
 in
 {
   # A command as PID 1 with nixspawn's defaults (read-only console on the
@@ -99,7 +111,7 @@ in
 
   # nix/test.nix: two nodes of one Debian tree from the store on vlan 1;
   # a reaches b by name (ARP, /etc/hosts, TCP to a socket-activated
-  # server), and b reaches a the same way.
+  # server), and b reaches a the same way (bench.sh times this one).
   twoNodes = runTest {
     name = "two-nodes";
     machinePrefix = "s15-two-";
@@ -107,6 +119,18 @@ in
     nodes.a.tree = guest;
     nodes.b.tree = guest;
     testScript = builtins.readFile ./two-nodes.py;
+  };
+
+  # The same with a third node, a NixOS-shaped toplevel built in this
+  # store and booted from its closure (what the CI test builds).
+  twoNodesAndToplevel = runTest {
+    name = "two-nodes-and-toplevel";
+    machinePrefix = "s15-two-";
+    globalTimeout = 300;
+    nodes.a.tree = guest;
+    nodes.b.tree = guest;
+    nodes.c.toplevel = staysToplevel;
+    testScript = builtins.readFile ./two-nodes.py + builtins.readFile ./toplevel-node.py;
   };
 
   # The same, failing in its script: the build fails with the line.
