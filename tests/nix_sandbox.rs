@@ -467,3 +467,85 @@ fn nested_sandbox_is_refused_where_the_guest_root_is_the_hosts() {
         assert_cleaned_up(&name, None);
     }
 }
+
+/// Run in a guest: nixspawn (the binaries under test, bound in at
+/// /nixspawn-bin) with a command payload on a busybox tree made there,
+/// in the guest's user namespace ("plain") and in one of its own
+/// ("userns": identity, the one range that fits in the guest's 65536).
+const NESTED_NIXSPAWN: &str = r#"
+mkdir -p /tmp/bb/bin /tmp/bb/usr /tmp/bb/etc
+cp /bin/busybox /tmp/bb/bin/
+for a in sh cat echo; do ln -sf busybox /tmp/bb/bin/$a; done
+inner() {
+  tag=$1; shift
+  /nixspawn-bin/nixspawn --pipe --register=no -M s15-inner "$@" -D /tmp/bb /bin/sh -c "echo $tag: hello from the nested guest, PID \$\$; echo $tag: uid_map \$(cat /proc/self/uid_map)" 2>/tmp/inner.err
+  echo "$tag: exit $?"
+  echo "$tag: stderr $(grep -v -e Spawning -e 'exited successfully' /tmp/inner.err)"
+}
+inner plain
+inner userns -U --private-users=identity
+"#;
+
+/// Boot the sid tree (-U, a network namespace of its own: the inner
+/// launcher's sysfs needs one its user namespace owns) with `extra`, run
+/// NESTED_NIXSPAWN in it; its output, everything checked gone.
+fn nested_nixspawn(extra: &[&str]) -> String {
+    let tree = nix_tree();
+    let name = unique_name("s15-nns");
+    let bind = format!("--bind-ro={}:/nixspawn-bin", bin_dir().display());
+    let mut args = vec!["-x", "-b", "-U", "--private-network", &bind];
+    args.extend_from_slice(extra);
+    let mut g = Guest::start(&tree, &name, &args);
+    g.wait_ready();
+    let (_, out) = g.exec(&["/bin/sh", "-c", NESTED_NIXSPAWN]);
+    g.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(g.wait_exit(std::time::Duration::from_secs(30)), 0);
+    assert_cleaned_up(&name, None);
+    assert!(processes_naming("s15-inner").is_empty());
+    out
+}
+
+fn field<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_default()
+        .trim()
+}
+
+/// Both inner launches worked: PID 1 said hello, plain in the outer
+/// guest's user namespace (a range of the host's ids), userns in an
+/// identity map inside it.
+fn assert_both_nested_guests_ran(out: &str) {
+    for tag in ["plain", "userns"] {
+        assert_eq!(field(out, &format!("{tag}: exit ")), "0", "{out}");
+        assert!(
+            out.contains(&format!("{tag}: hello from the nested guest, PID 1")),
+            "{out}"
+        );
+    }
+    let plain: Vec<&str> = field(out, "plain: uid_map").split_whitespace().collect();
+    assert!(
+        plain.len() == 3 && plain[0] == "0" && plain[1] != "0",
+        "{out}"
+    );
+    let userns: Vec<&str> = field(out, "userns: uid_map").split_whitespace().collect();
+    assert_eq!(userns, ["0", "0", "65536"], "{out}");
+}
+
+#[test]
+fn nixspawn_runs_guests_inside_a_guest_with_nested_sandbox() {
+    privileged!();
+    require_root();
+    assert_both_nested_guests_ran(&nested_nixspawn(&["--nested-sandbox"]));
+}
+
+/// Unlike Nix's sandbox, nixspawn in a guest needs no --nested-sandbox:
+/// it makes its mount namespace while still in the guest's user
+/// namespace, where the /proc masks are not locked, and mounts its procfs
+/// there, even for a guest with a user namespace of its own.
+#[test]
+fn nixspawn_inside_a_guest_needs_no_nested_sandbox() {
+    privileged!();
+    require_root();
+    assert_both_nested_guests_ran(&nested_nixspawn(&[]));
+}
