@@ -160,6 +160,16 @@ fn in_nix_builder(argv: &[&str], binds: &[String]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), log)
 }
 
+/// nextest runs tests in parallel processes: one test of this file at a
+/// time, or another's scratch directory, guests or namespaces (all named
+/// s15-) count as ours between the snapshots.
+fn one_at_a_time() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::File::create("/var/cache/nixspawn/fixtures/.lock-nix-sandbox-test").unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
 /// Build `attr`, check nothing stays behind, return (status, log).
 fn build_leaving_nothing(attr: &str, binds: &[String]) -> (i32, String) {
     leaving_nothing(|| nix_build(attr, binds))
@@ -167,12 +177,7 @@ fn build_leaving_nothing(attr: &str, binds: &[String]) -> (i32, String) {
 
 /// Run `build`, check nothing stays behind, return what it returned.
 fn leaving_nothing(build: impl FnOnce() -> (i32, String)) -> (i32, String) {
-    // nextest runs tests in parallel processes: one build between the
-    // snapshots, or another's scratch directory counts as ours.
-    let f = std::fs::File::create("/var/cache/nixspawn/fixtures/.lock-nix-sandbox-test").unwrap();
-    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let _held = one_at_a_time();
     let before = host_traces();
     let loops = loop_devices();
     let (code, log) = build();
@@ -406,6 +411,7 @@ if head -c 1 /proc/kcore >/dev/null 2>&1; then echo "kcore readable"; else echo 
 "#;
 
 fn nested_run(extra: &[&str]) -> String {
+    let _held = one_at_a_time();
     let tree = nix_tree();
     let name = unique_name("s15-nest");
     let mut args = vec!["-x", "-b", "-U"];
@@ -449,6 +455,7 @@ fn without_nested_sandbox_nix_refuses_to_sandbox_as_under_nspawn() {
 fn nested_sandbox_is_refused_where_the_guest_root_is_the_hosts() {
     privileged!();
     require_root();
+    let _held = one_at_a_time();
     let bb = busybox_tree();
     for extra in [&[][..], &["--private-users=identity"][..]] {
         let name = unique_name("s15-nref");
@@ -490,6 +497,7 @@ inner userns -U --private-users=identity
 /// launcher's sysfs needs one its user namespace owns) with `extra`, run
 /// NESTED_NIXSPAWN in it; its output, everything checked gone.
 fn nested_nixspawn(extra: &[&str]) -> String {
+    let _held = one_at_a_time();
     let tree = nix_tree();
     let name = unique_name("s15-nns");
     let bind = format!("--bind-ro={}:/nixspawn-bin", bin_dir().display());
