@@ -6,9 +6,11 @@
 //! inside the builder's map (4), a store of many mounts (5, `--toplevel`),
 //! no Nix database or nix-store (6), `\r\n` in the build log (7), trees
 //! from the store (8), state paths off `/run` (9: the builder sets
-//! `NIXSPAWN_RUNTIME_DIR`), the inherited no_new_privs and seccomp (10:
+//! `NIXSPAWN_RUNTIME_DIR`; nixspawn-test's entries find the nodes there),
+//! the inherited no_new_privs and seccomp (10: seen in the command guest;
 //! every case runs under them). Beyond single guests: nix/test.nix, a
-//! two-node nixspawn-test as a derivation (passing, and failing the build).
+//! multi-node nixspawn-test as a derivation (passing, and failing the
+//! build), and nixspawn launching guests inside a nixspawn guest.
 
 mod common;
 
@@ -236,6 +238,15 @@ fn a_derivation_whose_builder_runs_a_command_guest_builds() {
     // Obstacle 1: the guest's cgroup namespace root.
     assert!(has_line(&log, "0::/"), "{log}");
     assert!(has_line(&log, "after the guest"), "{log}");
+    // Obstacle 10: the build's no_new_privs and seccomp filter stay on
+    // the guest (nixspawn's filter stacks on Nix's), and it still runs.
+    let status_line = |key: &str| {
+        log.lines()
+            .find_map(|l| l.split_once(key).map(|(_, v)| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    assert_eq!(status_line("NoNewPrivs:"), "1", "{log}");
+    assert_eq!(status_line("Seccomp:"), "2", "{log}");
 }
 
 #[test]

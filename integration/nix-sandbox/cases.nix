@@ -51,7 +51,7 @@ in
   command = run {
     name = "nixspawn-command";
     script = mkTree + ''
-      nixspawn -M s15-cmd -D /build/t /bin/sh -c 'echo hello from PID $$; echo uid_map $(cat /proc/self/uid_map); cat /proc/self/cgroup; echo devnull >/dev/null && echo dev ok'
+      nixspawn -M s15-cmd -D /build/t /bin/sh -c 'echo hello from PID $$; echo uid_map $(cat /proc/self/uid_map); cat /proc/self/cgroup; echo devnull >/dev/null && echo dev ok; grep -E "^(NoNewPrivs|Seccomp):" /proc/self/status'
       echo after the guest
     '';
   };
