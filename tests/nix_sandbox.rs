@@ -198,6 +198,7 @@ fn leaving_nothing(build: impl FnOnce() -> (i32, String)) -> (i32, String) {
         "s15-two-c",
         "s15-twof-a",
         "s15-twof-b",
+        "s15-dn-m",
     ] {
         assert!(
             processes_naming(name).is_empty(),
@@ -301,6 +302,30 @@ fn a_debian_tree_from_the_store_boots_with_systemd_in_a_build() {
     // Obstacle 8: a copy in the build directory reaches running.
     assert!(log.contains("state: running"), "{log}");
     assert!(log.contains("launcher exit: 0"), "{log}");
+}
+
+#[test]
+fn default_nix_gives_run_test_and_run_in_sandbox() {
+    privileged!();
+    require_root();
+    let binds = [format!("{}:/repo", repo().display())];
+    for (attr, want) in [
+        ("test", "DEFAULT-NIX-TEST-OK"),
+        ("script", "DEFAULT-NIX-SCRIPT-OK"),
+    ] {
+        let (code, log) = leaving_nothing(|| {
+            let argv = [
+                "nix-build",
+                "/src/default-nix.nix",
+                "--no-out-link",
+                "-A",
+                attr,
+            ];
+            in_nix_builder(&argv, &binds)
+        });
+        assert_eq!(code, 0, "{log}");
+        assert!(has_line(&log, want), "{log}");
+    }
 }
 
 /// The bookworm tree as /guest of the builder, for the two-node tests.
