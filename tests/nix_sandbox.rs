@@ -6,8 +6,11 @@
 //! inside the builder's map (4), a store of many mounts (5, `--toplevel`),
 //! no Nix database or nix-store (6), `\r\n` in the build log (7), trees
 //! from the store (8), state paths off `/run` (9: the builder sets
-//! `NIXSPAWN_RUNTIME_DIR`), the inherited no_new_privs and seccomp (10:
-//! every case runs under them).
+//! `NIXSPAWN_RUNTIME_DIR`; nixspawn-test's entries find the nodes there),
+//! the inherited no_new_privs and seccomp (10: seen in the command guest;
+//! every case runs under them). Beyond single guests: nix/test.nix, a
+//! multi-node nixspawn-test as a derivation (passing, and failing the
+//! build), and nixspawn launching guests inside a nixspawn guest.
 
 mod common;
 
@@ -50,8 +53,96 @@ fn host_traces() -> (Vec<String>, Vec<PathBuf>, Vec<String>) {
     (mounts, cgroups, scratch)
 }
 
+/// Processes of a run that would outlive it: anything run from a store
+/// bundle of ours (nixspawn, nixspawn-test, the janitors) or the driver.
+fn sandbox_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("-nixspawn/bin/")
+            || cmdline.contains("nixspawn_test_driver")
+            || cmdline.contains("-python3/bin/")
+        {
+            found.push(format!("{} {cmdline}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Network namespaces held by a process of the runs here (by its
+/// descriptor or as its own): none may outlive a build.
+fn netns_of_runs() -> Vec<String> {
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !(cmdline.contains("s15-") || cmdline.contains("/nix/store/")) {
+            continue;
+        }
+        let mut links = vec![p.path().join("ns/net")];
+        if let Ok(fds) = std::fs::read_dir(p.path().join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for l in links {
+            if let Ok(t) = std::fs::read_link(&l)
+                && t.to_string_lossy().starts_with("net:[")
+            {
+                found.push(format!("{} held by {cmdline}", t.display()));
+            }
+        }
+    }
+    found
+}
+
+/// Loop devices with a backing file (none of ours should stay).
+fn loop_devices() -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let f = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            Some(format!("{} {}", e.file_name().to_string_lossy(), f.trim()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// State directories of our machines in the host's /run/nixspawn.
+fn run_state_of_ours() -> Vec<String> {
+    std::fs::read_dir("/run/nixspawn")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("s15-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `nix-build cases.nix -A ATTR` in the sandbox fixture: (status, log).
 fn nix_build(attr: &str, binds: &[String]) -> (i32, String) {
+    let cmd = ["nix-build", "/src/cases.nix", "--no-out-link", "-A", attr];
+    in_nix_builder(&cmd, binds)
+}
+
+/// `nix-build cases.nix -A ATTR`, then what the output holds: the store
+/// path on a line `OUT=PATH`, the listing of $out and $out/logs, JUnit.
+fn nix_build_showing_out(attr: &str, binds: &[String]) -> (i32, String) {
+    let script = format!(
+        "o=$(nix-build /src/cases.nix --no-out-link -A {attr}) || exit $?; \
+         echo OUT=$o; ls $o $o/logs; echo JUNIT-BEGIN; cat $o/junit.xml; echo; echo JUNIT-END"
+    );
+    in_nix_builder(&["sh", "-c", &script], binds)
+}
+
+/// A command in the Nix builder fixture (run.sh): (status, output).
+fn in_nix_builder(argv: &[&str], binds: &[String]) -> (i32, String) {
     let mut cmd = Command::new(repo().join("integration/nix-sandbox/run.sh"));
     cmd.env("NIXSPAWN_BIN_DIR", bin_dir());
     cmd.arg("--bind").arg(format!(
@@ -61,7 +152,7 @@ fn nix_build(attr: &str, binds: &[String]) -> (i32, String) {
     for b in binds {
         cmd.arg("--bind").arg(b);
     }
-    cmd.args(["nix-build", "/src/cases.nix", "--no-out-link", "-A", attr]);
+    cmd.args(argv);
     let out = cmd.output().unwrap();
     let log = format!(
         "{}{}",
@@ -71,26 +162,53 @@ fn nix_build(attr: &str, binds: &[String]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), log)
 }
 
+/// nextest runs tests in parallel processes: one test of this file at a
+/// time, or another's scratch directory, guests or namespaces (all named
+/// s15-) count as ours between the snapshots.
+fn one_at_a_time() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::File::create("/var/cache/nixspawn/fixtures/.lock-nix-sandbox-test").unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
 /// Build `attr`, check nothing stays behind, return (status, log).
 fn build_leaving_nothing(attr: &str, binds: &[String]) -> (i32, String) {
-    // nextest runs tests in parallel processes: one build between the
-    // snapshots, or another's scratch directory counts as ours.
-    let f = std::fs::File::create("/var/cache/nixspawn/fixtures/.lock-nix-sandbox-test").unwrap();
-    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap();
+    leaving_nothing(|| nix_build(attr, binds))
+}
+
+/// Run `build`, check nothing stays behind, return what it returned.
+fn leaving_nothing(build: impl FnOnce() -> (i32, String)) -> (i32, String) {
+    let _held = one_at_a_time();
     let before = host_traces();
-    let (code, log) = nix_build(attr, binds);
+    let loops = loop_devices();
+    let (code, log) = build();
     let after = host_traces();
     assert_eq!(before.0, after.0, "host mounts changed:\n{log}");
     assert_eq!(before.1, after.1, "host cgroups changed:\n{log}");
     assert_eq!(before.2, after.2, "scratch directories left:\n{log}");
-    for name in ["s15-cmd", "s15-fail", "s15-top", "s15-boot", "s15-idy"] {
+    for name in [
+        "s15-cmd",
+        "s15-fail",
+        "s15-top",
+        "s15-boot",
+        "s15-idy",
+        "s15-two-a",
+        "s15-two-b",
+        "s15-two-c",
+        "s15-twof-a",
+        "s15-twof-b",
+        "s15-dn-m",
+    ] {
         assert!(
             processes_naming(name).is_empty(),
             "processes of {name} left"
         );
     }
+    assert_eq!(sandbox_processes(), Vec::<String>::new(), "{log}");
+    assert_eq!(netns_of_runs(), Vec::<String>::new(), "{log}");
+    assert_eq!(loops, loop_devices(), "loop devices changed:\n{log}");
+    assert_eq!(run_state_of_ours(), Vec::<String>::new(), "{log}");
     (code, log)
 }
 
@@ -121,6 +239,15 @@ fn a_derivation_whose_builder_runs_a_command_guest_builds() {
     // Obstacle 1: the guest's cgroup namespace root.
     assert!(has_line(&log, "0::/"), "{log}");
     assert!(has_line(&log, "after the guest"), "{log}");
+    // Obstacle 10: the build's no_new_privs and seccomp filter stay on
+    // the guest (nixspawn's filter stacks on Nix's), and it still runs.
+    let status_line = |key: &str| {
+        log.lines()
+            .find_map(|l| l.split_once(key).map(|(_, v)| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    assert_eq!(status_line("NoNewPrivs:"), "1", "{log}");
+    assert_eq!(status_line("Seccomp:"), "2", "{log}");
 }
 
 #[test]
@@ -177,6 +304,109 @@ fn a_debian_tree_from_the_store_boots_with_systemd_in_a_build() {
     assert!(log.contains("launcher exit: 0"), "{log}");
 }
 
+#[test]
+fn default_nix_gives_run_test_and_run_in_sandbox() {
+    privileged!();
+    require_root();
+    let binds = [format!("{}:/repo", repo().display())];
+    for (attr, want) in [
+        ("test", "DEFAULT-NIX-TEST-OK"),
+        ("script", "DEFAULT-NIX-SCRIPT-OK"),
+    ] {
+        let (code, log) = leaving_nothing(|| {
+            let argv = [
+                "nix-build",
+                "/src/default-nix.nix",
+                "--no-out-link",
+                "-A",
+                attr,
+            ];
+            in_nix_builder(&argv, &binds)
+        });
+        assert_eq!(code, 0, "{log}");
+        assert!(has_line(&log, want), "{log}");
+    }
+}
+
+/// The bookworm tree as /guest of the builder, for the two-node tests.
+fn bookworm_guest() -> Vec<String> {
+    vec![format!("{}:/guest", tree("bookworm").display())]
+}
+
+#[test]
+fn a_multi_node_nixspawn_test_builds_as_a_derivation() {
+    privileged!();
+    require_root();
+    let binds = bookworm_guest();
+    let (code, log) = leaving_nothing(|| nix_build_showing_out("twoNodesAndToplevel", &binds));
+    assert_eq!(code, 0, "{log}");
+    // Each node reached the other by name over the vlan (two-nodes.py).
+    assert!(has_line(&log, "a resolves b to 192.168.1.2"), "{log}");
+    assert!(has_line(&log, "a got from b: hello from b"), "{log}");
+    assert!(has_line(&log, "b got from a: hello from a"), "{log}");
+    // The third node, a toplevel from its closure (--closure-file from
+    // exportReferencesGraph), ran its init as PID 1.
+    assert!(
+        has_line(&log, "c # hello from toplevel init, PID 1"),
+        "{log}"
+    );
+    assert!(has_line(&log, "c says hello from its toplevel"), "{log}");
+    assert!(log.contains("nixspawn-test: passed"), "{log}");
+    // Both nodes booted systemd in the build (their console lines).
+    assert!(log.contains("a # ") && log.contains("b # "), "{log}");
+    // $out: the run's log, the status, the console logs, the timeline and
+    // JUnit with the subtest passed.
+    for f in [
+        "log",
+        "status",
+        "junit.xml",
+        "a.console.log",
+        "b.console.log",
+        "c.console.log",
+        "timeline.svg",
+    ] {
+        assert!(has_line(&log, f), "{f} not in $out:\n{log}");
+    }
+    let junit = log
+        .split("JUNIT-BEGIN")
+        .nth(1)
+        .and_then(|j| j.split("JUNIT-END").next())
+        .unwrap_or_default();
+    assert!(junit.contains("<testsuite"), "{log}");
+    assert!(junit.contains("b reaches a"), "{junit}");
+    assert!(
+        junit.contains("a toplevel node from its closure"),
+        "{junit}"
+    );
+    assert!(!junit.contains("<failure"), "{junit}");
+}
+
+#[test]
+fn a_failing_two_node_test_fails_the_build_with_its_line() {
+    privileged!();
+    require_root();
+    let binds = bookworm_guest();
+    let (code, log) = leaving_nothing(|| nix_build("twoNodesFailing", &binds));
+    assert_ne!(code, 0, "{log}");
+    // The driver's frame of the failing line, and its exception.
+    assert!(
+        log.lines().any(|l| l.starts_with("!!! ")
+            && l.contains("test-script.py:6:")
+            && l.ends_with(r#"a.succeed("test -e /FAILING-LINE-s15-two")"#)),
+        "{log}"
+    );
+    assert!(
+        log.contains("command `test -e /FAILING-LINE-s15-two` failed (exit code 1)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("nixspawn-test two-nodes-failing failed with status 1"),
+        "{log}"
+    );
+    assert!(log.contains("builder failed with exit code 1"), "{log}");
+    assert!(!log.contains("not reached"), "{log}");
+}
+
 /// The sid tree with Nix of integration/nix-sandbox/setup.sh.
 fn nix_tree() -> PathBuf {
     let out = Command::new(repo().join("integration/nix-sandbox/setup.sh"))
@@ -217,6 +447,7 @@ if head -c 1 /proc/kcore >/dev/null 2>&1; then echo "kcore readable"; else echo 
 "#;
 
 fn nested_run(extra: &[&str]) -> String {
+    let _held = one_at_a_time();
     let tree = nix_tree();
     let name = unique_name("s15-nest");
     let mut args = vec!["-x", "-b", "-U"];
@@ -260,6 +491,7 @@ fn without_nested_sandbox_nix_refuses_to_sandbox_as_under_nspawn() {
 fn nested_sandbox_is_refused_where_the_guest_root_is_the_hosts() {
     privileged!();
     require_root();
+    let _held = one_at_a_time();
     let bb = busybox_tree();
     for extra in [&[][..], &["--private-users=identity"][..]] {
         let name = unique_name("s15-nref");
@@ -277,4 +509,87 @@ fn nested_sandbox_is_refused_where_the_guest_root_is_the_hosts() {
         );
         assert_cleaned_up(&name, None);
     }
+}
+
+/// Run in a guest: nixspawn (the binaries under test, bound in at
+/// /nixspawn-bin) with a command payload on a busybox tree made there,
+/// in the guest's user namespace ("plain") and in one of its own
+/// ("userns": identity, the one range that fits in the guest's 65536).
+const NESTED_NIXSPAWN: &str = r#"
+mkdir -p /tmp/bb/bin /tmp/bb/usr /tmp/bb/etc
+cp /bin/busybox /tmp/bb/bin/
+for a in sh cat echo; do ln -sf busybox /tmp/bb/bin/$a; done
+inner() {
+  tag=$1; shift
+  /nixspawn-bin/nixspawn --pipe --register=no -M s15-inner "$@" -D /tmp/bb /bin/sh -c "echo $tag: hello from the nested guest, PID \$\$; echo $tag: uid_map \$(cat /proc/self/uid_map)" 2>/tmp/inner.err
+  echo "$tag: exit $?"
+  echo "$tag: stderr $(grep -v -e Spawning -e 'exited successfully' /tmp/inner.err)"
+}
+inner plain
+inner userns -U --private-users=identity
+"#;
+
+/// Boot the sid tree (-U, a network namespace of its own: the inner
+/// launcher's sysfs needs one its user namespace owns) with `extra`, run
+/// NESTED_NIXSPAWN in it; its output, everything checked gone.
+fn nested_nixspawn(extra: &[&str]) -> String {
+    let _held = one_at_a_time();
+    let tree = nix_tree();
+    let name = unique_name("s15-nns");
+    let bind = format!("--bind-ro={}:/nixspawn-bin", bin_dir().display());
+    let mut args = vec!["-x", "-b", "-U", "--private-network", &bind];
+    args.extend_from_slice(extra);
+    let mut g = Guest::start(&tree, &name, &args);
+    g.wait_ready();
+    let (_, out) = g.exec(&["/bin/sh", "-c", NESTED_NIXSPAWN]);
+    g.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(g.wait_exit(std::time::Duration::from_secs(30)), 0);
+    assert_cleaned_up(&name, None);
+    assert!(processes_naming("s15-inner").is_empty());
+    out
+}
+
+fn field<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_default()
+        .trim()
+}
+
+/// Both inner launches worked: PID 1 said hello, plain in the outer
+/// guest's user namespace (a range of the host's ids), userns in an
+/// identity map inside it.
+fn assert_both_nested_guests_ran(out: &str) {
+    for tag in ["plain", "userns"] {
+        assert_eq!(field(out, &format!("{tag}: exit ")), "0", "{out}");
+        assert!(
+            out.contains(&format!("{tag}: hello from the nested guest, PID 1")),
+            "{out}"
+        );
+    }
+    let plain: Vec<&str> = field(out, "plain: uid_map").split_whitespace().collect();
+    assert!(
+        plain.len() == 3 && plain[0] == "0" && plain[1] != "0",
+        "{out}"
+    );
+    let userns: Vec<&str> = field(out, "userns: uid_map").split_whitespace().collect();
+    assert_eq!(userns, ["0", "0", "65536"], "{out}");
+}
+
+#[test]
+fn nixspawn_runs_guests_inside_a_guest_with_nested_sandbox() {
+    privileged!();
+    require_root();
+    assert_both_nested_guests_ran(&nested_nixspawn(&["--nested-sandbox"]));
+}
+
+/// Unlike Nix's sandbox, nixspawn in a guest needs no --nested-sandbox:
+/// it makes its mount namespace while still in the guest's user
+/// namespace, where the /proc masks are not locked, and mounts its procfs
+/// there, even for a guest with a user namespace of its own.
+#[test]
+fn nixspawn_inside_a_guest_needs_no_nested_sandbox() {
+    privileged!();
+    require_root();
+    assert_both_nested_guests_ran(&nested_nixspawn(&[]));
 }

@@ -1,9 +1,19 @@
 # Derivations whose builder runs nixspawn, built by tests/nix_sandbox.rs
 # with integration/nix-sandbox/run.sh (which puts the nixspawn bundle at
-# /nixspawn and, for `boot`, a Debian tree at /guest).
+# /nixspawn, the Python bundle at /nixspawn-python3 and, for `boot` and
+# the two-node tests, a Debian tree at /guest).
 let
   nixspawn = builtins.path { path = /nixspawn; name = "nixspawn"; };
   run = import /nixspawn/nix/run.nix { inherit nixspawn; };
+  # Imported only by the cases that use them (evaluation is lazy).
+  python3 = builtins.path { path = /nixspawn-python3; name = "python3"; };
+  runTest = import /nixspawn/nix/test.nix { inherit nixspawn python3; };
+  guest = builtins.path {
+    path = /guest;
+    name = "debian-guest";
+    # Device nodes and sockets cannot be store contents.
+    filter = path: type: type != "unknown";
+  };
   bb = "${nixspawn}/bin/busybox";
   # A busybox tree made in the build directory, for command payloads.
   mkTree = ''
@@ -22,6 +32,18 @@ let
       ${bb} chmod +x $out/init
     '' ];
   };
+  # For nixspawn-test: an init that says hello on the console and stays
+  # until the halt or poweroff signal (SIGRTMIN+3 or +4: 37, 38) or SIGTERM.
+  staysToplevel = derivation {
+    name = "nixos-system-stays";
+    system = builtins.currentSystem;
+    builder = bb;
+    args = [ "sh" "-c" ''
+      ${bb} mkdir $out
+      printf '#!${bb} sh\ntrap "exit 0" TERM 37 38\necho hello from toplevel init, PID $$\nwhile :; do ${bb} sleep 0.2; done\n' >$out/init
+      ${bb} chmod +x $out/init
+    '' ];
+  };
 in
 {
   # A command as PID 1 with nixspawn's defaults (read-only console on the
@@ -29,7 +51,7 @@ in
   command = run {
     name = "nixspawn-command";
     script = mkTree + ''
-      nixspawn -M s15-cmd -D /build/t /bin/sh -c 'echo hello from PID $$; echo uid_map $(cat /proc/self/uid_map); cat /proc/self/cgroup; echo devnull >/dev/null && echo dev ok'
+      nixspawn -M s15-cmd -D /build/t /bin/sh -c 'echo hello from PID $$; echo uid_map $(cat /proc/self/uid_map); cat /proc/self/cgroup; echo devnull >/dev/null && echo dev ok; grep -E "^(NoNewPrivs|Seccomp):" /proc/self/status'
       echo after the guest
     '';
   };
@@ -70,12 +92,7 @@ in
   # the build directory (store files are owned by an id unmapped here).
   boot = run {
     name = "nixspawn-boot";
-    env.guest = builtins.path {
-      path = /guest;
-      name = "debian-guest";
-      # Device nodes and sockets cannot be store contents.
-      filter = path: type: type != "unknown";
-    };
+    env = { inherit guest; };
     script = ''
       cp -a $guest /build/g
       chown -R 0:0 /build/g
@@ -90,5 +107,39 @@ in
       echo "launcher exit: $?"
       grep -c . /build/console.log
     '';
+  };
+
+  # nix/test.nix: two nodes of one Debian tree from the store on vlan 1;
+  # a reaches b by name (ARP, /etc/hosts, TCP to a socket-activated
+  # server), and b reaches a the same way (bench.sh times this one).
+  twoNodes = runTest {
+    name = "two-nodes";
+    machinePrefix = "s15-two-";
+    globalTimeout = 300;
+    nodes.a.tree = guest;
+    nodes.b.tree = guest;
+    testScript = builtins.readFile ./two-nodes.py;
+  };
+
+  # The same with a third node, a NixOS-shaped toplevel built in this
+  # store and booted from its closure (what the CI test builds).
+  twoNodesAndToplevel = runTest {
+    name = "two-nodes-and-toplevel";
+    machinePrefix = "s15-two-";
+    globalTimeout = 300;
+    nodes.a.tree = guest;
+    nodes.b.tree = guest;
+    nodes.c.toplevel = staysToplevel;
+    testScript = builtins.readFile ./two-nodes.py + builtins.readFile ./toplevel-node.py;
+  };
+
+  # The same, failing in its script: the build fails with the line.
+  twoNodesFailing = runTest {
+    name = "two-nodes-failing";
+    machinePrefix = "s15-twof-";
+    globalTimeout = 300;
+    nodes.a.tree = guest;
+    nodes.b.tree = guest;
+    testScript = builtins.readFile ./two-nodes-failing.py;
   };
 }

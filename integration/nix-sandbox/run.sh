@@ -12,7 +12,9 @@
 # nixspawn's binaries (from $NIXSPAWN_BIN_DIR, default target/debug) are
 # copied with the loader and shared libraries they link into /nixspawn of
 # that root, beside a static busybox, so a derivation can take them as an
-# input: builtins.path { path = /nixspawn; name = "nixspawn"; }.
+# input: builtins.path { path = /nixspawn; name = "nixspawn"; }; and a
+# Python 3 (bin/python3, its stdlib and libraries) at /nixspawn-python3,
+# the interpreter nix/test.nix's builder gives nixspawn-test.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -58,6 +60,36 @@ done
 cp "$tree/bin/busybox" "$bundle/bin/busybox"
 cp -r "$repo/nix" "$bundle/nix"
 
+# nixspawn-test's driver interpreter, at /nixspawn-python3: the host's
+# Debian python3 (the one the direct runs use too), whose libraries are
+# the same host glibc build as the nixspawn bundle's, so the builder can
+# put both in one /lib. The standard library goes along without
+# bytecode, tests, GUI and packaging modules; the landmark
+# lib/python3.X/os.py next to bin/ makes it find its stdlib.
+python=$(readlink -f "${NIXSPAWN_PYTHON3:-/usr/bin/python3}")
+pyb=$scratch/python3
+if [ -x "$python" ]; then
+	pyver=$("$python" -c 'import sys; print("python%d.%d" % sys.version_info[:2])')
+	pylib=$("$python" -c 'import os, sysconfig; print(os.path.dirname(sysconfig.get_path("stdlib") + "/"))')
+	mkdir -p "$pyb/bin" "$pyb/lib"
+	cp "$python" "$pyb/bin/$pyver"
+	ln -s "$pyver" "$pyb/bin/python3"
+	tar -C "$(dirname "$pylib")" -cf - \
+		--exclude=__pycache__ --exclude=site-packages --exclude=dist-packages \
+		--exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
+		--exclude=turtledemo --exclude=ensurepip --exclude=lib2to3 \
+		--exclude=pydoc_data --exclude='config-3*' "$(basename "$pylib")" |
+		tar -C "$pyb/lib" -xf -
+	[ "$(basename "$pylib")" = "$pyver" ] || mv "$pyb/lib/$(basename "$pylib")" "$pyb/lib/$pyver"
+	# The interpreter's libraries and those of its extension modules.
+	for elf in "$python" "$pyb/lib/$pyver"/lib-dynload/*.so; do
+		[ -f "$elf" ] || continue
+		ldd "$elf" 2>/dev/null | awk '/=> \// {print $3} /ld-linux/ {print $1}'
+	done | sort -u | while read -r lib; do
+		[ -f "$lib" ] && cp -Ln "$lib" "$pyb/lib/" 2>/dev/null || true
+	done
+fi
+
 bind_lines=
 for b in "${binds[@]}"; do bind_lines+="${b%%:*}:${b#*:}"$'\n'; done
 
@@ -65,6 +97,10 @@ S=$scratch R=$scratch/root T=$tree BINDS=$bind_lines unshare -m --propagation pr
 	mount -t overlay overlay -o "lowerdir=$T,upperdir=$S/upper,workdir=$S/work" "$R"
 	mkdir -p "$R/nixspawn"
 	mount --bind "$S/bundle" "$R/nixspawn"
+	if [ -d "$S/python3" ]; then
+		mkdir -p "$R/nixspawn-python3"
+		mount --bind "$S/python3" "$R/nixspawn-python3"
+	fi
 	while IFS=: read -r src dst; do
 		[ -n "$src" ] || continue
 		mkdir -p "$R$dst"

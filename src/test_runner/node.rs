@@ -473,10 +473,13 @@ impl Node {
             .append(true)
             .open(&self.console_log)?;
         let mut cmd = Command::new(&self.self_exe);
-        cmd.arg("__entry")
-            .arg(&self.machine)
-            .env_clear()
-            .stdin(Stdio::from(theirs))
+        cmd.arg("__entry").arg(&self.machine).env_clear();
+        // Where the nodes' state is, when not /run/nixspawn (a Nix build
+        // sandbox). Commands get only the environment each request names.
+        if let Some(dir) = std::env::var_os(nixspawn_runtime::state::RUNTIME_DIR_ENV) {
+            cmd.env(nixspawn_runtime::state::RUNTIME_DIR_ENV, dir);
+        }
+        cmd.stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(log)
             .process_group(0);
