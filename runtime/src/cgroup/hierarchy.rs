@@ -104,13 +104,19 @@ pub fn ensure_v2_mount() -> Result<PathBuf> {
                 )
             };
             // nsdelegate is only accepted in the initial cgroup namespace.
-            mount(Some("nsdelegate"))
-                .or_else(|_| mount(None))
-                .map_err(|e| Error::Mount {
+            let mounted = mount(Some("nsdelegate")).or_else(|_| mount(None));
+            // Launchers started together (a multi-node test in a build)
+            // race to mount it; the loser's mount fails (EBUSY), and the
+            // winner's is as good.
+            if let Err(e) = mounted
+                && v2_mount().is_err()
+            {
+                return Err(Error::Mount {
                     what: "cgroup2".into(),
                     target: dir.to_path_buf(),
                     source: e.into(),
-                })?;
+                });
+            }
             tracing::info!(
                 "mounted cgroup2 on {UNIFIED_ROOT}: none was mounted and this cgroup namespace is ours"
             );
