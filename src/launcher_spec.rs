@@ -248,6 +248,8 @@ pub struct Plan {
     /// `--load-credential`s, to be read by the probe.
     pub load_credentials: Vec<String>,
     pub working_directory: Option<PathBuf>,
+    /// `--user`, `--as-pid2`, `--rlimit`, ... (issue 16, group A).
+    pub process: nixspawn_runtime::spec::process::Process,
     pub quiet: bool,
     pub debug: bool,
     pub warnings: Vec<String>,
@@ -357,6 +359,14 @@ impl Plan {
         } else {
             args.console
         };
+        crate::process_opts::check_selinux(&args)?;
+        let process = crate::process_opts::plan(&args, args.boot, &{
+            let mut keep =
+                capabilities::guest_set(args.private_network || network(&args)?.implies_private());
+            keep.extend(added_capabilities.iter().copied());
+            keep.retain(|c| !dropped_capabilities.contains(c));
+            keep
+        })?;
         let network = network(&args)?;
         let private_network = args.private_network || network.implies_private();
         network.verify(private_network)?;
@@ -385,7 +395,11 @@ impl Plan {
             notify_ready: args.notify_ready.unwrap_or(false),
             keep_unit: args.keep_unit,
             register: args.register.unwrap_or_default(),
-            link_journal: args.link_journal.unwrap_or_default(),
+            link_journal: match (args.link_journal, args.link_journal_try_guest) {
+                (Some(l), _) => l,
+                (None, true) => LinkJournal::TryGuest,
+                (None, false) => LinkJournal::default(),
+            },
             mounts,
             private_users,
             ownership,
@@ -397,6 +411,7 @@ impl Plan {
             credentials,
             load_credentials: args.load_credential,
             working_directory: args.chdir,
+            process,
             quiet: args.quiet,
             debug: args.debug,
             warnings,
@@ -465,6 +480,7 @@ impl Plan {
             link_journal: self.link_journal,
             mounts: self.mounts,
             working_directory: self.working_directory,
+            process: self.process,
         };
         Ok((
             spec,

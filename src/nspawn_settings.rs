@@ -368,6 +368,19 @@ pub enum Setting {
     // Not privileged: any file may set these.
     ResolvConf(String),
     Timezone(String),
+    // Process settings (issue 16, group A), each value checked as its
+    // option's; Limit*= and the next two are privileged (see `Group`).
+    User(String),
+    ProcessTwo(bool),
+    /// `Limit*=` as `NAME=SOFT[:HARD]`, as `--rlimit` takes it.
+    Limit(String),
+    OomScoreAdjust(i32),
+    CpuAffinity(String),
+    AmbientCapability(String),
+    Personality(nixspawn_runtime::spec::process::Personality),
+    /// A restriction only: any file may make it.
+    RestrictAddressFamilies(String),
+    SuppressSync(bool),
 }
 
 impl Setting {
@@ -536,6 +549,49 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
             )?;
             Setting::Timezone(text())
         }
+        ("Exec", "User") => Setting::User(text()),
+        ("Exec", "ProcessTwo") => Setting::ProcessTwo(yes_no()?),
+        ("Exec", key) if key.starts_with("Limit") && LIMITS.contains(&key) => {
+            let resource = key.trim_start_matches("Limit");
+            let value = format!("{resource}={}", e.value);
+            checked(e, &at, crate::process_opts::rlimit(&value).map_err(Invalid))?;
+            Setting::Limit(value)
+        }
+        ("Exec", "OOMScoreAdjust") => Setting::OomScoreAdjust(checked(
+            e,
+            &at,
+            crate::process_opts::oom_score_adjust(&e.value).map_err(Invalid),
+        )?),
+        ("Exec", "CPUAffinity") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::cpu_affinity(&e.value).map_err(Invalid),
+            )?;
+            Setting::CpuAffinity(text())
+        }
+        ("Exec", "AmbientCapability") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::ambient_capability(&e.value).map_err(Invalid),
+            )?;
+            Setting::AmbientCapability(text())
+        }
+        ("Exec", "Personality") => Setting::Personality(checked(
+            e,
+            &at,
+            crate::process_opts::personality(&e.value).map_err(Invalid),
+        )?),
+        ("Exec", "RestrictAddressFamilies") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::address_families(&e.value).map_err(Invalid),
+            )?;
+            Setting::RestrictAddressFamilies(text())
+        }
+        ("Exec", "SuppressSync") => Setting::SuppressSync(yes_no()?),
         (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
             bail!(
                 "{at}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet"
@@ -548,30 +604,7 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
 /// Settings systemd-nspawn 252 (and 262, the last four) knows that
 /// nixspawn refuses for now.
 const KNOWN_UNIMPLEMENTED: &[&str] = &[
-    "ProcessTwo",
-    "User",
     "PivotRoot",
-    "AmbientCapability",
-    "Personality",
-    "LimitCPU",
-    "LimitFSIZE",
-    "LimitDATA",
-    "LimitSTACK",
-    "LimitCORE",
-    "LimitRSS",
-    "LimitNOFILE",
-    "LimitAS",
-    "LimitNPROC",
-    "LimitMEMLOCK",
-    "LimitLOCKS",
-    "LimitSIGPENDING",
-    "LimitMSGQUEUE",
-    "LimitNICE",
-    "LimitRTPRIO",
-    "LimitRTTIME",
-    "OOMScoreAdjust",
-    "CPUAffinity",
-    "SuppressSync",
     "ReadOnly",
     "Volatile",
     "BindUser",
@@ -579,7 +612,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "Overlay",
     "OverlayReadOnly",
     "PrivateUsersDelegate",
-    "RestrictAddressFamilies",
     "BindUserShell",
 ];
 
@@ -830,14 +862,19 @@ Private=yes
                 "Ignoring bind user shell setting, file t.nspawn is not trusted.",
             ]
         );
-        let err = read_text(
+        // A restriction only tightens: any file may make it (and it is
+        // honoured, not dropped).
+        let got = read_text(
             "[Exec]\nRestrictAddressFamilies=AF_INET\n",
             Trust::Untrusted,
             &nothing_masked,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("does not implement"), "{err}");
+        .unwrap();
+        assert_eq!(
+            got.values,
+            [Setting::RestrictAddressFamilies("AF_INET".into())]
+        );
+        assert!(got.warnings.is_empty());
     }
 
     #[test]

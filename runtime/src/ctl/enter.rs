@@ -527,7 +527,7 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
     }
     at(
         "drop capabilities",
-        crate::security::capabilities::restrict_to(&caps),
+        crate::security::capabilities::restrict_to(&caps, &Default::default(), true),
     )?;
     if state.no_new_privileges {
         at(

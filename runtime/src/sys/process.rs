@@ -244,3 +244,52 @@ pub fn set_pdeathsig_on_spawn(cmd: &mut std::process::Command, signal: libc::c_i
         });
     }
 }
+
+/// personality(2): set the execution domain (`PER_LINUX32` makes uname(2)
+/// report i686); returns the previous one.
+pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: personality(2) takes a plain integer and touches no memory
+    // of ours.
+    let ret = unsafe { libc::personality(persona) };
+    check(ret.into()).map(|_| ())
+}
+
+/// setrlimit(2) for `resource` (a RLIMIT_* number).
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `limit` is a valid rlimit that outlives the call, which
+    // only reads it.
+    let ret = unsafe { libc::setrlimit(resource as _, &limit) };
+    check(ret.into()).map(|_| ())
+}
+
+/// Block every signal, then wait for one in `wanted` (real-time ones
+/// included, which nix's `Signal` cannot name); its number.
+pub fn wait_for_signal(wanted: &[libc::c_int]) -> io::Result<libc::c_int> {
+    // SAFETY: the sigset_t is initialised by sigemptyset before any other
+    // use, and sigwaitinfo may be given a null siginfo pointer.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &s in wanted {
+            libc::sigaddset(&mut set, s);
+        }
+        let ret = libc::sigwaitinfo(&set, std::ptr::null_mut());
+        check(ret.into()).map(|_| ret)
+    }
+}
+
+/// Block every signal (real-time ones included) in the calling thread.
+pub fn block_all_signals() -> io::Result<()> {
+    // SAFETY: the set is filled by sigfillset before sigprocmask reads it;
+    // the old mask is not asked for.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigfillset(&mut set);
+        let ret = libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        check(ret.into()).map(|_| ())
+    }
+}
