@@ -102,13 +102,16 @@ impl Place {
             directory.as_deref(),
             toplevel.as_deref(),
         )?;
+        // As nspawn, the settings file is the one named before the suffix
+        // below (a fixed file name must match an ephemeral run too).
+        let settings_name = machine.to_string();
         // As nspawn: an ephemeral run named after its tree gets a random
         // suffix, so that many can run from one tree at once.
         if args.ephemeral && args.machine.is_none() {
             machine = ephemeral_name(&machine, random_u64()?)?;
         }
         let mode = args.settings.unwrap_or_default();
-        let settings = nspawn_settings::find(machine.as_str(), directory.as_deref(), mode)
+        let settings = nspawn_settings::find(&settings_name, directory.as_deref(), mode)
             .map(|(path, trust)| -> Result<SettingsFile> {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;

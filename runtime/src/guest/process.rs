@@ -143,7 +143,10 @@ pub(crate) fn switch_user(user: &GuestUser, chown_stdio: bool) -> Result<()> {
         if let Some(parent) = user.home.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
+        // (The umask here is still the setup's 0: the mode is set.)
         if std::fs::create_dir(&user.home).is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&user.home, std::fs::Permissions::from_mode(0o755));
             let _ = std::os::unix::fs::chown(&user.home, Some(user.uid), Some(user.gid));
         }
     }

@@ -254,16 +254,33 @@ pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
     check(ret.into()).map(|_| ())
 }
 
-/// setrlimit(2) for `resource` (a RLIMIT_* number).
+/// setrlimit(2) for `resource` (a RLIMIT_* number); where raising the
+/// hard limit is not allowed (no CAP_SYS_RESOURCE), the closest limits
+/// that are, as systemd's setrlimit_closest() does.
 pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
+    let set = |soft, hard| {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `limit` is a valid rlimit that outlives the call, which
+        // only reads it.
+        let ret = unsafe { libc::setrlimit(resource as _, &limit) };
+        check(ret.into()).map(|_| ())
     };
-    // SAFETY: `limit` is a valid rlimit that outlives the call, which
-    // only reads it.
-    let ret = unsafe { libc::setrlimit(resource as _, &limit) };
-    check(ret.into()).map(|_| ())
+    match set(soft, hard) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into `now`, a valid rlimit.
+            check(unsafe { libc::getrlimit(resource as _, &mut now) }.into())?;
+            let hard = hard.min(now.rlim_max);
+            set(soft.min(hard), hard)
+        }
+        other => other,
+    }
 }
 
 /// Block every signal, then wait for one in `wanted` (real-time ones

@@ -3,7 +3,8 @@
 //! allowed fails with EAFNOSUPPORT) and `--suppress-sync` (the @sync calls
 //! succeed doing nothing; open/openat with O_SYNC or O_DSYNC fail with
 //! EINVAL, openat2 with ENOSYS, since its flags cannot be read by a
-//! filter). Each is its own program, installed after the main one: the
+//! filter; the calls on a descriptor only for one that is not negative,
+//! as 252.39 does). Each is its own program, installed after the main one: the
 //! kernel runs all and the most severe answer wins, so these only ever
 //! turn an allowed call into an error (or a no-op).
 //!
@@ -45,6 +46,9 @@ enum Body {
     FlagSet { arg: u32, flag: u32, ret: u32 },
     /// socket(2): EAFNOSUPPORT unless the family (argument 0) is allowed.
     Families(AddressFamilies),
+    /// Return `ret` if argument 0, a descriptor, is not negative (a bad
+    /// fd still gets the kernel's EBADF, as with nspawn 252's rule).
+    FdNotNegative(u32),
 }
 
 /// The instructions for one rule's body; falling off its end means "no
@@ -56,6 +60,12 @@ fn body(b: &Body) -> Vec<Insn> {
             insn(LD_ABS_W, 0, 0, off_arg_low(*arg)),
             insn(AND_K, 0, 0, *flag),
             insn(JEQ_K, 0, 1, *flag),
+            insn(RET_K, 0, 0, *ret),
+        ],
+        Body::FdNotNegative(ret) => vec![
+            insn(LD_ABS_W, 0, 0, off_arg_low(0)),
+            insn(AND_K, 0, 0, 0x8000_0000),
+            insn(JEQ_K, 0, 1, 0),
             insn(RET_K, 0, 0, *ret),
         ],
         Body::Families(f) => {
@@ -146,18 +156,21 @@ pub fn address_families(f: &AddressFamilies) -> Vec<Insn> {
 /// `--suppress-sync=yes`.
 pub fn suppress_sync() -> Vec<Insn> {
     let o_dsync = libc::O_DSYNC as u32;
+    // Success without doing anything; for the calls on a descriptor only
+    // if it is not negative (a negative one still fails with EBADF), as
+    // systemd-nspawn 252 (252.39) does.
     let mut rules: Vec<(&str, Body)> = [
         "fdatasync",
         "fsync",
-        "msync",
-        "sync",
         "sync_file_range",
         "sync_file_range2",
         "syncfs",
     ]
     .iter()
-    .map(|n| (*n, Body::Return(RET_ERRNO)))
+    .map(|n| (*n, Body::FdNotNegative(RET_ERRNO)))
     .collect();
+    rules.push(("msync", Body::Return(RET_ERRNO)));
+    rules.push(("sync", Body::Return(RET_ERRNO)));
     // O_SYNC includes O_DSYNC's bit: one test catches both.
     rules.push((
         "open",
