@@ -286,6 +286,13 @@ pub struct Args {
     /// An SELinux context for the API filesystems (refused: no SELinux)
     #[arg(short = 'L', long = "selinux-apifs-context", value_name = "CONTEXT")]
     pub selinux_apifs_context: Option<String>,
+    /// Put the container's scope in this slice (default machine.slice)
+    #[arg(short = 'S', long = "slice", value_name = "SLICE", value_parser = process_opts::slice)]
+    pub slice: Option<String>,
+
+    /// Set a property of the container's scope: NAME=VALUE (systemd hosts)
+    #[arg(long = "property", value_name = "NAME=VALUE", value_parser = process_opts::property)]
+    pub property: Vec<String>,
     // ---- end of process options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
@@ -297,7 +304,6 @@ pub struct Args {
 /// rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
     "-i",
-    "-S",
     "--template",
     "--image",
     "--image-policy",
@@ -317,8 +323,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--inaccessible",
     "--bind-user",
     "--bind-user-shell",
-    "--slice",
-    "--property",
     "--forward-journal",
     "--kill-signal-delay",
     "--background",
@@ -500,6 +504,7 @@ impl Args {
             self.restrict_address_families.clone(),
         );
         opt("suppress-sync", yes_no(self.suppress_sync));
+        opt("slice", self.slice.clone());
         opt("selinux-context", self.selinux_context.clone());
         opt("selinux-apifs-context", self.selinux_apifs_context.clone());
         for (name, values) in [
@@ -520,6 +525,7 @@ impl Args {
             ("network-address", &self.network_address),
             ("rlimit", &self.rlimit),
             ("ambient-capability", &self.ambient_capability),
+            ("property", &self.property),
         ] {
             for v in values {
                 opt(name, Some(v.clone()));
@@ -625,6 +631,7 @@ impl Args {
         let mut filters = Vec::new();
         let mut ambient = Vec::new();
         let mut limits = Vec::new();
+        let mut properties = Vec::new();
         // The first [Network] setting (or Port=) taken from the file
         // replaces what the command line said about it as a whole, as
         // nspawn's merge does (which matters under override).
@@ -703,6 +710,8 @@ impl Args {
                     fill(&mut self.restrict_address_families, v.clone(), over)
                 }
                 Setting::SuppressSync(b) => fill(&mut self.suppress_sync, *b, over),
+                Setting::Slice(v) => fill(&mut self.slice, v.clone(), over),
+                Setting::Property(v) => properties.push(v.clone()),
             }
         }
         for (from_file, slot) in [
@@ -714,6 +723,7 @@ impl Args {
             (drop_caps, &mut self.drop_capability),
             (filters, &mut self.system_call_filter),
             (ambient, &mut self.ambient_capability),
+            (properties, &mut self.property),
         ] {
             if !from_file.is_empty() && (over || slot.is_empty()) {
                 *slot = from_file;

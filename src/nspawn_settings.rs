@@ -381,6 +381,9 @@ pub enum Setting {
     /// A restriction only: any file may make it.
     RestrictAddressFamilies(String),
     SuppressSync(bool),
+    /// `Slice=`, mangled as `--slice`'s value.
+    Slice(String),
+    Property(String),
 }
 
 impl Setting {
@@ -592,6 +595,19 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
             Setting::RestrictAddressFamilies(text())
         }
         ("Exec", "SuppressSync") => Setting::SuppressSync(yes_no()?),
+        ("Exec", "Slice") => Setting::Slice(checked(
+            e,
+            &at,
+            crate::process_opts::slice(&e.value).map_err(Invalid),
+        )?),
+        ("Exec", "Property") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::property(&e.value).map_err(Invalid),
+            )?;
+            Setting::Property(text())
+        }
         (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
             bail!(
                 "{at}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet"

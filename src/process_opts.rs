@@ -30,6 +30,16 @@ pub fn address_families(text: &str) -> Result<String, String> {
     AddressFamilies::parse(text).map(|_| text.to_owned())
 }
 
+/// clap's check of `--slice=` (the name as nspawn mangles it).
+pub fn slice(text: &str) -> Result<String, String> {
+    process::parse_slice(text)
+}
+
+/// clap's check of `--property=NAME=VALUE`.
+pub fn property(text: &str) -> Result<String, String> {
+    process::parse_property(text).map(|_| text.to_owned())
+}
+
 /// clap's check of `--personality=`.
 pub fn personality(text: &str) -> Result<Personality, String> {
     Personality::parse(text)
@@ -112,6 +122,15 @@ pub fn plan(args: &Args, boot: bool, retained: &HashSet<caps::Capability>) -> Re
             .transpose()
             .map_err(|why| anyhow::anyhow!("invalid --restrict-address-families: {why}"))?,
         suppress_sync: args.suppress_sync.unwrap_or(false),
+        slice: args.slice.clone(),
+        properties: args
+            .property
+            .iter()
+            .map(|p| {
+                process::parse_property(p)
+                    .map_err(|why| anyhow::anyhow!("invalid --property {p:?}: {why}"))
+            })
+            .collect::<Result<_>>()?,
     })
 }
 

@@ -383,6 +383,9 @@ fn bad_values_are_refused_in_one_line_naming_option_and_value() {
             "SELinux",
         ),
         ("-Lsystem_u:object_r:container_file_t:s0", "SELinux"),
+        ("--slice=a--b", "a--b"),
+        ("--property=Frobnicate=1", "Frobnicate"),
+        ("--property=MemoryMax=lots", "lots"),
     ] {
         let (code, out, err) = run_nixspawn(&["-q", "--register=no", "-D", &dir, arg, "true"], "");
         assert_ne!(code, 0, "{arg}: {out}");
@@ -404,4 +407,88 @@ fn bad_values_are_refused_in_one_line_naming_option_and_value() {
     assert_ne!(code, 0);
     assert!(err.contains("nosuch") && err.contains("--user"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// Without systemd (this host): `--slice` places the guest's own scope
+/// under that slice in our hierarchy, as systemd would nest it, and the
+/// empty slices go with the guest; `--property` has no scope to act on
+/// and is refused in one line. (On a systemd host both go to the scope
+/// systemd makes: `StartTransientUnit`'s Slice= and the properties.)
+#[test]
+fn slice_places_the_scope_and_property_needs_a_systemd_host() {
+    privileged!();
+    if Path::new("/run/systemd/system").exists() {
+        return skip("the host runs systemd: the scope is systemd's, tested in machined.rs");
+    }
+    let tree = tree();
+    let dir = tree.path().to_string_lossy().into_owned();
+    let name = unique_name("p16slice");
+    let cgroups = nixspawn_runtime::cgroup::hierarchy::v2_mount().unwrap();
+    let slice = cgroups.join("p16test.slice");
+    let inner = slice.join("p16test-web.slice");
+    // machine-NAME.scope, NAME escaped as systemd escapes it.
+    let scope_of = || {
+        std::fs::read_dir(&inner).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "scope"))
+        })
+    };
+    let mut child = std::process::Command::new(NIXSPAWN)
+        .args([
+            "-q",
+            "--register=no",
+            "--console=pipe",
+            "-M",
+            &name,
+            "-D",
+            &dir,
+        ])
+        .args(["--slice=p16test-web", "/bin/sh", "-c", "sleep 2"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the scope under the slice",
+        std::time::Duration::from_secs(20),
+        || scope_of().is_some_and(|s| s.join("payload").is_dir()),
+    );
+    let scope = scope_of().unwrap();
+    assert!(
+        scope
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("machine-"),
+        "{}",
+        scope.display()
+    );
+    assert!(child.wait().unwrap().success());
+    assert!(
+        !scope.exists() && !slice.exists(),
+        "{} left",
+        slice.display()
+    );
+
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-q",
+            "--register=no",
+            "--console=pipe",
+            "-D",
+            &dir,
+            "--property=MemoryMax=1G",
+            "/bin/sh",
+            "-c",
+            "echo ran",
+        ],
+        "",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("ran"));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--property") && err.contains("systemd"),
+        "{err}"
+    );
 }

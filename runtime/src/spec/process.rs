@@ -324,6 +324,157 @@ impl AddressFamilies {
     }
 }
 
+/// `--slice=`: nspawn's mangling (".slice" appended when missing), then
+/// systemd's rules for a slice name.
+pub fn parse_slice(text: &str) -> Result<String, String> {
+    let name = if text.ends_with(".slice") {
+        text.to_owned()
+    } else {
+        format!("{text}.slice")
+    };
+    let stem = name.strip_suffix(".slice").unwrap_or(&name);
+    let valid_chars = stem
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-' | '\\'));
+    if name.len() > 255
+        || stem.is_empty()
+        || !valid_chars
+        || (stem != "-" && (stem.starts_with('-') || stem.ends_with('-') || stem.contains("--")))
+    {
+        return Err("not a valid slice name (e.g. machine.slice or machine-web.slice)".into());
+    }
+    Ok(name)
+}
+
+/// Where a slice's cgroup is, relative to the hierarchy's root: systemd
+/// nests `a-b.slice` in `a.slice` (and `-.slice` is the root).
+pub fn slice_path(slice: &str) -> std::path::PathBuf {
+    let stem = slice.strip_suffix(".slice").unwrap_or(slice);
+    let mut path = std::path::PathBuf::new();
+    if stem == "-" {
+        return path;
+    }
+    let parts: Vec<&str> = stem.split('-').collect();
+    for i in 1..=parts.len() {
+        path.push(format!("{}.slice", parts[..i].join("-")));
+    }
+    path
+}
+
+/// A value of a unit property `--property=` may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropertyValue {
+    U64(u64),
+    Bool(bool),
+}
+
+/// One `--property=NAME=VALUE` for the container's scope, typed as
+/// systemd's bus API wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitProperty {
+    pub name: &'static str,
+    pub value: PropertyValue,
+}
+
+const BYTE_PROPERTIES: &[&str] = &[
+    "MemoryMax",
+    "MemoryHigh",
+    "MemoryLow",
+    "MemoryMin",
+    "MemorySwapMax",
+];
+const WEIGHT_PROPERTIES: &[&str] = &[
+    "CPUWeight",
+    "StartupCPUWeight",
+    "IOWeight",
+    "StartupIOWeight",
+];
+const BOOL_PROPERTIES: &[&str] = &[
+    "CPUAccounting",
+    "MemoryAccounting",
+    "TasksAccounting",
+    "IOAccounting",
+];
+
+/// `--property=NAME=VALUE`, for the resource-control properties nixspawn
+/// knows how to type (systemd's own parser knows every unit setting; a
+/// launcher needs these).
+pub fn parse_property(text: &str) -> Result<UnitProperty, String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=VALUE, e.g. MemoryMax=1G".to_owned())?;
+    let find = |list: &[&'static str]| list.iter().copied().find(|n| *n == name);
+    let bytes = |v: &str| -> Result<u64, String> {
+        if v == "infinity" {
+            return Ok(u64::MAX);
+        }
+        let (digits, factor) = match v.char_indices().last() {
+            Some((i, c)) if "KMGTPE".contains(c) => (
+                &v[..i],
+                1024u64.pow(u32::try_from("KMGTPE".find(c).unwrap_or(0)).unwrap_or(0) + 1),
+            ),
+            _ => (v, 1),
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .ok_or_else(|| format!("{v:?} is not a size (bytes, K, M, G, ... or infinity)"))
+    };
+    let value = if let Some(n) = find(BYTE_PROPERTIES) {
+        UnitProperty {
+            name: n,
+            value: PropertyValue::U64(bytes(value)?),
+        }
+    } else if name == "TasksMax" {
+        UnitProperty {
+            name: "TasksMax",
+            value: PropertyValue::U64(if value == "infinity" {
+                u64::MAX
+            } else {
+                value
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not a number or infinity"))?
+            }),
+        }
+    } else if let Some(n) = find(WEIGHT_PROPERTIES) {
+        let w: u64 = value
+            .parse()
+            .ok()
+            .filter(|w| (1..=10000).contains(w))
+            .ok_or_else(|| format!("{value:?} is not a weight (1...10000)"))?;
+        UnitProperty {
+            name: n,
+            value: PropertyValue::U64(w),
+        }
+    } else if name == "CPUQuota" {
+        let pct: u64 = value
+            .strip_suffix('%')
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{value:?} is not a percentage such as 20%"))?;
+        UnitProperty {
+            name: "CPUQuotaPerSecUSec",
+            value: PropertyValue::U64(pct * 10_000),
+        }
+    } else if let Some(n) = find(BOOL_PROPERTIES) {
+        let b = match value {
+            "yes" | "true" | "1" | "on" => true,
+            "no" | "false" | "0" | "off" => false,
+            _ => return Err(format!("{value:?} is not a boolean")),
+        };
+        UnitProperty {
+            name: n,
+            value: PropertyValue::Bool(b),
+        }
+    } else {
+        return Err(format!(
+            "{name} is not a property nixspawn sets (it knows MemoryMax, MemoryHigh, MemoryLow, MemoryMin, MemorySwapMax, TasksMax, CPUWeight, StartupCPUWeight, IOWeight, StartupIOWeight, CPUQuota and the *Accounting switches)"
+        ));
+    };
+    Ok(value)
+}
+
 /// The payload process's own settings (all off by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Process {
@@ -341,6 +492,11 @@ pub struct Process {
     pub ambient: std::collections::HashSet<caps::Capability>,
     pub address_families: Option<AddressFamilies>,
     pub suppress_sync: bool,
+    /// `--slice=`: the slice the container's scope goes in (machine.slice
+    /// when None).
+    pub slice: Option<String>,
+    /// `--property=`: set on the container's scope (systemd hosts only).
+    pub properties: Vec<UnitProperty>,
 }
 
 #[cfg(test)]
@@ -383,6 +539,36 @@ mod tests {
         assert_eq!((nofile.soft, nofile.hard), (1024, 524_288));
         assert_eq!(nspawn_default(6, limits, None).unwrap().soft, 63448);
         assert_eq!(nspawn_default(4, limits, None).unwrap().soft, 0);
+    }
+
+    #[test]
+    fn slices_and_properties() {
+        assert_eq!(parse_slice("web").as_deref(), Ok("web.slice"));
+        assert_eq!(
+            parse_slice("machine-web.slice").as_deref(),
+            Ok("machine-web.slice")
+        );
+        assert!(parse_slice("a--b").is_err());
+        assert!(parse_slice("a/b").is_err());
+        assert_eq!(
+            slice_path("machine-web.slice"),
+            std::path::Path::new("machine.slice/machine-web.slice")
+        );
+        assert_eq!(slice_path("-.slice"), std::path::PathBuf::new());
+        assert_eq!(
+            parse_property("MemoryMax=1G"),
+            Ok(UnitProperty {
+                name: "MemoryMax",
+                value: PropertyValue::U64(1 << 30)
+            })
+        );
+        assert_eq!(
+            parse_property("CPUQuota=20%").map(|p| (p.name, p.value)),
+            Ok(("CPUQuotaPerSecUSec", PropertyValue::U64(200_000)))
+        );
+        assert!(parse_property("Frobnicate=1").is_err());
+        assert!(parse_property("MemoryMax").is_err());
+        assert!(parse_property("CPUWeight=0").is_err());
     }
 
     #[test]
