@@ -492,3 +492,26 @@ fn slice_places_the_scope_and_property_needs_a_systemd_host() {
         "{err}"
     );
 }
+
+/// On a systemd host (the machined harness's bookworm "host" container,
+/// systemd 252): `--slice` and `--property` reach the scope systemd makes,
+/// the same under both launchers (integration/machined/slice.sh).
+#[test]
+fn slice_and_property_reach_the_scope_on_a_systemd_host() {
+    privileged!();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/machined/run.sh");
+    let out = std::process::Command::new(script)
+        .args(["bookworm", NIXSPAWN])
+        .env("NIXSPAWN_HARNESS_ONLY", "slice")
+        .output()
+        .expect("running integration/machined/run.sh");
+    let log = String::from_utf8_lossy(&out.stdout);
+    println!("{log}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        log.contains("== 0 failed checks"),
+        "the slice scenario failed"
+    );
+    let passed = log.lines().filter(|l| l.starts_with("ok: ")).count();
+    assert!(passed >= 3, "only {passed} checks passed");
+}
