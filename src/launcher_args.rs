@@ -965,6 +965,68 @@ mod tests {
     }
 
     #[test]
+    fn process_options_parse_with_nspawns_spellings_and_refuse_bad_values() {
+        let a = parse(&argv(
+            "--uid=tester --as-pid2 --oom-score-adjust -500 --slice=web -j --suppress-sync=1",
+        ))
+        .unwrap();
+        assert_eq!(a.user.as_deref(), Some("tester"));
+        assert!(a.as_pid2 && a.link_journal_try_guest);
+        assert_eq!(a.oom_score_adjust, Some(-500));
+        assert_eq!(
+            a.slice.as_deref(),
+            Some("web.slice"),
+            "mangled as nspawn does"
+        );
+        assert_eq!(a.suppress_sync, Some(true));
+        assert!(a.sets(Group::LinkJournal) && a.sets(Group::OomScoreAdjust));
+        assert!(
+            parse(&argv("--rlimit=NOFILE=5"))
+                .unwrap()
+                .sets(Group::Limit(7))
+        );
+        assert!(
+            !parse(&argv("--rlimit=NOFILE=5"))
+                .unwrap()
+                .sets(Group::Limit(6))
+        );
+        for (arg, line) in [
+            (
+                "--rlimit=RLIMIT_BOGUS=1",
+                "invalid value \"RLIMIT_BOGUS=1\" for --rlimit: unknown resource limit",
+            ),
+            (
+                "--oom-score-adjust=1001",
+                "invalid value \"1001\" for --oom-score-adjust: expected an integer in -1000...1000",
+            ),
+            (
+                "--cpu-affinity=2-1",
+                "invalid value \"2-1\" for --cpu-affinity: the range",
+            ),
+            (
+                "--personality=arm64",
+                "invalid value \"arm64\" for --personality: expected x86 or x86-64",
+            ),
+            (
+                "--ambient-capability=all",
+                "invalid value \"all\" for --ambient-capability",
+            ),
+            (
+                "--restrict-address-families=AF_NOPE",
+                "invalid value \"AF_NOPE\" for --restrict-address-families: unknown address family",
+            ),
+            ("--slice=a/b", "invalid value \"a/b\" for --slice"),
+            (
+                "--property=Bogus=1",
+                "invalid value \"Bogus=1\" for --property: Bogus is not a property",
+            ),
+        ] {
+            let got = refused(&[arg]);
+            assert!(got.starts_with(line), "{arg}: {got}");
+        }
+    }
+
+    #[test]
     fn accepted_argv_round_trips() {
         for line in [
             "-D /tmp -M m -b -x -q -U --bind=/a:/b --bind=/c -E A=b --system-call-filter=~@mount /sbin/init --log-level=debug",
@@ -975,6 +1037,7 @@ mod tests {
             "--console=autopipe --kill-signal=SIGRTMIN+4 --register=1 --settings=trusted",
             "-D / -n -p 80 -p udp:53:5353 --network-zone=z --network-veth-extra=a:b --network-interface=eth1 --network-macvlan=eth2:mv0 --network-address=10.0.0.1,10.0.0.2 --resolv-conf=copy-host --timezone=off",
             "-D / --network-bridge=br0 --network-ipvlan=eth0 --network-namespace-path=/run/netns/x",
+            "-D / -u tester -a --rlimit=RLIMIT_NOFILE=1:2 --rlimit=CORE=infinity --oom-score-adjust=-5 --cpu-affinity=0,2-3 --personality=x86 --ambient-capability=CAP_CHOWN --restrict-address-families=~AF_INET6 --suppress-sync=yes -j --no-pager --no-ask-password -S web --property=MemoryMax=1G",
         ] {
             let a = parse(&argv(line)).unwrap();
             let again = try_parse(&a.to_argv()).unwrap();

@@ -894,6 +894,49 @@ Private=yes
     }
 
     #[test]
+    fn process_keys_are_typed_and_the_privileged_ones_need_trust() {
+        use nixspawn_runtime::spec::process::Personality;
+        let text = "[Exec]\nUser=tester\nProcessTwo=yes\nLimitNOFILE=10:20\nOOMScoreAdjust=-5\n\
+                    CPUAffinity=0-1\nAmbientCapability=CAP_CHOWN\nPersonality=x86\n\
+                    RestrictAddressFamilies=AF_UNIX\nSuppressSync=yes\nSlice=web\nProperty=TasksMax=5\n";
+        let got = read_text(text, Trust::Trusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.values,
+            [
+                Setting::User("tester".into()),
+                Setting::ProcessTwo(true),
+                Setting::Limit("NOFILE=10:20".into()),
+                Setting::OomScoreAdjust(-5),
+                Setting::CpuAffinity("0-1".into()),
+                Setting::AmbientCapability("CAP_CHOWN".into()),
+                Setting::Personality(Personality::X86),
+                Setting::RestrictAddressFamilies("AF_UNIX".into()),
+                Setting::SuppressSync(true),
+                Setting::Slice("web.slice".into()),
+                Setting::Property("TasksMax=5".into()),
+            ]
+        );
+        let got = read_text(text, Trust::Untrusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.warnings,
+            [
+                "Ignoring AmbientCapability= setting, file t.nspawn is not trusted.",
+                "Ignoring LimitNOFILE= setting, file 't.nspawn' is not trusted.",
+                "Ignoring OOMScoreAdjust= setting, file 't.nspawn' is not trusted.",
+                "Ignoring CPUAffinity= setting, file 't.nspawn' is not trusted.",
+            ]
+        );
+        assert_eq!(got.values.len(), 7, "{:?}", got.values);
+        let err = read_text("[Exec]\nLimitNOFILE=2:1\n", Trust::Trusted, &nothing_masked)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.nspawn:2: invalid LimitNOFILE= value \"2:1\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_files_are_refused_with_file_line_and_key() {
         for (text, needle) in [
             (
