@@ -249,6 +249,7 @@ fn as_pid2_runs_the_payload_under_a_stub_init() {
     require_nspawn();
     let tree = tree();
     let script = "echo pid=$$ ppid=$PPID; cat /proc/1/comm; \
+                  tr -s '\\0 ' '  ' < /proc/1/cmdline | sed 's/ *$//'; echo; \
                   sh -c 'exit 0' & wait; exit 7";
     for args in [&["-a"][..], &["--as-pid2", "--console=read-only"]] {
         let (code, ours, err) = beside(NIXSPAWN, tree.path(), args, &[], script);
@@ -260,8 +261,23 @@ fn as_pid2_runs_the_payload_under_a_stub_init() {
         eprintln!("{args:?} -> {code} {ours}");
         assert_eq!((code, &ours), (theirs_code, &theirs), "{args:?}: {err}");
         assert_eq!(code, 7, "the payload's exit status is the container's");
-        assert!(ours.starts_with("pid=2 ppid=1\n(sd-stubinit)\n"), "{ours}");
+        assert!(
+            ours.starts_with("pid=2 ppid=1\n(sd-stubinit)\n(sd-stubinit)\n"),
+            "{ours}"
+        );
     }
+    // Deliberately better than nspawn 252 on a host whose root lacks
+    // CAP_SYS_RESOURCE (as here): its stub cannot swap its environment
+    // (PR_SET_MM), so /proc/1/environ shows the guest the launcher's
+    // whole environment. Ours overwrites it in place: only $container
+    // and $container_uuid, as nspawn means it to be.
+    let env = answer(
+        NIXSPAWN,
+        tree.path(),
+        &["-a"],
+        "tr '\\0' '\\n' < /proc/1/environ | grep . | sed 's/=.*//'",
+    );
+    assert_eq!(env, "container\ncontainer_uuid\n");
     let (ours, _) = both_refuse(tree.path(), &["-a", "-b"]);
     assert_eq!(ours.trim().lines().count(), 1, "{ours}");
 }

@@ -93,7 +93,7 @@ impl Payload {
 
     /// `--as-pid2`: fork; the child (PID 2) takes a session and the
     /// console of its own and execs, this process becomes the stub init.
-    pub fn exec_as_pid2(&self, console: ConsoleMode) -> Error {
+    pub fn exec_as_pid2(&self, console: ConsoleMode, uuid: &crate::spec::identity::Uuid) -> Error {
         if let Err(e) = sys::block_all_signals() {
             return Error::syscall("sigprocmask", e);
         }
@@ -123,6 +123,15 @@ impl Payload {
             }
             Ok(sys::Forked::Parent { pid, .. }) => {
                 let _ = sys::close_all_for_stub_init();
+                // As nspawn's stub: /proc/1 shows its own name and only
+                // $container and $container_uuid, not the launcher's.
+                // (nspawn writes this UUID without dashes.)
+                let environ = format!(
+                    "container={}\0container_uuid={}\0",
+                    crate::guest::apifs::runhost::CONTAINER_MANAGER,
+                    uuid.simple()
+                );
+                let _ = sys::replace_cmdline_and_environ(b"(sd-stubinit)\0", environ.as_bytes());
                 crate::guest::process::stub_init(pid)
             }
         }

@@ -210,7 +210,7 @@ fn finish(mut setup: Setup<'_>) -> StepResult<Never> {
     if spec.process.as_pid2 {
         return Err((
             "exec the payload".to_owned(),
-            payload.exec_as_pid2(spec.console),
+            payload.exec_as_pid2(spec.console, &spec.uuid),
         ));
     }
     Err(("exec the payload".to_owned(), payload.exec()))

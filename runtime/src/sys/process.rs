@@ -310,3 +310,44 @@ pub fn block_all_signals() -> io::Result<()> {
         check(ret.into()).map(|_| ())
     }
 }
+
+/// Overwrite this process's command line and environment as /proc shows
+/// them (the strings the kernel placed on the initial stack, between the
+/// addresses /proc/self/stat gives) with `cmdline` and `environ` (each a
+/// run of NUL-terminated strings, cut to fit), the rest zeroed. For
+/// `--as-pid2`'s stub init, which would otherwise show the guest the
+/// launcher's argv and environment in /proc/1; it never reads its own.
+pub fn replace_cmdline_and_environ(cmdline: &[u8], environ: &[u8]) -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 48-51 (arg_start, arg_end, env_start, env_end); `fields`
+    // starts at field 3.
+    let field = |n: usize| -> io::Result<usize> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::other("no address range in /proc/self/stat"))
+    };
+    for (start, end, text) in [
+        (field(48)?, field(49)?, cmdline),
+        (field(50)?, field(51)?, environ),
+    ] {
+        let Some(len) = end.checked_sub(start).filter(|l| *l > 0) else {
+            continue;
+        };
+        let n = text.len().min(len - 1);
+        // SAFETY: [start, end) is the part of our initial stack the kernel
+        // filled with argv's or envp's strings, mapped and writable for
+        // the life of the process; we write only inside it, and leave its
+        // last byte NUL so every string in it stays terminated.
+        unsafe {
+            let base = start as *mut u8;
+            std::ptr::copy_nonoverlapping(text.as_ptr(), base, n);
+            std::ptr::write_bytes(base.add(n), 0, len - n);
+        }
+    }
+    Ok(())
+}
