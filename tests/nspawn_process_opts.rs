@@ -334,12 +334,21 @@ fn restrict_address_families_refuses_other_sockets() {
     assert!(out.contains("fsync(pipe): EINVAL"), "{out}");
 }
 
-/// The settings file beside the tree (`--settings=trusted` trusts it).
-fn settings_file(tree: &Path, text: &str) -> PathBuf {
+/// The settings file beside the tree (`--settings=trusted` trusts it),
+/// removed when dropped (also when the test fails).
+struct SettingsFile(PathBuf);
+
+impl Drop for SettingsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn settings_file(tree: &Path, text: &str) -> SettingsFile {
     let name = tree.file_name().unwrap().to_string_lossy().into_owned();
     let path = tree.parent().unwrap().join(format!("{name}.nspawn"));
     std::fs::write(&path, text).unwrap();
-    path
+    SettingsFile(path)
 }
 
 #[test]
@@ -377,7 +386,7 @@ fn settings_file_keys_act_as_their_options_and_the_privileged_ones_need_trust() 
     );
     assert!(out.starts_with("0\n"), "{out}");
     assert!(out.contains("77                   88"), "{out}");
-    std::fs::remove_file(file).unwrap();
+    drop(file);
 }
 
 #[test]
