@@ -14,6 +14,7 @@ use nixspawn_runtime::spec::{signals, userns};
 use nixspawn_runtime::{Register, Uuid};
 
 use crate::nspawn_settings::{self, Group, Setting};
+use crate::process_opts;
 use crate::values::{self, Console};
 
 #[derive(Debug, PartialEq, Eq, Parser)]
@@ -226,6 +227,73 @@ pub struct Args {
     #[arg(long = "timezone", value_name = "MODE")]
     pub timezone: Option<String>,
     // ---- end of network options ----
+    // ---- process options (issue 16, group A): systemd-nspawn's; values
+    // checked in process_opts, which turns them into the spec's Process.
+    /// Run the payload as this user of the container (its passwd)
+    #[arg(short = 'u', long = "user", alias = "uid", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// A stub init is PID 1, the command runs as PID 2
+    #[arg(short = 'a', long = "as-pid2")]
+    pub as_pid2: bool,
+
+    /// A resource limit for the payload: NAME=SOFT[:HARD] (or infinity)
+    #[arg(long = "rlimit", value_name = "NAME=SOFT[:HARD]", value_parser = process_opts::rlimit)]
+    pub rlimit: Vec<String>,
+
+    /// The payload's OOM score adjustment (-1000...1000)
+    #[arg(long = "oom-score-adjust", value_name = "N", allow_negative_numbers = true,
+          value_parser = process_opts::oom_score_adjust)]
+    pub oom_score_adjust: Option<i32>,
+
+    /// The payload's CPU affinity: CPUs and ranges, e.g. 0,2-3
+    #[arg(long = "cpu-affinity", value_name = "LIST", value_parser = process_opts::cpu_affinity)]
+    pub cpu_affinity: Option<String>,
+
+    /// The architecture uname(2) reports in the container: x86 or x86-64
+    #[arg(long, value_name = "ARCH", value_parser = process_opts::personality)]
+    pub personality: Option<nixspawn_runtime::spec::process::Personality>,
+
+    /// Pass these capabilities in the inheritable and ambient sets
+    #[arg(long = "ambient-capability", value_name = "CAPS", value_parser = process_opts::ambient_capability)]
+    pub ambient_capability: Vec<String>,
+
+    /// Address families socket(2) may use: AF_... list, ~list, or none
+    #[arg(long = "restrict-address-families", value_name = "FAMILIES",
+          value_parser = process_opts::address_families)]
+    pub restrict_address_families: Option<String>,
+
+    /// Make sync(2), fsync(2), ... no-ops and O_SYNC opens fail
+    #[arg(long = "suppress-sync", value_name = "BOOL", value_parser = values::YES_NO)]
+    pub suppress_sync: Option<bool>,
+
+    /// Same as --link-journal=try-guest
+    #[arg(short = 'j')]
+    pub link_journal_try_guest: bool,
+
+    /// Accepted, as nspawn's: nixspawn pipes nothing through a pager
+    #[arg(long = "no-pager")]
+    pub no_pager: bool,
+
+    /// Accepted, as nspawn's: nixspawn never asks for a password (no polkit prompt)
+    #[arg(long = "no-ask-password")]
+    pub no_ask_password: bool,
+
+    /// An SELinux context for the payload (refused: this host has no SELinux)
+    #[arg(short = 'Z', long = "selinux-context", value_name = "CONTEXT")]
+    pub selinux_context: Option<String>,
+
+    /// An SELinux context for the API filesystems (refused: no SELinux)
+    #[arg(short = 'L', long = "selinux-apifs-context", value_name = "CONTEXT")]
+    pub selinux_apifs_context: Option<String>,
+    /// Put the container's scope in this slice (default machine.slice)
+    #[arg(short = 'S', long = "slice", value_name = "SLICE", value_parser = process_opts::slice)]
+    pub slice: Option<String>,
+
+    /// Set a property of the container's scope: NAME=VALUE (systemd hosts)
+    #[arg(long = "property", value_name = "NAME=VALUE", value_parser = process_opts::property)]
+    pub property: Vec<String>,
+    // ---- end of process options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
@@ -236,12 +304,6 @@ pub struct Args {
 /// rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
     "-i",
-    "-a",
-    "-u",
-    "-S",
-    "-L",
-    "-Z",
-    "-j",
     "--template",
     "--image",
     "--image-policy",
@@ -253,33 +315,17 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--root-hash-sig",
     "--verity-data",
     "--pivot-root",
-    "--as-pid2",
-    "--user",
-    "--uid",
     "--private-users-chown",
     "--private-users-delegate",
     "--share-system",
-    "--ambient-capability",
-    "--restrict-address-families",
-    "--rlimit",
-    "--oom-score-adjust",
-    "--cpu-affinity",
-    "--personality",
     "--overlay",
     "--overlay-ro",
     "--inaccessible",
     "--bind-user",
     "--bind-user-shell",
-    "--slice",
-    "--property",
-    "--selinux-context",
-    "--selinux-apifs-context",
-    "--suppress-sync",
     "--forward-journal",
     "--kill-signal-delay",
     "--background",
-    "--no-ask-password",
-    "--no-pager",
 ];
 
 /// Why an argv was not taken.
@@ -446,6 +492,21 @@ impl Args {
         opt("network-namespace-path", path(&self.network_namespace_path));
         opt("resolv-conf", self.resolv_conf.clone());
         opt("timezone", self.timezone.clone());
+        opt("user", self.user.clone());
+        opt(
+            "oom-score-adjust",
+            self.oom_score_adjust.map(|n| n.to_string()),
+        );
+        opt("cpu-affinity", self.cpu_affinity.clone());
+        opt("personality", self.personality.map(|p| p.name().to_owned()));
+        opt(
+            "restrict-address-families",
+            self.restrict_address_families.clone(),
+        );
+        opt("suppress-sync", yes_no(self.suppress_sync));
+        opt("slice", self.slice.clone());
+        opt("selinux-context", self.selinux_context.clone());
+        opt("selinux-apifs-context", self.selinux_apifs_context.clone());
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),
@@ -462,6 +523,9 @@ impl Args {
             ("network-ipvlan", &self.network_ipvlan),
             ("port", &self.port),
             ("network-address", &self.network_address),
+            ("rlimit", &self.rlimit),
+            ("ambient-capability", &self.ambient_capability),
+            ("property", &self.property),
         ] {
             for v in values {
                 opt(name, Some(v.clone()));
@@ -480,6 +544,10 @@ impl Args {
             ("--nix-daemon", self.nix_daemon),
             ("--nested-sandbox", self.nested_sandbox),
             ("--debug", self.debug),
+            ("--as-pid2", self.as_pid2),
+            ("-j", self.link_journal_try_guest),
+            ("--no-pager", self.no_pager),
+            ("--no-ask-password", self.no_ask_password),
         ] {
             if set {
                 out.push(name.to_owned());
@@ -533,14 +601,15 @@ impl Args {
                     || self.private_users_ownership.is_some()
             }
             Group::SystemCallFilter => !self.system_call_filter.is_empty(),
-            Group::LinkJournal => self.link_journal.is_some(),
+            Group::LinkJournal => self.link_journal.is_some() || self.link_journal_try_guest,
+            Group::AmbientCapability => !self.ambient_capability.is_empty(),
+            Group::Limit(i) => self.rlimit.iter().any(|r| {
+                nixspawn_runtime::spec::process::parse_rlimit(r).is_ok_and(|(n, _)| n == i)
+            }),
+            Group::OomScoreAdjust => self.oom_score_adjust.is_some(),
+            Group::CpuAffinity => self.cpu_affinity.is_some(),
             // Options nixspawn refuses on its command line never set these.
-            Group::AmbientCapability
-            | Group::BindUser
-            | Group::BindUserShell
-            | Group::Limit(_)
-            | Group::OomScoreAdjust
-            | Group::CpuAffinity => false,
+            Group::BindUser | Group::BindUserShell => false,
         }
     }
 
@@ -560,6 +629,9 @@ impl Args {
         let mut caps = Vec::new();
         let mut drop_caps = Vec::new();
         let mut filters = Vec::new();
+        let mut ambient = Vec::new();
+        let mut limits = Vec::new();
+        let mut properties = Vec::new();
         // The first [Network] setting (or Port=) taken from the file
         // replaces what the command line said about it as a whole, as
         // nspawn's merge does (which matters under override).
@@ -623,6 +695,23 @@ impl Args {
                 Setting::Port(v) => self.port.push(v.clone()),
                 Setting::ResolvConf(v) => fill(&mut self.resolv_conf, v.clone(), over),
                 Setting::Timezone(v) => fill(&mut self.timezone, v.clone(), over),
+                Setting::User(u) => fill(&mut self.user, u.clone(), over),
+                Setting::ProcessTwo(b) => {
+                    if over || !(self.as_pid2 || self.boot) {
+                        self.as_pid2 = *b;
+                    }
+                }
+                Setting::Limit(v) => limits.push(v.clone()),
+                Setting::OomScoreAdjust(n) => self.oom_score_adjust = Some(*n),
+                Setting::CpuAffinity(v) => self.cpu_affinity = Some(v.clone()),
+                Setting::Personality(p) => fill(&mut self.personality, *p, over),
+                Setting::AmbientCapability(c) => ambient.push(c.clone()),
+                Setting::RestrictAddressFamilies(v) => {
+                    fill(&mut self.restrict_address_families, v.clone(), over)
+                }
+                Setting::SuppressSync(b) => fill(&mut self.suppress_sync, *b, over),
+                Setting::Slice(v) => fill(&mut self.slice, v.clone(), over),
+                Setting::Property(v) => properties.push(v.clone()),
             }
         }
         for (from_file, slot) in [
@@ -633,11 +722,17 @@ impl Args {
             (caps, &mut self.capability),
             (drop_caps, &mut self.drop_capability),
             (filters, &mut self.system_call_filter),
+            (ambient, &mut self.ambient_capability),
+            (properties, &mut self.property),
         ] {
             if !from_file.is_empty() && (over || slot.is_empty()) {
                 *slot = from_file;
             }
         }
+        // Each Limit*= reached here only if the command line did not set
+        // that limit (or under override): later --rlimit uses win, so the
+        // file's go after the command line's.
+        self.rlimit.extend(limits);
     }
 }
 
@@ -766,7 +861,7 @@ mod tests {
             err.contains("--read-only"),
             "an option before the command is never the command: {err}"
         );
-        for obsolete in ["-j", "--private-users-chown", "--share-system"] {
+        for obsolete in ["--private-users-chown", "--share-system"] {
             assert!(
                 refused(&[obsolete]).contains("not implemented by nixspawn yet"),
                 "{obsolete}"
@@ -870,6 +965,68 @@ mod tests {
     }
 
     #[test]
+    fn process_options_parse_with_nspawns_spellings_and_refuse_bad_values() {
+        let a = parse(&argv(
+            "--uid=tester --as-pid2 --oom-score-adjust -500 --slice=web -j --suppress-sync=1",
+        ))
+        .unwrap();
+        assert_eq!(a.user.as_deref(), Some("tester"));
+        assert!(a.as_pid2 && a.link_journal_try_guest);
+        assert_eq!(a.oom_score_adjust, Some(-500));
+        assert_eq!(
+            a.slice.as_deref(),
+            Some("web.slice"),
+            "mangled as nspawn does"
+        );
+        assert_eq!(a.suppress_sync, Some(true));
+        assert!(a.sets(Group::LinkJournal) && a.sets(Group::OomScoreAdjust));
+        assert!(
+            parse(&argv("--rlimit=NOFILE=5"))
+                .unwrap()
+                .sets(Group::Limit(7))
+        );
+        assert!(
+            !parse(&argv("--rlimit=NOFILE=5"))
+                .unwrap()
+                .sets(Group::Limit(6))
+        );
+        for (arg, line) in [
+            (
+                "--rlimit=RLIMIT_BOGUS=1",
+                "invalid value \"RLIMIT_BOGUS=1\" for --rlimit: unknown resource limit",
+            ),
+            (
+                "--oom-score-adjust=1001",
+                "invalid value \"1001\" for --oom-score-adjust: expected an integer in -1000...1000",
+            ),
+            (
+                "--cpu-affinity=2-1",
+                "invalid value \"2-1\" for --cpu-affinity: the range",
+            ),
+            (
+                "--personality=arm64",
+                "invalid value \"arm64\" for --personality: expected x86 or x86-64",
+            ),
+            (
+                "--ambient-capability=all",
+                "invalid value \"all\" for --ambient-capability",
+            ),
+            (
+                "--restrict-address-families=AF_NOPE",
+                "invalid value \"AF_NOPE\" for --restrict-address-families: unknown address family",
+            ),
+            ("--slice=a/b", "invalid value \"a/b\" for --slice"),
+            (
+                "--property=Bogus=1",
+                "invalid value \"Bogus=1\" for --property: Bogus is not a property",
+            ),
+        ] {
+            let got = refused(&[arg]);
+            assert!(got.starts_with(line), "{arg}: {got}");
+        }
+    }
+
+    #[test]
     fn accepted_argv_round_trips() {
         for line in [
             "-D /tmp -M m -b -x -q -U --bind=/a:/b --bind=/c -E A=b --system-call-filter=~@mount /sbin/init --log-level=debug",
@@ -880,6 +1037,7 @@ mod tests {
             "--console=autopipe --kill-signal=SIGRTMIN+4 --register=1 --settings=trusted",
             "-D / -n -p 80 -p udp:53:5353 --network-zone=z --network-veth-extra=a:b --network-interface=eth1 --network-macvlan=eth2:mv0 --network-address=10.0.0.1,10.0.0.2 --resolv-conf=copy-host --timezone=off",
             "-D / --network-bridge=br0 --network-ipvlan=eth0 --network-namespace-path=/run/netns/x",
+            "-D / -u tester -a --rlimit=RLIMIT_NOFILE=1:2 --rlimit=CORE=infinity --oom-score-adjust=-5 --cpu-affinity=0,2-3 --personality=x86 --ambient-capability=CAP_CHOWN --restrict-address-families=~AF_INET6 --suppress-sync=yes -j --no-pager --no-ask-password -S web --property=MemoryMax=1G",
         ] {
             let a = parse(&argv(line)).unwrap();
             let again = try_parse(&a.to_argv()).unwrap();

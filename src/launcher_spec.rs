@@ -102,13 +102,16 @@ impl Place {
             directory.as_deref(),
             toplevel.as_deref(),
         )?;
+        // As nspawn, the settings file is the one named before the suffix
+        // below (a fixed file name must match an ephemeral run too).
+        let settings_name = machine.to_string();
         // As nspawn: an ephemeral run named after its tree gets a random
         // suffix, so that many can run from one tree at once.
         if args.ephemeral && args.machine.is_none() {
             machine = ephemeral_name(&machine, random_u64()?)?;
         }
         let mode = args.settings.unwrap_or_default();
-        let settings = nspawn_settings::find(machine.as_str(), directory.as_deref(), mode)
+        let settings = nspawn_settings::find(&settings_name, directory.as_deref(), mode)
             .map(|(path, trust)| -> Result<SettingsFile> {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;
@@ -248,6 +251,8 @@ pub struct Plan {
     /// `--load-credential`s, to be read by the probe.
     pub load_credentials: Vec<String>,
     pub working_directory: Option<PathBuf>,
+    /// `--user`, `--as-pid2`, `--rlimit`, ... (issue 16, group A).
+    pub process: nixspawn_runtime::spec::process::Process,
     pub quiet: bool,
     pub debug: bool,
     pub warnings: Vec<String>,
@@ -357,6 +362,14 @@ impl Plan {
         } else {
             args.console
         };
+        crate::process_opts::check_selinux(&args)?;
+        let process = crate::process_opts::plan(&args, args.boot, &{
+            let mut keep =
+                capabilities::guest_set(args.private_network || network(&args)?.implies_private());
+            keep.extend(added_capabilities.iter().copied());
+            keep.retain(|c| !dropped_capabilities.contains(c));
+            keep
+        })?;
         let network = network(&args)?;
         let private_network = args.private_network || network.implies_private();
         network.verify(private_network)?;
@@ -385,7 +398,11 @@ impl Plan {
             notify_ready: args.notify_ready.unwrap_or(false),
             keep_unit: args.keep_unit,
             register: args.register.unwrap_or_default(),
-            link_journal: args.link_journal.unwrap_or_default(),
+            link_journal: match (args.link_journal, args.link_journal_try_guest) {
+                (Some(l), _) => l,
+                (None, true) => LinkJournal::TryGuest,
+                (None, false) => LinkJournal::default(),
+            },
             mounts,
             private_users,
             ownership,
@@ -397,6 +414,7 @@ impl Plan {
             credentials,
             load_credentials: args.load_credential,
             working_directory: args.chdir,
+            process,
             quiet: args.quiet,
             debug: args.debug,
             warnings,
@@ -465,6 +483,7 @@ impl Plan {
             link_journal: self.link_journal,
             mounts: self.mounts,
             working_directory: self.working_directory,
+            process: self.process,
         };
         Ok((
             spec,

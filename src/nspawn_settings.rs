@@ -368,6 +368,22 @@ pub enum Setting {
     // Not privileged: any file may set these.
     ResolvConf(String),
     Timezone(String),
+    // Process settings (issue 16, group A), each value checked as its
+    // option's; Limit*= and the next two are privileged (see `Group`).
+    User(String),
+    ProcessTwo(bool),
+    /// `Limit*=` as `NAME=SOFT[:HARD]`, as `--rlimit` takes it.
+    Limit(String),
+    OomScoreAdjust(i32),
+    CpuAffinity(String),
+    AmbientCapability(String),
+    Personality(nixspawn_runtime::spec::process::Personality),
+    /// A restriction only: any file may make it.
+    RestrictAddressFamilies(String),
+    SuppressSync(bool),
+    /// `Slice=`, mangled as `--slice`'s value.
+    Slice(String),
+    Property(String),
 }
 
 impl Setting {
@@ -536,6 +552,62 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
             )?;
             Setting::Timezone(text())
         }
+        ("Exec", "User") => Setting::User(text()),
+        ("Exec", "ProcessTwo") => Setting::ProcessTwo(yes_no()?),
+        ("Exec", key) if key.starts_with("Limit") && LIMITS.contains(&key) => {
+            let resource = key.trim_start_matches("Limit");
+            let value = format!("{resource}={}", e.value);
+            checked(e, &at, crate::process_opts::rlimit(&value).map_err(Invalid))?;
+            Setting::Limit(value)
+        }
+        ("Exec", "OOMScoreAdjust") => Setting::OomScoreAdjust(checked(
+            e,
+            &at,
+            crate::process_opts::oom_score_adjust(&e.value).map_err(Invalid),
+        )?),
+        ("Exec", "CPUAffinity") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::cpu_affinity(&e.value).map_err(Invalid),
+            )?;
+            Setting::CpuAffinity(text())
+        }
+        ("Exec", "AmbientCapability") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::ambient_capability(&e.value).map_err(Invalid),
+            )?;
+            Setting::AmbientCapability(text())
+        }
+        ("Exec", "Personality") => Setting::Personality(checked(
+            e,
+            &at,
+            crate::process_opts::personality(&e.value).map_err(Invalid),
+        )?),
+        ("Exec", "RestrictAddressFamilies") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::address_families(&e.value).map_err(Invalid),
+            )?;
+            Setting::RestrictAddressFamilies(text())
+        }
+        ("Exec", "SuppressSync") => Setting::SuppressSync(yes_no()?),
+        ("Exec", "Slice") => Setting::Slice(checked(
+            e,
+            &at,
+            crate::process_opts::slice(&e.value).map_err(Invalid),
+        )?),
+        ("Exec", "Property") => {
+            checked(
+                e,
+                &at,
+                crate::process_opts::property(&e.value).map_err(Invalid),
+            )?;
+            Setting::Property(text())
+        }
         (section, key) if KNOWN_UNIMPLEMENTED.contains(&key) => {
             bail!(
                 "{at}: [{section}] {key}= is a systemd-nspawn setting nixspawn does not implement yet"
@@ -548,30 +620,7 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
 /// Settings systemd-nspawn 252 (and 262, the last four) knows that
 /// nixspawn refuses for now.
 const KNOWN_UNIMPLEMENTED: &[&str] = &[
-    "ProcessTwo",
-    "User",
     "PivotRoot",
-    "AmbientCapability",
-    "Personality",
-    "LimitCPU",
-    "LimitFSIZE",
-    "LimitDATA",
-    "LimitSTACK",
-    "LimitCORE",
-    "LimitRSS",
-    "LimitNOFILE",
-    "LimitAS",
-    "LimitNPROC",
-    "LimitMEMLOCK",
-    "LimitLOCKS",
-    "LimitSIGPENDING",
-    "LimitMSGQUEUE",
-    "LimitNICE",
-    "LimitRTPRIO",
-    "LimitRTTIME",
-    "OOMScoreAdjust",
-    "CPUAffinity",
-    "SuppressSync",
     "ReadOnly",
     "Volatile",
     "BindUser",
@@ -579,7 +628,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "Overlay",
     "OverlayReadOnly",
     "PrivateUsersDelegate",
-    "RestrictAddressFamilies",
     "BindUserShell",
 ];
 
@@ -830,14 +878,62 @@ Private=yes
                 "Ignoring bind user shell setting, file t.nspawn is not trusted.",
             ]
         );
-        let err = read_text(
+        // A restriction only tightens: any file may make it (and it is
+        // honoured, not dropped).
+        let got = read_text(
             "[Exec]\nRestrictAddressFamilies=AF_INET\n",
             Trust::Untrusted,
             &nothing_masked,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("does not implement"), "{err}");
+        .unwrap();
+        assert_eq!(
+            got.values,
+            [Setting::RestrictAddressFamilies("AF_INET".into())]
+        );
+        assert!(got.warnings.is_empty());
+    }
+
+    #[test]
+    fn process_keys_are_typed_and_the_privileged_ones_need_trust() {
+        use nixspawn_runtime::spec::process::Personality;
+        let text = "[Exec]\nUser=tester\nProcessTwo=yes\nLimitNOFILE=10:20\nOOMScoreAdjust=-5\n\
+                    CPUAffinity=0-1\nAmbientCapability=CAP_CHOWN\nPersonality=x86\n\
+                    RestrictAddressFamilies=AF_UNIX\nSuppressSync=yes\nSlice=web\nProperty=TasksMax=5\n";
+        let got = read_text(text, Trust::Trusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.values,
+            [
+                Setting::User("tester".into()),
+                Setting::ProcessTwo(true),
+                Setting::Limit("NOFILE=10:20".into()),
+                Setting::OomScoreAdjust(-5),
+                Setting::CpuAffinity("0-1".into()),
+                Setting::AmbientCapability("CAP_CHOWN".into()),
+                Setting::Personality(Personality::X86),
+                Setting::RestrictAddressFamilies("AF_UNIX".into()),
+                Setting::SuppressSync(true),
+                Setting::Slice("web.slice".into()),
+                Setting::Property("TasksMax=5".into()),
+            ]
+        );
+        let got = read_text(text, Trust::Untrusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.warnings,
+            [
+                "Ignoring AmbientCapability= setting, file t.nspawn is not trusted.",
+                "Ignoring LimitNOFILE= setting, file 't.nspawn' is not trusted.",
+                "Ignoring OOMScoreAdjust= setting, file 't.nspawn' is not trusted.",
+                "Ignoring CPUAffinity= setting, file 't.nspawn' is not trusted.",
+            ]
+        );
+        assert_eq!(got.values.len(), 7, "{:?}", got.values);
+        let err = read_text("[Exec]\nLimitNOFILE=2:1\n", Trust::Trusted, &nothing_masked)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.nspawn:2: invalid LimitNOFILE= value \"2:1\""),
+            "{err}"
+        );
     }
 
     #[test]

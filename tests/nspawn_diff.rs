@@ -7,69 +7,8 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use common::*;
-
-const NSPAWN: &str = "systemd-nspawn";
-
-/// Run `script` with busybox sh as PID 1 under `launcher` (--keep-unit in
-/// a cgroup of its own, no registration, a pipe console unless `args` says
-/// otherwise); its exit status, stdout and stderr.
-fn beside(
-    launcher: &str,
-    tree: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    script: &str,
-) -> (i32, String, String) {
-    let unit = UnitCgroup::new("diff");
-    let mut cmd = unit.command(launcher);
-    cmd.args(["-q", "--register=no", "--keep-unit", "-D"])
-        .arg(tree);
-    if !args.iter().any(|a| a.starts_with("--console")) {
-        cmd.arg("--console=pipe");
-    }
-    cmd.args(args)
-        .args(["/bin/sh", "-c", script])
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null());
-    let out = cmd.output().unwrap();
-    remove_nspawn_leftovers(tree);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `beside` that must succeed; its stdout.
-fn answer(launcher: &str, tree: &Path, args: &[&str], script: &str) -> String {
-    answer_env(launcher, tree, args, &[], script)
-}
-
-fn answer_env(
-    launcher: &str,
-    tree: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    script: &str,
-) -> String {
-    let (code, out, err) = beside(launcher, tree, args, env, script);
-    assert_eq!(code, 0, "{launcher} {args:?}: {err}\n{out}");
-    out
-}
-
-/// Both launchers' answers, asserted equal.
-fn same(tree: &Path, args: &[&str], script: &str) -> String {
-    let ours = answer(NIXSPAWN, tree, args, script);
-    let theirs = answer(NSPAWN, tree, args, script);
-    assert_eq!(
-        ours, theirs,
-        "nixspawn and systemd-nspawn differ for {args:?}"
-    );
-    ours
-}
 
 /// The busybox tree with the few more applets these probes use.
 fn tree() -> tempfile::TempDir {
@@ -78,16 +17,6 @@ fn tree() -> tempfile::TempDir {
         std::os::unix::fs::symlink("busybox", tree.path().join("usr/bin").join(applet)).unwrap();
     }
     tree
-}
-
-fn require_nspawn() {
-    assert!(
-        std::process::Command::new(NSPAWN)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "systemd-nspawn is missing: apt-get install systemd-container (integration/setup-host.sh does)"
-    );
 }
 
 /// Item 1: `$container_host_*` describe the host, not the guest, also

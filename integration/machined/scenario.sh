@@ -223,6 +223,14 @@ exercise() {
 	until_ok 10 gone "$name" || fail "$launcher/$guest: $name still listed after kill"
 }
 
+# run.sh with NIXSPAWN_HARNESS_ONLY=slice: --slice and --property alone.
+if [ "${HARNESS_ONLY:-}" = slice ]; then
+	# shellcheck source=integration/machined/slice.sh
+	. /harness/slice.sh
+	say "$failures failed checks"
+	exit "$failures"
+fi
+
 # run.sh with NIXSPAWN_HARNESS_ONLY=network: the network part alone.
 if [ "${HARNESS_ONLY:-}" = network ]; then
 	# shellcheck source=integration/machined/network.sh

@@ -855,3 +855,76 @@ pub fn build_probe(dir: &Path) -> PathBuf {
 pub fn build_guest_tool(dir: &Path) -> PathBuf {
     build_static(dir, "guest-tool.c", "guest-tool", "the guest tool")
 }
+
+// ---- side by side with systemd-nspawn (moved from nspawn_diff.rs) ----
+
+/// systemd-nspawn, for side-by-side runs.
+pub const NSPAWN: &str = "systemd-nspawn";
+
+/// Run `script` with busybox sh as PID 1 under `launcher` (--keep-unit in
+/// a cgroup of its own, no registration, a pipe console unless `args` says
+/// otherwise); its exit status, stdout and stderr.
+pub fn beside(
+    launcher: &str,
+    tree: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    script: &str,
+) -> (i32, String, String) {
+    let unit = UnitCgroup::new("diff");
+    let mut cmd = unit.command(launcher);
+    cmd.args(["-q", "--register=no", "--keep-unit", "-D"])
+        .arg(tree);
+    if !args.iter().any(|a| a.starts_with("--console")) {
+        cmd.arg("--console=pipe");
+    }
+    cmd.args(args)
+        .args(["/bin/sh", "-c", script])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    remove_nspawn_leftovers(tree);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `beside` that must succeed; its stdout.
+pub fn answer(launcher: &str, tree: &Path, args: &[&str], script: &str) -> String {
+    answer_env(launcher, tree, args, &[], script)
+}
+
+pub fn answer_env(
+    launcher: &str,
+    tree: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    script: &str,
+) -> String {
+    let (code, out, err) = beside(launcher, tree, args, env, script);
+    assert_eq!(code, 0, "{launcher} {args:?}: {err}\n{out}");
+    out
+}
+
+/// Both launchers' answers, asserted equal.
+pub fn same(tree: &Path, args: &[&str], script: &str) -> String {
+    let ours = answer(NIXSPAWN, tree, args, script);
+    let theirs = answer(NSPAWN, tree, args, script);
+    assert_eq!(
+        ours, theirs,
+        "nixspawn and systemd-nspawn differ for {args:?}"
+    );
+    ours
+}
+
+pub fn require_nspawn() {
+    assert!(
+        std::process::Command::new(NSPAWN)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "systemd-nspawn is missing: apt-get install systemd-container (integration/setup-host.sh does)"
+    );
+}

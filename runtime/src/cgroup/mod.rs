@@ -67,6 +67,8 @@ pub struct Facts<'a> {
     pub own: PathBuf,
     /// Our cgroup in systemd's named v1 hierarchy, on a hybrid host.
     pub own_v1: Option<PathBuf>,
+    /// `--slice` (machine.slice when None).
+    pub slice: Option<&'a str>,
 }
 
 /// Where the guest's device policy is enforced, to undo it at the end.
@@ -129,11 +131,17 @@ impl CgroupLayout {
     /// Decide the layout for a machine from this host (nothing is created
     /// yet). With `scope_unit` the guest goes into that transient scope of
     /// systemd's.
-    pub fn plan(name: &MachineName, keep_unit: bool, scope_unit: Option<&str>) -> Result<Self> {
+    pub fn plan(
+        name: &MachineName,
+        keep_unit: bool,
+        scope_unit: Option<&str>,
+        slice: Option<&str>,
+    ) -> Result<Self> {
         Ok(Self::decide(&Facts {
             name,
             keep_unit,
             scope_unit,
+            slice,
             mount: ensure_v2_mount()?,
             own: own_v2_cgroup()?,
             own_v1: scope_unit.and_then(|_| own_v1_systemd_cgroup()),
@@ -143,8 +151,9 @@ impl CgroupLayout {
     /// The layout for these facts (no system access).
     pub fn decide(facts: &Facts<'_>) -> Self {
         let mount = facts.mount.clone();
+        let slice = crate::spec::process::slice_path(facts.slice.unwrap_or("machine.slice"));
         let (base, placement, v1) = if let Some(unit) = facts.scope_unit {
-            let rel_base = Path::new("machine.slice").join(unit);
+            let rel_base = slice.join(unit);
             let v1 = facts.own_v1.as_ref().map(|own| V1Scope {
                 scope: Path::new(SYSTEMD_V1).join(&rel_base),
                 home: Path::new(SYSTEMD_V1).join(rel(own)),
@@ -167,11 +176,7 @@ impl CgroupLayout {
         } else {
             let scope =
                 crate::host::scope::unit_name(facts.name, crate::host::scope::Naming::Machined);
-            (
-                mount.join("machine.slice").join(scope),
-                Placement::OwnScope,
-                None,
-            )
+            (mount.join(&slice).join(scope), Placement::OwnScope, None)
         };
         CgroupLayout {
             mount,
@@ -507,9 +512,19 @@ impl CgroupLayout {
         // Without a service manager machine.slice is ours alone: whichever
         // guest leaves it empty removes it, not only the one that made it
         // (two guests ending together would otherwise leave it behind).
-        let slice = self.mount.join("machine.slice");
-        if !Path::new("/run/systemd/system").exists() && self.base.starts_with(&slice) {
-            let _ = fs::remove_dir(&slice);
+        // (So is any --slice's: every empty slice above the scope goes.)
+        if !Path::new("/run/systemd/system").exists() {
+            let mut dir = self.base.parent();
+            while let Some(d) = dir
+                && d.starts_with(&self.mount)
+                && d != self.mount
+                && d.extension().is_some_and(|e| e == "slice")
+            {
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
         }
         result
     }
@@ -678,6 +693,7 @@ mod tests {
             mount: PathBuf::from("/sys/fs/cgroup/unified"),
             own: PathBuf::from(own),
             own_v1: None,
+            slice: None,
         }
     }
 

@@ -624,7 +624,7 @@ pub(super) fn enter_restricted(state: &State, leader: BorrowedFd<'_>) -> Step<()
     }
     at(
         "drop capabilities",
-        crate::security::capabilities::restrict_to(&caps),
+        crate::security::capabilities::restrict_to(&caps, &Default::default(), true),
     )?;
     if state.no_new_privileges {
         at(

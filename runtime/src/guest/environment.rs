@@ -17,6 +17,16 @@ pub(crate) const HOST_OS_RELEASE: &str = "/run/host/os-release";
 /// The environment PID 1 starts with; `host_os_release` is the text of
 /// the host's os-release.
 pub fn for_pid1(spec: &Spec, host_os_release: &str) -> Vec<(String, String)> {
+    for_pid1_as(spec, host_os_release, None)
+}
+
+/// [`for_pid1`] for a payload run as `--user`: `(name as given, home)`
+/// sets HOME, USER and LOGNAME as nspawn does (before `-E`, which wins).
+pub fn for_pid1_as(
+    spec: &Spec,
+    host_os_release: &str,
+    user: Option<(&str, &Path)>,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| {
         env.retain(|(key, _)| key != k);
@@ -26,9 +36,12 @@ pub fn for_pid1(spec: &Spec, host_os_release: &str) -> Vec<(String, String)> {
     set("container", CONTAINER_MANAGER.to_owned());
     set("container_uuid", spec.uuid.to_string());
     set("NOTIFY_SOCKET", "/run/host/notify".to_owned());
-    set("HOME", "/root".to_owned());
-    set("USER", "root".to_owned());
-    set("LOGNAME", "root".to_owned());
+    let (name, home) = user.map_or(("root".to_owned(), "/root".to_owned()), |(n, h)| {
+        (n.to_owned(), h.to_string_lossy().into_owned())
+    });
+    set("HOME", home);
+    set("USER", name.clone());
+    set("LOGNAME", name);
     // As nspawn: the caller's $TERM in every console mode, none without one.
     if let Some(term) = &spec.term {
         set("TERM", term.clone());

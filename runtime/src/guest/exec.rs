@@ -91,6 +91,52 @@ impl Payload {
         Ok(Payload { path, argv, env })
     }
 
+    /// `--as-pid2`: fork; the child (PID 2) takes a session and the
+    /// console of its own and execs, this process becomes the stub init.
+    pub fn exec_as_pid2(&self, console: ConsoleMode, uuid: &crate::spec::identity::Uuid) -> Error {
+        if let Err(e) = sys::block_all_signals() {
+            return Error::syscall("sigprocmask", e);
+        }
+        match sys::fork() {
+            Err(e) => Error::syscall("fork", e),
+            Ok(sys::Forked::Child) => {
+                let empty = nix::sys::signal::SigSet::empty();
+                let ready = nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&empty),
+                    None,
+                )
+                .map_err(|e| Error::syscall("sigprocmask", e))
+                .and_then(|()| nix::unistd::setsid().map_err(|e| Error::syscall("setsid", e)))
+                .and_then(|_| {
+                    if console.has_pty() {
+                        sys::set_controlling_tty(std::io::stdin().as_fd())
+                            .map_err(|e| Error::syscall("ioctl(TIOCSCTTY)", e))
+                    } else {
+                        Ok(())
+                    }
+                });
+                match ready {
+                    Ok(()) => self.exec(),
+                    Err(e) => e,
+                }
+            }
+            Ok(sys::Forked::Parent { pid, .. }) => {
+                let _ = sys::close_all_for_stub_init();
+                // As nspawn's stub: /proc/1 shows its own name and only
+                // $container and $container_uuid, not the launcher's.
+                // (nspawn writes this UUID without dashes.)
+                let environ = format!(
+                    "container={}\0container_uuid={}\0",
+                    crate::guest::apifs::runhost::CONTAINER_MANAGER,
+                    uuid.simple()
+                );
+                let _ = sys::replace_cmdline_and_environ(b"(sd-stubinit)\0", environ.as_bytes());
+                crate::guest::process::stub_init(pid)
+            }
+        }
+    }
+
     /// execve; what comes back is why it failed.
     pub fn exec(&self) -> Error {
         let err = nix::unistd::execve(&self.path, &self.argv, &self.env).unwrap_err();
@@ -103,14 +149,21 @@ impl Payload {
 }
 
 /// A session of PID 1's own, with the console's peer (if any) as its
-/// controlling terminal and stdio.
-pub(crate) fn attach_stdio(peer: Option<OwnedFd>, mode: ConsoleMode) -> Result<()> {
+/// stdio and (if `controlling`) its controlling terminal.
+pub(crate) fn attach_stdio(
+    peer: Option<OwnedFd>,
+    mode: ConsoleMode,
+    controlling: bool,
+) -> Result<()> {
     nix::unistd::setsid().map_err(|e| Error::syscall("setsid", e))?;
     let Some(peer) = peer else {
         debug_assert_eq!(mode, ConsoleMode::Pipe);
         return Ok(());
     };
-    sys::set_controlling_tty(peer.as_fd()).map_err(|e| Error::syscall("ioctl(TIOCSCTTY)", e))?;
+    if controlling {
+        sys::set_controlling_tty(peer.as_fd())
+            .map_err(|e| Error::syscall("ioctl(TIOCSCTTY)", e))?;
+    }
     for target in 0..=2 {
         sys::dup_onto_stdio(peer.as_fd(), target).map_err(|e| Error::syscall("dup2", e))?;
     }

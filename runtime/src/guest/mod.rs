@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod environment;
 pub(crate) mod exec;
 pub mod journal;
+pub(crate) mod process;
 pub mod rootfs;
 pub(crate) mod setup;
 pub(crate) mod steps;
@@ -206,5 +207,11 @@ fn finish(mut setup: Setup<'_>) -> StepResult<Never> {
     let shape = setup.plan().shape();
     steps::drive(&mut setup, &steps::last(spec, shape))?;
     let payload = step("exec the payload", || setup.payload())?;
+    if spec.process.as_pid2 {
+        return Err((
+            "exec the payload".to_owned(),
+            payload.exec_as_pid2(spec.console, &spec.uuid),
+        ));
+    }
     Err(("exec the payload".to_owned(), payload.exec()))
 }

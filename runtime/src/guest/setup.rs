@@ -70,6 +70,8 @@ pub(crate) struct Setup<'a> {
     /// PID 1's end of its pair with the outer process.
     pub outer: Option<InnerEnd>,
     payload: Option<exec::Payload>,
+    /// `--user`'s guest user, found with the payload (None: root).
+    user: Option<crate::guest::process::GuestUser>,
 }
 
 impl<'a> Setup<'a> {
@@ -91,6 +93,7 @@ impl<'a> Setup<'a> {
             console: None,
             outer: None,
             payload: None,
+            user: None,
         }
     }
 
@@ -355,7 +358,9 @@ impl Ops for Setup<'_> {
             Step::AttachConsole => {
                 // The master went to the launcher; the peer is the console.
                 let peer = self.console.take().map(|(_, peer)| peer);
-                exec::attach_stdio(peer, spec.console)
+                // With --as-pid2 the payload, not the stub, takes the
+                // console as its controlling terminal (after the fork).
+                exec::attach_stdio(peer, spec.console, !spec.process.as_pid2)
             }
             Step::Chdir => {
                 let cwd = spec
@@ -368,7 +373,16 @@ impl Ops for Setup<'_> {
                 // The host's os-release, bound in by PopulateRunHost.
                 let host =
                     std::fs::read_to_string(environment::HOST_OS_RELEASE).unwrap_or_default();
-                let env = environment::for_pid1(spec, &host);
+                if let Some(user) = &spec.process.user {
+                    self.user = crate::guest::process::lookup(user)?;
+                }
+                let env = environment::for_pid1_as(
+                    spec,
+                    &host,
+                    self.user
+                        .as_ref()
+                        .map(|u| (u.given.as_str(), u.home.as_path())),
+                );
                 self.payload = Some(exec::Payload::resolve(spec, env)?);
                 Ok(())
             }
@@ -376,7 +390,30 @@ impl Ops for Setup<'_> {
                 let prog = seccomp::program(self.capabilities(), &spec.syscall_filter)?;
                 seccomp::install(&prog)
             }
-            Step::DropCapabilities => capabilities::restrict_to(self.capabilities()),
+            Step::InstallProcessFilters => {
+                let p = &spec.process;
+                if let Some(f) = &p.address_families {
+                    seccomp::install(&seccomp::extra::address_families(f))?;
+                }
+                if p.suppress_sync {
+                    seccomp::install(&seccomp::extra::suppress_sync())?;
+                }
+                Ok(())
+            }
+            Step::ApplyProcessLimits => crate::guest::process::apply_limits(&spec.process),
+            Step::SwitchUser => match &self.user {
+                Some(user) => {
+                    crate::guest::process::switch_user(user, spec.console.has_pty())?;
+                    // A credential change clears PDEATHSIG: again.
+                    die_with_parent(self.end)
+                }
+                None => Ok(()),
+            },
+            Step::DropCapabilities => capabilities::restrict_to(
+                self.capabilities(),
+                &spec.process.ambient,
+                self.user.is_none(),
+            ),
             Step::NoNewPrivileges => nix::sys::prctl::set_no_new_privs()
                 .map_err(|e| Error::syscall("prctl(PR_SET_NO_NEW_PRIVS)", e)),
             Step::CloseDescriptors => {

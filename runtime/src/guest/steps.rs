@@ -95,6 +95,14 @@ pub(crate) enum Step {
     /// capabilities are still held.
     FindPayload,
     InstallSeccomp,
+    /// `--restrict-address-families` and `--suppress-sync`: filters of
+    /// their own on top of the main one.
+    InstallProcessFilters,
+    /// OOM score, CPU affinity, personality, resource limits: set by the
+    /// process PID 1 comes from, with the host's privileges, and inherited.
+    ApplyProcessLimits,
+    /// `--user`: become the guest user found with the payload.
+    SwitchUser,
     DropCapabilities,
     NoNewPrivileges,
     CloseDescriptors,
@@ -143,6 +151,11 @@ impl Step {
             Step::Chdir => "chdir",
             Step::FindPayload => "find the payload",
             Step::InstallSeccomp => "install the seccomp filter",
+            Step::InstallProcessFilters => "install the address family and sync filters",
+            Step::ApplyProcessLimits => {
+                "apply the resource limits, OOM score, affinity and personality"
+            }
+            Step::SwitchUser => "switch to the --user user",
             Step::DropCapabilities => "drop capabilities",
             Step::NoNewPrivileges => "set no_new_privs",
             Step::CloseDescriptors => "close descriptors",
@@ -267,6 +280,7 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
             s.push(Step::CreateConsole);
         }
     }
+    s.push(Step::ApplyProcessLimits);
     s
 }
 
@@ -327,6 +341,13 @@ pub(crate) fn last(spec: &Spec, shape: Shape) -> Vec<Step> {
     s.extend([Step::AttachConsole, Step::Chdir, Step::FindPayload]);
     if spec.seccomp {
         s.push(Step::InstallSeccomp);
+    }
+    // As nspawn: these go on even without the main filter.
+    if spec.process.address_families.is_some() || spec.process.suppress_sync {
+        s.push(Step::InstallProcessFilters);
+    }
+    if spec.process.user.is_some() {
+        s.push(Step::SwitchUser);
     }
     s.push(Step::DropCapabilities);
     if spec.no_new_privileges {
@@ -421,7 +442,9 @@ mod tests {
         assert!(s.contains(&Step::SetHostname));
         assert!(s.contains(&Step::CreateConsole), "interactive by default");
         assert!(pos(&s, Step::MountRunAndTmp) < pos(&s, Step::PopulateRunHost));
-        assert_eq!(*s.last().unwrap(), Step::CreateConsole);
+        assert_eq!(s[s.len() - 2], Step::CreateConsole);
+        // Inherited by PID 1 from here, set with the host's privileges.
+        assert_eq!(*s.last().unwrap(), Step::ApplyProcessLimits);
     }
 
     #[test]

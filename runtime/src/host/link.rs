@@ -103,6 +103,8 @@ impl<'a> HostLink<'a> {
             unit: unit.clone(),
             kill_signal: spec.kill_signal,
             device_binds: device_binds(&spec.mounts),
+            slice: spec.process.slice.as_deref(),
+            properties: &spec.process.properties,
         };
         let scope = Scope::start(&self.bus, &req)?;
         self.janitor

@@ -146,6 +146,10 @@ pub struct ScopeRequest<'a> {
     pub kill_signal: Option<i32>,
     /// Device nodes bound into the guest, with whether read-only.
     pub device_binds: Vec<(PathBuf, bool)>,
+    /// `--slice` (machine.slice when None).
+    pub slice: Option<&'a str>,
+    /// `--property`.
+    pub properties: &'a [crate::spec::process::UnitProperty],
 }
 
 /// A started scope. The placeholder keeps it alive until the guest is in.
@@ -278,7 +282,7 @@ fn scope_properties(bus: &Bus, req: &ScopeRequest<'_>, pid: i32) -> Vec<Property
         property("Delegate", true),
         property("CollectMode", "inactive-or-failed".to_string()),
         property("AddRef", true),
-        property("Slice", "machine.slice".to_string()),
+        property("Slice", req.slice.unwrap_or("machine.slice").to_string()),
         property("Controller", bus.unique_name()),
         property("DevicePolicy", "closed".to_string()),
         // The API nodes a guest's own PrivateDevices= needs, and its ptys
@@ -301,6 +305,13 @@ fn scope_properties(bus: &Bus, req: &ScopeRequest<'_>, pid: i32) -> Vec<Property
     if let Some(sig) = req.kill_signal {
         props.push(property("KillSignal", sig));
         props.push(property("KillMode", "mixed".to_string()));
+    }
+    for p in req.properties {
+        use crate::spec::process::PropertyValue;
+        props.push(match p.value {
+            PropertyValue::U64(n) => property(p.name, n),
+            PropertyValue::Bool(b) => property(p.name, b),
+        });
     }
     props
 }

@@ -174,10 +174,30 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     for n in &notices {
         observer.event(Event::Warning(n));
     }
+    let scope_unit = host.as_ref().and_then(|h| h.scope_unit());
+    // --property acts on the scope systemd makes for us: refused where
+    // there is none to make (no systemd host); under --keep-unit it has
+    // no effect, as with nspawn.
+    if scope_unit.is_none()
+        && !spec.keep_unit
+        && let Some(p) = spec.process.properties.first()
+    {
+        return Err(Error::InvalidValue {
+            what: "--property",
+            value: p.name.to_owned(),
+            reason: "unit properties need a systemd host to make the container's scope, and this host has none".into(),
+        });
+    }
+    if spec.keep_unit && (spec.process.slice.is_some() || !spec.process.properties.is_empty()) {
+        observer.event(Event::Notice(
+            "Scope allocation is turned off (--keep-unit): --slice= and --property= have no effect.",
+        ));
+    }
     let cgroups = CgroupLayout::plan(
         &spec.machine,
         spec.keep_unit,
-        host.as_ref().and_then(|h| h.scope_unit()),
+        scope_unit,
+        spec.process.slice.as_deref(),
     )?;
     cgroups.check_unclaimed()?;
     link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;

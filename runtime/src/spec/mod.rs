@@ -10,6 +10,7 @@ pub mod identity;
 pub mod journal;
 pub mod mounts;
 pub mod network;
+pub mod process;
 pub mod signals;
 pub mod syscalls;
 pub mod userns;
@@ -127,6 +128,9 @@ pub struct Spec {
     /// systemd credentials for /run/host/credentials.
     pub credentials: Vec<crate::spec::credentials::Credential>,
     pub working_directory: Option<PathBuf>,
+    /// The payload process: user, stub init, limits, affinity, extra
+    /// seccomp rules (`--user`, `--as-pid2`, `--rlimit`, ...).
+    pub process: crate::spec::process::Process,
 }
 
 impl Spec {
@@ -190,6 +194,7 @@ pub(crate) mod tests {
             nested_sandbox: false,
             credentials: Vec::new(),
             working_directory: None,
+            process: Default::default(),
         }
     }
 }

@@ -184,3 +184,10 @@ pub fn dbus_socket(conn: &dbus::blocking::Connection) -> BorrowedFd<'_> {
     // dropped, which the borrow of `conn` rules out meanwhile.
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
+
+/// Close every descriptor above 2, for `--as-pid2`'s stub init, which never
+/// returns to its caller's frames (their `OwnedFd`s are never dropped): it
+/// must hold nothing the launcher watches for the payload's exec.
+pub fn close_all_for_stub_init() -> io::Result<()> {
+    close_from(3)
+}

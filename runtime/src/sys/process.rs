@@ -254,3 +254,110 @@ pub fn set_pdeathsig_on_spawn(cmd: &mut std::process::Command, signal: libc::c_i
         });
     }
 }
+
+/// personality(2): set the execution domain (`PER_LINUX32` makes uname(2)
+/// report i686); returns the previous one.
+pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: personality(2) takes a plain integer and touches no memory
+    // of ours.
+    let ret = unsafe { libc::personality(persona) };
+    check(ret.into()).map(|_| ())
+}
+
+/// setrlimit(2) for `resource` (a RLIMIT_* number); where raising the
+/// hard limit is not allowed (no CAP_SYS_RESOURCE), the closest limits
+/// that are, as systemd's setrlimit_closest() does.
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let set = |soft, hard| {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `limit` is a valid rlimit that outlives the call, which
+        // only reads it.
+        let ret = unsafe { libc::setrlimit(resource as _, &limit) };
+        check(ret.into()).map(|_| ())
+    };
+    match set(soft, hard) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into `now`, a valid rlimit.
+            check(unsafe { libc::getrlimit(resource as _, &mut now) }.into())?;
+            let hard = hard.min(now.rlim_max);
+            set(soft.min(hard), hard)
+        }
+        other => other,
+    }
+}
+
+/// Block every signal, then wait for one in `wanted` (real-time ones
+/// included, which nix's `Signal` cannot name); its number.
+pub fn wait_for_signal(wanted: &[libc::c_int]) -> io::Result<libc::c_int> {
+    // SAFETY: the sigset_t is initialised by sigemptyset before any other
+    // use, and sigwaitinfo may be given a null siginfo pointer.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &s in wanted {
+            libc::sigaddset(&mut set, s);
+        }
+        let ret = libc::sigwaitinfo(&set, std::ptr::null_mut());
+        check(ret.into()).map(|_| ret)
+    }
+}
+
+/// Block every signal (real-time ones included) in the calling thread.
+pub fn block_all_signals() -> io::Result<()> {
+    // SAFETY: the set is filled by sigfillset before sigprocmask reads it;
+    // the old mask is not asked for.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigfillset(&mut set);
+        let ret = libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        check(ret.into()).map(|_| ())
+    }
+}
+
+/// Overwrite this process's command line and environment as /proc shows
+/// them (the strings the kernel placed on the initial stack, between the
+/// addresses /proc/self/stat gives) with `cmdline` and `environ` (each a
+/// run of NUL-terminated strings, cut to fit), the rest zeroed. For
+/// `--as-pid2`'s stub init, which would otherwise show the guest the
+/// launcher's argv and environment in /proc/1; it never reads its own.
+pub fn replace_cmdline_and_environ(cmdline: &[u8], environ: &[u8]) -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 48-51 (arg_start, arg_end, env_start, env_end); `fields`
+    // starts at field 3.
+    let field = |n: usize| -> io::Result<usize> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::other("no address range in /proc/self/stat"))
+    };
+    for (start, end, text) in [
+        (field(48)?, field(49)?, cmdline),
+        (field(50)?, field(51)?, environ),
+    ] {
+        let Some(len) = end.checked_sub(start).filter(|l| *l > 0) else {
+            continue;
+        };
+        let n = text.len().min(len - 1);
+        // SAFETY: [start, end) is the part of our initial stack the kernel
+        // filled with argv's or envp's strings, mapped and writable for
+        // the life of the process; we write only inside it, and leave its
+        // last byte NUL so every string in it stays terminated.
+        unsafe {
+            let base = start as *mut u8;
+            std::ptr::copy_nonoverlapping(text.as_ptr(), base, n);
+            std::ptr::write_bytes(base.add(n), 0, len - n);
+        }
+    }
+    Ok(())
+}

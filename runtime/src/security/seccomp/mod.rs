@@ -12,6 +12,7 @@
 //! no library compiles it at launch.
 
 pub mod bpf;
+pub mod extra;
 
 use std::collections::HashSet;
 
