@@ -226,6 +226,39 @@ pub struct Args {
     #[arg(long = "timezone", value_name = "MODE")]
     pub timezone: Option<String>,
     // ---- end of network options ----
+    // ---- image options (issue 16, group C) ----
+    /// Disk image (raw file or block device: one filesystem or a GPT disk) as the root
+    #[arg(short = 'i', long = "image", value_name = "PATH", value_hint = ValueHint::FilePath)]
+    pub image: Option<PathBuf>,
+
+    /// Which partitions of the image may or must be used (systemd.image-policy(7))
+    #[arg(long = "image-policy", value_name = "POLICY", value_parser = values::image_policy)]
+    pub image_policy: Option<nixspawn_runtime::spec::image::ImagePolicy>,
+
+    /// dm-verity root hash of the image (refused: needs device-mapper)
+    #[arg(long = "root-hash", value_name = "HASH")]
+    pub root_hash: Option<String>,
+
+    /// dm-verity root hash signature (refused: needs device-mapper)
+    #[arg(long = "root-hash-sig", value_name = "SIG")]
+    pub root_hash_sig: Option<String>,
+
+    /// dm-verity data file (refused: needs device-mapper)
+    #[arg(long = "verity-data", value_name = "PATH")]
+    pub verity_data: Option<PathBuf>,
+
+    /// Delegate N more UID ranges to the guest (systemd 260; refused: needs systemd-nsresourced)
+    #[arg(long = "private-users-delegate", value_name = "N")]
+    pub private_users_delegate: Option<String>,
+
+    /// Forward the guest's journal to the host (refused: needs systemd-journal-remote)
+    #[arg(long = "forward-journal", value_name = "FILE|DIR")]
+    pub forward_journal: Option<String>,
+
+    /// Boot an .mstack directory (systemd 260; refused: not implemented)
+    #[arg(long = "mstack", value_name = "PATH")]
+    pub mstack: Option<PathBuf>,
+    // ---- end of image options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
@@ -235,7 +268,6 @@ pub struct Args {
 /// 262 spell them (obsolete spellings included). They are refused by name
 /// rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
-    "-i",
     "-a",
     "-u",
     "-S",
@@ -243,21 +275,14 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "-Z",
     "-j",
     "--template",
-    "--image",
-    "--image-policy",
-    "--mstack",
     "--oci-bundle",
     "--read-only",
     "--volatile",
-    "--root-hash",
-    "--root-hash-sig",
-    "--verity-data",
     "--pivot-root",
     "--as-pid2",
     "--user",
     "--uid",
     "--private-users-chown",
-    "--private-users-delegate",
     "--share-system",
     "--ambient-capability",
     "--restrict-address-families",
@@ -275,7 +300,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "--selinux-context",
     "--selinux-apifs-context",
     "--suppress-sync",
-    "--forward-journal",
     "--kill-signal-delay",
     "--background",
     "--no-ask-password",
@@ -446,6 +470,20 @@ impl Args {
         opt("network-namespace-path", path(&self.network_namespace_path));
         opt("resolv-conf", self.resolv_conf.clone());
         opt("timezone", self.timezone.clone());
+        opt("image", path(&self.image));
+        opt(
+            "image-policy",
+            self.image_policy.as_ref().map(|p| p.text().to_owned()),
+        );
+        opt("root-hash", self.root_hash.clone());
+        opt("root-hash-sig", self.root_hash_sig.clone());
+        opt("verity-data", path(&self.verity_data));
+        opt(
+            "private-users-delegate",
+            self.private_users_delegate.clone(),
+        );
+        opt("forward-journal", self.forward_journal.clone());
+        opt("mstack", path(&self.mstack));
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),
