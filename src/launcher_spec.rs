@@ -744,6 +744,7 @@ mod tests {
             toplevel: None,
             machine: MachineName::new("web").unwrap(),
             settings: None,
+            image: None,
         }
     }
 
@@ -870,6 +871,7 @@ mod tests {
                     toplevel: Some(toplevel.clone()),
                     machine: MachineName::new("web").unwrap(),
                     settings: None,
+                    image: None,
                 },
             )
             .unwrap()

@@ -95,6 +95,7 @@ mod tests {
             toplevel: None,
             machine: MachineName::new("web").unwrap(),
             settings: None,
+            image: None,
         };
         let facts = Facts {
             machined: None,

@@ -44,6 +44,9 @@ pub struct Attached {
     path: PathBuf,
     /// What was used, for `--debug` and tests: (where, device, fs type).
     pub used: Vec<(String, String, &'static str)>,
+    /// The root is mounted read-only (asked for, or a read-only
+    /// filesystem, partition or file).
+    pub root_read_only: bool,
 }
 
 impl Attached {
@@ -152,6 +155,7 @@ pub fn attach(spec: &ImageSpec) -> Result<Attached> {
         boot_taken |= part.designator == Designator::Xbootldr;
     }
     let root = root.ok_or_else(|| image_error(path, "nothing to mount"))?;
+    let root_read_only = parts.first().is_some_and(|p| p.read_only);
     let tree = PathBuf::from(format!(
         "/proc/{}/fd/{}",
         std::process::id(),
@@ -162,6 +166,7 @@ pub fn attach(spec: &ImageSpec) -> Result<Attached> {
         root,
         path: tree,
         used,
+        root_read_only,
     })
 }
 

@@ -158,8 +158,13 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
             for (at, device, fs) in &attached.used {
                 tracing::debug!("image: {at} is {device} ({fs})");
             }
+            let mut image = spec.image.clone();
+            if let Some(i) = image.as_mut() {
+                i.read_only |= attached.root_read_only;
+            }
             imaged = Spec {
                 directory: Some(attached.path().to_path_buf()),
+                image,
                 ..spec.clone()
             };
             &imaged
