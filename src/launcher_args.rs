@@ -255,6 +255,10 @@ pub struct Args {
     #[arg(long = "forward-journal", value_name = "FILE|DIR")]
     pub forward_journal: Option<String>,
 
+    /// OCI runtime bundle (config.json and its root filesystem) to run
+    #[arg(long = "oci-bundle", value_name = "PATH", value_hint = ValueHint::DirPath)]
+    pub oci_bundle: Option<PathBuf>,
+
     /// Boot an .mstack directory (systemd 260; refused: not implemented)
     #[arg(long = "mstack", value_name = "PATH")]
     pub mstack: Option<PathBuf>,
@@ -275,7 +279,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "-Z",
     "-j",
     "--template",
-    "--oci-bundle",
     "--read-only",
     "--volatile",
     "--pivot-root",
@@ -484,6 +487,7 @@ impl Args {
         );
         opt("forward-journal", self.forward_journal.clone());
         opt("mstack", path(&self.mstack));
+        opt("oci-bundle", path(&self.oci_bundle));
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),

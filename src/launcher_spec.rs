@@ -74,6 +74,8 @@ pub struct Place {
     pub settings: Option<SettingsFile>,
     /// `--image=` (canonical); then there is no directory.
     pub image: Option<PathBuf>,
+    /// `--oci-bundle=`, read; its root is the directory.
+    pub oci: Option<crate::oci_bundle::Bundle>,
 }
 
 impl Place {
@@ -86,7 +88,9 @@ impl Place {
             .map(closure::resolve_toplevel)
             .transpose()?;
         let image = image_path(args)?;
+        let oci = oci_bundle(args)?;
         let directory = match (&args.directory, &args.machine, &toplevel) {
+            (None, _, _) if oci.is_some() => oci.as_ref().map(|b| b.root.clone()),
             (Some(d), _, _) => Some(d.clone()),
             (None, _, _) if image.is_some() => None,
             // A toplevel without -D boots on an empty tmpfs root.
@@ -135,8 +139,26 @@ impl Place {
             machine,
             settings,
             image,
+            oci,
         })
     }
+}
+
+/// `--oci-bundle=`, checked against what excludes it, read.
+fn oci_bundle(args: &Args) -> Result<Option<crate::oci_bundle::Bundle>> {
+    let Some(bundle) = &args.oci_bundle else {
+        return Ok(None);
+    };
+    for (given, flag) in [
+        (args.directory.is_some(), "--directory"),
+        (args.image.is_some(), "--image"),
+        (args.toplevel.is_some(), "--toplevel"),
+    ] {
+        if given {
+            bail!("{flag} and --oci-bundle exclude each other: the bundle names its root");
+        }
+    }
+    crate::oci_bundle::read(bundle).map(Some)
 }
 
 /// `--image=`, checked against what excludes it, canonical.
@@ -368,7 +390,26 @@ impl Plan {
             machine,
             settings: _,
             image,
+            oci,
         } = place;
+        // The bundle's process, hostname and mounts, where the command
+        // line says nothing (as nspawn: the command line wins).
+        if let Some(b) = oci {
+            if args.command.is_empty() {
+                args.command = b.args;
+            }
+            args.hostname = args.hostname.or(b.hostname);
+            args.chdir = args.chdir.or(b.cwd);
+            let given = std::mem::take(&mut args.setenv);
+            args.setenv = b.env.into_iter().chain(given).collect();
+            args.bind.extend(b.binds);
+            args.bind_ro.extend(b.binds_ro);
+            args.tmpfs.extend(b.tmpfs);
+            args.private_network |= b.private_network;
+            if b.no_new_privileges {
+                args.no_new_privileges.get_or_insert(true);
+            }
+        }
         let image = image.map(|path| ImageSpec {
             path,
             // Set from --read-only where that option is implemented.
@@ -745,6 +786,7 @@ mod tests {
             machine: MachineName::new("web").unwrap(),
             settings: None,
             image: None,
+            oci: None,
         }
     }
 
@@ -872,6 +914,7 @@ mod tests {
                     machine: MachineName::new("web").unwrap(),
                     settings: None,
                     image: None,
+                    oci: None,
                 },
             )
             .unwrap()

@@ -96,6 +96,7 @@ mod tests {
             machine: MachineName::new("web").unwrap(),
             settings: None,
             image: None,
+            oci: None,
         };
         let facts = Facts {
             machined: None,
