@@ -159,6 +159,10 @@ fn ext4(tree: &Path, out: &Path, size: &str) {
 /// Run `argv` (after the launcher's own name) under `launcher` in a unit
 /// cgroup of its own, nspawn next to its udevd; (code, stdout, stderr).
 fn launch(launcher: &str, argv: &[&str]) -> (i32, String, String) {
+    launch_env(launcher, argv, &[])
+}
+
+fn launch_env(launcher: &str, argv: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let unit = UnitCgroup::new("img");
     let mut cmd = if launcher == NSPAWN {
         let mut c = unit.command("unshare");
@@ -180,7 +184,9 @@ fn launch(launcher: &str, argv: &[&str]) -> (i32, String, String) {
     if !argv.iter().any(|a| a.starts_with("--console")) {
         cmd.arg("--console=pipe");
     }
-    cmd.args(argv).stdin(std::process::Stdio::null());
+    cmd.args(argv)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
     let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -191,9 +197,13 @@ fn launch(launcher: &str, argv: &[&str]) -> (i32, String, String) {
 
 /// Both launchers with the same argv: both succeed and print the same.
 fn same(argv: &[&str]) -> String {
-    let (code, ours, err) = launch(NIXSPAWN, argv);
+    same_env(argv, &[])
+}
+
+fn same_env(argv: &[&str], env: &[(&str, &str)]) -> String {
+    let (code, ours, err) = launch_env(NIXSPAWN, argv, env);
     assert_eq!(code, 0, "nixspawn {argv:?}: {err}\n{ours}");
-    let (code, theirs, err) = launch(NSPAWN, argv);
+    let (code, theirs, err) = launch_env(NSPAWN, argv, env);
     assert_eq!(code, 0, "systemd-nspawn {argv:?}: {err}\n{theirs}");
     assert_eq!(
         ours, theirs,
@@ -642,4 +652,80 @@ fn an_image_is_locked_and_released_after_sigkill() {
     );
     assert_eq!((code, out.as_str()), (0, "again\n"), "{err}");
     assert!(loops_under(dir.path()).is_empty());
+}
+
+/// The bundle's config.json for `bundle_tree` (data: a host directory
+/// bound in).
+fn oci_config(data: &Path, extra: &str) -> String {
+    format!(
+        r#"{{
+  "ociVersion": "1.0.0",
+  "process": {{
+    "terminal": false,
+    "user": {{"uid": 0, "gid": 0}},
+    "args": ["sh", "-c", "echo host=$(hostname) cwd=$(pwd) id=$(id -u):$(id -g) FOO=$FOO; env | grep -c ^PATH=; mount | grep -E ' /(data|scratch) ' | cut -d' ' -f3,5; cat /data/file"],
+    "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FOO=bar"],
+    "cwd": "/tmp"
+  }},
+  "root": {{"path": "rootfs", "readonly": false}},
+  "hostname": "ocihost",
+  "mounts": [
+    {{"destination": "/proc", "type": "proc", "source": "proc"}},
+    {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind"]}},
+    {{"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}}
+  ],
+  "annotations": {{"org.example.ignored": "yes"}},
+  "linux": {{"namespaces": [{{"type": "pid"}}, {{"type": "mount"}}, {{"type": "ipc"}}, {{"type": "uts"}}]}}{extra}
+}}"#,
+        data.display()
+    )
+}
+
+/// An OCI bundle around a busybox tree: the same process, environment,
+/// working directory, hostname and mounts under both launchers. (nspawn
+/// 252 reads bundles only with the unified cgroup hierarchy on this
+/// hybrid host: SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1, given to both.)
+#[test]
+fn an_oci_bundle_runs_as_under_nspawn() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let tree = busybox_tree();
+    let rootfs = bundle.join("rootfs");
+    run(Command::new("cp").arg("-a").arg(tree.path()).arg(&rootfs));
+    for applet in ["cut", "hostname", "id", "pwd", "env", "mount"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("usr/bin").join(applet));
+    }
+    for d in ["data", "scratch", "tmp", "proc", "sys", "dev", "run"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "from the host\n").unwrap();
+    std::fs::write(bundle.join("config.json"), oci_config(&data, "")).unwrap();
+    let arg = format!("--oci-bundle={}", bundle.display());
+    let out = same_env(
+        &[&arg, "-M", "i16-oci"],
+        &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")],
+    );
+    assert!(
+        out.starts_with("host=ocihost cwd=/tmp id=0:0 FOO=bar\n1\n/data ")
+            && out.ends_with("/scratch tmpfs\nfrom the host\n"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir(Path::new("/run/systemd/nspawn/propagate/i16-oci"));
+
+    // A key nixspawn does not honour: one line naming it.
+    std::fs::write(
+        bundle.join("config.json"),
+        oci_config(&data, ",\n  \"hooks\": {\"prestart\": []}"),
+    )
+    .unwrap();
+    let line = refused(&[&arg, "-M", "i16-oci", "true"]);
+    assert!(
+        line.contains("hooks is not supported by nixspawn"),
+        "{line}"
+    );
 }
