@@ -729,3 +729,46 @@ fn an_oci_bundle_runs_as_under_nspawn() {
         "{line}"
     );
 }
+
+/// `-x` with an image: the image is only read (nspawn 252 copies the
+/// whole image first; we put the overlay's tmpfs on it, as for trees), so
+/// its bytes do not change, and two ephemeral runs share it.
+#[test]
+fn ephemeral_runs_share_an_image_and_never_write_it() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = busybox_image(dir.path(), "ext4");
+    let before = std::fs::read(&image).unwrap();
+    let image = image.to_str().unwrap();
+    let name = unique_name("i16-eph");
+    let mut cmd = Command::new(NIXSPAWN);
+    cmd.args(["-q", "--register=no", "--console=pipe", "-x", "-i", image]);
+    let mut guest = Guest::launch(cmd, &name, &["sh", "-c", "touch /first; sleep 1000"]);
+    wait_for("the first guest", Duration::from_secs(20), || {
+        Path::new("/run/nixspawn").join(&name).exists()
+    });
+    let (code, out, err) = launch(
+        NIXSPAWN,
+        &[
+            "-M",
+            "i16-eph2",
+            "-x",
+            "-i",
+            image,
+            "sh",
+            "-c",
+            "touch /second && ls / | grep -E '^(first|second)$'",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "second\n"), "{err}");
+    guest.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = guest.wait_exit(Duration::from_secs(20));
+    wait_for("the loop devices to go", Duration::from_secs(20), || {
+        loops_under(dir.path()).is_empty()
+    });
+    assert!(
+        std::fs::read(image).unwrap() == before,
+        "the image's bytes changed"
+    );
+}

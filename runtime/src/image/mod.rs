@@ -100,9 +100,15 @@ pub fn device_mapper_available() -> bool {
         })
 }
 
-/// Open, lock, dissect, attach and mount the image.
-pub fn attach(spec: &ImageSpec) -> Result<Attached> {
+/// Open, lock, dissect, attach and mount the image. `ephemeral`
+/// (`--ephemeral`): the image is only read, under the overlay's tmpfs
+/// (where nspawn copies the whole image first), and may be shared.
+pub fn attach(spec: &ImageSpec, ephemeral: bool) -> Result<Attached> {
     let path = &spec.path;
+    let spec = &ImageSpec {
+        read_only: spec.read_only || ephemeral,
+        ..spec.clone()
+    };
     let (file, writable) = open_image(path, spec.read_only)?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     let size = if meta.file_type().is_block_device() {

@@ -151,7 +151,11 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     // An image is attached and mounted (detached) first, and from then on
     // is the tree: its path reaches the detached mounts. They and the loop
     // devices go when this value and the guest's mount namespace do.
-    let image = spec.image.as_ref().map(crate::image::attach).transpose()?;
+    let image = spec
+        .image
+        .as_ref()
+        .map(|i| crate::image::attach(i, spec.ephemeral))
+        .transpose()?;
     let imaged;
     let spec = match &image {
         Some(attached) => {
@@ -159,7 +163,9 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
                 tracing::debug!("image: {at} is {device} ({fs})");
             }
             let mut image = spec.image.clone();
-            if let Some(i) = image.as_mut() {
+            // Under --ephemeral's overlay the root is writable whatever
+            // the image is.
+            if let Some(i) = image.as_mut().filter(|_| !spec.ephemeral) {
                 i.read_only |= attached.root_read_only;
             }
             imaged = Spec {
