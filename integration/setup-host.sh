@@ -3,7 +3,10 @@
 # Skips apt entirely when everything is already there.
 set -euo pipefail
 
-packages=(debootstrap systemd-container bubblewrap hyperfine busybox-static nix-bin gcc libc6-dev bsdutils gcc-multilib)
+# e2fsprogs, erofs-utils, squashfs-tools, fdisk: disk images for the --image tests;
+# udev: systemd-nspawn 252 refuses --image without a udevd (the tests run
+# one without rules in a private mount namespace; apt does not start it).
+packages=(debootstrap systemd-container bubblewrap hyperfine busybox-static nix-bin gcc libc6-dev bsdutils gcc-multilib e2fsprogs erofs-utils squashfs-tools fdisk udev)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

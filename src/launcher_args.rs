@@ -294,6 +294,43 @@ pub struct Args {
     #[arg(long = "property", value_name = "NAME=VALUE", value_parser = process_opts::property)]
     pub property: Vec<String>,
     // ---- end of process options ----
+    // ---- image options (issue 16, group C) ----
+    /// Disk image (raw file or block device: one filesystem or a GPT disk) as the root
+    #[arg(short = 'i', long = "image", value_name = "PATH", value_hint = ValueHint::FilePath)]
+    pub image: Option<PathBuf>,
+
+    /// Which partitions of the image may or must be used (systemd.image-policy(7))
+    #[arg(long = "image-policy", value_name = "POLICY", value_parser = values::image_policy)]
+    pub image_policy: Option<nixspawn_runtime::spec::image::ImagePolicy>,
+
+    /// dm-verity root hash of the image (refused: needs device-mapper)
+    #[arg(long = "root-hash", value_name = "HASH")]
+    pub root_hash: Option<String>,
+
+    /// dm-verity root hash signature (refused: needs device-mapper)
+    #[arg(long = "root-hash-sig", value_name = "SIG")]
+    pub root_hash_sig: Option<String>,
+
+    /// dm-verity data file (refused: needs device-mapper)
+    #[arg(long = "verity-data", value_name = "PATH")]
+    pub verity_data: Option<PathBuf>,
+
+    /// Delegate N more UID ranges to the guest (systemd 260; refused: needs systemd-nsresourced)
+    #[arg(long = "private-users-delegate", value_name = "N")]
+    pub private_users_delegate: Option<String>,
+
+    /// Forward the guest's journal to the host (refused: needs systemd-journal-remote)
+    #[arg(long = "forward-journal", value_name = "FILE|DIR")]
+    pub forward_journal: Option<String>,
+
+    /// OCI runtime bundle (config.json and its root filesystem) to run
+    #[arg(long = "oci-bundle", value_name = "PATH", value_hint = ValueHint::DirPath)]
+    pub oci_bundle: Option<PathBuf>,
+
+    /// Boot an .mstack directory (systemd 260; refused: not implemented)
+    #[arg(long = "mstack", value_name = "PATH")]
+    pub mstack: Option<PathBuf>,
+    // ---- end of image options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
@@ -303,27 +340,17 @@ pub struct Args {
 /// 262 spell them (obsolete spellings included). They are refused by name
 /// rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
-    "-i",
     "--template",
-    "--image",
-    "--image-policy",
-    "--mstack",
-    "--oci-bundle",
     "--read-only",
     "--volatile",
-    "--root-hash",
-    "--root-hash-sig",
-    "--verity-data",
     "--pivot-root",
     "--private-users-chown",
-    "--private-users-delegate",
     "--share-system",
     "--overlay",
     "--overlay-ro",
     "--inaccessible",
     "--bind-user",
     "--bind-user-shell",
-    "--forward-journal",
     "--kill-signal-delay",
     "--background",
 ];
@@ -507,6 +534,21 @@ impl Args {
         opt("slice", self.slice.clone());
         opt("selinux-context", self.selinux_context.clone());
         opt("selinux-apifs-context", self.selinux_apifs_context.clone());
+        opt("image", path(&self.image));
+        opt(
+            "image-policy",
+            self.image_policy.as_ref().map(|p| p.text().to_owned()),
+        );
+        opt("root-hash", self.root_hash.clone());
+        opt("root-hash-sig", self.root_hash_sig.clone());
+        opt("verity-data", path(&self.verity_data));
+        opt(
+            "private-users-delegate",
+            self.private_users_delegate.clone(),
+        );
+        opt("forward-journal", self.forward_journal.clone());
+        opt("mstack", path(&self.mstack));
+        opt("oci-bundle", path(&self.oci_bundle));
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),

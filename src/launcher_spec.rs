@@ -21,6 +21,7 @@ use nixspawn_runtime::nixos::closure::{self, ClosureSource};
 use nixspawn_runtime::security::seccomp;
 use nixspawn_runtime::spec::credentials::{self, Credential};
 use nixspawn_runtime::spec::filter::Adjustments;
+use nixspawn_runtime::spec::image::{ImagePolicy, ImageSpec};
 use nixspawn_runtime::spec::journal::LinkJournal;
 use nixspawn_runtime::spec::mounts::{BindAccess, CustomMount};
 use nixspawn_runtime::spec::network::Network;
@@ -71,18 +72,27 @@ pub struct Place {
     pub toplevel: Option<PathBuf>,
     pub machine: MachineName,
     pub settings: Option<SettingsFile>,
+    /// `--image=` (canonical); then there is no directory.
+    pub image: Option<PathBuf>,
+    /// `--oci-bundle=`, read; its root is the directory.
+    pub oci: Option<crate::oci_bundle::Bundle>,
 }
 
 impl Place {
     pub fn find(args: &Args) -> Result<Place> {
         check_store_options(args)?;
+        refuse_unavailable(args)?;
         let toplevel = args
             .toplevel
             .as_deref()
             .map(closure::resolve_toplevel)
             .transpose()?;
+        let image = image_path(args)?;
+        let oci = oci_bundle(args)?;
         let directory = match (&args.directory, &args.machine, &toplevel) {
+            (None, _, _) if oci.is_some() => oci.as_ref().map(|b| b.root.clone()),
             (Some(d), _, _) => Some(d.clone()),
+            (None, _, _) if image.is_some() => None,
             // A toplevel without -D boots on an empty tmpfs root.
             (None, _, Some(_)) => None,
             (None, Some(m), None) => Some(Path::new(MACHINES).join(m)),
@@ -97,11 +107,14 @@ impl Place {
                     .with_context(|| format!("directory {}: cannot be resolved", d.display()))
             })
             .transpose()?;
-        let mut machine = machine_name(
-            args.machine.as_deref(),
-            directory.as_deref(),
-            toplevel.as_deref(),
-        )?;
+        let mut machine = match (&image, &args.machine) {
+            (Some(image), None) => image_machine_name(image)?,
+            _ => machine_name(
+                args.machine.as_deref(),
+                directory.as_deref(),
+                toplevel.as_deref(),
+            )?,
+        };
         // As nspawn, the settings file is the one named before the suffix
         // below (a fixed file name must match an ephemeral run too).
         let settings_name = machine.to_string();
@@ -128,8 +141,110 @@ impl Place {
             toplevel,
             machine,
             settings,
+            image,
+            oci,
         })
     }
+}
+
+/// `--oci-bundle=`, checked against what excludes it, read.
+fn oci_bundle(args: &Args) -> Result<Option<crate::oci_bundle::Bundle>> {
+    let Some(bundle) = &args.oci_bundle else {
+        return Ok(None);
+    };
+    for (given, flag) in [
+        (args.directory.is_some(), "--directory"),
+        (args.image.is_some(), "--image"),
+        (args.toplevel.is_some(), "--toplevel"),
+    ] {
+        if given {
+            bail!("{flag} and --oci-bundle exclude each other: the bundle names its root");
+        }
+    }
+    crate::oci_bundle::read(bundle).map(Some)
+}
+
+/// `--image=`, checked against what excludes it, canonical.
+fn image_path(args: &Args) -> Result<Option<PathBuf>> {
+    let Some(image) = &args.image else {
+        return Ok(None);
+    };
+    if args.directory.is_some() {
+        bail!("--directory and --image exclude each other: the root is one or the other");
+    }
+    if args.toplevel.is_some() {
+        bail!("--toplevel and --image exclude each other: the root is the store or the image");
+    }
+    std::fs::canonicalize(image)
+        .map(Some)
+        .with_context(|| format!("image {}: cannot be resolved", image.display()))
+}
+
+/// As nspawn: an image is named after its file, without `.raw`.
+fn image_machine_name(image: &Path) -> Result<MachineName> {
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("cannot name a container after {}", image.display()))?;
+    Ok(MachineName::from_directory_name(
+        name.strip_suffix(".raw").unwrap_or(name),
+    )?)
+}
+
+/// The options of newer nspawns that need what this host lacks: one line
+/// each saying what is missing (looked for, not assumed).
+fn refuse_unavailable(args: &Args) -> Result<()> {
+    for (given, name) in [
+        (args.root_hash.is_some(), "--root-hash"),
+        (args.root_hash_sig.is_some(), "--root-hash-sig"),
+        (args.verity_data.is_some(), "--verity-data"),
+    ] {
+        if !given {
+            continue;
+        }
+        if nixspawn_runtime::image::device_mapper_available() {
+            bail!("{name}: dm-verity images are not implemented by nixspawn yet");
+        }
+        bail!(
+            "{name} needs dm-verity, and this kernel has no device-mapper (no /dev/mapper/control, none in /proc/misc; modules cannot be loaded here)"
+        );
+    }
+    if args.private_users_delegate.is_some() {
+        let socket = Path::new("/run/systemd/io.systemd.NamespaceResource");
+        if socket.exists() {
+            bail!(
+                "--private-users-delegate: delegation through systemd-nsresourced is not implemented by nixspawn yet"
+            );
+        }
+        bail!(
+            "--private-users-delegate needs systemd-nsresourced (systemd 260) to allocate the delegated UID ranges, and this host has none ({} is missing)",
+            socket.display()
+        );
+    }
+    if args.forward_journal.is_some() {
+        let remote = [
+            "/usr/lib/systemd/systemd-journal-remote",
+            "/lib/systemd/systemd-journal-remote",
+        ];
+        if remote.iter().any(|p| Path::new(p).exists()) {
+            bail!(
+                "--forward-journal: forwarding through systemd-journal-remote is not implemented by nixspawn yet"
+            );
+        }
+        bail!(
+            "--forward-journal needs systemd-journal-remote on the host (not installed: no {}) and a guest journald of systemd 256 or later",
+            remote[0]
+        );
+    }
+    if args.mstack.is_some() {
+        bail!(
+            "--mstack (systemd 260's .mstack layer directories) is not implemented by nixspawn yet; use --directory or --image"
+        );
+    }
+    if args.image.is_none() && args.image_policy.is_some() {
+        bail!("--image-policy only makes sense with --image");
+    }
+    Ok(())
 }
 
 /// `--toplevel`'s companions make sense only with it and together; checked
@@ -220,6 +335,7 @@ pub struct StorePlan {
 pub struct Plan {
     pub directory: Option<PathBuf>,
     pub ephemeral: bool,
+    pub image: Option<ImageSpec>,
     pub store: Option<StorePlan>,
     pub machine: MachineName,
     pub hostname: String,
@@ -278,7 +394,36 @@ impl Plan {
             toplevel,
             machine,
             settings: _,
+            image,
+            oci,
         } = place;
+        // The bundle's process, hostname and mounts, where the command
+        // line says nothing (as nspawn: the command line wins).
+        if let Some(b) = oci {
+            if args.command.is_empty() {
+                args.command = b.args;
+            }
+            args.hostname = args.hostname.or(b.hostname);
+            args.chdir = args.chdir.or(b.cwd);
+            let given = std::mem::take(&mut args.setenv);
+            args.setenv = b.env.into_iter().chain(given).collect();
+            args.bind.extend(b.binds);
+            args.bind_ro.extend(b.binds_ro);
+            args.tmpfs.extend(b.tmpfs);
+            args.private_network |= b.private_network;
+            if b.no_new_privileges {
+                args.no_new_privileges.get_or_insert(true);
+            }
+        }
+        let image = image.map(|path| ImageSpec {
+            path,
+            // Set from --read-only where that option is implemented.
+            read_only: false,
+            policy: args
+                .image_policy
+                .clone()
+                .unwrap_or_else(ImagePolicy::container_default),
+        });
 
         let hostname = args.hostname.clone().unwrap_or_else(|| machine.to_string());
         if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
@@ -385,6 +530,7 @@ impl Plan {
         Ok(Plan {
             directory,
             ephemeral: args.ephemeral,
+            image,
             store,
             machine,
             hostname,
@@ -467,6 +613,7 @@ impl Plan {
             directory: self.directory,
             store: facts.store,
             ephemeral: self.ephemeral,
+            image: self.image,
             machine: self.machine,
             hostname: self.hostname,
             uuid: facts.uuid,
@@ -657,6 +804,8 @@ mod tests {
             toplevel: None,
             machine: MachineName::new("web").unwrap(),
             settings: None,
+            image: None,
+            oci: None,
         }
     }
 
@@ -783,6 +932,8 @@ mod tests {
                     toplevel: Some(toplevel.clone()),
                     machine: MachineName::new("web").unwrap(),
                     settings: None,
+                    image: None,
+                    oci: None,
                 },
             )
             .unwrap()

@@ -291,6 +291,11 @@ pub fn uuid(text: &str) -> Result<Uuid, Invalid> {
     Ok(Uuid::parse(text)?)
 }
 
+/// `--image-policy=`: systemd.image-policy(7)'s syntax.
+pub fn image_policy(text: &str) -> Result<nixspawn_runtime::spec::image::ImagePolicy, Invalid> {
+    nixspawn_runtime::spec::image::ImagePolicy::parse(text).map_err(Invalid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

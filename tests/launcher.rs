@@ -313,7 +313,7 @@ fn bad_input_is_refused_clearly_and_leaves_nothing() {
         (&["-D", d, "-b"], "os-release"),
         (
             &["-D", d, "--oci-bundle=/x", "/bin/true"],
-            "--oci-bundle is not implemented",
+            "--directory and --oci-bundle exclude each other",
         ),
         (
             &["-D", d, "-M", "bad/name", "/bin/true"],

@@ -86,6 +86,8 @@ fuzz_target!(|data: &[u8]| {
             .map(|_| "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-fuzz".into()),
         machine: MachineName::new("fuzz").unwrap(),
         settings: None,
+        image: None,
+        oci: None,
     };
     let facts = Facts {
         machined: Some(Reach::NoSystemBus {

@@ -148,6 +148,9 @@ pub enum Error {
     #[error("--link-journal: {reason}")]
     Journal { reason: String },
 
+    #[error("image {path}: {reason}")]
+    Image { path: PathBuf, reason: String },
+
     #[error("{step}: {message}")]
     Bus { step: String, message: String },
 

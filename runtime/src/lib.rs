@@ -47,6 +47,8 @@ pub mod security;
 pub mod nixos;
 // Entering a running guest (nixspawnctl).
 pub mod ctl;
+// Disk images (--image): dissection, loop devices, detached mounts.
+pub mod image;
 // Links, port forwarding, resolv.conf and timezone.
 pub mod network;
 

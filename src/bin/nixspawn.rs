@@ -100,6 +100,8 @@ mod tests {
             toplevel: None,
             machine: MachineName::new("web").unwrap(),
             settings: None,
+            image: None,
+            oci: None,
         };
         let facts = Facts {
             machined: None,

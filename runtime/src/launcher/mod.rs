@@ -149,6 +149,35 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let t0 = std::time::Instant::now();
     // Declared first, so it is released last (after the cleanup below).
     let signals = BlockedSignals::block()?;
+    // An image is attached and mounted (detached) first, and from then on
+    // is the tree: its path reaches the detached mounts. They and the loop
+    // devices go when this value and the guest's mount namespace do.
+    let image = spec
+        .image
+        .as_ref()
+        .map(|i| crate::image::attach(i, spec.ephemeral))
+        .transpose()?;
+    let imaged;
+    let spec = match &image {
+        Some(attached) => {
+            for (at, device, fs) in &attached.used {
+                tracing::debug!("image: {at} is {device} ({fs})");
+            }
+            let mut image = spec.image.clone();
+            // Under --ephemeral's overlay the root is writable whatever
+            // the image is.
+            if let Some(i) = image.as_mut().filter(|_| !spec.ephemeral) {
+                i.read_only |= attached.root_read_only;
+            }
+            imaged = Spec {
+                directory: Some(attached.path().to_path_buf()),
+                image,
+                ..spec.clone()
+            };
+            &imaged
+        }
+        None => spec,
+    };
     validate_tree(spec)?;
     // Network options checked against the host before anything is claimed.
     let network = network::NetworkRun::prepare(spec)?;

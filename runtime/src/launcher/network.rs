@@ -65,9 +65,9 @@ impl NetworkRun {
             .as_ref()
             .map(|p| open_netns(p))
             .transpose()?;
-        // /etc is always writable here: nixspawn has no --read-only or
-        // --volatile (yet), which are what make nspawn bind instead.
-        let etc_writable = true;
+        // A read-only image root (squashfs, erofs, a read-only partition or
+        // medium) makes nspawn bind instead of copy, as --read-only does.
+        let etc_writable = !spec.image.as_ref().is_some_and(|i| i.read_only);
         let guest = GuestNetwork {
             namespace,
             await_links: !plan.is_empty(),

@@ -237,8 +237,18 @@ pub(crate) fn apply_resolv(
         }
     };
     let replace = matches!(action, ResolvAction::Replace(_));
-    if write_file(&etc, "resolv.conf", &content, replace)? {
-        chown(&etc, "resolv.conf", owner);
+    match write_file(&etc, "resolv.conf", &content, replace) {
+        Ok(true) => chown(&etc, "resolv.conf", owner),
+        Ok(false) => {}
+        // A read-only root without the file to bind onto: nspawn warns
+        // and goes on.
+        Err(e) if matches!(action, ResolvAction::Bind(_)) => {
+            return Ok(Some(format!(
+                "Failed to bind {} into the container's /etc/resolv.conf, ignoring: {e}",
+                source.path()
+            )));
+        }
+        Err(e) => return Err(e),
     }
     Ok(None)
 }
@@ -303,7 +313,17 @@ pub(crate) fn apply_timezone(
                     )));
                 }
             };
-            write_file(&etc, "localtime", &content, true)?;
+            match write_file(&etc, "localtime", &content, true) {
+                Ok(_) => {}
+                // A read-only root without the file to bind onto: nspawn
+                // warns and goes on.
+                Err(e) if action == TimezoneAction::Bind => {
+                    return Ok(Some(format!(
+                        "Failed to bind /etc/localtime into the container, ignoring: {e}"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
             chown(&etc, "localtime", owner);
             Ok(None)
         }

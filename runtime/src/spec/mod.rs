@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod environment;
 pub mod filter;
 pub mod identity;
+pub mod image;
 pub mod journal;
 pub mod mounts;
 pub mod network;
@@ -79,6 +80,8 @@ pub struct Spec {
     pub directory: Option<PathBuf>,
     /// Run on a throw-away overlay of the tree (tmpfs upper layer).
     pub ephemeral: bool,
+    /// `--image=`: the root comes from a disk image (`directory` is None).
+    pub image: Option<crate::spec::image::ImageSpec>,
     /// Boot a NixOS toplevel from the store.
     pub store: Option<StoreSpec>,
     pub machine: MachineName,
@@ -166,6 +169,7 @@ pub(crate) mod tests {
         Spec {
             directory: None,
             ephemeral: false,
+            image: None,
             store: None,
             machine: MachineName::new("test").expect("a valid name"),
             hostname: "test".into(),

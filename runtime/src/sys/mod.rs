@@ -8,6 +8,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+mod block;
 mod bpf;
 mod fd;
 mod mount;
@@ -16,6 +17,7 @@ mod pidfd;
 mod process;
 mod tty;
 
+pub(crate) use block::*;
 pub(crate) use bpf::*;
 pub(crate) use fd::*;
 pub(crate) use mount::*;

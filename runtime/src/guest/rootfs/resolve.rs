@@ -218,8 +218,12 @@ pub fn read_in_root(root: &Path, guest_path: &Path, limit: u64) -> Result<Vec<u8
 }
 
 /// Does `guest_path` exist inside `root` (symlinks resolved within it)?
+///
+/// Only the descriptor is asked for, not the host-side path: an image's
+/// root is reached through /proc/PID/fd/N, whose files' paths the kernel
+/// shows relative to the image's detached mount, not below that path.
 pub fn exists_in_root(root: &Path, guest_path: &Path) -> bool {
-    in_root(root, guest_path, Create::Nothing).is_ok()
+    open_in(root, guest_path, Create::Nothing).is_ok()
 }
 
 /// The canonical path an O_PATH descriptor refers to.

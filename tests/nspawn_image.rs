@@ -1,0 +1,774 @@
+//! Privileged: `--image=` (issue 16, group C). Disk images are built here
+//! (mkfs.ext4 -d, mkfs.erofs, mksquashfs, sfdisk) from a copy of the
+//! bookworm tree or a busybox tree, and booted under nixspawn and
+//! systemd-nspawn 252 with the same argv: the same mounts, os-release and
+//! running state. Bad images and refused options fail in one line with no
+//! loop device, mount or state left behind, also after SIGKILL.
+//!
+//! systemd-nspawn 252 insists on talking to udev for `--image` (it refuses
+//! without /run/udev/control), and this host runs none: its side runs in a
+//! mount namespace of its own with a private /run and a systemd-udevd
+//! there that has no rules (it only records devices), stopped after.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const NSPAWN: &str = "systemd-nspawn";
+
+/// The DPS partition types used here (x86-64).
+const ROOT: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
+const USR: &str = "8484680c-9521-48c6-9c11-b0720656f69e";
+const HOME: &str = "933ac7e1-2eb4-4f13-b844-0e14e2aef915";
+
+/// Runs "$@" next to a rule-less udevd in a private mount namespace.
+const WITH_UDEV: &str = r#"
+set -e
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /usr/lib/udev/rules.d
+if [ -d /etc/udev/rules.d ]; then mount -t tmpfs tmpfs /etc/udev/rules.d; fi
+udevd=/lib/systemd/systemd-udevd
+[ -x $udevd ] || udevd=/usr/lib/systemd/systemd-udevd
+$udevd 2>/dev/null & u=$!
+i=0; while [ ! -S /run/udev/control ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+set +e
+"$@"; rc=$?
+kill $u; wait $u 2>/dev/null
+exit $rc
+"#;
+
+fn require_tools() {
+    for (tool, package) in [
+        ("systemd-nspawn", "systemd-container"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mkfs.erofs", "erofs-utils"),
+        ("mksquashfs", "squashfs-tools"),
+        ("sfdisk", "fdisk"),
+        ("losetup", "mount"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is missing: apt-get install {package} (integration/setup-host.sh does)"
+        );
+    }
+    assert!(
+        [
+            "/lib/systemd/systemd-udevd",
+            "/usr/lib/systemd/systemd-udevd"
+        ]
+        .iter()
+        .any(|p| Path::new(p).exists()),
+        "systemd-udevd is missing (systemd-nspawn 252 needs it for --image): apt-get install udev (integration/setup-host.sh does)"
+    );
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(script: &str) -> String {
+    run(Command::new("sh").args(["-c", script]))
+}
+
+/// `losetup -a` lines that name a file under `dir`.
+fn loops_under(dir: &Path) -> Vec<String> {
+    let out = run(Command::new("losetup").arg("-a"));
+    let dir = dir.to_string_lossy();
+    out.lines()
+        .filter(|l| l.contains(dir.as_ref()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A GPT disk at `out` holding the filesystem images `parts` (type GUID,
+/// image file, label), in order.
+fn gpt(out: &Path, parts: &[(&str, &Path, &str)]) {
+    let sectors: Vec<u64> = parts
+        .iter()
+        .map(|(_, f, _)| std::fs::metadata(f).unwrap().len().div_ceil(512))
+        .collect();
+    let total: u64 = 2048 + sectors.iter().sum::<u64>() + 2048 + 8 * parts.len() as u64;
+    let file = std::fs::File::create(out).unwrap();
+    file.set_len(total * 512).unwrap();
+    drop(file);
+    let mut script = String::from("label: gpt\n");
+    for (i, ((ty, _, label), n)) in parts.iter().zip(&sectors).enumerate() {
+        let start = if i == 0 { "start=2048, " } else { "" };
+        script.push_str(&format!("{start}size={n}, type={ty}, name=\"{label}\"\n"));
+    }
+    let mut child = Command::new("sfdisk")
+        .args(["-q"])
+        .arg(out)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk failed");
+    let json = run(Command::new("sfdisk").arg("-J").arg(out));
+    let starts: Vec<u64> = json
+        .split("\"start\":")
+        .skip(1)
+        .map(|s| {
+            s.trim()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(starts.len(), parts.len(), "{json}");
+    for ((_, f, _), start) in parts.iter().zip(starts) {
+        run(Command::new("dd")
+            .arg(format!("if={}", f.display()))
+            .arg(format!("of={}", out.display()))
+            .args(["bs=512", "conv=notrunc", "status=none"])
+            .arg(format!("seek={start}")));
+    }
+}
+
+/// An ext4 image of `tree` at `out`.
+fn ext4(tree: &Path, out: &Path, size: &str) {
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(tree)
+        .arg(out)
+        .arg(size));
+}
+
+/// Run `argv` (after the launcher's own name) under `launcher` in a unit
+/// cgroup of its own, nspawn next to its udevd; (code, stdout, stderr).
+fn launch(launcher: &str, argv: &[&str]) -> (i32, String, String) {
+    launch_env(launcher, argv, &[])
+}
+
+fn launch_env(launcher: &str, argv: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let unit = UnitCgroup::new("img");
+    let mut cmd = if launcher == NSPAWN {
+        let mut c = unit.command("unshare");
+        c.args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            WITH_UDEV,
+            "sh",
+        ])
+        .arg(NSPAWN);
+        c
+    } else {
+        unit.command(launcher)
+    };
+    cmd.args(["-q", "--register=no", "--keep-unit"]);
+    if !argv.iter().any(|a| a.starts_with("--console")) {
+        cmd.arg("--console=pipe");
+    }
+    cmd.args(argv)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Both launchers with the same argv: both succeed and print the same.
+fn same(argv: &[&str]) -> String {
+    same_env(argv, &[])
+}
+
+fn same_env(argv: &[&str], env: &[(&str, &str)]) -> String {
+    let (code, ours, err) = launch_env(NIXSPAWN, argv, env);
+    assert_eq!(code, 0, "nixspawn {argv:?}: {err}\n{ours}");
+    let (code, theirs, err) = launch_env(NSPAWN, argv, env);
+    assert_eq!(code, 0, "systemd-nspawn {argv:?}: {err}\n{theirs}");
+    assert_eq!(
+        ours, theirs,
+        "nixspawn and systemd-nspawn differ for {argv:?}"
+    );
+    ours
+}
+
+/// What the guest sees of its disk: its mounts from the image, a marker
+/// from /home, its os-release.
+const LOOK: &str = r#"findmnt -rno TARGET,FSTYPE,OPTIONS | grep -Ev '^/(proc|sys|dev|run|tmp)' | sort
+cat /home/marker/here 2>/dev/null || echo no-home
+. /etc/os-release; echo "$PRETTY_NAME""#;
+
+/// A unit that reports the booted guest's state and mounts into /report,
+/// then powers it off.
+const REPORT_UNIT: &str = "[Unit]
+After=multi-user.target
+[Service]
+Type=simple
+ExecStart=/bin/sh -c 'state=$(systemctl is-system-running --wait); { echo state=$state; findmnt -rno TARGET,FSTYPE,OPTIONS / /usr /home; } > /report/out; systemctl --no-block poweroff'
+[Install]
+WantedBy=multi-user.target
+";
+
+/// A copy of the bookworm tree without /usr (`root`), with the report
+/// unit enabled, and a /home marker tree.
+struct Trees {
+    dir: tempfile::TempDir,
+}
+
+impl Trees {
+    fn new() -> Trees {
+        let bookworm = tree("bookworm");
+        let dir = tempfile::Builder::new()
+            .prefix("nixspawn-img-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        for e in std::fs::read_dir(&bookworm).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() == "usr" {
+                std::fs::create_dir(root.join("usr")).unwrap();
+            } else {
+                run(Command::new("cp").arg("-a").arg(e.path()).arg(&root));
+            }
+        }
+        let units = root.join("etc/systemd/system");
+        std::fs::write(units.join("i16-report.service"), REPORT_UNIT).unwrap();
+        let wants = units.join("multi-user.target.wants");
+        std::fs::create_dir_all(&wants).unwrap();
+        std::os::unix::fs::symlink("../i16-report.service", wants.join("i16-report.service"))
+            .unwrap();
+        std::fs::create_dir_all(root.join("report")).unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("marker")).unwrap();
+        std::fs::write(home.join("marker/here"), "home-partition\n").unwrap();
+        Trees { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// The GPT disk: root (ext4, empty /usr), /usr (erofs), /home (ext4).
+    fn gpt_disk(&self) -> PathBuf {
+        let bookworm = tree("bookworm");
+        ext4(&self.path("root"), &self.path("root.fs"), "200M");
+        run(Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg(self.path("usr.fs"))
+            .arg(bookworm.join("usr")));
+        ext4(&self.path("home"), &self.path("home.fs"), "8M");
+        let disk = self.path("disk.raw");
+        gpt(
+            &disk,
+            &[
+                (ROOT, &self.path("root.fs"), "root-x86-64"),
+                (USR, &self.path("usr.fs"), "usr-x86-64"),
+                (HOME, &self.path("home.fs"), "home"),
+            ],
+        );
+        disk
+    }
+
+    /// One ext4 filesystem holding the whole tree (/usr copied in after
+    /// the GPT's root was made).
+    fn single_ext4(&self) -> PathBuf {
+        let bookworm = tree("bookworm");
+        let usr = self.path("root/usr");
+        std::fs::remove_dir(&usr).unwrap();
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(bookworm.join("usr"))
+            .arg(self.path("root")));
+        let image = self.path("single.raw");
+        ext4(&self.path("root"), &image, "600M");
+        image
+    }
+}
+
+/// Boot `image` under `launcher` to multi-user; the report unit's answer.
+fn boot_report(launcher: &str, image: &Path, report: &Path) -> String {
+    let _ = std::fs::remove_file(report.join("out"));
+    let bind = format!("--bind={}:/report", report.display());
+    let (code, out, err) = launch(
+        launcher,
+        &[
+            "-i",
+            image.to_str().unwrap(),
+            "-M",
+            "i16-boot",
+            "--console=pipe",
+            &bind,
+            "-b",
+        ],
+    );
+    assert_eq!(code, 0, "{launcher} -b -i: {err}\n{out}");
+    std::fs::read_to_string(report.join("out"))
+        .unwrap_or_else(|e| panic!("{launcher}: no report ({e}); console:\n{out}\n{err}"))
+}
+
+/// The GPT disk and the one-filesystem image of the same bookworm tree
+/// boot under both launchers the same: the same mounts (/usr a read-only
+/// erofs partition, /home its own), os-release and `running` state, and
+/// neither leaves a loop device attached.
+#[test]
+fn gpt_and_single_filesystem_images_boot_as_under_nspawn() {
+    privileged!();
+    require_tools();
+    let trees = Trees::new();
+    let disk = trees.gpt_disk();
+    let report = trees.path("report");
+    std::fs::create_dir(&report).unwrap();
+
+    let look = same(&[
+        "-i",
+        disk.to_str().unwrap(),
+        "-M",
+        "i16-gpt",
+        "sh",
+        "-c",
+        LOOK,
+    ]);
+    assert!(
+        look.starts_with(
+            "/ ext4 rw,nodev,relatime\n/home ext4 rw,nodev,relatime\n/usr erofs ro,nodev,"
+        ),
+        "{look}"
+    );
+    assert!(look.contains("/usr erofs ro,"), "{look}");
+    assert!(look.contains("home-partition"), "{look}");
+    let ours = boot_report(NIXSPAWN, &disk, &report);
+    let theirs = boot_report(NSPAWN, &disk, &report);
+    assert_eq!(ours, theirs, "booted GPT disk");
+    assert!(ours.starts_with("state=running\n"), "{ours}");
+
+    let single = trees.single_ext4();
+    let look = same(&[
+        "-i",
+        single.to_str().unwrap(),
+        "-M",
+        "i16-one",
+        "sh",
+        "-c",
+        LOOK,
+    ]);
+    assert!(look.starts_with("/ ext4 rw,nodev,relatime\n"), "{look}");
+    assert!(look.contains("no-home"), "{look}");
+    let ours = boot_report(NIXSPAWN, &single, &report);
+    let theirs = boot_report(NSPAWN, &single, &report);
+    assert_eq!(ours, theirs, "booted one-filesystem image");
+    assert!(ours.starts_with("state=running\n"), "{ours}");
+
+    assert_eq!(loops_under(trees.dir.path()), Vec::<String>::new());
+}
+
+/// A small image of a busybox tree: `kind` is ext4, squashfs or erofs.
+fn busybox_image(dir: &Path, kind: &str) -> PathBuf {
+    let tree = busybox_tree();
+    for d in ["home", "srv", "var", "proc", "sys", "dev", "run", "tmp"] {
+        std::fs::create_dir_all(tree.path().join(d)).unwrap();
+    }
+    for applet in ["sort", "grep", "touch", "cut"] {
+        let _ = std::os::unix::fs::symlink("busybox", tree.path().join("usr/bin").join(applet));
+    }
+    let image = dir.join(format!("bb-{kind}.raw"));
+    match kind {
+        "ext4" => ext4(tree.path(), &image, "16M"),
+        "squashfs" => {
+            run(Command::new("mksquashfs")
+                .arg(tree.path())
+                .arg(&image)
+                .args(["-quiet", "-noappend", "-no-progress"]));
+        }
+        _ => {
+            run(Command::new("mkfs.erofs")
+                .arg("--quiet")
+                .arg(&image)
+                .arg(tree.path()));
+        }
+    }
+    image
+}
+
+/// squashfs and erofs images are read-only roots under both launchers.
+#[test]
+fn squashfs_and_erofs_images_are_read_only_roots() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    for kind in ["squashfs", "erofs"] {
+        let image = busybox_image(dir.path(), kind);
+        let out = same(&[
+            "-i",
+            image.to_str().unwrap(),
+            "-M",
+            "i16-ro",
+            "--console=pipe",
+            "sh",
+            "-c",
+            "mount | grep ' on / ' | cut -d' ' -f5; touch /x 2>/dev/null && echo wrote || echo refused",
+        ]);
+        assert_eq!(out, format!("{kind}\nrefused\n"), "{kind}");
+    }
+    assert_eq!(loops_under(dir.path()), Vec::<String>::new());
+}
+
+/// Run nixspawn with `argv`, which must fail: its one line of stderr.
+fn refused(argv: &[&str]) -> String {
+    let (code, out, err) = launch(NIXSPAWN, argv);
+    assert_ne!(code, 0, "{argv:?} was taken: {out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{argv:?}: not one line: {err}");
+    lines[0].to_owned()
+}
+
+/// Bad images and policies: one line each, naming what is wrong, and no
+/// loop device, state directory or lock left.
+#[test]
+fn bad_images_and_policies_fail_in_one_line_leaving_nothing() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = dir.path();
+    let name = "i16-bad";
+    let check = |argv: &[&str], want: &str| {
+        let mut full = vec!["-M", name];
+        full.extend_from_slice(argv);
+        full.extend_from_slice(&["--console=pipe", "true"]);
+        let line = refused(&full);
+        assert!(line.contains(want), "{argv:?}: {line:?} lacks {want:?}");
+        assert_eq!(loops_under(d), Vec::<String>::new(), "{argv:?}");
+        assert!(!Path::new("/run/nixspawn").join(name).exists(), "{argv:?}");
+    };
+
+    let zeros = d.join("zeros.raw");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    check(&["-i", zeros.to_str().unwrap()], "not a disk image");
+
+    let mbr = d.join("mbr.raw");
+    std::fs::write(&mbr, vec![0u8; 4 << 20]).unwrap();
+    sh(&format!(
+        "echo 'label: dos\nstart=2048, type=83' | sfdisk -q {}",
+        mbr.display()
+    ));
+    check(&["-i", mbr.to_str().unwrap()], "MBR partition table");
+
+    let bb = busybox_image(d, "ext4");
+    let homeonly = d.join("homeonly.raw");
+    gpt(&homeonly, &[(HOME, &bb, "home")]);
+    check(&["-i", homeonly.to_str().unwrap()], "has no root partition");
+
+    let disk = d.join("disk.raw");
+    gpt(&disk, &[(ROOT, &bb, "root"), (HOME, &bb, "home")]);
+    let disk = disk.to_str().unwrap();
+    check(
+        &["-i", disk, "--image-policy=root=unprotected:home=absent"],
+        "forbids the unprotected partition the image has (home partition)",
+    );
+    check(
+        &["-i", disk, "--image-policy=root=verity"],
+        "forbids the unprotected partition the image has (root partition)",
+    );
+    check(
+        &[
+            "-i",
+            disk,
+            "--image-policy=root=unprotected:srv=unprotected:=unused+absent",
+        ],
+        "requires a srv partition; the image has none",
+    );
+    check(
+        &[
+            "-i",
+            disk,
+            "--image-policy=root=unprotected+read-only-on:=unused+absent",
+        ],
+        "read-only flag on",
+    );
+    check(
+        &["-i", disk, "--image-policy=root=sometimes"],
+        "unknown partition policy flag",
+    );
+    check(&["-i", disk, "-D", "/"], "exclude each other");
+    check(&["-i", d.to_str().unwrap()], "is a directory");
+    check(
+        &["-i", &format!("{}/missing.raw", d.display())],
+        "cannot be resolved",
+    );
+
+    // An allowed policy that leaves /home unused: booted without it.
+    let (code, out, err) = launch(
+        NIXSPAWN,
+        &[
+            "-M",
+            name,
+            "-i",
+            disk,
+            "--image-policy=root=unprotected:home=unused:=unused+absent",
+            "--console=pipe",
+            "sh",
+            "-c",
+            "grep -c ' /home ' /proc/self/mounts || true",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "0\n"), "{err}");
+    let (code, out, err) = launch(
+        NIXSPAWN,
+        &[
+            "-M",
+            name,
+            "-i",
+            disk,
+            "--console=pipe",
+            "sh",
+            "-c",
+            "grep -c ' /home ' /proc/self/mounts",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
+    assert_eq!(loops_under(d), Vec::<String>::new());
+}
+
+/// What this kernel and host lack: refused in one line naming it.
+#[test]
+fn options_needing_what_the_host_lacks_are_refused_by_name() {
+    privileged!();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = busybox_image(dir.path(), "ext4");
+    let image = image.to_str().unwrap();
+    let dm = Path::new("/dev/mapper/control").exists();
+    for opt in [
+        "--root-hash=0123abcd",
+        "--root-hash-sig=base64:AAAA",
+        "--verity-data=/x.verity",
+    ] {
+        let line = refused(&["-M", "i16-vr", "-i", image, opt, "true"]);
+        let want = if dm {
+            "not implemented"
+        } else {
+            "this kernel has no device-mapper"
+        };
+        assert!(line.contains(want), "{opt}: {line}");
+    }
+    let line = refused(&[
+        "-M",
+        "i16-vr",
+        "-i",
+        image,
+        "--private-users-delegate=1",
+        "true",
+    ]);
+    assert!(line.contains("systemd-nsresourced"), "{line}");
+    let line = refused(&[
+        "-M",
+        "i16-vr",
+        "-i",
+        image,
+        "--forward-journal=/tmp/j",
+        "true",
+    ]);
+    assert!(line.contains("systemd-journal-remote"), "{line}");
+    let line = refused(&[
+        "-M",
+        "i16-vr",
+        "--mstack=/var/lib/machines/x.mstack",
+        "true",
+    ]);
+    assert!(line.contains("--mstack"), "{line}");
+    let line = refused(&["-M", "i16-vr", "-D", "/", "--image-policy=*", "true"]);
+    assert!(line.contains("only makes sense with --image"), "{line}");
+    assert_eq!(loops_under(dir.path()), Vec::<String>::new());
+}
+
+/// A writable image is locked: a second container on it is refused while
+/// the first runs; after SIGKILL of the first launcher the loop devices
+/// and mounts go (AUTOCLEAR, the guest dies with it) and the image can be
+/// used again.
+#[test]
+fn an_image_is_locked_and_released_after_sigkill() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = busybox_image(dir.path(), "ext4");
+    let image = image.to_str().unwrap();
+    let name = unique_name("i16-kill");
+    let mut cmd = Command::new(NIXSPAWN);
+    cmd.args(["-q", "--register=no", "--console=pipe", "-i", image]);
+    let mut guest = Guest::launch(cmd, &name, &["sleep", "1000"]);
+    wait_for("the image's loop device", Duration::from_secs(20), || {
+        loops_under(dir.path()).len() == 1
+    });
+    wait_for("the guest's state", Duration::from_secs(20), || {
+        Path::new("/run/nixspawn").join(&name).exists()
+    });
+    let line = refused(&["-M", "i16-second", "-i", image, "--console=pipe", "true"]);
+    assert!(line.contains("in use by another container"), "{line}");
+    assert_eq!(
+        loops_under(dir.path()).len(),
+        1,
+        "the refused run attached one"
+    );
+
+    guest.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = guest.wait_exit(Duration::from_secs(20));
+    wait_for("the loop device to go", Duration::from_secs(20), || {
+        loops_under(dir.path()).is_empty()
+    });
+    wait_for("the state to go", Duration::from_secs(20), || {
+        !Path::new("/run/nixspawn").join(&name).exists()
+    });
+    let (code, out, err) = launch(
+        NIXSPAWN,
+        &[
+            "-M",
+            "i16-again",
+            "-i",
+            image,
+            "--console=pipe",
+            "sh",
+            "-c",
+            "echo again",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "again\n"), "{err}");
+    assert!(loops_under(dir.path()).is_empty());
+}
+
+/// The bundle's config.json for `bundle_tree` (data: a host directory
+/// bound in).
+fn oci_config(data: &Path, extra: &str) -> String {
+    format!(
+        r#"{{
+  "ociVersion": "1.0.0",
+  "process": {{
+    "terminal": false,
+    "user": {{"uid": 0, "gid": 0}},
+    "args": ["sh", "-c", "echo host=$(hostname) cwd=$(pwd) id=$(id -u):$(id -g) FOO=$FOO; env | grep -c ^PATH=; mount | grep -E ' /(data|scratch) ' | cut -d' ' -f3,5; cat /data/file"],
+    "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FOO=bar"],
+    "cwd": "/tmp"
+  }},
+  "root": {{"path": "rootfs", "readonly": false}},
+  "hostname": "ocihost",
+  "mounts": [
+    {{"destination": "/proc", "type": "proc", "source": "proc"}},
+    {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind"]}},
+    {{"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}}
+  ],
+  "annotations": {{"org.example.ignored": "yes"}},
+  "linux": {{"namespaces": [{{"type": "pid"}}, {{"type": "mount"}}, {{"type": "ipc"}}, {{"type": "uts"}}]}}{extra}
+}}"#,
+        data.display()
+    )
+}
+
+/// An OCI bundle around a busybox tree: the same process, environment,
+/// working directory, hostname and mounts under both launchers. (nspawn
+/// 252 reads bundles only with the unified cgroup hierarchy on this
+/// hybrid host: SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1, given to both.)
+#[test]
+fn an_oci_bundle_runs_as_under_nspawn() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let tree = busybox_tree();
+    let rootfs = bundle.join("rootfs");
+    run(Command::new("cp").arg("-a").arg(tree.path()).arg(&rootfs));
+    for applet in ["cut", "hostname", "id", "pwd", "env", "mount"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("usr/bin").join(applet));
+    }
+    for d in ["data", "scratch", "tmp", "proc", "sys", "dev", "run"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "from the host\n").unwrap();
+    std::fs::write(bundle.join("config.json"), oci_config(&data, "")).unwrap();
+    let arg = format!("--oci-bundle={}", bundle.display());
+    let out = same_env(
+        &[&arg, "-M", "i16-oci"],
+        &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")],
+    );
+    assert!(
+        out.starts_with("host=ocihost cwd=/tmp id=0:0 FOO=bar\n1\n/data ")
+            && out.ends_with("/scratch tmpfs\nfrom the host\n"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir(Path::new("/run/systemd/nspawn/propagate/i16-oci"));
+
+    // A key nixspawn does not honour: one line naming it.
+    std::fs::write(
+        bundle.join("config.json"),
+        oci_config(&data, ",\n  \"hooks\": {\"prestart\": []}"),
+    )
+    .unwrap();
+    let line = refused(&[&arg, "-M", "i16-oci", "true"]);
+    assert!(
+        line.contains("hooks is not supported by nixspawn"),
+        "{line}"
+    );
+}
+
+/// `-x` with an image: the image is only read (nspawn 252 copies the
+/// whole image first; we put the overlay's tmpfs on it, as for trees), so
+/// its bytes do not change, and two ephemeral runs share it.
+#[test]
+fn ephemeral_runs_share_an_image_and_never_write_it() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = busybox_image(dir.path(), "ext4");
+    let before = std::fs::read(&image).unwrap();
+    let image = image.to_str().unwrap();
+    let name = unique_name("i16-eph");
+    let mut cmd = Command::new(NIXSPAWN);
+    cmd.args(["-q", "--register=no", "--console=pipe", "-x", "-i", image]);
+    let mut guest = Guest::launch(cmd, &name, &["sh", "-c", "touch /first; sleep 1000"]);
+    wait_for("the first guest", Duration::from_secs(20), || {
+        Path::new("/run/nixspawn").join(&name).exists()
+    });
+    let (code, out, err) = launch(
+        NIXSPAWN,
+        &[
+            "-M",
+            "i16-eph2",
+            "-x",
+            "-i",
+            image,
+            "sh",
+            "-c",
+            "touch /second && ls / | grep -E '^(first|second)$'",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "second\n"), "{err}");
+    guest.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = guest.wait_exit(Duration::from_secs(20));
+    wait_for("the loop devices to go", Duration::from_secs(20), || {
+        loops_under(dir.path()).is_empty()
+    });
+    assert!(
+        std::fs::read(image).unwrap() == before,
+        "the image's bytes changed"
+    );
+}
