@@ -8,6 +8,7 @@
 pub mod launcher_args;
 pub mod launcher_spec;
 pub mod nspawn_settings;
+pub mod template;
 pub mod test_runner;
 pub mod values;
 

@@ -178,6 +178,7 @@ impl Ops for Setup<'_> {
                     spec.directory.as_deref(),
                     &self.plan.mount_point,
                     ephemeral,
+                    &spec.filesystem,
                     owner,
                     clone.filter(|_| idmapped),
                 )?;
@@ -272,6 +273,7 @@ impl Ops for Setup<'_> {
                         .plan
                         .userns
                         .and_then(|u| u.mapping.as_ref().map(|m| (u.range, m))),
+                    inaccessible: self.host.as_ref().map(|h| h.path().join("inaccessible")),
                 };
                 m.apply(self.root()?, &ctx)
             }

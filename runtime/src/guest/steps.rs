@@ -206,7 +206,8 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     s.extend([
         Step::IsolateMounts,
         Step::AssembleRoot {
-            ephemeral: spec.ephemeral,
+            ephemeral: spec.ephemeral
+                || spec.filesystem.volatile == crate::spec::filesystem::Volatile::Overlay,
             idmapped: shape.idmapped && spec.directory.is_some(),
         },
     ]);

@@ -65,9 +65,9 @@ impl NetworkRun {
             .as_ref()
             .map(|p| open_netns(p))
             .transpose()?;
-        // /etc is always writable here: nixspawn has no --read-only or
-        // --volatile (yet), which are what make nspawn bind instead.
-        let etc_writable = true;
+        // A read-only /etc (--read-only, --volatile=state) is bound over,
+        // as nspawn does, instead of copied into.
+        let etc_writable = spec.filesystem.etc_writable();
         let guest = GuestNetwork {
             namespace,
             await_links: !plan.is_empty(),

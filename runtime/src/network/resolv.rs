@@ -204,6 +204,15 @@ fn bind_file(root: &Path, guest_path: &str, source: &Path) -> Result<()> {
     target.attach(clone).map(drop)
 }
 
+/// Whether `e` says the guest's /etc is read-only (`--read-only`,
+/// `--volatile=state`).
+fn is_read_only(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.raw_os_error() == Some(libc::EROFS))
+        || e.to_string().contains("Read-only file system")
+}
+
 /// Carry out the resolv.conf action on the assembled root. Returns a
 /// warning line where nspawn warns and goes on.
 pub(crate) fn apply_resolv(
@@ -237,8 +246,16 @@ pub(crate) fn apply_resolv(
         }
     };
     let replace = matches!(action, ResolvAction::Replace(_));
-    if write_file(&etc, "resolv.conf", &content, replace)? {
-        chown(&etc, "resolv.conf", owner);
+    // A read-only /etc without the file to bind over: nspawn warns.
+    match write_file(&etc, "resolv.conf", &content, replace) {
+        Ok(true) => chown(&etc, "resolv.conf", owner),
+        Ok(false) => {}
+        Err(e) if is_read_only(&e) => {
+            return Ok(Some(format!(
+                "Failed to set up /etc/resolv.conf in the container, ignoring: {e}"
+            )));
+        }
+        Err(e) => return Err(e),
     }
     Ok(None)
 }
@@ -303,8 +320,15 @@ pub(crate) fn apply_timezone(
                     )));
                 }
             };
-            write_file(&etc, "localtime", &content, true)?;
-            chown(&etc, "localtime", owner);
+            match write_file(&etc, "localtime", &content, true) {
+                Ok(_) => chown(&etc, "localtime", owner),
+                Err(e) if is_read_only(&e) => {
+                    return Ok(Some(format!(
+                        "Failed to set up /etc/localtime in the container, ignoring: {e}"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
             Ok(None)
         }
     }

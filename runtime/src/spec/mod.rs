@@ -5,6 +5,7 @@ pub mod capabilities;
 pub mod closure;
 pub mod credentials;
 pub mod environment;
+pub mod filesystem;
 pub mod filter;
 pub mod identity;
 pub mod journal;
@@ -78,6 +79,8 @@ pub struct Spec {
     pub directory: Option<PathBuf>,
     /// Run on a throw-away overlay of the tree (tmpfs upper layer).
     pub ephemeral: bool,
+    /// `--read-only`, `--volatile=`, `--pivot-root=`.
+    pub filesystem: crate::spec::filesystem::Filesystem,
     /// Boot a NixOS toplevel from the store.
     pub store: Option<StoreSpec>,
     pub machine: MachineName,
@@ -162,6 +165,7 @@ pub(crate) mod tests {
         Spec {
             directory: None,
             ephemeral: false,
+            filesystem: Default::default(),
             store: None,
             machine: MachineName::new("test").expect("a valid name"),
             hostname: "test".into(),
