@@ -20,7 +20,7 @@ use nixspawn_runtime::host::machined::{self, Reach};
 use nixspawn_runtime::nixos::closure::{self, ClosureSource};
 use nixspawn_runtime::security::seccomp;
 use nixspawn_runtime::spec::credentials::{self, Credential};
-use nixspawn_runtime::spec::filesystem::{Filesystem, PivotRoot, Volatile};
+use nixspawn_runtime::spec::filesystem::{Filesystem, PivotRoot};
 use nixspawn_runtime::spec::filter::Adjustments;
 use nixspawn_runtime::spec::journal::LinkJournal;
 use nixspawn_runtime::spec::mounts::{BindAccess, CustomMount};
@@ -170,9 +170,6 @@ fn filesystem(
     mounts: &mut Vec<CustomMount>,
 ) -> Result<Filesystem> {
     let volatile = args.volatile.unwrap_or_default();
-    if args.ephemeral && volatile != Volatile::No {
-        bail!("--volatile= may not be combined with --ephemeral");
-    }
     for (list, read_only) in [(&args.overlay, false), (&args.overlay_ro, true)] {
         for o in list {
             let mut m = CustomMount::parse_overlay(o, read_only)?;
@@ -1049,6 +1046,7 @@ mod tests {
 
     #[test]
     fn filesystem_options_reach_the_spec() {
+        use nixspawn_runtime::spec::filesystem::Volatile;
         use nixspawn_runtime::spec::mounts::OverlayPath;
         let s = spec(
             "--read-only --volatile=state --overlay=/l:/u:/m --overlay-ro=+/a:/b \
@@ -1075,9 +1073,8 @@ mod tests {
                 CustomMount::parse_inaccessible("/x").unwrap(),
             ]
         );
-        // A bare --volatile is yes; with -x it is refused, as by nspawn.
+        // A bare --volatile is yes.
         assert_eq!(plan("--volatile").filesystem.volatile, Volatile::Yes);
-        assert!(refusal("-x --volatile=overlay").contains("--ephemeral"));
         assert!(refusal("--overlay=/only").contains("at least two"));
         assert!(refusal("--pivot-root=rel").contains("--pivot-root"));
         assert!(refusal("--inaccessible=rel").contains("--inaccessible"));

@@ -11,38 +11,6 @@ use std::path::Path;
 
 use common::*;
 
-const NSPAWN: &str = "systemd-nspawn";
-
-/// Run `script` with busybox sh as PID 1 under `launcher` (--keep-unit in
-/// a cgroup of its own, no registration, a pipe console unless `args` says
-/// otherwise); its exit status, stdout and stderr.
-fn beside(
-    launcher: &str,
-    tree: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    script: &str,
-) -> (i32, String, String) {
-    let unit = UnitCgroup::new("diff");
-    let mut cmd = unit.command(launcher);
-    cmd.args(["-q", "--register=no", "--keep-unit", "-D"])
-        .arg(tree);
-    if !args.iter().any(|a| a.starts_with("--console")) {
-        cmd.arg("--console=pipe");
-    }
-    cmd.args(args)
-        .args(["/bin/sh", "-c", script])
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null());
-    let out = cmd.output().unwrap();
-    remove_nspawn_leftovers(tree);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `beside` that must succeed; its stdout.
 fn answer(launcher: &str, tree: &Path, args: &[&str], script: &str) -> String {
     answer_env(launcher, tree, args, &[], script)
@@ -78,16 +46,6 @@ fn tree() -> tempfile::TempDir {
         std::os::unix::fs::symlink("busybox", tree.path().join("usr/bin").join(applet)).unwrap();
     }
     tree
-}
-
-fn require_nspawn() {
-    assert!(
-        std::process::Command::new(NSPAWN)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "systemd-nspawn is missing: apt-get install systemd-container (integration/setup-host.sh does)"
-    );
 }
 
 /// Item 1: `$container_host_*` describe the host, not the guest, also

@@ -855,3 +855,48 @@ pub fn build_probe(dir: &Path) -> PathBuf {
 pub fn build_guest_tool(dir: &Path) -> PathBuf {
     build_static(dir, "guest-tool.c", "guest-tool", "the guest tool")
 }
+
+/// The reference launcher for side-by-side tests.
+pub const NSPAWN: &str = "systemd-nspawn";
+
+/// Run `script` with busybox sh as PID 1 under `launcher` (--keep-unit in
+/// a cgroup of its own, no registration, a pipe console unless `args` says
+/// otherwise); its exit status, stdout and stderr.
+pub fn beside(
+    launcher: &str,
+    tree: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    script: &str,
+) -> (i32, String, String) {
+    let unit = UnitCgroup::new("diff");
+    let mut cmd = unit.command(launcher);
+    cmd.args(["-q", "--register=no", "--keep-unit", "-D"])
+        .arg(tree);
+    if !args.iter().any(|a| a.starts_with("--console")) {
+        cmd.arg("--console=pipe");
+    }
+    cmd.args(args)
+        .args(["/bin/sh", "-c", script])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    remove_nspawn_leftovers(tree);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Fail (not skip) where systemd-nspawn is missing: the side-by-side
+/// tests need it.
+pub fn require_nspawn() {
+    assert!(
+        std::process::Command::new(NSPAWN)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "systemd-nspawn is missing: apt-get install systemd-container (integration/setup-host.sh does)"
+    );
+}

@@ -7,6 +7,7 @@
 
 use crate::error::Result;
 use crate::spec::Spec;
+use crate::spec::filesystem::Volatile;
 
 /// One step of the container process's setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +207,12 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     s.extend([
         Step::IsolateMounts,
         Step::AssembleRoot {
-            ephemeral: spec.ephemeral
-                || spec.filesystem.volatile == crate::spec::filesystem::Volatile::Overlay,
+            // -x with --volatile=yes|state: the volatile layout alone
+            // (nspawn lays it over its copy of the tree: the same view).
+            ephemeral: matches!(
+                (spec.ephemeral, spec.filesystem.volatile),
+                (true, Volatile::No) | (_, Volatile::Overlay)
+            ),
             idmapped: shape.idmapped && spec.directory.is_some(),
         },
     ]);

@@ -79,7 +79,11 @@ fn lock_tree(spec: &Spec) -> Result<Option<Flock<File>>> {
         return Ok(None);
     };
     let f = File::open(dir).map_err(|e| Error::io("opening", dir, e))?;
-    let how = if spec.ephemeral {
+    // Nor does a guest write the tree under --read-only or --volatile=.
+    let shared = spec.ephemeral
+        || spec.filesystem.read_only
+        || spec.filesystem.volatile != crate::spec::filesystem::Volatile::No;
+    let how = if shared {
         FlockArg::LockSharedNonblock
     } else {
         FlockArg::LockExclusiveNonblock

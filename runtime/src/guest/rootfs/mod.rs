@@ -48,6 +48,10 @@ pub(crate) fn assemble(
             mount_fs("tmpfs", mount_point, flags, Some(&owner.tmpfs("mode=0755")))?;
             mount_point.to_path_buf()
         }
+        Some(tree) if layout.volatile == Volatile::Yes => {
+            volatile_root(tree, mount_point, owner, idmapped)?;
+            mount_point.to_path_buf()
+        }
         Some(tree) if ephemeral => {
             mount_fs("tmpfs", mount_point, flags, Some("mode=0755"))?;
             let (lower, upper, work, merged) = (
@@ -89,10 +93,6 @@ pub(crate) fn assemble(
                 source: e.into(),
             })?;
             merged
-        }
-        Some(tree) if layout.volatile == Volatile::Yes => {
-            volatile_root(tree, mount_point, owner, idmapped)?;
-            mount_point.to_path_buf()
         }
         Some(tree) => {
             match idmapped {
@@ -170,15 +170,32 @@ fn volatile_root(
     owner: Owner,
     idmapped: Option<&OwnedFd>,
 ) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    // The tree's /usr, resolved inside it (never a link out of it), from
-    // the idmapped clone where there is one.
+    mount_fs(
+        "tmpfs",
+        mount_point,
+        MsFlags::MS_STRICTATIME,
+        Some(&owner.tmpfs(VOLATILE_TMPFS)),
+    )?;
+    // The tree's /usr, resolved inside it (never a link out of it). An
+    // idmapped clone of the tree is attached for that on a staging
+    // directory first: a detached mount's subdirectory cannot be cloned.
+    let staging = mount_point.join(".nixspawn-tree");
     let tree_root = match idmapped {
-        Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        Some(fd) => {
+            ensure_dir(&staging, 0o700)?;
+            attach(fd, &staging)?;
+            staging.clone()
+        }
         None => tree.to_path_buf(),
     };
-    let usr = resolve::open_in(&tree_root, Path::new("/usr"), Create::Nothing)?;
-    let usr = clone_at(&usr)?;
+    let usr = resolve::open_in(&tree_root, Path::new("/usr"), Create::Nothing)
+        .and_then(|usr| clone_at(&usr));
+    if idmapped.is_some() {
+        umount2(&staging, MntFlags::MNT_DETACH)
+            .map_err(|e| Error::syscall("umount2(staging)", e))?;
+        std::fs::remove_dir(&staging).map_err(|e| Error::io("removing", &staging, e))?;
+    }
+    let usr = usr?;
     crate::sys::mount_setattr(
         std::os::fd::AsFd::as_fd(&usr),
         true,
@@ -190,12 +207,6 @@ fn volatile_root(
         target: mount_point.join("usr"),
         source: e,
     })?;
-    mount_fs(
-        "tmpfs",
-        mount_point,
-        MsFlags::MS_STRICTATIME,
-        Some(&owner.tmpfs(VOLATILE_TMPFS)),
-    )?;
     for (dir, mode) in BASE_DIRS {
         let p = mount_point.join(dir);
         ensure_dir(&p, 0o755)?;
