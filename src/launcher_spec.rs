@@ -23,7 +23,7 @@ use nixspawn_runtime::spec::credentials::{self, Credential};
 use nixspawn_runtime::spec::filesystem::{Filesystem, PivotRoot};
 use nixspawn_runtime::spec::filter::Adjustments;
 use nixspawn_runtime::spec::journal::LinkJournal;
-use nixspawn_runtime::spec::mounts::{BindAccess, CustomMount};
+use nixspawn_runtime::spec::mounts::{BindAccess, CustomMount, OverlayPath};
 use nixspawn_runtime::spec::network::Network;
 use nixspawn_runtime::spec::{capabilities, environment, signals, userns};
 use nixspawn_runtime::{ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid};
@@ -180,9 +180,22 @@ fn filesystem(
                 ..
             } = &mut m
             {
-                let host = upper
+                let mut host = upper
                     .host_path(directory)
                     .with_context(|| format!("--overlay={o}: a + path needs a directory (-D)"))?;
+                // A `+` upper lives in the tree, whose links must not lead
+                // the work directory (made and removed on the host) out
+                // of it.
+                if let (OverlayPath::InRoot(_), Some(tree)) = (&*upper, directory) {
+                    host = std::fs::canonicalize(&host)
+                        .with_context(|| format!("--overlay={o}: {}", host.display()))?;
+                    if !host.starts_with(tree) || host == tree {
+                        bail!(
+                            "--overlay={o}: the upper directory {} is not inside the tree",
+                            host.display()
+                        );
+                    }
+                }
                 let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else {
                     bail!("--overlay={o}: the upper directory cannot be the root");
                 };
@@ -1047,7 +1060,6 @@ mod tests {
     #[test]
     fn filesystem_options_reach_the_spec() {
         use nixspawn_runtime::spec::filesystem::Volatile;
-        use nixspawn_runtime::spec::mounts::OverlayPath;
         let s = spec(
             "--read-only --volatile=state --overlay=/l:/u:/m --overlay-ro=+/a:/b \
              --inaccessible=/x --pivot-root=/n:/o --private-users-chown -U",

@@ -662,3 +662,27 @@ fn bad_values_are_refused_in_one_line_by_both() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains(".nspawn:2: invalid Volatile="), "{err}");
 }
+
+/// A hostile tree: its `+` upper layer's path leads out of it through a
+/// link to a host directory. The work directory (made and removed by the
+/// launcher on the host, beside the upper) must not follow it there.
+#[test]
+fn a_plus_upper_may_not_lead_out_of_the_tree() {
+    privileged!();
+    let tree = fs_tree();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("up")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), tree.path().join("srv/evil")).unwrap();
+    let (code, out, err) = beside(
+        NIXSPAWN,
+        tree.path(),
+        &["--overlay=+/srv/in:+/srv/evil/up:/mnt"],
+        &[],
+        "echo ran",
+    );
+    assert_ne!(code, 0);
+    assert!(!out.contains("ran"));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("is not inside the tree"), "{err}");
+    nothing_left(outside.path(), ".#");
+}
