@@ -597,6 +597,32 @@ mod tests {
     }
 
     #[test]
+    fn volatile_overlay_is_the_ephemeral_overlay_and_other_modes_replace_it() {
+        let mut sp = spec();
+        sp.directory = Some("/srv/tree".into());
+        let overlaid = |sp: &Spec| {
+            outer(sp, PLAIN).contains(&Step::AssembleRoot {
+                ephemeral: true,
+                idmapped: false,
+            })
+        };
+        for (ephemeral, volatile, expected) in [
+            (false, Volatile::No, false),
+            (true, Volatile::No, true),
+            (false, Volatile::Overlay, true),
+            (true, Volatile::Overlay, true),
+            // As nspawn's volatile modes over its copy: the same view.
+            (true, Volatile::Yes, false),
+            (true, Volatile::State, false),
+            (false, Volatile::State, false),
+        ] {
+            sp.ephemeral = ephemeral;
+            sp.filesystem.volatile = volatile;
+            assert_eq!(overlaid(&sp), expected, "-x {ephemeral} {volatile:?}");
+        }
+    }
+
+    #[test]
     fn a_pipe_console_makes_no_pty_and_placement_is_awaited_first() {
         let mut sp = spec();
         sp.console = ConsoleMode::Pipe;
