@@ -331,6 +331,41 @@ pub struct Args {
     #[arg(long = "mstack", value_name = "PATH")]
     pub mstack: Option<PathBuf>,
     // ---- end of image options ----
+    // ---- filesystem options (issue 16): systemd-nspawn's, values checked
+    // in launcher_spec (overlays, masks, pivot) or by their parsers.
+    /// Mount the tree read-only (not the API filesystems nor --bind/--tmpfs)
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Volatile root: no, yes (tmpfs root, /usr read-only), state (tmpfs /var) or overlay (alone: yes)
+    #[arg(long, value_name = "MODE", value_parser = values::volatile,
+          num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
+    pub volatile: Option<nixspawn_runtime::spec::filesystem::Volatile>,
+
+    /// An overlay mount: [+]LOWER[:[+]LOWER...]:[+]UPPER:DEST (empty UPPER: a tmpfs)
+    #[arg(long, value_name = "PATHS")]
+    pub overlay: Vec<String>,
+
+    /// A read-only overlay mount: [+]LOWER[:[+]LOWER...]:DEST
+    #[arg(long = "overlay-ro", value_name = "PATHS")]
+    pub overlay_ro: Vec<String>,
+
+    /// Mask a path with an inaccessible node of its type
+    #[arg(long, value_name = "PATH")]
+    pub inaccessible: Vec<String>,
+
+    /// Make this directory of the tree the root: NEW[:OLD], the old root kept at OLD
+    #[arg(long = "pivot-root", value_name = "PATH[:PATH]")]
+    pub pivot_root: Option<String>,
+
+    /// Populate a missing -D from this template tree (a copy, or a btrfs snapshot)
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    pub template: Option<PathBuf>,
+
+    /// Same as --private-users-ownership=chown (its obsolete spelling)
+    #[arg(long = "private-users-chown")]
+    pub private_users_chown: bool,
+    // ---- end of filesystem options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
@@ -340,15 +375,7 @@ pub struct Args {
 /// 262 spell them (obsolete spellings included). They are refused by name
 /// rather than reported as unknown.
 pub const UNIMPLEMENTED: &[&str] = &[
-    "--template",
-    "--read-only",
-    "--volatile",
-    "--pivot-root",
-    "--private-users-chown",
     "--share-system",
-    "--overlay",
-    "--overlay-ro",
-    "--inaccessible",
     "--bind-user",
     "--bind-user-shell",
     "--kill-signal-delay",
@@ -549,6 +576,9 @@ impl Args {
         opt("forward-journal", self.forward_journal.clone());
         opt("mstack", path(&self.mstack));
         opt("oci-bundle", path(&self.oci_bundle));
+        opt("volatile", self.volatile.map(|v| v.name().to_owned()));
+        opt("pivot-root", self.pivot_root.clone());
+        opt("template", path(&self.template));
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),
@@ -568,6 +598,9 @@ impl Args {
             ("rlimit", &self.rlimit),
             ("ambient-capability", &self.ambient_capability),
             ("property", &self.property),
+            ("overlay", &self.overlay),
+            ("overlay-ro", &self.overlay_ro),
+            ("inaccessible", &self.inaccessible),
         ] {
             for v in values {
                 opt(name, Some(v.clone()));
@@ -590,6 +623,8 @@ impl Args {
             ("-j", self.link_journal_try_guest),
             ("--no-pager", self.no_pager),
             ("--no-ask-password", self.no_ask_password),
+            ("--read-only", self.read_only),
+            ("--private-users-chown", self.private_users_chown),
         ] {
             if set {
                 out.push(name.to_owned());
@@ -623,7 +658,12 @@ impl Args {
             Group::Capability => !self.capability.is_empty() || !self.drop_capability.is_empty(),
             Group::MachineId => self.uuid.is_some(),
             Group::CustomMounts => {
-                !self.bind.is_empty() || !self.bind_ro.is_empty() || !self.tmpfs.is_empty()
+                !self.bind.is_empty()
+                    || !self.bind_ro.is_empty()
+                    || !self.tmpfs.is_empty()
+                    || !self.overlay.is_empty()
+                    || !self.overlay_ro.is_empty()
+                    || !self.inaccessible.is_empty()
             }
             Group::Network => {
                 self.private_network
@@ -641,6 +681,7 @@ impl Args {
                 self.private_users.is_some()
                     || self.pick_users
                     || self.private_users_ownership.is_some()
+                    || self.private_users_chown
             }
             Group::SystemCallFilter => !self.system_call_filter.is_empty(),
             Group::LinkJournal => self.link_journal.is_some() || self.link_journal_try_guest,
@@ -667,6 +708,9 @@ impl Args {
         let mut binds = Vec::new();
         let mut binds_ro = Vec::new();
         let mut tmpfs = Vec::new();
+        let mut overlays = Vec::new();
+        let mut overlays_ro = Vec::new();
+        let mut inaccessible = Vec::new();
         let mut env = Vec::new();
         let mut caps = Vec::new();
         let mut drop_caps = Vec::new();
@@ -725,6 +769,16 @@ impl Args {
                 Setting::Bind(words) => binds.extend(words.iter().cloned()),
                 Setting::BindReadOnly(words) => binds_ro.extend(words.iter().cloned()),
                 Setting::TemporaryFileSystem(words) => tmpfs.extend(words.iter().cloned()),
+                Setting::Overlay(words) => overlays.extend(words.iter().cloned()),
+                Setting::OverlayReadOnly(words) => overlays_ro.extend(words.iter().cloned()),
+                Setting::Inaccessible(words) => inaccessible.extend(words.iter().cloned()),
+                Setting::ReadOnly(b) => {
+                    if over || !self.read_only {
+                        self.read_only = *b;
+                    }
+                }
+                Setting::Volatile(v) => fill(&mut self.volatile, *v, over),
+                Setting::PivotRoot(p) => fill(&mut self.pivot_root, p.clone(), over),
                 Setting::PrivateNetwork(b) => self.private_network = *b,
                 Setting::VirtualEthernet(b) => self.network_veth = *b,
                 Setting::VirtualEthernetExtra(v) => self.network_veth_extra.push(v.clone()),
@@ -760,6 +814,9 @@ impl Args {
             (binds, &mut self.bind),
             (binds_ro, &mut self.bind_ro),
             (tmpfs, &mut self.tmpfs),
+            (overlays, &mut self.overlay),
+            (overlays_ro, &mut self.overlay_ro),
+            (inaccessible, &mut self.inaccessible),
             (env, &mut self.setenv),
             (caps, &mut self.capability),
             (drop_caps, &mut self.drop_capability),
@@ -885,30 +942,26 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_named() {
-        let err = parse(&argv("-D /tmp --read-only -b"))
+        let err = parse(&argv("-D /tmp --bind-user-shell -b"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--read-only") && err.contains("not implemented"),
+            err.contains("--bind-user-shell") && err.contains("not implemented"),
             "{err}"
         );
-        let err = parse(&argv("-D /tmp --volatile=yes -b"))
+        let err = parse(&argv("-D /tmp --bind-user=x -b"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--volatile"), "{err}");
-        let err = parse(&argv("-D /tmp --read-only /bin/true"))
+        assert!(err.contains("--bind-user"), "{err}");
+        let err = parse(&argv("-D /tmp --bind-user-shell /bin/true"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--read-only"),
+            err.contains("--bind-user-shell"),
             "an option before the command is never the command: {err}"
         );
-        for obsolete in ["--private-users-chown", "--share-system"] {
-            assert!(
-                refused(&[obsolete]).contains("not implemented by nixspawn yet"),
-                "{obsolete}"
-            );
-        }
+        // An obsolete spelling nspawn still names.
+        assert!(refused(&["--share-system"]).contains("not implemented by nixspawn yet"));
     }
 
     #[test]
@@ -931,7 +984,10 @@ mod tests {
             (&["--machine"], "--machine needs a value"),
             (&["-D"], "--directory needs a value"),
             (&["--console"], "--console needs a value"),
-            (&["--read-only"], "--read-only is not implemented"),
+            (
+                &["--bind-user-shell"],
+                "--bind-user-shell is not implemented",
+            ),
             (&["--port"], "--port needs a value"),
             (&["--bootx"], "did you mean"),
         ] {

@@ -20,10 +20,11 @@ use nixspawn_runtime::host::machined::{self, Reach};
 use nixspawn_runtime::nixos::closure::{self, ClosureSource};
 use nixspawn_runtime::security::seccomp;
 use nixspawn_runtime::spec::credentials::{self, Credential};
+use nixspawn_runtime::spec::filesystem::{Filesystem, PivotRoot};
 use nixspawn_runtime::spec::filter::Adjustments;
 use nixspawn_runtime::spec::image::{ImagePolicy, ImageSpec};
 use nixspawn_runtime::spec::journal::LinkJournal;
-use nixspawn_runtime::spec::mounts::{BindAccess, CustomMount};
+use nixspawn_runtime::spec::mounts::{BindAccess, CustomMount, OverlayPath};
 use nixspawn_runtime::spec::network::Network;
 use nixspawn_runtime::spec::{capabilities, environment, signals, userns};
 use nixspawn_runtime::{ConsoleMode, MachineName, Payload, Register, Spec, StoreSpec, Uuid};
@@ -101,6 +102,9 @@ impl Place {
                     .context("no -D given and the current directory is unusable")?,
             ),
         };
+        if let (Some(template), Some(d)) = (&args.template, &directory) {
+            crate::template::populate(template, d, args.ephemeral)?;
+        }
         let directory = directory
             .map(|d| {
                 std::fs::canonicalize(&d)
@@ -273,6 +277,67 @@ fn check_store_options(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The filesystem options: `--read-only`, `--volatile`, `--pivot-root`
+/// as the root's layout, and the overlays and masks appended to the
+/// custom mounts (a writable overlay's work directory named after the
+/// machine, beside its upper layer).
+fn filesystem(
+    args: &Args,
+    directory: Option<&Path>,
+    machine: &MachineName,
+    mounts: &mut Vec<CustomMount>,
+) -> Result<Filesystem> {
+    let volatile = args.volatile.unwrap_or_default();
+    for (list, read_only) in [(&args.overlay, false), (&args.overlay_ro, true)] {
+        for o in list {
+            let mut m = CustomMount::parse_overlay(o, read_only)?;
+            if let CustomMount::Overlay {
+                upper: Some(upper),
+                read_only: false,
+                work,
+                ..
+            } = &mut m
+            {
+                let mut host = upper
+                    .host_path(directory)
+                    .with_context(|| format!("--overlay={o}: a + path needs a directory (-D)"))?;
+                // A `+` upper lives in the tree, whose links must not lead
+                // the work directory (made and removed on the host) out
+                // of it.
+                if let (OverlayPath::InRoot(_), Some(tree)) = (&*upper, directory) {
+                    host = std::fs::canonicalize(&host)
+                        .with_context(|| format!("--overlay={o}: {}", host.display()))?;
+                    if !host.starts_with(tree) || host == tree {
+                        bail!(
+                            "--overlay={o}: the upper directory {} is not inside the tree",
+                            host.display()
+                        );
+                    }
+                }
+                let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else {
+                    bail!("--overlay={o}: the upper directory cannot be the root");
+                };
+                *work =
+                    Some(parent.join(format!(".#{}.nixspawn-{machine}", name.to_string_lossy())));
+            }
+            mounts.push(m);
+        }
+    }
+    for i in &args.inaccessible {
+        mounts.push(CustomMount::parse_inaccessible(i)?);
+    }
+    let pivot_root = args
+        .pivot_root
+        .as_deref()
+        .map(PivotRoot::parse)
+        .transpose()?;
+    Ok(Filesystem {
+        read_only: args.read_only,
+        volatile,
+        pivot_root,
+    })
+}
+
 /// `-M`, else the directory's name, else the toplevel's name.
 fn machine_name(
     given: Option<&str>,
@@ -336,6 +401,7 @@ pub struct Plan {
     pub directory: Option<PathBuf>,
     pub ephemeral: bool,
     pub image: Option<ImageSpec>,
+    pub filesystem: Filesystem,
     pub store: Option<StorePlan>,
     pub machine: MachineName,
     pub hostname: String,
@@ -417,8 +483,8 @@ impl Plan {
         }
         let image = image.map(|path| ImageSpec {
             path,
-            // Set from --read-only where that option is implemented.
-            read_only: false,
+            // --read-only: the loop devices and mounts too, as nspawn.
+            read_only: args.read_only,
             policy: args
                 .image_policy
                 .clone()
@@ -464,6 +530,7 @@ impl Plan {
         for t in &args.tmpfs {
             mounts.push(CustomMount::parse_tmpfs(t)?);
         }
+        let filesystem = filesystem(&args, directory.as_deref(), &machine, &mut mounts)?;
         let environment = args
             .setenv
             .iter()
@@ -498,6 +565,7 @@ impl Plan {
         };
         let ownership = match args.private_users_ownership {
             Some(o) => o,
+            None if args.private_users_chown => userns::Ownership::Chown,
             // As nspawn: pick implies auto; otherwise the tree is taken as it is.
             None if private_users == userns::Mode::Pick => userns::Ownership::Auto,
             None => userns::Ownership::Off,
@@ -531,6 +599,7 @@ impl Plan {
             directory,
             ephemeral: args.ephemeral,
             image,
+            filesystem,
             store,
             machine,
             hostname,
@@ -614,6 +683,7 @@ impl Plan {
             store: facts.store,
             ephemeral: self.ephemeral,
             image: self.image,
+            filesystem: self.filesystem,
             machine: self.machine,
             hostname: self.hostname,
             uuid: facts.uuid,
@@ -1155,6 +1225,67 @@ mod tests {
         let (s, o) = with("", None).unwrap();
         assert_eq!(s.register, Register::No);
         assert!(o.register_notice.is_some());
+    }
+
+    #[test]
+    fn filesystem_options_reach_the_spec() {
+        use nixspawn_runtime::spec::filesystem::Volatile;
+        let s = spec(
+            "--read-only --volatile=state --overlay=/l:/u:/m --overlay-ro=+/a:/b \
+             --inaccessible=/x --pivot-root=/n:/o --private-users-chown -U",
+        );
+        assert!(s.filesystem.read_only);
+        assert_eq!(s.filesystem.volatile, Volatile::State);
+        assert_eq!(
+            s.filesystem.pivot_root,
+            Some(PivotRoot::parse("/n:/o").unwrap())
+        );
+        assert_eq!(s.ownership, userns::Ownership::Chown);
+        assert_eq!(
+            s.mounts,
+            [
+                CustomMount::Overlay {
+                    lower: vec![OverlayPath::Host("/l".into())],
+                    upper: Some(OverlayPath::Host("/u".into())),
+                    target: "/m".into(),
+                    read_only: false,
+                    work: Some("/.#u.nixspawn-web".into()),
+                },
+                CustomMount::parse_overlay("+/a:/b", true).unwrap(),
+                CustomMount::parse_inaccessible("/x").unwrap(),
+            ]
+        );
+        // A bare --volatile is yes.
+        assert_eq!(plan("--volatile").filesystem.volatile, Volatile::Yes);
+        assert!(refusal("--overlay=/only").contains("at least two"));
+        assert!(refusal("--pivot-root=rel").contains("--pivot-root"));
+        assert!(refusal("--inaccessible=rel").contains("--inaccessible"));
+        // A settings file: ReadOnly=/Volatile=/PivotRoot= fill what the
+        // command line left; its masks and overlays are custom mounts.
+        let mut a = args("--volatile=yes");
+        let file = "[Files]\nReadOnly=yes\nVolatile=state\nInaccessible=/y\n[Exec]\nPivotRoot=/p\n";
+        let entries = nspawn_settings::parse(file, Path::new("t.nspawn")).unwrap();
+        let set =
+            nspawn_settings::read(&entries, Path::new("t.nspawn"), Trust::Trusted, &|_| false)
+                .unwrap();
+        a.merge(&set.values, nspawn_settings::Mode::Yes);
+        assert!(a.read_only);
+        assert_eq!(a.volatile, Some(Volatile::Yes), "the command line wins");
+        assert_eq!(a.inaccessible, ["/y"]);
+        assert_eq!(a.pivot_root.as_deref(), Some("/p"));
+        let untrusted =
+            nspawn_settings::read(&entries, Path::new("t.nspawn"), Trust::Untrusted, &|_| {
+                false
+            })
+            .unwrap();
+        assert!(
+            !untrusted
+                .values
+                .iter()
+                .any(|v| matches!(v, nspawn_settings::Setting::Inaccessible(_))),
+            "Inaccessible= is privileged"
+        );
+        assert_eq!(untrusted.warnings.len(), 1, "{:?}", untrusted.warnings);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod launcher_spec;
 pub mod nspawn_settings;
 pub mod oci_bundle;
 pub mod process_opts;
+pub mod template;
 pub mod test_runner;
 pub mod values;
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use nixspawn_runtime::Uuid;
 use nixspawn_runtime::spec::journal::LinkJournal;
+use nixspawn_runtime::spec::mounts::CustomMount;
 use nixspawn_runtime::spec::network as net;
 use nixspawn_runtime::spec::userns;
 
@@ -353,6 +354,13 @@ pub enum Setting {
     Bind(Vec<String>),
     BindReadOnly(Vec<String>),
     TemporaryFileSystem(Vec<String>),
+    // [Files] filesystem settings (issue 16), checked as their options.
+    Overlay(Vec<String>),
+    OverlayReadOnly(Vec<String>),
+    Inaccessible(Vec<String>),
+    ReadOnly(bool),
+    Volatile(nixspawn_runtime::spec::filesystem::Volatile),
+    PivotRoot(String),
     PrivateNetwork(bool),
     // [Network], each value checked as its option's (the launcher parses
     // them again with the command line's).
@@ -492,6 +500,32 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
         ("Files", "Bind") => Setting::Bind(words()?),
         ("Files", "BindReadOnly") => Setting::BindReadOnly(words()?),
         ("Files", "TemporaryFileSystem") => Setting::TemporaryFileSystem(words()?),
+        ("Files", key @ ("Overlay" | "OverlayReadOnly" | "Inaccessible")) => {
+            let list = words()?;
+            for w in &list {
+                let parsed = match key {
+                    "Inaccessible" => CustomMount::parse_inaccessible(w),
+                    k => CustomMount::parse_overlay(w, k == "OverlayReadOnly"),
+                };
+                checked(e, &at, parsed.map_err(Invalid::from))?;
+            }
+            match key {
+                "Overlay" => Setting::Overlay(list),
+                "OverlayReadOnly" => Setting::OverlayReadOnly(list),
+                _ => Setting::Inaccessible(list),
+            }
+        }
+        ("Files", "ReadOnly") => Setting::ReadOnly(yes_no()?),
+        ("Files", "Volatile") => Setting::Volatile(checked(e, &at, values::volatile(&e.value))?),
+        ("Exec", "PivotRoot") => {
+            checked(
+                e,
+                &at,
+                nixspawn_runtime::spec::filesystem::PivotRoot::parse(&e.value)
+                    .map_err(Invalid::from),
+            )?;
+            Setting::PivotRoot(text())
+        }
         ("Network", "Private") => Setting::PrivateNetwork(yes_no()?),
         ("Network", "VirtualEthernet") => Setting::VirtualEthernet(yes_no()?),
         ("Network", "VirtualEthernetExtra") => {
@@ -619,17 +653,7 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
 
 /// Settings systemd-nspawn 252 (and 262, the last four) knows that
 /// nixspawn refuses for now.
-const KNOWN_UNIMPLEMENTED: &[&str] = &[
-    "PivotRoot",
-    "ReadOnly",
-    "Volatile",
-    "BindUser",
-    "Inaccessible",
-    "Overlay",
-    "OverlayReadOnly",
-    "PrivateUsersDelegate",
-    "BindUserShell",
-];
+const KNOWN_UNIMPLEMENTED: &[&str] = &["BindUser", "PrivateUsersDelegate", "BindUserShell"];
 
 #[cfg(test)]
 mod tests {
@@ -940,8 +964,8 @@ Private=yes
     fn bad_files_are_refused_with_file_line_and_key() {
         for (text, needle) in [
             (
-                "[Exec]\nVolatile=yes\n",
-                "t.nspawn:2: [Exec] Volatile= is a systemd-nspawn setting nixspawn does not implement",
+                "[Files]\nBindUser=x\n",
+                "t.nspawn:2: [Files] BindUser= is a systemd-nspawn setting nixspawn does not implement",
             ),
             ("[Exec]\nFrobnicate=1\n", "unknown setting"),
             ("Boot=yes\n", "outside of any section"),

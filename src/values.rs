@@ -286,6 +286,11 @@ pub fn signal(text: &str) -> Result<i32, Invalid> {
     Ok(signals::parse(text)?)
 }
 
+/// `--volatile=`: a boolean, `state` or `overlay`.
+pub fn volatile(text: &str) -> Result<nixspawn_runtime::spec::filesystem::Volatile, Invalid> {
+    Ok(nixspawn_runtime::spec::filesystem::Volatile::parse(text)?)
+}
+
 /// 32 hex digits, with or without dashes, not all zeros.
 pub fn uuid(text: &str) -> Result<Uuid, Invalid> {
     Ok(Uuid::parse(text)?)

@@ -139,7 +139,7 @@ fn unsupported_settings_are_refused_by_name() {
     let _file = SettingsFile::write(
         Path::new("/run/systemd/nspawn"),
         &name,
-        "[Exec]\nBoot=no\nPivotRoot=/x\n",
+        "[Exec]\nBoot=no\n[Files]\nBindUser=x\n",
     );
     let (code, _, err) = run_nixspawn(
         &[
@@ -156,7 +156,7 @@ fn unsupported_settings_are_refused_by_name() {
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!(
-            "/run/systemd/nspawn/{name}.nspawn:3: [Exec] PivotRoot="
+            "/run/systemd/nspawn/{name}.nspawn:4: [Files] BindUser="
         )),
         "{err}"
     );

@@ -38,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
                                     | Bind(_)
                                     | BindReadOnly(_)
                                     | TemporaryFileSystem(_)
+                                    | Overlay(_)
+                                    | OverlayReadOnly(_)
+                                    | Inaccessible(_)
                                     | PrivateNetwork(_)
                             ),
                             "untrusted {s:?}"

@@ -919,6 +919,8 @@ pub fn same(tree: &Path, args: &[&str], script: &str) -> String {
     ours
 }
 
+/// Fail (not skip) where systemd-nspawn is missing: the side-by-side
+/// tests need it.
 pub fn require_nspawn() {
     assert!(
         std::process::Command::new(NSPAWN)

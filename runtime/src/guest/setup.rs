@@ -194,6 +194,7 @@ impl Ops for Setup<'_> {
                     spec.directory.as_deref(),
                     &self.plan.mount_point,
                     ephemeral,
+                    &spec.filesystem,
                     owner,
                     clone.filter(|_| idmapped),
                 )?;
@@ -288,6 +289,7 @@ impl Ops for Setup<'_> {
                         .plan
                         .userns
                         .and_then(|u| u.mapping.as_ref().map(|m| (u.range, m))),
+                    inaccessible: self.host.as_ref().map(|h| h.path().join("inaccessible")),
                 };
                 m.apply(self.root()?, &ctx)
             }

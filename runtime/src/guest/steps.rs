@@ -7,6 +7,7 @@
 
 use crate::error::Result;
 use crate::spec::Spec;
+use crate::spec::filesystem::Volatile;
 
 /// One step of the container process's setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +220,12 @@ pub(crate) fn outer(spec: &Spec, shape: Shape) -> Vec<Step> {
     s.extend([
         Step::IsolateMounts,
         Step::AssembleRoot {
-            ephemeral: spec.ephemeral,
+            // -x with --volatile=yes|state: the volatile layout alone
+            // (nspawn lays it over its copy of the tree: the same view).
+            ephemeral: matches!(
+                (spec.ephemeral, spec.filesystem.volatile),
+                (true, Volatile::No) | (_, Volatile::Overlay)
+            ),
             idmapped: shape.idmapped && spec.directory.is_some(),
         },
     ]);
@@ -611,6 +617,32 @@ mod tests {
             ephemeral: true,
             idmapped: false
         }));
+    }
+
+    #[test]
+    fn volatile_overlay_is_the_ephemeral_overlay_and_other_modes_replace_it() {
+        let mut sp = spec();
+        sp.directory = Some("/srv/tree".into());
+        let overlaid = |sp: &Spec| {
+            outer(sp, PLAIN).contains(&Step::AssembleRoot {
+                ephemeral: true,
+                idmapped: false,
+            })
+        };
+        for (ephemeral, volatile, expected) in [
+            (false, Volatile::No, false),
+            (true, Volatile::No, true),
+            (false, Volatile::Overlay, true),
+            (true, Volatile::Overlay, true),
+            // As nspawn's volatile modes over its copy: the same view.
+            (true, Volatile::Yes, false),
+            (true, Volatile::State, false),
+            (false, Volatile::State, false),
+        ] {
+            sp.ephemeral = ephemeral;
+            sp.filesystem.volatile = volatile;
+            assert_eq!(overlaid(&sp), expected, "-x {ephemeral} {volatile:?}");
+        }
     }
 
     #[test]

@@ -79,7 +79,11 @@ fn lock_tree(spec: &Spec) -> Result<Option<Flock<File>>> {
         return Ok(None);
     };
     let f = File::open(dir).map_err(|e| Error::io("opening", dir, e))?;
-    let how = if spec.ephemeral {
+    // Nor does a guest write the tree under --read-only or --volatile=.
+    let shared = spec.ephemeral
+        || spec.filesystem.read_only
+        || spec.filesystem.volatile != crate::spec::filesystem::Volatile::No;
+    let how = if shared {
         FlockArg::LockSharedNonblock
     } else {
         FlockArg::LockExclusiveNonblock
@@ -102,6 +106,8 @@ struct Session {
     /// The janitor has links to see gone and maybe a zone to remove once
     /// the launcher exits (see `Janitor::dismiss`).
     network_tail: bool,
+    /// `--overlay` work directories made for the guest.
+    work_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Session {
@@ -112,6 +118,12 @@ impl Session {
     /// after the guest's cgroups are.
     fn finish(&mut self) -> Result<()> {
         let cg = self.cgroups.take().map_or(Ok(()), |c| c.destroy());
+        // Only once the guest (and with it its overlays) is gone.
+        if cg.is_ok() {
+            for dir in std::mem::take(&mut self.work_dirs) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         let st = match (&cg, self.state_dir.as_mut()) {
             (Ok(()), Some(state_dir)) => {
                 drop(self.range_lock.take());
@@ -192,12 +204,14 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         cgroups: None,
         range_lock: None,
         network_tail: !network.plan.is_empty(),
+        work_dirs: Vec::new(),
     };
     let mut network = network;
     network.janitor = Some(link.try_clone()?);
     let state_dir = session
         .state_dir
         .insert(StateDir::claim(&spec.machine, &link)?);
+    make_work_dirs(spec, &link, &mut session.work_dirs)?;
     let mut notices = Vec::new();
     let mut host = HostLink::open(spec, &link, &mut |n| notices.push(n))?;
     for n in &notices {
@@ -291,6 +305,28 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
     let outcome = result?;
     cleanup?;
     Ok(outcome)
+}
+
+/// The writable `--overlay`s' work directories, beside their upper
+/// layers (overlayfs wants them on the same filesystem), fresh: a
+/// leftover of this machine's is emptied first.
+fn make_work_dirs(
+    spec: &Spec,
+    link: &crate::launcher::janitor::claim::JanitorLink,
+    made: &mut Vec<std::path::PathBuf>,
+) -> Result<()> {
+    for m in &spec.mounts {
+        if let crate::spec::mounts::CustomMount::Overlay {
+            work: Some(work), ..
+        } = m
+        {
+            link.note(&Claim::WorkDir(work.clone()), None)?;
+            made.push(work.clone());
+            let _ = std::fs::remove_dir_all(work);
+            std::fs::create_dir(work).map_err(|e| Error::io("creating", work, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Boot the guest, again after each reboot unless `--keep-unit`.

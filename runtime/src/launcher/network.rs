@@ -65,9 +65,10 @@ impl NetworkRun {
             .as_ref()
             .map(|p| open_netns(p))
             .transpose()?;
-        // A read-only image root (squashfs, erofs, a read-only partition or
-        // medium) makes nspawn bind instead of copy, as --read-only does.
-        let etc_writable = !spec.image.as_ref().is_some_and(|i| i.read_only);
+        // A read-only /etc (--read-only, --volatile=state, a read-only
+        // image root) is bound over, as nspawn does, instead of copied into.
+        let etc_writable =
+            spec.filesystem.etc_writable() && !spec.image.as_ref().is_some_and(|i| i.read_only);
         let guest = GuestNetwork {
             namespace,
             await_links: !plan.is_empty(),

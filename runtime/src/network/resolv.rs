@@ -204,6 +204,15 @@ fn bind_file(root: &Path, guest_path: &str, source: &Path) -> Result<()> {
     target.attach(clone).map(drop)
 }
 
+/// Whether `e` says the guest's /etc is read-only (`--read-only`,
+/// `--volatile=state`).
+fn is_read_only(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.raw_os_error() == Some(libc::EROFS))
+        || e.to_string().contains("Read-only file system")
+}
+
 /// Carry out the resolv.conf action on the assembled root. Returns a
 /// warning line where nspawn warns and goes on.
 pub(crate) fn apply_resolv(
@@ -237,15 +246,13 @@ pub(crate) fn apply_resolv(
         }
     };
     let replace = matches!(action, ResolvAction::Replace(_));
+    // A read-only /etc without the file to bind over: nspawn warns.
     match write_file(&etc, "resolv.conf", &content, replace) {
         Ok(true) => chown(&etc, "resolv.conf", owner),
         Ok(false) => {}
-        // A read-only root without the file to bind onto: nspawn warns
-        // and goes on.
-        Err(e) if matches!(action, ResolvAction::Bind(_)) => {
+        Err(e) if is_read_only(&e) => {
             return Ok(Some(format!(
-                "Failed to bind {} into the container's /etc/resolv.conf, ignoring: {e}",
-                source.path()
+                "Failed to set up /etc/resolv.conf in the container, ignoring: {e}"
             )));
         }
         Err(e) => return Err(e),
@@ -314,17 +321,14 @@ pub(crate) fn apply_timezone(
                 }
             };
             match write_file(&etc, "localtime", &content, true) {
-                Ok(_) => {}
-                // A read-only root without the file to bind onto: nspawn
-                // warns and goes on.
-                Err(e) if action == TimezoneAction::Bind => {
+                Ok(_) => chown(&etc, "localtime", owner),
+                Err(e) if is_read_only(&e) => {
                     return Ok(Some(format!(
-                        "Failed to bind /etc/localtime into the container, ignoring: {e}"
+                        "Failed to set up /etc/localtime in the container, ignoring: {e}"
                     )));
                 }
                 Err(e) => return Err(e),
             }
-            chown(&etc, "localtime", owner);
             Ok(None)
         }
     }

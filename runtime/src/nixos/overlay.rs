@@ -187,7 +187,11 @@ pub fn mount_points(paths: &[Entry], mounts: &[CustomMount]) -> Vec<MountPoint> 
                 target,
                 std::fs::metadata(source).map_or(true, |m| m.is_dir()),
             ),
-            CustomMount::Tmpfs { target, .. } => (target, true),
+            CustomMount::Tmpfs { target, .. } | CustomMount::Overlay { target, .. } => {
+                (target, true)
+            }
+            // Masks only what exists: nothing to make.
+            CustomMount::Inaccessible { .. } => continue,
         };
         let Ok(rel) = target.strip_prefix(STORE) else {
             continue;

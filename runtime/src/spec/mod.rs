@@ -5,6 +5,7 @@ pub mod capabilities;
 pub mod closure;
 pub mod credentials;
 pub mod environment;
+pub mod filesystem;
 pub mod filter;
 pub mod identity;
 pub mod image;
@@ -82,6 +83,8 @@ pub struct Spec {
     pub ephemeral: bool,
     /// `--image=`: the root comes from a disk image (`directory` is None).
     pub image: Option<crate::spec::image::ImageSpec>,
+    /// `--read-only`, `--volatile=`, `--pivot-root=`.
+    pub filesystem: crate::spec::filesystem::Filesystem,
     /// Boot a NixOS toplevel from the store.
     pub store: Option<StoreSpec>,
     pub machine: MachineName,
@@ -170,6 +173,7 @@ pub(crate) mod tests {
             directory: None,
             ephemeral: false,
             image: None,
+            filesystem: Default::default(),
             store: None,
             machine: MachineName::new("test").expect("a valid name"),
             hostname: "test".into(),

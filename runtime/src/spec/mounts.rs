@@ -39,6 +39,39 @@ pub enum CustomMount {
         target: PathBuf,
         options: String,
     },
+    /// `--overlay`/`--overlay-ro`: `lower` bottom first; `upper` None for a
+    /// tmpfs upper layer (nspawn's empty upper path).
+    Overlay {
+        lower: Vec<OverlayPath>,
+        upper: Option<OverlayPath>,
+        target: PathBuf,
+        read_only: bool,
+        /// The overlay's work directory, beside `upper` on the host, made
+        /// and removed by the launcher (set from the machine's name).
+        work: Option<PathBuf>,
+    },
+    /// `--inaccessible`: over-mounted by an inaccessible node of its type.
+    Inaccessible {
+        target: PathBuf,
+    },
+}
+
+/// One directory of an overlay: on the host, or (nspawn's `+` prefix)
+/// inside the guest's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayPath {
+    Host(PathBuf),
+    InRoot(PathBuf),
+}
+
+impl OverlayPath {
+    /// The upper layer on the host (a `+` one lives in the tree).
+    pub fn host_path(&self, tree: Option<&std::path::Path>) -> Option<PathBuf> {
+        match self {
+            OverlayPath::Host(p) => Some(p.clone()),
+            OverlayPath::InRoot(p) => tree.map(|t| t.join(p.strip_prefix("/").unwrap_or(p))),
+        }
+    }
 }
 
 fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> Error {
@@ -151,6 +184,86 @@ impl CustomMount {
     }
 }
 
+impl CustomMount {
+    /// `[+]LOWER...:[+]UPPER:DEST` (or `[+]LOWER:[+]UPPER`, the upper also
+    /// being the destination) as for `--overlay`/`--overlay-ro`. Relative
+    /// host paths are taken from the current directory, as nspawn does.
+    pub fn parse_overlay(value: &str, read_only: bool) -> Result<Self> {
+        let what = if read_only {
+            "--overlay-ro"
+        } else {
+            "--overlay"
+        };
+        let parts = split_colons(value);
+        if parts.len() < 2 {
+            return Err(invalid(
+                what,
+                value,
+                "expected at least two colon-separated paths",
+            ));
+        }
+        let source = |p: &str| -> Result<OverlayPath> {
+            if let Some(inside) = p.strip_prefix('+') {
+                return absolute_path(what, value, inside).map(OverlayPath::InRoot);
+            }
+            if p.is_empty() {
+                return Err(invalid(what, value, "an empty lower path"));
+            }
+            let path = std::path::absolute(p).map_err(|e| invalid(what, value, e.to_string()))?;
+            if path.components().any(|c| c == Component::ParentDir) {
+                return Err(invalid(what, value, format!("{p:?} contains '..'")));
+            }
+            Ok(OverlayPath::Host(path))
+        };
+        let (lower, upper, target) = if parts.len() == 2 {
+            let upper = source(&parts[1])?;
+            let target = match &upper {
+                OverlayPath::Host(p) | OverlayPath::InRoot(p) => p.clone(),
+            };
+            (&parts[..1], Some(upper), target)
+        } else {
+            let n = parts.len();
+            let upper = match parts[n - 2].as_str() {
+                "" => None,
+                p => Some(source(p)?),
+            };
+            (
+                &parts[..n - 2],
+                upper,
+                absolute_path(what, value, &parts[n - 1])?,
+            )
+        };
+        let lower = lower
+            .iter()
+            .map(|p| source(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CustomMount::Overlay {
+            lower,
+            upper,
+            target,
+            read_only,
+            work: None,
+        })
+    }
+
+    /// `PATH` as for `--inaccessible`.
+    pub fn parse_inaccessible(value: &str) -> Result<Self> {
+        Ok(CustomMount::Inaccessible {
+            target: absolute_path("--inaccessible", value, value)?,
+        })
+    }
+
+    /// Where it is mounted in the guest.
+    pub fn target(&self) -> &std::path::Path {
+        match self {
+            CustomMount::Bind { target, .. }
+            | CustomMount::Tmpfs { target, .. }
+            | CustomMount::Overlay { target, .. }
+            | CustomMount::Inaccessible { target } => target,
+        }
+    }
+}
+
 /// Split mount(8)-style `options` into mount flags (starting from `base`,
 /// each word setting or clearing one, as systemd's option mangling does)
 /// and the rest, the filesystem's own data.
@@ -244,6 +357,52 @@ mod tests {
                 .contains("not implemented")
         );
         assert!(CustomMount::parse_bind("/a:/b:c:d", BindAccess::ReadWrite).is_err());
+    }
+
+    #[test]
+    fn overlay_specs() {
+        let host = |p: &str| OverlayPath::Host(p.into());
+        assert_eq!(
+            CustomMount::parse_overlay("/a:/b:/c:/d", false).unwrap(),
+            CustomMount::Overlay {
+                lower: vec![host("/a"), host("/b")],
+                upper: Some(host("/c")),
+                target: "/d".into(),
+                read_only: false,
+                work: None,
+            }
+        );
+        assert_eq!(
+            CustomMount::parse_overlay("/a:/b", true).unwrap(),
+            CustomMount::Overlay {
+                lower: vec![host("/a")],
+                upper: Some(host("/b")),
+                target: "/b".into(),
+                read_only: true,
+                work: None,
+            }
+        );
+        assert_eq!(
+            CustomMount::parse_overlay("+/var::/var", false).unwrap(),
+            CustomMount::Overlay {
+                lower: vec![OverlayPath::InRoot("/var".into())],
+                upper: None,
+                target: "/var".into(),
+                read_only: false,
+                work: None,
+            }
+        );
+        let cwd = std::env::current_dir().unwrap();
+        assert!(matches!(
+            CustomMount::parse_overlay("rel:/x:/y", false).unwrap(),
+            CustomMount::Overlay { lower, .. } if lower == vec![OverlayPath::Host(cwd.join("rel"))]
+        ));
+        assert!(CustomMount::parse_overlay("/a", false).is_err());
+        assert!(CustomMount::parse_overlay("/a:/b:rel", false).is_err());
+        assert!(CustomMount::parse_overlay(":/b:/c", false).is_err());
+        assert!(CustomMount::parse_overlay("+rel:/b:/c", false).is_err());
+        assert!(CustomMount::parse_inaccessible("/x").is_ok());
+        assert!(CustomMount::parse_inaccessible("x").is_err());
     }
 
     #[test]

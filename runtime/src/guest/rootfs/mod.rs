@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, umount2};
 
 use crate::error::{Error, Result};
-use crate::guest::rootfs::mounts::{Owner, attach, bind, ensure_dir, mount_fs, propagation};
+use crate::guest::rootfs::mounts::{
+    Owner, Target, attach, bind, clone_tree, ensure_dir, mount_fs, mount_new, propagation,
+};
+use crate::guest::rootfs::resolve::Create;
+use crate::spec::filesystem::{Filesystem, PivotRoot, Volatile};
 use std::os::fd::OwnedFd;
 
 /// Detach our mount namespace from the host's: nothing we mount propagates
@@ -30,6 +34,7 @@ pub(crate) fn assemble(
     tree: Option<&Path>,
     mount_point: &Path,
     ephemeral: bool,
+    layout: &Filesystem,
     owner: Owner,
     idmapped: Option<&OwnedFd>,
 ) -> Result<PathBuf> {
@@ -41,6 +46,10 @@ pub(crate) fn assemble(
     let root = match tree {
         None => {
             mount_fs("tmpfs", mount_point, flags, Some(&owner.tmpfs("mode=0755")))?;
+            mount_point.to_path_buf()
+        }
+        Some(tree) if layout.volatile == Volatile::Yes => {
+            volatile_root(tree, mount_point, owner, idmapped)?;
             mount_point.to_path_buf()
         }
         Some(tree) if ephemeral => {
@@ -93,8 +102,184 @@ pub(crate) fn assemble(
             mount_point.to_path_buf()
         }
     };
+    if let Some(pivot) = &layout.pivot_root
+        && tree.is_some()
+        && layout.volatile != Volatile::Yes
+    {
+        pivot_within(&root, pivot)?;
+    }
+    // As nspawn: the tree read-only (all its mounts) before anything is
+    // mounted on it, so a mount point the tree lacks cannot be made.
+    if tree.is_some()
+        && (layout.volatile == Volatile::State
+            || (layout.read_only && layout.volatile == Volatile::No))
+    {
+        seal_read_only(&root)?;
+    }
+    if tree.is_some() && layout.volatile == Volatile::State {
+        let var = Target::resolve(&root, Path::new("/var"), Create::Nothing)?;
+        mount_new(
+            "tmpfs",
+            &var,
+            MsFlags::MS_STRICTATIME,
+            Some(&owner.tmpfs(VOLATILE_TMPFS)),
+        )?;
+    }
     propagation(&root, MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
     Ok(root)
+}
+
+/// nspawn's options for a volatile root or /var: a quarter of the RAM.
+const VOLATILE_TMPFS: &str = "mode=0755,size=25%,nr_inodes=1m";
+
+/// The mount at `root` and every mount below it read-only.
+fn seal_read_only(root: &Path) -> Result<()> {
+    let fd = nix::fcntl::open(
+        root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening", root, e.into()))?;
+    crate::sys::mount_setattr(
+        std::os::fd::AsFd::as_fd(&fd),
+        true,
+        crate::sys::MOUNT_ATTR_RDONLY,
+        0,
+    )
+    .map_err(|e| Error::Mount {
+        what: "read-only remount of the tree".into(),
+        target: root.to_path_buf(),
+        source: e,
+    })
+}
+
+/// A detached copy of the mount tree at what `fd` was opened on.
+fn clone_at(fd: &OwnedFd) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    clone_tree(
+        Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        true,
+    )
+}
+
+/// `--volatile=yes`: a fresh tmpfs root holding the tree's /usr, bound
+/// read-only, and nspawn's base directories and links into /usr.
+fn volatile_root(
+    tree: &Path,
+    mount_point: &Path,
+    owner: Owner,
+    idmapped: Option<&OwnedFd>,
+) -> Result<()> {
+    mount_fs(
+        "tmpfs",
+        mount_point,
+        MsFlags::MS_STRICTATIME,
+        Some(&owner.tmpfs(VOLATILE_TMPFS)),
+    )?;
+    // The tree's /usr, resolved inside it (never a link out of it). An
+    // idmapped clone of the tree is attached for that on a staging
+    // directory first: a detached mount's subdirectory cannot be cloned.
+    let staging = mount_point.join(".nixspawn-tree");
+    let tree_root = match idmapped {
+        Some(fd) => {
+            ensure_dir(&staging, 0o700)?;
+            attach(fd, &staging)?;
+            staging.clone()
+        }
+        None => tree.to_path_buf(),
+    };
+    let usr = resolve::open_in(&tree_root, Path::new("/usr"), Create::Nothing)
+        .and_then(|usr| clone_at(&usr));
+    if idmapped.is_some() {
+        umount2(&staging, MntFlags::MNT_DETACH)
+            .map_err(|e| Error::syscall("umount2(staging)", e))?;
+        std::fs::remove_dir(&staging).map_err(|e| Error::io("removing", &staging, e))?;
+    }
+    let usr = usr?;
+    crate::sys::mount_setattr(
+        std::os::fd::AsFd::as_fd(&usr),
+        true,
+        crate::sys::MOUNT_ATTR_RDONLY,
+        0,
+    )
+    .map_err(|e| Error::Mount {
+        what: format!("read-only bind of {}/usr", tree.display()),
+        target: mount_point.join("usr"),
+        source: e,
+    })?;
+    for (dir, mode) in BASE_DIRS {
+        let p = mount_point.join(dir);
+        ensure_dir(&p, 0o755)?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode))
+            .map_err(|e| Error::io("chmod", &p, e))?;
+        owner.chown(&p)?;
+    }
+    attach(&usr, &mount_point.join("usr"))?;
+    for (link, targets) in BASE_LINKS {
+        // The first target the tree's /usr has (for lib64, the one holding
+        // the dynamic loader), as systemd's base filesystem does.
+        let found = targets.iter().find(|(target, needs)| {
+            let t = mount_point.join(target);
+            t.is_dir() && needs.is_none_or(|n| t.join(n).exists())
+        });
+        if let Some((target, _)) = found {
+            let p = mount_point.join(link);
+            std::os::unix::fs::symlink(target, &p).map_err(|e| Error::io("symlink", &p, e))?;
+            owner.chown(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// The directories of systemd's base filesystem, with their modes.
+const BASE_DIRS: &[(&str, u32)] = &[
+    ("usr", 0o755),
+    ("etc", 0o755),
+    ("var", 0o755),
+    ("root", 0o750),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("dev", 0o555),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+];
+
+/// Its links into /usr: each to the first target that exists (and holds
+/// the named file, where one is named).
+type LinkTargets = &'static [(&'static str, Option<&'static str>)];
+const BASE_LINKS: &[(&str, LinkTargets)] = &[
+    ("bin", &[("usr/bin", None)]),
+    ("lib", &[("usr/lib", None)]),
+    ("sbin", &[("usr/sbin", None)]),
+    (
+        "lib64",
+        &[
+            ("usr/lib/x86_64-linux-gnu", Some("ld-linux-x86-64.so.2")),
+            ("usr/lib64", Some("ld-linux-x86-64.so.2")),
+        ],
+    ),
+];
+
+/// `--pivot-root=NEW[:OLD]`: the tree's NEW becomes the root, stacked on
+/// the mount point; with OLD, the whole tree stays reachable there.
+fn pivot_within(root: &Path, pivot: &PivotRoot) -> Result<()> {
+    let new_root = resolve::open_in(root, &pivot.new_root, Create::Nothing)?;
+    if let Some(old) = &pivot.old_root {
+        let whole = clone_tree(root, true)?;
+        let inside = pivot.new_root.join(old.strip_prefix("/").unwrap_or(old));
+        let at = resolve::open_in(root, &inside, Create::Nothing)?;
+        crate::sys::move_mount_onto(
+            std::os::fd::AsFd::as_fd(&whole),
+            std::os::fd::AsFd::as_fd(&at),
+        )
+        .map_err(|e| Error::Mount {
+            what: "the old root".into(),
+            target: inside,
+            source: e,
+        })?;
+    }
+    let new_root = clone_at(&new_root)?;
+    attach(&new_root, root)
 }
 
 fn copy_root_attributes(tree: &Path, upper: &Path) -> Result<()> {
@@ -107,7 +292,7 @@ fn copy_root_attributes(tree: &Path, upper: &Path) -> Result<()> {
 }
 
 /// overlayfs takes ',' and ':' as separators and '\' as escape in its options.
-fn escape_overlay(p: &Path) -> String {
+pub(crate) fn escape_overlay(p: &Path) -> String {
     let mut out = String::new();
     for c in p.to_string_lossy().chars() {
         if matches!(c, ',' | ':' | '\\') {

@@ -11,7 +11,7 @@ use nix::mount::{MsFlags, mount};
 
 use crate::error::{Error, Result};
 use crate::guest::rootfs::resolve::{self, Create};
-use crate::spec::mounts::{BindIdmap, CustomMount};
+use crate::spec::mounts::{BindIdmap, CustomMount, OverlayPath};
 
 /// Who owns what the launcher creates for the guest: host root, or under a
 /// user namespace the guest's root (the host id its range starts at).
@@ -74,6 +74,11 @@ impl Target {
     /// Where it is, as a path (for messages and the guest's view).
     pub fn shown(&self) -> &Path {
         &self.shown
+    }
+
+    /// A path to exactly what was resolved (/proc/self/fd/N).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
     /// Say where it is in terms of the guest's root (for one of ours that
@@ -389,6 +394,8 @@ pub(crate) struct MountContext<'a> {
     pub owner: Owner,
     /// The guest's range, and the user namespace mapping [0, range) onto it.
     pub mapping: Option<(crate::spec::userns::UidRange, &'a std::os::fd::OwnedFd)>,
+    /// The inaccessible nodes (in /run/host), for `--inaccessible`.
+    pub inaccessible: Option<PathBuf>,
 }
 
 impl CustomMount {
@@ -452,8 +459,161 @@ impl CustomMount {
                 );
                 mount_new("tmpfs", &dst, flags, Some(&ctx.owner.tmpfs(&data))).map(drop)
             }
+            CustomMount::Overlay {
+                lower,
+                upper,
+                target,
+                read_only,
+                work,
+            } => apply_overlay(root, lower, upper.as_ref(), target, *read_only, work, ctx),
+            CustomMount::Inaccessible { target } => {
+                // As nspawn: the path must exist (a symlink is followed,
+                // inside the root), and is covered by a read-only bind of
+                // the node of its type.
+                let dst = Target::resolve(root, target, Create::Nothing)?;
+                let meta =
+                    fs::metadata(dst.path()).map_err(|e| Error::io("stat", dst.shown(), e))?;
+                use std::os::unix::fs::FileTypeExt;
+                let t = meta.file_type();
+                let node = if t.is_dir() {
+                    "dir"
+                } else if t.is_fifo() {
+                    "fifo"
+                } else if t.is_socket() {
+                    "sock"
+                } else if t.is_char_device() {
+                    "chr"
+                } else if t.is_block_device() {
+                    "blk"
+                } else {
+                    "reg"
+                };
+                let nodes = ctx
+                    .inaccessible
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidValue {
+                        what: "--inaccessible",
+                        value: target.display().to_string(),
+                        reason: "no inaccessible nodes to mount from".into(),
+                    })?;
+                bind_onto(&nodes.join(node), &dst, false, true).map(drop)
+            }
         }
     }
+}
+
+/// An overlay's directory as a path the overlay may be given: a host path
+/// as it is, one in the guest's root resolved inside it.
+fn layer(root: &Path, p: &OverlayPath) -> Result<PathBuf> {
+    match p {
+        OverlayPath::Host(p) => Ok(p.clone()),
+        OverlayPath::InRoot(p) => resolve::in_root(root, p, Create::Nothing),
+    }
+}
+
+/// `--overlay`/`--overlay-ro` as nspawn mounts them: lowerdir is the
+/// lower paths top first; read-only, the upper is just the top lower
+/// layer; writable, the work directory is the launcher's, beside the
+/// upper (the same filesystem, as overlayfs needs); without an upper a
+/// detached tmpfs holds both (gone with the last reference to it).
+fn apply_overlay(
+    root: &Path,
+    lower: &[OverlayPath],
+    upper: Option<&OverlayPath>,
+    target: &Path,
+    read_only: bool,
+    work: &Option<PathBuf>,
+    ctx: &MountContext<'_>,
+) -> Result<()> {
+    let mut lowers = lower
+        .iter()
+        .map(|p| layer(root, p))
+        .collect::<Result<Vec<_>>>()?;
+    lowers.reverse();
+    let upper = upper.map(|u| layer(root, u)).transpose()?;
+    // Named in the error, which overlayfs's ENOENT would not.
+    for l in lowers.iter().chain(&upper) {
+        fs::metadata(l).map_err(|e| Error::io("overlay layer", l, e))?;
+    }
+    let dst = Target::resolve(root, target, Create::Dir(0o755))?;
+    let mount_err = |e: io::Error| Error::Mount {
+        what: "overlay".into(),
+        target: dst.shown().to_path_buf(),
+        source: e,
+    };
+    let escape = |p: &Path| crate::guest::rootfs::escape_overlay(p);
+    let list = |ps: &[PathBuf]| ps.iter().map(|p| escape(p)).collect::<Vec<_>>().join(":");
+    if read_only || upper.is_some() {
+        let (flags, data) = match (read_only, upper) {
+            (true, upper) => {
+                let mut all: Vec<PathBuf> = upper.into_iter().collect();
+                all.extend(lowers);
+                (MsFlags::MS_RDONLY, format!("lowerdir={}", list(&all)))
+            }
+            (false, Some(upper)) => {
+                let work = work.as_ref().ok_or_else(|| Error::InvalidValue {
+                    what: "--overlay",
+                    value: upper.display().to_string(),
+                    reason: "no work directory was made for the upper layer".into(),
+                })?;
+                (
+                    MsFlags::empty(),
+                    format!(
+                        "lowerdir={},upperdir={},workdir={}",
+                        list(&lowers),
+                        escape(&upper),
+                        escape(work)
+                    ),
+                )
+            }
+            (false, None) => unreachable!("checked above"),
+        };
+        // By the descriptor's path, so the overlay lands on what was resolved.
+        return mount(
+            Some("overlay"),
+            &dst.path(),
+            Some("overlay"),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(|e| mount_err(e.into()));
+    }
+    // A tmpfs upper: detached, its directories reached through its
+    // descriptor, the layers handed to overlayfs by descriptor too.
+    let tmpfs =
+        crate::sys::new_mount(c"tmpfs", &ctx.owner.tmpfs("mode=0755"), 0).map_err(mount_err)?;
+    let base = PathBuf::from(format!("/proc/self/fd/{}", tmpfs.as_raw_fd()));
+    let (up, wk) = (base.join("upper"), base.join("work"));
+    for d in [&up, &wk] {
+        ensure_dir(d, 0o755)?;
+        ctx.owner.chown(d)?;
+    }
+    let open = |p: &Path| -> Result<OwnedFd> {
+        nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::io("opening", p, e.into()))
+    };
+    let fs = crate::sys::FsContext::open(c"overlay").map_err(mount_err)?;
+    fs.set_string(c"source", c"overlay").map_err(mount_err)?;
+    // The lower layers by path (as the other overlays name them, and
+    // mountinfo shows them), the tmpfs's directories by descriptor.
+    let lowerdir = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+        std::ffi::OsStr::new(&list(&lowers)),
+    ))
+    .map_err(|_| mount_err(io::ErrorKind::InvalidInput.into()))?;
+    fs.set_string(c"lowerdir", &lowerdir).map_err(mount_err)?;
+    fs.set_fd(c"upperdir", open(&up)?.as_fd())
+        .map_err(mount_err)?;
+    fs.set_fd(c"workdir", open(&wk)?.as_fd())
+        .map_err(mount_err)?;
+    fs.create().map_err(mount_err)?;
+    let fd = fs.mount(0).map_err(mount_err)?;
+    dst.attach(fd).map(drop)
 }
 
 /// move_mount a detached mount onto `target`.

@@ -34,6 +34,9 @@ pub(crate) enum Claim {
     /// A step of the network setup (see `network::cleanup`); the guest's
     /// network namespace comes with `Netns(true)`.
     Network(crate::network::cleanup::NetClaim),
+    /// An `--overlay`'s work directory, about to be made (removed with
+    /// the guest).
+    WorkDir(PathBuf),
     /// The launcher released everything itself.
     Done,
     /// The launcher could not release everything: release what is left.

@@ -98,6 +98,7 @@ struct Claims {
     scope: Option<String>,
     registered: Option<Via>,
     network: crate::network::cleanup::Leftovers,
+    work_dirs: Vec<PathBuf>,
 }
 
 impl Claims {
@@ -131,6 +132,7 @@ impl Claims {
             Claim::Scope(unit) => self.scope = unit,
             Claim::Registered(via) => self.registered = via,
             Claim::Network(c) => self.network.apply(c, fd.map(OwnedFd::from)),
+            Claim::WorkDir(path) => self.work_dirs.push(path),
             Claim::Done | Claim::ReleaseRest => {}
         }
     }
@@ -160,6 +162,9 @@ impl Claims {
                         crate::host::machined::unregister(None, &n.name, via);
                     }
                     let _ = crate::state::remove_state_dir(&n.state_dir);
+                    for dir in &self.work_dirs {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
                     lockfile::release(&n.lock, held);
                 }
                 // Released by the launcher already, or someone else's now.
