@@ -1,5 +1,6 @@
 //! The few operating-system calls the binaries and tests need directly,
-//! each sound whatever it is given (the rest of `sys` stays in the crate).
+//! each sound whatever it is given (the rest of `sys` stays in the crate),
+//! and safe helpers the crate's event loops share.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -45,4 +46,17 @@ pub fn inheritable(fd: BorrowedFd<'_>) -> io::Result<()> {
     )
     .map(drop)
     .map_err(io::Error::from)
+}
+
+/// poll(2) without a timeout, then which of `fds` are ready (readable,
+/// hung up or in error); none after an interrupting signal.
+pub(crate) fn poll_ready(fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<Vec<bool>> {
+    match nix::poll::poll(fds, nix::poll::PollTimeout::NONE) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(fds
+        .iter()
+        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+        .collect())
 }

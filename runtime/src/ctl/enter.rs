@@ -213,14 +213,7 @@ fn relay_login(master: OwnedFd, leader: &OwnedFd, signals: &SignalFd) -> Result<
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(leader.as_fd(), PollFlags::POLLIN),
         ];
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::syscall("poll", e)),
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let ready = crate::os::poll_ready(&mut fds).map_err(|e| Error::syscall("poll", e))?;
         if ready[0] {
             console.drain_output(64 * 1024);
         }
@@ -804,14 +797,7 @@ fn relay(
         for &i in &open {
             fds.push(PollFd::new(streams[i].from.fd(), PollFlags::POLLIN));
         }
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::syscall("poll", e)),
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let ready = crate::os::poll_ready(&mut fds).map_err(|e| Error::syscall("poll", e))?;
         drop(fds);
         if ready[1] {
             while let Ok(Some(info)) = signals.read_signal() {

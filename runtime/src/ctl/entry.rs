@@ -286,14 +286,7 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
                 fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
             }
         }
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::syscall("poll", e)),
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let ready = crate::os::poll_ready(&mut fds).map_err(|e| Error::syscall("poll", e))?;
         drop(fds);
         if ready[1] {
             // PID 1 ended: its PID namespace and every command with it.

@@ -6,7 +6,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::signalfd::SignalFd;
 
 use crate::error::{Error, Result};
@@ -250,12 +250,8 @@ impl Watch<'_, '_> {
             host: slot(&mut fds, host_fd),
             network: slot(&mut fds, self.network.as_ref().and_then(|n| n.watch_fd())),
         };
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::syscall("poll", e)),
-        }
-        let fired =
-            |i: Option<usize>| i.is_some_and(|i| fds[i].revents().is_some_and(|r| !r.is_empty()));
+        let ready = crate::os::poll_ready(&mut fds).map_err(|e| Error::syscall("poll", e))?;
+        let fired = |i: Option<usize>| i.is_some_and(|i| ready[i]);
         Ok(Ready {
             leader: fired(slots.leader),
             signals: fired(slots.signals),

@@ -206,18 +206,16 @@ fn watch(channel: Channel, launcher: libc::pid_t) -> ! {
     }
     let mut claims = Claims::default();
     loop {
-        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        use nix::poll::{PollFd, PollFlags};
         let mut fds = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
         if let Some(l) = &launcher_fd {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => break,
-        }
-        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-        let (message, launcher_gone) = (ready(&fds[0]), fds.get(1).is_some_and(ready));
+        let Ok(ready) = crate::os::poll_ready(&mut fds) else {
+            break;
+        };
         drop(fds);
+        let (message, launcher_gone) = (ready[0], ready.get(1) == Some(&true));
         // What the launcher sent before it died is still queued: read it first.
         if message {
             match channel.recv::<Claim>() {
