@@ -570,24 +570,13 @@ fn options_needing_what_the_host_lacks_are_refused_by_name() {
         };
         assert!(line.contains(want), "{opt}: {line}");
     }
-    let line = refused(&[
-        "-M",
-        "i16-vr",
-        "-i",
-        image,
-        "--private-users-delegate=1",
-        "true",
-    ]);
-    assert!(line.contains("systemd-nsresourced"), "{line}");
-    let line = refused(&[
-        "-M",
-        "i16-vr",
-        "-i",
-        image,
-        "--forward-journal=/tmp/j",
-        "true",
-    ]);
-    assert!(line.contains("systemd-journal-remote"), "{line}");
+    for (opt, missing) in [
+        ("--private-users-delegate=1", "systemd-nsresourced"),
+        ("--forward-journal=/tmp/j", "systemd-journal-remote"),
+    ] {
+        let line = refused(&["-M", "i16-vr", "-i", image, opt, "true"]);
+        assert!(line.contains(missing), "{opt}: {line}");
+    }
     let line = refused(&[
         "-M",
         "i16-vr",

@@ -82,6 +82,15 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// `open`'s use flags, the read-only and growfs words kept.
+    fn allow_every_use(&mut self) {
+        *self = Flags {
+            read_only: self.read_only,
+            growfs: self.growfs,
+            ..Flags::OPEN
+        };
+    }
+
     const OPEN: Flags = Flags {
         unprotected: true,
         verity: true,
@@ -115,22 +124,7 @@ impl Flags {
                 "unused" => f.unused = true,
                 "absent" => f.absent = true,
                 "open" => {
-                    let o = Flags::OPEN;
-                    (
-                        f.unprotected,
-                        f.verity,
-                        f.signed,
-                        f.encrypted,
-                        f.unused,
-                        f.absent,
-                    ) = (
-                        o.unprotected,
-                        o.verity,
-                        o.signed,
-                        o.encrypted,
-                        o.unused,
-                        o.absent,
-                    );
+                    f.allow_every_use();
                 }
                 "ignore" => {
                     (f.unused, f.absent) = (true, true);
@@ -144,22 +138,7 @@ impl Flags {
         }
         // None of the use flags: the policy says nothing, which is `open`.
         if !(f.unprotected || f.verity || f.signed || f.encrypted || f.unused || f.absent) {
-            let o = Flags::OPEN;
-            (
-                f.unprotected,
-                f.verity,
-                f.signed,
-                f.encrypted,
-                f.unused,
-                f.absent,
-            ) = (
-                o.unprotected,
-                o.verity,
-                o.signed,
-                o.encrypted,
-                o.unused,
-                o.absent,
-            );
+            f.allow_every_use();
         }
         f.read_only = (ro_on != ro_off).then_some(ro_on);
         f.growfs = (gf_on != gf_off).then_some(gf_on);
