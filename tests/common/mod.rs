@@ -91,12 +91,22 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// Host mount table lines, minus the fields that change on their own.
+/// Host mount table lines, minus the fields that change on their own and
+/// the mounts other tests running at the same time make and remove: the
+/// network namespaces pinned under /run/netns (network tests, the test
+/// runner) and systemd-nspawn's own propagation mounts (side-by-side
+/// tests). nixspawn makes neither; its own leaks show in the rest.
 pub fn host_mounts() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .map(|l| l.split(' ').skip(3).take(2).collect::<Vec<_>>().join(" "))
+        .map(|l| l.split(' ').skip(3).take(2).collect::<Vec<_>>())
+        .filter(|f| {
+            !f.get(1).is_some_and(|m| {
+                m.starts_with("/run/netns/") || m.starts_with("/run/systemd/nspawn/")
+            })
+        })
+        .map(|f| f.join(" "))
         .collect()
 }
 
