@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(t.paint(b"\x1b[2J"), b"\x1b[2J".to_vec());
         // A window title's text is not looked into.
         assert_eq!(t.paint(b"\x1b]0;x\ny\x07"), b"\x1b]0;x\ny\x07".to_vec());
-        assert_eq!(&Tint::END[..], b"\x1b[0m\x1b[J");
+        assert_eq!(Tint::END, b"\x1b[0m\x1b[J");
     }
 
     #[test]
