@@ -240,7 +240,11 @@ fn first_term_then_second(launcher: &str, tree: &std::path::Path) -> (usize, boo
     let code = wait_exit(&mut child, Duration::from_secs(20));
     seen += &String::from_utf8_lossy(&read_available(&out, Duration::from_millis(100)));
     remove_nspawn_leftovers(tree);
-    unit.assert_left_clean();
+    // (systemd-nspawn 252 leaves its `payload` cgroup behind here; the
+    // unit's drop removes it.)
+    if launcher == NIXSPAWN {
+        unit.assert_left_clean();
+    }
     (seen.matches("got-TERM").count(), still_up, code)
 }
 
@@ -257,9 +261,5 @@ fn kill_signal_once_then_sigkill_on_the_second_sigterm_as_nspawn() {
         "the guest saw the kill signal once under nixspawn"
     );
     assert!(ours.1, "nixspawn killed the guest without a second SIGTERM");
-    assert_eq!(
-        (ours.0, ours.1),
-        (theirs.0, theirs.1),
-        "nixspawn and systemd-nspawn differ"
-    );
+    assert_eq!(ours, theirs, "nixspawn and systemd-nspawn differ");
 }
