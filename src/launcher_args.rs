@@ -366,6 +366,11 @@ pub struct Args {
     #[arg(long = "private-users-chown")]
     pub private_users_chown: bool,
     // ---- end of filesystem options ----
+    // ---- terminal options ----
+    /// Tint the terminal's background with this ANSI SGR color while the console is relayed (empty: none)
+    #[arg(long, value_name = "COLOR", value_parser = values::background)]
+    pub background: Option<String>,
+    // ---- end of terminal options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
@@ -374,13 +379,14 @@ pub struct Args {
 /// systemd-nspawn options nixspawn does not implement (yet), as 252 and
 /// 262 spell them (obsolete spellings included). They are refused by name
 /// rather than reported as unknown.
-pub const UNIMPLEMENTED: &[&str] = &[
-    "--share-system",
-    "--bind-user",
-    "--bind-user-shell",
+pub const UNIMPLEMENTED: &[&str] = &["--share-system", "--bind-user", "--bind-user-shell"];
+
+/// Options people reach for that systemd-nspawn does not have (in any
+/// version up to 262), each with what it does have instead.
+pub const NOT_IN_NSPAWN: &[(&str, &str)] = &[(
     "--kill-signal-delay",
-    "--background",
-];
+    "systemd-nspawn has no --kill-signal-delay: --kill-signal= is sent on the first SIGTERM, and a second SIGTERM kills the container at once",
+)];
 
 /// Why an argv was not taken.
 #[derive(Debug)]
@@ -437,7 +443,9 @@ fn refusal(e: &clap::Error) -> String {
     let line = match (e.kind(), name, value) {
         (ErrorKind::UnknownArgument, Some(a), _) => {
             let name = a.split('=').next().unwrap_or(&a);
-            if UNIMPLEMENTED.contains(&name) {
+            if let Some((_, why)) = NOT_IN_NSPAWN.iter().find(|(n, _)| *n == name) {
+                (*why).to_owned()
+            } else if UNIMPLEMENTED.contains(&name) {
                 format!("the systemd-nspawn option {name} is not implemented by nixspawn yet")
             } else {
                 let hint = text(ContextKind::SuggestedArg)
@@ -513,6 +521,7 @@ impl Args {
             self.console.map(|c| values::CONSOLE.name(c).to_owned()),
         );
         opt("kill-signal", self.kill_signal.map(signals::name));
+        opt("background", self.background.clone());
         opt("notify-ready", yes_no(self.notify_ready));
         opt(
             "register",
@@ -962,6 +971,30 @@ mod tests {
         );
         // An obsolete spelling nspawn still names.
         assert!(refused(&["--share-system"]).contains("not implemented by nixspawn yet"));
+    }
+
+    #[test]
+    fn background_takes_sgr_colors_and_kill_signal_delay_is_not_nspawns() {
+        let a = parse(&argv("-D /tmp --background=48;5;17 /bin/true")).unwrap();
+        assert_eq!(a.background.as_deref(), Some("48;5;17"));
+        let a = parse(&argv("-D /tmp --background= /bin/true")).unwrap();
+        assert_eq!(a.background.as_deref(), Some(""), "empty: no tint");
+        let got = refused(&["--background=\x1b]0;pwned\x07"]);
+        assert!(
+            got.starts_with(
+                "invalid value \"\\u{1b}]0;pwned\\u{7}\" for --background: expected an ANSI SGR"
+            ),
+            "{got}"
+        );
+        assert!(!got.contains('\n'), "{got}");
+        for v in ["--kill-signal-delay=5", "--kill-signal-delay"] {
+            let got = refused(&[v]);
+            assert!(
+                got.starts_with("systemd-nspawn has no --kill-signal-delay: ")
+                    && !got.contains('\n'),
+                "{got}"
+            );
+        }
     }
 
     #[test]

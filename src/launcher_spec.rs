@@ -435,6 +435,8 @@ pub struct Plan {
     pub working_directory: Option<PathBuf>,
     /// `--user`, `--as-pid2`, `--rlimit`, ... (issue 16, group A).
     pub process: nixspawn_runtime::spec::process::Process,
+    /// `--background=` (empty: none).
+    pub background: Option<nixspawn_runtime::spec::terminal::Background>,
     pub quiet: bool,
     pub debug: bool,
     pub warnings: Vec<String>,
@@ -630,6 +632,14 @@ impl Plan {
             load_credentials: args.load_credential,
             working_directory: args.chdir,
             process,
+            background: args
+                .background
+                .as_deref()
+                .map_or(
+                    Ok(None),
+                    nixspawn_runtime::spec::terminal::Background::parse,
+                )
+                .map_err(|e| anyhow!("invalid value for --background: {e}"))?,
             quiet: args.quiet,
             debug: args.debug,
             warnings,
@@ -701,6 +711,10 @@ impl Plan {
             mounts: self.mounts,
             working_directory: self.working_directory,
             process: self.process,
+            // The relay paints only what it writes to our stdout.
+            background: self
+                .background
+                .filter(|_| matches!(console, ConsoleMode::Interactive | ConsoleMode::ReadOnly)),
         };
         Ok((
             spec,

@@ -11,6 +11,7 @@ pub mod nspawn_settings;
 pub mod oci_bundle;
 pub mod process_opts;
 pub mod template;
+pub mod terminal_colors;
 pub mod test_runner;
 pub mod values;
 

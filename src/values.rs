@@ -286,6 +286,13 @@ pub fn signal(text: &str) -> Result<i32, Invalid> {
     Ok(signals::parse(text)?)
 }
 
+/// `--background=`: an SGR background color, or empty for none (kept as
+/// given; the spec holds the checked value).
+pub fn background(text: &str) -> Result<String, Invalid> {
+    nixspawn_runtime::spec::terminal::Background::parse(text).map_err(Invalid)?;
+    Ok(text.to_owned())
+}
+
 /// `--volatile=`: a boolean, `state` or `overlay`.
 pub fn volatile(text: &str) -> Result<nixspawn_runtime::spec::filesystem::Volatile, Invalid> {
     Ok(nixspawn_runtime::spec::filesystem::Volatile::parse(text)?)

@@ -57,7 +57,12 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let run = || -> anyhow::Result<(Spec, bool, Outcome)> {
         let args = launcher_args::parse(&argv)?;
-        let (spec, opts) = launcher_spec::to_spec(args)?;
+        let (mut spec, opts) = launcher_spec::to_spec(args)?;
+        // The tint is terminal output, ours to decide: not into a pipe, a
+        // file, a dumb terminal, or past NO_COLOR / SYSTEMD_COLORS=0.
+        if !nixspawn_cli::terminal_colors::stdout_takes_colors() {
+            spec.background = None;
+        }
         for warning in &opts.warnings {
             eprintln!("nixspawn: {warning}");
         }

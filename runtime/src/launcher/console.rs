@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::termios::{self, SetArg, Termios};
 
+use crate::launcher::tint::Tint;
 use crate::spec::ConsoleMode;
+use crate::spec::terminal::Background;
 use crate::sys;
 
 const ESCAPE: u8 = 0x1d; // ^]
@@ -50,6 +52,18 @@ pub struct Console {
     /// Read-only relay: a `\r` held back from the last read, in case the
     /// next starts with `\n`.
     held_cr: std::cell::Cell<bool>,
+    /// `--background=`: painted behind what we relay, reset when we end.
+    tint: std::cell::RefCell<Option<Tint>>,
+}
+
+impl Drop for Console {
+    /// However the guest ended (or failed to start), the terminal gets its
+    /// own colors back.
+    fn drop(&mut self) {
+        if self.tint.get_mut().is_some() {
+            write_all(sys::stdio(1), Tint::END);
+        }
+    }
 }
 
 /// What the relay wants the launcher to do.
@@ -73,9 +87,29 @@ impl Console {
             mode,
             escapes: Vec::new(),
             held_cr: std::cell::Cell::new(false),
+            tint: std::cell::RefCell::new(None),
         };
         c.sync_size();
         Ok(c)
+    }
+
+    /// Paint `background` behind the guest's output from now until this
+    /// console is dropped. Only for the modes that write to our stdout.
+    pub fn set_background(&mut self, background: &Background) {
+        if !matches!(self.mode, ConsoleMode::Interactive | ConsoleMode::ReadOnly) {
+            return;
+        }
+        let tint = Tint::new(background);
+        write_all(sys::stdio(1), &tint.start());
+        *self.tint.get_mut() = Some(tint);
+    }
+
+    /// Our stdout gets `data`, painted if there is a tint.
+    fn relay(&self, data: &[u8]) {
+        match self.tint.borrow_mut().as_mut() {
+            Some(t) => write_all(sys::stdio(1), &t.paint(data)),
+            None => write_all(sys::stdio(1), data),
+        }
     }
 
     pub fn reads_stdin(&self) -> bool {
@@ -109,9 +143,9 @@ impl Console {
                         ConsoleMode::ReadOnly => {
                             let (out, held) = plain_newlines(&buf[..n], self.held_cr.get());
                             self.held_cr.set(held);
-                            write_all(sys::stdio(1), &out);
+                            self.relay(&out);
                         }
-                        _ => write_all(sys::stdio(1), &buf[..n]),
+                        _ => self.relay(&buf[..n]),
                     }
                 }
             }

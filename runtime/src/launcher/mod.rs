@@ -10,6 +10,7 @@ pub(crate) mod network;
 pub mod notify;
 pub(crate) mod start;
 pub(crate) mod supervise;
+pub(crate) mod tint;
 
 use std::fs::File;
 

@@ -234,6 +234,10 @@ fn place(
 }
 
 fn open_console(launch: &Launch<'_>, master: OwnedFd) -> Result<Console> {
-    Console::new(master, launch.spec.console)
-        .map_err(|e| Error::syscall("opening the console peer", e))
+    let mut console = Console::new(master, launch.spec.console)
+        .map_err(|e| Error::syscall("opening the console peer", e))?;
+    if let Some(bg) = &launch.spec.background {
+        console.set_background(bg);
+    }
+    Ok(console)
 }

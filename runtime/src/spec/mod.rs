@@ -15,6 +15,7 @@ pub mod network;
 pub mod process;
 pub mod signals;
 pub mod syscalls;
+pub mod terminal;
 pub mod userns;
 
 use std::path::PathBuf;
@@ -137,6 +138,10 @@ pub struct Spec {
     /// The payload process: user, stub init, limits, affinity, extra
     /// seccomp rules (`--user`, `--as-pid2`, `--rlimit`, ...).
     pub process: crate::spec::process::Process,
+    /// `--background=`: tint the caller's terminal behind the relayed
+    /// console (the binary sets it only where stdout is a terminal that
+    /// takes colors, and only for the interactive and read-only consoles).
+    pub background: Option<crate::spec::terminal::Background>,
 }
 
 impl Spec {
@@ -203,6 +208,7 @@ pub(crate) mod tests {
             credentials: Vec::new(),
             working_directory: None,
             process: Default::default(),
+            background: None,
         }
     }
 }
