@@ -358,6 +358,8 @@ pub enum Setting {
     Overlay(Vec<String>),
     OverlayReadOnly(Vec<String>),
     Inaccessible(Vec<String>),
+    BindUser(Vec<String>),
+    BindUserShell(nixspawn_runtime::spec::bind_user::Shell),
     ReadOnly(bool),
     Volatile(nixspawn_runtime::spec::filesystem::Volatile),
     PivotRoot(String),
@@ -515,6 +517,10 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
                 _ => Setting::Inaccessible(list),
             }
         }
+        ("Files", "BindUser") => Setting::BindUser(words()?),
+        ("Files", "BindUserShell") => {
+            Setting::BindUserShell(checked(e, &at, values::bind_user_shell(&e.value))?)
+        }
         ("Files", "ReadOnly") => Setting::ReadOnly(yes_no()?),
         ("Files", "Volatile") => Setting::Volatile(checked(e, &at, values::volatile(&e.value))?),
         ("Exec", "PivotRoot") => {
@@ -653,7 +659,7 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
 
 /// Settings systemd-nspawn 252 (and 262, the last four) knows that
 /// nixspawn refuses for now.
-const KNOWN_UNIMPLEMENTED: &[&str] = &["BindUser", "PrivateUsersDelegate", "BindUserShell"];
+const KNOWN_UNIMPLEMENTED: &[&str] = &["PrivateUsersDelegate"];
 
 #[cfg(test)]
 mod tests {
@@ -964,8 +970,12 @@ Private=yes
     fn bad_files_are_refused_with_file_line_and_key() {
         for (text, needle) in [
             (
-                "[Files]\nBindUser=x\n",
-                "t.nspawn:2: [Files] BindUser= is a systemd-nspawn setting nixspawn does not implement",
+                "[Exec]\nPrivateUsersDelegate=2\n",
+                "t.nspawn:2: [Exec] PrivateUsersDelegate= is a systemd-nspawn setting nixspawn does not implement",
+            ),
+            (
+                "[Files]\nBindUserShell=sh\n",
+                "t.nspawn:2: invalid BindUserShell= value \"sh\"",
             ),
             ("[Exec]\nFrobnicate=1\n", "unknown setting"),
             ("Boot=yes\n", "outside of any section"),

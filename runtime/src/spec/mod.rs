@@ -1,6 +1,7 @@
 //! What a container is to be: everything the launcher decided from its
 //! command line, in one plain value the runtime consumes.
 
+pub mod bind_user;
 pub mod capabilities;
 pub mod closure;
 pub mod credentials;
@@ -137,6 +138,8 @@ pub struct Spec {
     /// The payload process: user, stub init, limits, affinity, extra
     /// seccomp rules (`--user`, `--as-pid2`, `--rlimit`, ...).
     pub process: crate::spec::process::Process,
+    /// `--bind-user=`: host users bound in (resolved on the host).
+    pub bind_users: Vec<crate::spec::bind_user::BoundUser>,
 }
 
 impl Spec {
@@ -203,6 +206,7 @@ pub(crate) mod tests {
             credentials: Vec::new(),
             working_directory: None,
             process: Default::default(),
+            bind_users: Vec::new(),
         }
     }
 }
