@@ -25,6 +25,7 @@ struct HostUser {
     name: String,
     home: PathBuf,
     uid: u32,
+    gid: u32,
     _dir: tempfile::TempDir,
 }
 
@@ -49,15 +50,12 @@ impl HostUser {
             "useradd {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let uid = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw();
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
         HostUser {
             name,
             home,
-            uid,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
             _dir: dir,
         }
     }
@@ -89,9 +87,9 @@ fn probe(name: &str, file: &str) -> String {
     format!(
         "getent passwd {name}; getent group {name}; \
          setpriv --reuid={name} --regid={name} --clear-groups id; \
-         awk '$1==60514' /proc/self/uid_map /proc/self/gid_map | tr -s ' '; \
+         awk '$1==60514 {{print $1, $2, $3}}' /proc/self/uid_map /proc/self/gid_map; \
          stat -c '%u:%g %a' /run/host/home/{name}; \
-         grep \" /run/host/home/{name} \" /proc/self/mountinfo | cut -d' ' -f5,6; \
+         grep \" /run/host/home/{name} \" /proc/self/mountinfo | cut -d' ' -f5,6 | sort -u; \
          stat -c '%n %F %a %u:%g' /run/host/userdb /run/host/userdb/*; \
          for f in /run/host/userdb/*; do if [ -L $f ]; then echo \"$f -> $(readlink $f)\"; else echo \"$f:\"; cat $f; fi; done; \
          setpriv --reuid={name} --regid={name} --clear-groups sh -c 'echo hi > /run/host/home/{name}/{file}'; \
@@ -124,7 +122,7 @@ fn a_bound_user_is_seen_and_writes_as_itself_as_under_nspawn() {
         let out = answer(launcher, &tree, &args, &probe(&user.name, "f"));
         assert_eq!(
             host_owner(&user, "f"),
-            (user.uid, user.uid),
+            (user.uid, user.gid),
             "{launcher}: the guest user's file on the host"
         );
         answers.push(out);
@@ -139,8 +137,10 @@ fn a_bound_user_is_seen_and_writes_as_itself_as_under_nspawn() {
         format!("{n}:x:60514:60514::/run/host/home/{n}:"),
         format!("{n}:x:60514:"),
         format!("uid=60514({n}) gid=60514({n}) groups=60514({n})"),
-        format!("60514 {} 1\n60514 {} 1\n", user.uid, user.uid),
-        "60514:60514 700\n".to_owned(),
+        format!("60514 {} 1\n60514 {} 1\n", user.uid, user.gid),
+        "60514:60514 755\n".to_owned(),
+        format!("/run/host/home/{n} rw,relatime\n"),
+        format!("{{\"privileged\":{{\"hashedPassword\":[\"!\"]}}}}"),
         format!("/run/host/userdb/60514.user -> {n}.user"),
         format!("/run/host/userdb/{n}.user:\n{{\"userName\":\"{n}\""),
         "60514:60514\n".to_owned(),
@@ -210,7 +210,7 @@ fn booted_guests_see_the_bound_user_as_under_nspawn() {
     g.wait_ready();
     let state = g.exec(&["/bin/sh", "-c", up]).1;
     let ours = g.sh(&script);
-    assert_eq!(host_owner(&user, "b"), (user.uid, user.uid));
+    assert_eq!(host_owner(&user, "b"), (user.uid, user.gid));
     g.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(g.wait_exit(Duration::from_secs(60)), 0);
     assert_cleaned_up(&name, None);
@@ -235,7 +235,7 @@ fn booted_guests_see_the_bound_user_as_under_nspawn() {
     let their_state = nsenter(pid, up).1;
     let (code, theirs) = nsenter(pid, &script);
     assert_eq!(code, 0, "{theirs}");
-    assert_eq!(host_owner(&user, "b"), (user.uid, user.uid));
+    assert_eq!(host_owner(&user, "b"), (user.uid, user.gid));
     theirs_guest.signal(nix::sys::signal::Signal::SIGTERM);
     theirs_guest.wait_exit(Duration::from_secs(60));
     remove_nspawn_leftovers(&tree);

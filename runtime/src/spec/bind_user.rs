@@ -68,38 +68,36 @@ impl BoundUser {
 
     /// The public user record, one line.
     pub fn user_record(&self) -> String {
-        let mut v = serde_json::json!({
-            "userName": self.name,
-            "uid": self.id,
-            "gid": self.id,
-            "homeDirectory": self.container_home(),
-            "service": "io.systemd.NSpawn",
-        });
+        let mut fields = vec![
+            ("userName", self.name.as_str().into()),
+            ("uid", self.id.into()),
+            ("gid", self.id.into()),
+            (
+                "homeDirectory",
+                self.container_home().to_string_lossy().into_owned().into(),
+            ),
+            ("service", "io.systemd.NSpawn".into()),
+        ];
         if let Some(shell) = &self.shell {
-            v["shell"] = serde_json::Value::from(shell.as_str());
+            fields.push(("shell", shell.as_str().into()));
         }
-        format!("{v}\n")
+        object(&fields)
     }
 
     /// The privileged part (the password hash), if there is one.
     pub fn privileged_record(&self) -> Option<String> {
         let hash = self.hashed_password.as_ref()?;
-        Some(format!(
-            "{}\n",
-            serde_json::json!({ "privileged": { "hashedPassword": [hash] } })
-        ))
+        let inner = serde_json::json!({ "hashedPassword": [hash] });
+        Some(object(&[("privileged", inner)]))
     }
 
     /// The group record (the user's private group).
     pub fn group_record(&self) -> String {
-        format!(
-            "{}\n",
-            serde_json::json!({
-                "groupName": self.name,
-                "gid": self.id,
-                "service": "io.systemd.NSpawn",
-            })
-        )
+        object(&[
+            ("groupName", self.name.as_str().into()),
+            ("gid", self.id.into()),
+            ("service", "io.systemd.NSpawn".into()),
+        ])
     }
 
     /// Refuse a user whose host ids fall inside the container's range:
@@ -140,6 +138,17 @@ pub fn map_lines(shift: u32, range: u32, users: &[(u32, u32)]) -> String {
         out += &format!("{next} {} {}\n", shift + next, range - next);
     }
     out
+}
+
+/// A one-line JSON object with its keys in the order given (nspawn's
+/// order; serde_json's map would sort them), and a newline.
+fn object(fields: &[(&str, serde_json::Value)]) -> String {
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(*k)))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("{{{body}}}\n")
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> Error {
