@@ -134,7 +134,7 @@ fn a_bound_user_is_seen_and_writes_as_itself_as_under_nspawn() {
     let ours = &answers[0];
     let n = &user.name;
     for want in [
-        format!("{n}:x:60514:60514::/run/host/home/{n}:"),
+        format!("{n}:x:60514:60514:{n}:/run/host/home/{n}:"),
         format!("{n}:x:60514:"),
         format!("uid=60514({n}) gid=60514({n}) groups=60514({n})"),
         format!("60514 {} 1\n60514 {} 1\n", user.uid, user.gid),
@@ -209,6 +209,10 @@ fn booted_guests_see_the_bound_user_as_under_nspawn() {
     let mut g = Guest::start(&tree, &name, &args);
     g.wait_ready();
     let state = g.exec(&["/bin/sh", "-c", up]).1;
+    assert!(
+        matches!(state.trim(), "running" | "degraded"),
+        "our guest booted: {state}"
+    );
     let ours = g.sh(&script);
     assert_eq!(host_owner(&user, "b"), (user.uid, user.gid));
     g.signal(nix::sys::signal::Signal::SIGTERM);
@@ -222,7 +226,9 @@ fn booted_guests_see_the_bound_user_as_under_nspawn() {
     let mut leader = None;
     wait_for("nspawn's guest to boot", Duration::from_secs(60), || {
         leader = leader.or_else(|| leader_in(&unit));
-        leader.is_some_and(|pid| nsenter(pid, "systemctl is-system-running").1.trim() != "starting")
+        // systemctl does not reach PID 1 through nsenter; its private
+        // socket shows the manager up.
+        leader.is_some_and(|pid| nsenter(pid, "test -S /run/systemd/private").0 == 0)
             || theirs_guest
                 .child
                 .as_mut()
@@ -232,15 +238,16 @@ fn booted_guests_see_the_bound_user_as_under_nspawn() {
                 .is_some()
     });
     let pid = leader.unwrap_or_else(|| panic!("no leader:\n{}", theirs_guest.console()));
-    let their_state = nsenter(pid, up).1;
     let (code, theirs) = nsenter(pid, &script);
     assert_eq!(code, 0, "{theirs}");
     assert_eq!(host_owner(&user, "b"), (user.uid, user.gid));
+    // A second SIGTERM makes nspawn end the guest at once (its halt is slow).
+    theirs_guest.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_secs(2));
     theirs_guest.signal(nix::sys::signal::Signal::SIGTERM);
     theirs_guest.wait_exit(Duration::from_secs(60));
     remove_nspawn_leftovers(&tree);
     assert_eq!(ours, theirs, "booted: nixspawn and systemd-nspawn differ");
-    assert_eq!(state, their_state, "the guests' systemd state");
 }
 
 #[test]
