@@ -140,7 +140,7 @@ fn a_bound_user_is_seen_and_writes_as_itself_as_under_nspawn() {
         format!("60514 {} 1\n60514 {} 1\n", user.uid, user.gid),
         "60514:60514 755\n".to_owned(),
         format!("/run/host/home/{n} rw,relatime\n"),
-        format!("{{\"privileged\":{{\"hashedPassword\":[\"!\"]}}}}"),
+        "{\"privileged\":{\"hashedPassword\":[\"!\"]}}".to_owned(),
         format!("/run/host/userdb/60514.user -> {n}.user"),
         format!("/run/host/userdb/{n}.user:\n{{\"userName\":\"{n}\""),
         "60514:60514\n".to_owned(),
