@@ -967,6 +967,40 @@ Private=yes
     }
 
     #[test]
+    fn bind_user_settings_come_from_trusted_files_only() {
+        use nixspawn_runtime::spec::bind_user::Shell;
+        let text = "[Files]\nBindUser=alice bob\nBindUserShell=/bin/zsh\n";
+        let got = read_text(text, Trust::Trusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.values,
+            [
+                Setting::BindUser(vec!["alice".into(), "bob".into()]),
+                Setting::BindUserShell(Shell::Path("/bin/zsh".into())),
+            ]
+        );
+        let got = read_text(text, Trust::Untrusted, &nothing_masked).unwrap();
+        assert!(got.values.is_empty(), "{:?}", got.values);
+        let mut args =
+            <crate::launcher_args::Args as clap::Parser>::try_parse_from(["nixspawn", "-D", "/t"])
+                .unwrap();
+        let trusted = read_text(text, Trust::Trusted, &|g| args.sets(g)).unwrap();
+        args.merge(&trusted.values, Mode::Yes);
+        assert_eq!(args.bind_user, ["alice", "bob"]);
+        assert_eq!(args.bind_user_shell, Some(Shell::Path("/bin/zsh".into())));
+        // The command line's wins.
+        let mut args = <crate::launcher_args::Args as clap::Parser>::try_parse_from([
+            "nixspawn",
+            "-D",
+            "/t",
+            "--bind-user=carol",
+        ])
+        .unwrap();
+        let trusted = read_text(text, Trust::Trusted, &|g| args.sets(g)).unwrap();
+        args.merge(&trusted.values, Mode::Yes);
+        assert_eq!(args.bind_user, ["carol"]);
+    }
+
+    #[test]
     fn bad_files_are_refused_with_file_line_and_key() {
         for (text, needle) in [
             (
