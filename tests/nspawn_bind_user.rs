@@ -324,3 +324,61 @@ fn bind_user_shell_sets_the_records_shell() {
         }
     }
 }
+
+/// A settings file in /run/systemd/nspawn (trusted), removed on drop.
+struct TrustedSettings(PathBuf);
+
+impl TrustedSettings {
+    fn write(machine: &str, text: &str) -> TrustedSettings {
+        let dir = Path::new("/run/systemd/nspawn");
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join(format!("{machine}.nspawn"));
+        std::fs::write(&p, text).unwrap();
+        TrustedSettings(p)
+    }
+}
+
+impl Drop for TrustedSettings {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn bind_user_from_a_trusted_settings_file_as_under_nspawn() {
+    privileged!();
+    require_nspawn();
+    let tree = tree("bookworm");
+    let user = HostUser::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let machine = unique_name("nbuset");
+    let mut args = vec![
+        "-x".to_owned(),
+        "-U".to_owned(),
+        "-M".to_owned(),
+        machine.clone(),
+    ];
+    args.extend(nss_args(tmp.path()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let n = &user.name;
+    let script = format!("getent passwd {n}; stat -c '%u:%g' /run/host/home/{n}");
+    let _file = TrustedSettings::write(&machine, &format!("[Files]\nBindUser={n}\n"));
+    let got = same(&tree, &args, &script);
+    assert_eq!(
+        got,
+        format!("{n}:x:60514:60514:{n}:/run/host/home/{n}:/bin/bash\n60514:60514\n")
+    );
+    // BindUserShell= (nspawn 258, so nixspawn alone): the path in the record.
+    drop(_file);
+    let _file = TrustedSettings::write(
+        &machine,
+        &format!("[Files]\nBindUser={n}\nBindUserShell=/bin/dash\n"),
+    );
+    let got = answer(NIXSPAWN, &tree, &args, &script);
+    assert!(
+        got.starts_with(&format!(
+            "{n}:x:60514:60514:{n}:/run/host/home/{n}:/bin/dash\n"
+        )),
+        "{got}"
+    );
+}
