@@ -371,6 +371,16 @@ pub struct Args {
     #[arg(long, value_name = "COLOR", value_parser = values::background)]
     pub background: Option<String>,
     // ---- end of terminal options ----
+    // ---- bind-user options (issue 16): systemd-nspawn's ----
+    /// Bind a host user's home into the container and map the user (needs -U)
+    #[arg(long = "bind-user", value_name = "NAME")]
+    pub bind_user: Vec<String>,
+
+    /// The bound users' shell: yes (the host's), no, or a path
+    #[arg(long = "bind-user-shell", value_name = "yes|no|PATH",
+          value_parser = values::bind_user_shell)]
+    pub bind_user_shell: Option<nixspawn_runtime::spec::bind_user::Shell>,
+    // ---- end of bind-user options ----
     /// Command (or, with --boot, init arguments)
     #[arg(value_name = "COMMAND", value_hint = ValueHint::CommandWithArguments)]
     pub command: Vec<String>,
@@ -379,7 +389,7 @@ pub struct Args {
 /// systemd-nspawn options nixspawn does not implement (yet), as 252 and
 /// 262 spell them (obsolete spellings included). They are refused by name
 /// rather than reported as unknown.
-pub const UNIMPLEMENTED: &[&str] = &["--share-system", "--bind-user", "--bind-user-shell"];
+pub const UNIMPLEMENTED: &[&str] = &["--share-system"];
 
 /// Options people reach for that systemd-nspawn does not have (in any
 /// version up to 262), each with what it does have instead.
@@ -588,6 +598,12 @@ impl Args {
         opt("volatile", self.volatile.map(|v| v.name().to_owned()));
         opt("pivot-root", self.pivot_root.clone());
         opt("template", path(&self.template));
+        opt(
+            "bind-user-shell",
+            self.bind_user_shell
+                .as_ref()
+                .map(values::bind_user_shell_name),
+        );
         for (name, values) in [
             ("setenv", &self.setenv),
             ("bind", &self.bind),
@@ -610,6 +626,7 @@ impl Args {
             ("overlay", &self.overlay),
             ("overlay-ro", &self.overlay_ro),
             ("inaccessible", &self.inaccessible),
+            ("bind-user", &self.bind_user),
         ] {
             for v in values {
                 opt(name, Some(v.clone()));
@@ -700,8 +717,8 @@ impl Args {
             }),
             Group::OomScoreAdjust => self.oom_score_adjust.is_some(),
             Group::CpuAffinity => self.cpu_affinity.is_some(),
-            // Options nixspawn refuses on its command line never set these.
-            Group::BindUser | Group::BindUserShell => false,
+            Group::BindUser => !self.bind_user.is_empty(),
+            Group::BindUserShell => self.bind_user_shell.is_some(),
         }
     }
 
@@ -720,6 +737,7 @@ impl Args {
         let mut overlays = Vec::new();
         let mut overlays_ro = Vec::new();
         let mut inaccessible = Vec::new();
+        let mut bind_users = Vec::new();
         let mut env = Vec::new();
         let mut caps = Vec::new();
         let mut drop_caps = Vec::new();
@@ -781,6 +799,8 @@ impl Args {
                 Setting::Overlay(words) => overlays.extend(words.iter().cloned()),
                 Setting::OverlayReadOnly(words) => overlays_ro.extend(words.iter().cloned()),
                 Setting::Inaccessible(words) => inaccessible.extend(words.iter().cloned()),
+                Setting::BindUser(words) => bind_users.extend(words.iter().cloned()),
+                Setting::BindUserShell(v) => fill(&mut self.bind_user_shell, v.clone(), over),
                 Setting::ReadOnly(b) => {
                     if over || !self.read_only {
                         self.read_only = *b;
@@ -826,6 +846,7 @@ impl Args {
             (overlays, &mut self.overlay),
             (overlays_ro, &mut self.overlay_ro),
             (inaccessible, &mut self.inaccessible),
+            (bind_users, &mut self.bind_user),
             (env, &mut self.setenv),
             (caps, &mut self.capability),
             (drop_caps, &mut self.drop_capability),
@@ -951,26 +972,14 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_named() {
-        let err = parse(&argv("-D /tmp --bind-user-shell -b"))
+        // The one left: an obsolete spelling nspawn still names.
+        let err = parse(&argv("-D /tmp --share-system /bin/true"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--bind-user-shell") && err.contains("not implemented"),
-            "{err}"
-        );
-        let err = parse(&argv("-D /tmp --bind-user=x -b"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--bind-user"), "{err}");
-        let err = parse(&argv("-D /tmp --bind-user-shell /bin/true"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--bind-user-shell"),
+            err.contains("--share-system") && err.contains("not implemented by nixspawn yet"),
             "an option before the command is never the command: {err}"
         );
-        // An obsolete spelling nspawn still names.
-        assert!(refused(&["--share-system"]).contains("not implemented by nixspawn yet"));
     }
 
     #[test]
@@ -1017,9 +1026,10 @@ mod tests {
             (&["--machine"], "--machine needs a value"),
             (&["-D"], "--directory needs a value"),
             (&["--console"], "--console needs a value"),
+            (&["--bind-user-shell"], "--bind-user-shell needs a value"),
             (
-                &["--bind-user-shell"],
-                "--bind-user-shell is not implemented",
+                &["--bind-user-shell=sh"],
+                "expected yes, no or an absolute path",
             ),
             (&["--port"], "--port needs a value"),
             (&["--bootx"], "did you mean"),

@@ -437,6 +437,8 @@ pub struct Plan {
     pub process: nixspawn_runtime::spec::process::Process,
     /// `--background=` (empty: none).
     pub background: Option<nixspawn_runtime::spec::terminal::Background>,
+    /// `--bind-user=`, resolved on the host.
+    pub bind_users: Vec<nixspawn_runtime::spec::bind_user::BoundUser>,
     pub quiet: bool,
     pub debug: bool,
     pub warnings: Vec<String>,
@@ -533,6 +535,7 @@ impl Plan {
             mounts.push(CustomMount::parse_tmpfs(t)?);
         }
         let filesystem = filesystem(&args, directory.as_deref(), &machine, &mut mounts)?;
+        let bind_users = bind_users(&args, directory.as_deref(), &mut mounts)?;
         let environment = args
             .setenv
             .iter()
@@ -640,6 +643,7 @@ impl Plan {
                     nixspawn_runtime::spec::terminal::Background::parse,
                 )
                 .map_err(|e| anyhow!("invalid value for --background: {e}"))?,
+            bind_users,
             quiet: args.quiet,
             debug: args.debug,
             warnings,
@@ -715,6 +719,7 @@ impl Plan {
             background: self
                 .background
                 .filter(|_| matches!(console, ConsoleMode::Interactive | ConsoleMode::ReadOnly)),
+            bind_users: self.bind_users,
         };
         Ok((
             spec,
@@ -726,6 +731,42 @@ impl Plan {
             },
         ))
     }
+}
+
+/// `--bind-user=`: the users resolved on the host (ids checked against the
+/// tree's databases) and their homes bound at /run/host/home/NAME, after
+/// the user's own mounts as nspawn adds them.
+fn bind_users(
+    args: &Args,
+    tree: Option<&std::path::Path>,
+    mounts: &mut Vec<CustomMount>,
+) -> Result<Vec<nixspawn_runtime::spec::bind_user::BoundUser>> {
+    use nixspawn_runtime::spec::bind_user;
+    if args.bind_user.is_empty() {
+        return Ok(Vec::new());
+    }
+    let no_userns = match args.private_users {
+        Some(m) => m == userns::Mode::No,
+        None => !args.pick_users,
+    };
+    if no_userns {
+        bail!("--bind-user= needs a user namespace; add -U (--private-users=pick)");
+    }
+    let users = bind_user::resolve(
+        &args.bind_user,
+        &args.bind_user_shell.clone().unwrap_or_default(),
+        tree,
+    )?;
+    for u in &users {
+        mounts.push(CustomMount::Bind {
+            source: u.home.clone(),
+            target: u.container_home(),
+            read_only: false,
+            recursive: true,
+            idmap: nixspawn_runtime::spec::mounts::BindIdmap::None,
+        });
+    }
+    Ok(users)
 }
 
 /// The network options as the runtime takes them, each value checked as

@@ -358,6 +358,8 @@ pub enum Setting {
     Overlay(Vec<String>),
     OverlayReadOnly(Vec<String>),
     Inaccessible(Vec<String>),
+    BindUser(Vec<String>),
+    BindUserShell(nixspawn_runtime::spec::bind_user::Shell),
     ReadOnly(bool),
     Volatile(nixspawn_runtime::spec::filesystem::Volatile),
     PivotRoot(String),
@@ -515,6 +517,10 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
                 _ => Setting::Inaccessible(list),
             }
         }
+        ("Files", "BindUser") => Setting::BindUser(words()?),
+        ("Files", "BindUserShell") => {
+            Setting::BindUserShell(checked(e, &at, values::bind_user_shell(&e.value))?)
+        }
         ("Files", "ReadOnly") => Setting::ReadOnly(yes_no()?),
         ("Files", "Volatile") => Setting::Volatile(checked(e, &at, values::volatile(&e.value))?),
         ("Exec", "PivotRoot") => {
@@ -653,7 +659,7 @@ fn setting(e: &Entry, path: &Path) -> Result<Setting> {
 
 /// Settings systemd-nspawn 252 (and 262, the last four) knows that
 /// nixspawn refuses for now.
-const KNOWN_UNIMPLEMENTED: &[&str] = &["BindUser", "PrivateUsersDelegate", "BindUserShell"];
+const KNOWN_UNIMPLEMENTED: &[&str] = &["PrivateUsersDelegate"];
 
 #[cfg(test)]
 mod tests {
@@ -961,11 +967,49 @@ Private=yes
     }
 
     #[test]
+    fn bind_user_settings_come_from_trusted_files_only() {
+        use nixspawn_runtime::spec::bind_user::Shell;
+        let text = "[Files]\nBindUser=alice bob\nBindUserShell=/bin/zsh\n";
+        let got = read_text(text, Trust::Trusted, &nothing_masked).unwrap();
+        assert_eq!(
+            got.values,
+            [
+                Setting::BindUser(vec!["alice".into(), "bob".into()]),
+                Setting::BindUserShell(Shell::Path("/bin/zsh".into())),
+            ]
+        );
+        let got = read_text(text, Trust::Untrusted, &nothing_masked).unwrap();
+        assert!(got.values.is_empty(), "{:?}", got.values);
+        let mut args =
+            <crate::launcher_args::Args as clap::Parser>::try_parse_from(["nixspawn", "-D", "/t"])
+                .unwrap();
+        let trusted = read_text(text, Trust::Trusted, &|g| args.sets(g)).unwrap();
+        args.merge(&trusted.values, Mode::Yes);
+        assert_eq!(args.bind_user, ["alice", "bob"]);
+        assert_eq!(args.bind_user_shell, Some(Shell::Path("/bin/zsh".into())));
+        // The command line's wins.
+        let mut args = <crate::launcher_args::Args as clap::Parser>::try_parse_from([
+            "nixspawn",
+            "-D",
+            "/t",
+            "--bind-user=carol",
+        ])
+        .unwrap();
+        let trusted = read_text(text, Trust::Trusted, &|g| args.sets(g)).unwrap();
+        args.merge(&trusted.values, Mode::Yes);
+        assert_eq!(args.bind_user, ["carol"]);
+    }
+
+    #[test]
     fn bad_files_are_refused_with_file_line_and_key() {
         for (text, needle) in [
             (
-                "[Files]\nBindUser=x\n",
-                "t.nspawn:2: [Files] BindUser= is a systemd-nspawn setting nixspawn does not implement",
+                "[Exec]\nPrivateUsersDelegate=2\n",
+                "t.nspawn:2: [Exec] PrivateUsersDelegate= is a systemd-nspawn setting nixspawn does not implement",
+            ),
+            (
+                "[Files]\nBindUserShell=sh\n",
+                "t.nspawn:2: invalid BindUserShell= value \"sh\"",
             ),
             ("[Exec]\nFrobnicate=1\n", "unknown setting"),
             ("Boot=yes\n", "outside of any section"),

@@ -256,6 +256,21 @@ pub fn private_users(text: &str) -> Result<userns::Mode, Invalid> {
     Ok(userns::parse_mode(text)?)
 }
 
+/// `--bind-user-shell=`: yes, no or an absolute path.
+pub fn bind_user_shell(text: &str) -> Result<nixspawn_runtime::spec::bind_user::Shell, Invalid> {
+    Ok(nixspawn_runtime::spec::bind_user::parse_shell(text)?)
+}
+
+/// The spelling of a `--bind-user-shell=` value that parses back to it.
+pub fn bind_user_shell_name(shell: &nixspawn_runtime::spec::bind_user::Shell) -> String {
+    use nixspawn_runtime::spec::bind_user::Shell;
+    match shell {
+        Shell::Omit => "no".into(),
+        Shell::Copy => "yes".into(),
+        Shell::Path(p) => p.clone(),
+    }
+}
+
 /// The spelling of a `--private-users=` value that parses back to it.
 pub fn private_users_name(mode: userns::Mode) -> String {
     match mode {

@@ -139,7 +139,7 @@ fn unsupported_settings_are_refused_by_name() {
     let _file = SettingsFile::write(
         Path::new("/run/systemd/nspawn"),
         &name,
-        "[Exec]\nBoot=no\n[Files]\nBindUser=x\n",
+        "[Exec]\nBoot=no\n[Exec]\nPrivateUsersDelegate=2\n",
     );
     let (code, _, err) = run_nixspawn(
         &[
@@ -156,7 +156,7 @@ fn unsupported_settings_are_refused_by_name() {
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!(
-            "/run/systemd/nspawn/{name}.nspawn:4: [Files] BindUser="
+            "/run/systemd/nspawn/{name}.nspawn:4: [Exec] PrivateUsersDelegate="
         )),
         "{err}"
     );

@@ -41,6 +41,8 @@ fuzz_target!(|data: &[u8]| {
                                     | Overlay(_)
                                     | OverlayReadOnly(_)
                                     | Inaccessible(_)
+                                    | BindUser(_)
+                                    | BindUserShell(_)
                                     | PrivateNetwork(_)
                             ),
                             "untrusted {s:?}"

@@ -6,6 +6,7 @@
 //! this process never returns.
 
 pub mod apifs;
+pub(crate) mod bind_user;
 pub mod credentials;
 pub mod environment;
 pub(crate) mod exec;

@@ -209,6 +209,7 @@ impl Ops for Setup<'_> {
             Step::PopulateRunHost => {
                 let run = self.run.take().ok_or_else(|| missing("/run"))?;
                 let (host, notify) = runhost::populate(&run, &spec.uuid, owner)?;
+                crate::guest::bind_user::install(&host.path(), &spec.bind_users, owner)?;
                 (self.host, self.notify) = (Some(host), Some(notify));
                 Ok(())
             }

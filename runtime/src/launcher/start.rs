@@ -202,9 +202,14 @@ fn write_id_maps(launch: &Launch<'_>, pid: i32) -> Result<()> {
     let Some(plan) = &launch.userns else {
         return Ok(());
     };
-    for file in ["uid_map", "gid_map"] {
+    // Bound users (--bind-user) are split out of the range onto their host ids.
+    let users = &launch.spec.bind_users;
+    let uids: Vec<(u32, u32)> = users.iter().map(|u| (u.id, u.host_uid)).collect();
+    let gids: Vec<(u32, u32)> = users.iter().map(|u| (u.id, u.host_gid)).collect();
+    for (file, ids) in [("uid_map", uids), ("gid_map", gids)] {
         let p = format!("/proc/{pid}/{file}");
-        std::fs::write(&p, plan.range.map_line()).map_err(|e| Error::io("writing", &p, e))?;
+        let map = crate::spec::bind_user::map_lines(plan.range.shift, plan.range.range, &ids);
+        std::fs::write(&p, map).map_err(|e| Error::io("writing", &p, e))?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! What a container is to be: everything the launcher decided from its
 //! command line, in one plain value the runtime consumes.
 
+pub mod bind_user;
 pub mod capabilities;
 pub mod closure;
 pub mod credentials;
@@ -142,6 +143,8 @@ pub struct Spec {
     /// console (the binary sets it only where stdout is a terminal that
     /// takes colors, and only for the interactive and read-only consoles).
     pub background: Option<crate::spec::terminal::Background>,
+    /// `--bind-user=`: host users bound in (resolved on the host).
+    pub bind_users: Vec<crate::spec::bind_user::BoundUser>,
 }
 
 impl Spec {
@@ -209,6 +212,7 @@ pub(crate) mod tests {
             working_directory: None,
             process: Default::default(),
             background: None,
+            bind_users: Vec::new(),
         }
     }
 }

@@ -98,6 +98,13 @@ pub(crate) fn prepare(
     let (range, lock) = match spec.private_users {
         Mode::No => {
             nested(None)?;
+            if let Some(user) = spec.bind_users.first() {
+                return Err(Error::InvalidValue {
+                    what: "--bind-user",
+                    value: user.name.clone(),
+                    reason: "needs a user namespace; add -U (--private-users=pick)".into(),
+                });
+            }
             return Ok(None);
         }
         Mode::Identity => (
@@ -129,6 +136,9 @@ pub(crate) fn prepare(
         }
     };
     nested(Some(range.shift))?;
+    for user in &spec.bind_users {
+        user.check_range(range.shift, range.range)?;
+    }
     let mut plan = Plan::unmapped(range);
     // Identity and pre-shifted trees need no ownership work.
     let ownership = if range.shift == 0 || spec.private_users == Mode::FromTree {
