@@ -48,20 +48,6 @@ fn on_terminal(args: &[&str]) -> (std::process::Child, OwnedFd, OwnedFd) {
     (child, pty.master, pty.slave)
 }
 
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("launcher did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn interactive_forwards_input_and_escape_kills() {
     privileged!();

@@ -8,7 +8,7 @@ mod common;
 
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -26,20 +26,6 @@ fn on_pty(args: &[&str]) -> (OwnedFd, std::process::Child) {
         .spawn()
         .unwrap();
     (pty.master, child)
-}
-
-fn wait_code(child: &mut std::process::Child, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("nixspawnctl did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn booted(prefix: &str) -> (Guest, String) {
@@ -80,7 +66,7 @@ fn shell_gives_a_login_shell_on_a_pty_and_runs_commands_as_a_user() {
         ),
         "{shown}"
     );
-    assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 7);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 7);
     // Entered directly: no PAM session, a login shell named "-bash".
     let (master, mut child) = on_pty(&["shell", "--no-pam", &name]);
     nix::unistd::write(
@@ -90,7 +76,7 @@ fn shell_gives_a_login_shell_on_a_pty_and_runs_commands_as_a_user() {
     .unwrap();
     let shown = read_until(&master, "tty=/dev/pts/", Duration::from_secs(20));
     assert!(shown.contains("a=-bash p=no tty=/dev/pts/"), "{shown}");
-    assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 5);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 5);
 
     // Over pipes, as another user, through PAM and directly: the guest's
     // systemd sets HOME for nobody as it likes (machinectl's answer too),
@@ -152,7 +138,7 @@ fn login_shows_the_guests_getty_and_the_escape_leaves() {
     );
     assert!(units.contains("container-getty@"), "{units:?}");
     nix::unistd::write(&master, b"\x1d\x1d\x1d").unwrap();
-    assert_eq!(wait_code(&mut child, Duration::from_secs(10)), 0);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 0);
 }
 
 #[test]

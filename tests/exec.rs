@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::termios::{self, LocalFlags};
@@ -91,20 +91,6 @@ impl Terminal {
     }
 }
 
-fn wait_code(child: &mut std::process::Child, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("nixspawnctl did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn tiocsti_cannot_reach_the_callers_terminal(extra: &[&str]) {
     let tree = tool_tree();
     let name = unique_name("sti");
@@ -119,7 +105,7 @@ fn tiocsti_cannot_reach_the_callers_terminal(extra: &[&str]) {
         "echo PWNED\n",
     ]);
     let shown = read_until(&term.master, "sid=", Duration::from_secs(20));
-    assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 0);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
     let shown =
         shown + &String::from_utf8_lossy(&read_available(&term.master, Duration::from_millis(100)));
     println!("the guest tool reported:\n{shown}");
@@ -182,12 +168,12 @@ fn on_a_terminal_exec_relays_a_pty_with_size_raw_mode_and_status() {
     );
     nix::unistd::write(&term.master, b"hello\r").unwrap();
     read_until(&term.master, "got:hello", Duration::from_secs(20));
-    assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 42);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 42);
     assert!(term.canonical(), "restored after");
 
     let mut child = term.ctl(&["exec", &name, "--", "/bin/sh", "-c", "kill -TERM $$"]);
     assert_eq!(
-        wait_code(&mut child, Duration::from_secs(20)),
+        wait_exit(&mut child, Duration::from_secs(20)),
         128 + libc::SIGTERM,
         "killed by SIGTERM"
     );
@@ -248,7 +234,7 @@ fn pipes_stay_pipes_and_are_byte_exact() {
         .unwrap()
         .read_to_end(&mut stdout)
         .unwrap();
-    assert_eq!(wait_code(&mut child, Duration::from_secs(20)), 0);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
     assert_eq!(String::from_utf8_lossy(&stdout), "in=1\nout=1\nx\ny");
 }
 

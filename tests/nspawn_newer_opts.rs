@@ -12,7 +12,7 @@ mod common;
 
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -31,20 +31,6 @@ fn on_terminal(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Own
         .spawn()
         .unwrap();
     (child, pty.master, pty.slave)
-}
-
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("launcher did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Run `script` on a terminal with `args`; the exit code and every byte

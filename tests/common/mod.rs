@@ -940,3 +940,19 @@ pub fn require_nspawn() {
         "systemd-nspawn is missing: apt-get install systemd-container (integration/setup-host.sh does)"
     );
 }
+
+/// The exit code of `child` (-1 for a signal), killing it and failing the
+/// test if it has not exited within `timeout`.
+pub fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{child:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
