@@ -97,6 +97,17 @@ impl Payload {
         if let Err(e) = sys::block_all_signals() {
             return Error::syscall("sigprocmask", e);
         }
+        // As nspawn's stub: /proc/1 shows its own name and only $container
+        // and $container_uuid, not the launcher's (nspawn writes this UUID
+        // without dashes). Before the fork, so the payload can never read
+        // the launcher's there: nothing here reads its own environment
+        // again (the payload's is `self.env`).
+        let environ = format!(
+            "container={}\0container_uuid={}\0",
+            crate::guest::apifs::runhost::CONTAINER_MANAGER,
+            uuid.simple()
+        );
+        let _ = sys::replace_cmdline_and_environ(b"(sd-stubinit)\0", environ.as_bytes());
         match sys::fork() {
             Err(e) => Error::syscall("fork", e),
             Ok(sys::Forked::Child) => {
@@ -123,15 +134,6 @@ impl Payload {
             }
             Ok(sys::Forked::Parent { pid, .. }) => {
                 let _ = sys::close_all_for_stub_init();
-                // As nspawn's stub: /proc/1 shows its own name and only
-                // $container and $container_uuid, not the launcher's.
-                // (nspawn writes this UUID without dashes.)
-                let environ = format!(
-                    "container={}\0container_uuid={}\0",
-                    crate::guest::apifs::runhost::CONTAINER_MANAGER,
-                    uuid.simple()
-                );
-                let _ = sys::replace_cmdline_and_environ(b"(sd-stubinit)\0", environ.as_bytes());
                 crate::guest::process::stub_init(pid)
             }
         }
