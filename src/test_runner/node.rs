@@ -213,6 +213,16 @@ impl Node {
         });
     }
 
+    /// The node's console log, for appending (the launcher's output, and
+    /// commands' stderr as the driver shows it).
+    fn open_console_log(&self) -> Result<File> {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(&self.console_log)
+            .with_context(|| format!("opening {}", self.console_log.display()))
+    }
+
     pub fn running(&self) -> bool {
         self.life.lock().unwrap().pid.is_some()
     }
@@ -223,11 +233,7 @@ impl Node {
         if life.pid.is_some() {
             return Ok(());
         }
-        let console = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.console_log)
-            .with_context(|| format!("opening {}", self.console_log.display()))?;
+        let console = self.open_console_log()?;
         let mut cmd = Command::new(&self.nixspawn);
         cmd.args(&self.argv)
             .stdin(Stdio::null())
@@ -468,10 +474,7 @@ impl Node {
         // dropped (and killed).
         let generation = self.life.lock().unwrap().generation;
         let (entry, theirs) = Entry::pair(&self.machine)?;
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.console_log)?;
+        let log = self.open_console_log()?;
         let mut cmd = Command::new(&self.self_exe);
         cmd.arg("__entry").arg(&self.machine).env_clear();
         // Where the nodes' state is, when not /run/nixspawn (a Nix build
@@ -546,10 +549,7 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.console_log)?;
+        let log = self.open_console_log()?;
         let input = match stdin {
             Some(p) => File::open(p).with_context(|| format!("opening {}", p.display()))?,
             None => File::open("/dev/null")?,
@@ -621,10 +621,7 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.console_log)?;
+        let log = self.open_console_log()?;
         let null = File::options().read(true).write(true).open("/dev/null")?;
         // (Dropping the answer leaves the command running, unreported.)
         self.start_command(command, null.as_fd(), null.as_fd(), log.as_fd())?;
