@@ -444,16 +444,8 @@ fn shell(target: &str, setenv: &[String], no_pam: bool, command: Vec<String>) ->
 /// bus socket is there)? Looked up inside the guest's root.
 fn guest_systemd_listens(st: &State) -> Result<bool> {
     use nixspawn_runtime::guest::rootfs::resolve::{Create, open_in};
-    let leader = st.open_leader()?;
-    let root = PathBuf::from(format!("/proc/{}/root", st.leader.unwrap_or_default()));
-    let found = open_in(
-        &root,
-        std::path::Path::new("/run/systemd/private"),
-        Create::Nothing,
-    )
-    .is_ok();
-    st.leader_alive(&leader)?;
-    Ok(found)
+    let private = std::path::Path::new("/run/systemd/private");
+    Ok(st.through_root(|root| open_in(root, private, Create::Nothing).is_ok())?)
 }
 
 /// `shell` as machinectl's: a transient service of the guest's own systemd
@@ -509,13 +501,13 @@ fn shell_session(
 /// host's own journal directory.
 fn logs(st: &State, args: &[String]) -> Result<i32> {
     use nixspawn_runtime::guest::rootfs::resolve::{Create, open_in};
-    let leader = st.open_leader()?;
-    let root = PathBuf::from(format!("/proc/{}/root", st.leader.unwrap_or_default()));
-    let dir = ["/var/log/journal", "/run/log/journal"]
-        .iter()
-        .find_map(|d| open_in(&root, std::path::Path::new(d), Create::Nothing).ok())
+    let dir = st
+        .through_root(|root| {
+            ["/var/log/journal", "/run/log/journal"]
+                .iter()
+                .find_map(|d| open_in(root, std::path::Path::new(d), Create::Nothing).ok())
+        })?
         .with_context(|| format!("{} has no /var/log/journal or /run/log/journal", st.name))?;
-    st.leader_alive(&leader)?;
     os::inheritable(std::os::fd::AsFd::as_fd(&dir))?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
     let status = std::process::Command::new("journalctl")

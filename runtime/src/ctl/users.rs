@@ -23,16 +23,14 @@ const LIMIT: u64 = 4 << 20;
 
 /// Look `name` up in the guest of `state`.
 pub fn lookup(state: &State, name: &str) -> Result<Account> {
-    let leader = state.open_leader()?;
-    let root = format!("/proc/{}/root", state.leader.unwrap_or_default());
-    let read = |p: &str| {
-        crate::guest::rootfs::resolve::read_in_root(Path::new(&root), Path::new(p), LIMIT)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
-    let passwd = read("/etc/passwd")?;
-    let group = read("/etc/group").unwrap_or_default();
-    // What was read through /proc/PID is the leader's only if it still lives.
-    state.leader_alive(&leader)?;
+    let (passwd, group) = state.through_root(|root| {
+        let read = |p: &str| {
+            crate::guest::rootfs::resolve::read_in_root(root, Path::new(p), LIMIT)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        (read("/etc/passwd"), read("/etc/group").unwrap_or_default())
+    })?;
+    let passwd = passwd?;
     account(&passwd, &group, name).ok_or_else(|| Error::InvalidValue {
         what: "user",
         value: name.to_owned(),

@@ -421,6 +421,17 @@ impl State {
         open_verified(self.name.as_str(), "launcher", pid, id)
     }
 
+    /// `look` at the guest's root as the host reaches it (`/proc/PID/root`
+    /// of the leader); what it found is the guest's only if the leader
+    /// still lives after it, which is checked.
+    pub fn through_root<T>(&self, look: impl FnOnce(&Path) -> T) -> Result<T> {
+        let leader = self.open_leader()?;
+        let root = PathBuf::from(format!("/proc/{}/root", self.leader.unwrap_or_default()));
+        let found = look(&root);
+        self.leader_alive(&leader)?;
+        Ok(found)
+    }
+
     /// Whether `pidfd` (from [`State::open_leader`]) is still alive: for
     /// reads through /proc/PID after the check, which are the leader's
     /// only if it still lives after them.
