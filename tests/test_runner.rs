@@ -94,19 +94,22 @@ fn held_netns() -> std::collections::BTreeMap<String, String> {
     out
 }
 
-/// Namespaces held now that were not before the run, but those of other
-/// people's processes (helpers run in parallel): a namespace the run left
-/// would be held by one of its own processes (the runner, a launcher, a
-/// janitor, a guest named after the run's prefix, python).
-fn netns_left(before: &std::collections::BTreeMap<String, String>, prefix: &str) -> Vec<String> {
+/// Namespaces held now that were not before the run, by a process of
+/// this run: one whose command line names the run's machines (`prefix`)
+/// or its own directory (`run_dir`, which holds the description the
+/// runner was given). Other tests' runners, alive beside this one, are not
+/// this run's leftovers (CI once counted a parallel three-node run's four
+/// namespaces here).
+fn netns_left(
+    before: &std::collections::BTreeMap<String, String>,
+    prefix: &str,
+    run_dir: &Path,
+) -> Vec<String> {
+    let run_dir = run_dir.to_string_lossy();
     held_netns()
         .into_iter()
         .filter(|(ns, _)| !before.contains_key(ns))
-        .filter(|(_, who)| {
-            who.contains(prefix)
-                || who.contains("nixspawn-test")
-                || who.contains("nixspawn_test_driver")
-        })
+        .filter(|(_, who)| who.contains(prefix) || who.contains(&*run_dir))
         .map(|(ns, who)| format!("{ns} held by {who}"))
         .collect()
 }
@@ -193,7 +196,7 @@ print("REACHED-THE-END")
     assert!(timeline.contains("multi-user.target"), "{timeline}");
     assert!(r.stderr.contains("server: launch +"), "{}", r.stderr);
     assert_run_cleaned_up(&prefix, &["server", "client", "other"]);
-    let new = netns_left(&before, &prefix);
+    let new = netns_left(&before, &prefix, r.out.parent().unwrap());
     assert!(new.is_empty(), "network namespaces left: {new:?}");
 }
 
@@ -413,7 +416,7 @@ fn the_global_timeout_ends_the_run_with_143() {
     );
     assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
     assert_run_cleaned_up(&prefix, &["a"]);
-    let new = netns_left(&before, &prefix);
+    let new = netns_left(&before, &prefix, r.out.parent().unwrap());
     assert!(new.is_empty(), "network namespaces left: {new:?}");
 }
 
@@ -539,7 +542,7 @@ fn sigkill_of_the_runner_leaves_nothing() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let held = held_netns();
-        let mut new = netns_left(&before, &prefix);
+        let mut new = netns_left(&before, &prefix, dir.path());
         new.extend(
             ours.iter()
                 .filter_map(|ns| held.get(ns).map(|who| format!("{ns} held by {who}"))),
