@@ -70,10 +70,13 @@ fn sandbox_processes() -> Vec<String> {
 }
 
 /// Run from a store bundle of ours (nixspawn, nixspawn-test, the
-/// janitors) or the driver.
+/// janitors) or a build's driver. The drivers of the host's own
+/// nixspawn-test runs (other tests, beside this one) live in this
+/// process's temporary directory, a build's in its build directory.
 fn is_sandbox_bundle(cmdline: &str) -> bool {
+    let host_driver = format!("{}/nixspawn-test.", std::env::temp_dir().display());
     cmdline.contains("-nixspawn/bin/")
-        || cmdline.contains("nixspawn_test_driver")
+        || (cmdline.contains("nixspawn_test_driver") && !cmdline.contains(&host_driver))
         || cmdline.contains("-python3/bin/")
 }
 
