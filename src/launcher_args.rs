@@ -484,12 +484,17 @@ fn refusal(e: &clap::Error) -> String {
 
 /// Parse argv without printing or exiting (for tests and fuzzing).
 pub fn try_parse(argv: &[String]) -> Result<Args, ArgvError> {
-    Args::try_parse_from(argv).map_err(|e| match e.kind() {
+    use clap::{CommandFactory, FromArgMatches};
+    let sorted = |e: clap::Error| match e.kind() {
         clap::error::ErrorKind::DisplayHelp
         | clap::error::ErrorKind::DisplayVersion
         | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ArgvError::Info(e),
         _ => ArgvError::Refused(refusal(&e)),
-    })
+    };
+    let matches = Args::command().try_get_matches_from(argv).map_err(sorted)?;
+    let mut args = Args::from_arg_matches(&matches).map_err(sorted)?;
+    args.last_journal_option_wins(&matches);
+    Ok(args)
 }
 
 /// Parse argv: `--help` and `--version` print and exit; anything refused
@@ -511,6 +516,21 @@ fn fill<T>(slot: &mut Option<T>, value: T, over: bool) {
 }
 
 impl Args {
+    /// `-j` and `--link-journal=` set one thing, and nspawn's getopt loop
+    /// lets the later one win; clap keeps both, so forget the earlier.
+    fn last_journal_option_wins(&mut self, matches: &clap::ArgMatches) {
+        let at = |id: &str| {
+            (matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+                .then(|| matches.indices_of(id).and_then(|i| i.max()))
+                .flatten()
+        };
+        match (at("link_journal"), at("link_journal_try_guest")) {
+            (Some(long), Some(short)) if short > long => self.link_journal = None,
+            (Some(_), Some(_)) => self.link_journal_try_guest = false,
+            _ => {}
+        }
+    }
+
     /// The canonical argv for these arguments (`--long=VALUE` for every
     /// value, the command after `--`): parsing it gives them back.
     pub fn to_argv(&self) -> Vec<String> {
@@ -1103,6 +1123,30 @@ mod tests {
                 && !got.contains(|c: char| c.is_control()),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn j_and_link_journal_the_last_one_wins() {
+        for (line, want) in [
+            ("-j --link-journal=host", LinkJournal::Host),
+            ("--link-journal=host -j", LinkJournal::TryGuest),
+            ("-j --link-journal=no -j", LinkJournal::TryGuest),
+            (
+                "--link-journal=no -j --link-journal=guest",
+                LinkJournal::Guest,
+            ),
+            ("-j", LinkJournal::TryGuest),
+            ("--link-journal=try-host", LinkJournal::TryHost),
+        ] {
+            let a = parse(&argv(line)).unwrap();
+            let got = match (a.link_journal, a.link_journal_try_guest) {
+                (Some(l), false) => l,
+                (None, true) => LinkJournal::TryGuest,
+                other => panic!("{line}: both kept: {other:?}"),
+            };
+            assert_eq!(got, want, "{line}");
+            assert!(a.sets(Group::LinkJournal), "{line}");
+        }
     }
 
     #[test]
