@@ -173,43 +173,91 @@ pub(crate) fn switch_user(user: &GuestUser, chown_stdio: bool) -> Result<()> {
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| Error::syscall("setresuid", e))
 }
 
-/// `--as-pid2`'s PID 1, once the payload (`child`) is forked: reap
-/// everything, end with the payload's exit status (255 if it did not
-/// exit), and on the signals that ask an init to halt, power off or
-/// reboot, ask the payload to end (SIGTERM, then SIGHUP for shells) and
-/// wait. Other signals, SIGTERM included, are left blocked, as nspawn's
-/// stub leaves them.
+/// How nspawn's stub init was asked to end the container.
+#[derive(Clone, Copy)]
+enum Ending {
+    PowerOff,
+    Reboot,
+}
+
+/// How long the stub waits for the payload once asked to end, before it
+/// ends the container anyway (systemd's default stop timeout, as nspawn's
+/// stub waits).
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// `--as-pid2`'s PID 1, once the payload (`child`) is forked, behaving as
+/// systemd-nspawn's stub init: reap everything, end with the payload's
+/// exit status (255 if it did not exit). The signals that ask an init to
+/// halt or power off (SIGRTMIN+3, +4, +13, +14) or to reboot (SIGINT,
+/// SIGRTMIN+5, +6, +15, +16) ask the payload to end (SIGTERM, then SIGHUP
+/// for shells); once it has, or after STOP_TIMEOUT, the stub calls
+/// reboot(2) as asked, so the launcher sees a powered-off or rebooted
+/// container (and reboots it), as with a real init. Without CAP_SYS_BOOT
+/// a power-off falls back to the payload's status and a reboot ends with
+/// 1. Other signals, SIGTERM included, stay blocked, as in nspawn's stub.
 pub(crate) fn stub_init(child: libc::pid_t) -> ! {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let _ = nix::sys::prctl::set_name(c"(sd-stubinit)");
     let rtmin = libc::SIGRTMIN();
-    let stop: Vec<libc::c_int> = [3, 4, 5, 6, 13, 14, 15, 16]
+    let ending = |signal: libc::c_int| match signal - rtmin {
+        3 | 4 | 13 | 14 => Some(Ending::PowerOff),
+        5 | 6 | 15 | 16 => Some(Ending::Reboot),
+        _ if signal == libc::SIGINT => Some(Ending::Reboot),
+        _ => None,
+    };
+    let wanted: Vec<libc::c_int> = [3, 4, 5, 6, 13, 14, 15, 16]
         .iter()
         .map(|n| rtmin + n)
-        .chain([libc::SIGINT])
+        .chain([libc::SIGINT, libc::SIGCHLD])
         .collect();
-    let mut wanted = stop.clone();
-    wanted.push(libc::SIGCHLD);
-    let mut stopping = false;
+    let mut asked: Option<(Ending, std::time::Instant)> = None;
     let payload = nix::unistd::Pid::from_raw(child);
     loop {
-        loop {
+        let status = loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == payload => sys::exit_now(code),
-                Ok(WaitStatus::Signaled(pid, ..)) if pid == payload => sys::exit_now(255),
-                Ok(WaitStatus::StillAlive) => break,
+                Ok(WaitStatus::Exited(pid, code)) if pid == payload => break Some(code),
+                Ok(WaitStatus::Signaled(pid, ..)) if pid == payload => break Some(255),
+                Ok(WaitStatus::StillAlive) => break None,
                 Ok(_) => continue,
-                Err(_) => sys::exit_now(255),
+                Err(_) => sys::exit_now(1),
             }
+        };
+        let left = asked.map(|(_, by)| by.saturating_duration_since(std::time::Instant::now()));
+        if status.is_some() || left.is_some_and(|l| l.is_zero()) {
+            end_as_asked(asked.map(|(e, _)| e), status.unwrap_or(255));
         }
-        let Ok(signal) = sys::wait_for_signal(&wanted) else {
+        let signal = match sys::wait_for_signal(&wanted, left) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => sys::exit_now(1),
+        };
+        let Some(how) = ending(signal).filter(|_| asked.is_none()) else {
             continue;
         };
-        if signal != libc::SIGCHLD && !stopping {
-            stopping = true;
-            let _ = nix::sys::signal::kill(payload, nix::sys::signal::Signal::SIGTERM);
-            let _ = nix::sys::signal::kill(payload, nix::sys::signal::Signal::SIGCONT);
-            let _ = nix::sys::signal::kill(payload, nix::sys::signal::Signal::SIGHUP);
+        asked = Some((how, std::time::Instant::now() + STOP_TIMEOUT));
+        use nix::sys::signal::{Signal, kill};
+        if kill(payload, Signal::SIGTERM) != Err(nix::errno::Errno::ESRCH) {
+            let _ = kill(payload, Signal::SIGCONT);
+            let _ = kill(payload, Signal::SIGHUP);
         }
     }
+}
+
+/// The stub's end: reboot(2) as it was asked (in a PID namespace the
+/// kernel ends PID 1 with SIGINT for a power-off, SIGHUP for a reboot,
+/// which the launcher reads), else exit with `status`.
+fn end_as_asked(asked: Option<Ending>, status: i32) -> ! {
+    use nix::sys::reboot::{RebootMode, reboot};
+    match asked {
+        Some(Ending::Reboot) => {
+            let _ = reboot(RebootMode::RB_AUTOBOOT);
+            sys::exit_now(1)
+        }
+        Some(Ending::PowerOff) => {
+            let _ = reboot(RebootMode::RB_POWER_OFF);
+        }
+        None => {}
+    }
+    sys::exit_now(status)
 }

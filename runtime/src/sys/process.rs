@@ -293,19 +293,33 @@ pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
     }
 }
 
-/// Block every signal, then wait for one in `wanted` (real-time ones
-/// included, which nix's `Signal` cannot name); its number.
-pub fn wait_for_signal(wanted: &[libc::c_int]) -> io::Result<libc::c_int> {
+/// Wait for one of `wanted` (blocked by the caller; real-time ones
+/// included, which nix's `Signal` cannot name), at most `timeout` if one is
+/// given; its number, or None once the time is up.
+pub fn wait_for_signal(
+    wanted: &[libc::c_int],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Option<libc::c_int>> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
     // SAFETY: the sigset_t is initialised by sigemptyset before any other
-    // use, and sigwaitinfo may be given a null siginfo pointer.
-    unsafe {
+    // use; sigtimedwait may be given a null siginfo pointer, and a null
+    // timeout (wait for ever) or one pointing at `ts`, which outlives it.
+    let ret = unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&mut set);
         for &s in wanted {
             libc::sigaddset(&mut set, s);
         }
-        let ret = libc::sigwaitinfo(&set, std::ptr::null_mut());
-        check(ret.into()).map(|_| ret)
+        let ts = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        libc::sigtimedwait(&set, std::ptr::null_mut(), ts)
+    };
+    match check(ret.into()) {
+        Ok(_) => Ok(Some(ret)),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
