@@ -49,7 +49,8 @@ pub(crate) fn assemble(
             mount_point.to_path_buf()
         }
         Some(tree) if layout.volatile == Volatile::Yes => {
-            volatile_root(tree, mount_point, owner, idmapped)?;
+            let pivot = layout.pivot_root.as_ref().map(|p| p.new_root.as_path());
+            volatile_root(tree, pivot, mount_point, owner, idmapped)?;
             mount_point.to_path_buf()
         }
         Some(tree) if ephemeral => {
@@ -102,6 +103,8 @@ pub(crate) fn assemble(
             mount_point.to_path_buf()
         }
     };
+    // (With --volatile=yes the pivot chose whose /usr the tmpfs holds;
+    // nspawn pivots first, so an OLD kept beside it is gone with the rest.)
     if let Some(pivot) = &layout.pivot_root
         && tree.is_some()
         && layout.volatile != Volatile::Yes
@@ -163,9 +166,12 @@ fn clone_at(fd: &OwnedFd) -> Result<OwnedFd> {
 }
 
 /// `--volatile=yes`: a fresh tmpfs root holding the tree's /usr, bound
-/// read-only, and nspawn's base directories and links into /usr.
+/// read-only, and nspawn's base directories and links into /usr. With
+/// `--pivot-root=NEW`, NEW's /usr: nspawn pivots before it makes the
+/// volatile root.
 fn volatile_root(
     tree: &Path,
+    pivot: Option<&Path>,
     mount_point: &Path,
     owner: Owner,
     idmapped: Option<&OwnedFd>,
@@ -188,8 +194,13 @@ fn volatile_root(
         }
         None => tree.to_path_buf(),
     };
-    let usr = resolve::open_in(&tree_root, Path::new("/usr"), Create::Nothing)
-        .and_then(|usr| clone_at(&usr));
+    // NEW resolved in the tree, then /usr in NEW, as the pivoted root sees it.
+    let usr = match pivot {
+        Some(new_root) => resolve::in_root(&tree_root, new_root, Create::Nothing),
+        None => Ok(tree_root.clone()),
+    }
+    .and_then(|root| resolve::open_in(&root, Path::new("/usr"), Create::Nothing))
+    .and_then(|usr| clone_at(&usr));
     if idmapped.is_some() {
         umount2(&staging, MntFlags::MNT_DETACH)
             .map_err(|e| Error::syscall("umount2(staging)", e))?;
