@@ -603,3 +603,84 @@ fn nixspawn_inside_a_guest_needs_no_nested_sandbox() {
     require_root();
     assert_both_nested_guests_ran(&nested_nixspawn(&[]));
 }
+
+/// In a guest that shares its host's network namespace (no
+/// --private-network), nixspawn cannot mount a sysfs: the kernel lets
+/// only the user namespace owning the network namespace (here the host's)
+/// do that. The inner launcher says so in one line, with the fix, rather
+/// than a bare "Operation not permitted" (both for a guest in the outer
+/// guest's user namespace and one in its own); with the fix it names, the
+/// same inner launches run. Command-mode outer guests of the bookworm
+/// tree, -U as a Nix builder's.
+#[test]
+fn nested_nixspawn_without_a_network_of_its_own_says_why_sysfs_fails() {
+    privileged!();
+    require_root();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static");
+    let script = format!(
+        "mkdir -p /tmp/bb/bin /tmp/bb/usr /tmp/bb/etc; cp /busybox /tmp/bb/bin/; \
+         for a in sh echo; do ln -sf busybox /tmp/bb/bin/$a; done
+         for tag in plain userns; do
+           extra=; [ $tag = userns ] && extra='-U --private-users=identity'
+           /nixspawn-bin/nixspawn -q --pipe --register=no -M {0}-$tag $extra -D /tmp/bb \
+             /bin/sh -c 'echo ran' >/tmp/out 2>/tmp/err
+           echo \"$tag: exit $? out $(cat /tmp/out) lines $(wc -l </tmp/err)\"
+           echo \"$tag: err $(cat /tmp/err)\"
+         done",
+        unique_name("s6-sysfs")
+    );
+    let run = |network: &[&str]| {
+        let name = unique_name("s6-sysfs-outer");
+        let mut args = vec![
+            "-q".to_owned(),
+            "--register=no".into(),
+            "--pipe".into(),
+            "-M".into(),
+            name.clone(),
+            "-x".into(),
+            "-U".into(),
+        ];
+        args.extend(network.iter().map(|s| s.to_string()));
+        args.extend([
+            "-D".into(),
+            tree("bookworm").to_string_lossy().into_owned(),
+            format!("--bind-ro={}:/nixspawn-bin", bin_dir().display()),
+            format!("--bind-ro={busybox}:/busybox"),
+            "/bin/sh".into(),
+            "-c".into(),
+            script.clone(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run_nixspawn(&args, "");
+        assert_eq!(code, 0, "{err}");
+        assert_cleaned_up(&name, None);
+        eprintln!("{network:?}:\n{out}");
+        out
+    };
+    let out = run(&[]);
+    for tag in ["plain", "userns"] {
+        assert_eq!(
+            field(&out, &format!("{tag}: exit ")),
+            "1 out  lines 1",
+            "{out}"
+        );
+        let err = field(&out, &format!("{tag}: err "));
+        assert!(
+            err.contains("mounting sysfs")
+                && err.contains("network namespace")
+                && err.contains("--private-network or --network-veth"),
+            "{tag}: {err}"
+        );
+    }
+    let out = run(&["--private-network"]);
+    for tag in ["plain", "userns"] {
+        assert_eq!(
+            field(&out, &format!("{tag}: exit ")),
+            "0 out ran lines 0",
+            "{out}"
+        );
+    }
+}

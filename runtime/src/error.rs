@@ -116,6 +116,14 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// sysfs refused because the network namespace belongs to a user
+    /// namespace above ours: a launcher inside a guest that shares its
+    /// host's network namespace.
+    #[error(
+        "mounting sysfs on {target}: Operation not permitted: the network namespace here belongs to a user namespace above this launcher's (in a guest that shares its host's network?), and only that one may mount sysfs; start the outer guest with --private-network or --network-veth"
+    )]
+    SysfsNetnsNotOwned { target: PathBuf },
+
     #[error(
         "{path} holds another container's processes (a second --keep-unit launcher in this unit's cgroup?); run each launcher in a unit of its own, or stop the other first"
     )]

@@ -111,6 +111,16 @@ pub fn namespace_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
     })
 }
 
+/// The user namespace owning the namespace `ns` (ioctl NS_GET_USERNS).
+/// EPERM when that owner is outside this process's reach: an ancestor of
+/// its own user namespace.
+pub fn namespace_owner(ns: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a fresh
+    // descriptor of ours (close-on-exec), owned at once.
+    owned(unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS) }.into())
+}
+
 /// NS_GET_ID (Linux 6.18): a namespace's 64-bit ID, which unlike its
 /// inode number is never handed to another namespace.
 const NS_GET_ID: libc::c_ulong = 0x8008_b70d;

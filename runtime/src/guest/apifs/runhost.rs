@@ -186,7 +186,11 @@ pub(crate) fn pin_api_filesystems(host: &Path) -> Result<()> {
         ("sysfs", "sys", MsFlags::MS_RDONLY),
     ] {
         let target = host.join(dir);
-        crate::guest::rootfs::mounts::mount_fs_on_dir(fstype, &target, 0o555, flags | extra, None)?;
+        crate::guest::rootfs::mounts::mount_fs_on_dir(fstype, &target, 0o555, flags | extra, None)
+            .map_err(|e| match fstype {
+                "sysfs" => crate::guest::apifs::sysfs::explain(e),
+                _ => e,
+            })?;
         crate::guest::rootfs::mounts::propagation(&target, MsFlags::MS_SHARED)?;
     }
     Ok(())

@@ -23,14 +23,39 @@ const RO: MsFlags = MsFlags::MS_RDONLY
 /// A sysfs of the guest's own (or the host's) network namespace on `sys`
 /// (the guest's /sys, resolved and held).
 pub(crate) fn mount_sys_on(sys: &Target) -> Result<()> {
-    let mounted = mount_new("sysfs", sys, RO, None)?;
+    let mounted = mount_new("sysfs", sys, RO, None).map_err(explain)?;
     mount_cgroup(&mounted.path())
 }
 
 /// The same at the path `sys` (inside the guest's root, after it pivoted).
 pub(crate) fn mount_sys(sys: &Path) -> Result<()> {
-    mount_fs("sysfs", sys, RO, None)?;
+    mount_fs("sysfs", sys, RO, None).map_err(explain)?;
     mount_cgroup(sys)
+}
+
+/// A sysfs mount refused with EPERM, said with its cause where that is
+/// the network namespace: the kernel lets only (an ancestor of) the user
+/// namespace owning it mount sysfs, so a launcher in a guest that shares
+/// its host's network namespace cannot, whatever its capabilities.
+pub(crate) fn explain(e: Error) -> Error {
+    match e {
+        Error::Mount { target, source, .. }
+            if source.raw_os_error() == Some(libc::EPERM) && !network_in_reach() =>
+        {
+            Error::SysfsNetnsNotOwned { target }
+        }
+        e => e,
+    }
+}
+
+/// Whether our network namespace's owner is our user namespace or one
+/// below it (NS_GET_USERNS refuses an owner above it with EPERM).
+fn network_in_reach() -> bool {
+    let Ok(net) = std::fs::File::open("/proc/self/ns/net") else {
+        return true;
+    };
+    !matches!(sys::namespace_owner(net.as_fd()),
+              Err(e) if e.raw_os_error() == Some(libc::EPERM))
 }
 
 /// For a guest in a user namespace without a network namespace of its own:
