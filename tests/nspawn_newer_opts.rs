@@ -6,7 +6,11 @@
 //! is no terminal or colors are off. `--kill-signal-delay` (no nspawn has
 //! it) refused in one line, and what nspawn does instead — the kill signal
 //! on the first SIGTERM, SIGKILL on the second — seen by a guest that
-//! ignores the first, under both launchers.
+//! ignores the first, under both launchers. And small parities with
+//! nspawn, side by side: the last of `-j` and `--link-journal` wins; the
+//! `--as-pid2` stub powers off or reboots on init's signals; `--volatile=yes`
+//! takes `/usr` from `--pivot-root`'s NEW; `RestrictAddressFamilies=` from
+//! an untrusted file applies (against nspawn 262 from the sid fixture).
 
 mod common;
 
@@ -248,4 +252,317 @@ fn kill_signal_once_then_sigkill_on_the_second_sigterm_as_nspawn() {
     );
     assert!(ours.1, "nixspawn killed the guest without a second SIGTERM");
     assert_eq!(ours, theirs, "nixspawn and systemd-nspawn differ");
+}
+
+// ---- small parity fixes (session 6): -j against --link-journal, the
+// --as-pid2 stub on halt and reboot signals, --volatile=yes with
+// --pivot-root, RestrictAddressFamilies= from an untrusted file ----
+
+/// `launcher`'s exit status and stdout for `script` (busybox sh as PID 1,
+/// or PID 2 under `--as-pid2`), as `beside` runs it.
+fn ended(launcher: &str, tree: &std::path::Path, args: &[&str], script: &str) -> (i32, String) {
+    let (code, out, err) = beside(launcher, tree, args, &[], script);
+    eprintln!("{launcher} {args:?}: exit {code}, {out:?}, {err:?}");
+    (code, out)
+}
+
+/// Both launchers end the same way: exit status and stdout.
+fn both_end(tree: &std::path::Path, args: &[&str], script: &str) -> (i32, String) {
+    let ours = ended(NIXSPAWN, tree, args, script);
+    let theirs = ended(NSPAWN, tree, args, script);
+    assert_eq!(
+        ours, theirs,
+        "nixspawn and systemd-nspawn differ for {args:?}"
+    );
+    ours
+}
+
+/// The host's /var/log/journal/ID (and /var/log/journal if the host had
+/// none), removed however the test ends.
+struct HostJournal {
+    path: std::path::PathBuf,
+    made_parent: bool,
+}
+
+impl HostJournal {
+    fn new(id: &str) -> HostJournal {
+        let parent = std::path::Path::new("/var/log/journal");
+        let made_parent = !parent.exists();
+        std::fs::create_dir_all(parent).unwrap();
+        HostJournal {
+            path: parent.join(id),
+            made_parent,
+        }
+    }
+
+    /// What the launcher left at the host's path: "link", "dir" or
+    /// "nothing"; then removed for the next run.
+    fn take(&self) -> &'static str {
+        let kind = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => "link",
+            Ok(m) if m.is_dir() => "dir",
+            Ok(_) => "other",
+            Err(_) => "nothing",
+        };
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir_all(&self.path);
+        kind
+    }
+}
+
+impl Drop for HostJournal {
+    fn drop(&mut self) {
+        self.take();
+        if self.made_parent {
+            let _ = std::fs::remove_dir("/var/log/journal");
+        }
+    }
+}
+
+/// `-j` is `--link-journal=try-guest`, and of the two the last one on the
+/// command line wins (nspawn's getopt loop). Host mode bind-mounts a host
+/// directory at the guest's /var/log/journal/ID; try-guest links the
+/// host's path to the tree's. Seen from the guest (the mount) and the host
+/// (a directory or a link), under both launchers.
+#[test]
+fn the_last_of_j_and_link_journal_wins_as_in_nspawn() {
+    privileged!();
+    require_nspawn();
+    let tree = busybox_tree();
+    let id = "5a1d0e2c4b6f48a9b1c3d5e7f9a0b2c4";
+    std::fs::write(tree.path().join("etc/machine-id"), format!("{id}\n")).unwrap();
+    std::fs::create_dir_all(tree.path().join("var/log/journal")).unwrap();
+    let host = HostJournal::new(id);
+    let script = format!("grep -c ' /var/log/journal/{id} ' /proc/self/mountinfo || true");
+    for (args, mounted, on_host) in [
+        (&["-j", "--link-journal=host"][..], "1", "dir"),
+        (&["--link-journal=host", "-j"][..], "0", "link"),
+        (&["--link-journal=no", "-j"][..], "0", "link"),
+        (&["-j", "--link-journal=no"][..], "0", "nothing"),
+    ] {
+        let mut seen = Vec::new();
+        for launcher in [NIXSPAWN, NSPAWN] {
+            let (code, out) = ended(launcher, tree.path(), args, &script);
+            assert_eq!(code, 0, "{launcher} {args:?}");
+            seen.push((out.trim().to_owned(), host.take()));
+        }
+        assert_eq!(seen[0], seen[1], "nixspawn, systemd-nspawn for {args:?}");
+        assert_eq!(seen[0], (mounted.to_owned(), on_host), "{args:?}");
+    }
+}
+
+/// glibc's SIGRTMIN (34) plus `n`, as systemd numbers its init signals.
+fn rtmin(n: i32) -> String {
+    (libc::SIGRTMIN() + n).to_string()
+}
+
+/// `--as-pid2`: the stub init takes systemd's halt and power-off signals
+/// (SIGRTMIN+3, +4, +13, +14) and reboot signals (SIGINT, SIGRTMIN+5, +6,
+/// +15, +16) as nspawn's stub does: the payload gets SIGTERM and SIGHUP,
+/// and once it has ended the stub calls reboot(2), so the launcher sees a
+/// power-off (exit 0) or a reboot (133 under --keep-unit, which hands the
+/// restart to the unit). Without CAP_SYS_BOOT the power-off falls back to
+/// the payload's status (255: it was killed) and the reboot ends with 1.
+/// A payload that is sent nothing still passes its own status on.
+#[test]
+fn as_pid2_stub_halts_and_reboots_on_inits_signals_as_nspawn() {
+    privileged!();
+    require_nspawn();
+    let tree = busybox_tree();
+    let asks = |signal: &str| format!("echo asking; kill -{signal} 1; sleep 5; echo not-stopped");
+    for (signal, extra, want) in [
+        (rtmin(4), None, 0),
+        (rtmin(3), None, 0),
+        (rtmin(14), None, 0),
+        (rtmin(5), None, 133),
+        (rtmin(16), None, 133),
+        ("INT".to_owned(), None, 133),
+        (rtmin(4), Some("--drop-capability=CAP_SYS_BOOT"), 255),
+        (rtmin(5), Some("--drop-capability=CAP_SYS_BOOT"), 1),
+    ] {
+        let mut args = vec!["--as-pid2"];
+        args.extend(extra);
+        let (code, out) = both_end(tree.path(), &args, &asks(&signal));
+        assert_eq!(
+            (code, out.as_str()),
+            (want, "asking\n"),
+            "{signal} {extra:?}"
+        );
+    }
+    // Nothing asked: the payload's own status, under both.
+    let (code, _) = both_end(tree.path(), &["--as-pid2"], "exit 7");
+    assert_eq!(code, 7);
+    // Without --keep-unit (nixspawn alone: systemd-nspawn 252 needs a
+    // system bus for its scope then) the launcher reboots the guest.
+    let script = format!(
+        "if [ -e /rebooted ]; then echo second boot; exit 7; fi; touch /rebooted; {}",
+        asks(&rtmin(5))
+    );
+    let dir = tree.path().to_str().unwrap();
+    let (code, out, err) = run_nixspawn(
+        &[
+            "-q",
+            "--register=no",
+            "--as-pid2",
+            "-D",
+            dir,
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+        "",
+    );
+    assert_eq!((code, out.as_str()), (7, "asking\nsecond boot\n"), "{err}");
+}
+
+/// `--volatile=yes` with `--pivot-root=NEW[:OLD]`: nspawn pivots first,
+/// then builds the volatile root from what the pivot left, so the tmpfs
+/// root holds NEW's /usr, and OLD (the whole tree, kept at NEW/OLD) goes
+/// with the rest of NEW. Before, nixspawn ignored the pivot and gave the
+/// tree's own /usr. A NEW the tree lacks is refused in one line.
+#[test]
+fn volatile_yes_takes_usr_from_the_pivoted_root_as_nspawn() {
+    privileged!();
+    require_nspawn();
+    let tree = busybox_tree();
+    let root = tree.path();
+    std::fs::write(root.join("usr/which"), "the tree's /usr\n").unwrap();
+    // NEW: a second busybox tree inside the first, with its own /usr.
+    let inner = root.join("inner");
+    std::fs::create_dir_all(inner.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(inner.join("oldroot")).unwrap();
+    for applet in ["busybox", "sh", "cat", "ls", "test", "echo"] {
+        let from = root.join("usr/bin").join(applet);
+        let to = inner.join("usr/bin").join(applet);
+        if applet == "busybox" {
+            std::fs::copy(from, to).unwrap();
+        } else {
+            std::os::unix::fs::symlink("busybox", to).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink("usr/bin", inner.join("bin")).unwrap();
+    std::fs::write(inner.join("usr/which"), "inner's /usr\n").unwrap();
+    let script = "cat /usr/which; ls /; test -e /oldroot && echo old kept || echo no old";
+    let (code, out) = both_end(root, &["--volatile=yes", "--pivot-root=/inner"], script);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("inner's /usr\n"), "{out}");
+    // NEW:OLD (nixspawn alone: 252 fails the OLD form on this host, with
+    // or without --volatile): OLD goes with NEW's own tree, while the
+    // pivot alone keeps it.
+    let ours = |args: &[&str]| answer(NIXSPAWN, root, args, script);
+    let out = ours(&["--volatile=yes", "--pivot-root=/inner:/oldroot"]);
+    assert!(
+        out.starts_with("inner's /usr\n") && out.ends_with("no old\n"),
+        "{out}"
+    );
+    let out = ours(&["--pivot-root=/inner:/oldroot"]);
+    assert!(
+        out.starts_with("inner's /usr\n") && out.ends_with("old kept\n"),
+        "{out}"
+    );
+    let (code, out, err) = beside(
+        NIXSPAWN,
+        root,
+        &["--volatile=yes", "--pivot-root=/nowhere"],
+        &[],
+        script,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nowhere"), "{err}");
+}
+
+/// systemd-nspawn 262 from the sid fixture, run with its own loader and
+/// libraries (nothing installed on the host), for what 252 does not have.
+/// 262 refuses a hybrid cgroup host, so it gets a mount namespace of its
+/// own with the v2 hierarchy at /sys/fs/cgroup. A script written into
+/// `dir`; None where the fixture has no systemd-nspawn.
+fn nspawn_262(dir: &std::path::Path) -> Option<String> {
+    let sid = tree("sid");
+    let bin = sid.join("usr/bin/systemd-nspawn");
+    if !bin.exists() {
+        return None;
+    }
+    let libs = sid.join("usr/lib/x86_64-linux-gnu");
+    let script = dir.join("systemd-nspawn-262");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare -m --propagation private /bin/sh -c \
+             'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$0\" \"$@\"' \
+             {libs}/ld-linux-x86-64.so.2 --library-path {libs}:{libs}/systemd {bin} \"$@\"\n",
+            libs = libs.display(),
+            bin = bin.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(script.to_string_lossy().into_owned())
+}
+
+/// `RestrictAddressFamilies=` (systemd-nspawn 261+) from an untrusted
+/// file (one beside the tree): nspawn 262 applies it, with no warning (it
+/// only takes from the guest; it is not among the settings an untrusted
+/// file may not make), and the command line's option still wins over it.
+/// Side by side with 262 where the sid fixture has it; 252 ignores the key
+/// as unknown. The guest's socket(2) results say which applied.
+#[test]
+fn restrict_address_families_from_an_untrusted_file_applies_as_in_nspawn_262() {
+    privileged!();
+    let tree = busybox_tree();
+    std::fs::create_dir_all(tree.path().join("tmp")).unwrap();
+    build_static(
+        &tree.path().join("usr/bin"),
+        "process-opts.c",
+        "process-opts",
+        "the process-options probe",
+    );
+    let name = tree
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let file = tree.path().parent().unwrap().join(format!("{name}.nspawn"));
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    std::fs::write(&file, "[Exec]\nRestrictAddressFamilies=AF_UNIX\n").unwrap();
+    let _file = Remove(file);
+    let probe = "process-opts | grep -e 'socket(AF_UNIX)' -e 'socket(AF_INET)'";
+    let file_applies = "socket(AF_UNIX): ok\nsocket(AF_INET): EAFNOSUPPORT\n";
+    let option_wins = "socket(AF_UNIX): EAFNOSUPPORT\nsocket(AF_INET): ok\n";
+    let cases: [(&[&str], &str); 2] = [
+        (&[], file_applies),
+        (&["--restrict-address-families=AF_INET"], option_wins),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let reference = nspawn_262(dir.path());
+    for (args, want) in cases {
+        let (code, out, err) = beside(NIXSPAWN, tree.path(), args, &[], probe);
+        assert_eq!((code, out.as_str()), (0, want), "nixspawn {args:?}: {err}");
+        assert!(!err.contains("not trusted"), "nixspawn {args:?}: {err}");
+        match &reference {
+            Some(nspawn) => {
+                let (code, theirs, err) = beside(nspawn, tree.path(), args, &[], probe);
+                assert_eq!(
+                    (code, theirs.as_str()),
+                    (0, want),
+                    "systemd-nspawn 262 {args:?}: {err}"
+                );
+                assert!(!err.contains("not trusted"), "262 {args:?}: {err}");
+            }
+            None => eprintln!("no systemd-nspawn in the sid fixture: nixspawn alone"),
+        }
+    }
+    // 252 knows no such key: it warns and ignores it.
+    require_nspawn();
+    let (code, out, err) = beside(NSPAWN, tree.path(), &[], &[], probe);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("socket(AF_INET): ok"), "{out}");
+    assert!(err.contains("Unknown key"), "{err}");
 }

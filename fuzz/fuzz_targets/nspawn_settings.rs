@@ -23,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
             let masked = |g| mode != Mode::Override && args.sets(g);
             if let Ok(settings) = nspawn_settings::read(&entries, path, trust, &masked) {
                 // An untrusted file never gets a privileged setting through.
+                // (RestrictAddressFamilies= is not one: nspawn 262 takes it
+                // from any file, as it only restricts.)
                 if trust == Trust::Untrusted {
                     for s in &settings.values {
                         use nspawn_settings::Setting::*;
