@@ -493,7 +493,7 @@ pub fn try_parse(argv: &[String]) -> Result<Args, ArgvError> {
     };
     let matches = Args::command().try_get_matches_from(argv).map_err(sorted)?;
     let mut args = Args::from_arg_matches(&matches).map_err(sorted)?;
-    args.last_journal_option_wins(&matches);
+    args.later_spelling_wins(&matches);
     Ok(args)
 }
 
@@ -516,18 +516,35 @@ fn fill<T>(slot: &mut Option<T>, value: T, over: bool) {
 }
 
 impl Args {
-    /// `-j` and `--link-journal=` set one thing, and nspawn's getopt loop
-    /// lets the later one win; clap keeps both, so forget the earlier.
-    fn last_journal_option_wins(&mut self, matches: &clap::ArgMatches) {
+    /// `-j` and `--link-journal=`, `-U` and `--private-users=`,
+    /// `--private-users-chown` and `--private-users-ownership=` each set
+    /// one thing, and nspawn's getopt loop lets the later one win; clap
+    /// keeps both, so forget the earlier.
+    fn later_spelling_wins(&mut self, matches: &clap::ArgMatches) {
         let at = |id: &str| {
             (matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
                 .then(|| matches.indices_of(id).and_then(|i| i.max()))
                 .flatten()
         };
-        match (at("link_journal"), at("link_journal_try_guest")) {
-            (Some(long), Some(short)) if short > long => self.link_journal = None,
-            (Some(_), Some(_)) => self.link_journal_try_guest = false,
-            _ => {}
+        // Some(true): the flag came last; Some(false): the option did.
+        let flag_last = |option: &str, flag: &str| match (at(option), at(flag)) {
+            (Some(o), Some(f)) => Some(f > o),
+            _ => None,
+        };
+        match flag_last("link_journal", "link_journal_try_guest") {
+            Some(true) => self.link_journal = None,
+            Some(false) => self.link_journal_try_guest = false,
+            None => {}
+        }
+        match flag_last("private_users", "pick_users") {
+            Some(true) => self.private_users = None,
+            Some(false) => self.pick_users = false,
+            None => {}
+        }
+        match flag_last("private_users_ownership", "private_users_chown") {
+            Some(true) => self.private_users_ownership = None,
+            Some(false) => self.private_users_chown = false,
+            None => {}
         }
     }
 
@@ -1147,6 +1164,38 @@ mod tests {
             assert_eq!(got, want, "{line}");
             assert!(a.sets(Group::LinkJournal), "{line}");
         }
+    }
+
+    #[test]
+    fn u_and_private_users_and_the_chown_spellings_the_last_one_wins() {
+        use userns::{Mode, Ownership};
+        let users = |line: &str| {
+            let a = parse(&argv(line)).unwrap();
+            assert!(a.sets(Group::Userns), "{line}");
+            match (a.private_users, a.pick_users) {
+                (Some(m), false) => m,
+                (None, true) => Mode::Pick,
+                other => panic!("{line}: both kept: {other:?}"),
+            }
+        };
+        assert_eq!(users("-U --private-users=no"), Mode::No);
+        assert_eq!(users("--private-users=no -U"), Mode::Pick);
+        let owner = |line: &str| {
+            let a = parse(&argv(line)).unwrap();
+            match (a.private_users_ownership, a.private_users_chown) {
+                (Some(o), false) => o,
+                (None, true) => Ownership::Chown,
+                other => panic!("{line}: both kept: {other:?}"),
+            }
+        };
+        assert_eq!(
+            owner("--private-users-chown --private-users-ownership=map"),
+            Ownership::Map
+        );
+        assert_eq!(
+            owner("--private-users-ownership=map --private-users-chown"),
+            Ownership::Chown
+        );
     }
 
     #[test]

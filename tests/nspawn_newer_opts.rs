@@ -566,3 +566,23 @@ fn restrict_address_families_from_an_untrusted_file_applies_as_in_nspawn_262() {
     assert!(out.contains("socket(AF_INET): ok"), "{out}");
     assert!(err.contains("Unknown key"), "{err}");
 }
+
+/// `-U` and `--private-users=` set one thing too, and the later wins in
+/// nspawn: `-U --private-users=no` runs with the host's IDs,
+/// `--private-users=no -U` in a picked range (before, `--private-users`
+/// always won). Seen in the guest's uid_map under both launchers.
+#[test]
+fn the_last_of_u_and_private_users_wins_as_in_nspawn() {
+    privileged!();
+    require_nspawn();
+    let tree = busybox_tree();
+    let script = "read inside outside count < /proc/self/uid_map; \
+                  [ \"$outside\" = 0 ] && echo host IDs || echo own range";
+    for (args, want) in [
+        (&["-U", "--private-users=no"][..], "host IDs\n"),
+        (&["--private-users=no", "-U"][..], "own range\n"),
+    ] {
+        let (code, out) = both_end(tree.path(), args, script);
+        assert_eq!((code, out.as_str()), (0, want), "{args:?}");
+    }
+}
