@@ -504,7 +504,8 @@ fn nspawn_262(dir: &std::path::Path) -> Option<String> {
 /// `RestrictAddressFamilies=` (systemd-nspawn 261+) from an untrusted
 /// file (one beside the tree): nspawn 262 applies it, with no warning (it
 /// only takes from the guest; it is not among the settings an untrusted
-/// file may not make), and the command line's option still wins over it.
+/// file may not make), and the command line's option still wins over it
+/// (unless `--settings=override`).
 /// Side by side with 262 where the sid fixture has it; 252 ignores the key
 /// as unknown. The guest's socket(2) results say which applied.
 #[test]
@@ -536,9 +537,13 @@ fn restrict_address_families_from_an_untrusted_file_applies_as_in_nspawn_262() {
     let probe = "process-opts | grep -e 'socket(AF_UNIX)' -e 'socket(AF_INET)'";
     let file_applies = "socket(AF_UNIX): ok\nsocket(AF_INET): EAFNOSUPPORT\n";
     let option_wins = "socket(AF_UNIX): EAFNOSUPPORT\nsocket(AF_INET): ok\n";
-    let cases: [(&[&str], &str); 2] = [
+    let cases: [(&[&str], &str); 3] = [
         (&[], file_applies),
         (&["--restrict-address-families=AF_INET"], option_wins),
+        (
+            &["--settings=override", "--restrict-address-families=AF_INET"],
+            file_applies,
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let reference = nspawn_262(dir.path());
