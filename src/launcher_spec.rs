@@ -128,7 +128,10 @@ impl Place {
             machine = ephemeral_name(&machine, random_u64()?)?;
         }
         let mode = args.settings.unwrap_or_default();
-        let settings = nspawn_settings::find(&settings_name, directory.as_deref(), mode)
+        // As nspawn: the untrusted file sits beside the image when there
+        // is one (`/x/foo.raw` → `/x/foo.nspawn`), else beside the tree.
+        let beside = image.as_deref().or(directory.as_deref());
+        let settings = nspawn_settings::find(&settings_name, beside, mode)
             .map(|(path, trust)| -> Result<SettingsFile> {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;

@@ -1084,3 +1084,77 @@ fn an_mbr_partitions_loop_device_goes_after_sigkill() {
         !Path::new("/run/nixspawn").join(&name).exists()
     });
 }
+
+/// A `.nspawn` file beside the image, as nspawn finds it: `NAME.raw`'s is
+/// `NAME.nspawn`, `NAME.img`'s is `NAME.img.nspawn` (only `.raw` leaves
+/// the machine name), `-M OTHER`'s is `OTHER.nspawn`, all next to the
+/// image. Beside the image it is untrusted: its Environment= and
+/// Hostname= apply, its Bind= is ignored (and applies with
+/// `--settings=trusted`). The same answers under both launchers.
+#[test]
+fn a_settings_file_beside_the_image_is_read_as_by_nspawn() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "from-host\n").unwrap();
+    let settings = |tag: &str| {
+        format!(
+            "[Exec]\nEnvironment=BESIDE={tag}\nHostname=host-{tag}\n[Files]\nBind={}:/data\n",
+            data.display()
+        )
+    };
+    let fs = busybox_image(d, "ext4");
+    let script = "echo $BESIDE; hostname; cat /data/file 2>/dev/null || echo no-bind";
+    for (image, file, machine, extra, tag, want) in [
+        (
+            "i16set.raw",
+            "i16set.nspawn",
+            None,
+            None,
+            "raw",
+            "raw\nhost-raw\nno-bind\n",
+        ),
+        (
+            "i16set.img",
+            "i16set.img.nspawn",
+            None,
+            None,
+            "img",
+            "img\nhost-img\nno-bind\n",
+        ),
+        (
+            "i16set.raw",
+            "i16set-m.nspawn",
+            Some("i16set-m"),
+            None,
+            "m",
+            "m\nhost-m\nno-bind\n",
+        ),
+        (
+            "i16set.raw",
+            "i16set.nspawn",
+            None,
+            Some("--settings=trusted"),
+            "trusted",
+            "trusted\nhost-trusted\nfrom-host\n",
+        ),
+    ] {
+        let image = d.join(image);
+        std::fs::copy(&fs, &image).unwrap();
+        std::fs::write(d.join(file), settings(tag)).unwrap();
+        let mut argv = vec!["-i", image.to_str().unwrap()];
+        if let Some(m) = machine {
+            argv.extend(["-M", m]);
+        }
+        argv.extend(extra);
+        argv.extend(["sh", "-c", script]);
+        let out = same(&argv);
+        assert_eq!(out, want, "{image:?} {file} {machine:?} {extra:?}");
+        std::fs::remove_file(d.join(file)).unwrap();
+        std::fs::remove_file(&image).unwrap();
+    }
+    assert_eq!(loops_under(d), Vec::<String>::new());
+}
