@@ -961,6 +961,9 @@ fn mbr_partition_rules_are_nspawns() {
     }
 }
 
+/// An MBR entry: boot indicator, type, first sector, sectors.
+type RawEntry = (u8, u8, u32, u32);
+
 /// Write MBR entry `i` of the 512-byte sector 0 of `disk`.
 fn mbr_entry(disk: &Path, i: u64, boot: u8, kind: u8, start: u32, count: u32) {
     use std::os::unix::fs::FileExt;
@@ -988,7 +991,7 @@ fn bad_mbr_tables_fail_in_one_line_leaving_nothing() {
     let a = marked_fs(d, "fs-a");
     let disk = d.join("bad.raw");
     let disk_s = disk.to_str().unwrap();
-    let cases: [(&[(u8, u8, u32, u32)], &str); 5] = [
+    let cases: [(&[RawEntry], &str); 5] = [
         (
             &[(0x80, 0x83, 2048, 200_000)],
             "MBR partition 1 (sectors 2048..202047) lies outside the image (sectors 1..81919)",

@@ -92,9 +92,8 @@ pub fn read(file: &File, image_size: u64) -> Result<Option<Vec<Partition>>, Stri
     // Ranges in sectors [start, end) of the primaries, extended ones too.
     let mut primaries: Vec<(String, u64, u64)> = Vec::new();
     let mut extended = None;
-    for i in 0..4 {
+    for (i, number) in (1..=4u32).enumerate() {
         let (boot, kind, start, count) = entry(&mbr, i);
-        let number = i as u32 + 1;
         if boot != 0 && boot != BOOTABLE {
             return Err(format!(
                 "MBR entry {number} has boot indicator {boot:#04x} (only 0x00 or 0x80 make a partition table)"
@@ -305,9 +304,12 @@ mod tests {
         assert!(parts[0].bootable());
     }
 
+    /// (boot indicator, type, first sector, sectors) of an entry.
+    type Raw = (u8, u8, u32, u32);
+
     #[test]
     fn bad_tables_are_named() {
-        let cases: Vec<(Vec<(u8, u8, u32, u32)>, &str)> = vec![
+        let cases: Vec<(Vec<Raw>, &str)> = vec![
             (vec![(0, LINUX, 2048, 100_000)], "lies outside the image"),
             (vec![(0, LINUX, 0, 100)], "lies outside the image"),
             (
