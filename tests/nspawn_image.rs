@@ -1093,7 +1093,8 @@ fn an_mbr_partitions_loop_device_goes_after_sigkill() {
 /// the machine name), `-M OTHER`'s is `OTHER.nspawn`, all next to the
 /// image. Beside the image it is untrusted: its Environment= and
 /// Hostname= apply, its Bind= is ignored (and applies with
-/// `--settings=trusted`). The same answers under both launchers.
+/// `--settings=trusted`). Through a symlink, the link's name and place
+/// count, not its target's. The same answers under both launchers.
 #[test]
 fn a_settings_file_beside_the_image_is_read_as_by_nspawn() {
     privileged!();
@@ -1159,5 +1160,30 @@ fn a_settings_file_beside_the_image_is_read_as_by_nspawn() {
         std::fs::remove_file(d.join(file)).unwrap();
         std::fs::remove_file(&image).unwrap();
     }
+    // A symlink to an image elsewhere: the machine is named after the
+    // link and its settings file is the one beside the link.
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::copy(&fs, elsewhere.join("i16set-real.raw")).unwrap();
+    let link = d.join("i16set-link.raw");
+    std::os::unix::fs::symlink("elsewhere/i16set-real.raw", &link).unwrap();
+    std::fs::write(
+        d.join("i16set-link.nspawn"),
+        "[Exec]\nEnvironment=BESIDE=link\n",
+    )
+    .unwrap();
+    std::fs::write(
+        elsewhere.join("i16set-real.nspawn"),
+        "[Exec]\nEnvironment=BESIDE=real\n",
+    )
+    .unwrap();
+    let out = same(&[
+        "-i",
+        link.to_str().unwrap(),
+        "sh",
+        "-c",
+        "echo $BESIDE; hostname",
+    ]);
+    assert_eq!(out, "link\ni16set-link\n");
     assert_eq!(loops_under(d), Vec::<String>::new());
 }
