@@ -89,6 +89,16 @@ impl Place {
             .map(closure::resolve_toplevel)
             .transpose()?;
         let image = image_path(args)?;
+        // As nspawn: the machine name and the settings file beside the
+        // image come from the path as given (made absolute), not from
+        // where its symlinks lead.
+        let image_as_given = args
+            .image
+            .as_deref()
+            .filter(|_| image.is_some())
+            .map(std::path::absolute)
+            .transpose()
+            .context("--image: cannot make the path absolute")?;
         let oci = oci_bundle(args)?;
         let directory = match (&args.directory, &args.machine, &toplevel) {
             (None, _, _) if oci.is_some() => oci.as_ref().map(|b| b.root.clone()),
@@ -111,8 +121,8 @@ impl Place {
                     .with_context(|| format!("directory {}: cannot be resolved", d.display()))
             })
             .transpose()?;
-        let mut machine = match (&image, &args.machine) {
-            (Some(image), None) => image_machine_name(image)?,
+        let mut machine = match (&image_as_given, &args.machine) {
+            (Some(given), None) => image_machine_name(given)?,
             _ => machine_name(
                 args.machine.as_deref(),
                 directory.as_deref(),
@@ -128,7 +138,10 @@ impl Place {
             machine = ephemeral_name(&machine, random_u64()?)?;
         }
         let mode = args.settings.unwrap_or_default();
-        let settings = nspawn_settings::find(&settings_name, directory.as_deref(), mode)
+        // As nspawn: the untrusted file sits beside the image when there
+        // is one (`/x/foo.raw` → `/x/foo.nspawn`), else beside the tree.
+        let beside = image_as_given.as_deref().or(directory.as_deref());
+        let settings = nspawn_settings::find(&settings_name, beside, mode)
             .map(|(path, trust)| -> Result<SettingsFile> {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;

@@ -1,6 +1,6 @@
 //! `.nspawn` settings files, as systemd-nspawn reads them: found by
 //! machine name in /etc/systemd/nspawn and /run/systemd/nspawn (trusted) or
-//! next to the tree (untrusted: privileged settings ignored). A file becomes
+//! next to the image or tree (untrusted: privileged settings ignored). A file becomes
 //! typed [`Setting`]s in the file's order, each value checked here with the
 //! file and line in any refusal; the launcher merges them with its command
 //! line (`launcher_args`), which wins unless `--settings=override`.
@@ -178,7 +178,8 @@ pub fn words(value: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The settings file for `machine`, and whether it is trusted.
+/// The settings file for `machine`, and whether it is trusted: in the
+/// trusted directories, else beside `directory` (the image or the tree).
 pub fn find(machine: &str, directory: Option<&Path>, mode: Mode) -> Option<(PathBuf, Trust)> {
     if mode == Mode::No {
         return None;

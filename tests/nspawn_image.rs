@@ -1,8 +1,8 @@
 //! Privileged: `--image=` (issue 16, group C). Disk images are built here
-//! (mkfs.ext4 -d, mkfs.erofs, mksquashfs, sfdisk) from a copy of the
-//! bookworm tree or a busybox tree, and booted under nixspawn and
-//! systemd-nspawn 252 with the same argv: the same mounts, os-release and
-//! running state. Bad images and refused options fail in one line with no
+//! (mkfs.ext4 -d, mkfs.erofs, mksquashfs, sfdisk; GPT and MBR tables)
+//! from a copy of the bookworm tree or a busybox tree, and booted under
+//! nixspawn and systemd-nspawn 252 with the same argv: the same mounts,
+//! os-release and running state. Bad images and refused options fail in one line with no
 //! loop device, mount or state left behind, also after SIGKILL.
 //!
 //! systemd-nspawn 252 insists on talking to udev for `--image` (it refuses
@@ -471,7 +471,7 @@ fn bad_images_and_policies_fail_in_one_line_leaving_nothing() {
         "echo 'label: dos\nstart=2048, type=83' | sfdisk -q {}",
         mbr.display()
     ));
-    check(&["-i", mbr.to_str().unwrap()], "MBR partition table");
+    check(&["-i", mbr.to_str().unwrap()], "not marked bootable");
 
     let bb = busybox_image(d, "ext4");
     let homeonly = d.join("homeonly.raw");
@@ -760,4 +760,438 @@ fn ephemeral_runs_share_an_image_and_never_write_it() {
         std::fs::read(image).unwrap() == before,
         "the image's bytes changed"
     );
+}
+
+/// An MBR disk of `mib` MiB at `out` laid out by the sfdisk `script`
+/// (after `label: dos`), partition N then filled with the image `fill`.
+fn mbr_disk(out: &Path, mib: u64, script: &str, fill: &[(u32, &Path)]) {
+    let file = std::fs::File::create(out).unwrap();
+    file.set_len(mib << 20).unwrap();
+    drop(file);
+    let mut child = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(out)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("label: dos\n{script}").as_bytes())
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "sfdisk {script}: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(out))).unwrap();
+    let node_prefix = out.to_str().unwrap();
+    for (number, image) in fill {
+        let part = json["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["node"].as_str().unwrap().strip_prefix(node_prefix) == Some(&number.to_string())
+            })
+            .unwrap_or_else(|| panic!("no partition {number}: {json}"));
+        let start = part["start"].as_u64().unwrap();
+        assert!(
+            part["size"].as_u64().unwrap() * 512 >= std::fs::metadata(image).unwrap().len(),
+            "partition {number} is smaller than {}",
+            image.display()
+        );
+        run(Command::new("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", out.display()))
+            .args(["bs=512", "conv=notrunc", "status=none"])
+            .arg(format!("seek={start}")));
+    }
+}
+
+/// A 16 MiB ext4 image of a busybox tree whose /marker says `marker`.
+fn marked_fs(dir: &Path, marker: &str) -> PathBuf {
+    let tree = busybox_tree();
+    for d in ["boot", "proc", "sys", "dev", "run", "tmp"] {
+        std::fs::create_dir_all(tree.path().join(d)).unwrap();
+    }
+    for applet in ["cut", "sort"] {
+        let _ = std::os::unix::fs::symlink("busybox", tree.path().join("usr/bin").join(applet));
+    }
+    std::fs::write(tree.path().join("marker"), format!("{marker}\n")).unwrap();
+    let image = dir.join(format!("{marker}.fs"));
+    ext4(tree.path(), &image, "16M");
+    image
+}
+
+/// An MBR disk of the bookworm tree: partition 1 (bootable, Linux) holds
+/// the whole tree; an extended partition holds a logical Linux partition
+/// without the bootable flag (a /home filesystem), which nspawn ignores.
+/// Both launchers give the same mounts, os-release and `running` state
+/// (the root a loop device of its own at the partition's offset), and no
+/// loop device is left after either.
+#[test]
+fn an_mbr_disk_boots_as_under_nspawn() {
+    privileged!();
+    require_tools();
+    let trees = Trees::new();
+    let single = trees.single_ext4();
+    ext4(&trees.path("home"), &trees.path("home.fs"), "8M");
+    let disk = trees.path("mbr.raw");
+    let root_sectors = std::fs::metadata(&single).unwrap().len().div_ceil(512);
+    mbr_disk(
+        &disk,
+        640,
+        &format!(
+            "start=2048, size={root_sectors}, type=83, bootable\ntype=5\nsize=16384, type=83\n"
+        ),
+        &[(1, &single), (5, &trees.path("home.fs"))],
+    );
+    let report = trees.path("report");
+    std::fs::create_dir(&report).unwrap();
+
+    let look = same(&[
+        "-i",
+        disk.to_str().unwrap(),
+        "-M",
+        "i16-mbr",
+        "sh",
+        "-c",
+        LOOK,
+    ]);
+    assert!(
+        look.starts_with("/ ext4 rw,nodev,relatime\n") && look.contains("no-home"),
+        "{look}"
+    );
+    assert!(look.contains("Debian GNU/Linux 12 (bookworm)"), "{look}");
+    let ours = boot_report(NIXSPAWN, &disk, &report);
+    let theirs = boot_report(NSPAWN, &disk, &report);
+    assert_eq!(ours, theirs, "booted MBR disk");
+    assert!(ours.starts_with("state=running\n"), "{ours}");
+    assert_eq!(loops_under(trees.dir.path()), Vec::<String>::new());
+}
+
+/// nspawn 252's rules for MBR partitions, each layout under both
+/// launchers: the bootable Linux partition is the root (a non-bootable
+/// one is ignored), also a logical one (ours only: see below); a 0xEA
+/// partition is /boot; a
+/// disk whose only Linux partition is not bootable, or with two bootable
+/// ones, is refused by both (ours in one line naming why). No loop device
+/// is left after any run.
+#[test]
+fn mbr_partition_rules_are_nspawns() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = dir.path();
+    let a = marked_fs(d, "fs-a");
+    let b = marked_fs(d, "fs-b");
+    let script = "cat /marker; mount | grep -E ' on /(boot)? ' | cut -d' ' -f3,5 | sort";
+    let disk = d.join("rules.raw");
+    let disk_s = disk.to_str().unwrap();
+    let argv = ["-M", "i16-mbr-rules", "-i", disk_s, "sh", "-c", script];
+
+    // Taken: both launchers boot the same partition the same way.
+    for (layout, fill, want) in [
+        (
+            "size=32768, type=83\nsize=32768, type=83, bootable\n",
+            vec![(1, a.as_path()), (2, b.as_path())],
+            "fs-b\n/ ext4\n",
+        ),
+        (
+            "size=32768, type=ea\nsize=32768, type=83, bootable\n",
+            vec![(1, a.as_path()), (2, b.as_path())],
+            "fs-b\n/ ext4\n/boot ext4\n",
+        ),
+    ] {
+        mbr_disk(&disk, 80, layout, &fill);
+        let out = same(&argv);
+        assert_eq!(out, want, "{layout}");
+        assert_eq!(loops_under(d), Vec::<String>::new(), "{layout}");
+    }
+
+    // A bootable logical partition is a root candidate like a primary
+    // one (nspawn 252's rule), but 252 itself cannot open it: it adds the
+    // extended partition's device over the whole container itself, and
+    // the kernel then refuses the logical partition inside it as
+    // overlapping (EBUSY, which 252 takes for "the kernel was quicker"),
+    // so its open fails with ENOENT. Ours alone.
+    mbr_disk(
+        &disk,
+        80,
+        "size=32768, type=83\ntype=5\nsize=32768, type=83, bootable\n",
+        &[(1, &a), (5, &b)],
+    );
+    let (code, out, err) = launch(NIXSPAWN, &argv);
+    assert_eq!((code, out.as_str()), (0, "fs-b\n/ ext4\n"), "{err}");
+    assert_eq!(loops_under(d), Vec::<String>::new());
+
+    // Refused by both.
+    for (layout, fill, why) in [
+        (
+            "size=32768, type=83\n",
+            vec![(1, a.as_path())],
+            "MBR partition 1 is Linux (0x83) but not marked bootable",
+        ),
+        (
+            "size=32768, type=83, bootable\nsize=32768, type=83, bootable\n",
+            vec![(1, a.as_path()), (2, b.as_path())],
+            "several bootable Linux (0x83) MBR partitions (1, 2)",
+        ),
+        (
+            "size=32768, type=b\n",
+            vec![(1, a.as_path())],
+            "without a Linux partition (type 0x83) to boot (partitions 1: 0x0b)",
+        ),
+    ] {
+        mbr_disk(&disk, 80, layout, &fill);
+        let line = refused(&argv);
+        assert!(
+            line.contains(why) && line.contains(disk_s),
+            "{layout}: {line}"
+        );
+        let (code, out, err) = launch(NSPAWN, &argv);
+        assert_ne!(code, 0, "nspawn took {layout}: {out}{err}");
+        assert_eq!(loops_under(d), Vec::<String>::new(), "{layout}");
+    }
+}
+
+/// An MBR entry: boot indicator, type, first sector, sectors.
+type RawEntry = (u8, u8, u32, u32);
+
+/// Write MBR entry `i` of the 512-byte sector 0 of `disk`.
+fn mbr_entry(disk: &Path, i: u64, boot: u8, kind: u8, start: u32, count: u32) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    let mut e = [0u8; 16];
+    e[0] = boot;
+    e[4] = kind;
+    e[8..12].copy_from_slice(&start.to_le_bytes());
+    e[12..16].copy_from_slice(&count.to_le_bytes());
+    f.write_all_at(&e, 446 + 16 * i).unwrap();
+    f.write_all_at(&[0x55, 0xAA], 510).unwrap();
+}
+
+/// Bad MBR tables, written byte by byte over a disk whose partition 1
+/// holds a good filesystem: a partition past the image's end, two
+/// overlapping partitions, a boot indicator that is neither 0 nor 0x80,
+/// an extended partition linking to itself. Each is refused in one line
+/// naming the image and what is wrong, and leaves no loop device.
+#[test]
+fn bad_mbr_tables_fail_in_one_line_leaving_nothing() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = dir.path();
+    let a = marked_fs(d, "fs-a");
+    let disk = d.join("bad.raw");
+    let disk_s = disk.to_str().unwrap();
+    let cases: [(&[RawEntry], &str); 5] = [
+        (
+            &[(0x80, 0x83, 2048, 200_000)],
+            "MBR partition 1 (sectors 2048..202047) lies outside the image (sectors 1..81919)",
+        ),
+        (
+            &[(0x80, 0x83, 2048, 32768), (0, 0x83, 30000, 8192)],
+            "MBR partition 1 and partition 2 overlap (sectors 2048..34815 and 30000..38191)",
+        ),
+        (
+            &[(0x81, 0x83, 2048, 32768)],
+            "MBR entry 1 has boot indicator 0x81",
+        ),
+        (
+            &[(0x80, 0x83, 2048, 32768), (0, 0x05, 40960, 8192)],
+            "loops",
+        ),
+        (&[(0, 0xEE, 1, 81919)], "protective MBR"),
+    ];
+    for (entries, why) in cases {
+        mbr_disk(&disk, 40, "size=32768, type=83, bootable\n", &[(1, &a)]);
+        for i in 0..4 {
+            mbr_entry(&disk, i, 0, 0, 0, 0);
+        }
+        for (i, &(boot, kind, start, count)) in entries.iter().enumerate() {
+            mbr_entry(&disk, i as u64, boot, kind, start, count);
+        }
+        if entries.iter().any(|e| e.1 == 0x05) {
+            // The extended partition's boot record: a logical partition
+            // and a link back to this very record.
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+            let mut ebr = [0u8; 512];
+            ebr[446 + 4] = 0x83;
+            ebr[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+            ebr[446 + 12..446 + 16].copy_from_slice(&100u32.to_le_bytes());
+            ebr[462 + 4] = 0x05;
+            ebr[462 + 12..462 + 16].copy_from_slice(&1u32.to_le_bytes());
+            ebr[510] = 0x55;
+            ebr[511] = 0xAA;
+            f.write_all_at(&ebr, 40960 * 512).unwrap();
+        }
+        let line = refused(&["-M", "i16-mbr-bad", "-i", disk_s, "true"]);
+        assert!(
+            line.contains(why) && line.contains(disk_s),
+            "{entries:?}: {line:?} lacks {why:?}"
+        );
+        assert_eq!(loops_under(d), Vec::<String>::new(), "{entries:?}");
+        assert!(!Path::new("/run/nixspawn/i16-mbr-bad").exists());
+        // 252 refuses a partition past the end too (EINVAL adding its
+        // device); an overlapping one it does not use it boots past,
+        // where we refuse the table.
+        if why.contains("lies outside the image") {
+            let (code, out, err) = launch(NSPAWN, &["-M", "i16-mbr-bad", "-i", disk_s, "true"]);
+            assert_ne!(code, 0, "nspawn took it: {out}{err}");
+            assert_eq!(loops_under(d), Vec::<String>::new(), "nspawn's");
+        }
+    }
+}
+
+/// An MBR disk's partition gets a loop device of its own (at the
+/// partition's offset), which goes when the launcher is SIGKILLed.
+#[test]
+fn an_mbr_partitions_loop_device_goes_after_sigkill() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let a = marked_fs(dir.path(), "fs-a");
+    let disk = dir.path().join("kill.raw");
+    mbr_disk(
+        &disk,
+        40,
+        "start=4096, size=32768, type=83, bootable\n",
+        &[(1, &a)],
+    );
+    let name = unique_name("i16-mbr-kill");
+    let mut cmd = Command::new(NIXSPAWN);
+    cmd.args([
+        "-q",
+        "--register=no",
+        "--console=pipe",
+        "-i",
+        disk.to_str().unwrap(),
+    ]);
+    let mut guest = Guest::launch(cmd, &name, &["sh", "-c", "cat /marker; sleep 1000"]);
+    wait_for(
+        "the partition's loop device",
+        Duration::from_secs(20),
+        || loops_under(dir.path()).len() == 1,
+    );
+    let attached = loops_under(dir.path());
+    assert!(
+        attached[0].contains(", offset 2097152, sizelimit 16777216"),
+        "{attached:?}"
+    );
+    guest.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = guest.wait_exit(Duration::from_secs(20));
+    wait_for("the loop device to go", Duration::from_secs(20), || {
+        loops_under(dir.path()).is_empty()
+    });
+    wait_for("the state to go", Duration::from_secs(20), || {
+        !Path::new("/run/nixspawn").join(&name).exists()
+    });
+}
+
+/// A `.nspawn` file beside the image, as nspawn finds it: `NAME.raw`'s is
+/// `NAME.nspawn`, `NAME.img`'s is `NAME.img.nspawn` (only `.raw` leaves
+/// the machine name), `-M OTHER`'s is `OTHER.nspawn`, all next to the
+/// image. Beside the image it is untrusted: its Environment= and
+/// Hostname= apply, its Bind= is ignored (and applies with
+/// `--settings=trusted`). Through a symlink, the link's name and place
+/// count, not its target's. The same answers under both launchers.
+#[test]
+fn a_settings_file_beside_the_image_is_read_as_by_nspawn() {
+    privileged!();
+    require_tools();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "from-host\n").unwrap();
+    let settings = |tag: &str| {
+        format!(
+            "[Exec]\nEnvironment=BESIDE={tag}\nHostname=host-{tag}\n[Files]\nBind={}:/data\n",
+            data.display()
+        )
+    };
+    let fs = busybox_image(d, "ext4");
+    let script = "echo $BESIDE; hostname; cat /data/file 2>/dev/null || echo no-bind";
+    for (image, file, machine, extra, tag, want) in [
+        (
+            "i16set.raw",
+            "i16set.nspawn",
+            None,
+            None,
+            "raw",
+            "raw\nhost-raw\nno-bind\n",
+        ),
+        (
+            "i16set.img",
+            "i16set.img.nspawn",
+            None,
+            None,
+            "img",
+            "img\nhost-img\nno-bind\n",
+        ),
+        (
+            "i16set.raw",
+            "i16set-m.nspawn",
+            Some("i16set-m"),
+            None,
+            "m",
+            "m\nhost-m\nno-bind\n",
+        ),
+        (
+            "i16set.raw",
+            "i16set.nspawn",
+            None,
+            Some("--settings=trusted"),
+            "trusted",
+            "trusted\nhost-trusted\nfrom-host\n",
+        ),
+    ] {
+        let image = d.join(image);
+        std::fs::copy(&fs, &image).unwrap();
+        std::fs::write(d.join(file), settings(tag)).unwrap();
+        let mut argv = vec!["-i", image.to_str().unwrap()];
+        if let Some(m) = machine {
+            argv.extend(["-M", m]);
+        }
+        argv.extend(extra);
+        argv.extend(["sh", "-c", script]);
+        let out = same(&argv);
+        assert_eq!(out, want, "{image:?} {file} {machine:?} {extra:?}");
+        std::fs::remove_file(d.join(file)).unwrap();
+        std::fs::remove_file(&image).unwrap();
+    }
+    // A symlink to an image elsewhere: the machine is named after the
+    // link and its settings file is the one beside the link.
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::copy(&fs, elsewhere.join("i16set-real.raw")).unwrap();
+    let link = d.join("i16set-link.raw");
+    std::os::unix::fs::symlink("elsewhere/i16set-real.raw", &link).unwrap();
+    std::fs::write(
+        d.join("i16set-link.nspawn"),
+        "[Exec]\nEnvironment=BESIDE=link\n",
+    )
+    .unwrap();
+    std::fs::write(
+        elsewhere.join("i16set-real.nspawn"),
+        "[Exec]\nEnvironment=BESIDE=real\n",
+    )
+    .unwrap();
+    let out = same(&[
+        "-i",
+        link.to_str().unwrap(),
+        "sh",
+        "-c",
+        "echo $BESIDE; hostname",
+    ]);
+    assert_eq!(out, "link\ni16set-link\n");
+    assert_eq!(loops_under(d), Vec::<String>::new());
 }

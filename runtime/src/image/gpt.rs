@@ -46,7 +46,7 @@ pub fn designator(type_guid: &str) -> Option<Designator> {
         "4d21b016-b534-45c2-a9fb-5c16e091fd2d" => Designator::Var,
         "7ec6f557-3bc5-4aca-b293-16ef5df639d1" => Designator::Tmp,
         "c12a7328-f81f-11d2-ba4b-00a0c93ec93b" => Designator::Esp,
-        "bc13c2ff-59e6-4262-a352-b275fd6f7172" => Designator::Xbootldr,
+        XBOOTLDR => Designator::Xbootldr,
         "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f" => Designator::Swap,
         _ => return None,
     })
@@ -55,6 +55,9 @@ pub fn designator(type_guid: &str) -> Option<Designator> {
 /// The "Linux filesystem data" type: a root when it is the only partition
 /// nspawn could use.
 pub const GENERIC_LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+
+/// The DPS's XBOOTLDR type (the MBR's 0xEA means the same).
+pub const XBOOTLDR: &str = "bc13c2ff-59e6-4262-a352-b275fd6f7172";
 
 /// A GUID's mixed-endian on-disk form, written out.
 fn guid(b: &[u8]) -> String {

@@ -2,7 +2,9 @@
 //! root, as systemd-nspawn dissects it: a bare filesystem is the root; a
 //! GPT disk gives its partitions by the Discoverable Partitions
 //! Specification's types (root, and /usr, /home, /srv, /var, /var/tmp,
-//! /boot and /efi mounted where it says), filtered by `--image-policy=`.
+//! /boot and /efi mounted where it says), filtered by `--image-policy=`;
+//! an MBR disk gives its one bootable Linux partition as the root (and a
+//! type 0xEA partition as /boot), as nspawn 252 takes it.
 //!
 //! Every partition used gets its own loop device (LOOP_CONFIGURE with the
 //! partition's offset and size, and LO_FLAGS_AUTOCLEAR) and a detached
@@ -18,6 +20,7 @@
 //! while an offset and a size limit give a ready device at once.
 
 pub mod gpt;
+pub mod mbr;
 pub mod probe;
 
 use std::ffi::CString;
@@ -363,8 +366,58 @@ fn newer_label(a: &str, b: &str) -> bool {
     key(a) > key(b)
 }
 
+/// The MBR partitions nspawn uses, as GPT entries of the types that mean
+/// the same to the dissection below: a bootable Linux partition is a
+/// generic root candidate, 0xEA is XBOOTLDR; nspawn ignores the rest
+/// (and the Linux partitions without the bootable flag).
+fn mbr_entries(parts: &[mbr::Partition]) -> Vec<gpt::Entry> {
+    parts
+        .iter()
+        .filter_map(|p| {
+            let type_guid = match p.kind {
+                mbr::LINUX if p.bootable() => gpt::GENERIC_LINUX,
+                mbr::XBOOTLDR => gpt::XBOOTLDR,
+                _ => return None,
+            };
+            Some(gpt::Entry {
+                number: p.number,
+                type_guid: type_guid.to_owned(),
+                offset: p.offset,
+                size: p.size,
+                attributes: 0,
+                label: String::new(),
+            })
+        })
+        .collect()
+}
+
+/// Why an MBR disk has no root, with the fix where there is one.
+fn mbr_no_root(parts: &[mbr::Partition]) -> String {
+    match parts.iter().find(|p| p.kind == mbr::LINUX) {
+        Some(p) => format!(
+            "MBR partition {} is Linux (0x83) but not marked bootable; systemd-nspawn boots only a bootable one (sfdisk --activate IMAGE {})",
+            p.number, p.number
+        ),
+        None => {
+            let kinds: Vec<String> = parts
+                .iter()
+                .map(|p| format!("{}: {:#04x}", p.number, p.kind))
+                .collect();
+            format!(
+                "has an MBR table without a Linux partition (type 0x83) to boot (partitions {})",
+                if kinds.is_empty() {
+                    "none".to_owned()
+                } else {
+                    kinds.join(", ")
+                }
+            )
+        }
+    }
+}
+
 /// What to mount, root first: a bare filesystem, or the GPT's partitions
-/// that the DPS and the policy make ours.
+/// that the DPS and the policy make ours, or the one bootable Linux
+/// partition of an MBR disk (and its XBOOTLDR, type 0xEA).
 fn dissect(
     path: &Path,
     file: &File,
@@ -397,21 +450,17 @@ fn dissect(
             read_only: spec.read_only || file_ro || fs.read_only(),
         }]);
     }
-    let entries = match gpt::read(file, size).map_err(|e| image_error(path, e))? {
-        Some(e) => e,
-        None => {
-            let mut mbr = [0u8; 2];
-            let has_mbr = std::os::unix::fs::FileExt::read_exact_at(file, &mut mbr, 510).is_ok()
-                && mbr == [0x55, 0xAA];
-            return Err(image_error(
-                path,
-                if has_mbr {
-                    "has an MBR partition table; nixspawn reads GPT disks (or a bare filesystem) only"
-                } else {
-                    "not a disk image: no GPT partition table and no filesystem nixspawn knows (ext4, btrfs, xfs, squashfs, erofs)"
-                },
-            ));
-        }
+    let (entries, mbr) = match gpt::read(file, size).map_err(|e| image_error(path, e))? {
+        Some(e) => (e, None),
+        None => match mbr::read(file, size).map_err(|e| image_error(path, e))? {
+            Some(parts) => (mbr_entries(&parts), Some(parts)),
+            None => {
+                return Err(image_error(
+                    path,
+                    "not a disk image: no partition table (GPT or MBR) and no filesystem nixspawn knows (ext4, btrfs, xfs, squashfs, erofs)",
+                ));
+            }
+        },
     };
 
     // The chosen partition of each type, and the generic Linux ones.
@@ -482,9 +531,20 @@ fn dissect(
         }
         None if generic.len() == 1 && usable(Designator::Root) => generic[0],
         None if generic.len() > 1 => {
+            let numbers: Vec<String> = generic.iter().map(|e| e.number.to_string()).collect();
             return Err(image_error(
                 path,
-                "no root partition and several generic Linux partitions: which is the root is ambiguous",
+                if mbr.is_some() {
+                    format!(
+                        "several bootable Linux (0x83) MBR partitions ({}): which is the root is ambiguous; leave the bootable flag on one",
+                        numbers.join(", ")
+                    )
+                } else {
+                    format!(
+                        "no root partition and several generic Linux partitions ({}): which is the root is ambiguous",
+                        numbers.join(", ")
+                    )
+                },
             ));
         }
         None => {
@@ -496,6 +556,9 @@ fn dissect(
                         policy.text()
                     ),
                 ));
+            }
+            if let Some(parts) = &mbr {
+                return Err(image_error(path, mbr_no_root(parts)));
             }
             return Err(image_error(
                 path,
