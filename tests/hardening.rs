@@ -568,6 +568,18 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
                 .starts_with(&prefix)
         })
         .collect();
+    // --keep-unit claims, named after the unit and labelled with the machine.
+    let states: Vec<_> = states
+        .into_iter()
+        .chain(
+            std::fs::read_dir("/run/nixspawn/.units")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.starts_with(&prefix))),
+        )
+        .collect();
     let cgroups: Vec<_> = host_cgroups()
         .into_iter()
         .filter(|c| c.to_string_lossy().contains(&prefix))
@@ -801,7 +813,13 @@ fn a_second_keep_unit_launcher_does_not_kill_the_first_guest() {
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("holds another container's processes"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} already runs machine {first_name}",
+            unit.path.display()
+        )),
+        "{err}"
+    );
     let first = first.wait_with_output().unwrap();
     assert_eq!(
         (
@@ -815,6 +833,37 @@ fn a_second_keep_unit_launcher_does_not_kill_the_first_guest() {
     assert_cleaned_up(&first_name, None);
     assert_cleaned_up(&second_name, None);
     unit.assert_left_clean();
+    // A payload holding processes no launcher claimed (another runtime's
+    // guest): refused too, and they are left alone.
+    std::fs::create_dir(unit.path.join("payload")).unwrap();
+    let mut foreign = unit.command("/bin/sleep");
+    let mut foreign = foreign.arg("30").spawn().unwrap();
+    wait_for(
+        "the foreign process in its unit",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(unit.path.join("cgroup.procs"))
+                .is_ok_and(|p| p.contains(&foreign.id().to_string()))
+        },
+    );
+    std::fs::write(
+        unit.path.join("payload/cgroup.procs"),
+        foreign.id().to_string(),
+    )
+    .unwrap();
+    let third_name = unique_name("third");
+    let third = launch(&third_name, "echo third").output().unwrap();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert_eq!(third.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("holds another container's processes"), "{err}");
+    assert!(
+        foreign.try_wait().unwrap().is_none(),
+        "the foreign process in the payload was killed"
+    );
+    let _ = foreign.kill();
+    let _ = foreign.wait();
+    assert_cleaned_up(&third_name, None);
 }
 
 /// How one round of two `--keep-unit` launchers started together ended.
@@ -873,10 +922,14 @@ fn two_keep_unit_launchers_started_together_run_one_guest() {
             })
             .collect();
         drop(gate);
-        wait_for("both launchers in the unit", Duration::from_secs(10), || {
-            std::fs::read_to_string(unit.path.join("cgroup.procs"))
-                .is_ok_and(|p| p.lines().count() == 2)
-        });
+        wait_for(
+            "both launchers in the unit",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(unit.path.join("cgroup.procs"))
+                    .is_ok_and(|p| p.lines().count() == 2)
+            },
+        );
         // Let both reach the barrier's read, then open it for both at once.
         std::thread::sleep(Duration::from_millis(30));
         drop(release);
@@ -884,9 +937,8 @@ fn two_keep_unit_launchers_started_together_run_one_guest() {
             .into_iter()
             .map(|c| c.wait_with_output().unwrap())
             .collect();
-        let ran = |o: &std::process::Output| {
-            o.status.code() == Some(0) && o.stdout == b"survived\n"
-        };
+        let ran =
+            |o: &std::process::Output| o.status.code() == Some(0) && o.stdout == b"survived\n";
         let unit_name = unit.path.display().to_string();
         let refused_naming = |o: &std::process::Output, winner: &str| {
             let err = String::from_utf8_lossy(&o.stderr);
@@ -944,7 +996,8 @@ fn two_keep_unit_launchers_started_together_run_one_guest() {
         eprintln!("{s}");
     }
     assert_eq!(
-        tally.one_ran_one_refused, rounds,
+        tally.one_ran_one_refused,
+        rounds,
         "every round must run one guest and refuse the other launcher: {tally:?}\n{}",
         seen.join("\n")
     );

@@ -104,6 +104,9 @@ struct Session {
     cgroups: Option<CgroupLayout>,
     /// The UID range's lock, held for the guest's life.
     range_lock: Option<RangeLock>,
+    /// Under --keep-unit: the unit's cgroup, ours alone until the payload
+    /// is gone.
+    unit_claim: Option<crate::cgroup::UnitClaim>,
     /// The janitor has links to see gone and maybe a zone to remove once
     /// the launcher exits (see `Janitor::dismiss`).
     network_tail: bool,
@@ -128,6 +131,7 @@ impl Session {
         let st = match (&cg, self.state_dir.as_mut()) {
             (Ok(()), Some(state_dir)) => {
                 drop(self.range_lock.take());
+                drop(self.unit_claim.take());
                 state_dir.release()
             }
             _ => Ok(()),
@@ -136,6 +140,11 @@ impl Session {
             j.dismiss(cg.is_ok() && st.is_ok(), self.network_tail);
         }
         drop(self.range_lock.take());
+        // Not unlinked if the payload could not be destroyed: the janitor
+        // holds it on (a copy of the descriptor) until it has been.
+        if let Some(claim) = self.unit_claim.take() {
+            claim.keep_for_janitor();
+        }
         drop(self.state_dir.take());
         cg.and(st)
     }
@@ -204,6 +213,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         state_dir: None,
         cgroups: None,
         range_lock: None,
+        unit_claim: None,
         network_tail: !network.plan.is_empty(),
         work_dirs: Vec::new(),
     };
@@ -243,6 +253,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         scope_unit,
         spec.process.slice.as_deref(),
     )?;
+    session.unit_claim = cgroups.claim_unit(&spec.machine, &link)?;
     cgroups.check_unclaimed()?;
     link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
     let cgroups = session.cgroups.insert(cgroups);
