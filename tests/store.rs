@@ -735,6 +735,155 @@ fn update_never_takes_names_from_the_guest() {
     }
 }
 
+/// Every file below `dir` with its contents (directories as `NAME/`).
+fn tree_listing(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.insert(format!("{}/", p.display()));
+            out.extend(tree_listing(&p));
+        } else if t.is_symlink() {
+            out.insert(format!(
+                "{} -> {}",
+                p.display(),
+                std::fs::read_link(&p).unwrap().display()
+            ));
+        } else {
+            let data = std::fs::read_to_string(&p).unwrap_or_default();
+            out.insert(format!("{}: {data}", p.display()));
+        }
+    }
+    out
+}
+
+/// Mount points in `mountinfo` (the fifth field), sorted.
+fn mount_points(mountinfo: &str) -> Vec<String> {
+    let mut v: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The guest's root, as root, swaps its /nix for a symbolic link to a
+/// directory that exists on the host at that absolute path (with a `store`
+/// and a marker in it; the guest makes the same path in its own root), then
+/// `nixspawnctl update` runs. The host directory and the host's mount
+/// table must be untouched, and the update must either refuse in one line
+/// having changed nothing in the guest's mount table, or have put the new
+/// paths into the guest's real store only — never a mount at the link's
+/// target, in the guest or on the host.
+#[test]
+fn update_does_not_follow_a_guest_s_nix_symlink() {
+    privileged!();
+    let fx = nixos();
+    let bb = busybox(&fx.tiny);
+    let moved_bb = bb.replacen("/nix/store/", "/nix.real/store/", 1);
+    let host_dir = tempfile::tempdir().unwrap();
+    let target = host_dir.path().to_str().unwrap().to_owned();
+    std::fs::create_dir(host_dir.path().join("store")).unwrap();
+    std::fs::write(host_dir.path().join("store/marker"), "host\n").unwrap();
+    let host_before = tree_listing(host_dir.path());
+    let host_mounts_at = || -> Vec<String> {
+        host_mounts()
+            .into_iter()
+            .filter(|m| m.contains(&target))
+            .collect()
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let (file, new_names) = closure_file(scratch.path(), &fx.tiny2, &[]);
+    let added: BTreeSet<String> = new_names
+        .difference(&closure_names(&fx.tiny))
+        .cloned()
+        .collect();
+    for opts in [&[][..], &["-U"][..]] {
+        let name = unique_name("st-symlink");
+        let mut args = vec!["--pipe", "--toplevel", &fx.tiny];
+        args.extend_from_slice(opts);
+        let mut guest = Guest::launch(Command::new(NIXSPAWN), &name, &args);
+        started(&name);
+        guest_sh(
+            &name,
+            &bb,
+            &format!(
+                "mv /nix /nix.real && {moved_bb} mkdir -p {target}/store && \
+                 {moved_bb} ln -s {target} /nix && {moved_bb} ls -ld /nix"
+            ),
+        );
+        let leader = leader_of(&name);
+        let guest_mounts =
+            || mount_points(&std::fs::read_to_string(format!("/proc/{leader}/mountinfo")).unwrap());
+        let guest_before = guest_mounts();
+        let out = ctl(&[
+            "update",
+            &name,
+            "--toplevel",
+            &fx.tiny2,
+            "--closure-file",
+            file.to_str().unwrap(),
+            "--action",
+            "test",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let guest_after = guest_mounts();
+        let listing = guest_sh(
+            &name,
+            &moved_bb,
+            &format!(
+                "echo real=$(ls -A /nix.real/store | tr '\\n' ' '); \
+                 echo target=$(ls -A {target}/store | tr '\\n' ' ')"
+            ),
+        );
+        guest.signal(Signal::SIGTERM);
+        guest.wait_exit(Duration::from_secs(20));
+        assert_cleaned_up(&name, None);
+        eprintln!(
+            "{opts:?}: update exit {:?}, stderr {err:?}; guest mounts {} -> {}; {listing}",
+            out.status.code(),
+            guest_before.len(),
+            guest_after.len()
+        );
+        assert_eq!(
+            tree_listing(host_dir.path()),
+            host_before,
+            "{opts:?}: the host directory the link names was changed"
+        );
+        assert_eq!(
+            host_mounts_at(),
+            Vec::<String>::new(),
+            "{opts:?}: mounted on the host"
+        );
+        assert!(
+            !guest_after.iter().any(|m| m.starts_with(&target)),
+            "{opts:?}: the update mounted at the link's target in the guest: {guest_after:?}"
+        );
+        assert_eq!(
+            value(&listing, "target"),
+            "",
+            "{opts:?}: the link's target in the guest got store paths"
+        );
+        if out.status.success() {
+            let real: BTreeSet<String> = value(&listing, "real")
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            assert!(
+                added.is_subset(&real),
+                "{opts:?}: applied, but not to the guest's store: {listing}"
+            );
+        } else {
+            assert_eq!(err.lines().count(), 1, "{opts:?}: one line: {err}");
+            assert_eq!(
+                guest_after, guest_before,
+                "{opts:?}: refused, yet the guest's mount table changed"
+            );
+        }
+    }
+}
+
 /// A closure path that is a mount point of its own (as every input is in
 /// Nix's build sandbox), or holds one: an overlay layer would hide it, so
 /// the launcher says so in one line and binds each path — recursively, so
