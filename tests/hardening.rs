@@ -959,7 +959,10 @@ fn two_keep_unit_launchers_started_together_run_one_guest() {
             })
             .collect();
         match (ran(&outputs[0]), ran(&outputs[1])) {
-            (true, true) => tally.both_ran += 1,
+            (true, true) => {
+                tally.both_ran += 1;
+                seen.push(format!("round {round}: {summary:?}"));
+            }
             (true, false) | (false, true) => {
                 let (w, l) = if ran(&outputs[0]) { (0, 1) } else { (1, 0) };
                 if refused_naming(&outputs[l], &names[w]) {
@@ -991,10 +994,10 @@ fn two_keep_unit_launchers_started_together_run_one_guest() {
         }
         unit.assert_left_clean();
     }
-    eprintln!("{rounds} rounds: {tally:?}");
     for s in &seen {
         eprintln!("{s}");
     }
+    eprintln!("{rounds} rounds: {tally:?}");
     assert_eq!(
         tally.one_ran_one_refused,
         rounds,
