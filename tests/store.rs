@@ -884,6 +884,101 @@ fn update_does_not_follow_a_guest_s_nix_symlink() {
     }
 }
 
+/// An update that fails while carrying the user's mounts over changes
+/// nothing: the guest put its own store copy on top, with a directory and
+/// a mount on it where the record has a regular-file path, so that mount
+/// cannot go onto the new store. Before, the new store was already slid
+/// beneath by then and stayed stacked there.
+#[test]
+fn an_update_that_cannot_carry_a_mount_leaves_the_store_as_it_was() {
+    privileged!();
+    let fx = nixos();
+    let mut s = Synthetic::new("carry");
+    let bb = busybox(&fx.tiny);
+    let file_path = s.file("a-file", "#!/bin/sh\necho file\n", 0o555);
+    // Two directories: the files are named by their length, which may match.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, _) = closure_file(a.path(), &fx.tiny, std::slice::from_ref(&file_path));
+    let (second, _) = closure_file(b.path(), &fx.tiny2, &[]);
+    let f = entry(&file_path);
+    let name = unique_name("st-carry");
+    let closure = format!("--closure-file={}", first.display());
+    let mut guest = Guest::launch(
+        Command::new(NIXSPAWN),
+        &name,
+        &[
+            "--pipe",
+            "--capability=all",
+            "--toplevel",
+            &fx.tiny,
+            &closure,
+        ],
+    );
+    started(&name);
+    guest_sh(
+        &name,
+        &bb,
+        &format!(
+            "mkdir -p /run/fake && mount -t tmpfs fake /run/fake && cp -a /nix/store/. /run/fake/ && \
+             rm /run/fake/{f} && mkdir /run/fake/{f} && mount --bind /run/fake /nix/store && \
+             mount -t tmpfs user /nix/store/{f} && echo mine > /nix/store/{f}/data"
+        ),
+    );
+    let leader = leader_of(&name);
+    let store_mounts = || -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{leader}/mountinfo"))
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|m| m == "/nix/store" || m.starts_with("/nix/store/"))
+            })
+            .map(|l| {
+                // Mount ID, parent, mount point and filesystem type.
+                let f: Vec<&str> = l.split(' ').collect();
+                let fs = l.split(" - ").nth(1).unwrap_or("");
+                format!(
+                    "{} {} {} {}",
+                    f[0],
+                    f[1],
+                    f[4],
+                    fs.split(' ').next().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let before = store_mounts();
+    let out = ctl(&[
+        "update",
+        &name,
+        "--toplevel",
+        &fx.tiny2,
+        "--closure-file",
+        second.to_str().unwrap(),
+        "--action",
+        "test",
+    ]);
+    let after = store_mounts();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let data = guest_sh(&name, &bb, &format!("cat /nix/store/{f}/data"));
+    guest.signal(Signal::SIGTERM);
+    assert_eq!(guest.wait_exit(Duration::from_secs(20)), 0);
+    assert_cleaned_up(&name, None);
+    eprintln!(
+        "update exit {:?}: {err:?}\nstore mounts before: {before:?}\nafter: {after:?}",
+        out.status.code()
+    );
+    assert!(!out.status.success(), "the mount cannot be carried: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(&format!("/nix/store/{f}")), "{err}");
+    assert_eq!(
+        after, before,
+        "the failed update left the store's mounts changed"
+    );
+    assert_eq!(data, "mine\n", "the guest's mount is untouched");
+}
+
 /// A closure path that is a mount point of its own (as every input is in
 /// Nix's build sandbox), or holds one: an overlay layer would hide it, so
 /// the launcher says so in one line and binds each path — recursively, so
