@@ -252,6 +252,24 @@ fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
                 e,
             )
         })?;
+        // A directory cannot go onto a file nor the reverse (the guest's
+        // own store on top may disagree with the record): refused here, as
+        // the kernel's EINVAL for it would read as "no moves onto a
+        // detached store" below.
+        let is_dir = |fd: &OwnedFd| {
+            nix::sys::stat::fstat(fd)
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .map_err(|e| Error::io("stat", &m.mount_point, e.into()))
+        };
+        if is_dir(&clone)? != is_dir(&target)? {
+            return Err(Error::io(
+                "carrying a mount over to the new store",
+                &m.mount_point,
+                std::io::Error::other(
+                    "a directory and a file on either side (the guest's store disagrees with the record); unmount it in the guest, or restart the guest to update it",
+                ),
+            ));
+        }
         carried.push((clone, target, m.mount_point.clone()));
     }
     // The store as a descriptor, found with no symbolic link on the way
