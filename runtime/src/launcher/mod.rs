@@ -127,11 +127,12 @@ impl Session {
             for dir in std::mem::take(&mut self.work_dirs) {
                 let _ = std::fs::remove_dir_all(dir);
             }
+            // The payload is gone: the unit may have another guest now.
+            drop(self.unit_claim.take());
         }
         let st = match (&cg, self.state_dir.as_mut()) {
             (Ok(()), Some(state_dir)) => {
                 drop(self.range_lock.take());
-                drop(self.unit_claim.take());
                 state_dir.release()
             }
             _ => Ok(()),
