@@ -568,6 +568,18 @@ fn killed_at_random_points(extra: &[&str], max_ms: u64, cycles: usize) {
                 .starts_with(&prefix)
         })
         .collect();
+    // --keep-unit claims, named after the unit and labelled with the machine.
+    let states: Vec<_> = states
+        .into_iter()
+        .chain(
+            std::fs::read_dir("/run/nixspawn/.units")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.starts_with(&prefix))),
+        )
+        .collect();
     let cgroups: Vec<_> = host_cgroups()
         .into_iter()
         .filter(|c| c.to_string_lossy().contains(&prefix))
@@ -801,7 +813,13 @@ fn a_second_keep_unit_launcher_does_not_kill_the_first_guest() {
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("holds another container's processes"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} already runs machine {first_name}",
+            unit.path.display()
+        )),
+        "{err}"
+    );
     let first = first.wait_with_output().unwrap();
     assert_eq!(
         (
@@ -815,4 +833,175 @@ fn a_second_keep_unit_launcher_does_not_kill_the_first_guest() {
     assert_cleaned_up(&first_name, None);
     assert_cleaned_up(&second_name, None);
     unit.assert_left_clean();
+    // A payload holding processes no launcher claimed (another runtime's
+    // guest): refused too, and they are left alone.
+    std::fs::create_dir(unit.path.join("payload")).unwrap();
+    let mut foreign = unit.command("/bin/sleep");
+    let mut foreign = foreign.arg("30").spawn().unwrap();
+    wait_for(
+        "the foreign process in its unit",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(unit.path.join("cgroup.procs"))
+                .is_ok_and(|p| p.contains(&foreign.id().to_string()))
+        },
+    );
+    std::fs::write(
+        unit.path.join("payload/cgroup.procs"),
+        foreign.id().to_string(),
+    )
+    .unwrap();
+    let third_name = unique_name("third");
+    let third = launch(&third_name, "echo third").output().unwrap();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert_eq!(third.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("holds another container's processes"), "{err}");
+    assert!(
+        foreign.try_wait().unwrap().is_none(),
+        "the foreign process in the payload was killed"
+    );
+    let _ = foreign.kill();
+    let _ = foreign.wait();
+    assert_cleaned_up(&third_name, None);
+}
+
+/// How one round of two `--keep-unit` launchers started together ended.
+#[derive(Debug, Default)]
+struct RaceTally {
+    /// One guest ran to its end, the other launcher refused in one line
+    /// naming the unit and the running machine.
+    one_ran_one_refused: usize,
+    /// One guest ran, the other launcher refused with another message
+    /// (the payload check, which only sees a guest already running).
+    refused_otherwise: usize,
+    /// Both guests ran to their end (two guests in one payload).
+    both_ran: usize,
+    /// A guest was killed or its launcher failed while booting it.
+    harmed: usize,
+}
+
+/// The race the payload check leaves open: two `--keep-unit` launchers in
+/// one unit, held at a barrier (a pipe both read) and released together,
+/// both find the payload empty. Then one reset the payload under the
+/// other's guest, or both guests shared it and the first to end killed
+/// the other. Exactly one guest must run, unharmed, and the other
+/// launcher refuse in one line naming the unit and that machine; nothing
+/// may be left.
+#[test]
+fn two_keep_unit_launchers_started_together_run_one_guest() {
+    privileged!();
+    let tree = busybox_tree();
+    let rounds = 25;
+    let mut tally = RaceTally::default();
+    let mut seen = Vec::new();
+    for round in 0..rounds {
+        let unit = UnitCgroup::new("race");
+        let names = [unique_name("racea"), unique_name("raceb")];
+        let (gate, release) = std::io::pipe().unwrap();
+        let children: Vec<Child> = names
+            .iter()
+            .map(|name| {
+                // Into the unit, then wait at the barrier (end of file on
+                // stdin) before exec'ing the launcher.
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-c")
+                    .arg(format!(
+                        "echo $$ > {}/cgroup.procs && read x; exec \"$0\" \"$@\" </dev/null",
+                        unit.path.display()
+                    ))
+                    .arg(NIXSPAWN)
+                    .args(["-q", "--register=no", "--keep-unit", "-x", "--console=pipe"])
+                    .args(["-M", name, "-D"])
+                    .arg(tree.path())
+                    .args(["/bin/sh", "-c", "sleep 1; echo survived"])
+                    .stdin(gate.try_clone().unwrap())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                cmd.spawn().unwrap()
+            })
+            .collect();
+        drop(gate);
+        wait_for(
+            "both launchers in the unit",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(unit.path.join("cgroup.procs"))
+                    .is_ok_and(|p| p.lines().count() == 2)
+            },
+        );
+        // Let both reach the barrier's read, then open it for both at once.
+        std::thread::sleep(Duration::from_millis(30));
+        drop(release);
+        let outputs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let ran =
+            |o: &std::process::Output| o.status.code() == Some(0) && o.stdout == b"survived\n";
+        let unit_name = unit.path.display().to_string();
+        let refused_naming = |o: &std::process::Output, winner: &str| {
+            let err = String::from_utf8_lossy(&o.stderr);
+            o.status.code() == Some(1)
+                && err.lines().count() == 1
+                && err.contains(&unit_name)
+                && err.contains(winner)
+        };
+        let summary: Vec<String> = outputs
+            .iter()
+            .map(|o| {
+                format!(
+                    "{:?} {:?} {:?}",
+                    o.status.code(),
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .collect();
+        match (ran(&outputs[0]), ran(&outputs[1])) {
+            (true, true) => {
+                tally.both_ran += 1;
+                seen.push(format!("round {round}: {summary:?}"));
+            }
+            (true, false) | (false, true) => {
+                let (w, l) = if ran(&outputs[0]) { (0, 1) } else { (1, 0) };
+                if refused_naming(&outputs[l], &names[w]) {
+                    tally.one_ran_one_refused += 1;
+                } else if outputs[l].status.code() == Some(1) && outputs[l].stdout.is_empty() {
+                    tally.refused_otherwise += 1;
+                    seen.push(format!("round {round}: {summary:?}"));
+                } else {
+                    tally.harmed += 1;
+                    seen.push(format!("round {round}: {summary:?}"));
+                }
+            }
+            (false, false) => {
+                tally.harmed += 1;
+                seen.push(format!("round {round}: {summary:?}"));
+            }
+        }
+        for name in &names {
+            assert_cleaned_up(name, None);
+            let lock = Path::new("/run/nixspawn/.units");
+            let left: Vec<_> = std::fs::read_dir(lock)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(name)))
+                .map(|e| e.path())
+                .collect();
+            assert!(left.is_empty(), "unit locks left: {left:?}");
+        }
+        unit.assert_left_clean();
+    }
+    for s in &seen {
+        eprintln!("{s}");
+    }
+    eprintln!("{rounds} rounds: {tally:?}");
+    assert_eq!(
+        tally.one_ran_one_refused,
+        rounds,
+        "every round must run one guest and refuse the other launcher: {tally:?}\n{}",
+        seen.join("\n")
+    );
 }

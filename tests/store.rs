@@ -735,6 +735,250 @@ fn update_never_takes_names_from_the_guest() {
     }
 }
 
+/// Every file below `dir` with its contents (directories as `NAME/`).
+fn tree_listing(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.insert(format!("{}/", p.display()));
+            out.extend(tree_listing(&p));
+        } else if t.is_symlink() {
+            out.insert(format!(
+                "{} -> {}",
+                p.display(),
+                std::fs::read_link(&p).unwrap().display()
+            ));
+        } else {
+            let data = std::fs::read_to_string(&p).unwrap_or_default();
+            out.insert(format!("{}: {data}", p.display()));
+        }
+    }
+    out
+}
+
+/// Mount points in `mountinfo` (the fifth field), sorted.
+fn mount_points(mountinfo: &str) -> Vec<String> {
+    let mut v: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The guest's root, as root, swaps its /nix for a symbolic link to a
+/// directory that exists on the host at that absolute path (with a `store`
+/// and a marker in it; the guest makes the same path in its own root), then
+/// `nixspawnctl update` runs. The host directory and the host's mount
+/// table must be untouched, and the update must either refuse in one line
+/// having changed nothing in the guest's mount table, or have put the new
+/// paths into the guest's real store only — never a mount at the link's
+/// target, in the guest or on the host.
+#[test]
+fn update_does_not_follow_a_guest_s_nix_symlink() {
+    privileged!();
+    let fx = nixos();
+    let bb = busybox(&fx.tiny);
+    let moved_bb = bb.replacen("/nix/store/", "/nix.real/store/", 1);
+    let host_dir = tempfile::tempdir().unwrap();
+    let target = host_dir.path().to_str().unwrap().to_owned();
+    std::fs::create_dir(host_dir.path().join("store")).unwrap();
+    std::fs::write(host_dir.path().join("store/marker"), "host\n").unwrap();
+    let host_before = tree_listing(host_dir.path());
+    let host_mounts_at = || -> Vec<String> {
+        host_mounts()
+            .into_iter()
+            .filter(|m| m.contains(&target))
+            .collect()
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let (file, new_names) = closure_file(scratch.path(), &fx.tiny2, &[]);
+    let added: BTreeSet<String> = new_names
+        .difference(&closure_names(&fx.tiny))
+        .cloned()
+        .collect();
+    for opts in [&[][..], &["-U"][..]] {
+        let name = unique_name("st-symlink");
+        let mut args = vec!["--pipe", "--toplevel", &fx.tiny];
+        args.extend_from_slice(opts);
+        let mut guest = Guest::launch(Command::new(NIXSPAWN), &name, &args);
+        started(&name);
+        guest_sh(
+            &name,
+            &bb,
+            &format!(
+                "mv /nix /nix.real && {moved_bb} mkdir -p {target}/store && \
+                 {moved_bb} ln -s {target} /nix && {moved_bb} ls -ld /nix"
+            ),
+        );
+        let leader = leader_of(&name);
+        let guest_mounts =
+            || mount_points(&std::fs::read_to_string(format!("/proc/{leader}/mountinfo")).unwrap());
+        let guest_before = guest_mounts();
+        let out = ctl(&[
+            "update",
+            &name,
+            "--toplevel",
+            &fx.tiny2,
+            "--closure-file",
+            file.to_str().unwrap(),
+            "--action",
+            "test",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let guest_after = guest_mounts();
+        let listing = guest_sh(
+            &name,
+            &moved_bb,
+            &format!(
+                "echo real=$(ls -A /nix.real/store | tr '\\n' ' '); \
+                 echo target=$(ls -A {target}/store | tr '\\n' ' ')"
+            ),
+        );
+        guest.signal(Signal::SIGTERM);
+        guest.wait_exit(Duration::from_secs(20));
+        assert_cleaned_up(&name, None);
+        eprintln!(
+            "{opts:?}: update exit {:?}, stderr {err:?}; guest mounts {} -> {}; {listing}",
+            out.status.code(),
+            guest_before.len(),
+            guest_after.len()
+        );
+        assert_eq!(
+            tree_listing(host_dir.path()),
+            host_before,
+            "{opts:?}: the host directory the link names was changed"
+        );
+        assert_eq!(
+            host_mounts_at(),
+            Vec::<String>::new(),
+            "{opts:?}: mounted on the host"
+        );
+        assert!(
+            !guest_after.iter().any(|m| m.starts_with(&target)),
+            "{opts:?}: the update mounted at the link's target in the guest: {guest_after:?}"
+        );
+        assert_eq!(
+            value(&listing, "target"),
+            "",
+            "{opts:?}: the link's target in the guest got store paths"
+        );
+        if out.status.success() {
+            let real: BTreeSet<String> = value(&listing, "real")
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            assert!(
+                added.is_subset(&real),
+                "{opts:?}: applied, but not to the guest's store: {listing}"
+            );
+        } else {
+            assert_eq!(err.lines().count(), 1, "{opts:?}: one line: {err}");
+            assert_eq!(
+                guest_after, guest_before,
+                "{opts:?}: refused, yet the guest's mount table changed"
+            );
+        }
+    }
+}
+
+/// An update that fails while carrying the user's mounts over changes
+/// nothing: the guest put its own store copy on top, with a directory and
+/// a mount on it where the record has a regular-file path, so that mount
+/// cannot go onto the new store. Before, the new store was already slid
+/// beneath by then and stayed stacked there.
+#[test]
+fn an_update_that_cannot_carry_a_mount_leaves_the_store_as_it_was() {
+    privileged!();
+    let fx = nixos();
+    let mut s = Synthetic::new("carry");
+    let bb = busybox(&fx.tiny);
+    let file_path = s.file("a-file", "#!/bin/sh\necho file\n", 0o555);
+    // Two directories: the files are named by their length, which may match.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, _) = closure_file(a.path(), &fx.tiny, std::slice::from_ref(&file_path));
+    let (second, _) = closure_file(b.path(), &fx.tiny2, &[]);
+    let f = entry(&file_path);
+    let name = unique_name("st-carry");
+    let closure = format!("--closure-file={}", first.display());
+    let mut guest = Guest::launch(
+        Command::new(NIXSPAWN),
+        &name,
+        &[
+            "--pipe",
+            "--capability=all",
+            "--toplevel",
+            &fx.tiny,
+            &closure,
+        ],
+    );
+    started(&name);
+    guest_sh(
+        &name,
+        &bb,
+        &format!(
+            "mkdir -p /run/fake && mount -t tmpfs fake /run/fake && cp -a /nix/store/. /run/fake/ && \
+             rm /run/fake/{f} && mkdir /run/fake/{f} && mount --bind /run/fake /nix/store && \
+             mount -t tmpfs user /nix/store/{f} && echo mine > /nix/store/{f}/data"
+        ),
+    );
+    let leader = leader_of(&name);
+    let store_mounts = || -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{leader}/mountinfo"))
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|m| m == "/nix/store" || m.starts_with("/nix/store/"))
+            })
+            .map(|l| {
+                // Mount ID, parent, mount point and filesystem type.
+                let f: Vec<&str> = l.split(' ').collect();
+                let fs = l.split(" - ").nth(1).unwrap_or("");
+                format!(
+                    "{} {} {} {}",
+                    f[0],
+                    f[1],
+                    f[4],
+                    fs.split(' ').next().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let before = store_mounts();
+    let out = ctl(&[
+        "update",
+        &name,
+        "--toplevel",
+        &fx.tiny2,
+        "--closure-file",
+        second.to_str().unwrap(),
+        "--action",
+        "test",
+    ]);
+    let after = store_mounts();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let data = guest_sh(&name, &bb, &format!("cat /nix/store/{f}/data"));
+    guest.signal(Signal::SIGTERM);
+    assert_eq!(guest.wait_exit(Duration::from_secs(20)), 0);
+    assert_cleaned_up(&name, None);
+    eprintln!(
+        "update exit {:?}: {err:?}\nstore mounts before: {before:?}\nafter: {after:?}",
+        out.status.code()
+    );
+    assert!(!out.status.success(), "the mount cannot be carried: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(&format!("/nix/store/{f}")), "{err}");
+    assert_eq!(
+        after, before,
+        "the failed update left the store's mounts changed"
+    );
+    assert_eq!(data, "mine\n", "the guest's mount is untouched");
+}
+
 /// A closure path that is a mount point of its own (as every input is in
 /// Nix's build sandbox), or holds one: an overlay layer would hide it, so
 /// the launcher says so in one line and binds each path — recursively, so

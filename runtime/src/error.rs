@@ -129,6 +129,11 @@ pub enum Error {
     )]
     PayloadBusy { path: PathBuf },
 
+    #[error(
+        "{unit} already runs machine {machine} (another --keep-unit launcher in this unit's cgroup); run each launcher in a unit of its own, or stop {machine} first"
+    )]
+    UnitBusy { unit: PathBuf, machine: String },
+
     #[error("cgroup {step} {path}: {source}")]
     Cgroup {
         step: &'static str,
@@ -203,7 +208,8 @@ impl Error {
             Error::Io { path, .. } | Error::Idmap { path, .. } => Some(path),
             Error::BadTree { path, .. }
             | Error::TreeBusy { path, .. }
-            | Error::PayloadBusy { path } => Some(path),
+            | Error::PayloadBusy { path }
+            | Error::UnitBusy { unit: path, .. } => Some(path),
             Error::Child(f) => f.path.as_deref(),
             _ => None,
         }

@@ -108,6 +108,46 @@ pub struct V1Scope {
     home: PathBuf,
 }
 
+/// Where `--keep-unit` launchers claim their unit's cgroup (see
+/// [`CgroupLayout::claim_unit`]).
+pub const UNIT_LOCK_DIR: &str = "/run/nixspawn/.units";
+
+/// A unit's lock file name: a hash of its cgroup path (which may be longer
+/// than a file name, and has slashes), stable across runs so that a dead
+/// holder's file is found and cleared by the next launcher in that unit.
+fn unit_lock_name(unit: &Path) -> String {
+    use std::hash::Hasher;
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = siphasher::sip128::SipHasher13::new();
+    h.write(unit.as_os_str().as_bytes());
+    format!(
+        "{:032x}",
+        siphasher::sip128::Hasher128::finish128(&h).as_u128()
+    )
+}
+
+/// A held claim on a `--keep-unit` unit's cgroup. Dropping it (only once
+/// the payload is destroyed) unlinks the lock file while still holding it.
+pub(crate) struct UnitClaim {
+    held: Option<(PathBuf, std::fs::File)>,
+}
+
+impl UnitClaim {
+    /// Let go of our descriptor without unlinking the file: the janitor's
+    /// copy keeps the claim until it has destroyed the payload.
+    pub(crate) fn keep_for_janitor(mut self) {
+        drop(self.held.take());
+    }
+}
+
+impl Drop for UnitClaim {
+    fn drop(&mut self) {
+        if let Some((path, f)) = self.held.take() {
+            crate::state::lockfile::release(&path, f);
+        }
+    }
+}
+
 /// While alive, the launcher sits in the guest's scope in the named v1
 /// hierarchy, so that a child cloned now starts there (clone3 places it in
 /// v2 only). Dropping it moves the launcher back.
@@ -317,6 +357,51 @@ impl CgroupLayout {
                 .strip_prefix(&self.mount)
                 .unwrap_or(Path::new("")),
         )
+    }
+
+    /// Claim a `--keep-unit` unit's cgroup for this launcher alone, before
+    /// [`Self::check_unclaimed`] looks at its payload: two launchers
+    /// started together in one unit would otherwise both find the payload
+    /// empty and then share it, or one reset it under the other's guest.
+    /// The claim is a lock file under /run/nixspawn/.units named after the
+    /// unit's cgroup, labelled with the machine's name (for the loser's
+    /// error), held for the guest's life and by the janitor until its
+    /// cleanup is done; the kernel drops it with its last holder. None
+    /// outside `--keep-unit` (a scope's name is the machine's, claimed
+    /// with it).
+    pub(crate) fn claim_unit(
+        &self,
+        name: &MachineName,
+        janitor: &crate::launcher::janitor::claim::JanitorLink,
+    ) -> Result<Option<UnitClaim>> {
+        use crate::launcher::janitor::claim::Claim;
+        use crate::state::lockfile;
+        use std::os::fd::AsFd;
+        if !matches!(self.placement, Placement::KeepUnit { .. }) {
+            return Ok(None);
+        }
+        let dir = crate::state::run_path(UNIT_LOCK_DIR);
+        crate::state::ensure_root_dir(&dir, 0o755, crate::state::Existing::SetMode)?;
+        let path = dir.join(unit_lock_name(&self.base_relative()));
+        janitor.note(&Claim::Unit { path: path.clone() }, None)?;
+        let label = format!("{name}\n{}\n", self.base_relative().display());
+        match lockfile::acquire_labelled(&path, &label)? {
+            Ok(held) => {
+                janitor.note(&Claim::UnitHeld { path: path.clone() }, Some(held.as_fd()))?;
+                Ok(Some(UnitClaim {
+                    held: Some((path, held)),
+                }))
+            }
+            Err(holder) => Err(Error::UnitBusy {
+                unit: self.base.clone(),
+                machine: holder
+                    .lines()
+                    .next()
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or("(unnamed)")
+                    .to_owned(),
+            }),
+        }
     }
 
     /// Refuse a unit's cgroup whose payload has processes in it: that is

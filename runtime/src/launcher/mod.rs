@@ -104,6 +104,9 @@ struct Session {
     cgroups: Option<CgroupLayout>,
     /// The UID range's lock, held for the guest's life.
     range_lock: Option<RangeLock>,
+    /// Under --keep-unit: the unit's cgroup, ours alone until the payload
+    /// is gone.
+    unit_claim: Option<crate::cgroup::UnitClaim>,
     /// The janitor has links to see gone and maybe a zone to remove once
     /// the launcher exits (see `Janitor::dismiss`).
     network_tail: bool,
@@ -124,6 +127,8 @@ impl Session {
             for dir in std::mem::take(&mut self.work_dirs) {
                 let _ = std::fs::remove_dir_all(dir);
             }
+            // The payload is gone: the unit may have another guest now.
+            drop(self.unit_claim.take());
         }
         let st = match (&cg, self.state_dir.as_mut()) {
             (Ok(()), Some(state_dir)) => {
@@ -136,6 +141,11 @@ impl Session {
             j.dismiss(cg.is_ok() && st.is_ok(), self.network_tail);
         }
         drop(self.range_lock.take());
+        // Not unlinked if the payload could not be destroyed: the janitor
+        // holds it on (a copy of the descriptor) until it has been.
+        if let Some(claim) = self.unit_claim.take() {
+            claim.keep_for_janitor();
+        }
         drop(self.state_dir.take());
         cg.and(st)
     }
@@ -204,6 +214,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         state_dir: None,
         cgroups: None,
         range_lock: None,
+        unit_claim: None,
         network_tail: !network.plan.is_empty(),
         work_dirs: Vec::new(),
     };
@@ -243,6 +254,7 @@ pub fn run(spec: &Spec, observer: &mut dyn Observer) -> Result<Outcome> {
         scope_unit,
         spec.process.slice.as_deref(),
     )?;
+    session.unit_claim = cgroups.claim_unit(&spec.machine, &link)?;
     cgroups.check_unclaimed()?;
     link.note(&Claim::Cgroups(Box::new(cgroups.clone())), None)?;
     let cgroups = session.cgroups.insert(cgroups);

@@ -252,6 +252,24 @@ fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
                 e,
             )
         })?;
+        // A directory cannot go onto a file nor the reverse (the guest's
+        // own store on top may disagree with the record): refused here, as
+        // the kernel's EINVAL for it would read as "no moves onto a
+        // detached store" below.
+        let is_dir = |fd: &OwnedFd| {
+            nix::sys::stat::fstat(fd)
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .map_err(|e| Error::io("stat", &m.mount_point, e.into()))
+        };
+        if is_dir(&clone)? != is_dir(&target)? {
+            return Err(Error::io(
+                "carrying a mount over to the new store",
+                &m.mount_point,
+                std::io::Error::other(
+                    "a directory and a file on either side (the guest's store disagrees with the record); unmount it in the guest, or restart the guest to update it",
+                ),
+            ));
+        }
         carried.push((clone, target, m.mount_point.clone()));
     }
     // The store as a descriptor, found with no symbolic link on the way
@@ -259,6 +277,29 @@ fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
     // mount mountinfo shows on top there: every step below acts on it,
     // never on a path the guest could change meanwhile.
     let store_fd = open_store(top.map(|t| t.id))?;
+    // The user's mounts go onto the new store while it is still detached
+    // (Linux 6.15 and later), so that a failure leaves the guest's store as
+    // it was: the new tree, with what was moved onto it, goes with its
+    // descriptor. An older kernel refuses the first (EINVAL); then they go
+    // after the move, as before, and a failure there takes the new store
+    // away again where it is on top.
+    let mut after: &[(OwnedFd, OwnedFd, PathBuf)] = &[];
+    for (i, (clone, target, shown)) in carried.iter().enumerate() {
+        match sys::move_mount_onto(clone.as_fd(), target.as_fd()) {
+            Ok(()) => {}
+            Err(e) if i == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                after = &carried;
+                break;
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "carrying a mount over to the new store",
+                    shown,
+                    e,
+                ));
+            }
+        }
+    }
     let mut beneath = top.is_some() && !(in_userns && here.len() == 1);
     if beneath {
         match sys::move_mount_beneath_onto(new.as_fd(), store_fd.as_fd()) {
@@ -273,20 +314,36 @@ fn swap_store(new: &OwnedFd, proc: &OwnedFd, in_userns: bool) -> Result<()> {
         sys::move_mount_onto(new.as_fd(), store_fd.as_fd())
             .map_err(|e| Error::io("move_mount", STORE, e))?;
     }
-    for (clone, target, shown) in &carried {
-        sys::move_mount_onto(clone.as_fd(), target.as_fd())
-            .map_err(|e| Error::io("carrying a mount over to the new store", shown, e))?;
+    for (clone, target, shown) in after {
+        if let Err(e) = sys::move_mount_onto(clone.as_fd(), target.as_fd()) {
+            // On top, the new store (and what was carried onto it) goes
+            // again; beneath the old one it stays hidden there (the guest
+            // still sees its old store whole).
+            if !beneath {
+                let _ = unmount_by_fd(proc, new);
+            }
+            return Err(Error::io(
+                "carrying a mount over to the new store",
+                shown,
+                e,
+            ));
+        }
     }
     if beneath {
         // The old one, on top: what is open in it stays usable. Named by
         // its descriptor through the host's /proc (this helper is in the
         // host's PID namespace; the guest's /proc does not show it).
-        let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&store_fd));
-        nix::unistd::fchdir(proc)
-            .and_then(|()| nix::mount::umount2(by_fd.as_str(), nix::mount::MntFlags::MNT_DETACH))
+        unmount_by_fd(proc, &store_fd)
             .map_err(|e| Error::io("unmounting the old store", STORE, e.into()))?;
     }
     Ok(())
+}
+
+/// Detach the mount `fd` is the root of, named through the host's /proc.
+fn unmount_by_fd(proc: &OwnedFd, fd: &OwnedFd) -> nix::Result<()> {
+    let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    nix::unistd::fchdir(proc)
+        .and_then(|()| nix::mount::umount2(by_fd.as_str(), nix::mount::MntFlags::MNT_DETACH))
 }
 
 /// The guest's /nix/store (we are in its mount namespace), opened with no

@@ -70,6 +70,59 @@ pub fn acquire(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Lock `path` with `label` in it, atomically: the file appears at `path`
+/// already locked and labelled (made unnamed, then linked), so whoever
+/// finds it held can always read who holds it. Ok(Err(label)) names the
+/// holder if someone has it; a dead holder's file is cleared and taken.
+pub fn acquire_labelled(path: &Path, label: &str) -> Result<std::result::Result<File, String>> {
+    use std::io::{Read, Write};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    loop {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|e| Error::io("creating a lock file in", dir, e))?;
+        f.write_all(label.as_bytes())
+            .map_err(|e| Error::io("writing a lock file in", dir, e))?;
+        // Nobody else can reach this file yet: the lock is ours.
+        if !try_lock(&f).map_err(|e| Error::io("locking", path, e))? {
+            return Err(Error::io("locking", path, io::ErrorKind::WouldBlock.into()));
+        }
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+        match nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            proc_path.as_str(),
+            nix::fcntl::AT_FDCWD,
+            path,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => return Ok(Ok(f)),
+            Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(Error::io("linking", path, e.into())),
+        }
+        let mut existing = match open(path, false) {
+            Ok(e) => e,
+            // Released between our link and our look: try again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("opening", path, e)),
+        };
+        if try_lock(&existing).map_err(|e| Error::io("locking", path, e))? {
+            // A dead holder's (or one just released, already unlinked):
+            // ours to remove while we hold it, then claim afresh.
+            if existing.metadata().is_ok_and(|m| m.nlink() > 0) {
+                let _ = std::fs::remove_file(path);
+            }
+            continue;
+        }
+        let mut holder = String::new();
+        let _ = existing.read_to_string(&mut holder);
+        return Ok(Err(holder));
+    }
+}
+
 /// Lock `path`, creating it if needed, waiting for whoever holds it.
 pub fn acquire_blocking(path: &Path) -> Result<File> {
     loop {
@@ -167,6 +220,28 @@ mod tests {
         release(&p, old);
         assert!(p.exists() && is_held(&p));
         release(&p, new);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_labelled_lock_names_its_holder_and_is_never_seen_unlabelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let held = acquire_labelled(&p, "first").unwrap().expect("free");
+        assert!(is_held(&p));
+        assert_eq!(
+            acquire_labelled(&p, "second").unwrap().unwrap_err(),
+            "first"
+        );
+        release(&p, held);
+        assert!(!p.exists());
+        // A dead holder's file, unheld: cleared and taken.
+        std::fs::write(&p, "dead").unwrap();
+        let held = acquire_labelled(&p, "third")
+            .unwrap()
+            .expect("stale file taken");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "third");
+        release(&p, held);
         assert!(!p.exists());
     }
 }

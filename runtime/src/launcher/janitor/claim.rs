@@ -25,6 +25,10 @@ pub(crate) enum Claim {
     Range { path: PathBuf },
     /// That block is held (its descriptor comes with this).
     RangeHeld { path: PathBuf },
+    /// About to claim a `--keep-unit` unit's cgroup by its lock file.
+    Unit { path: PathBuf },
+    /// That lock is held (its descriptor comes with this).
+    UnitHeld { path: PathBuf },
     /// The guest's cgroups, about to be created.
     Cgroups(Box<CgroupLayout>),
     /// A transient scope started for this boot; None once it is let go.

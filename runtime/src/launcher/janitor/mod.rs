@@ -93,7 +93,9 @@ struct NameClaim {
 #[derive(Default)]
 struct Claims {
     name: Option<NameClaim>,
-    ranges: Vec<(PathBuf, Option<File>)>,
+    /// Lock files (UID range blocks, a unit's cgroup), released after
+    /// the guest's cgroups are gone.
+    locks: Vec<(PathBuf, Option<File>)>,
     cgroups: Option<CgroupLayout>,
     scope: Option<String>,
     registered: Option<Via>,
@@ -122,9 +124,9 @@ impl Claims {
                     n.held = fd;
                 }
             }
-            Claim::Range { path } => self.ranges.push((path, None)),
-            Claim::RangeHeld { path } => {
-                if let Some(r) = self.ranges.iter_mut().rev().find(|r| r.0 == path) {
+            Claim::Range { path } | Claim::Unit { path } => self.locks.push((path, None)),
+            Claim::RangeHeld { path } | Claim::UnitHeld { path } => {
+                if let Some(r) = self.locks.iter_mut().rev().find(|r| r.0 == path) {
                     r.1 = fd;
                 }
             }
@@ -173,7 +175,7 @@ impl Claims {
                 None => lockfile::clear_if_unheld(&n.lock),
             }
         }
-        for (path, held) in self.ranges {
+        for (path, held) in self.locks {
             match held {
                 Some(held) => lockfile::release(&path, held),
                 None => lockfile::clear_if_unheld(&path),
