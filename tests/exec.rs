@@ -370,3 +370,23 @@ fn a_failure_to_enter_is_one_line_and_runs_nothing() {
     );
     assert!(!marker.exists(), "the command ran");
 }
+
+/// The command joins the guest's cgroups in every hierarchy, the v1 ones
+/// of a hybrid host too: its /proc/self/cgroup reads as the guest's PID 1's
+/// (it read `devices:/../../..` here when only v2 was joined).
+#[test]
+fn exec_joins_the_guests_v1_cgroups_too() {
+    privileged!();
+    let tree = tool_tree();
+    let name = unique_name("cgv1");
+    let _guest = sleeping_guest(tree.path(), &name, &[]);
+    let read = |path: &str| {
+        let o = ctl(&["exec", &name, "--", "/bin/cat", path]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let own = read("/proc/self/cgroup");
+    let init = read("/proc/1/cgroup");
+    assert!(!own.contains(".."), "outside the guest's cgroups: {own}");
+    assert_eq!(own, init, "the exec's cgroups are not PID 1's");
+}

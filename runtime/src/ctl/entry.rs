@@ -6,10 +6,10 @@
 //! `serve`) does that once, exactly as the exec helper does it
 //! (`enter::enter_restricted`: namespaces, the guest's root, seccomp,
 //! capabilities, no_new_privs), and then forks each command it is asked
-//! for. A command moves itself into the leader's cgroup through a
-//! `cgroup.procs` descriptor the entry opened before it entered (the
-//! kernel checks a migration against the opener), so the entry itself
-//! never holds the guest's cgroup. The entry lives in the host's PID
+//! for. A command moves itself into the leader's cgroups (v2, and the v1
+//! hierarchies of a hybrid host) through `cgroup.procs` descriptors the
+//! entry opened before it entered (the kernel checks a migration against
+//! the opener), so the entry itself never holds the guest's cgroups. The entry lives in the host's PID
 //! namespace, where the guest cannot see it, and ends as soon as the
 //! guest's PID 1 does (a reboot gets a new one).
 //!
@@ -33,7 +33,7 @@ use crate::handshake::channel::{self, Channel};
 use crate::state::State;
 use crate::sys::{self, ExitKind, Forked};
 
-use super::enter::{at, enter_restricted, leader_cgroup, leader_path, resolve};
+use super::enter::{at, enter_restricted, leader_cgroups, leader_path, resolve};
 
 /// Exit status of a command that was not found (as a shell gives it).
 pub const NOT_FOUND: i32 = 127;
@@ -230,18 +230,22 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
     let control = Channel::from_fd(control);
     let leader = state.open_leader()?;
     let leader_pid = state.leader.unwrap_or_default();
-    let procs = leader_cgroup(leader_pid)?.join("cgroup.procs");
     // Opened on the host, before entering: the command's move into the
-    // cgroup is checked against these credentials and cgroup namespace.
-    let cgroup: OwnedFd = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&procs)
-        .map_err(|e| Error::Cgroup {
-            step: "opening",
-            path: procs.clone(),
-            source: e,
-        })?
-        .into();
+    // cgroups is checked against these credentials and cgroup namespace.
+    let cgroups = leader_cgroups(leader_pid)?
+        .into_iter()
+        .map(|procs| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map(OwnedFd::from)
+                .map_err(|e| Error::Cgroup {
+                    step: "opening",
+                    path: procs,
+                    source: e,
+                })
+        })
+        .collect::<Result<Vec<OwnedFd>>>()?;
     let path = leader_path(leader_pid);
     state.leader_alive(&leader)?;
     let defaults: Vec<(String, String)> = vec![
@@ -333,7 +337,7 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
                 ));
             };
             let reply = Channel::from_fd(reply);
-            match start(&argv, &defaults, &env, &cgroup, [stdin, stdout, stderr]) {
+            match start(&argv, &defaults, &env, &cgroups, [stdin, stdout, stderr]) {
                 Ok(pidfd) => {
                     let _ = reply.send(&FromEntry::Started, &[]);
                     next_id = next_id.wrapping_add(1);
@@ -361,13 +365,13 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
 
 type Step<T> = std::result::Result<T, (&'static str, Error)>;
 
-/// Fork one command: its own session, the leader's cgroup, the given
+/// Fork one command: its own session, the leader's cgroups, the given
 /// descriptors as 0-2 and nothing else, default signal handling, exec.
 fn start(
     argv: &[String],
     defaults: &[(String, String)],
     env: &[(String, String)],
-    cgroup: &OwnedFd,
+    cgroups: &[OwnedFd],
     stdio: [OwnedFd; 3],
 ) -> Step<OwnedFd> {
     let to_c = |s: &str| {
@@ -419,11 +423,13 @@ fn start(
             if let Err(e) = nix::unistd::setsid() {
                 fail(format!("nixspawn-test: setsid: {e}"), 126);
             }
-            if let Err(e) = nix::unistd::write(cgroup, b"0") {
-                fail(
-                    format!("nixspawn-test: joining the guest's cgroup: {e}"),
-                    126,
-                );
+            for cgroup in cgroups {
+                if let Err(e) = nix::unistd::write(cgroup, b"0") {
+                    fail(
+                        format!("nixspawn-test: joining the guest's cgroup: {e}"),
+                        126,
+                    );
+                }
             }
             if let Err(e) = sys::cloexec_from(3) {
                 fail(format!("nixspawn-test: close_range: {e}"), 126);
