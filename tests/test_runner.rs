@@ -1025,3 +1025,108 @@ print("USERNS-ENTRY-OK")
     assert!(r.stdout.contains("USERNS-ENTRY-OK"), "{}", r.stdout);
     assert_run_cleaned_up(&prefix, &["machine"]);
 }
+
+/// A command's standard descriptors are pipes (or the guest's own
+/// /dev/null), never a host file's: the guest's root attacks them through
+/// /proc/self/fd (stderr used to be the console log itself, stdin the host
+/// file `copy_from_host` copies, stdout the host file `copy_from_machine`
+/// writes, a detached command's the host's /dev/null): it reads their
+/// links for host paths, chmods and truncates through them and reads the
+/// console log back. The host files keep their mode and content.
+#[test]
+fn commands_get_no_host_file_descriptors() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14f{}-", std::process::id());
+    let files = tempfile::tempdir().unwrap();
+    let input = files.path().join("input");
+    let output = files.path().join("output");
+    std::fs::write(&input, "host input\n").unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = format!(
+        r#"
+INPUT, OUTPUT = {input:?}, {output:?}
+machine.succeed("echo MARKER-STDERR-1 >&2")
+print("STDERR-LINK", repr(machine.succeed("readlink /proc/self/fd/2")))
+rc, seen = machine.execute("timeout 2 head -c 300 /proc/self/fd/2")
+print("STDERR-READ", repr(seen))
+machine.execute("chmod 0600 /proc/self/fd/2")
+machine.execute("truncate -s 0 /proc/self/fd/2")
+answer = machine._exec("readlink /proc/self/fd/0; chmod 0600 /proc/self/fd/0 || true; cat >/dev/null", 60, stdin=INPUT)
+print("STDIN-LINK", repr(answer["stdout"]))
+machine._exec("readlink /proc/self/fd/1; chmod 0600 /proc/self/fd/1 || true", 60, stdout_file=OUTPUT)
+machine.execute("stat -L -c %d:%i /proc/self/fd/0 > /run/null-id", check_output=False)
+machine.wait_for_file("/run/null-id")
+machine.wait_until_succeeds("test -s /run/null-id")
+print("NULL-ID", machine.succeed("cat /run/null-id").strip())
+print("FILES-DONE")
+"#,
+        input = input.display().to_string(),
+        output = output.display().to_string(),
+    );
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"machine": {"tree": tree}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("FILES-DONE"), "{}", r.stdout);
+    let line = |key: &str| -> String {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in {}", r.stdout))
+            .to_owned()
+    };
+    let log = r.out.join("machine.console.log");
+    // Every finding, so a failure shows all the attack reached.
+    let mut found = Vec::new();
+    // No host path through the links.
+    for key in ["STDERR-LINK", "STDIN-LINK"] {
+        let link = line(key);
+        if !link.starts_with("'pipe:[") {
+            found.push(format!("{key}: {link}"));
+        }
+    }
+    let written = std::fs::read_to_string(&output).unwrap();
+    if !written.starts_with("pipe:[") {
+        found.push(format!("stdout's link: {written:?}"));
+    }
+    // The console log was not read back, truncated or chmodded.
+    let read = line("STDERR-READ");
+    if read != "''" {
+        found.push(format!("read the console log back: {read}"));
+    }
+    let console = std::fs::read_to_string(&log).unwrap();
+    if !console.contains("MARKER-STDERR-1") {
+        found.push(format!(
+            "truncated the console log to {} bytes",
+            console.len()
+        ));
+    }
+    for (file, what) in [
+        (&log, "console log"),
+        (&input, "input"),
+        (&output, "output"),
+    ] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o7777;
+        if mode != 0o644 {
+            found.push(format!("chmodded the {what} to {mode:o}"));
+        }
+    }
+    if std::fs::read_to_string(&input).unwrap() != "host input\n" {
+        found.push("changed the input".into());
+    }
+    // A detached command's stdin is the guest's /dev/null, not the host's.
+    let null = std::fs::metadata("/dev/null").unwrap();
+    if line("NULL-ID") == format!("{}:{}", null.dev(), null.ino()) {
+        found.push("a detached command's stdin is the host's /dev/null".into());
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    assert_run_cleaned_up(&prefix, &["machine"]);
+}

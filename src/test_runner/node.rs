@@ -134,6 +134,9 @@ pub struct Node {
     keep: bool,
     life: Mutex<Life>,
     changed: Condvar,
+    /// The write end of the pipe commands get as stderr, made at the
+    /// first command; a thread of ours copies it into the console log.
+    stderr: std::sync::OnceLock<OwnedFd>,
 }
 
 /// What a command returned.
@@ -191,6 +194,7 @@ impl Node {
             keep: s.keep,
             life: Mutex::new(Life::default()),
             changed: Condvar::new(),
+            stderr: std::sync::OnceLock::new(),
         }
     }
 
@@ -221,6 +225,24 @@ impl Node {
             .append(true)
             .open(&self.console_log)
             .with_context(|| format!("opening {}", self.console_log.display()))
+    }
+
+    /// Commands' stderr: a pipe into the console log, never the log's own
+    /// descriptor, which is a host file a guest's root could reopen read-write
+    /// through /proc/self/fd/2, chmod, or learn the host path of.
+    fn stderr_pipe(&self) -> Result<BorrowedFd<'_>> {
+        if let Some(w) = self.stderr.get() {
+            return Ok(w.as_fd());
+        }
+        let mut log = self.open_console_log()?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        if self.stderr.set(w).is_ok() {
+            // For the run's life: a daemon may hold the pipe as long.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut File::from(r), &mut log);
+            });
+        }
+        Ok(self.stderr.get().expect("set").as_fd())
     }
 
     pub fn running(&self) -> bool {
@@ -510,10 +532,10 @@ impl Node {
     fn start_command(
         &self,
         command: &str,
-        stdin: BorrowedFd<'_>,
-        stdout: BorrowedFd<'_>,
-        stderr: BorrowedFd<'_>,
+        stdin: Option<BorrowedFd<'_>>,
+        stdout: Option<BorrowedFd<'_>>,
     ) -> Result<Running> {
+        let stderr = self.stderr_pipe()?;
         let (argv, env) = self.command_line(command);
         let entry = self.entry()?;
         match entry.entry.run(&argv, &env, stdin, stdout, stderr) {
@@ -535,6 +557,7 @@ impl Node {
 
     /// Run `command` in the guest: stdout captured (or written to
     /// `stdout_file`), stderr to the console log, the exit status exact.
+    /// The command gets pipes only, no descriptor of a host file.
     /// A timeout stops the command (SIGTERM, SIGKILL 5 s later) and gives
     /// 124, as `timeout(1)` would. Output is read until its end or, once
     /// the command ended, 100 ms more: a background process that keeps
@@ -549,36 +572,55 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let log = self.open_console_log()?;
-        let input = match stdin {
-            Some(p) => File::open(p).with_context(|| format!("opening {}", p.display()))?,
-            None => File::open("/dev/null")?,
+        let input: Option<OwnedFd> = match stdin {
+            Some(p) => {
+                let mut file = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+                std::thread::spawn(move || {
+                    // Ends at the file's end, or when the command closed
+                    // its stdin (EPIPE).
+                    let _ = std::io::copy(&mut file, &mut File::from(w));
+                });
+                Some(r)
+            }
+            None => None,
         };
+        let mut file = match stdout_file {
+            Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
+            None => None,
+        };
+        let to_file = file.is_some();
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let (eof_tx, eof_rx) = mpsc::channel();
-        let output: OwnedFd = match stdout_file {
-            Some(p) => File::create(p)
-                .with_context(|| format!("creating {}", p.display()))?
-                .into(),
-            None => {
-                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-                let buffer = Arc::clone(&buffer);
-                std::thread::spawn(move || {
-                    let mut out = File::from(r);
-                    let mut chunk = [0u8; 16384];
-                    while let Ok(n) = out.read(&mut chunk) {
-                        if n == 0 {
-                            break;
-                        }
-                        buffer.lock().unwrap().extend_from_slice(&chunk[..n]);
+        let (r, output) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        {
+            let buffer = Arc::clone(&buffer);
+            std::thread::spawn(move || {
+                let mut out = File::from(r);
+                let mut chunk = [0u8; 16384];
+                while let Ok(n) = out.read(&mut chunk) {
+                    if n == 0 {
+                        break;
                     }
-                    let _ = eof_tx.send(());
-                });
-                w
-            }
-        };
-        let started = self.start_command(command, input.as_fd(), output.as_fd(), log.as_fd());
+                    match &mut file {
+                        Some(f) => {
+                            if std::io::Write::write_all(f, &chunk[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        None => buffer.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = eof_tx.send(());
+            });
+        }
+        let started = self.start_command(
+            command,
+            input.as_ref().map(|i| i.as_fd()),
+            Some(output.as_fd()),
+        );
         drop(output);
+        drop(input);
         let running = match started {
             Ok(r) => r,
             Err(e) if !self.running() => {
@@ -605,8 +647,9 @@ impl Node {
             Err(e) => return Err(e.into()),
         };
         // What the command wrote before it ended, without waiting for a
-        // background process that keeps its stdout open.
-        let _ = eof_rx.recv_timeout(Duration::from_millis(100));
+        // background process that keeps its stdout open (a file being
+        // copied out gets longer to be written whole).
+        let _ = eof_rx.recv_timeout(Duration::from_millis(if to_file { 10_000 } else { 100 }));
         let stdout = std::mem::take(&mut *buffer.lock().unwrap());
         let rc = if timed_out { 124 } else { status };
         Ok(Outcome {
@@ -621,10 +664,9 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let log = self.open_console_log()?;
-        let null = File::options().read(true).write(true).open("/dev/null")?;
-        // (Dropping the answer leaves the command running, unreported.)
-        self.start_command(command, null.as_fd(), null.as_fd(), log.as_fd())?;
+        // (Dropping the answer leaves the command running, unreported;
+        // stdin and stdout are the guest's /dev/null.)
+        self.start_command(command, None, None)?;
         Ok(())
     }
 

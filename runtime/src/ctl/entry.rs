@@ -43,10 +43,13 @@ pub const NOT_EXECUTABLE: i32 = 126;
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum ToEntry {
     /// Run `argv` (looked up in the PATH of `env`) with `env` over the
-    /// defaults; the descriptors: reply socket, stdin, stdout, stderr.
+    /// defaults; the descriptors: reply socket, stdin and stdout where
+    /// given (else the guest's /dev/null), stderr.
     Run {
         argv: Vec<String>,
         env: Vec<(String, String)>,
+        stdin: bool,
+        stdout: bool,
     },
 }
 
@@ -152,13 +155,17 @@ impl Entry {
         }
     }
 
-    /// Start `argv` with `env` and these standard descriptors.
+    /// Start `argv` with `env` and these standard descriptors (`None`:
+    /// the guest's own /dev/null). They reach the command in the guest:
+    /// pass pipes, not descriptors of host files (a guest's root could
+    /// reopen those through /proc/self/fd read-write, chmod them, or read
+    /// their host path).
     pub fn run(
         &self,
         argv: &[String],
         env: &[(String, String)],
-        stdin: BorrowedFd<'_>,
-        stdout: BorrowedFd<'_>,
+        stdin: Option<BorrowedFd<'_>>,
+        stdout: Option<BorrowedFd<'_>>,
         stderr: BorrowedFd<'_>,
     ) -> Result<Running> {
         if argv.is_empty() {
@@ -172,10 +179,14 @@ impl Entry {
         let request = ToEntry::Run {
             argv: argv.to_vec(),
             env: env.to_vec(),
+            stdin: stdin.is_some(),
+            stdout: stdout.is_some(),
         };
-        self.control
-            .send(&request, &[theirs.as_fd(), stdin, stdout, stderr])
-            .map_err(|_| self.gone())?;
+        let fds: Vec<BorrowedFd<'_>> = [Some(theirs.as_fd()), stdin, stdout, Some(stderr)]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.control.send(&request, &fds).map_err(|_| self.gone())?;
         drop(theirs);
         let running = Running {
             reply,
@@ -273,6 +284,26 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
         );
         return Err(e);
     }
+    // The guest's own /dev/null, for commands given no stdin or stdout:
+    // opened once, as the guest (what it put there is its business).
+    let null: OwnedFd = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(f) => f.into(),
+        Err(e) => {
+            let e = Error::io("opening", "/dev/null in the guest", e);
+            let _ = control.send(
+                &FromEntry::Failed {
+                    step: "open the guest's /dev/null".into(),
+                    message: e.to_string(),
+                },
+                &[],
+            );
+            return Err(e);
+        }
+    };
     control.send(&FromEntry::Ready, &[])?;
 
     let mut children: HashMap<i32, Child> = HashMap::new();
@@ -327,15 +358,37 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
             }
         }
         if ready[0] {
-            let Some((ToEntry::Run { argv, env }, fds)) = control.recv::<ToEntry>()? else {
+            let Some((
+                ToEntry::Run {
+                    argv,
+                    env,
+                    stdin,
+                    stdout,
+                },
+                fds,
+            )) = control.recv::<ToEntry>()?
+            else {
                 // The caller is done with us.
                 return Ok(());
             };
-            let Ok([reply, stdin, stdout, stderr]) = <[OwnedFd; 4]>::try_from(fds) else {
-                return Err(Error::Protocol(
-                    "a command came without its four descriptors".into(),
-                ));
+            let expected = 2 + usize::from(stdin) + usize::from(stdout);
+            if fds.len() != expected {
+                return Err(Error::Protocol(format!(
+                    "a command came with {} descriptors, not {expected}",
+                    fds.len()
+                )));
+            }
+            let mut fds = fds.into_iter();
+            let mut next = |given: bool| -> Result<OwnedFd> {
+                match given {
+                    true => Ok(fds.next().expect("counted")),
+                    false => null.try_clone().map_err(|e| Error::syscall("dup", e)),
+                }
             };
+            let reply = next(true)?;
+            let stdin = next(stdin)?;
+            let stdout = next(stdout)?;
+            let stderr = next(true)?;
             let reply = Channel::from_fd(reply);
             match start(&argv, &defaults, &env, &cgroups, [stdin, stdout, stderr]) {
                 Ok(pidfd) => {
