@@ -108,6 +108,8 @@ struct Life {
     exited: Option<ExitStatus>,
     /// Boots the launcher will have done when the current one is ready.
     boot: u32,
+    /// The last boot whose READY=1 was seen.
+    ready_boot: u32,
     /// /etc/hosts written for this boot.
     hosts_for_boot: u32,
     /// The guest's login environment (after /etc/profile) and its bash,
@@ -273,6 +275,7 @@ impl Node {
         life.pid = Some(child.id() as i32);
         life.exited = None;
         life.boot = 1;
+        life.ready_boot = 0;
         life.hosts_for_boot = 0;
         life.shell = None;
         life.entry = None;
@@ -296,34 +299,60 @@ impl Node {
     }
 
     /// Note READY=1 of each boot for the timeline when it happens, not
-    /// when the script first asks.
+    /// when the script first asks, and wake `wait_booted`. The state file
+    /// is read when the launcher replaces it (inotify on its directory),
+    /// not polled: ten booting nodes polled every 5 ms cost the run
+    /// thousands of reads.
     fn watch_ready(self: &Arc<Self>, generation: u64) {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let me = Arc::clone(self);
         std::thread::spawn(move || {
             let Ok(name) = me.machine_name() else { return };
+            let dir = state::StateDir::path_for(&name);
+            // (Without inotify, the state is polled.)
+            let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
+            let mut watching = false;
             let mut noted = 0;
             loop {
-                let (boot, current) = {
+                let current = {
                     let l = me.life.lock().unwrap();
-                    (l.boot, l.generation == generation && l.pid.is_some())
+                    l.generation == generation && l.pid.is_some()
                 };
                 if !current {
                     return;
                 }
-                if noted >= boot {
-                    // Until a reboot asks for the next one.
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
+                if let Some(inotify) = &inotify {
+                    if !watching {
+                        // (The launcher makes the directory soon after its start.)
+                        watching = inotify
+                            .add_watch(
+                                &dir,
+                                AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
+                            )
+                            .is_ok();
+                    }
+                    let _ = inotify.read_events();
                 }
                 if let Ok(st) = state::load(&name)
                     && st.ready
                     && st.phase == "running"
-                    && st.boot_count >= boot
+                    && st.boot_count > noted
                 {
                     me.note_ready(&st, st.boot_count);
                     noted = st.boot_count;
+                    me.life.lock().unwrap().ready_boot = noted;
+                    me.changed.notify_all();
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                if let Some(inotify) = inotify.as_ref().filter(|_| watching) {
+                    // A change, or now and then to see whether the launcher ended.
+                    let mut fds = [nix::poll::PollFd::new(
+                        inotify.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8));
+                } else {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         });
     }
@@ -331,41 +360,32 @@ impl Node {
     /// Wait until the current boot sent READY=1 and /etc/hosts is in place.
     pub fn wait_booted(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let name = self.machine_name()?;
-        let mut pause = Duration::from_millis(2);
+        let mut life = self.life.lock().unwrap();
         loop {
-            let (pid, boot, exited) = {
-                let l = self.life.lock().unwrap();
-                (l.pid, l.boot, l.exited)
-            };
-            if pid.is_none() {
+            if life.pid.is_none() {
                 bail!(
                     "{} is not running{}",
                     self.name,
-                    exited.map_or(String::new(), |s| format!(
+                    life.exited.map_or(String::new(), |s| format!(
                         " (nixspawn exited: {s}; see {})",
                         self.console_log.display()
                     ))
                 );
             }
-            if let Ok(st) = state::load(&name)
-                && st.ready
-                && st.phase == "running"
-                && st.boot_count >= boot
-            {
-                self.note_ready(&st, boot);
+            if life.ready_boot >= life.boot {
                 break;
             }
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            if now > deadline {
                 bail!(
                     "{} did not report READY=1 within {}s",
                     self.name,
                     timeout.as_secs()
                 );
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
+            life = self.changed.wait_timeout(life, deadline - now).unwrap().0;
         }
+        drop(life);
         self.write_hosts()
     }
 
@@ -403,9 +423,11 @@ impl Node {
         }
         // A new boot: a new PID 1 to enter (the old entry ended with the old one).
         self.life.lock().unwrap().entry = None;
-        // /etc/hosts may be a link into a read-only store (NixOS): replace it.
+        // /etc/hosts may be a link into a read-only store (NixOS): replace
+        // it. The same command reads the guest's bash and its login
+        // environment (one start of the guest's shell per boot, not two).
         let o = self.exec(
-            "rm -f /etc/hosts; cat > /etc/hosts",
+            "rm -f /etc/hosts; cat > /etc/hosts; command -v bash || true; printf '\\0'; env -0 || true",
             Some(Duration::from_secs(60)),
             Some(&self.hosts),
             None,
@@ -417,38 +439,11 @@ impl Node {
                 o.rc
             );
         }
-        let shell = self.read_shell()?;
+        let shell = parse_shell(&o.stdout);
         let mut l = self.life.lock().unwrap();
         l.hosts_for_boot = boot;
         l.shell = shell;
         Ok(())
-    }
-
-    /// The guest's bash and its environment after /etc/profile; None
-    /// where it has no bash (then every command sources the profile).
-    fn read_shell(&self) -> Result<Option<Shell>> {
-        let o = self.exec(
-            "command -v bash || true; printf '\\0'; env -0",
-            Some(Duration::from_secs(60)),
-            None,
-            None,
-        )?;
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let Some((bash, env)) = text.split_once('\0') else {
-            return Ok(None);
-        };
-        let bash = bash.trim();
-        if o.rc != 0 || !bash.starts_with('/') {
-            return Ok(None);
-        }
-        let skip = ["SHLVL", "PWD", "OLDPWD", "_", "TERM"];
-        let env = env
-            .split('\0')
-            .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| !k.is_empty() && !skip.contains(k))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        Ok(Some((bash.to_owned(), env)))
     }
 
     /// The command line and environment `command` runs with.
@@ -769,6 +764,26 @@ impl Node {
             let _ = self.crash();
         }
     }
+}
+
+/// The guest's bash and its environment after /etc/profile, from the
+/// output of `command -v bash; printf '\0'; env -0`; None where it has
+/// no bash (then every command sources the profile) or no `env -0`.
+fn parse_shell(stdout: &[u8]) -> Option<Shell> {
+    let text = String::from_utf8_lossy(stdout).into_owned();
+    let (bash, env) = text.split_once('\0')?;
+    let bash = bash.trim();
+    if !bash.starts_with('/') || !env.ends_with('\0') {
+        return None;
+    }
+    let skip = ["SHLVL", "PWD", "OLDPWD", "_", "TERM"];
+    let env = env
+        .split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| !k.is_empty() && !skip.contains(k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Some((bash.to_owned(), env))
 }
 
 /// A node's entry process and our end of its socket; killed when the
