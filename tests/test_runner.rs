@@ -1130,3 +1130,35 @@ print("FILES-DONE")
     assert!(found.is_empty(), "{}", found.join("\n"));
     assert_run_cleaned_up(&prefix, &["machine"]);
 }
+
+/// wait_for_unit on a unit whose start job waits behind another unit:
+/// inactive, with a job of its own, which `systemctl show -p Job` names
+/// (so the wait needs no `list-jobs`), until it is active.
+#[test]
+fn wait_for_unit_waits_for_a_queued_start_job() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14j{}-", std::process::id());
+    let script = r#"
+machine.succeed("systemd-run --no-block --unit=s6-first -p Type=oneshot sleep 2")
+machine.succeed("systemd-run --no-block --unit=s6-second -p After=s6-first.service -p Type=oneshot -p RemainAfterExit=yes true")
+shown = machine.succeed("systemctl show s6-second.service --property=ActiveState --property=Job")
+print("SHOWN", repr(shown))
+assert "ActiveState=inactive" in shown and any(l.startswith("Job=") and l[4:].strip() not in ("", "0") for l in shown.splitlines()), shown
+machine.wait_for_unit("s6-second.service")
+assert machine.succeed("systemctl is-active s6-second.service").strip() == "active"
+print("QUEUED-OK")
+"#;
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"machine": {"tree": tree}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("QUEUED-OK"), "{}", r.stdout);
+    assert_run_cleaned_up(&prefix, &["machine"]);
+}

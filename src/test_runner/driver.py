@@ -539,9 +539,10 @@ class Machine:
     def get_unit_property(self, unit, property, user=None):
         return self._unit_properties(unit, [property], user)[property]
 
-    def _unit_properties(self, unit, properties, user=None):
-        """Several properties of a unit from one `systemctl show`."""
-        asked = " ".join(shlex.quote(f"--property={p}") for p in properties)
+    def _unit_properties(self, unit, properties, user=None, optional=()):
+        """Several properties of a unit from one `systemctl show` (those in
+        `optional` may be missing: systemctl leaves out an empty Job)."""
+        asked = " ".join(shlex.quote(f"--property={p}") for p in list(properties) + list(optional))
         rc, out = self.systemctl(f"--no-pager show {shlex.quote(unit)} {asked}", user)
         shown = " and ".join(f'"{p}"' for p in properties)
         if rc != 0:
@@ -553,7 +554,7 @@ class Machine:
         values = {}
         for line in out.splitlines():
             key, sep, value = line.partition("=")
-            if sep and key in properties:
+            if sep and (key in properties or key in optional):
                 values[key] = value
         for p in properties:
             if p not in values:
@@ -569,16 +570,19 @@ class Machine:
                 )
 
     def wait_for_unit(self, unit, user=None, timeout=900):
-        # With the time it became active for the timeline, in the same call.
+        # With the time it became active for the timeline and the unit's
+        # own job, in the same call.
         wanted = ["ActiveState"] + (["ActiveEnterTimestampMonotonic"] if user is None else [])
         last = {}
 
         def check_active(_last):
-            last.update(self._unit_properties(unit, wanted, user))
+            last.clear()
+            last.update(self._unit_properties(unit, wanted, user, optional=["Job"]))
             state = last["ActiveState"]
             if state == "failed":
                 raise RequestedAssertionFailed(f'unit "{unit}" reached state "{state}"')
-            if state == "inactive":
+            # (A job of the unit's own is a pending job: no need to list them.)
+            if state == "inactive" and last.get("Job", "") in ("", "0"):
                 _, jobs = self.systemctl("list-jobs --full 2>&1", user)
                 if "No jobs" in jobs:
                     info = self.get_unit_info(unit, user)
