@@ -9,9 +9,10 @@
 //! for. A command moves itself into the leader's cgroups (v2, and the v1
 //! hierarchies of a hybrid host) through `cgroup.procs` descriptors the
 //! entry opened before it entered (the kernel checks a migration against
-//! the opener), so the entry itself never holds the guest's cgroups. The entry lives in the host's PID
-//! namespace, where the guest cannot see it, and ends as soon as the
-//! guest's PID 1 does (a reboot gets a new one).
+//! the opener), so the entry itself never holds the guest's cgroups. The
+//! entry lives in the host's PID namespace, where the guest cannot see
+//! it, and ends as soon as the guest's PID 1 does (a reboot gets a new
+//! one).
 //!
 //! Per command the caller sends the argv, the environment, its stdin,
 //! stdout and stderr and a reply socket; the entry answers on the reply
@@ -380,9 +381,10 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
             }
             let mut fds = fds.into_iter();
             let mut next = |given: bool| -> Result<OwnedFd> {
-                match given {
-                    true => Ok(fds.next().expect("counted")),
-                    false => null.try_clone().map_err(|e| Error::syscall("dup", e)),
+                if given {
+                    Ok(fds.next().expect("counted"))
+                } else {
+                    null.try_clone().map_err(|e| Error::syscall("dup", e))
                 }
             };
             let reply = next(true)?;
