@@ -370,3 +370,52 @@ fn a_failure_to_enter_is_one_line_and_runs_nothing() {
     );
     assert!(!marker.exists(), "the command ran");
 }
+
+/// The command joins the guest's cgroups in every hierarchy, the v1 ones
+/// of a hybrid host too: its /proc/self/cgroup reads as the guest's PID 1's
+/// (it read `devices:/../../..` here when only v2 was joined).
+#[test]
+fn exec_joins_the_guests_v1_cgroups_too() {
+    privileged!();
+    let tree = tool_tree();
+    let name = unique_name("cgv1");
+    let _guest = sleeping_guest(tree.path(), &name, &[]);
+    let read = |path: &str| {
+        let o = ctl(&["exec", &name, "--", "/bin/cat", path]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let own = read("/proc/self/cgroup");
+    let init = read("/proc/1/cgroup");
+    assert!(!own.contains(".."), "outside the guest's cgroups: {own}");
+    assert_eq!(own, init, "the exec's cgroups are not PID 1's");
+}
+
+/// Side by side with systemd-nspawn 252: the exec's v1 cgroup lines are
+/// what a guest process has there under nspawn (each hierarchy at the
+/// guest's root). (nsenter, the nspawn test driver's way in, joins no
+/// cgroup at all and reads `/..`.)
+#[test]
+fn exec_v1_cgroups_read_as_an_nspawn_guest_process() {
+    privileged!();
+    require_nspawn();
+    let tree = tool_tree();
+    let v1 = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with("0::"))
+            .map(String::from)
+            .collect()
+    };
+    let theirs = answer(NSPAWN, tree.path(), &[], "cat /proc/self/cgroup");
+    let name = unique_name("cgns");
+    let _guest = sleeping_guest(tree.path(), &name, &[]);
+    let o = ctl(&["exec", &name, "--", "/bin/cat", "/proc/self/cgroup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!v1(&theirs).is_empty(), "no v1 hierarchy here: {theirs}");
+    assert_eq!(
+        v1(&ours),
+        v1(&theirs),
+        "ours:\n{ours}\nsystemd-nspawn's guest:\n{theirs}"
+    );
+}

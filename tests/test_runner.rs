@@ -680,10 +680,15 @@ for ns in ["pid", "net", "mnt", "uts", "ipc", "cgroup"]:
     assert machine.succeed(f"readlink /proc/self/ns/{ns}") == machine.succeed(f"readlink /proc/1/ns/{ns}"), ns
 assert machine.succeed("stat -L -c %d:%i /proc/self/root") == machine.succeed("stat -L -c %d:%i /proc/1/root")
 cgroup = machine.succeed("cat /proc/self/cgroup")
-# the v2 cgroup is the guest's (outside its namespace root it would read
-# /../..); v1 hierarchies are not joined, as with nixspawnctl exec
+init = machine.succeed("cat /proc/1/cgroup")
+# every hierarchy is the guest's: outside its namespace root a line would
+# read /../.. (on this hybrid host the v1 `devices` one did); the v1 lines
+# are PID 1's (systemd moves itself only in v2, to init.scope)
 v2 = [l for l in cgroup.splitlines() if l.startswith("0::")]
-assert len(v2) == 1 and ".." not in v2[0], cgroup
+assert len(v2) == 1 and ".." not in cgroup, cgroup
+v1 = lambda text: [l for l in text.splitlines() if not l.startswith("0::")]
+assert v1(cgroup) == v1(init), (cgroup, init)
+print("CGROUP", repr(cgroup))
 # the entry is not in the guest's PID namespace
 assert "nixspawn-test" not in machine.succeed("cat /proc/[0-9]*/comm 2>/dev/null || true"), "entry visible"
 # a background process holding stdout: the answer does not wait for it
@@ -999,8 +1004,11 @@ assert machine.succeed("readlink /proc/self/ns/user") == machine.succeed("readli
 mine = machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/self/status")
 assert mine == machine.succeed("grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/1/status"), mine
 assert machine.succeed("grep CapBnd /proc/self/status") == machine.succeed("grep CapBnd /proc/1/status")
-v2 = [l for l in machine.succeed("cat /proc/self/cgroup").splitlines() if l.startswith("0::")]
-assert len(v2) == 1 and ".." not in v2[0], v2
+cgroup = machine.succeed("cat /proc/self/cgroup")
+v2 = [l for l in cgroup.splitlines() if l.startswith("0::")]
+assert len(v2) == 1 and ".." not in cgroup, cgroup
+v1 = lambda text: [l for l in text.splitlines() if not l.startswith("0::")]
+assert v1(cgroup) == v1(machine.succeed("cat /proc/1/cgroup")), cgroup
 assert machine.execute("no-such-command-14")[0] == 127
 print("USERNS-ENTRY-OK")
 "#;
@@ -1015,5 +1023,142 @@ print("USERNS-ENTRY-OK")
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("USERNS-ENTRY-OK"), "{}", r.stdout);
+    assert_run_cleaned_up(&prefix, &["machine"]);
+}
+
+/// A command's standard descriptors are pipes (or the guest's own
+/// /dev/null), never a host file's: the guest's root attacks them through
+/// /proc/self/fd (stderr used to be the console log itself, stdin the host
+/// file `copy_from_host` copies, stdout the host file `copy_from_machine`
+/// writes, a detached command's the host's /dev/null): it reads their
+/// links for host paths, chmods and truncates through them and reads the
+/// console log back. The host files keep their mode and content.
+#[test]
+fn commands_get_no_host_file_descriptors() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14f{}-", std::process::id());
+    let files = tempfile::tempdir().unwrap();
+    let input = files.path().join("input");
+    let output = files.path().join("output");
+    std::fs::write(&input, "host input\n").unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = format!(
+        r#"
+INPUT, OUTPUT = {input:?}, {output:?}
+machine.succeed("echo MARKER-STDERR-1 >&2")
+print("STDERR-LINK", repr(machine.succeed("readlink /proc/self/fd/2")))
+rc, seen = machine.execute("timeout 2 head -c 300 /proc/self/fd/2")
+print("STDERR-READ", repr(seen))
+machine.execute("chmod 0600 /proc/self/fd/2")
+machine.execute("truncate -s 0 /proc/self/fd/2")
+answer = machine._exec("readlink /proc/self/fd/0; chmod 0600 /proc/self/fd/0 || true; cat >/dev/null", 60, stdin=INPUT)
+print("STDIN-LINK", repr(answer["stdout"]))
+machine._exec("readlink /proc/self/fd/1; chmod 0600 /proc/self/fd/1 || true", 60, stdout_file=OUTPUT)
+machine.execute("stat -L -c %d:%i /proc/self/fd/0 > /run/null-id", check_output=False)
+machine.wait_for_file("/run/null-id")
+machine.wait_until_succeeds("test -s /run/null-id")
+print("NULL-ID", machine.succeed("cat /run/null-id").strip())
+print("FILES-DONE")
+"#,
+        input = input.display().to_string(),
+        output = output.display().to_string(),
+    );
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"machine": {"tree": tree}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("FILES-DONE"), "{}", r.stdout);
+    let line = |key: &str| -> String {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in {}", r.stdout))
+            .to_owned()
+    };
+    let log = r.out.join("machine.console.log");
+    // Every finding, so a failure shows all the attack reached.
+    let mut found = Vec::new();
+    // No host path through the links.
+    for key in ["STDERR-LINK", "STDIN-LINK"] {
+        let link = line(key);
+        if !link.starts_with("'pipe:[") {
+            found.push(format!("{key}: {link}"));
+        }
+    }
+    let written = std::fs::read_to_string(&output).unwrap();
+    if !written.starts_with("pipe:[") {
+        found.push(format!("stdout's link: {written:?}"));
+    }
+    // The console log was not read back, truncated or chmodded.
+    let read = line("STDERR-READ");
+    if read != "''" {
+        found.push(format!("read the console log back: {read}"));
+    }
+    let console = std::fs::read_to_string(&log).unwrap();
+    if !console.contains("MARKER-STDERR-1") {
+        found.push(format!(
+            "truncated the console log to {} bytes",
+            console.len()
+        ));
+    }
+    for (file, what) in [
+        (&log, "console log"),
+        (&input, "input"),
+        (&output, "output"),
+    ] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o7777;
+        if mode != 0o644 {
+            found.push(format!("chmodded the {what} to {mode:o}"));
+        }
+    }
+    if std::fs::read_to_string(&input).unwrap() != "host input\n" {
+        found.push("changed the input".into());
+    }
+    // A detached command's stdin is the guest's /dev/null, not the host's.
+    let null = std::fs::metadata("/dev/null").unwrap();
+    if line("NULL-ID") == format!("{}:{}", null.dev(), null.ino()) {
+        found.push("a detached command's stdin is the host's /dev/null".into());
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    assert_run_cleaned_up(&prefix, &["machine"]);
+}
+
+/// wait_for_unit on a unit whose start job waits behind another unit:
+/// inactive, with a job of its own, which `systemctl show -p Job` names
+/// (so the wait needs no `list-jobs`), until it is active.
+#[test]
+fn wait_for_unit_waits_for_a_queued_start_job() {
+    privileged!();
+    let tree = tree("bookworm");
+    let prefix = format!("t14j{}-", std::process::id());
+    let script = r#"
+machine.succeed("systemd-run --no-block --unit=s6-first -p Type=oneshot sleep 2")
+machine.succeed("systemd-run --no-block --unit=s6-second -p After=s6-first.service -p Type=oneshot -p RemainAfterExit=yes true")
+shown = machine.succeed("systemctl show s6-second.service --property=ActiveState --property=Job")
+print("SHOWN", repr(shown))
+assert "ActiveState=inactive" in shown and any(l.startswith("Job=") and l[4:].strip() not in ("", "0") for l in shown.splitlines()), shown
+machine.wait_for_unit("s6-second.service")
+assert machine.succeed("systemctl is-active s6-second.service").strip() == "active"
+print("QUEUED-OK")
+"#;
+    let r = run_test(
+        json!({
+            "machine_prefix": prefix,
+            "global_timeout": 300,
+            "nodes": {"machine": {"tree": tree}},
+            "test_script": script,
+        }),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("QUEUED-OK"), "{}", r.stdout);
     assert_run_cleaned_up(&prefix, &["machine"]);
 }

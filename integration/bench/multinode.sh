@@ -9,6 +9,10 @@
 #
 #   sudo integration/bench/multinode.sh [ROUNDS] [NODES] [BIG]   (default 3 10 24)
 #
+# NIXSPAWN_BIN_DIR=DIR takes nixspawn, nixspawn-test and nixspawnctl from DIR
+# (a saved build, to compare two builds in the same hour) instead of
+# building this checkout.
+#
 # Wall time from date, CPU time (cpuacct.usage) and peak memory
 # (memory.max_usage_in_bytes) of a v1 cgroup each run is started in (the
 # guests stay in it: neither launcher moves them in the v1 cpuacct or
@@ -21,8 +25,12 @@ big=${3:-24}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 tree=$("$repo/integration/fixtures/debian-tree.sh" bookworm)
-cargo build --release --manifest-path "$repo/Cargo.toml" --bins -q
-bin=$repo/target/release
+if [ -n "${NIXSPAWN_BIN_DIR:-}" ]; then
+	bin=$(cd "$NIXSPAWN_BIN_DIR" && pwd)
+else
+	cargo build --release --manifest-path "$repo/Cargo.toml" --bins -q
+	bin=$repo/target/release
+fi
 work=$(mktemp -d /tmp/nixspawn-multinode.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1

@@ -520,7 +520,9 @@ class Machine:
         return self.systemctl(f"stop {name}", user)
 
     def get_unit_info(self, unit, user=None):
-        rc, lines = self.systemctl(f'--no-pager show "{unit}"', user)
+        # (shlex.quote leaves a plain unit name as it is, so the command is
+        # plain words, run without a shell.)
+        rc, lines = self.systemctl(f"--no-pager show {shlex.quote(unit)}", user)
         if rc != 0:
             raise RequestedAssertionFailed(
                 f'retrieving systemctl info for unit "{unit}"'
@@ -535,17 +537,29 @@ class Machine:
         return info
 
     def get_unit_property(self, unit, property, user=None):
-        rc, out = self.systemctl(f'--no-pager show "{unit}" --property="{property}"', user)
+        return self._unit_properties(unit, [property], user)[property]
+
+    def _unit_properties(self, unit, properties, user=None, optional=()):
+        """Several properties of a unit from one `systemctl show` (those in
+        `optional` may be missing: systemctl leaves out an empty Job)."""
+        asked = " ".join(shlex.quote(f"--property={p}") for p in list(properties) + list(optional))
+        rc, out = self.systemctl(f"--no-pager show {shlex.quote(unit)} {asked}", user)
+        shown = " and ".join(f'"{p}"' for p in properties)
         if rc != 0:
             raise RequestedAssertionFailed(
-                f'retrieving systemctl property "{property}" for unit "{unit}"'
+                f"retrieving systemctl property {shown} for unit \"{unit}\""
                 + ("" if user is None else f' under user "{user}"')
                 + f" failed with exit code {rc}"
             )
-        key, sep, value = out.rstrip("\n").partition("=")
-        if not sep or key != property:
-            raise RequestedAssertionFailed(f'systemctl show printed no "{property}" for unit "{unit}": {out!r}')
-        return value
+        values = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and (key in properties or key in optional):
+                values[key] = value
+        for p in properties:
+            if p not in values:
+                raise RequestedAssertionFailed(f'systemctl show printed no "{p}" for unit "{unit}": {out!r}')
+        return values
 
     def require_unit_state(self, unit, require_state="active"):
         with self.nested(f"checking if unit '{unit}' has reached state '{require_state}'"):
@@ -556,11 +570,19 @@ class Machine:
                 )
 
     def wait_for_unit(self, unit, user=None, timeout=900):
+        # With the time it became active for the timeline and the unit's
+        # own job, in the same call.
+        wanted = ["ActiveState"] + (["ActiveEnterTimestampMonotonic"] if user is None else [])
+        last = {}
+
         def check_active(_last):
-            state = self.get_unit_property(unit, "ActiveState", user)
+            last.clear()
+            last.update(self._unit_properties(unit, wanted, user, optional=["Job"]))
+            state = last["ActiveState"]
             if state == "failed":
                 raise RequestedAssertionFailed(f'unit "{unit}" reached state "{state}"')
-            if state == "inactive":
+            # (A job of the unit's own is a pending job: no need to list them.)
+            if state == "inactive" and last.get("Job", "") in ("", "0"):
                 _, jobs = self.systemctl("list-jobs --full 2>&1", user)
                 if "No jobs" in jobs:
                     info = self.get_unit_info(unit, user)
@@ -573,7 +595,7 @@ class Machine:
         with self.nested(f"waiting for unit {unit}" + ("" if user is None else f" with user {user}")):
             retry(check_active, timeout)
             if user is None:
-                entered = self.get_unit_property(unit, "ActiveEnterTimestampMonotonic")
+                entered = last["ActiveEnterTimestampMonotonic"]
                 _call({"op": "mark", "node": self.name, "label": unit, "monotonic_usec": int(entered or 0)})
 
     def wait_for_file(self, filename, timeout=900):

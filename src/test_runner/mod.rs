@@ -17,7 +17,7 @@ pub mod report;
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Seek};
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -60,16 +60,20 @@ pub fn clear_line() -> &'static str {
 fn follow_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let dim = is_tty();
-        let mut offset = 0u64;
         let mut partial = Vec::new();
+        // Opened once and read on from where it stopped (not reopened on
+        // every round: ten nodes poll it twenty times a second).
+        let mut file = None;
         loop {
             let last = stop.load(Ordering::Relaxed);
-            if let Ok(mut f) = std::fs::File::open(&path)
-                && f.seek(std::io::SeekFrom::Start(offset)).is_ok()
-            {
+            if file.is_none() {
+                file = std::fs::File::open(&path).ok();
+            }
+            if let Some(f) = &mut file {
                 let mut buf = Vec::new();
-                if let Ok(n) = f.read_to_end(&mut buf) {
-                    offset += n as u64;
+                if let Ok(n) = f.read_to_end(&mut buf)
+                    && n > 0
+                {
                     partial.extend_from_slice(&buf);
                     while let Some(i) = partial.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = partial.drain(..=i).collect();

@@ -108,6 +108,8 @@ struct Life {
     exited: Option<ExitStatus>,
     /// Boots the launcher will have done when the current one is ready.
     boot: u32,
+    /// The last boot whose READY=1 was seen.
+    ready_boot: u32,
     /// /etc/hosts written for this boot.
     hosts_for_boot: u32,
     /// The guest's login environment (after /etc/profile) and its bash,
@@ -134,6 +136,9 @@ pub struct Node {
     keep: bool,
     life: Mutex<Life>,
     changed: Condvar,
+    /// The write end of the pipe commands get as stderr, made at the
+    /// first command; a thread of ours copies it into the console log.
+    stderr: std::sync::OnceLock<OwnedFd>,
 }
 
 /// What a command returned.
@@ -191,6 +196,7 @@ impl Node {
             keep: s.keep,
             life: Mutex::new(Life::default()),
             changed: Condvar::new(),
+            stderr: std::sync::OnceLock::new(),
         }
     }
 
@@ -223,6 +229,24 @@ impl Node {
             .with_context(|| format!("opening {}", self.console_log.display()))
     }
 
+    /// Commands' stderr: a pipe into the console log, never the log's own
+    /// descriptor, which is a host file a guest's root could reopen read-write
+    /// through /proc/self/fd/2, chmod, or learn the host path of.
+    fn stderr_pipe(&self) -> Result<BorrowedFd<'_>> {
+        if let Some(w) = self.stderr.get() {
+            return Ok(w.as_fd());
+        }
+        let mut log = self.open_console_log()?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        if self.stderr.set(w).is_ok() {
+            // For the run's life: a daemon may hold the pipe as long.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut File::from(r), &mut log);
+            });
+        }
+        Ok(self.stderr.get().expect("set").as_fd())
+    }
+
     pub fn running(&self) -> bool {
         self.life.lock().unwrap().pid.is_some()
     }
@@ -251,6 +275,7 @@ impl Node {
         life.pid = Some(child.id() as i32);
         life.exited = None;
         life.boot = 1;
+        life.ready_boot = 0;
         life.hosts_for_boot = 0;
         life.shell = None;
         life.entry = None;
@@ -274,34 +299,60 @@ impl Node {
     }
 
     /// Note READY=1 of each boot for the timeline when it happens, not
-    /// when the script first asks.
+    /// when the script first asks, and wake `wait_booted`. The state file
+    /// is read when the launcher replaces it (inotify on its directory),
+    /// not polled: ten booting nodes polled every 5 ms cost the run
+    /// thousands of reads.
     fn watch_ready(self: &Arc<Self>, generation: u64) {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let me = Arc::clone(self);
         std::thread::spawn(move || {
             let Ok(name) = me.machine_name() else { return };
+            let dir = state::StateDir::path_for(&name);
+            // (Without inotify, the state is polled.)
+            let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
+            let mut watching = false;
             let mut noted = 0;
             loop {
-                let (boot, current) = {
+                let current = {
                     let l = me.life.lock().unwrap();
-                    (l.boot, l.generation == generation && l.pid.is_some())
+                    l.generation == generation && l.pid.is_some()
                 };
                 if !current {
                     return;
                 }
-                if noted >= boot {
-                    // Until a reboot asks for the next one.
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
+                if let Some(inotify) = &inotify {
+                    if !watching {
+                        // (The launcher makes the directory soon after its start.)
+                        watching = inotify
+                            .add_watch(
+                                &dir,
+                                AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
+                            )
+                            .is_ok();
+                    }
+                    let _ = inotify.read_events();
                 }
                 if let Ok(st) = state::load(&name)
                     && st.ready
                     && st.phase == "running"
-                    && st.boot_count >= boot
+                    && st.boot_count > noted
                 {
                     me.note_ready(&st, st.boot_count);
                     noted = st.boot_count;
+                    me.life.lock().unwrap().ready_boot = noted;
+                    me.changed.notify_all();
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                if let Some(inotify) = inotify.as_ref().filter(|_| watching) {
+                    // A change, or now and then to see whether the launcher ended.
+                    let mut fds = [nix::poll::PollFd::new(
+                        inotify.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8));
+                } else {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         });
     }
@@ -309,41 +360,32 @@ impl Node {
     /// Wait until the current boot sent READY=1 and /etc/hosts is in place.
     pub fn wait_booted(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let name = self.machine_name()?;
-        let mut pause = Duration::from_millis(2);
+        let mut life = self.life.lock().unwrap();
         loop {
-            let (pid, boot, exited) = {
-                let l = self.life.lock().unwrap();
-                (l.pid, l.boot, l.exited)
-            };
-            if pid.is_none() {
+            if life.pid.is_none() {
                 bail!(
                     "{} is not running{}",
                     self.name,
-                    exited.map_or(String::new(), |s| format!(
+                    life.exited.map_or(String::new(), |s| format!(
                         " (nixspawn exited: {s}; see {})",
                         self.console_log.display()
                     ))
                 );
             }
-            if let Ok(st) = state::load(&name)
-                && st.ready
-                && st.phase == "running"
-                && st.boot_count >= boot
-            {
-                self.note_ready(&st, boot);
+            if life.ready_boot >= life.boot {
                 break;
             }
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            if now > deadline {
                 bail!(
                     "{} did not report READY=1 within {}s",
                     self.name,
                     timeout.as_secs()
                 );
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
+            life = self.changed.wait_timeout(life, deadline - now).unwrap().0;
         }
+        drop(life);
         self.write_hosts()
     }
 
@@ -381,9 +423,11 @@ impl Node {
         }
         // A new boot: a new PID 1 to enter (the old entry ended with the old one).
         self.life.lock().unwrap().entry = None;
-        // /etc/hosts may be a link into a read-only store (NixOS): replace it.
+        // /etc/hosts may be a link into a read-only store (NixOS): replace
+        // it. The same command reads the guest's bash and its login
+        // environment (one start of the guest's shell per boot, not two).
         let o = self.exec(
-            "rm -f /etc/hosts; cat > /etc/hosts",
+            "rm -f /etc/hosts; cat > /etc/hosts; command -v bash || true; printf '\\0'; env -0 || true",
             Some(Duration::from_secs(60)),
             Some(&self.hosts),
             None,
@@ -395,38 +439,11 @@ impl Node {
                 o.rc
             );
         }
-        let shell = self.read_shell()?;
+        let shell = parse_shell(&o.stdout);
         let mut l = self.life.lock().unwrap();
         l.hosts_for_boot = boot;
         l.shell = shell;
         Ok(())
-    }
-
-    /// The guest's bash and its environment after /etc/profile; None
-    /// where it has no bash (then every command sources the profile).
-    fn read_shell(&self) -> Result<Option<Shell>> {
-        let o = self.exec(
-            "command -v bash || true; printf '\\0'; env -0",
-            Some(Duration::from_secs(60)),
-            None,
-            None,
-        )?;
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let Some((bash, env)) = text.split_once('\0') else {
-            return Ok(None);
-        };
-        let bash = bash.trim();
-        if o.rc != 0 || !bash.starts_with('/') {
-            return Ok(None);
-        }
-        let skip = ["SHLVL", "PWD", "OLDPWD", "_", "TERM"];
-        let env = env
-            .split('\0')
-            .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| !k.is_empty() && !skip.contains(k))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        Ok(Some((bash.to_owned(), env)))
     }
 
     /// The command line and environment `command` runs with.
@@ -510,10 +527,10 @@ impl Node {
     fn start_command(
         &self,
         command: &str,
-        stdin: BorrowedFd<'_>,
-        stdout: BorrowedFd<'_>,
-        stderr: BorrowedFd<'_>,
+        stdin: Option<BorrowedFd<'_>>,
+        stdout: Option<BorrowedFd<'_>>,
     ) -> Result<Running> {
+        let stderr = self.stderr_pipe()?;
         let (argv, env) = self.command_line(command);
         let entry = self.entry()?;
         match entry.entry.run(&argv, &env, stdin, stdout, stderr) {
@@ -535,6 +552,7 @@ impl Node {
 
     /// Run `command` in the guest: stdout captured (or written to
     /// `stdout_file`), stderr to the console log, the exit status exact.
+    /// The command gets pipes only, no descriptor of a host file.
     /// A timeout stops the command (SIGTERM, SIGKILL 5 s later) and gives
     /// 124, as `timeout(1)` would. Output is read until its end or, once
     /// the command ended, 100 ms more: a background process that keeps
@@ -549,36 +567,55 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let log = self.open_console_log()?;
-        let input = match stdin {
-            Some(p) => File::open(p).with_context(|| format!("opening {}", p.display()))?,
-            None => File::open("/dev/null")?,
+        let input: Option<OwnedFd> = match stdin {
+            Some(p) => {
+                let mut file = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+                std::thread::spawn(move || {
+                    // Ends at the file's end, or when the command closed
+                    // its stdin (EPIPE).
+                    let _ = std::io::copy(&mut file, &mut File::from(w));
+                });
+                Some(r)
+            }
+            None => None,
         };
+        let mut file = match stdout_file {
+            Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
+            None => None,
+        };
+        let to_file = file.is_some();
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let (eof_tx, eof_rx) = mpsc::channel();
-        let output: OwnedFd = match stdout_file {
-            Some(p) => File::create(p)
-                .with_context(|| format!("creating {}", p.display()))?
-                .into(),
-            None => {
-                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-                let buffer = Arc::clone(&buffer);
-                std::thread::spawn(move || {
-                    let mut out = File::from(r);
-                    let mut chunk = [0u8; 16384];
-                    while let Ok(n) = out.read(&mut chunk) {
-                        if n == 0 {
-                            break;
-                        }
-                        buffer.lock().unwrap().extend_from_slice(&chunk[..n]);
+        let (r, output) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        {
+            let buffer = Arc::clone(&buffer);
+            std::thread::spawn(move || {
+                let mut out = File::from(r);
+                let mut chunk = [0u8; 16384];
+                while let Ok(n) = out.read(&mut chunk) {
+                    if n == 0 {
+                        break;
                     }
-                    let _ = eof_tx.send(());
-                });
-                w
-            }
-        };
-        let started = self.start_command(command, input.as_fd(), output.as_fd(), log.as_fd());
+                    match &mut file {
+                        Some(f) => {
+                            if std::io::Write::write_all(f, &chunk[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        None => buffer.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = eof_tx.send(());
+            });
+        }
+        let started = self.start_command(
+            command,
+            input.as_ref().map(|i| i.as_fd()),
+            Some(output.as_fd()),
+        );
         drop(output);
+        drop(input);
         let running = match started {
             Ok(r) => r,
             Err(e) if !self.running() => {
@@ -605,8 +642,9 @@ impl Node {
             Err(e) => return Err(e.into()),
         };
         // What the command wrote before it ended, without waiting for a
-        // background process that keeps its stdout open.
-        let _ = eof_rx.recv_timeout(Duration::from_millis(100));
+        // background process that keeps its stdout open (a file being
+        // copied out gets longer to be written whole).
+        let _ = eof_rx.recv_timeout(Duration::from_millis(if to_file { 10_000 } else { 100 }));
         let stdout = std::mem::take(&mut *buffer.lock().unwrap());
         let rc = if timed_out { 124 } else { status };
         Ok(Outcome {
@@ -621,10 +659,9 @@ impl Node {
         if !self.running() {
             bail!("{} is not running", self.name);
         }
-        let log = self.open_console_log()?;
-        let null = File::options().read(true).write(true).open("/dev/null")?;
-        // (Dropping the answer leaves the command running, unreported.)
-        self.start_command(command, null.as_fd(), null.as_fd(), log.as_fd())?;
+        // (Dropping the answer leaves the command running, unreported;
+        // stdin and stdout are the guest's /dev/null.)
+        self.start_command(command, None, None)?;
         Ok(())
     }
 
@@ -727,6 +764,26 @@ impl Node {
             let _ = self.crash();
         }
     }
+}
+
+/// The guest's bash and its environment after /etc/profile, from the
+/// output of `command -v bash; printf '\0'; env -0`; None where it has
+/// no bash (then every command sources the profile) or no `env -0`.
+fn parse_shell(stdout: &[u8]) -> Option<Shell> {
+    let text = String::from_utf8_lossy(stdout).into_owned();
+    let (bash, env) = text.split_once('\0')?;
+    let bash = bash.trim();
+    if !bash.starts_with('/') || !env.ends_with('\0') {
+        return None;
+    }
+    let skip = ["SHLVL", "PWD", "OLDPWD", "_", "TERM"];
+    let env = env
+        .split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| !k.is_empty() && !skip.contains(k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Some((bash.to_owned(), env))
 }
 
 /// A node's entry process and our end of its socket; killed when the

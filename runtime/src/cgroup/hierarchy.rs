@@ -158,6 +158,85 @@ pub(crate) fn own_v1_systemd_cgroup() -> Option<PathBuf> {
     })
 }
 
+/// The `cgroup.procs` files of `pid`'s cgroups in the v1 hierarchies
+/// mounted (writable) here where it sits elsewhere than we do: what a
+/// process of ours writes to join them all (a container's payload cgroup
+/// in the v1 `devices` or systemd's named hierarchy on a hybrid host).
+/// Hierarchies not mounted here, read-only, or where its cgroup lies
+/// outside our view (`/..`) cannot be joined and are left out.
+pub fn v1_procs_to_join(pid: i32) -> Result<Vec<PathBuf>> {
+    let read = |p: &str| fs::read_to_string(p).map_err(|e| Error::io("reading", p, e));
+    let theirs = read(&format!("/proc/{pid}/cgroup"))?;
+    let ours = read("/proc/self/cgroup")?;
+    let mountinfo = read("/proc/self/mountinfo")?;
+    Ok(v1_joins(&theirs, &ours, &mountinfo))
+}
+
+/// [`v1_procs_to_join`] from the texts of the two /proc/PID/cgroup files
+/// and our mountinfo.
+fn v1_joins(theirs: &str, ours: &str, mountinfo: &str) -> Vec<PathBuf> {
+    let v1 = |text: &str| -> Vec<(String, String, String)> {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (id, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                (id != "0" && !controllers.is_empty())
+                    .then(|| (id.to_owned(), controllers.to_owned(), path.to_owned()))
+            })
+            .collect()
+    };
+    let ours = v1(ours);
+    // (mount root, mount point, super options) of each writable v1 mount.
+    let mounts: Vec<(String, PathBuf, Vec<String>)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut r = right.split(' ');
+            let (fstype, _, options) = (r.next()?, r.next()?, r.next()?);
+            let mut l = left.split(' ');
+            let (root, point, mount_options) = (l.nth(3)?, l.next()?, l.next()?);
+            (fstype == "cgroup"
+                && !mount_options.split(',').any(|o| o == "ro")
+                && !options.split(',').any(|o| o == "ro"))
+            .then(|| {
+                (
+                    unescape(root),
+                    PathBuf::from(unescape(point)),
+                    options.split(',').map(String::from).collect(),
+                )
+            })
+        })
+        .collect();
+    let mut joins = Vec::new();
+    for (id, controllers, path) in v1(theirs) {
+        if ours.iter().any(|(i, _, p)| *i == id && *p == path) || path.contains("/..") {
+            continue;
+        }
+        let found = mounts.iter().find_map(|(root, point, options)| {
+            if !controllers
+                .split(',')
+                .all(|c| options.iter().any(|o| o == c))
+            {
+                return None;
+            }
+            // A bind mount of a cgroup below the hierarchy's root shows
+            // only what lies under it.
+            let rel = if root == "/" {
+                path.as_str()
+            } else {
+                let rest = path.strip_prefix(root.as_str())?;
+                if !rest.is_empty() && !rest.starts_with('/') {
+                    return None;
+                }
+                rest
+            };
+            Some(point.join(rel.trim_start_matches('/')).join("cgroup.procs"))
+        });
+        joins.extend(found);
+    }
+    joins
+}
+
 /// mountinfo escapes spaces and friends as octal.
 pub(crate) fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
@@ -223,6 +302,38 @@ mod tests {
             ..facts("/", true, false, false)
         };
         assert!(matches!(missing_v2(&unknown), MissingV2::Refuse(_)));
+    }
+
+    #[test]
+    fn v1_hierarchies_to_join_are_those_where_the_process_sits_elsewhere() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer ro,relatime - cgroup cgroup rw,freezer
+38 31 0:35 /sub /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        let ours =
+            "9:name=systemd:/\n8:pids:/sub\n6:freezer:/\n5:devices:/\n2:cpu,cpuacct:/x\n0::/\n";
+        let theirs = "9:name=systemd:/m.scope/payload\n8:pids:/sub/g\n6:freezer:/g\n\
+                      5:devices:/m/payload\n2:cpu,cpuacct:/x\n1:net_cls:/g\n0::/m/payload\n";
+        assert_eq!(
+            v1_joins(theirs, ours, mountinfo),
+            [
+                // name=systemd, in the line's order
+                "/sys/fs/cgroup/systemd/m.scope/payload/cgroup.procs",
+                // pids: a bind of /sub, the path taken relative to it
+                "/sys/fs/cgroup/pids/g/cgroup.procs",
+                "/sys/fs/cgroup/devices/m/payload/cgroup.procs",
+                // not freezer (read-only), cpu,cpuacct (the same cgroup
+                // as ours), net_cls (not mounted) or v2
+            ]
+            .map(PathBuf::from)
+        );
+        // Outside our view: nothing to join.
+        assert!(v1_joins("5:devices:/../m\n", "5:devices:/\n", mountinfo).is_empty());
     }
 
     #[test]

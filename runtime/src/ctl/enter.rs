@@ -2,7 +2,7 @@
 //!
 //! Three processes take part. The caller stays on the host, in its own
 //! namespaces, and relays the command's terminal or pipes. A helper, forked
-//! from it, joins the leader's cgroup and namespaces and takes on the
+//! from it, joins the leader's cgroups and namespaces and takes on the
 //! guest's identity, seccomp filter and capabilities (failing hard if any
 //! of that fails); it lives in the host's PID namespace, where the guest
 //! cannot see it. Only then does it fork the command, which is therefore
@@ -45,15 +45,25 @@ enum FromHelper {
     Failed { step: String, message: String },
 }
 
-/// The leader's cgroup v2 directory on the host.
-pub(super) fn leader_cgroup(leader: i32) -> Result<PathBuf> {
+/// The `cgroup.procs` files a process writes itself into to sit where the
+/// leader does: its cgroup v2 directory on the host, then its cgroups in
+/// the v1 hierarchies mounted here where we sit elsewhere (on a hybrid
+/// host the payload's `devices` cgroup, and the scope in systemd's named
+/// hierarchy), so that the command's /proc/self/cgroup reads as a guest
+/// process's, not `devices:/../../..`.
+pub(super) fn leader_cgroups(leader: i32) -> Result<Vec<PathBuf>> {
     let p = format!("/proc/{leader}/cgroup");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))?;
     let rel = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or(Error::NoCgroup2)?;
-    Ok(crate::cgroup::hierarchy::v2_mount()?.join(rel.trim_start_matches('/')))
+    let v2 = crate::cgroup::hierarchy::v2_mount()?
+        .join(rel.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let mut all = vec![v2];
+    all.extend(crate::cgroup::hierarchy::v1_procs_to_join(leader)?);
+    Ok(all)
 }
 
 /// PATH of the guest's PID 1, so NixOS guests find their profile.
@@ -131,7 +141,7 @@ fn plan_stdio() -> Result<Stdio> {
 struct Plan<'a> {
     state: &'a State,
     leader: OwnedFd,
-    cgroup_procs: PathBuf,
+    cgroup_procs: Vec<PathBuf>,
     program: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
@@ -258,7 +268,7 @@ fn start(
     }
     let pidfd = state.open_leader()?;
     let leader = state.leader.unwrap_or_default();
-    let cgroup = leader_cgroup(leader)?;
+    let cgroup_procs = leader_cgroups(leader)?;
     let path = leader_path(leader);
     // What was read through /proc/PID is the leader's only if it still lives.
     state.leader_alive(&pidfd)?;
@@ -314,7 +324,7 @@ fn start(
     let plan = Plan {
         state,
         leader: pidfd,
-        cgroup_procs: cgroup.join("cgroup.procs"),
+        cgroup_procs,
         program: to_c(&argv[0])?,
         argv: c_argv,
         env: c_env,
@@ -458,14 +468,16 @@ fn enter_and_fork(plan: &Plan<'_>, path: &str, channel: &Channel) -> Step<()> {
             .map(drop)
             .map_err(|e| Error::syscall("setsid", e)),
     )?;
-    at(
-        "join the leader's cgroup",
-        std::fs::write(&plan.cgroup_procs, "0").map_err(|e| Error::Cgroup {
-            step: "joining",
-            path: plan.cgroup_procs.clone(),
-            source: e,
-        }),
-    )?;
+    for procs in &plan.cgroup_procs {
+        at(
+            "join the leader's cgroup",
+            std::fs::write(procs, "0").map_err(|e| Error::Cgroup {
+                step: "joining",
+                path: procs.clone(),
+                source: e,
+            }),
+        )?;
+    }
     enter_restricted(state, plan.leader.as_fd())?;
     let mut program = resolve(&plan.program, path);
     let mut login_argv = None;

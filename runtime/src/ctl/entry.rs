@@ -6,12 +6,13 @@
 //! `serve`) does that once, exactly as the exec helper does it
 //! (`enter::enter_restricted`: namespaces, the guest's root, seccomp,
 //! capabilities, no_new_privs), and then forks each command it is asked
-//! for. A command moves itself into the leader's cgroup through a
-//! `cgroup.procs` descriptor the entry opened before it entered (the
-//! kernel checks a migration against the opener), so the entry itself
-//! never holds the guest's cgroup. The entry lives in the host's PID
-//! namespace, where the guest cannot see it, and ends as soon as the
-//! guest's PID 1 does (a reboot gets a new one).
+//! for. A command moves itself into the leader's cgroups (v2, and the v1
+//! hierarchies of a hybrid host) through `cgroup.procs` descriptors the
+//! entry opened before it entered (the kernel checks a migration against
+//! the opener), so the entry itself never holds the guest's cgroups. The
+//! entry lives in the host's PID namespace, where the guest cannot see
+//! it, and ends as soon as the guest's PID 1 does (a reboot gets a new
+//! one).
 //!
 //! Per command the caller sends the argv, the environment, its stdin,
 //! stdout and stderr and a reply socket; the entry answers on the reply
@@ -33,7 +34,7 @@ use crate::handshake::channel::{self, Channel};
 use crate::state::State;
 use crate::sys::{self, ExitKind, Forked};
 
-use super::enter::{at, enter_restricted, leader_cgroup, leader_path, resolve};
+use super::enter::{at, enter_restricted, leader_cgroups, leader_path, resolve};
 
 /// Exit status of a command that was not found (as a shell gives it).
 pub const NOT_FOUND: i32 = 127;
@@ -43,10 +44,13 @@ pub const NOT_EXECUTABLE: i32 = 126;
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum ToEntry {
     /// Run `argv` (looked up in the PATH of `env`) with `env` over the
-    /// defaults; the descriptors: reply socket, stdin, stdout, stderr.
+    /// defaults; the descriptors: reply socket, stdin and stdout where
+    /// given (else the guest's /dev/null), stderr.
     Run {
         argv: Vec<String>,
         env: Vec<(String, String)>,
+        stdin: bool,
+        stdout: bool,
     },
 }
 
@@ -152,13 +156,17 @@ impl Entry {
         }
     }
 
-    /// Start `argv` with `env` and these standard descriptors.
+    /// Start `argv` with `env` and these standard descriptors (`None`:
+    /// the guest's own /dev/null). They reach the command in the guest:
+    /// pass pipes, not descriptors of host files (a guest's root could
+    /// reopen those through /proc/self/fd read-write, chmod them, or read
+    /// their host path).
     pub fn run(
         &self,
         argv: &[String],
         env: &[(String, String)],
-        stdin: BorrowedFd<'_>,
-        stdout: BorrowedFd<'_>,
+        stdin: Option<BorrowedFd<'_>>,
+        stdout: Option<BorrowedFd<'_>>,
         stderr: BorrowedFd<'_>,
     ) -> Result<Running> {
         if argv.is_empty() {
@@ -172,10 +180,14 @@ impl Entry {
         let request = ToEntry::Run {
             argv: argv.to_vec(),
             env: env.to_vec(),
+            stdin: stdin.is_some(),
+            stdout: stdout.is_some(),
         };
-        self.control
-            .send(&request, &[theirs.as_fd(), stdin, stdout, stderr])
-            .map_err(|_| self.gone())?;
+        let fds: Vec<BorrowedFd<'_>> = [Some(theirs.as_fd()), stdin, stdout, Some(stderr)]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.control.send(&request, &fds).map_err(|_| self.gone())?;
         drop(theirs);
         let running = Running {
             reply,
@@ -230,18 +242,22 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
     let control = Channel::from_fd(control);
     let leader = state.open_leader()?;
     let leader_pid = state.leader.unwrap_or_default();
-    let procs = leader_cgroup(leader_pid)?.join("cgroup.procs");
     // Opened on the host, before entering: the command's move into the
-    // cgroup is checked against these credentials and cgroup namespace.
-    let cgroup: OwnedFd = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&procs)
-        .map_err(|e| Error::Cgroup {
-            step: "opening",
-            path: procs.clone(),
-            source: e,
-        })?
-        .into();
+    // cgroups is checked against these credentials and cgroup namespace.
+    let cgroups = leader_cgroups(leader_pid)?
+        .into_iter()
+        .map(|procs| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map(OwnedFd::from)
+                .map_err(|e| Error::Cgroup {
+                    step: "opening",
+                    path: procs,
+                    source: e,
+                })
+        })
+        .collect::<Result<Vec<OwnedFd>>>()?;
     let path = leader_path(leader_pid);
     state.leader_alive(&leader)?;
     let defaults: Vec<(String, String)> = vec![
@@ -269,6 +285,26 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
         );
         return Err(e);
     }
+    // The guest's own /dev/null, for commands given no stdin or stdout:
+    // opened once, as the guest (what it put there is its business).
+    let null: OwnedFd = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(f) => f.into(),
+        Err(e) => {
+            let e = Error::io("opening", "/dev/null in the guest", e);
+            let _ = control.send(
+                &FromEntry::Failed {
+                    step: "open the guest's /dev/null".into(),
+                    message: e.to_string(),
+                },
+                &[],
+            );
+            return Err(e);
+        }
+    };
     control.send(&FromEntry::Ready, &[])?;
 
     let mut children: HashMap<i32, Child> = HashMap::new();
@@ -323,17 +359,40 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
             }
         }
         if ready[0] {
-            let Some((ToEntry::Run { argv, env }, fds)) = control.recv::<ToEntry>()? else {
+            let Some((
+                ToEntry::Run {
+                    argv,
+                    env,
+                    stdin,
+                    stdout,
+                },
+                fds,
+            )) = control.recv::<ToEntry>()?
+            else {
                 // The caller is done with us.
                 return Ok(());
             };
-            let Ok([reply, stdin, stdout, stderr]) = <[OwnedFd; 4]>::try_from(fds) else {
-                return Err(Error::Protocol(
-                    "a command came without its four descriptors".into(),
-                ));
+            let expected = 2 + usize::from(stdin) + usize::from(stdout);
+            if fds.len() != expected {
+                return Err(Error::Protocol(format!(
+                    "a command came with {} descriptors, not {expected}",
+                    fds.len()
+                )));
+            }
+            let mut fds = fds.into_iter();
+            let mut next = |given: bool| -> Result<OwnedFd> {
+                if given {
+                    Ok(fds.next().expect("counted"))
+                } else {
+                    null.try_clone().map_err(|e| Error::syscall("dup", e))
+                }
             };
+            let reply = next(true)?;
+            let stdin = next(stdin)?;
+            let stdout = next(stdout)?;
+            let stderr = next(true)?;
             let reply = Channel::from_fd(reply);
-            match start(&argv, &defaults, &env, &cgroup, [stdin, stdout, stderr]) {
+            match start(&argv, &defaults, &env, &cgroups, [stdin, stdout, stderr]) {
                 Ok(pidfd) => {
                     let _ = reply.send(&FromEntry::Started, &[]);
                     next_id = next_id.wrapping_add(1);
@@ -361,13 +420,13 @@ pub fn serve(state: &State, control: OwnedFd) -> Result<()> {
 
 type Step<T> = std::result::Result<T, (&'static str, Error)>;
 
-/// Fork one command: its own session, the leader's cgroup, the given
+/// Fork one command: its own session, the leader's cgroups, the given
 /// descriptors as 0-2 and nothing else, default signal handling, exec.
 fn start(
     argv: &[String],
     defaults: &[(String, String)],
     env: &[(String, String)],
-    cgroup: &OwnedFd,
+    cgroups: &[OwnedFd],
     stdio: [OwnedFd; 3],
 ) -> Step<OwnedFd> {
     let to_c = |s: &str| {
@@ -419,11 +478,13 @@ fn start(
             if let Err(e) = nix::unistd::setsid() {
                 fail(format!("nixspawn-test: setsid: {e}"), 126);
             }
-            if let Err(e) = nix::unistd::write(cgroup, b"0") {
-                fail(
-                    format!("nixspawn-test: joining the guest's cgroup: {e}"),
-                    126,
-                );
+            for cgroup in cgroups {
+                if let Err(e) = nix::unistd::write(cgroup, b"0") {
+                    fail(
+                        format!("nixspawn-test: joining the guest's cgroup: {e}"),
+                        126,
+                    );
+                }
             }
             if let Err(e) = sys::cloexec_from(3) {
                 fail(format!("nixspawn-test: close_range: {e}"), 126);
