@@ -1035,8 +1035,8 @@ print("USERNS-ENTRY-OK")
 /// console log back. The host files keep their mode and content.
 #[test]
 fn commands_get_no_host_file_descriptors() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     privileged!();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let tree = tree("bookworm");
     let prefix = format!("t14f{}-", std::process::id());
     let files = tempfile::tempdir().unwrap();
