@@ -352,13 +352,15 @@ impl Trees {
 fn boot_report(launcher: &str, image: &Path, report: &Path) -> String {
     let _ = std::fs::remove_file(report.join("out"));
     let bind = format!("--bind={}:/report", report.display());
+    // Unique: the GPT and the MBR tests boot at the same time.
+    let machine = unique_name("i16-boot");
     let (code, out, err) = launch(
         launcher,
         &[
             "-i",
             image.to_str().unwrap(),
             "-M",
-            "i16-boot",
+            &machine,
             "--console=pipe",
             &bind,
             "-b",
