@@ -235,15 +235,7 @@ fn update_adds_the_new_closure_and_switches() {
     wait_for("the guest to start", Duration::from_secs(10), || {
         ctl(&["status", &name]).status.success()
     });
-    let out = ctl(&[
-        "update",
-        &name,
-        "--toplevel",
-        &fx.tiny2,
-        "--action",
-        "test",
-        "--json",
-    ]);
+    let out = ctl_update(&name, &fx.tiny2, &["--action", "test", "--json"]);
     assert!(
         out.status.success(),
         "update: {}",

@@ -94,6 +94,58 @@ fn loops_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// No loop device names a file under `dir` (`what` says after which run).
+fn assert_no_loops(dir: &Path, what: &str) {
+    assert_eq!(loops_under(dir), Vec::<String>::new(), "{what}");
+}
+
+/// nixspawn (quiet, unregistered, piped console) with `opts` then
+/// `argv`, as the guest `name`.
+fn image_guest(name: &str, opts: &[&str], argv: &[&str]) -> Guest {
+    let mut cmd = Command::new(NIXSPAWN);
+    cmd.args(["-q", "--register=no", "--console=pipe"])
+        .args(opts);
+    Guest::launch(cmd, name, argv)
+}
+
+/// SIGKILL the launcher of `guest` (named `name`, on an image under
+/// `dir`): its loop devices and its state directory go.
+fn kill_and_see_released(mut guest: Guest, dir: &Path, name: &str) {
+    guest.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = guest.wait_exit(Duration::from_secs(20));
+    wait_for("the loop device to go", Duration::from_secs(20), || {
+        loops_under(dir).is_empty()
+    });
+    wait_for("the state to go", Duration::from_secs(20), || {
+        !Path::new("/run/nixspawn").join(name).exists()
+    });
+}
+
+/// A file of `bytes` zero bytes (sparse) at `out`, for a disk.
+fn empty_disk(out: &Path, bytes: u64) {
+    let file = std::fs::File::create(out).unwrap();
+    file.set_len(bytes).unwrap();
+}
+
+/// Partition `out` with sfdisk (`opts`) as `script` says.
+fn sfdisk(out: &Path, opts: &[&str], script: &str) {
+    let done = output_with_stdin(Command::new("sfdisk").args(opts).arg(out), script);
+    assert!(
+        done.status.success(),
+        "sfdisk {script}: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+/// Copy the filesystem image `image` into `disk` at sector `start`.
+fn copy_into(disk: &Path, image: &Path, start: u64) {
+    run(Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=512", "conv=notrunc", "status=none"])
+        .arg(format!("seek={start}")));
+}
+
 /// A GPT disk at `out` holding the filesystem images `parts` (type GUID,
 /// image file, label), in order.
 fn gpt(out: &Path, parts: &[(&str, &Path, &str)]) {
@@ -102,28 +154,13 @@ fn gpt(out: &Path, parts: &[(&str, &Path, &str)]) {
         .map(|(_, f, _)| std::fs::metadata(f).unwrap().len().div_ceil(512))
         .collect();
     let total: u64 = 2048 + sectors.iter().sum::<u64>() + 2048 + 8 * parts.len() as u64;
-    let file = std::fs::File::create(out).unwrap();
-    file.set_len(total * 512).unwrap();
-    drop(file);
+    empty_disk(out, total * 512);
     let mut script = String::from("label: gpt\n");
     for (i, ((ty, _, label), n)) in parts.iter().zip(&sectors).enumerate() {
         let start = if i == 0 { "start=2048, " } else { "" };
         script.push_str(&format!("{start}size={n}, type={ty}, name=\"{label}\"\n"));
     }
-    let mut child = Command::new("sfdisk")
-        .args(["-q"])
-        .arg(out)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk failed");
+    sfdisk(out, &["-q"], &script);
     let json = run(Command::new("sfdisk").arg("-J").arg(out));
     let starts: Vec<u64> = json
         .split("\"start\":")
@@ -139,11 +176,7 @@ fn gpt(out: &Path, parts: &[(&str, &Path, &str)]) {
         .collect();
     assert_eq!(starts.len(), parts.len(), "{json}");
     for ((_, f, _), start) in parts.iter().zip(starts) {
-        run(Command::new("dd")
-            .arg(format!("if={}", f.display()))
-            .arg(format!("of={}", out.display()))
-            .args(["bs=512", "conv=notrunc", "status=none"])
-            .arg(format!("seek={start}")));
+        copy_into(out, f, start);
     }
 }
 
@@ -201,15 +234,24 @@ fn same(argv: &[&str]) -> String {
 }
 
 fn same_env(argv: &[&str], env: &[(&str, &str)]) -> String {
-    let (code, ours, err) = launch_env(NIXSPAWN, argv, env);
-    assert_eq!(code, 0, "nixspawn {argv:?}: {err}\n{ours}");
-    let (code, theirs, err) = launch_env(NSPAWN, argv, env);
-    assert_eq!(code, 0, "systemd-nspawn {argv:?}: {err}\n{theirs}");
-    assert_eq!(
-        ours, theirs,
-        "nixspawn and systemd-nspawn differ for {argv:?}"
-    );
-    ours
+    both(argv, |launcher| {
+        let (code, out, err) = launch_env(launcher, argv, env);
+        assert_eq!(code, 0, "{launcher} {argv:?}: {err}\n{out}");
+        out
+    })
+}
+
+/// `LOOK` in `image` booted as machine `machine`, the same under both.
+fn look_in(image: &Path, machine: &str) -> String {
+    same(&[
+        "-i",
+        image.to_str().unwrap(),
+        "-M",
+        machine,
+        "sh",
+        "-c",
+        LOOK,
+    ])
 }
 
 /// What the guest sees of its disk: its mounts from the image, a marker
@@ -310,13 +352,15 @@ impl Trees {
 fn boot_report(launcher: &str, image: &Path, report: &Path) -> String {
     let _ = std::fs::remove_file(report.join("out"));
     let bind = format!("--bind={}:/report", report.display());
+    // Unique: the GPT and the MBR tests boot at the same time.
+    let machine = unique_name("i16-boot");
     let (code, out, err) = launch(
         launcher,
         &[
             "-i",
             image.to_str().unwrap(),
             "-M",
-            "i16-boot",
+            &machine,
             "--console=pipe",
             &bind,
             "-b",
@@ -325,6 +369,14 @@ fn boot_report(launcher: &str, image: &Path, report: &Path) -> String {
     assert_eq!(code, 0, "{launcher} -b -i: {err}\n{out}");
     std::fs::read_to_string(report.join("out"))
         .unwrap_or_else(|e| panic!("{launcher}: no report ({e}); console:\n{out}\n{err}"))
+}
+
+/// `image` booted under both launchers reports the same, and `running`.
+fn boots_the_same(image: &Path, report: &Path, what: &str) {
+    let ours = boot_report(NIXSPAWN, image, report);
+    let theirs = boot_report(NSPAWN, image, report);
+    assert_eq!(ours, theirs, "{what}");
+    assert!(ours.starts_with("state=running\n"), "{ours}");
 }
 
 /// The GPT disk and the one-filesystem image of the same bookworm tree
@@ -340,15 +392,7 @@ fn gpt_and_single_filesystem_images_boot_as_under_nspawn() {
     let report = trees.path("report");
     std::fs::create_dir(&report).unwrap();
 
-    let look = same(&[
-        "-i",
-        disk.to_str().unwrap(),
-        "-M",
-        "i16-gpt",
-        "sh",
-        "-c",
-        LOOK,
-    ]);
+    let look = look_in(&disk, "i16-gpt");
     assert!(
         look.starts_with(
             "/ ext4 rw,nodev,relatime\n/home ext4 rw,nodev,relatime\n/usr erofs ro,nodev,"
@@ -357,29 +401,15 @@ fn gpt_and_single_filesystem_images_boot_as_under_nspawn() {
     );
     assert!(look.contains("/usr erofs ro,"), "{look}");
     assert!(look.contains("home-partition"), "{look}");
-    let ours = boot_report(NIXSPAWN, &disk, &report);
-    let theirs = boot_report(NSPAWN, &disk, &report);
-    assert_eq!(ours, theirs, "booted GPT disk");
-    assert!(ours.starts_with("state=running\n"), "{ours}");
+    boots_the_same(&disk, &report, "booted GPT disk");
 
     let single = trees.single_ext4();
-    let look = same(&[
-        "-i",
-        single.to_str().unwrap(),
-        "-M",
-        "i16-one",
-        "sh",
-        "-c",
-        LOOK,
-    ]);
+    let look = look_in(&single, "i16-one");
     assert!(look.starts_with("/ ext4 rw,nodev,relatime\n"), "{look}");
     assert!(look.contains("no-home"), "{look}");
-    let ours = boot_report(NIXSPAWN, &single, &report);
-    let theirs = boot_report(NSPAWN, &single, &report);
-    assert_eq!(ours, theirs, "booted one-filesystem image");
-    assert!(ours.starts_with("state=running\n"), "{ours}");
+    boots_the_same(&single, &report, "booted one-filesystem image");
 
-    assert_eq!(loops_under(trees.dir.path()), Vec::<String>::new());
+    assert_no_loops(trees.dir.path(), "");
 }
 
 /// A small image of a busybox tree: `kind` is ext4, squashfs or erofs.
@@ -430,7 +460,7 @@ fn squashfs_and_erofs_images_are_read_only_roots() {
         ]);
         assert_eq!(out, format!("{kind}\nrefused\n"), "{kind}");
     }
-    assert_eq!(loops_under(dir.path()), Vec::<String>::new());
+    assert_no_loops(dir.path(), "");
 }
 
 /// Run nixspawn with `argv`, which must fail: its one line of stderr.
@@ -457,7 +487,7 @@ fn bad_images_and_policies_fail_in_one_line_leaving_nothing() {
         full.extend_from_slice(&["--console=pipe", "true"]);
         let line = refused(&full);
         assert!(line.contains(want), "{argv:?}: {line:?} lacks {want:?}");
-        assert_eq!(loops_under(d), Vec::<String>::new(), "{argv:?}");
+        assert_no_loops(d, &format!("{argv:?}"));
         assert!(!Path::new("/run/nixspawn").join(name).exists(), "{argv:?}");
     };
 
@@ -546,7 +576,7 @@ fn bad_images_and_policies_fail_in_one_line_leaving_nothing() {
         ],
     );
     assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
-    assert_eq!(loops_under(d), Vec::<String>::new());
+    assert_no_loops(d, "");
 }
 
 /// What this kernel and host lack: refused in one line naming it.
@@ -586,7 +616,7 @@ fn options_needing_what_the_host_lacks_are_refused_by_name() {
     assert!(line.contains("--mstack"), "{line}");
     let line = refused(&["-M", "i16-vr", "-D", "/", "--image-policy=*", "true"]);
     assert!(line.contains("only makes sense with --image"), "{line}");
-    assert_eq!(loops_under(dir.path()), Vec::<String>::new());
+    assert_no_loops(dir.path(), "");
 }
 
 /// A writable image is locked: a second container on it is refused while
@@ -601,9 +631,7 @@ fn an_image_is_locked_and_released_after_sigkill() {
     let image = busybox_image(dir.path(), "ext4");
     let image = image.to_str().unwrap();
     let name = unique_name("i16-kill");
-    let mut cmd = Command::new(NIXSPAWN);
-    cmd.args(["-q", "--register=no", "--console=pipe", "-i", image]);
-    let mut guest = Guest::launch(cmd, &name, &["sleep", "1000"]);
+    let guest = image_guest(&name, &["-i", image], &["sleep", "1000"]);
     wait_for("the image's loop device", Duration::from_secs(20), || {
         loops_under(dir.path()).len() == 1
     });
@@ -618,14 +646,7 @@ fn an_image_is_locked_and_released_after_sigkill() {
         "the refused run attached one"
     );
 
-    guest.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = guest.wait_exit(Duration::from_secs(20));
-    wait_for("the loop device to go", Duration::from_secs(20), || {
-        loops_under(dir.path()).is_empty()
-    });
-    wait_for("the state to go", Duration::from_secs(20), || {
-        !Path::new("/run/nixspawn").join(&name).exists()
-    });
+    kill_and_see_released(guest, dir.path(), &name);
     let (code, out, err) = launch(
         NIXSPAWN,
         &[
@@ -731,9 +752,11 @@ fn ephemeral_runs_share_an_image_and_never_write_it() {
     let before = std::fs::read(&image).unwrap();
     let image = image.to_str().unwrap();
     let name = unique_name("i16-eph");
-    let mut cmd = Command::new(NIXSPAWN);
-    cmd.args(["-q", "--register=no", "--console=pipe", "-x", "-i", image]);
-    let mut guest = Guest::launch(cmd, &name, &["sh", "-c", "touch /first; sleep 1000"]);
+    let mut guest = image_guest(
+        &name,
+        &["-x", "-i", image],
+        &["sh", "-c", "touch /first; sleep 1000"],
+    );
     wait_for("the first guest", Duration::from_secs(20), || {
         Path::new("/run/nixspawn").join(&name).exists()
     });
@@ -765,28 +788,11 @@ fn ephemeral_runs_share_an_image_and_never_write_it() {
 /// An MBR disk of `mib` MiB at `out` laid out by the sfdisk `script`
 /// (after `label: dos`), partition N then filled with the image `fill`.
 fn mbr_disk(out: &Path, mib: u64, script: &str, fill: &[(u32, &Path)]) {
-    let file = std::fs::File::create(out).unwrap();
-    file.set_len(mib << 20).unwrap();
-    drop(file);
-    let mut child = Command::new("sfdisk")
-        .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(out)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("label: dos\n{script}").as_bytes())
-        .unwrap();
-    let done = child.wait_with_output().unwrap();
-    assert!(
-        done.status.success(),
-        "sfdisk {script}: {}",
-        String::from_utf8_lossy(&done.stderr)
+    empty_disk(out, mib << 20);
+    sfdisk(
+        out,
+        &["-q", "--no-reread", "--no-tell-kernel"],
+        &format!("label: dos\n{script}"),
     );
     let json: serde_json::Value =
         serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(out))).unwrap();
@@ -806,11 +812,7 @@ fn mbr_disk(out: &Path, mib: u64, script: &str, fill: &[(u32, &Path)]) {
             "partition {number} is smaller than {}",
             image.display()
         );
-        run(Command::new("dd")
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", out.display()))
-            .args(["bs=512", "conv=notrunc", "status=none"])
-            .arg(format!("seek={start}")));
+        copy_into(out, image, start);
     }
 }
 
@@ -855,25 +857,14 @@ fn an_mbr_disk_boots_as_under_nspawn() {
     let report = trees.path("report");
     std::fs::create_dir(&report).unwrap();
 
-    let look = same(&[
-        "-i",
-        disk.to_str().unwrap(),
-        "-M",
-        "i16-mbr",
-        "sh",
-        "-c",
-        LOOK,
-    ]);
+    let look = look_in(&disk, "i16-mbr");
     assert!(
         look.starts_with("/ ext4 rw,nodev,relatime\n") && look.contains("no-home"),
         "{look}"
     );
     assert!(look.contains("Debian GNU/Linux 12 (bookworm)"), "{look}");
-    let ours = boot_report(NIXSPAWN, &disk, &report);
-    let theirs = boot_report(NSPAWN, &disk, &report);
-    assert_eq!(ours, theirs, "booted MBR disk");
-    assert!(ours.starts_with("state=running\n"), "{ours}");
-    assert_eq!(loops_under(trees.dir.path()), Vec::<String>::new());
+    boots_the_same(&disk, &report, "booted MBR disk");
+    assert_no_loops(trees.dir.path(), "");
 }
 
 /// nspawn 252's rules for MBR partitions, each layout under both
@@ -912,7 +903,7 @@ fn mbr_partition_rules_are_nspawns() {
         mbr_disk(&disk, 80, layout, &fill);
         let out = same(&argv);
         assert_eq!(out, want, "{layout}");
-        assert_eq!(loops_under(d), Vec::<String>::new(), "{layout}");
+        assert_no_loops(d, layout);
     }
 
     // A bootable logical partition is a root candidate like a primary
@@ -929,7 +920,7 @@ fn mbr_partition_rules_are_nspawns() {
     );
     let (code, out, err) = launch(NIXSPAWN, &argv);
     assert_eq!((code, out.as_str()), (0, "fs-b\n/ ext4\n"), "{err}");
-    assert_eq!(loops_under(d), Vec::<String>::new());
+    assert_no_loops(d, "");
 
     // Refused by both.
     for (layout, fill, why) in [
@@ -957,7 +948,7 @@ fn mbr_partition_rules_are_nspawns() {
         );
         let (code, out, err) = launch(NSPAWN, &argv);
         assert_ne!(code, 0, "nspawn took {layout}: {out}{err}");
-        assert_eq!(loops_under(d), Vec::<String>::new(), "{layout}");
+        assert_no_loops(d, layout);
     }
 }
 
@@ -1038,7 +1029,7 @@ fn bad_mbr_tables_fail_in_one_line_leaving_nothing() {
             line.contains(why) && line.contains(disk_s),
             "{entries:?}: {line:?} lacks {why:?}"
         );
-        assert_eq!(loops_under(d), Vec::<String>::new(), "{entries:?}");
+        assert_no_loops(d, &format!("{entries:?}"));
         assert!(!Path::new("/run/nixspawn/i16-mbr-bad").exists());
         // 252 refuses a partition past the end too (EINVAL adding its
         // device); an overlapping one it does not use it boots past,
@@ -1046,7 +1037,7 @@ fn bad_mbr_tables_fail_in_one_line_leaving_nothing() {
         if why.contains("lies outside the image") {
             let (code, out, err) = launch(NSPAWN, &["-M", "i16-mbr-bad", "-i", disk_s, "true"]);
             assert_ne!(code, 0, "nspawn took it: {out}{err}");
-            assert_eq!(loops_under(d), Vec::<String>::new(), "nspawn's");
+            assert_no_loops(d, "nspawn's");
         }
     }
 }
@@ -1067,15 +1058,11 @@ fn an_mbr_partitions_loop_device_goes_after_sigkill() {
         &[(1, &a)],
     );
     let name = unique_name("i16-mbr-kill");
-    let mut cmd = Command::new(NIXSPAWN);
-    cmd.args([
-        "-q",
-        "--register=no",
-        "--console=pipe",
-        "-i",
-        disk.to_str().unwrap(),
-    ]);
-    let mut guest = Guest::launch(cmd, &name, &["sh", "-c", "cat /marker; sleep 1000"]);
+    let guest = image_guest(
+        &name,
+        &["-i", disk.to_str().unwrap()],
+        &["sh", "-c", "cat /marker; sleep 1000"],
+    );
     wait_for(
         "the partition's loop device",
         Duration::from_secs(20),
@@ -1086,14 +1073,7 @@ fn an_mbr_partitions_loop_device_goes_after_sigkill() {
         attached[0].contains(", offset 2097152, sizelimit 16777216"),
         "{attached:?}"
     );
-    guest.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = guest.wait_exit(Duration::from_secs(20));
-    wait_for("the loop device to go", Duration::from_secs(20), || {
-        loops_under(dir.path()).is_empty()
-    });
-    wait_for("the state to go", Duration::from_secs(20), || {
-        !Path::new("/run/nixspawn").join(&name).exists()
-    });
+    kill_and_see_released(guest, dir.path(), &name);
 }
 
 /// A `.nspawn` file beside the image, as nspawn finds it: `NAME.raw`'s is
@@ -1193,5 +1173,5 @@ fn a_settings_file_beside_the_image_is_read_as_by_nspawn() {
         "echo $BESIDE; hostname",
     ]);
     assert_eq!(out, "link\ni16set-link\n");
-    assert_eq!(loops_under(d), Vec::<String>::new());
+    assert_no_loops(d, "");
 }

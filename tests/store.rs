@@ -160,6 +160,55 @@ fn value<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in:\n{out}"))
 }
 
+/// The names in the `key=...` line of `out` (a listing).
+fn listed(out: &str, key: &str) -> BTreeSet<String> {
+    value(out, key)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Launch a nixspawn guest `name` with `args` then `opts`; once it runs.
+fn launch_started(name: &str, args: &[&str], opts: &[&str]) -> Guest {
+    let mut all = args.to_vec();
+    all.extend_from_slice(opts);
+    let guest = Guest::launch(Command::new(NIXSPAWN), name, &all);
+    started(name);
+    guest
+}
+
+/// Power the guest off: it exits 0 within `secs` and leaves nothing.
+fn stop(guest: &mut Guest, name: &str, secs: u64) {
+    guest.signal(Signal::SIGTERM);
+    assert_eq!(guest.wait_exit(Duration::from_secs(secs)), 0);
+    assert_cleaned_up(name, None);
+}
+
+/// `nixspawnctl update --action test` of guest `name` to `toplevel`, its
+/// closure from `file`.
+fn update_test(name: &str, toplevel: &str, file: &Path) -> std::process::Output {
+    ctl_update(
+        name,
+        toplevel,
+        &["--closure-file", file.to_str().unwrap(), "--action", "test"],
+    )
+}
+
+/// The guest's mount table as the host reads it (its leader's mountinfo).
+fn guest_mountinfo(name: &str) -> impl Fn() -> String {
+    let leader = leader_of(name);
+    move || std::fs::read_to_string(format!("/proc/{leader}/mountinfo")).unwrap()
+}
+
+/// A guest script: copy the store onto a tmpfs at /run/fake, `edit` the
+/// copy, and bind it over /nix/store.
+fn own_store(edit: &str) -> String {
+    format!(
+        "mkdir -p /run/fake && mount -t tmpfs fake /run/fake && cp -a /nix/store/. /run/fake/ && \
+         {edit} && mount --bind /run/fake /nix/store"
+    )
+}
+
 /// Lines of the guest's /proc/1/mountinfo whose mount point is the store or
 /// below it.
 const STORE_MOUNTS: &str =
@@ -292,10 +341,7 @@ fn probe_script(h: &Hostile, remount: bool) -> String {
 }
 
 fn check_probe(out: &str, h: &Hostile, expected: &BTreeSet<String>, what: &str) {
-    let listing: BTreeSet<String> = value(out, "listing")
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let listing = listed(out, "listing");
     assert_eq!(
         &listing, expected,
         "{what}: the store is exactly the closure"
@@ -338,10 +384,7 @@ fn check_probe(out: &str, h: &Hostile, expected: &BTreeSet<String>, what: &str) 
             "{what}: the decoy leaked through {key}"
         );
     }
-    let through_dotdot: BTreeSet<String> = value(out, "dotdot_listing")
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let through_dotdot = listed(out, "dotdot_listing");
     assert_eq!(
         &through_dotdot, expected,
         "{what}: `..` of a path is the store"
@@ -376,20 +419,16 @@ fn the_guest_store_is_exactly_the_closure_one_read_only_mount() {
     for (what, opts, owners) in variants {
         let name = unique_name("st-exact");
         let closure = format!("--closure-file={}", file.display());
-        let mut args = vec![
+        let args = [
             "--pipe",
             "--capability=all",
             "--toplevel",
             &fx.tiny,
             &closure,
         ];
-        args.extend(opts.iter().copied());
-        let mut guest = Guest::launch(Command::new(NIXSPAWN), &name, &args);
-        started(&name);
+        let mut guest = launch_started(&name, &args, &opts);
         let out = guest_sh(&name, &bb, &probe_script(&h, true));
-        guest.signal(Signal::SIGTERM);
-        assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
-        assert_cleaned_up(&name, None);
+        stop(&mut guest, &name, 10);
         check_probe(&out, &h, &expected, what);
         assert_eq!(
             value(&out, "owners")
@@ -548,7 +587,7 @@ fn update_adds_exactly_the_new_paths_and_keeps_the_mount_count() {
             "--bind-ro={}:/nix/store/extra-mount",
             bind_src.path().display()
         );
-        let mut args = vec![
+        let args = [
             "--pipe",
             "--capability=all",
             "--toplevel",
@@ -556,9 +595,7 @@ fn update_adds_exactly_the_new_paths_and_keeps_the_mount_count() {
             &closure,
             &bind,
         ];
-        args.extend_from_slice(opts);
-        let mut guest = Guest::launch(Command::new(NIXSPAWN), &name, &args);
-        started(&name);
+        let mut guest = launch_started(&name, &args, opts);
         // A process working in a path of the old store.
         guest_sh(
             &name,
@@ -573,17 +610,17 @@ fn update_adds_exactly_the_new_paths_and_keeps_the_mount_count() {
             (&second, &second_names, &fx.tiny2),
             (&third, &third_names, &fx.tiny2),
         ] {
-            let out = ctl(&[
-                "update",
+            let out = ctl_update(
                 &name,
-                "--toplevel",
                 toplevel,
-                "--closure-file",
-                file.to_str().unwrap(),
-                "--action",
-                "test",
-                "--json",
-            ]);
+                &[
+                    "--closure-file",
+                    file.to_str().unwrap(),
+                    "--action",
+                    "test",
+                    "--json",
+                ],
+            );
             assert!(
                 out.status.success(),
                 "{what}: {}",
@@ -612,12 +649,9 @@ fn update_adds_exactly_the_new_paths_and_keeps_the_mount_count() {
                     entry(&h.decoy)
                 ),
             );
-            let listing: BTreeSet<String> = value(&out, "listing")
-                .split_whitespace()
-                .map(String::from)
-                .collect();
             assert_eq!(
-                listing, expected,
+                listed(&out, "listing"),
+                expected,
                 "{what}: old and new closures, nothing else"
             );
             assert_eq!(
@@ -650,9 +684,7 @@ fn update_adds_exactly_the_new_paths_and_keeps_the_mount_count() {
             out, "hello from new\nnew file path\nhello from new\nlater\n0 0 0 ",
             "{what}: the new paths work and belong to the guest's root"
         );
-        guest.signal(Signal::SIGTERM);
-        assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
-        assert_cleaned_up(&name, None);
+        stop(&mut guest, &name, 10);
     }
 }
 
@@ -675,30 +707,12 @@ fn update_never_takes_names_from_the_guest() {
     let decoy = entry(&h.decoy);
     for opts in [&[][..], &["-U"][..]] {
         let name = unique_name("st-inject");
-        let mut args = vec!["--pipe", "--capability=all", "--toplevel", &fx.tiny];
-        args.extend_from_slice(opts);
-        let mut guest = Guest::launch(Command::new(NIXSPAWN), &name, &args);
-        started(&name);
-        guest_sh(
-            &name,
-            &bb,
-            &format!(
-                "mkdir -p /run/fake && mount -t tmpfs fake /run/fake && cp -a /nix/store/. /run/fake/ && \
-                 mkdir /run/fake/{decoy} && mount --bind /run/fake /nix/store"
-            ),
-        );
+        let args = ["--pipe", "--capability=all", "--toplevel", &fx.tiny];
+        let mut guest = launch_started(&name, &args, opts);
+        guest_sh(&name, &bb, &own_store(&format!("mkdir /run/fake/{decoy}")));
         // It may say its mounts did not reach the guest (they went beneath
         // the guest's own); what matters is what they hold.
-        let _ = ctl(&[
-            "update",
-            &name,
-            "--toplevel",
-            &fx.tiny2,
-            "--closure-file",
-            file.to_str().unwrap(),
-            "--action",
-            "test",
-        ]);
+        let _ = update_test(&name, &fx.tiny2, &file);
         let out = guest_sh(
             &name,
             &bb,
@@ -710,9 +724,7 @@ fn update_never_takes_names_from_the_guest() {
                  echo secret=$(cat /nix/store/{decoy}/secret 2>/dev/null)"
             ),
         );
-        guest.signal(Signal::SIGTERM);
-        assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
-        assert_cleaned_up(&name, None);
+        stop(&mut guest, &name, 10);
         for key in ["secret_before", "secret"] {
             assert_eq!(value(&out, key), "", "{opts:?}: the decoy leaked: {out}");
         }
@@ -721,12 +733,7 @@ fn update_never_takes_names_from_the_guest() {
         // guest's went instead): exactly the two closures.
         let listings: Vec<BTreeSet<String>> = ["before", "after"]
             .iter()
-            .map(|k| {
-                value(&out, k)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect()
-            })
+            .map(|k| listed(&out, k))
             .collect();
         assert!(
             listings.contains(&union),
@@ -801,10 +808,7 @@ fn update_does_not_follow_a_guest_s_nix_symlink() {
         .collect();
     for opts in [&[][..], &["-U"][..]] {
         let name = unique_name("st-symlink");
-        let mut args = vec!["--pipe", "--toplevel", &fx.tiny];
-        args.extend_from_slice(opts);
-        let mut guest = Guest::launch(Command::new(NIXSPAWN), &name, &args);
-        started(&name);
+        let mut guest = launch_started(&name, &["--pipe", "--toplevel", &fx.tiny], opts);
         guest_sh(
             &name,
             &bb,
@@ -813,20 +817,10 @@ fn update_does_not_follow_a_guest_s_nix_symlink() {
                  {moved_bb} ln -s {target} /nix && {moved_bb} ls -ld /nix"
             ),
         );
-        let leader = leader_of(&name);
-        let guest_mounts =
-            || mount_points(&std::fs::read_to_string(format!("/proc/{leader}/mountinfo")).unwrap());
+        let mountinfo = guest_mountinfo(&name);
+        let guest_mounts = || mount_points(&mountinfo());
         let guest_before = guest_mounts();
-        let out = ctl(&[
-            "update",
-            &name,
-            "--toplevel",
-            &fx.tiny2,
-            "--closure-file",
-            file.to_str().unwrap(),
-            "--action",
-            "test",
-        ]);
+        let out = update_test(&name, &fx.tiny2, &file);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         let guest_after = guest_mounts();
         let listing = guest_sh(
@@ -866,10 +860,7 @@ fn update_does_not_follow_a_guest_s_nix_symlink() {
             "{opts:?}: the link's target in the guest got store paths"
         );
         if out.status.success() {
-            let real: BTreeSet<String> = value(&listing, "real")
-                .split_whitespace()
-                .map(String::from)
-                .collect();
+            let real = listed(&listing, "real");
             assert!(
                 added.is_subset(&real),
                 "{opts:?}: applied, but not to the guest's store: {listing}"
@@ -903,8 +894,7 @@ fn an_update_that_cannot_carry_a_mount_leaves_the_store_as_it_was() {
     let f = entry(&file_path);
     let name = unique_name("st-carry");
     let closure = format!("--closure-file={}", first.display());
-    let mut guest = Guest::launch(
-        Command::new(NIXSPAWN),
+    let mut guest = launch_started(
         &name,
         &[
             "--pipe",
@@ -913,21 +903,19 @@ fn an_update_that_cannot_carry_a_mount_leaves_the_store_as_it_was() {
             &fx.tiny,
             &closure,
         ],
+        &[],
     );
-    started(&name);
+    let script = own_store(&format!("rm /run/fake/{f} && mkdir /run/fake/{f}"));
     guest_sh(
         &name,
         &bb,
         &format!(
-            "mkdir -p /run/fake && mount -t tmpfs fake /run/fake && cp -a /nix/store/. /run/fake/ && \
-             rm /run/fake/{f} && mkdir /run/fake/{f} && mount --bind /run/fake /nix/store && \
-             mount -t tmpfs user /nix/store/{f} && echo mine > /nix/store/{f}/data"
+            "{script} && mount -t tmpfs user /nix/store/{f} && echo mine > /nix/store/{f}/data"
         ),
     );
-    let leader = leader_of(&name);
+    let mountinfo = guest_mountinfo(&name);
     let store_mounts = || -> Vec<String> {
-        std::fs::read_to_string(format!("/proc/{leader}/mountinfo"))
-            .unwrap()
+        mountinfo()
             .lines()
             .filter(|l| {
                 l.split(' ')
@@ -949,22 +937,11 @@ fn an_update_that_cannot_carry_a_mount_leaves_the_store_as_it_was() {
             .collect()
     };
     let before = store_mounts();
-    let out = ctl(&[
-        "update",
-        &name,
-        "--toplevel",
-        &fx.tiny2,
-        "--closure-file",
-        second.to_str().unwrap(),
-        "--action",
-        "test",
-    ]);
+    let out = update_test(&name, &fx.tiny2, &second);
     let after = store_mounts();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let data = guest_sh(&name, &bb, &format!("cat /nix/store/{f}/data"));
-    guest.signal(Signal::SIGTERM);
-    assert_eq!(guest.wait_exit(Duration::from_secs(20)), 0);
-    assert_cleaned_up(&name, None);
+    stop(&mut guest, &name, 20);
     eprintln!(
         "update exit {:?}: {err:?}\nstore mounts before: {before:?}\nafter: {after:?}",
         out.status.code()
@@ -1021,19 +998,9 @@ fn a_mount_in_a_closure_path_falls_back_to_per_path_binds() {
     );
     let status = ctl(&["status", &name, "--json"]);
     let state: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let upd = ctl(&[
-        "update",
-        &name,
-        "--toplevel",
-        &fx.tiny2,
-        "--action",
-        "test",
-        "--json",
-    ]);
+    let upd = ctl_update(&name, &fx.tiny2, &["--action", "test", "--json"]);
     let after = guest_sh(&name, &bb, "ls -A /nix/store");
-    guest.signal(Signal::SIGTERM);
-    assert_eq!(guest.wait_exit(Duration::from_secs(10)), 0);
-    assert_cleaned_up(&name, None);
+    stop(&mut guest, &name, 10);
     let console = guest.console();
     let notice = format!(
         "nixspawn: closure-only /nix/store: {FALLBACK} ({} mounts), not one overlay: {at} is a mount point of its own, which an overlay layer would hide",
@@ -1048,11 +1015,7 @@ fn a_mount_in_a_closure_path_falls_back_to_per_path_binds() {
         [notice.as_str()],
         "one line naming why:\n{console}"
     );
-    let listing: BTreeSet<String> = value(&out, "listing")
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    assert_eq!(listing, expected);
+    assert_eq!(listed(&out, "listing"), expected);
     // The tmpfs, those binds, and the mount below a path, carried along.
     assert_eq!(
         value(&out, "mounts"),

@@ -164,6 +164,13 @@ pub fn ctl(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `nixspawnctl update NAME --toplevel TOPLEVEL`, then `more`.
+pub fn ctl_update(name: &str, toplevel: &str, more: &[&str]) -> Output {
+    let mut args = vec!["update", name, "--toplevel", toplevel];
+    args.extend_from_slice(more);
+    ctl(&args)
+}
+
 /// A launcher running a guest; killed and waited for on drop, so a failed
 /// assertion never leaves a guest behind.
 pub struct Guest {
@@ -623,10 +630,22 @@ pub fn run_nixspawn_with_env(
     args: &[&str],
     stdin: &str,
 ) -> (i32, String, String) {
+    let out = output_with_stdin(
+        Command::new(NIXSPAWN).envs(env.iter().copied()).args(args),
+        stdin,
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `cmd` with `stdin` written to it; its output (stdout and stderr
+/// captured).
+pub fn output_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(NIXSPAWN)
-        .envs(env.iter().copied())
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -638,12 +657,7 @@ pub fn run_nixspawn_with_env(
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    child.wait_with_output().unwrap()
 }
 
 /// The CapBnd mask from /proc/PID/status text.
@@ -920,8 +934,14 @@ pub fn answer_env(
 
 /// Both launchers' answers, asserted equal.
 pub fn same(tree: &Path, args: &[&str], script: &str) -> String {
-    let ours = answer(NIXSPAWN, tree, args, script);
-    let theirs = answer(NSPAWN, tree, args, script);
+    both(args, |launcher| answer(launcher, tree, args, script))
+}
+
+/// What `run` gives under nixspawn and under systemd-nspawn (its
+/// argument), asserted equal; `args` names the run in the failure.
+pub fn both<T: PartialEq + std::fmt::Debug>(args: &[&str], run: impl Fn(&str) -> T) -> T {
+    let ours = run(NIXSPAWN);
+    let theirs = run(NSPAWN);
     assert_eq!(
         ours, theirs,
         "nixspawn and systemd-nspawn differ for {args:?}"
