@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,15 +37,7 @@ fn read_until(master: &OwnedFd, needle: &str, timeout: Duration) -> String {
 
 /// Start nixspawn with a fresh terminal as its stdin/stdout/stderr.
 fn on_terminal(args: &[&str]) -> (std::process::Child, OwnedFd, OwnedFd) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let child = Command::new(NIXSPAWN)
-        .args(args)
-        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
-        .spawn()
-        .unwrap();
-    (child, pty.master, pty.slave)
+    spawn_on_pty(Command::new(NIXSPAWN).args(args))
 }
 
 #[test]

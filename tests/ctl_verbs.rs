@@ -15,17 +15,13 @@ use common::*;
 /// `nixspawnctl ARGS` in a session of its own whose controlling terminal
 /// is a new pty; the pty's master and the child.
 fn on_pty(args: &[&str]) -> (OwnedFd, std::process::Child) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let child = Command::new("setsid")
-        .args(["--ctty", "--wait", NIXSPAWNCTL])
-        .args(args)
-        .env("TERM", "xterm-test")
-        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave))
-        .spawn()
-        .unwrap();
-    (pty.master, child)
+    let (child, master, _slave) = spawn_on_pty(
+        Command::new("setsid")
+            .args(["--ctty", "--wait", NIXSPAWNCTL])
+            .args(args)
+            .env("TERM", "xterm-test"),
+    );
+    (master, child)
 }
 
 fn booted(prefix: &str) -> (Guest, String) {

@@ -205,22 +205,17 @@ fn console_flood_does_not_starve_a_stop_interactive() {
     let ft = flood_tree();
     for how in ["sigterm", "escape"] {
         let name = unique_name("iflood");
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let mut child = Command::new(NIXSPAWN)
-            .args(["-M", &name, "-D", ft.tree.path().to_str().unwrap()])
-            .args([
-                "/bin/sh",
-                "-c",
-                "yes & yes & cat /dev/zero & exec sleep 1000",
-            ])
-            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
-            .spawn()
-            .unwrap();
-        drop(pty.slave);
+        let (mut child, master, slave) = spawn_on_pty(
+            Command::new(NIXSPAWN)
+                .args(["-M", &name, "-D", ft.tree.path().to_str().unwrap()])
+                .args([
+                    "/bin/sh",
+                    "-c",
+                    "yes & yes & cat /dev/zero & exec sleep 1000",
+                ]),
+        );
+        drop(slave);
         // Read the terminal as fast as it comes, as a terminal would.
-        let master = pty.master;
         let reader_fd = master.as_fd().try_clone_to_owned().unwrap();
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 65536];

@@ -22,19 +22,14 @@ use common::*;
 
 /// nixspawn with a fresh terminal as stdin, stdout and stderr, and `env`.
 fn on_terminal(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, OwnedFd, OwnedFd) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let child = Command::new(NIXSPAWN)
-        .env_remove("NO_COLOR")
-        .env_remove("SYSTEMD_COLORS")
-        .env("TERM", "xterm-256color")
-        .envs(env.iter().copied())
-        .args(args)
-        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
-        .spawn()
-        .unwrap();
-    (child, pty.master, pty.slave)
+    spawn_on_pty(
+        Command::new(NIXSPAWN)
+            .env_remove("NO_COLOR")
+            .env_remove("SYSTEMD_COLORS")
+            .env("TERM", "xterm-256color")
+            .envs(env.iter().copied())
+            .args(args),
+    )
 }
 
 /// Run `script` on a terminal with `args`; the exit code and every byte

@@ -961,6 +961,20 @@ pub fn require_nspawn() {
     );
 }
 
+/// Spawn `cmd` with a fresh pty as its stdin, stdout and stderr: the
+/// child, the master (to read and type) and our copy of the slave (drop
+/// it to see EOF/EIO once the child's side closes).
+pub fn spawn_on_pty(cmd: &mut Command) -> (Child, std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let child = cmd
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    (child, pty.master, pty.slave)
+}
+
 /// The exit code of `child` (-1 for a signal), killing it and failing the
 /// test if it has not exited within `timeout`.
 pub fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> i32 {
