@@ -112,9 +112,7 @@ pub fn acquire_labelled(path: &Path, label: &str) -> Result<std::result::Result<
         if try_lock(&existing).map_err(|e| Error::io("locking", path, e))? {
             // A dead holder's (or one just released, already unlinked):
             // ours to remove while we hold it, then claim afresh.
-            if existing.metadata().is_ok_and(|m| m.nlink() > 0) {
-                let _ = std::fs::remove_file(path);
-            }
+            release(path, existing);
             continue;
         }
         let mut holder = String::new();
@@ -183,8 +181,8 @@ pub fn clear_if_unheld(path: &Path) {
     let Ok(f) = open(path, false) else {
         return;
     };
-    if try_lock(&f).unwrap_or(false) && f.metadata().is_ok_and(|m| m.nlink() > 0) {
-        let _ = std::fs::remove_file(path);
+    if try_lock(&f).unwrap_or(false) {
+        release(path, f);
     }
 }
 
